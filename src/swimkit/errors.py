@@ -1,0 +1,52 @@
+"""User-facing errors.
+
+Every mistake a user can make (a bad setting, missing data, a checkpoint that does not
+fit) raises :class:`SwimkitError` with one sentence that says what is wrong and how to
+fix it. The command line prints that sentence and exits with status 2.
+"""
+
+from __future__ import annotations
+
+
+class SwimkitError(ValueError):
+    """A problem with the user's input, explained in one line."""
+
+
+def require(condition: bool, message: str) -> None:
+    """Raise :class:`SwimkitError` with ``message`` unless ``condition`` holds."""
+    if not condition:
+        raise SwimkitError(message)
+
+
+def check_fraction(value: float, name: str = "fraction") -> float:
+    """Return ``value`` as a float in [0, 1] or raise a clear error."""
+    require(
+        isinstance(value, (int, float)) and 0.0 <= float(value) <= 1.0,
+        f"{name} must be between 0 and 1 (got {value!r}); e.g. 0.1 verifies 10% of the weights",
+    )
+    return float(value)
+
+
+def check_nonnegative(value: float, name: str) -> float:
+    """Return ``value`` as a float >= 0 or raise a clear error."""
+    require(
+        isinstance(value, (int, float)) and float(value) >= 0.0,
+        f"{name} must be a number >= 0 (got {value!r})",
+    )
+    return float(value)
+
+
+def choose(value: str, choices: dict[str, str] | list[str], what: str) -> str:
+    """Resolve ``value`` among ``choices`` (a list, or a dict alias -> canonical name)."""
+    if isinstance(choices, dict):
+        if value in choices:
+            return choices[value]
+        lowered = {k.lower(): v for k, v in choices.items()}
+        if value.lower() in lowered:
+            return lowered[value.lower()]
+        names = sorted(set(choices.values()))
+    else:
+        if value in choices:
+            return value
+        names = list(choices)
+    raise SwimkitError(f"unknown {what} {value!r}; choose one of: {', '.join(names)}")

@@ -1,0 +1,171 @@
+"""Which weights of a model live on CiM devices, and how to perturb them from outside.
+
+A *device weight* is the weight of a convolution or linear layer, named like the state
+dict (``"fc1.weight"``). Its *effective* value is what the layer computes with: the raw
+parameter, or the output of its parametrizations (for instance swimkit's weight
+quantizer). Device errors are added to the effective value (quantize first, then
+perturb), through a temporary parametrization that leaves the stored parameters
+untouched, so the model is bit-identical afterwards, also when the forward raises.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+from .errors import SwimkitError
+
+DEVICE_LAYER_TYPES: tuple[type[nn.Module], ...] = (nn.modules.conv._ConvNd, nn.Linear)
+
+
+@dataclass(frozen=True)
+class DeviceWeight:
+    """One weight tensor mapped to devices: its name, its layer and the layer's name."""
+
+    name: str
+    module_name: str
+    module: nn.Module
+
+    @property
+    def value(self) -> Tensor:
+        """The effective weight the layer computes with (after any parametrization)."""
+        return self.module.weight
+
+
+def device_weights(
+    model: nn.Module,
+    layers: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
+) -> dict[str, DeviceWeight]:
+    """Return the device weights of ``model`` in definition order.
+
+    By default every convolution and linear weight is mapped to devices. ``layers``
+    keeps only the layers whose name matches one of the patterns (shell-style, e.g.
+    ``"layer*.conv*"``); ``exclude`` keeps the matching layers digital (exact), e.g.
+    ``["conv1", "fc3"]`` for a digital first and last layer.
+    """
+    found = {
+        f"{name}.weight": DeviceWeight(f"{name}.weight", name, module)
+        for name, module in model.named_modules()
+        if isinstance(module, DEVICE_LAYER_TYPES) and name
+    }
+    if not found:
+        raise SwimkitError(
+            f"{type(model).__name__} has no convolution or linear layers to map to devices"
+        )
+    chosen = dict(found)
+    if layers:
+        _check_patterns(layers, found, "layers")
+        chosen = {k: v for k, v in chosen.items() if _matches(v.module_name, layers)}
+    if exclude:
+        _check_patterns(exclude, found, "exclude")
+        chosen = {k: v for k, v in chosen.items() if not _matches(v.module_name, exclude)}
+    if not chosen:
+        raise SwimkitError("no layer is left on devices: loosen the layers / exclude patterns")
+    return chosen
+
+
+def _matches(name: str, patterns: Sequence[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) or name == p for p in patterns)
+
+
+def _check_patterns(
+    patterns: Sequence[str], found: Mapping[str, DeviceWeight], option: str
+) -> None:
+    names = [w.module_name for w in found.values()]
+    for pattern in patterns:
+        if not any(_matches(n, [pattern]) for n in names):
+            raise SwimkitError(
+                f"{option} pattern {pattern!r} matches no conv/linear layer; "
+                f"layers are: {', '.join(names)}"
+            )
+
+
+def effective_weights(weights: Mapping[str, DeviceWeight]) -> dict[str, Tensor]:
+    """Detached effective values of ``weights``."""
+    with torch.no_grad():
+        return {name: w.value.detach() for name, w in weights.items()}
+
+
+def weight_scales(values: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Per-layer scale s_l = max |W_l| (0-dim tensors), used to normalise w / s_l."""
+    return {name: v.detach().abs().amax() for name, v in values.items()}
+
+
+class _Offset(nn.Module):
+    """Parametrization that adds ``delta`` (if set) to the effective weight."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.delta: Tensor | None = None
+
+    def forward(self, weight: Tensor) -> Tensor:
+        return weight if self.delta is None else weight + self.delta
+
+
+class Perturbation:
+    """Handle to the offsets of a :func:`perturbed` block; ``set`` swaps them in."""
+
+    def __init__(self, offsets: dict[str, _Offset]) -> None:
+        self._offsets = offsets
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._offsets)
+
+    def set(self, deltas: Mapping[str, Tensor] | None) -> None:
+        """Use ``deltas`` (name -> tensor shaped like the weight); None clears them all."""
+        deltas = deltas or {}
+        unknown = set(deltas) - set(self._offsets)
+        if unknown:
+            raise SwimkitError(f"no device weight named {sorted(unknown)[0]!r} in this model")
+        for name, offset in self._offsets.items():
+            offset.delta = deltas.get(name)
+
+
+@contextmanager
+def perturbed(
+    model: nn.Module,
+    weights: Mapping[str, DeviceWeight],
+    deltas: Mapping[str, Tensor] | None = None,
+) -> Iterator[Perturbation]:
+    """Add ``deltas`` to the effective device weights inside the block.
+
+    Nothing stored in ``model`` is written: the offsets live in temporary
+    parametrizations that are removed on exit, whatever happens inside.
+    """
+    offsets: dict[str, _Offset] = {}
+    fresh: dict[str, bool] = {}
+    orders: dict[str, list[str]] = {}
+    try:
+        for name, w in weights.items():
+            fresh[name] = not parametrize.is_parametrized(w.module, "weight")
+            orders[name] = list(w.module._parameters)
+            offsets[name] = _Offset()
+            parametrize.register_parametrization(w.module, "weight", offsets[name], unsafe=True)
+        handle = Perturbation(offsets)
+        handle.set(deltas)
+        yield handle
+    finally:
+        for name in offsets:
+            _remove_offset(weights[name].module, fresh[name], orders[name])
+
+
+def _remove_offset(module: nn.Module, was_plain: bool, order: list[str]) -> None:
+    if was_plain:
+        parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
+        # Put the weight back where it was, so model.parameters() keeps its order.
+        params = module._parameters
+        ordered = {k: params[k] for k in order if k in params}
+        ordered.update(params)
+        params.clear()
+        params.update(ordered)
+    else:
+        chain = module.parametrizations["weight"]
+        del chain[len(chain) - 1]

@@ -1,0 +1,174 @@
+"""Fake quantization attached to any model from outside.
+
+``quantize(model, bits)`` quantizes, for every convolution and linear layer, the weight
+and bias (torch parametrizations) and the layer output (a forward hook), with
+
+    Q(x) = round(x / d) * d,   d = max|x| / 2**bits,
+
+and a straight-through gradient. The model stays the same ``nn.Module``; its layers keep
+their types. Weights use their own max|w|. Outputs use, by default, a running max
+calibrated during training (batch-independent, like a real ADC range); ``output_range=
+"batch"`` takes max|y| over the whole batch tensor instead, as the SWIM reference code
+does (its results then depend on the batch size).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+from .errors import SwimkitError, require
+
+OutputRange = Literal["running", "batch"]
+
+
+def fake_quantize(x: Tensor, bits: int, max_abs: Tensor | None = None) -> Tensor:
+    """Q(x) with a straight-through gradient; ``max_abs`` fixes the range (else max|x|)."""
+    if max_abs is None:
+        max_abs = x.detach().abs().amax()
+    else:
+        x_in = x.clamp(-max_abs, max_abs)
+        x = x + (x_in - x).detach()
+    step = max_abs / (2**bits)
+    safe_step = torch.where(step > 0, step, torch.ones_like(step))
+    q = torch.where(step > 0, torch.round(x.detach() / safe_step) * safe_step, x.detach())
+    return x + (q - x.detach())
+
+
+class FakeQuantize(nn.Module):
+    """Quantize a tensor to ``bits`` with its own range (straight-through gradient)."""
+
+    def __init__(self, bits: int) -> None:
+        super().__init__()
+        require(int(bits) >= 1, f"bits must be >= 1 (got {bits})")
+        self.bits = int(bits)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return fake_quantize(x, self.bits)
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}"
+
+
+class OutputQuantizer(nn.Module):
+    """Quantizer of a layer's output with a calibrated (running) or per-batch range.
+
+    In training mode the range is the batch's max|y|, and ``running_max`` follows it as
+    an exponential moving average. In eval mode the running max is used once it has
+    been calibrated; before that, the batch's own max.
+    """
+
+    def __init__(self, bits: int, output_range: OutputRange = "running", momentum: float = 0.1):
+        super().__init__()
+        require(int(bits) >= 1, f"bits must be >= 1 (got {bits})")
+        require(
+            output_range in ("running", "batch"),
+            f"output_range must be 'running' or 'batch' (got {output_range!r})",
+        )
+        self.bits = int(bits)
+        self.output_range = output_range
+        self.momentum = float(momentum)
+        self.register_buffer("running_max", torch.zeros(()))
+        self.register_buffer("calibrated", torch.zeros((), dtype=torch.bool))
+
+    def forward(self, y: Tensor) -> Tensor:
+        if self.output_range == "batch":
+            return fake_quantize(y, self.bits)
+        if self.training:
+            self._track(y.detach().abs().amax())
+            return fake_quantize(y, self.bits)
+        if not bool(self.calibrated):
+            return fake_quantize(y, self.bits)
+        return fake_quantize(y, self.bits, self.running_max.to(y.dtype))
+
+    @torch.no_grad()
+    def _track(self, batch_max: Tensor) -> None:
+        if bool(self.calibrated):
+            self.running_max.lerp_(batch_max.to(self.running_max.dtype), self.momentum)
+        else:
+            self.running_max.copy_(batch_max)
+            self.calibrated.fill_(True)
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}, output_range={self.output_range!r}"
+
+
+class WeightQuantizer(nn.Module):
+    """Parametrization quantizing a weight or bias to ``bits`` with its own max|w|."""
+
+    def __init__(self, bits: int) -> None:
+        super().__init__()
+        self.bits = int(bits)
+
+    def forward(self, w: Tensor) -> Tensor:
+        return fake_quantize(w, self.bits)
+
+
+def _quantize_output_hook(module: nn.Module, args: tuple, output: Tensor) -> Tensor:
+    return module.output_quantizer(output)
+
+
+QUANTIZABLE = (nn.modules.conv._ConvNd, nn.Linear)
+
+
+def quantize(
+    model: nn.Module,
+    bits: int,
+    output_range: OutputRange = "running",
+    outputs: bool = True,
+) -> nn.Module:
+    """Quantize weights, biases and outputs of every conv / linear layer of ``model``.
+
+    Works in place and returns ``model``. Device noise added by swimkit lands after the
+    weight quantizer (quantize first, then perturb).
+    """
+    require(isinstance(bits, int) and bits >= 1, f"bits must be an integer >= 1 (got {bits!r})")
+    layers = [m for m in model.modules() if isinstance(m, QUANTIZABLE)]
+    if not layers:
+        raise SwimkitError(f"{type(model).__name__} has no conv or linear layer to quantize")
+    for layer in layers:
+        if is_quantized(layer):
+            raise SwimkitError("model is already quantized; build a fresh model to change bits")
+        for tensor_name in ("weight", "bias"):
+            if getattr(layer, tensor_name, None) is not None:
+                parametrize.register_parametrization(
+                    layer, tensor_name, WeightQuantizer(bits), unsafe=True
+                )
+        if outputs:
+            layer.output_quantizer = OutputQuantizer(bits, output_range)
+            layer.register_forward_hook(_quantize_output_hook)
+    return model
+
+
+def is_quantized(module: nn.Module) -> bool:
+    """True if swimkit's weight quantizer is attached to ``module`` or one of its layers."""
+    for m in module.modules():
+        if parametrize.is_parametrized(m, "weight") and any(
+            isinstance(p, WeightQuantizer) for p in m.parametrizations["weight"]
+        ):
+            return True
+    return False
+
+
+def quantization_bits(model: nn.Module) -> int | None:
+    """The bit width of a model quantized by :func:`quantize`, or None."""
+    for m in model.modules():
+        if parametrize.is_parametrized(m, "weight"):
+            for p in m.parametrizations["weight"]:
+                if isinstance(p, WeightQuantizer):
+                    return p.bits
+    return None
+
+
+def set_output_range(model: nn.Module, output_range: OutputRange) -> None:
+    """Switch every output quantizer of ``model`` to ``"running"`` or ``"batch"`` ranges."""
+    require(
+        output_range in ("running", "batch"),
+        f"output_range must be 'running' or 'batch' (got {output_range!r})",
+    )
+    for m in model.modules():
+        if isinstance(m, OutputQuantizer):
+            m.output_range = output_range
