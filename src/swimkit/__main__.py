@@ -1,0 +1,5 @@
+"""``python -m swimkit`` (also under torchrun) runs the command line."""
+
+from .cli import main
+
+raise SystemExit(main())

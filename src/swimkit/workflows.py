@@ -1,0 +1,368 @@
+"""The whole SWIM flow as resumable steps that read and write files.
+
+train -> sensitivity -> select -> Monte-Carlo evaluation, for one point (``run``) or a
+grid of methods and budgets (``sweep``). Every artefact is written atomically under
+the output folder, and a rerun with the same settings picks up what is already there:
+the trained model, the sensitivities, and each evaluated point of a sweep.
+
+Inside a torch.distributed group (torchrun) rank 0 trains and computes sensitivities,
+the other ranks wait and load its files, and every rank takes a share of the
+Monte-Carlo instances. Only rank 0 writes results.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from . import data as data_mod
+from .checkpoints import load_checkpoint
+from .devices import DeviceModel
+from .errors import SwimkitError, check_fraction, require
+from .mapping import device_weights, effective_weights, weight_scales
+from .models import canonical_model_name, model_info
+from .montecarlo import MCResult, accuracy, evaluate
+from .programming import WriteVerify
+from .selection import Plan, default_write_verify, plan_programming, select
+from .sensitivity import ENGINES, Sensitivity, sensitivity
+from .storage import atomic_write_json
+
+Log = Callable[[str], None]
+NEEDS_SENSITIVITY = {"swim", "second", "uswim", "variance"}
+
+
+@dataclass
+class Settings:
+    """Every setting of a run; defaults follow the SWIM reference (design §5)."""
+
+    model: str = "lenet"
+    dataset: str | None = None
+    data_dir: str | None = None
+    checkpoint: str | None = None
+    bits: int | None = None
+    epochs: int = 10
+    batch_size: int = 128
+    sigma_train: float = 0.0
+    train_limit: int | None = None
+    sigma: float = 0.3
+    sigma_verified: float = 0.03
+    bits_per_weight: int = 8
+    bits_per_device: int = 1
+    variation: str | None = None
+    verified_variation: str | None = None
+    engine: str = "swim"
+    sens_batch_size: int = 128
+    sens_limit: int | None = None
+    methods: list[str] = field(default_factory=lambda: ["swim"])
+    fractions: list[float] = field(default_factory=lambda: [0.1])
+    speedups: list[float] = field(default_factory=list)
+    samples: int = 100
+    seed: int = 0
+    test_batch_size: int = 1000
+    test_limit: int | None = None
+    exclude: list[str] = field(default_factory=list)
+    tolerance: float | None = None
+    max_attempts: int = 100
+    t_program: float = 100e-9
+    t_read: float = 50e-9
+    out: str | None = None
+
+    def __post_init__(self) -> None:
+        self.model = canonical_model_name(self.model)
+        self.dataset = self.dataset or model_info(self.model).dataset
+        for fraction in self.fractions:
+            check_fraction(fraction)
+        for speedup in self.speedups:
+            require(speedup > 0, f"speedup must be > 0 (got {speedup})")
+        require(self.samples >= 1, f"samples must be >= 1 (got {self.samples})")
+        require(self.engine in ENGINES, f"unknown engine {self.engine!r}; choose {ENGINES}")
+        require(self.epochs >= 0, f"epochs must be >= 0 (got {self.epochs})")
+        self.device_model()  # validates sigma and the variation specs
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.out or f"runs/{self.model}-{self.dataset}")
+
+    def device_model(self) -> DeviceModel:
+        return DeviceModel(
+            sigma=self.sigma,
+            sigma_verified=self.sigma_verified,
+            bits_per_weight=self.bits_per_weight,
+            bits_per_device=self.bits_per_device,
+            variation=self.variation,
+            verified_variation=self.verified_variation,
+        )
+
+    def write_verify(self) -> WriteVerify:
+        if self.tolerance is not None:
+            return WriteVerify(self.tolerance, self.max_attempts, self.t_program, self.t_read)
+        base = default_write_verify(self.device_model(), self.max_attempts)
+        return WriteVerify(base.tolerance, self.max_attempts, self.t_program, self.t_read)
+
+
+@dataclass
+class Context:
+    """What the steps share: settings, data, model and where files go."""
+
+    settings: Settings
+    dataset: data_mod.Dataset
+    test_batches: list
+    log: Log
+    progress: bool
+    model: nn.Module | None = None
+    model_path: Path | None = None
+    files: dict[str, str] = field(default_factory=dict)
+
+
+# --- small helpers ---------------------------------------------------------------------
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def _barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def _quiet(_: str) -> None:
+    return None
+
+
+# --- steps -----------------------------------------------------------------------------
+
+
+def prepare(settings: Settings, log: Log = _quiet, progress: bool = False) -> Context:
+    """Load the dataset and hold the test set in memory as large batches."""
+    dataset = data_mod.load_dataset(settings.dataset, settings.data_dir)
+    if settings.train_limit or settings.test_limit:
+        dataset = dataset.subset(settings.train_limit, settings.test_limit)
+    info = model_info(settings.model)
+    if tuple(dataset.image_shape) != tuple(info.input_shape):
+        raise SwimkitError(
+            f"model {settings.model} takes {info.input_shape} inputs but {dataset.name} has "
+            f"{tuple(dataset.image_shape)} images; pick a matching --model or --dataset"
+        )
+    test = data_mod.preload(dataset.test, dataset, settings.test_batch_size)
+    return Context(settings, dataset, test, log, progress)
+
+
+def obtain_model(ctx: Context) -> nn.Module:
+    """The model of the run: from --checkpoint, from an earlier run, or trained now."""
+    s = ctx.settings
+    if s.checkpoint:
+        model, _ = load_checkpoint(s.checkpoint, model_name=s.model if s.model else None)
+        ctx.model_path = Path(s.checkpoint)
+    else:
+        train_dir = s.out_dir / "train"
+        if _rank() == 0:
+            _train(ctx, train_dir)
+        _barrier()
+        best = train_dir / ("best.pt" if (train_dir / "best.pt").is_file() else "last.pt")
+        model, _ = load_checkpoint(best)
+        ctx.model_path = best
+    ctx.model = model.eval()
+    ctx.files["model"] = str(ctx.model_path)
+    return ctx.model
+
+
+def _train(ctx: Context, train_dir: Path) -> None:
+    from .models import build_model
+    from .training import TrainConfig, train
+
+    s = ctx.settings
+    model = build_model(s.model, bits=s.bits)
+    config = TrainConfig(epochs=s.epochs, batch_size=s.batch_size, sigma_train=s.sigma_train,
+                         seed=s.seed)
+    result = train(model, ctx.dataset, config, model_name=s.model, checkpoint_dir=train_dir,
+                   progress=ctx.progress, log=ctx.log)
+    if result.best_path is None and result.last_path is None:
+        raise SwimkitError("training wrote no checkpoint; check the output folder is writable")
+
+
+def obtain_sensitivity(ctx: Context) -> Sensitivity:
+    """Sensitivities over the training set, reused when the model and settings match."""
+    s = ctx.settings
+    key = {
+        "model": _file_digest(ctx.model_path), "engine": s.engine,
+        "batch_size": s.sens_batch_size, "limit": s.sens_limit, "exclude": s.exclude,
+        "dataset": s.dataset,
+    }
+    path = s.out_dir / f"sensitivity-{s.engine}.pt"
+    if _rank() == 0 and not _cached_sensitivity(path, key):
+        split = ctx.dataset.train.head(s.sens_limit) if s.sens_limit else ctx.dataset.train
+        batches = data_mod.Batches(split, ctx.dataset, s.sens_batch_size)
+        sens = sensitivity(ctx.model, batches, s.engine, exclude=s.exclude or None,
+                           progress=ctx.progress)
+        sens.meta = {"key": key}
+        sens.save(path)
+    _barrier()
+    ctx.files["sensitivity"] = str(path)
+    return Sensitivity.load(path)
+
+
+def _cached_sensitivity(path: Path, key: dict) -> bool:
+    if not path.is_file():
+        return False
+    try:
+        return Sensitivity.load(path).meta.get("key") == key
+    except SwimkitError:
+        return False
+
+
+class Results:
+    """The evaluated points of a run, kept in one JSON file rewritten after each point."""
+
+    def __init__(self, path: Path, key: str) -> None:
+        self.path = path
+        self.key = key
+        self.points: dict[str, dict] = {}
+        if path.is_file():
+            try:
+                stored = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError):
+                stored = {}
+            if stored.get("key") == key:
+                self.points = stored.get("points_by_id", {})
+
+    def get(self, point_id: str) -> dict | None:
+        return self.points.get(point_id)
+
+    def put(self, point_id: str, value: dict) -> None:
+        self.points[point_id] = value
+        if _rank() == 0:
+            atomic_write_json({"key": self.key, "points_by_id": self.points}, self.path)
+
+
+def _mc(ctx: Context, plan: Plan | str, results: Results, point_id: str, extra: dict) -> dict:
+    done = results.get(point_id)
+    if done is not None:
+        return done
+    s = ctx.settings
+    res: MCResult = evaluate(
+        ctx.model, ctx.test_batches, s.device_model(), plan, samples=s.samples, seed=s.seed,
+        exclude=s.exclude or None, progress=ctx.progress,
+    )
+    value = {**res.to_dict(), **extra}
+    results.put(point_id, value)
+    return value
+
+
+def _plan_summary(plan: Plan) -> dict[str, Any]:
+    return {
+        "method": plan.method,
+        "fraction_verified": plan.fraction_verified,
+        "weights_verified": plan.weights_verified,
+        "weights_total": plan.weights_total,
+        "programming": plan.programming.to_dict() if plan.programming else None,
+    }
+
+
+def _budgets(settings: Settings) -> list[tuple[str, float]]:
+    return [("fraction", f) for f in settings.fractions] + [
+        ("speedup", x) for x in settings.speedups
+    ]
+
+
+def sweep(settings: Settings, log: Log = _quiet, progress: bool = False) -> dict[str, Any]:
+    """Run the flow for every method and budget of ``settings``; return the result dict."""
+    ctx = prepare(settings, log, progress)
+    model = obtain_model(ctx)
+    clean = accuracy(model, ctx.test_batches)
+    log(f"clean accuracy: {clean:.2f} %")
+    sens = obtain_sensitivity(ctx) if NEEDS_SENSITIVITY & set(settings.methods) else None
+    s = settings
+    device = s.device_model()
+    write_verify = s.write_verify()
+    key = _digest({"model": _file_digest(ctx.model_path), "device": device.describe(),
+                   "samples": s.samples, "seed": s.seed, "exclude": s.exclude,
+                   "engine": s.engine, "sens_batch_size": s.sens_batch_size,
+                   "sens_limit": s.sens_limit, "test_limit": s.test_limit,
+                   "write_verify": asdict(write_verify)})
+    results = Results(s.out_dir / "points.json", key)
+    weights = device_weights(model, exclude=s.exclude or None)
+    values = effective_weights(weights)
+    scales = weight_scales(values)
+    baseline = {}
+    for name, verify in (("no_verify", "none"), ("full_verify", "all")):
+        plan = Plan.uniform(values, verify == "all")
+        plan.programming = plan_programming(plan, values, scales, device, write_verify)
+        baseline[name] = _mc(ctx, verify, results, name, _plan_summary(plan))
+        log(f"{name.replace('_', ' ')}: {_fmt(baseline[name])}")
+    points = []
+    plan_dir = s.out_dir / "plans"
+    for method in s.methods:
+        for kind, budget in _budgets(s):
+            plan = select(model, sens if method in NEEDS_SENSITIVITY else None,
+                          method=method, device=device, write_verify=write_verify,
+                          seed=s.seed, **{kind: budget})
+            stem = f"{method}-{kind}-{budget:g}"
+            if _rank() == 0:
+                plan.save(plan_dir / f"{stem}.pt")
+            point = _mc(ctx, plan, results, stem, {**_plan_summary(plan), kind: budget,
+                                                    "masks": str(plan_dir / f"{stem}.pt")})
+            points.append(point)
+            log(f"{method} {kind} {budget:g}: {_fmt(point)} "
+                f"({point['weights_verified']:,} of {point['weights_total']:,} weights verified, "
+                f"speedup {point['programming']['speedup']:.2f}x)")
+    return _assemble(ctx, clean, baseline, points, sens)
+
+
+def _fmt(point: dict) -> str:
+    low, high = point["ci95"]
+    return f"{point['mean']:.2f} +- {point['std']:.2f} % (95% CI {low:.2f}-{high:.2f})"
+
+
+def _assemble(ctx: Context, clean: float, baseline: dict, points: list, sens) -> dict[str, Any]:
+    s = ctx.settings
+    result: dict[str, Any] = {
+        "clean_accuracy": clean,
+        "no_verify": baseline["no_verify"],
+        "full_verify": baseline["full_verify"],
+        "points": points,
+    }
+    if len(points) == 1:
+        point = points[0]
+        result["selected"] = point
+        for name in ("fraction_verified", "weights_verified", "weights_total", "programming"):
+            result[name] = point[name]
+    result["settings"] = {
+        **asdict(s), "device_model": s.device_model().describe(),
+        "write_verify": asdict(s.write_verify()),
+        "sensitivity_samples": sens.samples if sens is not None else None,
+        "threads": torch.get_num_threads(),
+    }
+    result["files"] = dict(ctx.files)
+    return result
+
+
+def write_result(result: dict[str, Any], path: str | Path) -> Path:
+    """Write a result dict as JSON atomically (rank 0 only) and return the path."""
+    path = Path(path)
+    if _rank() == 0:
+        atomic_write_json(result, path)
+    return path
+
+
+__all__ = ["Settings", "sweep", "write_result"]

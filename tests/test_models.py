@@ -1,0 +1,283 @@
+"""The models match the design's layer shapes exactly, and the registry resolves names."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from swimkit.errors import SwimkitError
+from swimkit.models import (
+    MODELS,
+    ConvNet,
+    LeNet,
+    ModelInfo,
+    ResNet18,
+    build_model,
+    canonical_model_name,
+    model_info,
+    resnet18_tiny,
+)
+from swimkit.quantization import is_quantized, quantization_bits
+
+# The parity fixture: the copy next to the tests, else the shared one.
+FIXTURE = next(
+    (
+        path
+        for path in (
+            Path(__file__).resolve().parent / "fixtures" / "reference_lenet.pt",
+            Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "reference_lenet.pt",
+        )
+        if path.is_file()
+    ),
+    Path("reference_lenet.pt"),
+)
+
+
+def n_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def weight_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    return {
+        name: tuple(m.weight.shape)
+        for name, m in model.named_modules()
+        if isinstance(m, (nn.Conv2d, nn.Linear))
+    }
+
+
+# --- expected shapes, written out from the design (section 5) ---------------------------
+
+LENET_SHAPES = {
+    "conv1": (6, 1, 3, 3),
+    "conv2": (16, 6, 3, 3),
+    "fc1": (120, 784),
+    "fc2": (84, 120),
+    "fc3": (10, 84),
+}
+CONVNET_SHAPES = {
+    "conv1": (64, 3, 3, 3),
+    "conv2": (64, 64, 3, 3),
+    "conv3": (128, 64, 3, 3),
+    "conv4": (128, 128, 3, 3),
+    "conv5": (256, 128, 3, 3),
+    "conv6": (256, 256, 3, 3),
+    "fc1": (1024, 4096),
+    "fc2": (1024, 1024),
+    "fc3": (10, 1024),
+}
+
+
+def resnet18_shapes(num_classes: int) -> dict[str, tuple[int, ...]]:
+    shapes = {"conv1": (64, 3, 3, 3)}
+    in_ch = 64
+    for layer, ch in zip((1, 2, 3, 4), (64, 128, 256, 512), strict=True):
+        for block in (0, 1):
+            prefix = f"layer{layer}.{block}"
+            shapes[f"{prefix}.conv1"] = (ch, in_ch, 3, 3)
+            shapes[f"{prefix}.conv2"] = (ch, ch, 3, 3)
+            if in_ch != ch:
+                shapes[f"{prefix}.downsample.0"] = (ch, in_ch, 1, 1)
+            in_ch = ch
+    shapes["fc"] = (num_classes, 512)
+    return shapes
+
+
+def test_lenet_parameter_count_and_shapes() -> None:
+    model = LeNet()
+    expected = (
+        6 * 1 * 9 + 6
+        + 16 * 6 * 9 + 16
+        + 784 * 120 + 120
+        + 120 * 84 + 84
+        + 84 * 10 + 10
+    )  # fmt: skip
+    assert expected == 106_154
+    assert n_params(model) == expected
+    assert weight_shapes(model) == LENET_SHAPES
+    assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_convnet_parameter_count_and_shapes() -> None:
+    model = ConvNet()
+    expected = (
+        64 * 3 * 9 + 64
+        + 64 * 64 * 9 + 64
+        + 128 * 64 * 9 + 128
+        + 128 * 128 * 9 + 128
+        + 256 * 128 * 9 + 256
+        + 256 * 256 * 9 + 256
+        + 4096 * 1024 + 1024
+        + 1024 * 1024 + 1024
+        + 1024 * 10 + 10
+    )  # fmt: skip
+    assert n_params(model) == expected
+    assert weight_shapes(model) == CONVNET_SHAPES
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def resnet18_count(num_classes: int) -> int:
+    bn = 2  # weight and bias per channel
+    stem = 64 * 3 * 9 + bn * 64
+    layer1 = 4 * (64 * 64 * 9 + bn * 64)
+    layer2 = (128 * 64 * 9 + bn * 128) + 3 * (128 * 128 * 9 + bn * 128) + (128 * 64 + bn * 128)
+    layer3 = (256 * 128 * 9 + bn * 256) + 3 * (256 * 256 * 9 + bn * 256) + (256 * 128 + bn * 256)
+    layer4 = (512 * 256 * 9 + bn * 512) + 3 * (512 * 512 * 9 + bn * 512) + (512 * 256 + bn * 512)
+    fc = 512 * num_classes + num_classes
+    return stem + layer1 + layer2 + layer3 + layer4 + fc
+
+
+def test_resnet18_parameter_count_and_shapes() -> None:
+    model = ResNet18()
+    assert resnet18_count(10) == 11_173_962  # the well-known CIFAR ResNet-18 size
+    assert n_params(model) == resnet18_count(10)
+    assert weight_shapes(model) == resnet18_shapes(10)
+    assert model(torch.randn(1, 3, 32, 32)).shape == (1, 10)
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert len(bns) == 1 + 8 * 2 + 3
+    assert not any(isinstance(m, nn.MaxPool2d) for m in model.modules())
+    assert model.conv1.stride == (1, 1)
+
+
+def test_resnet18_tiny_parameter_count_and_shapes() -> None:
+    model = resnet18_tiny()
+    assert n_params(model) == resnet18_count(200)
+    assert weight_shapes(model) == resnet18_shapes(200)
+    assert model(torch.randn(1, 3, 64, 64)).shape == (1, 200)
+
+
+def test_all_convs_are_3x3_pad_1_except_shortcuts() -> None:
+    for name in ("lenet", "convnet", "resnet18"):
+        for layer_name, m in build_model(name).named_modules():
+            if isinstance(m, nn.Conv2d) and "downsample" not in layer_name:
+                assert m.kernel_size == (3, 3) and m.padding == (1, 1), (name, layer_name)
+
+
+def test_lenet_forward_order_matches_functional_definition() -> None:
+    """relu(conv1) -> pool -> relu(conv2) -> pool -> flatten -> relu(fc1) -> relu(fc2) -> fc3."""
+    torch.manual_seed(0)
+    model = LeNet().eval()
+    x = torch.randn(3, 1, 28, 28)
+    h = F.max_pool2d(F.relu(model.conv1(x)), 2)
+    h = F.max_pool2d(F.relu(model.conv2(h)), 2).flatten(1)
+    h = F.relu(model.fc2(F.relu(model.fc1(h))))
+    torch.testing.assert_close(model(x), model.fc3(h), rtol=0, atol=0)
+
+
+def test_lenet_in_channels_and_classes() -> None:
+    model = LeNet(num_classes=5, in_channels=3)
+    assert model.conv1.weight.shape == (6, 3, 3, 3)
+    assert model(torch.randn(1, 3, 28, 28)).shape == (1, 5)
+
+
+@pytest.mark.parametrize("name", ["lenet", "convnet", "resnet18"])
+def test_models_are_fx_traceable(name: str) -> None:
+    torch.manual_seed(0)
+    model = build_model(name).eval()
+    traced = torch.fx.symbolic_trace(model)
+    shape = (3, 8, 8) if name == "resnet18" else model_info(name).input_shape  # small: speed
+    x = torch.randn(2, *shape)
+    torch.testing.assert_close(traced(x), model(x))
+
+
+def test_reference_fixture_loads_strictly_into_lenet() -> None:
+    if not FIXTURE.is_file():
+        pytest.skip("parity fixture not present")
+    state = torch.load(FIXTURE, weights_only=True)["state_dict"]
+    model = LeNet()
+    model.load_state_dict(state, strict=True)
+    assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+
+
+# --- registry ---------------------------------------------------------------------------
+
+
+def test_registry_names_and_infos() -> None:
+    assert set(MODELS) == {
+        "lenet",
+        "convnet",
+        "resnet18",
+        "resnet18_tiny",
+        "qlenet",
+        "qconvnet",
+        "qresnet18",
+        "qresnet18_tiny",
+    }
+    assert model_info("qlenet") == ModelInfo(
+        name="qlenet",
+        architecture="lenet",
+        dataset="fashion-mnist",
+        input_shape=(1, 28, 28),
+        num_classes=10,
+        quantized=True,
+        default_bits=4,
+        optimizer="adam",
+    )
+    assert model_info("convnet").dataset == "cifar10"
+    assert model_info("convnet").optimizer == "adam"
+    assert model_info("qconvnet").default_bits == 6
+    assert model_info("resnet18").optimizer == "sgd"
+    assert model_info("qresnet18").default_bits == 8
+    assert model_info("resnet18_tiny").dataset == "tiny-imagenet"
+    assert model_info("resnet18_tiny").input_shape == (3, 64, 64)
+    assert model_info("resnet18_tiny").num_classes == 200
+    assert model_info("lenet").default_bits is None
+
+
+@pytest.mark.parametrize(
+    ("alias", "canonical"),
+    [
+        ("LeNet", "lenet"),
+        ("CIFAR", "convnet"),
+        ("Res18", "resnet18"),
+        ("TIN", "resnet18_tiny"),
+        ("QLeNet", "qlenet"),
+        ("QCIFAR", "qconvnet"),
+        ("QRes18", "qresnet18"),
+        ("QTIN", "qresnet18_tiny"),
+        ("lenet", "lenet"),
+        ("LENET", "lenet"),
+        ("qres18", "qresnet18"),
+        ("cifar", "convnet"),
+        ("resnet18-tiny", "resnet18_tiny"),
+        ("ResNet18_Tiny", "resnet18_tiny"),
+        ("qresnet18-tiny", "qresnet18_tiny"),
+    ],
+)
+def test_aliases(alias: str, canonical: str) -> None:
+    assert canonical_model_name(alias) == canonical
+
+
+def test_unknown_model_name_is_one_clear_line() -> None:
+    with pytest.raises(SwimkitError, match="unknown model 'vgg16'; choose one of") as err:
+        canonical_model_name("vgg16")
+    assert "\n" not in str(err.value)
+    assert "qresnet18_tiny" in str(err.value)
+
+
+@pytest.mark.parametrize(("name", "bits"), [("qlenet", 4), ("qconvnet", 6), ("QRes18", 8)])
+def test_quantized_variants_use_the_reference_bits(name: str, bits: int) -> None:
+    model = build_model(name)
+    assert is_quantized(model)
+    assert quantization_bits(model) == bits
+
+
+def test_build_model_bits_and_output_range() -> None:
+    model = build_model("qlenet", bits=3, output_range="batch")
+    assert quantization_bits(model) == 3
+    assert model.fc1.output_quantizer.output_range == "batch"
+    assert type(model) is LeNet
+    assert not is_quantized(build_model("lenet"))
+    with pytest.raises(SwimkitError, match="use 'qlenet'"):
+        build_model("lenet", bits=4)
+    with pytest.raises(SwimkitError, match="output_range"):
+        build_model("qlenet", output_range="nope")  # type: ignore[arg-type]
+
+
+def test_quantized_model_keeps_parameter_count_and_outputs_shape() -> None:
+    model = build_model("qconvnet")
+    assert n_params(model) == n_params(ConvNet())
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
