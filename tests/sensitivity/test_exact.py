@@ -13,6 +13,8 @@ from swimkit.mapping import device_weights, perturbed
 from swimkit.sensitivity.exact import fisher_diagonal, ggn_diagonal, hutchinson_diagonal
 
 DTYPE = torch.float64
+# torch.func.hessian's forward mode loads torch's jit-scripted decompositions.
+pytestmark = pytest.mark.filterwarnings("ignore:.*torch.jit.script:FutureWarning")
 
 
 # ---------------------------------------------------------------------------------------
@@ -290,10 +292,12 @@ def test_quantized_weights_are_differentiated_at_their_effective_value(engine) -
     quantized = swimkit.quantize(build(residual_bn), 4, outputs=False)
     plain = build(residual_bn)
     with torch.no_grad():  # the plain twin holds the quantized weights and biases
-        for (name, layer), twin in zip(quantized.named_modules(), plain.modules(), strict=True):
-            for attr in ("weight", "bias"):
-                if isinstance(layer, nn.Conv2d | nn.Linear) and getattr(layer, attr) is not None:
-                    getattr(twin, attr).copy_(getattr(layer, attr))
+        for name, twin in plain.named_modules():
+            if isinstance(twin, nn.Conv2d | nn.Linear):
+                layer = quantized.get_submodule(name)
+                for attr in ("weight", "bias"):
+                    if getattr(twin, attr) is not None:
+                        getattr(twin, attr).copy_(getattr(layer, attr))
         assert not torch.equal(quantized.fc.parametrizations.weight.original, plain.fc.weight)
     x, y = data(residual_bn, 5)
     options = {"probes": 4} if engine is hutchinson_diagonal else {}
@@ -308,7 +312,7 @@ def test_quantized_weights_are_differentiated_at_their_effective_value(engine) -
 def test_quantized_outputs_keep_their_whole_batch_range() -> None:
     # Uncalibrated output quantizers take max|y| over the batch: the per-sample pullbacks
     # of ggn must still see the batched forward.
-    model = swimkit.quantize(build(cnn), 4)
+    model = swimkit.quantize(build(cnn), 4).eval()
     x, y = data(cnn, 6)
     before = snapshot(model)
     second, _, _ = run(ggn_diagonal, model, [(x, y)], sample_chunk=2)

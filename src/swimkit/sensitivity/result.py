@@ -67,8 +67,10 @@ def _load_kind(path: str | Path, kind: str, what: str) -> dict:
         raise SwimkitError(f"{what} file {str(path)!r} does not exist")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same message
-        raise SwimkitError(f"cannot read {what} file {str(path)!r}: {exc}") from None
+    except Exception:  # noqa: BLE001 - any unreadable file gets the same message
+        data = None
     if not isinstance(data, dict) or data.get("kind") != kind:
-        raise SwimkitError(f"{str(path)!r} is not a swimkit {what} file")
+        raise SwimkitError(
+            f"{str(path)!r} is not a swimkit {what} file; give the file swimkit wrote"
+        )
     return data

@@ -1,0 +1,548 @@
+"""Training with the reference's settings, optional noise injection, and exact resume.
+
+Design §5: batch 128; LeNet and ConvNet train with Adam (lr 1e-3), ResNet-18 with SGD
+(lr 0.01, momentum 0.9, weight decay 5e-4) under a cosine schedule. Noise-injection
+training adds a fresh device-noise draw to the effective device weights for every
+mini-batch; the update is applied to the clean weights (the offset's gradient is the
+identity), so the model learns weights that tolerate variation.
+
+Every epoch ends with the clean test accuracy and two checkpoints in the run folder:
+``last.pt`` (always) and ``best.pt`` (when the test accuracy improved). ``last.pt``
+holds everything needed to go on: model, optimizer and scheduler state, the global
+torch RNG state, the history. The data order and the noise of epoch e come from
+generators seeded by (seed, e) alone, so a run interrupted after epoch k and resumed
+gives bit-identical weights and history to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.optim import SGD, Adam, Optimizer
+from torch.optim.lr_scheduler import LambdaLR, LRScheduler
+
+from .checkpoints import load_checkpoint, save_checkpoint
+from .data import Batches, Dataset, Split, preload
+from .devices import DeviceModel
+from .errors import SwimkitError, require
+from .mapping import DeviceWeight, device_weights, effective_weights, perturbed, weight_scales
+from .models import ResNet18, canonical_model_name, model_info
+from .montecarlo import accuracy
+from .progress import progress_bar
+
+__all__ = [
+    "EVAL_BATCH_SIZE",
+    "OPTIMIZERS",
+    "TrainConfig",
+    "TrainResult",
+    "default_optimizer",
+    "make_optimizer",
+    "train",
+]
+
+OPTIMIZERS: tuple[str, ...] = ("adam", "sgd")
+
+#: Family defaults (design §5): learning rate, weight decay, and whether lr follows a cosine.
+_DEFAULTS: dict[str, dict[str, Any]] = {
+    "adam": {"lr": 1e-3, "weight_decay": 0.0, "schedule": "constant"},
+    "sgd": {"lr": 0.01, "weight_decay": 5e-4, "schedule": "cosine"},
+}
+
+#: Batch size of the clean test evaluation after every epoch.
+EVAL_BATCH_SIZE = 1000
+
+LAST, BEST = "last.pt", "best.pt"
+
+#: Resolved settings a resumed run must share with the stored one (epochs may grow).
+_MUST_MATCH = (
+    "model_name",
+    "optimizer",
+    "lr",
+    "momentum",
+    "weight_decay",
+    "batch_size",
+    "sigma_train",
+    "seed",
+    "augment",
+)
+
+_HOW_TO_PROCEED = (
+    "use another output directory (--out) or start from scratch with --no-resume "
+    "(resume=False), which overwrites it"
+)
+
+
+# --------------------------------------------------------------------------- settings
+
+
+@dataclass
+class TrainConfig:
+    """Training settings; None means the model family's default (design §5).
+
+    ``optimizer`` is ``"adam"`` or ``"sgd"``. Adam defaults to lr 1e-3, no weight decay,
+    a constant lr; SGD to lr 0.01, weight decay 5e-4 and a cosine schedule over
+    ``epochs`` (``momentum`` applies to SGD only). ``sigma_train`` > 0 turns on
+    noise-injection training with that device sigma. ``augment`` uses the dataset's
+    augmentation if it has one.
+    """
+
+    epochs: int = 10
+    batch_size: int = 128
+    optimizer: str | None = None
+    lr: float | None = None
+    momentum: float = 0.9
+    weight_decay: float | None = None
+    sigma_train: float = 0.0
+    seed: int = 0
+    augment: bool = True
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise a one-line :class:`SwimkitError` for a setting out of range."""
+        require(
+            _is_int(self.epochs) and self.epochs >= 0,
+            _bad("epochs", self.epochs, "an integer >= 0"),
+        )
+        require(
+            _is_int(self.batch_size) and self.batch_size >= 1,
+            _bad("batch_size", self.batch_size, "an integer >= 1"),
+        )
+        if self.optimizer is not None:
+            require(
+                isinstance(self.optimizer, str) and self.optimizer.lower() in OPTIMIZERS,
+                f"unknown optimizer {self.optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}",
+            )
+            self.optimizer = self.optimizer.lower()
+        require(self.lr is None or _positive(self.lr), _bad("lr", self.lr, "a number > 0"))
+        require(_nonnegative(self.momentum), _bad("momentum", self.momentum, "a number >= 0"))
+        require(
+            self.weight_decay is None or _nonnegative(self.weight_decay),
+            _bad("weight_decay", self.weight_decay, "a number >= 0"),
+        )
+        require(
+            _nonnegative(self.sigma_train), _bad("sigma_train", self.sigma_train, "a number >= 0")
+        )
+        require(_is_int(self.seed), f"seed must be an integer (got {self.seed!r})")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _positive(value: Any) -> bool:
+    return _is_number(value) and value > 0
+
+
+def _nonnegative(value: Any) -> bool:
+    return _is_number(value) and value >= 0
+
+
+def _bad(name: str, value: Any, condition: str) -> str:
+    return f"{name} must be {condition} (got {value!r})"
+
+
+def default_optimizer(model: nn.Module, model_name: str | None = None) -> str:
+    """The family optimizer: from the registry for a known name, else SGD for a ResNet-18."""
+    if model_name is not None:
+        with contextlib.suppress(SwimkitError):
+            return model_info(model_name).optimizer
+    return "sgd" if isinstance(model, ResNet18) else "adam"
+
+
+def _resolve(config: TrainConfig, model: nn.Module, model_name: str | None) -> dict[str, Any]:
+    """The settings actually used: optimizer, lr, momentum, weight decay and schedule."""
+    optimizer = config.optimizer or default_optimizer(model, model_name)
+    defaults = _DEFAULTS[optimizer]
+    return {
+        "optimizer": optimizer,
+        "lr": float(config.lr if config.lr is not None else defaults["lr"]),
+        "momentum": float(config.momentum) if optimizer == "sgd" else None,
+        "weight_decay": float(
+            config.weight_decay if config.weight_decay is not None else defaults["weight_decay"]
+        ),
+        "schedule": defaults["schedule"],
+    }
+
+
+def make_optimizer(
+    model: nn.Module, config: TrainConfig, model_name: str | None = None
+) -> tuple[Optimizer, LRScheduler | None]:
+    """The optimizer and lr scheduler (None for a constant lr) for ``config``.
+
+    The cosine schedule is ``lr * (1 + cos(pi * e / epochs)) / 2`` at epoch e (0-based),
+    as ``CosineAnnealingLR(T_max=epochs)``, but in closed form, so a finished run
+    resumed with more epochs follows the longer schedule from where it stands.
+    """
+    config.validate()
+    settings = _resolve(config, model, model_name)
+    params = [p for p in model.parameters() if p.requires_grad]
+    require(len(params) > 0, f"{type(model).__name__} has no trainable parameters")
+    if settings["optimizer"] == "sgd":
+        optimizer: Optimizer = SGD(
+            params,
+            lr=settings["lr"],
+            momentum=settings["momentum"],
+            weight_decay=settings["weight_decay"],
+        )
+    else:
+        optimizer = Adam(params, lr=settings["lr"], weight_decay=settings["weight_decay"])
+    if settings["schedule"] == "constant":
+        return optimizer, None
+    return optimizer, LambdaLR(optimizer, _cosine(max(config.epochs, 1)))
+
+
+def _cosine(epochs: int) -> Callable[[int], float]:
+    def factor(epoch: int) -> float:
+        return 0.5 * (1.0 + math.cos(math.pi * min(epoch, epochs) / epochs))
+
+    return factor
+
+
+# --------------------------------------------------------------------------- result
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced.
+
+    ``history`` has one dict per epoch (epoch, train_loss, train_accuracy, test_accuracy,
+    lr, seconds; accuracies in percent). ``best_accuracy`` / ``best_epoch`` are None when
+    no epoch was trained. ``model`` holds the last epoch's weights.
+    """
+
+    history: list[dict[str, Any]]
+    best_accuracy: float | None
+    best_epoch: int | None
+    last_path: Path | None
+    best_path: Path | None
+    model: nn.Module
+
+
+@dataclass
+class _Progress:
+    """The part of a run that a checkpoint carries from one epoch to the next."""
+
+    epoch: int = 0
+    history: list[dict[str, Any]] | None = None
+    best_accuracy: float | None = None
+    best_epoch: int | None = None
+
+    def __post_init__(self) -> None:
+        self.history = list(self.history or [])
+
+
+# --------------------------------------------------------------------------- training
+
+
+def train(
+    model: nn.Module,
+    dataset: Dataset,
+    config: TrainConfig,
+    *,
+    model_name: str | None = None,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = True,
+    progress: bool = False,
+    device: torch.device | str | None = None,
+    log: Callable[[str], None] | None = None,
+    noise_model: DeviceModel | None = None,
+) -> TrainResult:
+    """Train ``model`` on ``dataset`` with ``config``; checkpoint and resume in a folder.
+
+    ``model_name`` (a registry name) picks the family defaults and is stored in the
+    checkpoints. With ``checkpoint_dir``, ``last.pt`` is written after every epoch and
+    ``best.pt`` whenever the clean test accuracy improves; if ``last.pt`` exists and
+    ``resume`` is True, training continues after its epoch (or returns at once when it
+    already reached ``config.epochs``). ``noise_model`` supplies the device settings for
+    noise-injection training (its sigma is replaced by ``config.sigma_train``).
+    """
+    config.validate()
+    require(len(dataset.train) > 0, "the training set is empty; give a dataset with examples")
+    require(len(dataset.test) > 0, "the test set is empty; give a dataset with test examples")
+    where = torch.device(device) if device is not None else _model_device(model)
+    model.to(where)
+    name = model_name or type(model).__name__
+    settings = {"model_name": _canonical(name), **_resolve(config, model, model_name)}
+    settings.update(
+        batch_size=config.batch_size,
+        sigma_train=float(config.sigma_train),
+        seed=config.seed,
+        augment=bool(config.augment and dataset.augment),
+    )
+    optimizer, scheduler = make_optimizer(model, config, model_name)
+    folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    say = log or (lambda _line: None)
+
+    state = _Progress()
+    last = folder / LAST if folder is not None else None
+    if resume and last is not None and last.is_file():
+        state = _resume(last, model, optimizer, scheduler, settings, where)
+        if state.epoch >= config.epochs:
+            say(f"{last} already holds {state.epoch} epochs (asked for {config.epochs}): done")
+            return _result(state, model, folder)
+        say(f"resuming from epoch {state.epoch} of {config.epochs} ({last})")
+    else:
+        torch.manual_seed(config.seed)
+
+    train_split = _to_device(dataset.train, where)
+    test_batches = preload(dataset.test, dataset, EVAL_BATCH_SIZE, where)
+    noise = _NoiseInjector.create(model, config, noise_model)
+    for epoch in range(state.epoch + 1, config.epochs + 1):
+        start = time.perf_counter()
+        data = Batches(
+            train_split,
+            dataset,
+            config.batch_size,
+            shuffle=True,
+            augment=config.augment,
+            generator=_generator(config.seed, "data", epoch),
+        )
+        lr = float(optimizer.param_groups[0]["lr"])
+        desc = f"epoch {epoch}/{config.epochs}"
+        loss, train_acc = _train_epoch(model, data, optimizer, noise, epoch, progress, desc)
+        if scheduler is not None:
+            scheduler.step()
+        test_acc = accuracy(model, test_batches)
+        row = {
+            "epoch": epoch,
+            "train_loss": loss,
+            "train_accuracy": train_acc,
+            "test_accuracy": test_acc,
+            "lr": lr,
+            "seconds": time.perf_counter() - start,
+        }
+        improved = _record(state, row)
+        if folder is not None:
+            extra = _extra(state, optimizer, scheduler, config, settings, where)
+            if improved:
+                save_checkpoint(folder / BEST, model, model_name=name, extra=extra)
+            save_checkpoint(folder / LAST, model, model_name=name, extra=extra)
+        say(
+            f"epoch {epoch}/{config.epochs}: train loss {loss:.4f}, train acc {train_acc:.2f}%, "
+            f"test acc {test_acc:.2f}% ({row['seconds']:.1f} s)"
+        )
+    return _result(state, model, folder)
+
+
+def _train_epoch(
+    model: nn.Module,
+    data: Batches,
+    optimizer: Optimizer,
+    noise: _NoiseInjector | None,
+    epoch: int,
+    progress: bool,
+    desc: str,
+) -> tuple[float, float]:
+    """One pass over ``data`` in train mode; return the mean loss and accuracy (percent)."""
+    model.train()
+    where = _model_device(model)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=where)
+    correct = torch.zeros((), dtype=torch.int64, device=where)
+    seen = 0
+    noisy = noise.epoch(epoch) if noise is not None else contextlib.nullcontext()
+    with noisy as redraw:
+        for x, y in progress_bar(data, progress, desc):
+            if redraw is not None:
+                redraw()
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            n = int(y.shape[0])
+            loss_sum += loss.detach().double() * n
+            correct += (logits.detach().argmax(dim=-1) == y).sum()
+            seen += n
+    return float(loss_sum) / seen, 100.0 * int(correct) / seen
+
+
+class _NoiseInjector:
+    """Fresh device noise on the effective weights for every mini-batch.
+
+    The temporary offsets are attached once per epoch (:func:`perturbed`); each batch
+    recomputes the clean effective weights and their scales, then sets a new draw.
+    """
+
+    def __init__(self, model: nn.Module, device_model: DeviceModel, seed: int) -> None:
+        self.model = model
+        self.device_model = device_model
+        self.seed = seed
+        self.weights: dict[str, DeviceWeight] = device_weights(model)
+
+    @classmethod
+    def create(
+        cls, model: nn.Module, config: TrainConfig, noise_model: DeviceModel | None
+    ) -> _NoiseInjector | None:
+        """An injector for ``config.sigma_train`` > 0, else None."""
+        if config.sigma_train <= 0:
+            return None
+        base = noise_model if noise_model is not None else DeviceModel()
+        return cls(model, replace(base, sigma=float(config.sigma_train)), config.seed)
+
+    @contextlib.contextmanager
+    def epoch(self, epoch: int) -> Iterator[Callable[[], None]]:
+        """Attach the offsets for one epoch; yield the function that redraws the noise."""
+        where = next(iter(self.weights.values())).value.device
+        generator = _generator(self.seed, "noise", epoch, where)
+        with perturbed(self.model, self.weights) as offsets:
+
+            def redraw() -> None:
+                offsets.set(None)
+                values = effective_weights(self.weights)
+                scales = weight_scales(values)
+                with torch.no_grad():
+                    deltas = self.device_model.sample(values, scales, generator=generator)
+                offsets.set(deltas)
+
+            yield redraw
+
+
+def _generator(
+    seed: int, stream: str, epoch: int, device: torch.device | str = "cpu"
+) -> torch.Generator:
+    """A generator seeded by (seed, stream, epoch) alone, so any epoch can be replayed."""
+    digest = hashlib.sha256(f"swimkit-train:{stream}:{int(seed)}:{int(epoch)}".encode()).digest()
+    generator = torch.Generator(device=device)
+    generator.manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+    return generator
+
+
+def _record(state: _Progress, row: dict[str, Any]) -> bool:
+    """Append an epoch to ``state``; True if its test accuracy is a new best."""
+    state.epoch = int(row["epoch"])
+    state.history.append(row)
+    improved = state.best_accuracy is None or row["test_accuracy"] > state.best_accuracy
+    if improved:
+        state.best_accuracy, state.best_epoch = float(row["test_accuracy"]), state.epoch
+    return improved
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for tensor in model.parameters():
+        return tensor.device
+    return torch.device("cpu")
+
+
+def _to_device(split: Split, device: torch.device) -> Split:
+    """The split moved once to ``device`` (batches are then gathered there)."""
+    if split.images.device == device:
+        return split
+    return Split(split.images.to(device), split.labels.to(device))
+
+
+def _canonical(name: str) -> str:
+    with contextlib.suppress(SwimkitError):
+        return canonical_model_name(name)
+    return name
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def _extra(
+    state: _Progress,
+    optimizer: Optimizer,
+    scheduler: LRScheduler | None,
+    config: TrainConfig,
+    settings: Mapping[str, Any],
+    device: torch.device,
+) -> dict[str, Any]:
+    """The checkpoint's ``extra``: everything needed to continue after this epoch."""
+    rng: dict[str, Tensor] = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state(device)
+    return {
+        "epoch": state.epoch,
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "rng": rng,
+        "history": [dict(row) for row in state.history],
+        "best_accuracy": state.best_accuracy,
+        "best_epoch": state.best_epoch,
+        "config": asdict(config),
+        "settings": dict(settings),
+    }
+
+
+def _resume(
+    path: Path,
+    model: nn.Module,
+    optimizer: Optimizer,
+    scheduler: LRScheduler | None,
+    settings: Mapping[str, Any],
+    device: torch.device,
+) -> _Progress:
+    """Load ``path`` into the model, optimizer, scheduler and RNG; return the progress."""
+    backup = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    try:
+        _, info = load_checkpoint(path, model)
+    except SwimkitError as err:
+        raise SwimkitError(f"cannot resume from {path} ({err}); {_HOW_TO_PROCEED}") from None
+    extra = info["extra"]
+    try:
+        _check_settings(path, extra["settings"], settings)
+        optimizer.load_state_dict(extra["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(extra["scheduler"])
+        torch.set_rng_state(extra["rng"]["torch"])
+        if device.type == "cuda" and "cuda" in extra["rng"]:
+            torch.cuda.set_rng_state(extra["rng"]["cuda"], device)
+        return _Progress(
+            epoch=int(extra["epoch"]),
+            history=extra["history"],
+            best_accuracy=extra["best_accuracy"],
+            best_epoch=extra["best_epoch"],
+        )
+    except SwimkitError:
+        model.load_state_dict(backup)
+        raise
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        model.load_state_dict(backup)
+        reason = f"missing {err}" if isinstance(err, KeyError) else _first_line(err)
+        raise SwimkitError(
+            f"{path} is not a training checkpoint of this run ({reason}); {_HOW_TO_PROCEED}"
+        ) from None
+
+
+def _check_settings(path: Path, stored: Mapping[str, Any], current: Mapping[str, Any]) -> None:
+    """Refuse to continue a run whose stored settings differ from the requested ones."""
+    for key in _MUST_MATCH:
+        if stored.get(key) != current.get(key):
+            raise SwimkitError(
+                f"{path} holds a run with {key}={stored.get(key)!r}, but this run asks for "
+                f"{key}={current.get(key)!r}; to keep the old run, {_HOW_TO_PROCEED}"
+            )
+
+
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
+
+
+def _result(state: _Progress, model: nn.Module, folder: Path | None) -> TrainResult:
+    last = folder / LAST if folder is not None and (folder / LAST).is_file() else None
+    best = folder / BEST if folder is not None and (folder / BEST).is_file() else None
+    return TrainResult(
+        history=list(state.history),
+        best_accuracy=state.best_accuracy,
+        best_epoch=state.best_epoch,
+        last_path=last,
+        best_path=best,
+        model=model,
+    )

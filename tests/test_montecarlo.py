@@ -1,0 +1,189 @@
+"""Monte-Carlo evaluation: per-instance draws, statistics, bit-identical weights, ranks."""
+
+from __future__ import annotations
+
+import copy
+import functools
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+import swimkit
+from swimkit.montecarlo import t_quantile_975
+
+
+def toy_problem(seed: int = 0):
+    """A small MLP that classifies a synthetic task well (a fresh copy), and its batches."""
+    model, batches = _trained(seed)
+    return copy.deepcopy(model), batches
+
+
+@functools.cache
+def _trained(seed: int):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(600, 8, generator=gen)
+    y = (x[:, 0] + 0.5 * x[:, 1] > 0).long() + (x[:, 2] > 1).long()
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 3))
+    opt = torch.optim.Adam(model.parameters(), 0.02)
+    for _ in range(200):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    return model.eval(), [(x[i : i + 200], y[i : i + 200]) for i in range(0, 600, 200)]
+
+
+def test_statistics_and_ci():
+    res = swimkit.MCResult(torch.tensor([90.0, 91.0, 92.0, 93.0]), seed=0)
+    assert res.mean == pytest.approx(91.5)
+    assert res.std == pytest.approx(torch.tensor([90.0, 91, 92, 93]).std().item())
+    half = t_quantile_975(3) * res.std / 2
+    assert res.ci95 == pytest.approx((91.5 - half, 91.5 + half))
+    assert res.to_dict()["accuracies"] == [90.0, 91.0, 92.0, 93.0]
+
+
+@pytest.mark.parametrize("dof,expected", [(1, 12.7062), (2, 4.3027), (3, 3.1824),
+                                          (5, 2.5706), (9, 2.2622), (29, 2.0452),
+                                          (99, 1.9842), (10_000, 1.9602)])
+def test_t_quantile(dof, expected):
+    """Against the printed table of Student's t (four decimals)."""
+    assert t_quantile_975(dof) == pytest.approx(expected, abs=1e-4)
+
+
+def test_clean_accuracy_and_noise_effects():
+    model, batches = toy_problem()
+    clean = swimkit.accuracy(model, batches)
+    device = swimkit.DeviceModel(sigma=2.0, sigma_verified=0.0)
+    noisy = swimkit.evaluate(model, batches, device, "none", samples=8, seed=0)
+    verified = swimkit.evaluate(model, batches, device, "all", samples=8, seed=0)
+    assert clean > 90
+    assert noisy.mean < clean - 5 and noisy.std > 0
+    assert verified.accuracies.tolist() == [clean] * 8
+
+
+def test_each_instance_holds_one_draw_over_the_whole_test_set():
+    """Accuracy of instance k equals a manual evaluation with that instance's draw."""
+    model, batches = toy_problem()
+    device = swimkit.DeviceModel(sigma=1.0)
+    res = swimkit.evaluate(model, batches, device, samples=3, seed=5)
+    weights = swimkit.device_weights(model)
+    values = swimkit.mapping.effective_weights(weights)
+    scales = swimkit.mapping.weight_scales(values)
+    for k in range(3):
+        deltas = device.sample(values, scales, generator=swimkit.devices.generator_for(5, k))
+        state = {n: p.clone() for n, p in model.state_dict().items()}
+        for name, delta in deltas.items():
+            state[name] = state[name] + delta
+        twin = toy_problem()[0]
+        twin.load_state_dict(state)
+        assert res.accuracies[k].item() == pytest.approx(swimkit.accuracy(twin, batches))
+
+
+def test_weights_bit_identical_after_evaluation_even_on_error():
+    model, batches = toy_problem()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    params_before = [id(p) for p in model.parameters()]
+    swimkit.evaluate(model, batches, swimkit.DeviceModel(sigma=1.0), samples=2)
+    bad = batches + [(torch.randn(5, 3), torch.zeros(5, dtype=torch.long))]
+    with pytest.raises(RuntimeError):
+        swimkit.evaluate(model, bad, swimkit.DeviceModel(sigma=1.0), samples=2)
+    after = model.state_dict()
+    assert list(after) == list(before)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert [id(p) for p in model.parameters()] == params_before
+    assert all(type(m) in (nn.Linear, nn.ReLU) for m in model)
+
+
+def test_seed_reproducible_and_common_random_numbers():
+    model, batches = toy_problem()
+    device = swimkit.DeviceModel(sigma=1.0, sigma_verified=0.1)
+    a = swimkit.evaluate(model, batches, device, samples=6, seed=3)
+    b = swimkit.evaluate(model, batches, device, samples=6, seed=3)
+    c = swimkit.evaluate(model, batches, device, samples=6, seed=4)
+    assert torch.equal(a.accuracies, b.accuracies)
+    assert not torch.equal(a.accuracies, c.accuracies)
+    full = swimkit.evaluate(model, batches, device, "all", samples=6, seed=3)
+    diff = full.paired_difference(a)
+    assert diff.mean == pytest.approx(full.mean - a.mean)
+
+
+def test_plan_controls_which_weights_are_quiet():
+    model, batches = toy_problem()
+    device = swimkit.DeviceModel(sigma=3.0, sigma_verified=0.0)
+    names = list(swimkit.device_weights(model))
+    masks = {n: torch.ones_like(model.get_parameter(n), dtype=torch.bool) for n in names}
+    plan = swimkit.Plan(masks=masks, method="manual")
+    res = swimkit.evaluate(model, batches, device, plan, samples=3)
+    assert res.accuracies.tolist() == [swimkit.accuracy(model, batches)] * 3
+
+
+def test_excluded_layers_stay_exact():
+    model, batches = toy_problem()
+    device = swimkit.DeviceModel(sigma=5.0)
+    digital_all = swimkit.evaluate(model, batches, device, samples=2, exclude=["0"])
+    assert digital_all.std >= 0
+    with pytest.raises(swimkit.SwimkitError, match="matches no"):
+        swimkit.evaluate(model, batches, device, samples=2, exclude=["nope"])
+
+
+def test_bad_plan_shape_is_clear():
+    model, batches = toy_problem()
+    plan = swimkit.Plan(masks={"0.weight": torch.ones(2, 2, dtype=torch.bool)}, method="x")
+    with pytest.raises(swimkit.SwimkitError, match="shape"):
+        swimkit.evaluate(model, batches, swimkit.DeviceModel(), plan, samples=1)
+
+
+def test_quantized_noise_lands_after_quantization():
+    model = swimkit.quantize(nn.Sequential(nn.Linear(8, 4)), 2)
+    model.train()
+    model(torch.randn(16, 8))
+    model.eval()
+    weights = swimkit.device_weights(model)
+    q = model[0].weight.detach().clone()
+    delta = torch.full_like(q, 1e-3)
+    with swimkit.perturbed(model, weights, {"0.weight": delta}):
+        torch.testing.assert_close(model[0].weight, q + delta)
+    torch.testing.assert_close(model[0].weight, q)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank: int, world: int, port: int, queue) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    try:
+        model, batches = toy_problem()
+        res = swimkit.evaluate(model, batches, swimkit.DeviceModel(sigma=1.0), samples=7,
+                               seed=11)
+        queue.put((rank, res.accuracies.tolist()))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_same_result_on_any_number_of_processes():
+    model, batches = toy_problem()
+    single = swimkit.evaluate(model, batches, swimkit.DeviceModel(sigma=1.0), samples=7, seed=11)
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    world = 3
+    port = _free_port()
+    procs = [ctx.Process(target=_worker, args=(rank, world, port, queue)) for rank in range(world)]
+    for p in procs:
+        p.start()
+    got = [queue.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    for _, accuracies in got:
+        assert accuracies == single.accuracies.tolist()

@@ -1,0 +1,173 @@
+"""Selection: scores, one global threshold, exact counts, budgets, plans on disk."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import swimkit
+from swimkit.programming import WriteVerify
+from swimkit.selection import _top_k
+
+
+@pytest.fixture(scope="module")
+def lenet_and_sens(reference):
+    model = swimkit.models.LeNet()
+    model.load_state_dict(reference["state_dict"])
+    sens = swimkit.sensitivity(model, [(reference["x"], reference["y"])])
+    return model, sens
+
+
+def test_reference_verified_set_is_reproduced(lenet_and_sens, reference):
+    model, sens = lenet_and_sens
+    plan = swimkit.select(model, sens, fraction=reference["mask_p"], method="swim")
+    for name, mask in reference["verified"].items():
+        assert torch.equal(plan.masks[name], mask), name
+    for name, score in reference["score"].items():
+        w_hat = model.get_parameter(name).detach() / sens.scale[name]
+        ours = 1e6 * sens.combined[name].abs() + w_hat.abs()
+        torch.testing.assert_close(ours, score, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("method", ["swim", "second", "magnitude", "random", "uswim",
+                                    "variance"])
+@pytest.mark.parametrize("fraction", [0.0, 0.013, 0.1, 0.5, 1.0])
+def test_exact_count_for_every_method(lenet_and_sens, method, fraction):
+    model, sens = lenet_and_sens
+    plan = swimkit.select(model, sens, fraction=fraction, method=method)
+    assert plan.weights_total == sum(p.numel() for n, p in model.named_parameters()
+                                     if n.endswith("weight"))
+    assert plan.weights_verified == round(fraction * plan.weights_total)
+    assert all(m.dtype == torch.bool for m in plan.masks.values())
+
+
+def test_global_threshold_not_per_layer(lenet_and_sens):
+    """Every verified weight scores at least as high as every unverified one."""
+    model, sens = lenet_and_sens
+    plan = swimkit.select(model, sens, fraction=0.05, method="magnitude")
+    scores = {k: model.get_parameter(k).detach().abs() / sens.scale[k] for k in plan.masks}
+    lowest_in = min(float(scores[k][m].min()) for k, m in plan.masks.items() if m.any())
+    highest_out = max(float(scores[k][~m].max()) for k, m in plan.masks.items() if (~m).any())
+    assert lowest_in >= highest_out
+    per_layer = plan.per_layer()
+    assert len({round(v["fraction"], 3) for v in per_layer.values()}) > 1
+
+
+def test_magnitude_picks_largest_normalised_weights():
+    model = nn.Sequential(nn.Linear(2, 2, bias=False), nn.Linear(2, 1, bias=False))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[1.0, 0.5], [0.1, -2.0]]))
+        model[1].weight.copy_(torch.tensor([[0.01, -0.009]]))
+    plan = swimkit.select(model, None, fraction=0.5, method="magnitude")
+    # normalised: layer0 = [0.5, .25, .05, 1], layer1 = [1, 0.9]: top 3 of 6 are 1, 1, 0.9
+    assert plan.masks["0.weight"].tolist() == [[False, False], [False, True]]
+    assert plan.masks["1.weight"].tolist() == [[True, True]]
+
+
+def test_random_is_seeded(lenet_and_sens):
+    model, _ = lenet_and_sens
+    a = swimkit.select(model, None, fraction=0.1, method="random", seed=1)
+    b = swimkit.select(model, None, fraction=0.1, method="random", seed=1)
+    c = swimkit.select(model, None, fraction=0.1, method="random", seed=2)
+    assert all(torch.equal(a.masks[k], b.masks[k]) for k in a.masks)
+    assert any(not torch.equal(a.masks[k], c.masks[k]) for k in a.masks)
+
+
+def test_variance_ranks_like_second_when_sigma_is_uniform(lenet_and_sens):
+    model, sens = lenet_and_sens
+    device = swimkit.DeviceModel(sigma=0.3, sigma_verified=0.03)
+    for fraction in (0.01, 0.1, 0.37):
+        a = swimkit.select(model, sens, fraction=fraction, method="variance", device=device)
+        b = swimkit.select(model, sens, fraction=fraction, method="second", device=device)
+        assert all(torch.equal(a.masks[k], b.masks[k]) for k in a.masks)
+
+
+def test_uswim_weights_by_variation_factor(lenet_and_sens):
+    model, sens = lenet_and_sens
+    uniform = swimkit.select(model, sens, fraction=0.1, method="uswim")
+    swim = swimkit.select(model, sens, fraction=0.1, method="swim")
+    assert all(torch.equal(uniform.masks[k], swim.masks[k]) for k in swim.masks)
+    band = swimkit.DeviceModel(variation="band:3")
+    banded = swimkit.select(model, sens, fraction=0.1, method="uswim", device=band)
+    assert any(not torch.equal(banded.masks[k], swim.masks[k]) for k in swim.masks)
+
+
+def test_top_k_beyond_float_quantile_limit():
+    """torch.quantile fails beyond 2^24 elements; the global top-k must not."""
+    n = 20_000_000
+    scores = torch.rand(n, generator=torch.Generator().manual_seed(0))
+    k = round(0.1 * n)
+    mask = _top_k(scores, k)
+    assert int(mask.sum()) == k
+    assert float(scores[mask].min()) >= float(scores[~mask].max())
+
+
+def test_large_model_selection():
+    model = nn.Sequential(nn.Linear(4200, 4200, bias=False), nn.Linear(4200, 10, bias=False))
+    assert sum(p.numel() for p in model.parameters()) > 2**24
+    plan = swimkit.select(model, None, fraction=0.03, method="magnitude")
+    assert plan.weights_verified == round(0.03 * plan.weights_total)
+
+
+def test_speedup_budget(lenet_and_sens):
+    model, sens = lenet_and_sens
+    device = swimkit.DeviceModel()
+    wv = WriteVerify(0.05, max_attempts=100)
+    for speedup in (1.0, 2.0, 5.0):
+        plan = swimkit.select(model, sens, speedup=speedup, device=device, write_verify=wv)
+        assert plan.programming.speedup >= speedup * (1 - 1e-9)
+        # one more verified weight would break the budget
+        per_weight = plan.programming.time_full_verify - plan.programming.time_no_verify
+        per_weight /= plan.weights_total
+        slower = plan.programming.time_plan + per_weight
+        assert plan.programming.time_full_verify / slower < speedup or plan.fraction_verified == 1
+    top = swimkit.select(model, sens, speedup=5.0, device=device, write_verify=wv)
+    by_fraction = swimkit.select(model, sens, fraction=top.fraction_verified)
+    assert all(torch.equal(top.masks[k], by_fraction.masks[k]) for k in top.masks)
+    with pytest.raises(swimkit.SwimkitError, match="speedup"):
+        swimkit.select(model, sens, speedup=1e6, device=device, write_verify=wv)
+
+
+def test_time_budget_in_seconds(lenet_and_sens):
+    model, sens = lenet_and_sens
+    wv = WriteVerify(0.05, max_attempts=100)
+    full = swimkit.select(model, sens, fraction=1.0, write_verify=wv).programming
+    budget = 0.5 * (full.time_no_verify + full.time_full_verify)
+    plan = swimkit.select(model, sens, time_budget=budget, write_verify=wv)
+    assert plan.programming.time_plan <= budget
+    assert plan.fraction_verified == pytest.approx(0.5, abs=1e-4)
+
+
+@pytest.mark.parametrize(
+    "kwargs,needle",
+    [({"fraction": 1.5}, "between 0 and 1"), ({"fraction": -0.1}, "between 0 and 1"),
+     ({"fraction": 0.1, "method": "best"}, "unknown selection method"),
+     ({"fraction": 0.1, "speedup": 2.0}, "exactly one budget"), ({}, "exactly one budget")],
+)
+def test_bad_requests(lenet_and_sens, kwargs, needle):
+    model, sens = lenet_and_sens
+    with pytest.raises(swimkit.SwimkitError, match=needle):
+        swimkit.select(model, sens, **kwargs)
+
+
+def test_sensitivity_needed_for_swim(lenet_and_sens):
+    model, _ = lenet_and_sens
+    with pytest.raises(swimkit.SwimkitError, match="sensitivit"):
+        swimkit.select(model, None, fraction=0.1, method="swim")
+
+
+def test_plan_save_load_and_npz(lenet_and_sens, tmp_path):
+    model, sens = lenet_and_sens
+    plan = swimkit.select(model, sens, fraction=0.1, write_verify=WriteVerify(0.05, 100))
+    plan.save(tmp_path / "plan.pt")
+    back = swimkit.Plan.load(tmp_path / "plan.pt")
+    assert all(torch.equal(back.masks[k], plan.masks[k]) for k in plan.masks)
+    assert back.programming == plan.programming and back.method == "swim"
+    plan.export_npz(tmp_path / "plan.npz")
+    arrays = np.load(tmp_path / "plan.npz")
+    assert set(arrays.files) == set(plan.masks)
+    assert all((arrays[k] == plan.masks[k].numpy()).all() for k in plan.masks)
+    with pytest.raises(swimkit.SwimkitError, match="not a swimkit write-verify plan"):
+        swimkit.Plan.load(tmp_path / "plan.npz")
