@@ -282,8 +282,8 @@ def cmd_run(args: argparse.Namespace) -> int:
               else {"fractions": [0.1 if args.fraction is None else args.fraction]})
     settings = _settings(args, methods=[args.method], **budget)
     result = sweep(settings, log=_quiet, progress=not args.no_progress)
-    path = write_result(result, args.json or settings.out_dir / "result.json")
-    result["files"]["result"] = str(path)
+    result["files"]["result"] = str(args.json or settings.out_dir / "result.json")
+    write_result(result, result["files"]["result"])
     if _is_rank_zero():
         print_run(result)
     return 0
@@ -298,11 +298,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     settings = _settings(args, fractions=fractions, speedups=args.speedups,
                          methods=args.methods)
     result = sweep(settings, log=_quiet, progress=not args.no_progress)
-    path = write_result(result, args.json or settings.out_dir / "sweep.json")
-    result["files"]["result"] = str(path)
+    result["files"]["result"] = str(args.json or settings.out_dir / "sweep.json")
     if _is_rank_zero():
         result["files"].update(write_sweep_reports(result, settings.out_dir, args.plot))
         print_sweep(result)
+    write_result(result, result["files"]["result"])
     return 0
 
 

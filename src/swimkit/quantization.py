@@ -138,7 +138,9 @@ def quantize(
                     layer, tensor_name, WeightQuantizer(bits), unsafe=True
                 )
         if outputs:
-            layer.output_quantizer = OutputQuantizer(bits, output_range)
+            # follow the layer's mode: quantizing an eval-mode model must not leave
+            # training-mode quantizers that would keep updating their range
+            layer.output_quantizer = OutputQuantizer(bits, output_range).train(layer.training)
             layer.register_forward_hook(_quantize_output_hook)
     return model
 

@@ -364,3 +364,9 @@ def test_trace_keeps_graph_nodes_named():
     graph = trace(lenet())
     assert isinstance(graph, fx.Graph)
     assert any(n.op == "call_module" and n.target == "fc1" for n in graph.nodes)
+
+
+def test_quantizing_an_eval_model_keeps_eval_mode():
+    model = nn.Sequential(nn.Linear(4, 3)).eval()
+    swimkit.quantize(model, 4)
+    assert not any(m.training for m in model.modules())

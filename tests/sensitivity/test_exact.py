@@ -83,8 +83,8 @@ def data(factory, n: int, seed: int = 1) -> tuple[Tensor, Tensor]:
 # References (plain models: the effective weight is the parameter)
 
 
-def summed_loss_of_offsets(model: nn.Module, x: Tensor, y: Tensor):
-    """(loss(flat offsets on every device weight), split flat -> dict, zero flat)."""
+def plain_offsets(model: nn.Module, x: Tensor):
+    """(logits of flat offsets on every device weight, split flat -> dict, zero offsets)."""
     names = list(device_weights(model))
     base = {n: model.get_parameter(n).detach() for n in names}
     sizes = [base[n].numel() for n in names]
@@ -92,32 +92,23 @@ def summed_loss_of_offsets(model: nn.Module, x: Tensor, y: Tensor):
     def split(flat: Tensor) -> dict[str, Tensor]:
         return {n: p.view(base[n].shape) for n, p in zip(names, flat.split(sizes), strict=True)}
 
-    def loss(flat: Tensor) -> Tensor:
+    def logits(flat: Tensor) -> Tensor:
         params = {n: base[n] + d for n, d in split(flat).items()}
-        return F.cross_entropy(functional_call(model, params, (x,)), y, reduction="sum")
+        return functional_call(model, params, (x,))
 
-    return loss, split, torch.zeros(sum(sizes), dtype=DTYPE)
+    return logits, split, torch.zeros(sum(sizes), dtype=DTYPE)
 
 
 def exact_hessian(model: nn.Module, x: Tensor, y: Tensor):
-    loss, split, zero = summed_loss_of_offsets(model, x, y)
-    return hessian(loss)(zero), split
+    """Full Hessian of the summed loss over all device weights, and the splitter."""
+    logits, split, zero = plain_offsets(model, x)
+    return hessian(lambda f: F.cross_entropy(logits(f), y, reduction="sum"))(zero), split
 
 
-def explicit_ggn(model: nn.Module, x: Tensor, y: Tensor, logits_of_flat=None) -> Tensor:
+def explicit_ggn(logits, zero: Tensor) -> Tensor:
     """diag(sum_n J_n^T (diag(p_n) - p_n p_n^T) J_n), J from jacrev of the batched logits."""
-    if logits_of_flat is None:
-        _, split, zero = summed_loss_of_offsets(model, x, y)
-        base = {n: model.get_parameter(n).detach() for n in device_weights(model)}
-
-        def logits_of_flat(flat: Tensor) -> Tensor:
-            params = {n: base[n] + d for n, d in split(flat).items()}
-            return functional_call(model, params, (x,))
-    else:
-        zero = torch.zeros(sum(w.value.numel() for w in device_weights(model).values()),
-                           dtype=DTYPE)
-    jac = jacrev(logits_of_flat)(zero)  # [N, C, P]
-    p = torch.softmax(logits_of_flat(zero), dim=-1).detach()
+    jac = jacrev(logits)(zero)  # [N, C, P]
+    p = torch.softmax(logits(zero), dim=-1).detach()
     h = torch.diag_embed(p) - p[:, :, None] * p[:, None, :]
     return torch.einsum("nci,ncd,ndi->i", jac, h, jac)
 
@@ -172,11 +163,20 @@ def test_ggn_equals_hessian_diagonal_for_piecewise_linear_nets(factory) -> None:
         torch.testing.assert_close(second[k], v, rtol=1e-8, atol=1e-12)
 
 
+def test_ggn_in_single_precision() -> None:
+    model = build(cnn)
+    x, y = data(cnn, 6)
+    hess, _ = exact_hessian(model, x, y)
+    second, _, _ = run(ggn_diagonal, model.float(), [(x.float(), y)])
+    torch.testing.assert_close(flat(second).double(), torch.diagonal(hess), rtol=1e-4, atol=1e-7)
+
+
 def test_ggn_is_gauss_newton_not_hessian_for_tanh() -> None:
     model = build(tanh_mlp)
     x, y = data(tanh_mlp, 5)
     second, _, _ = run(ggn_diagonal, model, [(x, y)], class_chunk=3, sample_chunk=2)
-    torch.testing.assert_close(flat(second), explicit_ggn(model, x, y), rtol=1e-8, atol=1e-12)
+    logits, _, zero = plain_offsets(model, x)
+    torch.testing.assert_close(flat(second), explicit_ggn(logits, zero), rtol=1e-8, atol=1e-12)
     hess, _ = exact_hessian(model, x, y)
     assert not torch.allclose(flat(second), torch.diagonal(hess), rtol=1e-3)
 
@@ -318,18 +318,19 @@ def test_quantized_outputs_keep_their_whole_batch_range() -> None:
     second, _, _ = run(ggn_diagonal, model, [(x, y)], sample_chunk=2)
     assert_untouched(model, before)
     weights = device_weights(model)
+    shapes = {k: w.value.shape for k, w in weights.items()}
+    sizes = [shape.numel() for shape in shapes.values()]
     with perturbed(model, weights) as handle:
 
-        def logits_of_flat(flat_offsets: Tensor) -> Tensor:
-            parts = flat_offsets.split([w.value.numel() for w in weights.values()])
-            handle.set({k: d.view(w.value.shape) for (k, w), d in zip(weights.items(), parts,
-                                                                      strict=True)})
+        def logits(offsets: Tensor) -> Tensor:
+            parts = zip(shapes.items(), offsets.split(sizes), strict=True)
+            handle.set({k: d.view(shape) for (k, shape), d in parts})
             try:
-                return model(x)
+                return model(x)  # batched: the quantizers take this batch's range
             finally:
                 handle.set(None)
 
-        expected = explicit_ggn(model, x, y, logits_of_flat)
+        expected = explicit_ggn(logits, torch.zeros(sum(sizes), dtype=DTYPE))
     torch.testing.assert_close(flat(second), expected, rtol=1e-8, atol=1e-12)
     # One sample alone would get another range than the batch: the pinning matters here.
     layer = model[0]
@@ -347,8 +348,12 @@ def test_options_are_checked() -> None:
         swimkit.sensitivity(model, [(x, y)], engine="ggn", probes=3)
     with pytest.raises(swimkit.SwimkitError, match="probes must be an integer >= 1"):
         run(hutchinson_diagonal, model, [(x, y)], probes=0)
-    with pytest.raises(swimkit.SwimkitError, match="class_chunk"):
+    with pytest.raises(swimkit.SwimkitError, match="class_chunk must be an integer >= 1"):
         run(ggn_diagonal, model, [(x, y)], class_chunk=0)
+    with pytest.raises(swimkit.SwimkitError, match="sample_chunk"):
+        run(fisher_diagonal, model, [], sample_chunk=2.5)
+    with pytest.raises(swimkit.SwimkitError, match="seed must be an integer"):
+        run(hutchinson_diagonal, model, [(x, y)], seed="0")
     with pytest.raises(swimkit.SwimkitError, match="no batches"):
         run(fisher_diagonal, model, [])
 

@@ -14,7 +14,7 @@ written. Each engine returns raw (unnormalised) ``(second, first, samples)``:
     (ReLU, max-pooling, batch norm in eval mode, residual adds, straight-through
     quantizers), whose logits are linear in each single weight.
   - ``hutchinson``: the unbiased estimate mean_v[v * (H v)] of the Hessian diagonal,
-    with Rademacher probes v and forward-over-reverse Hessian-vector products.
+    with Rademacher probes v and double-backward Hessian-vector products.
   - ``fisher``: the empirical Fisher diagonal, sum_n (grad of sample n's loss)^2.
 
 The engines expect the model in eval mode (the :func:`swimkit.sensitivity` dispatcher
@@ -23,7 +23,6 @@ puts it there).
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.func import grad, jvp, vjp, vmap
+from torch.func import grad, vjp, vmap
 
 from ..errors import SwimkitError
 from ..mapping import DeviceWeight, Perturbation, effective_weights, perturbed
@@ -101,11 +100,8 @@ def hutchinson_diagonal(
     default 8).
     """
     opts = _options("hutchinson", options, {"probes": 100, "seed": 0, "probe_chunk": 8})
-    _require_count(opts["probes"], "probes")
-    _require_count(opts["probe_chunk"], "probe_chunk")
-    device = next(iter(weights.values())).value.device
-    generator = torch.Generator(device=device)
-    generator.manual_seed(int(opts.pop("seed")))
+    generator = torch.Generator(device=next(iter(weights.values())).value.device)
+    generator.manual_seed(opts.pop("seed"))
     term = partial(_hutchinson_term, generator=generator, **opts)
     return _accumulate("hutchinson", model, weights, batches, term, progress)
 
@@ -115,7 +111,7 @@ def hutchinson_diagonal(
 
 
 @dataclass(frozen=True)
-class Forward:
+class _Forward:
     """The model as a function of offsets on its effective weights: (deltas, x) -> logits."""
 
     model: nn.Module
@@ -130,7 +126,7 @@ class Forward:
 
 
 # A per-batch second-order term: (forward, zero offsets, x, y) -> per-weight tensors.
-SecondTerm = Callable[[Forward, Grads, Tensor, Tensor], Grads]
+_SecondTerm = Callable[[_Forward, Grads, Tensor, Tensor], Grads]
 
 
 def _accumulate(
@@ -138,7 +134,7 @@ def _accumulate(
     model: nn.Module,
     weights: Mapping[str, DeviceWeight],
     batches: Iterable[tuple[Tensor, Tensor]],
-    second_term: SecondTerm,
+    second_term: _SecondTerm,
     progress: bool,
 ) -> Result:
     """Sum the mean-loss gradient and ``second_term`` over ``batches``."""
@@ -150,7 +146,7 @@ def _accumulate(
     # Outer no_grad: torch.func transforms still differentiate the offsets, but no graph
     # is recorded for the model's own parameters.
     with perturbed(model, weights) as handle, torch.no_grad():
-        forward = Forward(model, handle)
+        forward = _Forward(model, handle)
         for x, y in progress_bar(batches, progress, f"sensitivity ({name})"):
             x, y = x.to(device), y.to(device)
             _add_to(first, _mean_loss_gradient(forward, zeros, x, y))
@@ -161,7 +157,7 @@ def _accumulate(
     return second, first, samples
 
 
-def _mean_loss_gradient(forward: Forward, zeros: Grads, x: Tensor, y: Tensor) -> Grads:
+def _mean_loss_gradient(forward: _Forward, zeros: Grads, x: Tensor, y: Tensor) -> Grads:
     """Gradient of the batch's mean cross-entropy (g, shared by every engine)."""
     return grad(lambda d: F.cross_entropy(forward(d, x), y))(zeros)
 
@@ -190,7 +186,7 @@ def _loss_gradient_factor(z: Tensor, y: Tensor) -> Tensor:
 
 
 def _outer_product_diagonal(
-    forward: Forward,
+    forward: _Forward,
     zeros: Grads,
     x: Tensor,
     y: Tensor,
@@ -205,25 +201,15 @@ def _outer_product_diagonal(
     single row p - e_y it is the sum of squared per-sample loss gradients. The square is
     per sample, so the pullbacks are vectorised over samples (and classes) with vmap.
     """
-    rows = class_chunk
-    if rows is not None:
-        _require_count(rows, "class_chunk")
-    if sample_chunk is not None:
-        _require_count(sample_chunk, "sample_chunk")
 
     def per_sample(xn: Tensor, yn: Tensor) -> Grads:
         z, pullback = vjp(lambda d: forward(d, xn[None])[0], zeros)
         a = factor(z.detach(), yn)
-        total: Grads | None = None
-        for chunk in a.split(rows or a.shape[0]):
-            (parts,) = vmap(pullback)(chunk)
-            squares = {k: v.square().sum(0) for k, v in parts.items()}
-            total = squares if total is None else {k: total[k] + squares[k] for k in total}
-        assert total is not None
-        return total
+        squares = [_squares(vmap(pullback)(rows)[0]) for rows in a.split(class_chunk or len(a))]
+        return {k: sum(s[k] for s in squares) for k in zeros}
 
     numel = sum(v.numel() for v in zeros.values())
-    width = rows or _num_classes(forward, x)
+    width = class_chunk or _num_classes(forward, x)
     step = sample_chunk or max(1, _PER_SAMPLE_BUDGET // (numel * width))
     result = {k: v.clone() for k, v in zeros.items()}
     with _whole_batch_ranges(forward, x):
@@ -232,12 +218,17 @@ def _outer_product_diagonal(
     return result
 
 
-def _num_classes(forward: Forward, x: Tensor) -> int:
+def _squares(pulled: Grads) -> Grads:
+    """sum_k of the squared pullbacks of one class chunk (freed right after)."""
+    return {k: v.square().sum(0) for k, v in pulled.items()}
+
+
+def _num_classes(forward: _Forward, x: Tensor) -> int:
     return forward(None, x[:1]).shape[-1]
 
 
 @contextmanager
-def _whole_batch_ranges(forward: Forward, x: Tensor) -> Iterator[None]:
+def _whole_batch_ranges(forward: _Forward, x: Tensor) -> Iterator[None]:
     """Pin batch-dependent output-quantizer ranges to those of the whole batch ``x``.
 
     A quantizer whose range is max|y| over the batch tensor (``output_range="batch"``, or
@@ -286,7 +277,7 @@ def _hooks(modules: Iterable[nn.Module], hook: Callable[..., Any]) -> Iterator[N
 
 
 def _hutchinson_term(
-    forward: Forward,
+    forward: _Forward,
     zeros: Grads,
     x: Tensor,
     y: Tensor,
@@ -295,32 +286,31 @@ def _hutchinson_term(
     probe_chunk: int,
     generator: torch.Generator,
 ) -> Grads:
-    """mean over Rademacher v of v * (H v), H the Hessian of the batch's summed loss."""
+    """mean over Rademacher v of v * (H v), H the Hessian of the batch's summed loss.
+
+    H v is the vector-Jacobian product of the gradient with v (H is symmetric), so one
+    forward and backward pass is recorded per batch and replayed for every probe.
+    """
 
     def summed_loss(d: Grads) -> Tensor:
         return F.cross_entropy(forward(d, x), y, reduction="sum")
 
-    def v_hv(v: Grads) -> Grads:
-        _, hv = jvp(grad(summed_loss), (zeros,), (v,))  # forward-over-reverse H v
-        return {k: v[k] * hv[k] for k in v}
-
+    _, hessian_product = vjp(grad(summed_loss), zeros)
     total = {k: v.clone() for k, v in zeros.items()}
-    with warnings.catch_warnings():
-        # Forward-mode AD loads torch's own jit-scripted decompositions on first use.
-        warnings.filterwarnings("ignore", ".*torch.jit.script.*", FutureWarning)
-        for start in range(0, probes, probe_chunk):
-            vs = _rademacher(zeros, min(probe_chunk, probes - start), generator)
-            _add_to(total, {k: v.sum(0) for k, v in vmap(v_hv)(vs).items()})
+    for start in range(0, probes, probe_chunk):
+        vs = _rademacher(zeros, min(probe_chunk, probes - start), generator)
+        (hvs,) = vmap(hessian_product)(vs)
+        _add_to(total, {k: (vs[k] * hvs[k]).sum(0) for k in vs})
     return {k: v / probes for k, v in total.items()}
 
 
 def _rademacher(like: Grads, count: int, generator: torch.Generator) -> Grads:
     """``count`` probes of +-1, drawn probe by probe (independent of the chunking)."""
-    draws = [
-        {k: torch.randint(0, 2, v.shape, generator=generator, device=v.device) for k, v in
-         like.items()}
-        for _ in range(count)
-    ]
+
+    def draw(v: Tensor) -> Tensor:
+        return torch.randint(0, 2, v.shape, generator=generator, device=v.device)
+
+    draws = [{k: draw(v) for k, v in like.items()} for _ in range(count)]
     return {k: torch.stack([d[k] for d in draws]).to(v.dtype) * 2 - 1 for k, v in like.items()}
 
 
@@ -329,16 +319,20 @@ def _rademacher(like: Grads, count: int, generator: torch.Generator) -> Grads:
 
 
 def _options(engine: str, given: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict:
-    """``defaults`` updated by ``given``; an unknown option is a :class:`SwimkitError`."""
-    for key in given:
+    """``defaults`` updated by ``given``, checked: unknown or bad values raise SwimkitError.
+
+    Every option is an integer; all but ``seed`` must be >= 1 (None keeps the default).
+    """
+    for key, value in given.items():
         if key not in defaults:
             raise SwimkitError(
                 f"unknown option {key!r} for sensitivity engine {engine!r}; "
-                f"valid options: {', '.join(defaults) or 'none'}"
+                f"valid options: {', '.join(defaults)}"
             )
+        if value is None and defaults[key] is None:
+            continue
+        least = None if key == "seed" else 1
+        if isinstance(value, bool) or not isinstance(value, int) or (least and value < least):
+            rule = "an integer" if least is None else f"an integer >= {least}"
+            raise SwimkitError(f"{key} must be {rule} (got {value!r})")
     return {**defaults, **given}
-
-
-def _require_count(value: Any, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise SwimkitError(f"{name} must be an integer >= 1 (got {value!r})")

@@ -1,0 +1,188 @@
+"""The command line: the whole flow, the separate steps, aliases, resume and bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from formats import make_learnable_mnist
+
+import swimkit
+from swimkit import data
+from swimkit.cli import main
+
+
+@pytest.fixture()
+def fmnist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A small learnable Fashion-MNIST-shaped dataset; the system data and network are off."""
+    folder = tmp_path / "data"
+    make_learnable_mnist(folder, n_train=3000, n_test=300)
+
+    def no_network(name: str, root: Path) -> None:
+        raise ConnectionError("no network in tests")
+
+    monkeypatch.setattr(data, "_download", no_network)
+    monkeypatch.setattr(data, "DEFAULT_CACHE_DIR", tmp_path / "cache")
+    monkeypatch.setattr(data, "SYSTEM_DATA_DIRS", (tmp_path / "system",))
+    return folder
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
+    code = main(args)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def flow_args(folder: Path, out: Path) -> list[str]:
+    return ["--dataset", "fashion-mnist", "--data-dir", str(folder), "--epochs", "1",
+            "--samples", "4", "--out", str(out), "--no-progress", "--sigma", "0.5"]
+
+
+def test_run_end_to_end_and_resume(fmnist, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["run", "--model", "lenet", *flow_args(fmnist, out), "--fraction", "0.1",
+            "--method", "swim", "--json", str(tmp_path / "r.json")]
+    code, stdout, err = run_cli(args, capsys)
+    assert code == 0, err
+    result = json.loads((tmp_path / "r.json").read_text())
+    for key in ("clean_accuracy", "no_verify", "full_verify", "selected", "fraction_verified",
+                "weights_verified", "weights_total", "settings", "programming"):
+        assert key in result
+    for key in ("no_verify", "full_verify", "selected"):
+        point = result[key]
+        assert len(point["accuracies"]) == 4
+        assert point["ci95"][0] <= point["mean"] <= point["ci95"][1]
+    assert result["weights_verified"] == round(0.1 * result["weights_total"])
+    assert result["weights_total"] == 106154 - (6 + 16 + 120 + 84 + 10)
+    assert set(result["programming"]) >= {"time_plan", "time_full_verify", "speedup"}
+    assert result["programming"]["speedup"] > 1
+    assert result["settings"]["sigma"] == 0.5 and result["settings"]["method" + "s"] == ["swim"]
+    assert result["clean_accuracy"] > 50
+    assert "clean accuracy" in stdout and "written" in stdout
+    for name in ("model", "sensitivity", "result"):
+        assert Path(result["files"][name]).is_file()
+    masks = swimkit.Plan.load(result["selected"]["masks"])
+    assert masks.weights_verified == result["weights_verified"]
+
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.pt")}
+    code, stdout2, _ = run_cli(args, capsys)
+    assert code == 0
+    again = json.loads((tmp_path / "r.json").read_text())
+    assert again["selected"]["accuracies"] == result["selected"]["accuracies"]
+    assert (out / "train" / "last.pt").stat().st_mtime_ns == stamps[out / "train" / "last.pt"]
+    assert (out / "sensitivity-swim.pt").stat().st_mtime_ns == stamps[out /
+                                                                      "sensitivity-swim.pt"]
+
+
+def test_reference_flag_names_are_aliases(fmnist, tmp_path, capsys):
+    ours = ["run", "--model", "lenet", "--sigma", "0.4", "--sigma-verified", "0.05",
+            "--fraction", "0.05", "--samples", "2", "--epochs", "1", "--sens-batch-size", "64",
+            "--method", "swim"]
+    theirs = ["run", "--model", "LeNet", "--dev_var", "0.4", "--write_var", "0.05",
+              "--mask_p", "0.05", "--noise_epoch", "2", "--train_epoch", "1", "--div", "64",
+              "--method", "SM"]
+    common = ["--dataset", "fashion-mnist", "--data-dir", str(fmnist), "--no-progress"]
+    results = []
+    for i, args in enumerate((ours, theirs)):
+        path = tmp_path / f"{i}.json"
+        code, _, err = run_cli([*args, *common, "--out", str(tmp_path / "same"), "--json",
+                                str(path)], capsys)
+        assert code == 0, err
+        results.append(json.loads(path.read_text()))
+    assert results[0]["settings"] == results[1]["settings"]
+    assert results[0]["selected"]["accuracies"] == results[1]["selected"]["accuracies"]
+
+
+def test_separate_steps_chain_through_files(fmnist, tmp_path, capsys):
+    out = tmp_path / "steps"
+    base = ["--dataset", "fashion-mnist", "--data-dir", str(fmnist)]
+    code, stdout, err = run_cli(["train", "--model", "qlenet", *base, "--epochs", "1", "--out",
+                                 str(out), "--no-progress"], capsys)
+    assert code == 0, err
+    ckpt = out / "train" / "last.pt"
+    assert ckpt.is_file() and "best clean accuracy" in stdout
+    sens = tmp_path / "sens.pt"
+    code, _, err = run_cli(["sensitivity", "--model", "qlenet", "--checkpoint", str(ckpt), *base,
+                            "-o", str(sens), "--no-progress"], capsys)
+    assert code == 0, err
+    plan = tmp_path / "plan.pt"
+    code, stdout, err = run_cli(["select", "--model", "qlenet", "--checkpoint", str(ckpt),
+                                 "--sensitivity", str(sens), "--fraction", "0.2", "-o", str(plan),
+                                 "--npz", str(tmp_path / "plan.npz")], capsys)
+    assert code == 0, err
+    assert "speedup" in stdout and (tmp_path / "plan.npz").is_file()
+    code, stdout, err = run_cli(["evaluate", "--model", "qlenet", "--checkpoint", str(ckpt),
+                                 *base, "--plan", str(plan), "--samples", "3", "--json",
+                                 str(tmp_path / "e.json"), "--no-progress"], capsys)
+    assert code == 0, err
+    result = json.loads((tmp_path / "e.json").read_text())
+    assert len(result["result"]["accuracies"]) == 3
+
+
+def test_sweep_writes_table_and_plot(fmnist, tmp_path, capsys):
+    out = tmp_path / "sweep"
+    code, stdout, err = run_cli(["sweep", "--model", "lenet", *flow_args(fmnist, out),
+                                 "--fractions", "0.01,0.1", "--methods", "swim,magnitude",
+                                 "--speedups", "4"], capsys)
+    assert code == 0, err
+    result = json.loads((out / "sweep.json").read_text())
+    assert len(result["points"]) == 2 * 3
+    table = (out / "sweep.md").read_text()
+    assert table.count("| swim |") == 3 and table.count("| magnitude |") == 3
+    assert (out / "sweep.csv").is_file() and (out / "sweep.png").stat().st_size > 1000
+    assert "| method |" in stdout
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["run", "--fraction", "1.5"], "fraction"),
+        (["run", "--sigma", "-0.2"], "--sigma"),
+        (["run", "--model", "alexnet"], "unknown model"),
+        (["run", "--dataset", "imagenet"], "unknown dataset"),
+        (["run", "--method", "best"], "unknown method"),
+        (["run", "--samples", "0"], "samples"),
+        (["run", "--variation", "wobbly"], "variation"),
+        (["evaluate", "--dataset", "fashion-mnist"], "--checkpoint"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(args, needle, fmnist, tmp_path, capsys):
+    full = [*args, "--no-progress"] + (["--out", str(tmp_path / "x")] if args[0] == "run" else [])
+    with pytest.raises(SystemExit) as stop:
+        sys.exit(main(full))
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and needle in err and "Traceback" not in err
+
+
+def test_missing_data_says_how_to_get_it(fmnist, tmp_path, capsys):
+    code, _, err = run_cli(["run", "--dataset", "fashion-mnist", "--data-dir",
+                            str(tmp_path / "empty"), "--out", str(tmp_path / "o"),
+                            "--no-progress"], capsys)
+    assert code == 2
+    assert err.count("\n") == 1 and "apt-get install dataset-fashion-mnist" in err
+
+
+def test_checkpoint_that_does_not_fit(fmnist, tmp_path, capsys):
+    path = tmp_path / "convnet.pt"
+    swimkit.checkpoints.save_checkpoint(path, swimkit.build_model("convnet"),
+                                        model_name="convnet")
+    state = torch.load(path, weights_only=True)
+    state["model_name"] = "lenet"
+    torch.save(state, path)
+    code, _, err = run_cli(["evaluate", "--model", "lenet", "--checkpoint", str(path),
+                            "--dataset", "fashion-mnist", "--data-dir", str(fmnist)], capsys)
+    assert code == 2 and err.count("\n") == 1 and "does not fit" in err
+
+
+def test_console_script_and_module_entry_point():
+    done = subprocess.run([sys.executable, "-m", "swimkit", "--version"], capture_output=True,
+                          text=True, check=False)
+    assert done.returncode == 0 and "swimkit" in done.stdout
+    bad = subprocess.run([sys.executable, "-m", "swimkit", "run", "--mask_p", "2"],
+                         capture_output=True, text=True, check=False)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1
