@@ -38,7 +38,7 @@ def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
 
 
 def flow_args(folder: Path, out: Path) -> list[str]:
-    return ["--dataset", "fashion-mnist", "--data-dir", str(folder), "--epochs", "1",
+    return ["--dataset", "fashion-mnist", "--data-dir", str(folder), "--epochs", "2",
             "--samples", "4", "--out", str(out), "--no-progress", "--sigma", "0.5"]
 
 

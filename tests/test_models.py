@@ -281,3 +281,14 @@ def test_quantized_model_keeps_parameter_count_and_outputs_shape() -> None:
     model = build_model("qconvnet")
     assert n_params(model) == n_params(ConvNet())
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_seeded_build_is_reproducible_and_leaves_global_rng():
+    state = torch.random.get_rng_state()
+    a = build_model("lenet", seed=3)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    b = build_model("lenet", seed=3)
+    c = build_model("lenet", seed=4)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(),
+                                                 b.state_dict().values(), strict=True))
+    assert not torch.equal(a.conv1.weight, c.conv1.weight)

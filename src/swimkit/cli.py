@@ -317,7 +317,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if settings.checkpoint:
         model, _ = load_checkpoint(settings.checkpoint, model_name=settings.model)
     else:
-        model = build_model(settings.model, bits=settings.bits)
+        model = build_model(settings.model, bits=settings.bits, seed=settings.seed)
     config = TrainConfig(epochs=settings.epochs, batch_size=settings.batch_size,
                          sigma_train=settings.sigma_train, seed=settings.seed)
     out = settings.out_dir / "train"

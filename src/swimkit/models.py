@@ -220,19 +220,29 @@ def model_info(name: str) -> ModelInfo:
 
 
 def build_model(
-    name: str, *, bits: int | None = None, output_range: OutputRange = "running"
+    name: str,
+    *,
+    bits: int | None = None,
+    output_range: OutputRange = "running",
+    seed: int | None = None,
 ) -> nn.Module:
     """Build a registered model with fresh weights.
 
     Quantized variants (``q...``) are quantized with ``bits`` (default: the reference's
-    bit width) and ``output_range`` (see :func:`swimkit.quantization.quantize`).
+    bit width) and ``output_range`` (see :func:`swimkit.quantization.quantize`). With
+    ``seed`` the initial weights depend on it alone (the global RNG is left untouched).
     """
     info = model_info(name)
     require(
         output_range in ("running", "batch"),
         f"output_range must be 'running' or 'batch' (got {output_range!r})",
     )
-    model = _ARCHITECTURES[info.architecture][0]()
+    if seed is None:
+        model = _ARCHITECTURES[info.architecture][0]()
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = _ARCHITECTURES[info.architecture][0]()
     if not info.quantized:
         if bits is not None:
             raise SwimkitError(

@@ -138,10 +138,12 @@ def quantize(
                     layer, tensor_name, WeightQuantizer(bits), unsafe=True
                 )
         if outputs:
-            # follow the layer's mode: quantizing an eval-mode model must not leave
-            # training-mode quantizers that would keep updating their range
-            layer.output_quantizer = OutputQuantizer(bits, output_range).train(layer.training)
+            layer.output_quantizer = OutputQuantizer(bits, output_range)
             layer.register_forward_hook(_quantize_output_hook)
+        # the new parts follow the layer's mode: quantizing an eval-mode model must not
+        # leave training-mode quantizers that keep updating their range
+        for child in layer.children():
+            child.train(layer.training)
     return model
 
 

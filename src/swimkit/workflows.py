@@ -192,7 +192,7 @@ def _train(ctx: Context, train_dir: Path) -> None:
     from .training import TrainConfig, train
 
     s = ctx.settings
-    model = build_model(s.model, bits=s.bits)
+    model = build_model(s.model, bits=s.bits, seed=s.seed)
     config = TrainConfig(epochs=s.epochs, batch_size=s.batch_size, sigma_train=s.sigma_train,
                          seed=s.seed)
     result = train(model, ctx.dataset, config, model_name=s.model, checkpoint_dir=train_dir,
