@@ -6,19 +6,23 @@ pass over the same batches, and their ratios (target: at most 3x each).
 
     python benchmarks/bench_engine_cost.py [--device cuda] [--images 2048]
 
-Each measurement runs in a fresh process so that peak-memory readings do not mix.
+Each measurement runs in a fresh process so that peak-memory readings do not mix. On the
+CPU the peak is the resident set's high-water mark above the level before the pass, with
+glibc told to map every block over 64 KiB on its own (MALLOC_MMAP_THRESHOLD_), so freed
+tensors leave the resident set at once and the mark follows the live tensors.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 
 import torch
 import torch.nn.functional as F
-from common import machine_line, peak_memory
+from common import machine_line, peak_memory, timed
 
 import swimkit
 
@@ -42,17 +46,33 @@ def plain_pass(model: torch.nn.Module, data: list) -> None:
 
 
 def measure(model_name: str, what: str, images: int, batch: int, device_name: str) -> dict:
+    """Seconds (best of 2 after a warm-up) or peak extra bytes of one pass."""
     device = torch.device(device_name)
     torch.manual_seed(0)
     model = swimkit.build_model(model_name).to(device).eval()
     data = batches(model_name, images, batch, device)
-    if what == "plain":
-        plain_pass(model, data[:1])  # warm-up
-        seconds, peak = peak_memory(lambda: plain_pass(model, data), device)
+    kind, quantity = what.split("-")
+    if kind == "plain":
+        def run() -> None:
+            plain_pass(model, data)
     else:
-        swimkit.sensitivity(model, data[:1])
-        seconds, peak = peak_memory(lambda: swimkit.sensitivity(model, data), device)
-    return {"seconds": seconds, "peak_bytes": peak}
+        def run() -> None:
+            swimkit.sensitivity(model, data)
+    if quantity == "time":
+        return {"seconds": timed(run, repeat=2, warmup=1)}
+    run()  # warm-up: one-time allocations (thread pools, kernels) are not the pass's
+    return {"peak_bytes": peak_memory(run, device)[1]}
+
+
+def child(args: argparse.Namespace, model_name: str, what: str, images: int) -> dict:
+    """Run one measurement in a fresh process (memory ones with mmap'd blocks)."""
+    cmd = [sys.executable, __file__, "--child", model_name, what, "--images", str(images),
+           "--batch", str(args.batch), "--device", args.device]
+    env = dict(os.environ)
+    if what.endswith("memory"):
+        env["MALLOC_MMAP_THRESHOLD_"] = "65536"
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -70,12 +90,10 @@ def main() -> None:
     print(machine_line())
     for model_name, default_images in (("lenet", 10240), ("resnet18", 1024)):
         images = args.images or default_images
-        got = {}
-        for what in ("plain", "swim"):
-            cmd = [sys.executable, __file__, "--child", model_name, what, "--images",
-                   str(images), "--batch", str(args.batch), "--device", args.device]
-            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-            got[what] = json.loads(out.strip().splitlines()[-1])
+        got: dict[str, dict] = {"plain": {}, "swim": {}}
+        for kind in ("plain", "swim"):
+            for quantity in ("time", "memory"):
+                got[kind].update(child(args, model_name, f"{kind}-{quantity}", images))
         plain, swim = got["plain"], got["swim"]
         mib = 2**20
         print(f"{model_name}: {images} images, batch {args.batch}: "

@@ -23,7 +23,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--samples", type=int, default=20, help="Monte-Carlo samples timed")
     parser.add_argument("--sens-batch-size", type=int, default=128)
-    parser.add_argument("--test-batch-size", type=int, default=1000)
+    parser.add_argument("--test-batch-size", type=int, default=256)
     parser.add_argument("--model", default="lenet", help="lenet or qlenet")
     args = parser.parse_args()
     device = torch.device(args.device)

@@ -66,7 +66,7 @@ class Settings:
     speedups: list[float] = field(default_factory=list)
     samples: int = 100
     seed: int = 0
-    test_batch_size: int = 1000
+    test_batch_size: int = 256
     test_limit: int | None = None
     exclude: list[str] = field(default_factory=list)
     tolerance: float | None = None

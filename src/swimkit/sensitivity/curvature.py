@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable, Iterable, Mapping
-from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -126,66 +125,75 @@ def _identity(ctx: _Ctx, s: Tensor) -> dict[fx.Node, SValue]:
 
 
 def _vjp(ctx: _Ctx, s: SValue, scale: Tensor | None = None) -> dict[fx.Node, SValue]:
-    """Ordinary vector-Jacobian product: exact for ops whose Jacobian entries are 0 or 1."""
-    if isinstance(s, dict):
-        outputs = [ctx.out[i] for i in s]
-        grads = list(s.values())
-    else:
-        outputs, grads = [ctx.out], [s if scale is None else s * scale]
-    nodes = [n for n in ctx.node.all_input_nodes if ctx.run.needs(n)]
-    nodes = [n for n in nodes if isinstance(ctx.run.env[n], Tensor)]
-    inputs = [ctx.run.env[n] for n in nodes]
-    pairs = [(n, v) for n, v in zip(nodes, inputs, strict=True) if v.requires_grad]
-    if not pairs:
+    """Ordinary vector-Jacobian product: exact for ops whose Jacobian entries are 0 or 1.
+
+    The op is re-executed on its recorded inputs under a local autograd graph, so the
+    pass needs no graph of the whole model.
+    """
+    nodes = [n for n in dict.fromkeys(ctx.node.all_input_nodes)
+             if ctx.run.needs(n) and isinstance(ctx.run.env[n], Tensor)]
+    if not nodes:
         return {}
-    result = torch.autograd.grad(
-        outputs, [v for _, v in pairs], grads, retain_graph=True, allow_unused=True
-    )
-    return {n: r for (n, _), r in zip(pairs, result, strict=True) if r is not None}
+    with torch.enable_grad():
+        leaves = {n: ctx.run.env[n].detach().requires_grad_(True) for n in nodes}
+        out = ctx.run.call(ctx.node, leaves)
+        if isinstance(s, dict):
+            outputs, grads = [out[i] for i in s], list(s.values())
+        else:
+            outputs, grads = [out], [s if scale is None else s * scale]
+        result = torch.autograd.grad(outputs, list(leaves.values()), grads, allow_unused=True)
+    return {n: r for n, r in zip(leaves, result, strict=True) if r is not None}
 
 
 def _mask_rule(derivative: Callable[[_Ctx, Tensor], Tensor]) -> Rule:
-    """Element-wise op with derivative f'(x): S_x = S_y * f'(x)^2."""
+    """Element-wise op with derivative f'(x): S_x = S_y * f'(x)^2.
+
+    The derivative is read off the op's OUTPUT, which stays intact when the layer works
+    in place (torchvision's ``ReLU(inplace=True)``): y = f(x) is strictly monotone on
+    each piece, so y tells which piece x was on.
+    """
 
     def rule(ctx: _Ctx, s: Tensor) -> dict[fx.Node, SValue]:
-        return _to_input(ctx, s * derivative(ctx, ctx.arg(0, "input")).square())
+        return _to_input(ctx, s * derivative(ctx, ctx.out).square())
 
     return rule
 
 
-def _relu_derivative(ctx: _Ctx, x: Tensor) -> Tensor:
-    return (x > 0).to(x.dtype)
+def _relu_derivative(ctx: _Ctx, y: Tensor) -> Tensor:
+    return (y > 0).to(y.dtype)
 
 
-def _clamp_derivative(low: float | None, high: float | None, x: Tensor) -> Tensor:
-    inside = torch.ones_like(x, dtype=torch.bool)
+def _clamp_derivative(low: float | None, high: float | None, y: Tensor) -> Tensor:
+    inside = torch.ones_like(y, dtype=torch.bool)
     if low is not None:
-        inside &= x > low
+        inside &= y > low
     if high is not None:
-        inside &= x < high
-    return inside.to(x.dtype)
+        inside &= y < high
+    return inside.to(y.dtype)
 
 
-def _hardtanh_derivative(ctx: _Ctx, x: Tensor) -> Tensor:
+def _hardtanh_derivative(ctx: _Ctx, y: Tensor) -> Tensor:
     if ctx.module is not None:
-        return _clamp_derivative(ctx.module.min_val, ctx.module.max_val, x)
+        return _clamp_derivative(ctx.module.min_val, ctx.module.max_val, y)
     if ctx.node.target is F.relu6:
-        return _clamp_derivative(0.0, 6.0, x)
-    return _clamp_derivative(ctx.arg(1, "min_val", -1.0), ctx.arg(2, "max_val", 1.0), x)
+        return _clamp_derivative(0.0, 6.0, y)
+    return _clamp_derivative(ctx.arg(1, "min_val", -1.0), ctx.arg(2, "max_val", 1.0), y)
 
 
-def _clamp_fn_derivative(ctx: _Ctx, x: Tensor) -> Tensor:
+def _clamp_fn_derivative(ctx: _Ctx, y: Tensor) -> Tensor:
     low, high = ctx.arg(1, "min"), ctx.arg(2, "max")
     if isinstance(low, Tensor) or isinstance(high, Tensor):
         raise _unsupported(ctx.node, "clamp with tensor bounds")
-    return _clamp_derivative(low, high, x)
+    return _clamp_derivative(low, high, y)
 
 
-def _leaky_derivative(ctx: _Ctx, x: Tensor) -> Tensor:
+def _leaky_derivative(ctx: _Ctx, y: Tensor) -> Tensor:
     slope = ctx.module.negative_slope if ctx.module is not None else ctx.arg(
         1, "negative_slope", 0.01
     )
-    return torch.where(x > 0, torch.ones_like(x), torch.full_like(x, slope))
+    if slope < 0:  # then y > 0 on both pieces and the output no longer tells them apart
+        raise _unsupported(ctx.node, "LeakyReLU with a negative slope")
+    return torch.where(y > 0, torch.ones_like(y), torch.full_like(y, slope))
 
 
 def _linear(ctx: _Ctx, s: Tensor) -> dict[fx.Node, SValue]:
@@ -571,9 +579,18 @@ class _Pass:
         return output
 
     def _call(self, node: fx.Node) -> Any:
-        args = fx.node.map_arg(node.args, self.value)
-        kwargs = dict(fx.node.map_arg(node.kwargs, self.value))
-        if kwargs.get("inplace"):
+        return self.call(node)
+
+    def call(self, node: fx.Node, replace: Mapping[fx.Node, Tensor] | None = None) -> Any:
+        """Execute ``node`` on the recorded values (or on ``replace`` for some inputs).
+
+        Tensor methods and operators that work in place run out of place, so recorded
+        values stay intact; a re-execution (``replace`` given) never works in place.
+        """
+        lookup = self.value if not replace else (lambda n: replace.get(n, self.env[n]))
+        args = fx.node.map_arg(node.args, lookup)
+        kwargs = dict(fx.node.map_arg(node.kwargs, lookup))
+        if replace and kwargs.get("inplace"):
             kwargs["inplace"] = False
         if node.op == "call_module":
             return self.module(node)(*args, **kwargs)
@@ -585,16 +602,24 @@ class _Pass:
         return getattr(args[0], method)(*args[1:], **kwargs)
 
     def backward(self, s_logits: Tensor) -> dict[fx.Node, SValue]:
-        """Propagate S from the logits; returns the S left at inputs and attributes."""
+        """Propagate S from the logits, freeing each value once no rule needs it.
+
+        Returns the S left at inputs and attributes.
+        """
         pending: dict[fx.Node, SValue] = {self.output_node: s_logits}
-        for node in reversed(self.nodes):
-            if node.op not in _CALLS or node not in pending:
-                continue
-            s = pending.pop(node)
-            for target, s_in in self.rules[node](_Ctx(self, node), s).items():
-                if self.needs(target):
-                    pending[target] = _merge(pending.get(target), s_in)
+        with torch.no_grad():
+            self._backward(pending)
         return pending
+
+    def _backward(self, pending: dict[fx.Node, SValue]) -> None:
+        for node in reversed(self.nodes):
+            if node.op in _CALLS and node in pending:
+                s = pending.pop(node)
+                for target, s_in in self.rules[node](_Ctx(self, node), s).items():
+                    if self.needs(target):
+                        pending[target] = _merge(pending.get(target), s_in)
+            if node.op in _CALLS:
+                self.env.pop(node, None)
 
 
 _CALLS = ("call_module", "call_function", "call_method")
@@ -635,19 +660,6 @@ def _fetch_attr(model: nn.Module, target: str) -> Any:
     return value
 
 
-@contextmanager
-def _out_of_place(model: nn.Module):
-    """Run layers built with ``inplace=True`` out of place for the pass."""
-    flipped = [m for m in model.modules() if getattr(m, "inplace", False) is True]
-    try:
-        for m in flipped:
-            m.inplace = False
-        yield
-    finally:
-        for m in flipped:
-            m.inplace = True
-
-
 def swim_curvature(
     model: nn.Module,
     weights: dict[str, DeviceWeight],
@@ -663,7 +675,7 @@ def swim_curvature(
     run = _Pass(model, graph, weights)
     first: dict[str, Tensor] = {}
     samples = 0
-    with _out_of_place(model), perturbed(model, weights) as offsets:
+    with perturbed(model, weights) as offsets:
         deltas = {
             name: torch.zeros_like(w.value, requires_grad=True) for name, w in weights.items()
         }
@@ -671,8 +683,7 @@ def swim_curvature(
         for x, y in progress_bar(batches, progress, "sensitivity (swim)"):
             logits = run.forward(x)
             loss = F.cross_entropy(logits, y)
-            grads = torch.autograd.grad(loss, list(deltas.values()), retain_graph=True,
-                                        allow_unused=True)
+            grads = torch.autograd.grad(loss, list(deltas.values()), allow_unused=True)
             for name, grad in zip(deltas, grads, strict=True):
                 if grad is not None:
                     first[name] = first[name] + grad if name in first else grad
