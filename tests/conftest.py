@@ -17,12 +17,18 @@ FIXTURE_CANDIDATES = [
 
 
 @pytest.fixture(scope="session")
-def reference() -> dict:
-    """The SWIM reference run on LeNet (design §4): weights, data, h, g, S, masks."""
+def reference_path() -> Path:
+    """Where the SWIM reference run on LeNet (design §4) is stored."""
     for path in FIXTURE_CANDIDATES:
         if path.is_file():
-            return torch.load(path, map_location="cpu", weights_only=False)
+            return path
     pytest.fail(f"parity fixture not found in {[str(p) for p in FIXTURE_CANDIDATES]}")
+
+
+@pytest.fixture(scope="session")
+def reference(reference_path: Path) -> dict:
+    """The SWIM reference run on LeNet: weights, data, h, g, S, masks."""
+    return torch.load(reference_path, map_location="cpu", weights_only=False)
 
 
 @pytest.fixture()

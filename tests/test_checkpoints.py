@@ -21,19 +21,6 @@ from swimkit.errors import SwimkitError
 from swimkit.models import MODELS, LeNet, build_model, model_info
 from swimkit.quantization import OutputQuantizer, quantization_bits, quantize
 
-# The parity fixture: the copy next to the tests, else the shared one.
-FIXTURE = next(
-    (
-        path
-        for path in (
-            Path(__file__).resolve().parent / "fixtures" / "reference_lenet.pt",
-            Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "reference_lenet.pt",
-        )
-        if path.is_file()
-    ),
-    Path("reference_lenet.pt"),
-)
-
 REFERENCE_ALIASES = {
     "lenet": "LeNet",
     "convnet": "CIFAR",
@@ -235,13 +222,11 @@ def test_reference_file_name_without_model_needs_model_name(tmp_path: Path) -> N
     assert isinstance(model, LeNet)
 
 
-def test_parity_fixture_loads(tmp_path: Path) -> None:
-    if not FIXTURE.is_file():
-        pytest.skip("parity fixture not present")
-    state = torch.load(FIXTURE, weights_only=True)["state_dict"]
+def test_parity_fixture_loads(tmp_path: Path, reference_path: Path) -> None:
+    state = torch.load(reference_path, weights_only=True)["state_dict"]
     strict = LeNet()
     strict.load_state_dict(state, strict=True)
-    model, info = load_checkpoint(FIXTURE, model_name="lenet")
+    model, info = load_checkpoint(reference_path, model_name="lenet")
     assert_same_state(plain_state_dict(model), dict(state))
     assert info["dropped_keys"] == []
     assert "x" in info["extra"]

@@ -186,3 +186,19 @@ def test_console_script_and_module_entry_point():
     bad = subprocess.run([sys.executable, "-m", "swimkit", "run", "--mask_p", "2"],
                          capture_output=True, text=True, check=False)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1
+
+
+def test_sweep_finds_fraction_within_target(fmnist, tmp_path, capsys):
+    out = tmp_path / "within"
+    code, stdout, err = run_cli(["sweep", "--model", "lenet", *flow_args(fmnist, out),
+                                 "--fractions", "0.05", "--methods", "swim,random",
+                                 "--within", "1", "--search-steps", "4",
+                                 "--variation", "band:3"], capsys)
+    assert code == 0, err
+    result = json.loads((out / "sweep.json").read_text())
+    target = result["full_verify"]["mean"] - 1
+    for method in ("swim", "random"):
+        found = result["needed"][method]
+        assert found["mean"] >= target and found["target"] == pytest.approx(target)
+        assert 0 < found["fraction_verified"] <= 1
+    assert "Smallest verified fraction" in (out / "sweep.md").read_text()

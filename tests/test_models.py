@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -22,19 +20,6 @@ from swimkit.models import (
     resnet18_tiny,
 )
 from swimkit.quantization import is_quantized, quantization_bits
-
-# The parity fixture: the copy next to the tests, else the shared one.
-FIXTURE = next(
-    (
-        path
-        for path in (
-            Path(__file__).resolve().parent / "fixtures" / "reference_lenet.pt",
-            Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "reference_lenet.pt",
-        )
-        if path.is_file()
-    ),
-    Path("reference_lenet.pt"),
-)
 
 
 def n_params(model: nn.Module) -> int:
@@ -181,15 +166,6 @@ def test_models_are_fx_traceable(name: str) -> None:
     shape = (3, 8, 8) if name == "resnet18" else model_info(name).input_shape  # small: speed
     x = torch.randn(2, *shape)
     torch.testing.assert_close(traced(x), model(x))
-
-
-def test_reference_fixture_loads_strictly_into_lenet() -> None:
-    if not FIXTURE.is_file():
-        pytest.skip("parity fixture not present")
-    state = torch.load(FIXTURE, weights_only=True)["state_dict"]
-    model = LeNet()
-    model.load_state_dict(state, strict=True)
-    assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
 
 
 # --- registry ---------------------------------------------------------------------------

@@ -47,34 +47,24 @@ def _fraction(text: str) -> float:
         ) from None
 
 
-def _nonnegative(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0 (got {text!r})")
-    return value
+def _bounded(kind: type, minimum: float, expected: str) -> Callable[[str], Any]:
+    """An argparse type: ``kind(text)`` that must be >= ``minimum``."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"expected {expected} (got {text!r})")
+        return value
+
+    return parse
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1 (got {text!r})")
-    return value
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0 (got {text!r})")
-    return value
+_nonnegative = _bounded(float, 0.0, "a number >= 0")
+_positive_int = _bounded(int, 1, "a whole number >= 1")
+_count = _bounded(int, 0, "a whole number >= 0")
 
 
 def _method(text: str) -> str:
@@ -206,6 +196,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="comma-separated programming speedups to select for")
     sweep.add_argument("--methods", type=_list_of(_method), default=["swim", "magnitude",
                                                                      "random"])
+    sweep.add_argument("--within", type=_nonnegative, default=None,
+                       help="also find, per method, the smallest fraction within this many "
+                            "accuracy points of full write-verify (bisection)")
+    sweep.add_argument("--search-steps", type=_positive_int, default=10,
+                       help="bisection steps of --within (default 10)")
     sweep.add_argument("--plot", default=None, help="plot file (default OUT/sweep.png)")
 
     train = sub.add_parser("train", help="train a model (checkpoints best.pt and last.pt)")

@@ -99,6 +99,24 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def needed_table(result: dict[str, Any]) -> str:
+    """Per method: the smallest fraction within the target of full write-verify."""
+    needed = result.get("needed")
+    if not needed:
+        return ""
+    target = next(iter(needed.values()))["target"]
+    lines = [f"Smallest verified fraction reaching {target:.2f} % (full write-verify "
+             f"{result['full_verify']['mean']:.2f} % minus "
+             f"{result['settings']['within']:g} points):", "",
+             "| method | verified | accuracy % | 95% CI | modelled speedup |",
+             "|---|---:|---:|---|---:|"]
+    for method, p in needed.items():
+        lines.append(f"| {method} | {100 * p['fraction_verified']:.2f}% | {p['mean']:.2f} | "
+                     f"{p['ci95'][0]:.2f}-{p['ci95'][1]:.2f} | "
+                     f"{p['programming']['speedup']:.2f}x |")
+    return "\n".join(lines) + "\n"
+
+
 def csv_table(rows: Sequence[dict[str, Any]]) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=COLUMNS)
@@ -130,7 +148,11 @@ def plot_sweep(result: dict[str, Any], path: str | Path) -> Path | None:
     for name, style in (("full_verify", "--"), ("no_verify", ":")):
         ax.axhline(result[name]["mean"], linestyle=style, color="gray",
                    label=name.replace("_", " "))
-    ax.set_xscale("symlog", linthresh=1.0)
+    if all(p["fraction_verified"] > 0 for p in result["points"]):
+        from matplotlib.ticker import FuncFormatter
+
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.set_xlabel("weights write-verified (%)")
     ax.set_ylabel("accuracy under variation (%)")
     s = result["settings"]
@@ -151,8 +173,11 @@ def write_sweep_reports(
 ) -> dict[str, str]:
     """Write sweep.md, sweep.csv and the plot; return their paths."""
     rows = sweep_rows(result)
+    text = markdown_table(rows)
+    if result.get("needed"):
+        text += "\n" + needed_table(result)
     files = {
-        "table": str(atomic_write_text(markdown_table(rows), out_dir / "sweep.md")),
+        "table": str(atomic_write_text(text, out_dir / "sweep.md")),
         "csv": str(atomic_write_text(csv_table(rows), out_dir / "sweep.csv")),
     }
     plotted = plot_sweep(result, plot or out_dir / "sweep.png")
@@ -164,6 +189,8 @@ def write_sweep_reports(
 def print_sweep(result: dict[str, Any]) -> None:
     print(f"clean accuracy {result['clean_accuracy']:.2f} %", flush=True)
     print(markdown_table(sweep_rows(result)), end="", flush=True)
+    if result.get("needed"):
+        print("\n" + needed_table(result), end="", flush=True)
     print("written:")
     for name, path in result["files"].items():
         print(f"  {name:<12} {path}")

@@ -73,6 +73,8 @@ class Settings:
     max_attempts: int = 100
     t_program: float = 100e-9
     t_read: float = 50e-9
+    within: float | None = None
+    search_steps: int = 10
     out: str | None = None
 
     def __post_init__(self) -> None:
@@ -285,6 +287,53 @@ def _budgets(settings: Settings) -> list[tuple[str, float]]:
     ]
 
 
+@dataclass
+class _Grid:
+    """What every point of a sweep shares."""
+
+    ctx: Context
+    sens: Sensitivity | None
+    device: DeviceModel
+    write_verify: WriteVerify
+    results: Results
+
+    def point(self, method: str, kind: str, budget: float) -> dict[str, Any]:
+        """Select with ``method`` under one budget and evaluate (or reuse) the plan."""
+        s = self.ctx.settings
+        sens = self.sens if method in NEEDS_SENSITIVITY else None
+        plan = select(self.ctx.model, sens, method=method, device=self.device,
+                      write_verify=self.write_verify, seed=s.seed, **{kind: budget})
+        stem = f"{method}-{kind}-{budget:g}"
+        path = s.out_dir / "plans" / f"{stem}.pt"
+        if _rank() == 0:
+            plan.save(path)
+        point = _mc(self.ctx, plan, self.results, stem,
+                    {**_plan_summary(plan), kind: budget, "masks": str(path)})
+        self.ctx.log(f"{method} {kind} {budget:g}: {_fmt(point)} "
+                     f"({point['weights_verified']:,} of {point['weights_total']:,} verified, "
+                     f"speedup {point['programming']['speedup']:.2f}x)")
+        return point
+
+    def smallest_fraction(self, method: str, target: float, steps: int) -> dict[str, Any]:
+        """Bisect for the smallest fraction whose mean accuracy reaches ``target``.
+
+        Accuracy grows with the verified fraction; with common random numbers the
+        curve is smooth enough for bisection. Returns the point found.
+        """
+        low, high = 0.0, 1.0
+        best = self.point(method, "fraction", high)
+        for _ in range(steps):
+            middle = round((low + high) / 2, 4)
+            if middle in (low, high):
+                break
+            point = self.point(method, "fraction", middle)
+            if point["mean"] >= target:
+                high, best = middle, point
+            else:
+                low = middle
+        return {**best, "target": target}
+
+
 def sweep(settings: Settings, log: Log = _quiet, progress: bool = False) -> dict[str, Any]:
     """Run the flow for every method and budget of ``settings``; return the result dict."""
     ctx = prepare(settings, log, progress)
@@ -300,33 +349,31 @@ def sweep(settings: Settings, log: Log = _quiet, progress: bool = False) -> dict
                    "engine": s.engine, "sens_batch_size": s.sens_batch_size,
                    "sens_limit": s.sens_limit, "test_limit": s.test_limit,
                    "write_verify": asdict(write_verify)})
-    results = Results(s.out_dir / "points.json", key)
-    weights = device_weights(model, exclude=s.exclude or None)
-    values = effective_weights(weights)
+    grid = _Grid(ctx, sens, device, write_verify, Results(s.out_dir / "points.json", key))
+    baseline = _baselines(grid, model)
+    points = [grid.point(method, kind, budget)
+              for method in s.methods for kind, budget in _budgets(s)]
+    result = _assemble(ctx, clean, baseline, points, sens)
+    if s.within is not None:
+        target = baseline["full_verify"]["mean"] - s.within
+        result["needed"] = {m: grid.smallest_fraction(m, target, s.search_steps)
+                            for m in s.methods}
+    return result
+
+
+def _baselines(grid: _Grid, model: nn.Module) -> dict[str, dict]:
+    """No weight verified and every weight verified."""
+    s = grid.ctx.settings
+    values = effective_weights(device_weights(model, exclude=s.exclude or None))
     scales = weight_scales(values)
     baseline = {}
     for name, verify in (("no_verify", "none"), ("full_verify", "all")):
         plan = Plan.uniform(values, verify == "all")
-        plan.programming = plan_programming(plan, values, scales, device, write_verify)
-        baseline[name] = _mc(ctx, verify, results, name, _plan_summary(plan))
-        log(f"{name.replace('_', ' ')}: {_fmt(baseline[name])}")
-    points = []
-    plan_dir = s.out_dir / "plans"
-    for method in s.methods:
-        for kind, budget in _budgets(s):
-            plan = select(model, sens if method in NEEDS_SENSITIVITY else None,
-                          method=method, device=device, write_verify=write_verify,
-                          seed=s.seed, **{kind: budget})
-            stem = f"{method}-{kind}-{budget:g}"
-            if _rank() == 0:
-                plan.save(plan_dir / f"{stem}.pt")
-            point = _mc(ctx, plan, results, stem, {**_plan_summary(plan), kind: budget,
-                                                    "masks": str(plan_dir / f"{stem}.pt")})
-            points.append(point)
-            log(f"{method} {kind} {budget:g}: {_fmt(point)} "
-                f"({point['weights_verified']:,} of {point['weights_total']:,} weights verified, "
-                f"speedup {point['programming']['speedup']:.2f}x)")
-    return _assemble(ctx, clean, baseline, points, sens)
+        plan.programming = plan_programming(plan, values, scales, grid.device,
+                                            grid.write_verify)
+        baseline[name] = _mc(grid.ctx, verify, grid.results, name, _plan_summary(plan))
+        grid.ctx.log(f"{name.replace('_', ' ')}: {_fmt(baseline[name])}")
+    return baseline
 
 
 def _fmt(point: dict) -> str:
