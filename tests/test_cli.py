@@ -202,3 +202,17 @@ def test_sweep_finds_fraction_within_target(fmnist, tmp_path, capsys):
         assert found["mean"] >= target and found["target"] == pytest.approx(target)
         assert 0 < found["fraction_verified"] <= 1
     assert "Smallest verified fraction" in (out / "sweep.md").read_text()
+
+
+@pytest.mark.parametrize("budget", [["--speedup", "4"], ["--time-budget", "0.5"]])
+def test_run_with_a_programming_budget(budget, fmnist, tmp_path, capsys):
+    path = tmp_path / "r.json"
+    code, stdout, err = run_cli(["run", "--model", "lenet", *flow_args(fmnist, tmp_path / "o"),
+                                 *budget, "--json", str(path)], capsys)
+    assert code == 0, err
+    prog = json.loads(path.read_text())["programming"]
+    if budget[0] == "--speedup":
+        assert prog["speedup"] >= 4
+    else:
+        assert prog["time_plan"] <= 0.5
+    assert "speedup" in stdout

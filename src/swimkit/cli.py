@@ -188,12 +188,16 @@ def build_parser() -> argparse.ArgumentParser:
                      help="fraction of weights to verify (default 0.1)")
     run.add_argument("--speedup", type=_nonnegative, default=None,
                      help="instead of a fraction: verify within this programming speedup")
+    run.add_argument("--time-budget", type=_nonnegative, default=None,
+                     help="instead of a fraction: a programming-time budget in seconds")
     run.add_argument("--method", type=_method, default="swim",
                      help="swim, second, magnitude, random, uswim or variance (SM = swim)")
     sweep.add_argument("--fractions", type=_list_of(_fraction), default=None,
                        help="comma-separated fractions (default 0.01,0.03,0.1,0.3)")
     sweep.add_argument("--speedups", type=_list_of(_nonnegative), default=[],
                        help="comma-separated programming speedups to select for")
+    sweep.add_argument("--time-budgets", type=_list_of(_nonnegative), default=[],
+                       help="comma-separated programming-time budgets in seconds")
     sweep.add_argument("--methods", type=_list_of(_method), default=["swim", "magnitude",
                                                                      "random"])
     sweep.add_argument("--within", type=_nonnegative, default=None,
@@ -228,6 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     sel.add_argument("--sensitivity", default=None, help="sensitivity file (.pt)")
     sel.add_argument("--fraction", "--mask_p", dest="fraction", type=_fraction, default=None)
     sel.add_argument("--speedup", type=_nonnegative, default=None)
+    sel.add_argument("--time-budget", type=_nonnegative, default=None,
+                     help="a programming-time budget in seconds")
     sel.add_argument("--method", type=_method, default="swim")
     sel.add_argument("--seed", type=int, default=0)
     sel.add_argument("--output", "-o", required=True, help="plan file to write (.pt)")
@@ -272,10 +278,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .reports import print_run
     from .workflows import sweep, write_result
 
-    if args.fraction is not None and args.speedup is not None:
-        raise SwimkitError("give --fraction or --speedup, not both")
-    budget = ({"fractions": [], "speedups": [args.speedup]} if args.speedup is not None
-              else {"fractions": [0.1 if args.fraction is None else args.fraction]})
+    given = {k: v for k, v in (("fractions", args.fraction), ("speedups", args.speedup),
+                               ("time_budgets", args.time_budget)) if v is not None}
+    if len(given) > 1:
+        raise SwimkitError("give one budget: --fraction, --speedup or --time-budget")
+    budget = {"fractions": [], **{k: [v] for k, v in given.items()}} if given else {}
     settings = _settings(args, methods=[args.method], **budget)
     result = sweep(settings, log=_quiet, progress=not args.no_progress)
     result["files"]["result"] = str(args.json or settings.out_dir / "result.json")
@@ -290,9 +297,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from .workflows import sweep, write_result
 
     fractions = args.fractions if args.fractions is not None else (
-        [] if args.speedups else [0.01, 0.03, 0.1, 0.3])
+        [] if args.speedups or args.time_budgets else [0.01, 0.03, 0.1, 0.3])
     settings = _settings(args, fractions=fractions, speedups=args.speedups,
-                         methods=args.methods)
+                         time_budgets=args.time_budgets, methods=args.methods)
     result = sweep(settings, log=_quiet, progress=not args.no_progress)
     result["files"]["result"] = str(args.json or settings.out_dir / "sweep.json")
     if _is_rank_zero():
@@ -356,12 +363,13 @@ def cmd_select(args: argparse.Namespace) -> int:
     from .sensitivity import Sensitivity
 
     model = _load_model(args)
-    if args.fraction is None and args.speedup is None:
+    if args.fraction is None and args.speedup is None and args.time_budget is None:
         args.fraction = 0.1
     sens = Sensitivity.load(args.sensitivity) if args.sensitivity else None
     settings = _settings(args, model=args.model, checkpoint=args.checkpoint)
     plan = select(model, sens, args.fraction, args.method, device=settings.device_model(),
-                  write_verify=settings.write_verify(), speedup=args.speedup, seed=args.seed)
+                  write_verify=settings.write_verify(), speedup=args.speedup,
+                  time_budget=args.time_budget, seed=args.seed)
     plan.save(args.output)
     if args.npz:
         plan.export_npz(args.npz)

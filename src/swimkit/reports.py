@@ -65,8 +65,8 @@ def sweep_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
     for name in ("no_verify", "full_verify"):
         rows.append(_row(name.replace("_", " "), "-", result[name]))
     for point in result["points"]:
-        budget = (f"fraction {point['fraction']:g}" if "fraction" in point
-                  else f"speedup {point['speedup']:g}")
+        kind = next(k for k in ("fraction", "speedup", "time_budget") if k in point)
+        budget = f"{kind.replace('_', ' ')} {point[kind]:g}"
         rows.append(_row(point["method"], budget, point))
     return rows
 

@@ -307,9 +307,10 @@ def _within_time(
         time_budget = full / speedup
     require(time_budget is not None and time_budget >= 0, "the time budget must be >= 0 seconds")
     if time_budget < base * (1 - 1e-12):
+        ask = "a smaller speedup" if speedup is not None else "a larger time budget"
         raise SwimkitError(
             f"the budget {time_budget:.4g} s is below the time of writing every weight once "
-            f"({base:.4g} s, a speedup of {full / base:.3g}x): ask for a smaller speedup"
+            f"({base:.4g} s, a speedup of {full / base:.3g}x): ask for {ask}"
         )
     order = torch.sort(_flatten(scores), descending=True, stable=True).indices
     spent = torch.cumsum(extra[order], 0)

@@ -64,6 +64,7 @@ class Settings:
     methods: list[str] = field(default_factory=lambda: ["swim"])
     fractions: list[float] = field(default_factory=lambda: [0.1])
     speedups: list[float] = field(default_factory=list)
+    time_budgets: list[float] = field(default_factory=list)
     samples: int = 100
     seed: int = 0
     test_batch_size: int = 256
@@ -282,9 +283,11 @@ def _plan_summary(plan: Plan) -> dict[str, Any]:
 
 
 def _budgets(settings: Settings) -> list[tuple[str, float]]:
-    return [("fraction", f) for f in settings.fractions] + [
-        ("speedup", x) for x in settings.speedups
-    ]
+    return (
+        [("fraction", f) for f in settings.fractions]
+        + [("speedup", x) for x in settings.speedups]
+        + [("time_budget", t) for t in settings.time_budgets]
+    )
 
 
 @dataclass

@@ -180,6 +180,17 @@ def test_weight_layers_match_squared_jacobian(layer):
     torch.testing.assert_close(got_x, expected_x, rtol=1e-5, atol=1e-6)
 
 
+def test_batch_norm_1d_rule():
+    bn = nn.BatchNorm1d(5)
+    bn.running_var.uniform_(0.5, 2.0)
+    bn.weight.data.normal_()
+    model = nn.Sequential(bn.eval())
+    x = torch.randn(3, 5)
+    s_out = torch.rand(3, 5)
+    expected = squared_jacobian_backward(model, x, s_out)
+    torch.testing.assert_close(rule_backward(model, x, s_out), expected, rtol=1e-5, atol=1e-6)
+
+
 def test_batch_norm_rule():
     bn = nn.Sequential(batch_norm_model())
     x = torch.randn(2, 3, 4, 4)
