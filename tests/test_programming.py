@@ -96,7 +96,7 @@ def test_limits() -> None:
     assert wv.residual_sigma(0.0) == 0.0 and wv.accepted_sigma(0.0) == 0.0
     # Tiny tolerance relative to sigma: accepted error ~ uniform on [-delta, delta].
     assert wv.accepted_sigma(1e4) == pytest.approx(0.05 / math.sqrt(3), rel=1e-6)
-    assert wv.expected_attempts(1e4) == pytest.approx(20.0, rel=1e-4)
+    assert wv.expected_attempts(1e4) == pytest.approx(wv.max_attempts, rel=1e-3)
     # Huge tolerance: one attempt, untouched spread.
     assert wv.expected_attempts(1e-4) == 1.0
     assert wv.accepted_sigma(1e-4) == pytest.approx(1e-4)
@@ -227,7 +227,7 @@ def test_for_residual_rejects_bad_targets(sigma: float, target: float) -> None:
 
 def test_time_per_device() -> None:
     wv = WriteVerify(0.05)
-    expected = ref_attempts(0.3, 0.05, 20) * (T_P + T_R)
+    expected = ref_attempts(0.3, 0.05, wv.max_attempts) * (T_P + T_R)
     assert wv.time_per_device(0.3, True) == pytest.approx(expected, rel=1e-10)
     assert wv.time_per_device(0.3, False) == T_P
     per = wv.time_per_device(0.3, torch.tensor([True, False]))
@@ -238,7 +238,7 @@ def test_plan_time_and_speedup_by_hand() -> None:
     wv, k = WriteVerify(0.05), 8
     mask = torch.zeros(1000, dtype=torch.bool)
     mask[torch.randperm(1000, generator=torch.Generator().manual_seed(0))[:100]] = True
-    e = ref_attempts(0.3, 0.05, 20)
+    e = ref_attempts(0.3, 0.05, wv.max_attempts)
     plan = k * (100 * e * (T_P + T_R) + 900 * T_P)
     full = k * 1000 * e * (T_P + T_R)
     assert programming_time(0.3, mask, k, wv) == pytest.approx(plan, rel=1e-10)

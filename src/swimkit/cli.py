@@ -13,11 +13,14 @@ to fix it, and exit status 2.
 from __future__ import annotations
 
 import argparse
-import os
+import math
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, NoReturn
 
+from . import distributed
+from .distributed import is_rank_zero
 from .errors import SwimkitError, check_fraction
 
 METHOD_ALIASES = {
@@ -55,7 +58,7 @@ def _bounded(kind: type, minimum: float, expected: str) -> Callable[[str], Any]:
             value = kind(text)
         except ValueError:
             value = None
-        if value is None or value < minimum:
+        if value is None or value < minimum or not math.isfinite(value):
             raise argparse.ArgumentTypeError(f"expected {expected} (got {text!r})")
         return value
 
@@ -93,9 +96,10 @@ def _layers(text: str) -> list[str]:
 
 def _add_model(p: argparse.ArgumentParser, required: bool = False) -> None:
     g = p.add_argument_group("model")
-    g.add_argument("--model", required=required, default=None if required else "lenet",
+    g.add_argument("--model", required=required, default=None,
                    help="lenet, convnet, resnet18, resnet18_tiny or their q-variants "
-                        "(also LeNet, CIFAR, Res18, TIN, QLeNet, ...); default lenet")
+                        "(also LeNet, CIFAR, Res18, TIN, QLeNet, ...); default: the "
+                        "checkpoint's model, else lenet")
     g.add_argument("--bits", type=_positive_int, default=None,
                    help="bit width of a quantized model (default 4 LeNet, 6 ConvNet, 8 ResNet)")
     g.add_argument("--checkpoint", default=None,
@@ -211,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model(train)
     _add_data(train)
     _add_training(train)
-    _add_mc(train)
+    train.add_argument("--seed", type=int, default=0)
     _add_output(train)
     train.add_argument("--no-resume", action="store_true", help="start again from scratch")
 
@@ -270,13 +274,47 @@ def _settings(args: argparse.Namespace, **extra: Any):
 
     fields = set(Settings.__dataclass_fields__)
     values = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+    values["model"] = _model_name(args)
     values.update(extra)
     return Settings(**values)
 
 
+def _model_name(args: argparse.Namespace) -> str:
+    """--model, else the model a --checkpoint was saved for, else lenet."""
+    if getattr(args, "model", None):
+        return args.model
+    if getattr(args, "checkpoint", None):
+        return _load_model(args)[1]
+    return "lenet"
+
+
+def _load_model(args: argparse.Namespace):
+    """(model in eval mode, its canonical name) from --checkpoint (and --model)."""
+    from .checkpoints import load_checkpoint
+
+    if not args.checkpoint:
+        raise SwimkitError("--checkpoint is required: the trained model to work on")
+    model, info = load_checkpoint(args.checkpoint, model_name=args.model)
+    name = args.model or info.get("model_name")
+    if not name:
+        raise SwimkitError(f"cannot tell which model {args.checkpoint} holds; give --model")
+    return model.eval(), name
+
+
+def _dataset_for(args: argparse.Namespace, model_name: str):
+    """The dataset of --dataset (default: the model's), checked against the model."""
+    from .data import load_dataset
+    from .models import model_info
+    from .workflows import check_fits
+
+    dataset = load_dataset(args.dataset or model_info(model_name).dataset, args.data_dir)
+    check_fits(model_name, dataset)
+    return dataset
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .reports import print_run
-    from .workflows import sweep, write_result
+    from .workflows import quiet, sweep, write_result
 
     given = {k: v for k, v in (("fractions", args.fraction), ("speedups", args.speedup),
                                ("time_budgets", args.time_budget)) if v is not None}
@@ -284,25 +322,27 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise SwimkitError("give one budget: --fraction, --speedup or --time-budget")
     budget = {"fractions": [], **{k: [v] for k, v in given.items()}} if given else {}
     settings = _settings(args, methods=[args.method], **budget)
-    result = sweep(settings, log=_quiet, progress=not args.no_progress)
+    result = sweep(settings, log=quiet, progress=not args.no_progress)
     result["files"]["result"] = str(args.json or settings.out_dir / "result.json")
     write_result(result, result["files"]["result"])
-    if _is_rank_zero():
+    if is_rank_zero():
         print_run(result)
     return 0
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from .reports import print_sweep, write_sweep_reports
-    from .workflows import sweep, write_result
+    from .workflows import quiet, sweep, write_result
 
+    if args.plot and Path(args.plot).suffix.lower() not in (".png", ".pdf", ".svg"):
+        raise SwimkitError(f"--plot must end in .png, .pdf or .svg (got {args.plot!r})")
     fractions = args.fractions if args.fractions is not None else (
         [] if args.speedups or args.time_budgets else [0.01, 0.03, 0.1, 0.3])
     settings = _settings(args, fractions=fractions, speedups=args.speedups,
                          time_budgets=args.time_budgets, methods=args.methods)
-    result = sweep(settings, log=_quiet, progress=not args.no_progress)
+    result = sweep(settings, log=quiet, progress=not args.no_progress)
     result["files"]["result"] = str(args.json or settings.out_dir / "sweep.json")
-    if _is_rank_zero():
+    if is_rank_zero():
         result["files"].update(write_sweep_reports(result, settings.out_dir, args.plot))
         print_sweep(result)
     write_result(result, result["files"]["result"])
@@ -310,43 +350,34 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .checkpoints import load_checkpoint
     from .models import build_model
     from .training import TrainConfig, train
-    from .workflows import prepare
 
     settings = _settings(args)
-    ctx = prepare(settings)
+    dataset = _dataset_for(args, settings.model)
+    if settings.train_limit:
+        dataset = dataset.subset(settings.train_limit)
     if settings.checkpoint:
-        model, _ = load_checkpoint(settings.checkpoint, model_name=settings.model)
+        model = _load_model(args)[0]
     else:
         model = build_model(settings.model, bits=settings.bits, seed=settings.seed)
     config = TrainConfig(epochs=settings.epochs, batch_size=settings.batch_size,
                          sigma_train=settings.sigma_train, seed=settings.seed)
     out = settings.out_dir / "train"
-    result = train(model, ctx.dataset, config, model_name=settings.model, checkpoint_dir=out,
+    result = train(model, dataset, config, model_name=settings.model, checkpoint_dir=out,
                    resume=not args.no_resume, progress=not args.no_progress, log=_log)
-    _log(f"best clean accuracy {result.best_accuracy:.2f} % (epoch {result.best_epoch})")
+    if result.best_accuracy is not None:
+        _log(f"best clean accuracy {result.best_accuracy:.2f} % (epoch {result.best_epoch})")
     _log(f"written: {result.best_path} (best), {result.last_path} (last)")
     return 0
 
 
-def _load_model(args: argparse.Namespace):
-    from .checkpoints import load_checkpoint
-
-    if not args.checkpoint:
-        raise SwimkitError("--checkpoint is required: the trained model to work on")
-    model, _ = load_checkpoint(args.checkpoint, model_name=args.model if args.model else None)
-    return model.eval()
-
-
 def cmd_sensitivity(args: argparse.Namespace) -> int:
-    from .data import Batches, load_dataset
-    from .models import model_info
+    from .data import Batches
     from .sensitivity import sensitivity
 
-    model = _load_model(args)
-    dataset = load_dataset(args.dataset or model_info(args.model).dataset, args.data_dir)
+    model, name = _load_model(args)
+    dataset = _dataset_for(args, name)
     split = dataset.train.head(args.sens_limit) if args.sens_limit else dataset.train
     batches = Batches(split, dataset, args.sens_batch_size)
     options = {"probes": args.probes, "seed": args.seed} if args.engine == "hutchinson" else {}
@@ -362,14 +393,15 @@ def cmd_select(args: argparse.Namespace) -> int:
     from .selection import select
     from .sensitivity import Sensitivity
 
-    model = _load_model(args)
+    model, name = _load_model(args)
     if args.fraction is None and args.speedup is None and args.time_budget is None:
         args.fraction = 0.1
     sens = Sensitivity.load(args.sensitivity) if args.sensitivity else None
-    settings = _settings(args, model=args.model, checkpoint=args.checkpoint)
+    settings = _settings(args, model=name)
     plan = select(model, sens, args.fraction, args.method, device=settings.device_model(),
                   write_verify=settings.write_verify(), speedup=args.speedup,
-                  time_budget=args.time_budget, seed=args.seed)
+                  time_budget=args.time_budget, seed=args.seed,
+                  exclude=settings.exclude or None)
     plan.save(args.output)
     if args.npz:
         plan.export_npz(args.npz)
@@ -381,18 +413,17 @@ def cmd_select(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .data import load_dataset, preload
-    from .models import model_info
+    from .data import preload
     from .montecarlo import accuracy, evaluate
     from .selection import Plan
     from .storage import atomic_write_json
 
-    model = _load_model(args)
+    model, name = _load_model(args)
     if args.plan and args.verify:
         raise SwimkitError("give --plan or --verify, not both")
     plan = Plan.load(args.plan) if args.plan else (args.verify or "none")
-    settings = _settings(args, model=args.model)
-    dataset = load_dataset(args.dataset or model_info(args.model).dataset, args.data_dir)
+    settings = _settings(args, model=name)
+    dataset = _dataset_for(args, name)
     split = dataset.test.head(args.test_limit) if args.test_limit else dataset.test
     batches = preload(split, dataset, args.test_batch_size)
     clean = accuracy(model, batches)
@@ -401,35 +432,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                    progress=not args.no_progress)
     result = {"clean_accuracy": clean, "result": res.to_dict(),
               "plan": args.plan or plan, "device_model": settings.device_model().describe()}
-    if _is_rank_zero():
+    if is_rank_zero():
         _log(f"clean accuracy {clean:.2f} %")
         _log(f"under variation: {res}")
         if args.json:
             atomic_write_json(result, args.json)
             _log(f"written: {args.json}")
     return 0
-
-
-def _quiet(_: str) -> None:
-    return None
-
-
-def _is_rank_zero() -> bool:
-    import torch.distributed as dist
-
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
-
-
-def _init_distributed() -> None:
-    """Join the torchrun group when launched with several processes."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return
-    import torch
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend)
 
 
 COMMANDS = {
@@ -442,14 +451,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``swimkit`` command."""
     args = build_parser().parse_args(argv)
     try:
-        _init_distributed()
+        distributed.init_from_environment()
         return COMMANDS[args.command](args)
     except SwimkitError as err:
         sys.stderr.write(f"swimkit: error: {err}\n")
         return 2
+    except OSError as err:
+        sys.stderr.write(f"swimkit: error: {err.strerror or err}: {err.filename or ''} "
+                         "(check the path and its permissions)\n")
+        return 2
     except KeyboardInterrupt:
         sys.stderr.write("swimkit: interrupted; run the same command again to resume\n")
         return 130
+    finally:
+        distributed.shutdown()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -23,7 +23,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .errors import require
+from .errors import is_number, require
+from .mapping import safe_scale
 from .variation import Variation, as_variation
 
 
@@ -59,11 +60,11 @@ class DeviceModel:
 
     def __post_init__(self) -> None:
         require(
-            isinstance(self.sigma, (int, float)) and self.sigma >= 0,
+            is_number(self.sigma, finite=True) and self.sigma >= 0,
             f"sigma must be a number >= 0 (got {self.sigma!r}); e.g. --sigma 0.3",
         )
         require(
-            isinstance(self.sigma_verified, (int, float)) and self.sigma_verified >= 0,
+            is_number(self.sigma_verified, finite=True) and self.sigma_verified >= 0,
             f"sigma_verified must be a number >= 0 (got {self.sigma_verified!r}); "
             "e.g. --sigma-verified 0.03",
         )
@@ -126,29 +127,37 @@ class DeviceModel:
         masks: Mapping[str, Tensor] | None = None,
         generator: torch.Generator | None = None,
     ) -> dict[str, Tensor]:
-        """One Monte-Carlo instance: a draw of dW for every weight in ``values``.
+        """One Monte-Carlo instance: a draw of dW for every weight in ``values``."""
+        return draw(self.noise_stds(values, scales, masks), generator)
 
-        Standard normals are drawn in the order of ``values`` on each weight's device
-        and dtype, then scaled; so two plans evaluated with the same generator state
-        share the same underlying draws.
+    def noise_stds(
+        self,
+        values: Mapping[str, Tensor],
+        scales: Mapping[str, Tensor],
+        masks: Mapping[str, Tensor] | None = None,
+    ) -> dict[str, Tensor]:
+        """Standard deviation of dW for every weight, shaped like the weight.
+
+        Uniform ones are expanded views of one number (no memory). They do not change
+        between Monte-Carlo instances: compute them once, then :func:`draw`.
         """
         masks = masks or {}
-        deltas: dict[str, Tensor] = {}
-        for name, value in values.items():
-            z = torch.randn(
-                value.shape, generator=generator, device=value.device, dtype=value.dtype
-            )
-            deltas[name] = z.mul_(self._std(value, scales[name], masks.get(name)))
-        return deltas
+        return {
+            name: self._std(value, scales[name], masks.get(name)).to(value.dtype)
+            .expand(value.shape)
+            for name, value in values.items()
+        }
 
     def _std(self, value: Tensor, scale: Tensor, verified: Tensor | None) -> Tensor:
         if self.value_dependent:
             return self.noise_std(value, scale, verified)
         unit = scale.to(value.dtype) * math.sqrt(self.slice_factor)
-        if verified is None:
+        if verified is None or not bool(verified.any()):
             return unit * self.sigma
-        plain = unit * self.sigma
-        return torch.where(verified.to(value.device), unit * self.sigma_verified, plain)
+        if bool(verified.all()):
+            return unit * self.sigma_verified
+        return torch.where(verified.to(value.device), unit * self.sigma_verified,
+                           unit * self.sigma)
 
     def describe(self) -> dict[str, Any]:
         """The settings, for result files."""
@@ -164,10 +173,22 @@ class DeviceModel:
         }
 
 
+def draw(stds: Mapping[str, Tensor], generator: torch.Generator | None = None) -> dict[str, Tensor]:
+    """Standard normals scaled by ``stds``, drawn in their order on each tensor's device.
+
+    Two plans drawn with the same generator state share the same underlying normals
+    (common random numbers).
+    """
+    return {
+        name: torch.randn(std.shape, generator=generator, device=std.device,
+                          dtype=std.dtype).mul_(std)
+        for name, std in stds.items()
+    }
+
+
 def _level(value: Tensor, scale: Tensor) -> Tensor:
     """Normalised level |w| / s in [0, 1] (0 for an all-zero layer)."""
-    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
-    return (value.detach().abs() / safe).clamp_(0.0, 1.0)
+    return (value.detach().abs() / safe_scale(scale)).clamp_(0.0, 1.0)
 
 
 def generator_for(seed: int, index: int, device: torch.device | str = "cpu") -> torch.Generator:

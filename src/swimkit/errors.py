@@ -7,6 +7,8 @@ fix it. The command line prints that sentence and exits with status 2.
 
 from __future__ import annotations
 
+import math
+
 
 class SwimkitError(ValueError):
     """A problem with the user's input, explained in one line."""
@@ -21,19 +23,17 @@ def require(condition: bool, message: str) -> None:
 def check_fraction(value: float, name: str = "fraction") -> float:
     """Return ``value`` as a float in [0, 1] or raise a clear error."""
     require(
-        isinstance(value, (int, float)) and 0.0 <= float(value) <= 1.0,
+        is_number(value) and 0.0 <= float(value) <= 1.0,
         f"{name} must be between 0 and 1 (got {value!r}); e.g. 0.1 verifies 10% of the weights",
     )
     return float(value)
 
 
-def check_nonnegative(value: float, name: str) -> float:
-    """Return ``value`` as a float >= 0 or raise a clear error."""
-    require(
-        isinstance(value, (int, float)) and float(value) >= 0.0,
-        f"{name} must be a number >= 0 (got {value!r})",
-    )
-    return float(value)
+def is_number(value: object, finite: bool = False) -> bool:
+    """True for an int or float (not a bool); with ``finite``, also not inf or nan."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return math.isfinite(value) if finite else True
 
 
 def choose(value: str, choices: dict[str, str] | list[str], what: str) -> str:

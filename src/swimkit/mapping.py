@@ -98,6 +98,11 @@ def weight_scales(values: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return {name: v.detach().abs().amax() for name, v in values.items()}
 
 
+def safe_scale(scale: Tensor) -> Tensor:
+    """The scale, or 1 for an all-zero layer (so w / s stays defined)."""
+    return torch.where(scale > 0, scale, torch.ones_like(scale))
+
+
 class _Offset(nn.Module):
     """Parametrization that adds ``delta`` (if set) to the effective weight."""
 
@@ -147,8 +152,9 @@ def perturbed(
         for name, w in weights.items():
             fresh[name] = not parametrize.is_parametrized(w.module, "weight")
             orders[name] = list(w.module._parameters)
-            offsets[name] = _Offset()
-            parametrize.register_parametrization(w.module, "weight", offsets[name], unsafe=True)
+            offset = _Offset()
+            parametrize.register_parametrization(w.module, "weight", offset, unsafe=True)
+            offsets[name] = offset
         handle = Perturbation(offsets)
         handle.set(deltas)
         yield handle

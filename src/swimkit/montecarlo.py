@@ -24,7 +24,8 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from .devices import DeviceModel, generator_for
+from . import distributed
+from .devices import DeviceModel, draw, generator_for
 from .errors import SwimkitError, require
 from .mapping import DeviceWeight, device_weights, effective_weights, perturbed, weight_scales
 from .progress import progress_bar
@@ -132,11 +133,10 @@ def accuracy(model: nn.Module, batches: Batches) -> float:
 
 
 def _count_correct(model: nn.Module, batches: Batches) -> tuple[int, int]:
-    correct = torch.zeros((), dtype=torch.int64)
+    correct: Tensor | int = 0
     seen = 0
     for x, y in batches:
-        logits = model(x)
-        correct += (logits.argmax(dim=-1) == y).sum().cpu()
+        correct = correct + (model(x).argmax(dim=-1) == y).sum()
         seen += int(y.shape[0])
     return int(correct), seen
 
@@ -165,7 +165,7 @@ def evaluate(
     masks = _masks(plan, weights)
     data = batches if isinstance(batches, (list, tuple)) else list(batches)
     require(len(data) > 0, "no test batches: give a non-empty loader")
-    rank, world = _rank_world()
+    rank, world = distributed.rank(), distributed.world_size()
     mine = list(range(rank, samples, world))
     was_training = model.training
     model.eval()
@@ -182,9 +182,10 @@ def evaluate(
 def _plan_weights(
     model: nn.Module, plan: Plan | str | None, layers, exclude
 ) -> dict[str, DeviceWeight]:
-    every = device_weights(model, layers=layers, exclude=exclude)
     if not isinstance(plan, Plan):
-        return every
+        require(plan is None or isinstance(plan, str),
+                f"plan must be a Plan, 'none' or 'all' (got {type(plan).__name__})")
+        return device_weights(model, layers=layers, exclude=exclude)
     all_layers = device_weights(model)
     missing = [n for n in plan.masks if n not in all_layers]
     if missing:
@@ -223,25 +224,18 @@ def _run_instances(
     progress: bool,
 ) -> Tensor:
     values = effective_weights(weights)
-    scales = weight_scales(values)
+    stds = device.noise_stds(values, weight_scales(values), masks)
     seen = sum(int(y.shape[0]) for _, y in data)
     where = next(iter(values.values())).device
     out = torch.empty(len(indices), dtype=torch.float64)
     with perturbed(model, weights) as offsets:
         for i, index in enumerate(progress_bar(indices, progress, "Monte-Carlo")):
-            gen = generator_for(seed, index, where)
-            offsets.set(device.sample(values, scales, masks, gen))
+            offsets.set(draw(stds, generator_for(seed, index, where)))
             with parametrize.cached():
                 correct, _ = _count_correct(model, data)
             out[i] = 100.0 * correct / seen
         offsets.set(None)
     return out
-
-
-def _rank_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def _gather(local: Tensor, mine: Sequence[int], samples: int, world: int) -> Tensor:

@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor
 
-from .errors import SwimkitError, require
+from .errors import SwimkitError, is_number, require
 
 Sigma = TypeVar("Sigma", float, Tensor)
 
@@ -52,13 +52,13 @@ class WriteVerify:
     """
 
     tolerance: float
-    max_attempts: int = 20
+    max_attempts: int = 100
     t_program: float = 100e-9
     t_read: float = 50e-9
 
     def __post_init__(self) -> None:
         require(
-            _is_real(self.tolerance) and math.isfinite(self.tolerance) and self.tolerance > 0,
+            is_number(self.tolerance) and math.isfinite(self.tolerance) and self.tolerance > 0,
             f"write-verify tolerance must be a number > 0 in device steps "
             f"(got {self.tolerance!r}); e.g. 0.05",
         )
@@ -71,7 +71,7 @@ class WriteVerify:
         for name in ("t_program", "t_read"):
             value = getattr(self, name)
             require(
-                _is_real(value) and math.isfinite(value) and value >= 0,
+                is_number(value) and math.isfinite(value) and value >= 0,
                 f"{name} must be a time in seconds >= 0 (got {value!r}); e.g. 100e-9",
             )
 
@@ -80,7 +80,7 @@ class WriteVerify:
         cls,
         sigma: float,
         target_residual: float,
-        max_attempts: int = 20,
+        max_attempts: int = 100,
         t_program: float = 100e-9,
         t_read: float = 50e-9,
         include_failures: bool = True,
@@ -94,7 +94,7 @@ class WriteVerify:
         """
         _check_scalar_sigma(sigma, positive=True)
         require(
-            _is_real(target_residual) and 0 < target_residual < sigma,
+            is_number(target_residual) and 0 < target_residual < sigma,
             f"target residual sigma must be between 0 and sigma={sigma} "
             f"(got {target_residual!r}); write-verify can only reduce the spread",
         )
@@ -395,7 +395,7 @@ def _prepare(sigma: float | Tensor) -> tuple[Tensor, Callable[[Tensor], Any]]:
 
 
 def _check_scalar_sigma(sigma: object, positive: bool = False) -> None:
-    ok = _is_real(sigma) and math.isfinite(sigma) and (sigma > 0 if positive else sigma >= 0)
+    ok = is_number(sigma) and math.isfinite(sigma) and (sigma > 0 if positive else sigma >= 0)
     bound = "> 0" if positive else ">= 0"
     if not ok:
         raise SwimkitError(
@@ -403,5 +403,3 @@ def _check_scalar_sigma(sigma: object, positive: bool = False) -> None:
         )
 
 
-def _is_real(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -38,13 +38,20 @@ def fake_quantize(x: Tensor, bits: int, max_abs: Tensor | None = None) -> Tensor
     return x + (q - x.detach())
 
 
+def _check_bits(bits: object) -> int:
+    require(
+        isinstance(bits, int) and not isinstance(bits, bool) and bits >= 1,
+        f"bits must be a whole number >= 1 (got {bits!r})",
+    )
+    return int(bits)
+
+
 class FakeQuantize(nn.Module):
     """Quantize a tensor to ``bits`` with its own range (straight-through gradient)."""
 
     def __init__(self, bits: int) -> None:
         super().__init__()
-        require(int(bits) >= 1, f"bits must be >= 1 (got {bits})")
-        self.bits = int(bits)
+        self.bits = _check_bits(bits)
 
     def forward(self, x: Tensor) -> Tensor:
         return fake_quantize(x, self.bits)
@@ -63,7 +70,7 @@ class OutputQuantizer(nn.Module):
 
     def __init__(self, bits: int, output_range: OutputRange = "running", momentum: float = 0.1):
         super().__init__()
-        require(int(bits) >= 1, f"bits must be >= 1 (got {bits})")
+        _check_bits(bits)
         require(
             output_range in ("running", "batch"),
             f"output_range must be 'running' or 'batch' (got {output_range!r})",
@@ -125,7 +132,7 @@ def quantize(
     Works in place and returns ``model``. Device noise added by swimkit lands after the
     weight quantizer (quantize first, then perturb).
     """
-    require(isinstance(bits, int) and bits >= 1, f"bits must be an integer >= 1 (got {bits!r})")
+    _check_bits(bits)
     layers = [m for m in model.modules() if isinstance(m, QUANTIZABLE)]
     if not layers:
         raise SwimkitError(f"{type(model).__name__} has no conv or linear layer to quantize")

@@ -20,8 +20,10 @@ then weights are taken in score order while the modelled time stays within budge
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +32,8 @@ import torch
 from torch import Tensor, nn
 
 from .devices import DeviceModel, _level
-from .errors import SwimkitError, check_fraction, choose, require
-from .mapping import device_weights, effective_weights, weight_scales
+from .errors import SwimkitError, check_fraction, choose, is_number, require
+from .mapping import device_weights, effective_weights, safe_scale, weight_scales
 from .programming import ProgrammingReport, WriteVerify, programming_report, verify_cost
 from .sensitivity import Sensitivity
 from .sensitivity.result import _load_kind
@@ -75,11 +77,14 @@ class Plan:
         }
 
     @classmethod
-    def uniform(cls, masks_like: Mapping[str, Tensor], verify: bool) -> Plan:
-        """No weight verified (``verify=False``) or every weight verified."""
+    def uniform(cls, weights: Mapping[str, Tensor], verify: bool) -> Plan:
+        """No weight verified (``verify=False``) or every weight verified.
+
+        ``weights`` maps names to tensors shaped like the weights (e.g. their values).
+        """
         masks = {
             k: torch.full(v.shape, verify, dtype=torch.bool, device=v.device)
-            for k, v in masks_like.items()
+            for k, v in weights.items()
         }
         return cls(masks=masks, method="all" if verify else "none")
 
@@ -120,6 +125,50 @@ class Plan:
         )
 
 
+@dataclass
+class Scores:
+    """One method's score for every device weight, ready to cut at any budget.
+
+    Computing scores once and cutting them many times (a sweep over budgets, a
+    bisection) avoids recomputing them per budget.
+    """
+
+    method: str
+    scores: dict[str, Tensor]
+    values: dict[str, Tensor]
+    scales: dict[str, Tensor]
+    device: DeviceModel
+
+    @cached_property
+    def flat(self) -> Tensor:
+        return _flatten(self.scores)
+
+    @property
+    def total(self) -> int:
+        return self.flat.numel()
+
+
+def score(
+    model: nn.Module,
+    sens: Sensitivity | None,
+    method: str = "swim",
+    *,
+    device: DeviceModel | None = None,
+    seed: int = 0,
+    alpha: float = SWIM_ALPHA,
+    layers: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
+) -> Scores:
+    """Scores of ``method`` for the device weights of ``model`` (see :func:`select`)."""
+    method = choose(method, list(METHODS), "selection method")
+    weights = _chosen_weights(model, sens, layers, exclude)
+    values = effective_weights(weights)
+    scales = weight_scales(values)
+    device = device or DeviceModel()
+    return Scores(method, _scores(method, sens, values, scales, device, seed, alpha), values,
+                  scales, device)
+
+
 def select(
     model: nn.Module,
     sens: Sensitivity | None,
@@ -132,38 +181,73 @@ def select(
     time_budget: float | None = None,
     seed: int = 0,
     alpha: float = SWIM_ALPHA,
+    layers: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
 ) -> Plan:
     """Choose the weights of ``model`` to write-verify.
 
     Give exactly one budget: ``fraction`` of the weights, a ``speedup`` over verifying
     every weight, or a ``time_budget`` in seconds (the last two use the programming
-    model ``write_verify``). ``sens`` may be None for ``magnitude`` and ``random``.
+    model ``write_verify``; by default the loop whose residual sigma is the device's
+    ``sigma_verified``). ``sens`` may be None for ``magnitude`` and ``random``.
+    ``layers`` / ``exclude`` choose the layers on devices (default: those of ``sens``).
+    The plan carries its modelled programming time when the loop can be modelled.
     """
-    method = choose(method, list(METHODS), "selection method")
+    scores = score(model, sens, method, device=device, seed=seed, alpha=alpha, layers=layers,
+                   exclude=exclude)
+    return cut(scores, fraction, speedup=speedup, time_budget=time_budget,
+               write_verify=write_verify)
+
+
+def cut(
+    scores: Scores,
+    fraction: float | None = None,
+    *,
+    speedup: float | None = None,
+    time_budget: float | None = None,
+    write_verify: WriteVerify | None = None,
+) -> Plan:
+    """The plan verifying the best-scored weights within one budget."""
     budgets = [b for b in (fraction, speedup, time_budget) if b is not None]
     require(
         len(budgets) == 1,
         "give exactly one budget: a fraction, a speedup or a time budget (seconds)",
     )
-    names = list(sens.names) if sens is not None else None
-    weights = device_weights(model) if names is None else _weights_named(model, names)
-    values = effective_weights(weights)
-    scales = weight_scales(values)
-    device = device or DeviceModel()
-    scores = _scores(method, sens, values, scales, device, seed, alpha)
+    device = scores.device
+    if write_verify is None:
+        with suppress(SwimkitError):  # a fraction needs no loop; the report is then left out
+            write_verify = default_write_verify(device)
     if fraction is not None:
         check_fraction(fraction)
-        flat = _top_k(_flatten(scores), round(fraction * _total(scores)))
+        flat = _top_k(scores.flat, round(fraction * scores.total))
         requested: dict[str, Any] = {"fraction": fraction}
     else:
-        write_verify = write_verify or default_write_verify(device)
-        flat = _within_time(scores, values, scales, device, write_verify, speedup, time_budget)
+        if write_verify is None:
+            write_verify = default_write_verify(device)  # raises the clear error
+        flat = _within_time(scores, write_verify, speedup, time_budget)
         requested = {"speedup": speedup} if speedup is not None else {"time_budget": time_budget}
-    masks = _unflatten(flat, scores)
-    plan = Plan(masks=masks, method=method, requested=requested)
-    if write_verify is not None or speedup is not None or time_budget is not None:
-        plan.programming = plan_programming(plan, values, scales, device, write_verify)
+    plan = Plan(masks=_unflatten(flat, scores.scores), method=scores.method, requested=requested)
+    if write_verify is not None:
+        plan.programming = plan_programming(plan, scores.values, scores.scales, device,
+                                            write_verify)
     return plan
+
+
+def _chosen_weights(
+    model: nn.Module,
+    sens: Sensitivity | None,
+    layers: Sequence[str] | None,
+    exclude: Sequence[str] | None,
+) -> dict:
+    if sens is None or layers or exclude:
+        weights = device_weights(model, layers=layers, exclude=exclude)
+        missing = [n for n in weights if sens is not None and n not in sens.second]
+        if missing:
+            raise SwimkitError(
+                f"the sensitivities have no {missing[0]}: compute them for the same layers"
+            )
+        return weights
+    return _weights_named(model, sens.names)
 
 
 def plan_programming(
@@ -216,7 +300,7 @@ def _scores(
     seed: int,
     alpha: float,
 ) -> dict[str, Tensor]:
-    normalised = {k: v / _safe(scales[k]) for k, v in values.items()}
+    normalised = {k: v / safe_scale(scales[k]) for k, v in values.items()}
     if method == "magnitude":
         return {k: w.abs() for k, w in normalised.items()}
     if method == "random":
@@ -242,10 +326,6 @@ def _scores(
         )
         for k in values
     }
-
-
-def _safe(scale: Tensor) -> Tensor:
-    return torch.where(scale > 0, scale, torch.ones_like(scale))
 
 
 def _check_shapes(sens: Sensitivity, values: Mapping[str, Tensor]) -> None:
@@ -282,43 +362,42 @@ def _top_k(flat_scores: Tensor, k: int) -> Tensor:
 
 
 def _within_time(
-    scores: Mapping[str, Tensor],
-    values: Mapping[str, Tensor],
-    scales: Mapping[str, Tensor],
-    device: DeviceModel,
+    scores: Scores,
     write_verify: WriteVerify,
     speedup: float | None,
     time_budget: float | None,
 ) -> Tensor:
     """Verify weights in score order while the modelled programming time fits the budget."""
-    sigma = _plain_sigma(values, scales, device)
-    k_dev = device.devices_per_weight
+    sigma = _plain_sigma(scores.values, scores.scales, scores.device)
+    k_dev = scores.device.devices_per_weight
     extra = torch.cat([
         torch.as_tensor(verify_cost(sigma[k], k_dev, write_verify), dtype=torch.float64)
         .expand(v.shape).reshape(-1).cpu()
-        for k, v in values.items()
+        for k, v in scores.values.items()
     ])
-    base = float(programming_report(sigma, {k: torch.zeros(v.shape, dtype=torch.bool)
-                                            for k, v in values.items()},
-                                    k_dev, write_verify).time_no_verify)
+    nothing = {k: torch.zeros(v.shape, dtype=torch.bool) for k, v in scores.values.items()}
+    base = float(programming_report(sigma, nothing, k_dev, write_verify).time_no_verify)
     full = base + float(extra.sum())
     if speedup is not None:
-        require(speedup > 0, f"speedup must be > 0 (got {speedup})")
+        require(is_number(speedup, finite=True) and speedup > 0,
+                f"speedup must be a number > 0 (got {speedup!r}); e.g. 10")
         time_budget = full / speedup
-    require(time_budget is not None and time_budget >= 0, "the time budget must be >= 0 seconds")
+    require(is_number(time_budget, finite=True) and time_budget >= 0,
+            f"the time budget must be a number of seconds >= 0 (got {time_budget!r})")
     if time_budget < base * (1 - 1e-12):
         ask = "a smaller speedup" if speedup is not None else "a larger time budget"
         raise SwimkitError(
             f"the budget {time_budget:.4g} s is below the time of writing every weight once "
             f"({base:.4g} s, a speedup of {full / base:.3g}x): ask for {ask}"
         )
-    order = torch.sort(_flatten(scores), descending=True, stable=True).indices
+    order = torch.sort(scores.flat, descending=True, stable=True).indices
     spent = torch.cumsum(extra[order], 0)
-    count = int(torch.searchsorted(spent, torch.tensor(time_budget - base, dtype=torch.float64),
-                                   right=True))
+    budget = torch.tensor(time_budget - base, dtype=torch.float64)
+    count = int(torch.searchsorted(spent, budget, right=True))
     mask = torch.zeros(order.numel(), dtype=torch.bool)
     mask[order[:count]] = True
     return mask
 
 
-__all__ = ["METHODS", "Plan", "default_write_verify", "plan_programming", "select"]
+__all__ = ["METHODS", "Plan", "Scores", "cut", "default_write_verify", "plan_programming", "score",
+           "select"]

@@ -34,7 +34,7 @@ from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 from .checkpoints import load_checkpoint, save_checkpoint
 from .data import Batches, Dataset, Split, preload
 from .devices import DeviceModel
-from .errors import SwimkitError, require
+from .errors import SwimkitError, is_number, require
 from .mapping import DeviceWeight, device_weights, effective_weights, perturbed, weight_scales
 from .models import ResNet18, canonical_model_name, model_info
 from .montecarlo import accuracy
@@ -141,16 +141,12 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _positive(value: Any) -> bool:
-    return _is_number(value) and value > 0
+    return is_number(value, finite=True) and value > 0
 
 
 def _nonnegative(value: Any) -> bool:
-    return _is_number(value) and value >= 0
+    return is_number(value, finite=True) and value >= 0
 
 
 def _bad(name: str, value: Any, condition: str) -> str:

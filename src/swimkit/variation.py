@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .errors import SwimkitError, require
+from .errors import SwimkitError, is_number, require
 
 #: The share of weights U-SWIM's authors assume inside their band (0.25, 0.75).
 AUTHORS_BAND = (0.25, 0.75)
@@ -88,18 +88,18 @@ class BandVariation(Variation):
         share: float | None = None,
     ) -> None:
         require(
-            _is_number(r) and math.isfinite(r) and r > 0,
+            is_number(r) and math.isfinite(r) and r > 0,
             f"band variation factor r must be a finite number > 0 (got {r!r}); e.g. r=3",
         )
         require(
-            _is_number(low) and _is_number(high) and 0.0 <= low < high <= 1.0,
+            is_number(low) and is_number(high) and 0.0 <= low < high <= 1.0,
             f"band variation needs 0 <= low < high <= 1 (got low={low!r}, high={high!r}); "
             "e.g. low=0.25, high=0.75",
         )
         if share is None:
             share = AUTHORS_SHARE if (low, high) == AUTHORS_BAND else high - low
         require(
-            _is_number(share) and 0.0 <= share <= 1.0,
+            is_number(share) and 0.0 <= share <= 1.0,
             f"band variation share must be between 0 and 1 (got {share!r})",
         )
         self.r = float(r)
@@ -343,5 +343,3 @@ def _as_1d(values: Sequence[float] | Tensor, what: str) -> Tensor:
     return out
 
 
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -3,7 +3,9 @@
 train -> sensitivity -> select -> Monte-Carlo evaluation, for one point (``run``) or a
 grid of methods and budgets (``sweep``). Every artefact is written atomically under
 the output folder, and a rerun with the same settings picks up what is already there:
-the trained model, the sensitivities, and each evaluated point of a sweep.
+the trained model, the sensitivities, and each evaluated point of a sweep. Each cache
+is keyed by everything that changes its content, so changed settings never reuse a
+stale result.
 
 Inside a torch.distributed group (torchrun) rank 0 trains and computes sensitivities,
 the other ranks wait and load its files, and every rank takes a share of the
@@ -20,23 +22,28 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from . import data as data_mod
+from . import distributed
 from .checkpoints import load_checkpoint
 from .devices import DeviceModel
-from .errors import SwimkitError, check_fraction, require
+from .errors import SwimkitError, check_fraction, is_number, require
 from .mapping import device_weights, effective_weights, weight_scales
-from .models import canonical_model_name, model_info
+from .models import build_model, canonical_model_name, model_info
 from .montecarlo import MCResult, accuracy, evaluate
 from .programming import WriteVerify
-from .selection import Plan, default_write_verify, plan_programming, select
+from .reports import format_mc
+from .selection import Plan, Scores, cut, default_write_verify, plan_programming, score
 from .sensitivity import ENGINES, Sensitivity, sensitivity
 from .storage import atomic_write_json
 
 Log = Callable[[str], None]
 NEEDS_SENSITIVITY = {"swim", "second", "uswim", "variance"}
+
+
+def quiet(_: str) -> None:
+    """A log that drops every line."""
 
 
 @dataclass
@@ -79,16 +86,21 @@ class Settings:
     out: str | None = None
 
     def __post_init__(self) -> None:
+        """Check everything up front, before any training or sensitivity pass."""
         self.model = canonical_model_name(self.model)
         self.dataset = self.dataset or model_info(self.model).dataset
         for fraction in self.fractions:
             check_fraction(fraction)
-        for speedup in self.speedups:
-            require(speedup > 0, f"speedup must be > 0 (got {speedup})")
+        for name, values in (("speedup", self.speedups), ("time budget", self.time_budgets)):
+            for value in values:
+                require(is_number(value, finite=True) and value > 0,
+                        f"{name} must be a number > 0 (got {value!r})")
         require(self.samples >= 1, f"samples must be >= 1 (got {self.samples})")
         require(self.engine in ENGINES, f"unknown engine {self.engine!r}; choose {ENGINES}")
         require(self.epochs >= 0, f"epochs must be >= 0 (got {self.epochs})")
-        self.device_model()  # validates sigma and the variation specs
+        require(self.t_program + self.t_read > 0,
+                "programming takes no time with --t-program 0 and --t-read 0; give one > 0")
+        self.write_verify()  # validates sigma, the variation specs and the write-verify loop
 
     @property
     def out_dir(self) -> Path:
@@ -105,10 +117,16 @@ class Settings:
         )
 
     def write_verify(self) -> WriteVerify:
+        """The write-verify loop: ``tolerance`` if given, else the one reaching sigma_verified."""
         if self.tolerance is not None:
             return WriteVerify(self.tolerance, self.max_attempts, self.t_program, self.t_read)
         base = default_write_verify(self.device_model(), self.max_attempts)
         return WriteVerify(base.tolerance, self.max_attempts, self.t_program, self.t_read)
+
+    def data_key(self) -> dict[str, Any]:
+        """What decides the data a step sees."""
+        return {"dataset": self.dataset, "data_dir": self.data_dir,
+                "train_limit": self.train_limit, "test_limit": self.test_limit}
 
 
 @dataclass
@@ -117,24 +135,20 @@ class Context:
 
     settings: Settings
     dataset: data_mod.Dataset
-    test_batches: list
     log: Log
     progress: bool
     model: nn.Module | None = None
     model_path: Path | None = None
     files: dict[str, str] = field(default_factory=dict)
+    _test: list | None = field(default=None, init=False, repr=False)
 
-
-# --- small helpers ---------------------------------------------------------------------
-
-
-def _rank() -> int:
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-
-
-def _barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+    @property
+    def test_batches(self) -> list:
+        """The test set, normalised once and held in memory as batches."""
+        if self._test is None:
+            s = self.settings
+            self._test = data_mod.preload(self.dataset.test, self.dataset, s.test_batch_size)
+        return self._test
 
 
 def _digest(obj: Any) -> str:
@@ -149,39 +163,37 @@ def _file_digest(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def _quiet(_: str) -> None:
-    return None
-
-
 # --- steps -----------------------------------------------------------------------------
 
 
-def prepare(settings: Settings, log: Log = _quiet, progress: bool = False) -> Context:
-    """Load the dataset and hold the test set in memory as large batches."""
+def check_fits(model_name: str, dataset: data_mod.Dataset) -> None:
+    """Raise a clear error when the model's input shape is not the dataset's."""
+    info = model_info(model_name)
+    if tuple(dataset.image_shape) != tuple(info.input_shape):
+        raise SwimkitError(
+            f"model {info.name} takes {info.input_shape} inputs but {dataset.name} has "
+            f"{tuple(dataset.image_shape)} images; pick a matching --model or --dataset"
+        )
+
+
+def prepare(settings: Settings, log: Log = quiet, progress: bool = False) -> Context:
+    """Load the dataset (and check it fits the model)."""
     dataset = data_mod.load_dataset(settings.dataset, settings.data_dir)
     if settings.train_limit or settings.test_limit:
         dataset = dataset.subset(settings.train_limit, settings.test_limit)
-    info = model_info(settings.model)
-    if tuple(dataset.image_shape) != tuple(info.input_shape):
-        raise SwimkitError(
-            f"model {settings.model} takes {info.input_shape} inputs but {dataset.name} has "
-            f"{tuple(dataset.image_shape)} images; pick a matching --model or --dataset"
-        )
-    test = data_mod.preload(dataset.test, dataset, settings.test_batch_size)
-    return Context(settings, dataset, test, log, progress)
+    check_fits(settings.model, dataset)
+    return Context(settings, dataset, log, progress)
 
 
 def obtain_model(ctx: Context) -> nn.Module:
     """The model of the run: from --checkpoint, from an earlier run, or trained now."""
     s = ctx.settings
     if s.checkpoint:
-        model, _ = load_checkpoint(s.checkpoint, model_name=s.model if s.model else None)
+        model, _ = load_checkpoint(s.checkpoint, model_name=s.model)
         ctx.model_path = Path(s.checkpoint)
     else:
         train_dir = s.out_dir / "train"
-        if _rank() == 0:
-            _train(ctx, train_dir)
-        _barrier()
+        distributed.rank_zero_first(lambda: _train(ctx, train_dir))
         best = train_dir / ("best.pt" if (train_dir / "best.pt").is_file() else "last.pt")
         model, _ = load_checkpoint(best)
         ctx.model_path = best
@@ -191,17 +203,30 @@ def obtain_model(ctx: Context) -> nn.Module:
 
 
 def _train(ctx: Context, train_dir: Path) -> None:
-    from .models import build_model
     from .training import TrainConfig, train
 
     s = ctx.settings
+    _check_training_folder(train_dir, {"model": s.model, "bits": s.bits, **s.data_key()})
     model = build_model(s.model, bits=s.bits, seed=s.seed)
     config = TrainConfig(epochs=s.epochs, batch_size=s.batch_size, sigma_train=s.sigma_train,
                          seed=s.seed)
-    result = train(model, ctx.dataset, config, model_name=s.model, checkpoint_dir=train_dir,
-                   progress=ctx.progress, log=ctx.log)
-    if result.best_path is None and result.last_path is None:
-        raise SwimkitError("training wrote no checkpoint; check the output folder is writable")
+    train(model, ctx.dataset, config, model_name=s.model, checkpoint_dir=train_dir,
+          progress=ctx.progress, log=ctx.log)
+
+
+def _check_training_folder(train_dir: Path, key: dict[str, Any]) -> None:
+    """Refuse to resume a training folder made for another model or other data."""
+    path = train_dir / "settings.json"
+    if path.is_file():
+        stored = json.loads(path.read_text())
+        changed = [k for k in key if stored.get(k) != key[k]]
+        if changed:
+            raise SwimkitError(
+                f"{train_dir} holds a model trained with other settings ({changed[0]}="
+                f"{stored.get(changed[0])!r}, now {key[changed[0]]!r}); use another --out"
+            )
+    else:
+        atomic_write_json(key, path)
 
 
 def obtain_sensitivity(ctx: Context) -> Sensitivity:
@@ -210,19 +235,25 @@ def obtain_sensitivity(ctx: Context) -> Sensitivity:
     key = {
         "model": _file_digest(ctx.model_path), "engine": s.engine,
         "batch_size": s.sens_batch_size, "limit": s.sens_limit, "exclude": s.exclude,
-        "dataset": s.dataset,
+        **s.data_key(),
     }
     path = s.out_dir / f"sensitivity-{s.engine}.pt"
-    if _rank() == 0 and not _cached_sensitivity(path, key):
+    computed: list[Sensitivity] = []
+
+    def compute() -> None:
+        if _cached_sensitivity(path, key):
+            return
         split = ctx.dataset.train.head(s.sens_limit) if s.sens_limit else ctx.dataset.train
         batches = data_mod.Batches(split, ctx.dataset, s.sens_batch_size)
         sens = sensitivity(ctx.model, batches, s.engine, exclude=s.exclude or None,
                            progress=ctx.progress)
         sens.meta = {"key": key}
         sens.save(path)
-    _barrier()
+        computed.append(sens)
+
+    distributed.rank_zero_first(compute)
     ctx.files["sensitivity"] = str(path)
-    return Sensitivity.load(path)
+    return computed[0] if computed else Sensitivity.load(path)
 
 
 def _cached_sensitivity(path: Path, key: dict) -> bool:
@@ -254,22 +285,8 @@ class Results:
 
     def put(self, point_id: str, value: dict) -> None:
         self.points[point_id] = value
-        if _rank() == 0:
+        if distributed.is_rank_zero():
             atomic_write_json({"key": self.key, "points_by_id": self.points}, self.path)
-
-
-def _mc(ctx: Context, plan: Plan | str, results: Results, point_id: str, extra: dict) -> dict:
-    done = results.get(point_id)
-    if done is not None:
-        return done
-    s = ctx.settings
-    res: MCResult = evaluate(
-        ctx.model, ctx.test_batches, s.device_model(), plan, samples=s.samples, seed=s.seed,
-        exclude=s.exclude or None, progress=ctx.progress,
-    )
-    value = {**res.to_dict(), **extra}
-    results.put(point_id, value)
-    return value
 
 
 def _plan_summary(plan: Plan) -> dict[str, Any]:
@@ -292,39 +309,62 @@ def _budgets(settings: Settings) -> list[tuple[str, float]]:
 
 @dataclass
 class _Grid:
-    """What every point of a sweep shares."""
+    """What every point of a sweep shares; scores are computed once per method."""
 
     ctx: Context
     sens: Sensitivity | None
     device: DeviceModel
     write_verify: WriteVerify
     results: Results
+    scores: dict[str, Scores] = field(default_factory=dict)
+
+    def evaluate(self, plan: Plan | str, point_id: str, extra: dict) -> dict[str, Any]:
+        """Monte-Carlo accuracy of ``plan``, or the stored result of an earlier run."""
+        done = self.results.get(point_id)
+        if done is not None:
+            return done
+        s = self.ctx.settings
+        res: MCResult = evaluate(
+            self.ctx.model, self.ctx.test_batches, self.device, plan, samples=s.samples,
+            seed=s.seed, exclude=s.exclude or None, progress=self.ctx.progress,
+        )
+        value = {**res.to_dict(), **extra}
+        self.results.put(point_id, value)
+        return value
+
+    def method_scores(self, method: str) -> Scores:
+        if method not in self.scores:
+            s = self.ctx.settings
+            sens = self.sens if method in NEEDS_SENSITIVITY else None
+            self.scores[method] = score(self.ctx.model, sens, method, device=self.device,
+                                        seed=s.seed, exclude=s.exclude or None)
+        return self.scores[method]
 
     def point(self, method: str, kind: str, budget: float) -> dict[str, Any]:
         """Select with ``method`` under one budget and evaluate (or reuse) the plan."""
-        s = self.ctx.settings
-        sens = self.sens if method in NEEDS_SENSITIVITY else None
-        plan = select(self.ctx.model, sens, method=method, device=self.device,
-                      write_verify=self.write_verify, seed=s.seed, **{kind: budget})
+        plan = cut(self.method_scores(method), write_verify=self.write_verify,
+                   **{kind: budget})
         stem = f"{method}-{kind}-{budget:g}"
-        path = s.out_dir / "plans" / f"{stem}.pt"
-        if _rank() == 0:
+        path = self.ctx.settings.out_dir / "plans" / f"{stem}.pt"
+        if distributed.is_rank_zero():
             plan.save(path)
-        point = _mc(self.ctx, plan, self.results, stem,
-                    {**_plan_summary(plan), kind: budget, "masks": str(path)})
-        self.ctx.log(f"{method} {kind} {budget:g}: {_fmt(point)} "
+        point = self.evaluate(plan, stem, {**_plan_summary(plan), kind: budget,
+                                           "masks": str(path)})
+        self.ctx.log(f"{method} {kind} {budget:g}: {format_mc(point)} "
                      f"({point['weights_verified']:,} of {point['weights_total']:,} verified, "
                      f"speedup {point['programming']['speedup']:.2f}x)")
         return point
 
-    def smallest_fraction(self, method: str, target: float, steps: int) -> dict[str, Any]:
+    def smallest_fraction(
+        self, method: str, target: float, steps: int, full: dict[str, Any]
+    ) -> dict[str, Any]:
         """Bisect for the smallest fraction whose mean accuracy reaches ``target``.
 
-        Accuracy grows with the verified fraction; with common random numbers the
-        curve is smooth enough for bisection. Returns the point found.
+        Accuracy grows with the verified fraction; with common random numbers the curve
+        is smooth enough for bisection. Fraction 1 is the full-verify result ``full``.
         """
         low, high = 0.0, 1.0
-        best = self.point(method, "fraction", high)
+        best = {**full, "method": method, "fraction": 1.0}
         for _ in range(steps):
             middle = round((low + high) / 2, 4)
             if middle in (low, high):
@@ -337,21 +377,21 @@ class _Grid:
         return {**best, "target": target}
 
 
-def sweep(settings: Settings, log: Log = _quiet, progress: bool = False) -> dict[str, Any]:
+def sweep(settings: Settings, log: Log = quiet, progress: bool = False) -> dict[str, Any]:
     """Run the flow for every method and budget of ``settings``; return the result dict."""
     ctx = prepare(settings, log, progress)
     model = obtain_model(ctx)
     clean = accuracy(model, ctx.test_batches)
     log(f"clean accuracy: {clean:.2f} %")
-    sens = obtain_sensitivity(ctx) if NEEDS_SENSITIVITY & set(settings.methods) else None
     s = settings
+    sens = obtain_sensitivity(ctx) if NEEDS_SENSITIVITY & set(s.methods) else None
     device = s.device_model()
     write_verify = s.write_verify()
     key = _digest({"model": _file_digest(ctx.model_path), "device": device.describe(),
                    "samples": s.samples, "seed": s.seed, "exclude": s.exclude,
                    "engine": s.engine, "sens_batch_size": s.sens_batch_size,
-                   "sens_limit": s.sens_limit, "test_limit": s.test_limit,
-                   "write_verify": asdict(write_verify)})
+                   "sens_limit": s.sens_limit, "test_batch_size": s.test_batch_size,
+                   "write_verify": asdict(write_verify), **s.data_key()})
     grid = _Grid(ctx, sens, device, write_verify, Results(s.out_dir / "points.json", key))
     baseline = _baselines(grid, model)
     points = [grid.point(method, kind, budget)
@@ -359,8 +399,10 @@ def sweep(settings: Settings, log: Log = _quiet, progress: bool = False) -> dict
     result = _assemble(ctx, clean, baseline, points, sens)
     if s.within is not None:
         target = baseline["full_verify"]["mean"] - s.within
-        result["needed"] = {m: grid.smallest_fraction(m, target, s.search_steps)
-                            for m in s.methods}
+        result["needed"] = {
+            m: grid.smallest_fraction(m, target, s.search_steps, baseline["full_verify"])
+            for m in s.methods
+        }
     return result
 
 
@@ -374,14 +416,9 @@ def _baselines(grid: _Grid, model: nn.Module) -> dict[str, dict]:
         plan = Plan.uniform(values, verify == "all")
         plan.programming = plan_programming(plan, values, scales, grid.device,
                                             grid.write_verify)
-        baseline[name] = _mc(grid.ctx, verify, grid.results, name, _plan_summary(plan))
-        grid.ctx.log(f"{name.replace('_', ' ')}: {_fmt(baseline[name])}")
+        baseline[name] = grid.evaluate(verify, name, _plan_summary(plan))
+        grid.ctx.log(f"{name.replace('_', ' ')}: {format_mc(baseline[name])}")
     return baseline
-
-
-def _fmt(point: dict) -> str:
-    low, high = point["ci95"]
-    return f"{point['mean']:.2f} +- {point['std']:.2f} % (95% CI {low:.2f}-{high:.2f})"
 
 
 def _assemble(ctx: Context, clean: float, baseline: dict, points: list, sens) -> dict[str, Any]:
@@ -402,6 +439,7 @@ def _assemble(ctx: Context, clean: float, baseline: dict, points: list, sens) ->
         "write_verify": asdict(s.write_verify()),
         "sensitivity_samples": sens.samples if sens is not None else None,
         "threads": torch.get_num_threads(),
+        "processes": distributed.world_size(),
     }
     result["files"] = dict(ctx.files)
     return result
@@ -410,9 +448,9 @@ def _assemble(ctx: Context, clean: float, baseline: dict, points: list, sens) ->
 def write_result(result: dict[str, Any], path: str | Path) -> Path:
     """Write a result dict as JSON atomically (rank 0 only) and return the path."""
     path = Path(path)
-    if _rank() == 0:
+    if distributed.is_rank_zero():
         atomic_write_json(result, path)
     return path
 
 
-__all__ = ["Settings", "sweep", "write_result"]
+__all__ = ["Settings", "check_fits", "prepare", "quiet", "sweep", "write_result"]

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 from torch import Tensor, nn
 
-from ..errors import choose
+from ..errors import SwimkitError, choose
 from ..mapping import device_weights, effective_weights, weight_scales
 from .result import Sensitivity
 
@@ -55,6 +55,11 @@ def sensitivity(
     ``hutchinson``. The model is evaluated in eval mode and left as it was.
     """
     engine = choose(engine, list(ENGINES), "sensitivity engine")
+    if engine == "swim" and options:
+        raise SwimkitError(
+            f"the swim engine takes no options (got {', '.join(sorted(options))}); "
+            "probes and seed are for engine='hutchinson'"
+        )
     weights = device_weights(model, layers=layers, exclude=exclude)
     was_training = model.training
     model.eval()

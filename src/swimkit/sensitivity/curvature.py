@@ -26,6 +26,7 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
 from ..errors import SwimkitError
 from ..mapping import DeviceWeight, perturbed
@@ -408,10 +409,6 @@ def _product(ctx: _Ctx, s: Tensor, divide: bool) -> dict[fx.Node, SValue]:
     return result
 
 
-def _neg(ctx: _Ctx, s: Tensor) -> dict[fx.Node, SValue]:
-    return _to_input(ctx, s)
-
-
 def _getitem(ctx: _Ctx, s: SValue) -> dict[fx.Node, SValue]:
     if isinstance(ctx.args[0], Tensor):
         return _vjp(ctx, s)
@@ -458,7 +455,7 @@ _FUNCTION_RULES: dict[Any, Rule] = {
     F.pad: _vjp,
     operator.add: _add, torch.add: _add, operator.sub: _add, torch.sub: _add,
     operator.mul: _mul, torch.mul: _mul, operator.truediv: _div, torch.div: _div,
-    operator.neg: _neg, torch.neg: _neg,
+    operator.neg: _identity, torch.neg: _identity,
     operator.getitem: _getitem,
     torch.mean: _mean,
     torch.flatten: _vjp, torch.reshape: _vjp, torch.cat: _vjp, torch.concat: _vjp,
@@ -470,7 +467,7 @@ _FUNCTION_RULES: dict[Any, Rule] = {
 _METHOD_RULES: dict[str, Rule] = {
     "relu": _mask_rule(_relu_derivative),
     "clamp": _mask_rule(_clamp_fn_derivative), "clip": _mask_rule(_clamp_fn_derivative),
-    "add": _add, "sub": _add, "mul": _mul, "div": _div, "neg": _neg,
+    "add": _add, "sub": _add, "mul": _mul, "div": _div, "neg": _identity,
     "mean": _mean,
     **{name: _vjp for name in (
         "view", "reshape", "flatten", "squeeze", "unsqueeze", "permute", "transpose",
@@ -569,7 +566,7 @@ class _Pass:
             elif node.op == "output":
                 output = fx.node.map_arg(node.args[0], self.value)
             else:
-                self.env[node] = self._call(node)
+                self.env[node] = self.call(node)
         if not isinstance(output, Tensor):
             raise SwimkitError(
                 "the swim engine needs a model that returns one tensor of logits "
@@ -577,9 +574,6 @@ class _Pass:
             )
         self.output_node = self.graph.output_node().args[0]
         return output
-
-    def _call(self, node: fx.Node) -> Any:
-        return self.call(node)
 
     def call(self, node: fx.Node, replace: Mapping[fx.Node, Tensor] | None = None) -> Any:
         """Execute ``node`` on the recorded values (or on ``replace`` for some inputs).
@@ -660,6 +654,22 @@ def _fetch_attr(model: nn.Module, target: str) -> Any:
     return value
 
 
+def _batch(
+    run: _Pass, x: Tensor, y: Tensor, deltas: dict[str, Tensor], first: dict[str, Tensor]
+) -> None:
+    """One batch: g by autograd (the graph is then released), h by the curvature pass."""
+    logits = run.forward(x)
+    loss = F.cross_entropy(logits, y)
+    grads = torch.autograd.grad(loss, list(deltas.values()), allow_unused=True)
+    for name, grad in zip(deltas, grads, strict=True):
+        if grad is not None:
+            first[name] = first[name] + grad if name in first else grad
+    with torch.no_grad():
+        p = torch.softmax(logits.detach(), dim=-1)
+    run.backward(p * (1 - p))
+    run.env = {}
+
+
 def swim_curvature(
     model: nn.Module,
     weights: dict[str, DeviceWeight],
@@ -681,17 +691,8 @@ def swim_curvature(
         }
         offsets.set(deltas)
         for x, y in progress_bar(batches, progress, "sensitivity (swim)"):
-            logits = run.forward(x)
-            loss = F.cross_entropy(logits, y)
-            grads = torch.autograd.grad(loss, list(deltas.values()), allow_unused=True)
-            for name, grad in zip(deltas, grads, strict=True):
-                if grad is not None:
-                    first[name] = first[name] + grad if name in first else grad
-            with torch.no_grad():
-                p = torch.softmax(logits.detach(), dim=-1)
-                s_logits = p * (1 - p)
-            run.backward(s_logits)
-            run.env = {}
+            with parametrize.cached():  # effective weights computed once per batch
+                _batch(run, x, y, deltas, first)
             samples += int(y.shape[0])
     if samples == 0:
         raise SwimkitError("the sensitivity pass got no batches: pass a non-empty loader")
