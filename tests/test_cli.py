@@ -106,16 +106,16 @@ def test_separate_steps_chain_through_files(fmnist, tmp_path, capsys):
     ckpt = out / "train" / "last.pt"
     assert ckpt.is_file() and "best clean accuracy" in stdout
     sens = tmp_path / "sens.pt"
-    code, _, err = run_cli(["sensitivity", "--model", "qlenet", "--checkpoint", str(ckpt), *base,
+    code, _, err = run_cli(["sensitivity", "--checkpoint", str(ckpt), *base,
                             "-o", str(sens), "--no-progress"], capsys)
     assert code == 0, err
     plan = tmp_path / "plan.pt"
-    code, stdout, err = run_cli(["select", "--model", "qlenet", "--checkpoint", str(ckpt),
+    code, stdout, err = run_cli(["select", "--checkpoint", str(ckpt),
                                  "--sensitivity", str(sens), "--fraction", "0.2", "-o", str(plan),
                                  "--npz", str(tmp_path / "plan.npz")], capsys)
     assert code == 0, err
     assert "speedup" in stdout and (tmp_path / "plan.npz").is_file()
-    code, stdout, err = run_cli(["evaluate", "--model", "qlenet", "--checkpoint", str(ckpt),
+    code, stdout, err = run_cli(["evaluate", "--checkpoint", str(ckpt),
                                  *base, "--plan", str(plan), "--samples", "3", "--json",
                                  str(tmp_path / "e.json"), "--no-progress"], capsys)
     assert code == 0, err
@@ -148,10 +148,15 @@ def test_sweep_writes_table_and_plot(fmnist, tmp_path, capsys):
         (["run", "--samples", "0"], "samples"),
         (["run", "--variation", "wobbly"], "variation"),
         (["evaluate", "--dataset", "fashion-mnist"], "--checkpoint"),
+        (["run", "--sigma-verified", "0.5"], "residual sigma"),
+        (["run", "--t-program", "0", "--t-read", "0"], "no time"),
+        (["run", "--speedup", "inf"], "number"),
+        (["sweep", "--plot", "plot.xyz"], "--plot"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(args, needle, fmnist, tmp_path, capsys):
-    full = [*args, "--no-progress"] + (["--out", str(tmp_path / "x")] if args[0] == "run" else [])
+    with_out = args[0] in ("run", "sweep")
+    full = [*args, "--no-progress"] + (["--out", str(tmp_path / "x")] if with_out else [])
     with pytest.raises(SystemExit) as stop:
         sys.exit(main(full))
     assert stop.value.code == 2
@@ -216,3 +221,25 @@ def test_run_with_a_programming_budget(budget, fmnist, tmp_path, capsys):
     else:
         assert prog["time_plan"] <= 0.5
     assert "speedup" in stdout
+
+
+def test_changed_training_settings_are_refused(fmnist, tmp_path, capsys):
+    out = tmp_path / "o"
+    base = ["run", "--model", "qlenet", *flow_args(fmnist, out), "--epochs", "1"]
+    assert run_cli(base, capsys)[0] == 0
+    code, _, err = run_cli([*base, "--bits", "6"], capsys)
+    assert code == 2 and "another --out" in err and err.count("\n") == 1
+
+
+def test_exclude_applies_to_every_method(fmnist, tmp_path, capsys):
+    out = tmp_path / "ex"
+    code, _, err = run_cli(["sweep", "--model", "lenet", *flow_args(fmnist, out),
+                            "--fractions", "0.1", "--methods", "swim,random",
+                            "--exclude", "conv1,fc3"], capsys)
+    assert code == 0, err
+    result = json.loads((out / "sweep.json").read_text())
+    totals = {p["weights_total"] for p in [*result["points"], result["no_verify"]]}
+    assert totals == {105918 - 54 - 840}
+    for point in result["points"]:
+        assert set(swimkit.Plan.load(point["masks"]).masks) == {"conv2.weight", "fc1.weight",
+                                                                "fc2.weight"}

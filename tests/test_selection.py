@@ -171,3 +171,26 @@ def test_plan_save_load_and_npz(lenet_and_sens, tmp_path):
     assert all((arrays[k] == plan.masks[k].numpy()).all() for k in plan.masks)
     with pytest.raises(swimkit.SwimkitError, match="not a swimkit write-verify plan"):
         swimkit.Plan.load(tmp_path / "plan.npz")
+
+
+def test_exclude_keeps_layers_out_of_the_plan(lenet_and_sens):
+    model, sens = lenet_and_sens
+    plan = swimkit.select(model, sens, fraction=0.1, method="magnitude", exclude=["conv1", "fc3"])
+    assert set(plan.masks) == {"conv2.weight", "fc1.weight", "fc2.weight"}
+    assert plan.weights_verified == round(0.1 * plan.weights_total)
+    partial = swimkit.sensitivity(model, [(torch.rand(2, 1, 28, 28), torch.tensor([0, 1]))],
+                                  exclude=["fc3"])
+    with pytest.raises(swimkit.SwimkitError, match="same layers"):
+        swimkit.select(model, partial, fraction=0.1, exclude=["conv1"])
+
+
+def test_scores_cut_at_many_budgets_match_select(lenet_and_sens):
+    from swimkit.selection import cut, score
+
+    model, sens = lenet_and_sens
+    scores = score(model, sens, "swim")
+    for fraction in (0.01, 0.2):
+        a = cut(scores, fraction)
+        b = swimkit.select(model, sens, fraction=fraction)
+        assert all(torch.equal(a.masks[k], b.masks[k]) for k in a.masks)
+        assert a.programming is not None and a.programming.speedup > 1

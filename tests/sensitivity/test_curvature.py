@@ -380,3 +380,9 @@ def test_quantizing_an_eval_model_keeps_eval_mode():
     model = nn.Sequential(nn.Linear(4, 3)).eval()
     swimkit.quantize(model, 4)
     assert not any(m.training for m in model.modules())
+
+
+def test_swim_engine_rejects_options():
+    with pytest.raises(swimkit.SwimkitError, match="no options"):
+        swimkit.sensitivity(lenet(), [(torch.rand(2, 1, 28, 28), torch.tensor([0, 1]))],
+                            probes=3)
