@@ -152,6 +152,7 @@ def test_sweep_writes_table_and_plot(fmnist, tmp_path, capsys):
         (["run", "--t-program", "0", "--t-read", "0"], "no time"),
         (["run", "--speedup", "inf"], "number"),
         (["sweep", "--plot", "plot.xyz"], "--plot"),
+        (["run", "--device", "abacus"], "unknown device"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(args, needle, fmnist, tmp_path, capsys):

@@ -167,7 +167,13 @@ def _add_mc(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=0)
 
 
+def _add_device_choice(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="cpu",
+                   help="where to compute: cpu (default), cuda or cuda:N")
+
+
 def _add_output(p: argparse.ArgumentParser) -> None:
+    _add_device_choice(p)
     p.add_argument("--out", default=None, help="output folder (default runs/MODEL-DATASET)")
     p.add_argument("--json", default=None, help="also write the result JSON here")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -228,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     sens.add_argument("--probes", type=_positive_int, default=100,
                       help="Hutchinson probes per batch")
     sens.add_argument("--output", "-o", required=True, help="sensitivity file to write (.pt)")
+    _add_device_choice(sens)
     sens.add_argument("--no-progress", action="store_true")
 
     sel = sub.add_parser("select", help="choose the weights to write-verify")
@@ -252,6 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--verify", choices=["none", "all"], default=None,
                     help="without --plan: verify no weight or every weight")
     ev.add_argument("--json", default=None, help="write the result JSON here")
+    _add_device_choice(ev)
     ev.add_argument("--no-progress", action="store_true")
     return parser
 
@@ -365,7 +373,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                          sigma_train=settings.sigma_train, seed=settings.seed)
     out = settings.out_dir / "train"
     result = train(model, dataset, config, model_name=settings.model, checkpoint_dir=out,
-                   resume=not args.no_resume, progress=not args.no_progress, log=_log)
+                   resume=not args.no_resume, progress=not args.no_progress, log=_log,
+                   device=settings.torch_device())
     if result.best_accuracy is not None:
         _log(f"best clean accuracy {result.best_accuracy:.2f} % (epoch {result.best_epoch})")
     _log(f"written: {result.best_path} (best), {result.last_path} (last)")
@@ -375,11 +384,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_sensitivity(args: argparse.Namespace) -> int:
     from .data import Batches
     from .sensitivity import sensitivity
+    from .workflows import resolve_device
 
     model, name = _load_model(args)
+    where = resolve_device(args.device)
     dataset = _dataset_for(args, name)
     split = dataset.train.head(args.sens_limit) if args.sens_limit else dataset.train
-    batches = Batches(split, dataset, args.sens_batch_size)
+    batches = Batches(split, dataset, args.sens_batch_size, device=where)
+    model.to(where)
     options = {"probes": args.probes, "seed": args.seed} if args.engine == "hutchinson" else {}
     sens = sensitivity(model, batches, args.engine, exclude=args.exclude or None,
                        progress=not args.no_progress, **options)
@@ -425,7 +437,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     settings = _settings(args, model=name)
     dataset = _dataset_for(args, name)
     split = dataset.test.head(args.test_limit) if args.test_limit else dataset.test
-    batches = preload(split, dataset, args.test_batch_size)
+    batches = preload(split, dataset, args.test_batch_size, settings.torch_device())
+    model.to(settings.torch_device())
     clean = accuracy(model, batches)
     res = evaluate(model, batches, settings.device_model(), plan, samples=args.samples,
                    seed=args.seed, exclude=settings.exclude or None,

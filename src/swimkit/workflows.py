@@ -83,6 +83,7 @@ class Settings:
     t_read: float = 50e-9
     within: float | None = None
     search_steps: int = 10
+    device: str = "cpu"
     out: str | None = None
 
     def __post_init__(self) -> None:
@@ -101,10 +102,15 @@ class Settings:
         require(self.t_program + self.t_read > 0,
                 "programming takes no time with --t-program 0 and --t-read 0; give one > 0")
         self.write_verify()  # validates sigma, the variation specs and the write-verify loop
+        self.torch_device()
 
     @property
     def out_dir(self) -> Path:
         return Path(self.out or f"runs/{self.model}-{self.dataset}")
+
+    def torch_device(self) -> torch.device:
+        """Where models and data live: "cpu", "cuda", "cuda:1", ..."""
+        return resolve_device(self.device)
 
     def device_model(self) -> DeviceModel:
         return DeviceModel(
@@ -147,8 +153,20 @@ class Context:
         """The test set, normalised once and held in memory as batches."""
         if self._test is None:
             s = self.settings
-            self._test = data_mod.preload(self.dataset.test, self.dataset, s.test_batch_size)
+            self._test = data_mod.preload(self.dataset.test, self.dataset, s.test_batch_size,
+                                          s.torch_device())
         return self._test
+
+
+def resolve_device(name: str) -> torch.device:
+    """A torch device from its name, with a clear error when it is not available."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise SwimkitError(f"unknown device {name!r}; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SwimkitError("--device cuda asked for, but no CUDA GPU is available; use cpu")
+    return device
 
 
 def _digest(obj: Any) -> str:
@@ -197,7 +215,7 @@ def obtain_model(ctx: Context) -> nn.Module:
         best = train_dir / ("best.pt" if (train_dir / "best.pt").is_file() else "last.pt")
         model, _ = load_checkpoint(best)
         ctx.model_path = best
-    ctx.model = model.eval()
+    ctx.model = model.to(s.torch_device()).eval()
     ctx.files["model"] = str(ctx.model_path)
     return ctx.model
 
@@ -211,7 +229,7 @@ def _train(ctx: Context, train_dir: Path) -> None:
     config = TrainConfig(epochs=s.epochs, batch_size=s.batch_size, sigma_train=s.sigma_train,
                          seed=s.seed)
     train(model, ctx.dataset, config, model_name=s.model, checkpoint_dir=train_dir,
-          progress=ctx.progress, log=ctx.log)
+          progress=ctx.progress, log=ctx.log, device=s.torch_device())
 
 
 def _check_training_folder(train_dir: Path, key: dict[str, Any]) -> None:
@@ -244,7 +262,8 @@ def obtain_sensitivity(ctx: Context) -> Sensitivity:
         if _cached_sensitivity(path, key):
             return
         split = ctx.dataset.train.head(s.sens_limit) if s.sens_limit else ctx.dataset.train
-        batches = data_mod.Batches(split, ctx.dataset, s.sens_batch_size)
+        batches = data_mod.Batches(split, ctx.dataset, s.sens_batch_size,
+                                   device=s.torch_device())
         sens = sensitivity(ctx.model, batches, s.engine, exclude=s.exclude or None,
                            progress=ctx.progress)
         sens.meta = {"key": key}
