@@ -26,16 +26,22 @@ OutputRange = Literal["running", "batch"]
 
 
 def fake_quantize(x: Tensor, bits: int, max_abs: Tensor | None = None) -> Tensor:
-    """Q(x) with a straight-through gradient; ``max_abs`` fixes the range (else max|x|)."""
+    """Q(x) with a straight-through gradient; ``max_abs`` fixes the range (else max|x|).
+
+    With a fixed range, values beyond it saturate (the gradient still passes straight
+    through). Without autograd (evaluation) the quantized tensor is computed in place,
+    in three passes over the data.
+    """
+    fixed_range = max_abs is not None
     if max_abs is None:
         max_abs = x.detach().abs().amax()
-    else:
-        x_in = x.clamp(-max_abs, max_abs)
-        x = x + (x_in - x).detach()
-    step = max_abs / (2**bits)
-    safe_step = torch.where(step > 0, step, torch.ones_like(step))
-    q = torch.where(step > 0, torch.round(x.detach() / safe_step) * safe_step, x.detach())
-    return x + (q - x.detach())
+    step = (max_abs / (2**bits)).clamp_min(torch.finfo(x.dtype).tiny)
+    with torch.no_grad():
+        q = x.clamp(-max_abs, max_abs).div_(step) if fixed_range else x.div(step)
+        q.round_().mul_(step)
+    if not (torch.is_grad_enabled() and x.requires_grad):
+        return q
+    return x + (q - x).detach()
 
 
 def _check_bits(bits: object) -> int:
@@ -172,14 +178,3 @@ def quantization_bits(model: nn.Module) -> int | None:
                 if isinstance(p, WeightQuantizer):
                     return p.bits
     return None
-
-
-def set_output_range(model: nn.Module, output_range: OutputRange) -> None:
-    """Switch every output quantizer of ``model`` to ``"running"`` or ``"batch"`` ranges."""
-    require(
-        output_range in ("running", "batch"),
-        f"output_range must be 'running' or 'batch' (got {output_range!r})",
-    )
-    for m in model.modules():
-        if isinstance(m, OutputQuantizer):
-            m.output_range = output_range
