@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -658,76 +659,55 @@ def augment_crop_flip(
 _AUGMENTATIONS: dict[str, Callable[..., Tensor]] = {"crop_flip": augment_crop_flip}
 
 
-def batches(
-    split: Split,
-    dataset: Dataset,
-    batch_size: int,
-    *,
-    shuffle: bool = False,
-    augment: bool = False,
-    generator: torch.Generator | None = None,
-    device: torch.device | str | None = None,
-) -> Iterator[tuple[Tensor, Tensor]]:
-    """Yield normalised float32 image batches and their labels.
-
-    ``shuffle`` permutes the examples, ``augment`` applies the dataset's augmentation (if
-    it has one); both draw from ``generator``. The last batch may be smaller.
-    """
-    if batch_size < 1:
-        raise SwimkitError(f"batch size must be >= 1 (got {batch_size})")
-    n = len(split)
-    order = torch.randperm(n, generator=generator) if shuffle else None
-    augment_fn = _AUGMENTATIONS.get(dataset.augment) if augment and dataset.augment else None
-    for start in range(0, n, batch_size):
-        if order is None:
-            part = slice(start, start + batch_size)
-            x, y = split.images[part], split.labels[part]
-        else:
-            idx = order[start : start + batch_size].to(split.images.device)
-            x, y = split.images[idx], split.labels[idx.to(split.labels.device)]
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        if augment_fn is not None:
-            x = augment_fn(x, generator=generator)
-        yield normalize(x, dataset.mean, dataset.std), y
-
-
+@dataclass
 class Batches:
-    """A re-iterable :func:`batches`: each ``iter()`` is a fresh pass over the split.
+    """Normalised float32 image batches and their labels; re-iterable.
 
-    With ``shuffle`` or ``augment``, each pass continues the generator's random stream,
-    so epochs differ but a seeded generator reproduces the whole sequence.
+    ``shuffle`` permutes the examples, ``augment`` applies the dataset's augmentation
+    (if it has one); both draw from ``generator``, and each pass continues its random
+    stream, so epochs differ but a seeded generator reproduces the whole sequence. The
+    last batch may be smaller.
     """
 
-    def __init__(
-        self,
-        split: Split,
-        dataset: Dataset,
-        batch_size: int,
-        *,
-        shuffle: bool = False,
-        augment: bool = False,
-        generator: torch.Generator | None = None,
-        device: torch.device | str | None = None,
-    ) -> None:
-        if batch_size < 1:
-            raise SwimkitError(f"batch size must be >= 1 (got {batch_size})")
-        self.split, self.dataset, self.batch_size = split, dataset, batch_size
-        self.shuffle, self.augment = shuffle, augment
-        self.generator, self.device = generator, device
+    split: Split
+    dataset: Dataset
+    batch_size: int
+    shuffle: bool = False
+    augment: bool = False
+    generator: torch.Generator | None = None
+    device: torch.device | str | None = None
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise SwimkitError(f"batch size must be >= 1 (got {self.batch_size})")
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        return batches(
-            self.split,
-            self.dataset,
-            self.batch_size,
-            shuffle=self.shuffle,
-            augment=self.augment,
-            generator=self.generator,
-            device=self.device,
-        )
+        split, gen, n = self.split, self.generator, len(self.split)
+        order = torch.randperm(n, generator=gen) if self.shuffle else None
+        name = self.dataset.augment
+        augment_fn = _AUGMENTATIONS.get(name) if self.augment and name else None
+        for start in range(0, n, self.batch_size):
+            if order is None:
+                part = slice(start, start + self.batch_size)
+                x, y = split.images[part], split.labels[part]
+            else:
+                idx = order[start : start + self.batch_size].to(split.images.device)
+                x, y = split.images[idx], split.labels[idx.to(split.labels.device)]
+            x = x.to(self.device, non_blocking=True)
+            y = y.to(self.device, non_blocking=True)
+            if augment_fn is not None:
+                x = augment_fn(x, generator=gen)
+            yield normalize(x, self.dataset.mean, self.dataset.std), y
 
     def __len__(self) -> int:
         return math.ceil(len(self.split) / self.batch_size)
+
+
+def batches(
+    split: Split, dataset: Dataset, batch_size: int, **options: Any
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """One pass of :class:`Batches` (same options: shuffle, augment, generator, device)."""
+    return iter(Batches(split, dataset, batch_size, **options))
 
 
 def preload(
