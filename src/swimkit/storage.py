@@ -11,8 +11,11 @@ from typing import Any
 
 import torch
 
+from .errors import SwimkitError
 
-def _atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
+
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp)`` on a temporary file next to ``path``, then rename it into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -28,14 +31,30 @@ def _atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
 
 def atomic_save(obj: Any, path: str | Path) -> Path:
     """``torch.save`` to ``path`` through a temporary file and an atomic rename."""
-    return _atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def atomic_write_text(text: str, path: str | Path) -> Path:
     """Write ``text`` to ``path`` atomically."""
-    return _atomic_write(path, lambda tmp: tmp.write_text(text))
+    return atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def atomic_write_json(obj: Any, path: str | Path) -> Path:
     """Write ``obj`` as indented JSON to ``path`` atomically."""
     return atomic_write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n", path)
+
+
+def load_kind(path: str | Path, kind: str, what: str) -> dict:
+    """Load a swimkit torch file of ``kind``, or raise a clear error naming ``what``."""
+    path = Path(path)
+    if not path.is_file():
+        raise SwimkitError(f"{what} file {str(path)!r} does not exist")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - any unreadable file gets the same message
+        data = None
+    if not isinstance(data, dict) or data.get("kind") != kind:
+        raise SwimkitError(
+            f"{str(path)!r} is not a swimkit {what} file; give the file swimkit wrote"
+        )
+    return data
