@@ -44,10 +44,10 @@ def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, request: pytest.Fi
         calls.append((name, root))
         raise ConnectionError("no network in tests")
 
-    monkeypatch.setattr(data, "_download", no_network)
-    monkeypatch.setattr(data, "DEFAULT_CACHE_DIR", tmp_path / "user-cache")
+    monkeypatch.setattr(data.locate, "download_with_torchvision", no_network)
+    monkeypatch.setattr(data.locate, "DEFAULT_CACHE_DIR", tmp_path / "user-cache")
     if request.node.get_closest_marker("realdata") is None:
-        monkeypatch.setattr(data, "SYSTEM_DATA_DIRS", (tmp_path / "system",))
+        monkeypatch.setattr(data.locate, "SYSTEM_DATA_DIRS", (tmp_path / "system",))
     return calls
 
 
@@ -129,7 +129,7 @@ def test_download_is_last_resort_and_its_files_are_read(tmp_path: Path, monkeypa
         isolated.append((name, root))
         make_mnist(root / "FashionMNIST" / "raw", seed=5)
 
-    monkeypatch.setattr(data, "_download", fake_download)
+    monkeypatch.setattr(data.locate, "download_with_torchvision", fake_download)
     ds = load_dataset("FashionMNIST", tmp_path / "dl", download=True)
     assert isolated == [("fashion-mnist", tmp_path / "dl")]
     assert np.array_equal(
@@ -137,9 +137,10 @@ def test_download_is_last_resort_and_its_files_are_read(tmp_path: Path, monkeypa
     )
     load_dataset("FashionMNIST", tmp_path / "dl", download=True)  # now found locally
     assert len(isolated) == 1
-    monkeypatch.setattr(data, "_download", lambda n, r: make_mnist(r / "MNIST" / "raw"))
+    monkeypatch.setattr(data.locate, "download_with_torchvision",
+                        lambda n, r: make_mnist(r / "MNIST" / "raw"))
     ds = load_dataset("mnist")  # no data_dir: downloads into, then reads from, the user cache
-    assert (data.DEFAULT_CACHE_DIR / "MNIST" / "raw").is_dir() and len(ds.train) == 12
+    assert (data.locate.DEFAULT_CACHE_DIR / "MNIST" / "raw").is_dir() and len(ds.train) == 12
 
 
 def test_missing_data_message(tmp_path: Path, isolated):
@@ -208,7 +209,7 @@ def test_aliases(tmp_path: Path, alias: str, canonical: str):
 
 
 def test_unknown_name_lists_choices():
-    with pytest.raises(SwimkitError, match="cifar10, fashion-mnist, mnist, tiny-imagenet"):
+    with pytest.raises(SwimkitError, match="mnist, fashion-mnist, cifar10, tiny-imagenet"):
         load_dataset("imagenet-1k")
 
 
@@ -272,7 +273,7 @@ def test_tiny_imagenet_reorganized_layout(tmp_path: Path):
     root = tmp_path / "tiny-imagenet-200"
     make_tiny(root)
     before = load_dataset("TIN", root, download=False)
-    (root / data.TINY_CACHE_NAME).unlink()
+    (root / data.formats.TINY_CACHE_NAME).unlink()
     assert reorganize_tiny_imagenet_val(root) == 7
     assert reorganize_tiny_imagenet_val(root) == 0  # idempotent
     assert not (root / "val" / "images").exists()
@@ -283,21 +284,21 @@ def test_tiny_imagenet_reorganized_layout(tmp_path: Path):
 
 
 def test_tiny_imagenet_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    decode = data._decode_image
+    decode = data.formats._decode_image
     root = tmp_path / "tiny-imagenet-200"
     make_tiny(root)
     first = load_dataset("tiny-imagenet", tmp_path, download=False)
-    assert (root / data.TINY_CACHE_NAME).is_file()
+    assert (root / data.formats.TINY_CACHE_NAME).is_file()
     assert not list(root.glob("*.tmp"))
 
     def must_not_decode(path):
         raise AssertionError(f"decoded {path} although the cache is valid")
 
-    monkeypatch.setattr(data, "_decode_image", must_not_decode)
+    monkeypatch.setattr(data.formats, "_decode_image", must_not_decode)
     second = load_dataset("tiny-imagenet", tmp_path, download=False)
     assert torch.equal(first.train.images, second.train.images)
     assert torch.equal(first.test.labels, second.test.labels)
-    monkeypatch.setattr(data, "_decode_image", decode)
+    monkeypatch.setattr(data.formats, "_decode_image", decode)
     shutil.copy(root / "val" / "images" / "val_0.JPEG", root / "val" / "images" / "val_9.JPEG")
     with (root / "val" / "val_annotations.txt").open("a") as f:
         f.write("val_9.JPEG\tn02000000\t0\t0\t63\t63\n")
