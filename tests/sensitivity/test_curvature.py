@@ -6,14 +6,14 @@ import operator
 
 import pytest
 import torch
-import torch.fx as fx
 import torch.nn.functional as F
 import torchvision
 from torch import nn
 
 import swimkit
 from swimkit.mapping import device_weights
-from swimkit.sensitivity.curvature import UnsupportedOperation, _Pass, trace
+from swimkit.sensitivity.swim import CurvaturePass, UnsupportedOperation, out_of_place_layers, trace
+from swimkit.sensitivity.swim import registry as rule_registry
 
 torch.manual_seed(0)
 
@@ -39,10 +39,10 @@ def squared_jacobian_backward(fn, x, s_out):
 
 def rule_backward(model: nn.Module, x: torch.Tensor, s_out: torch.Tensor) -> torch.Tensor:
     """Run the engine's rules on a small model and return the S reaching its input."""
-    run = _Pass(model, trace(model), {})
-    run.upstream = set(run.nodes)  # ask for S everywhere, the input included
-    run.forward(x.clone())
-    left = run.backward(s_out)
+    run = CurvaturePass(model, trace(model), {}, every_node=True)  # S everywhere, input too
+    with out_of_place_layers(model):
+        run.forward(x.clone())
+        left = run.backward(s_out)
     return left[next(n for n in run.nodes if n.op == "placeholder")]
 
 
@@ -78,6 +78,20 @@ OPS = {
     "divide": (Wrap(operator.truediv, 4.0), (2, 7)),
     "slice": (Wrap(operator.getitem, (slice(None), slice(1, 4))), (2, 7)),
     "pad": (Wrap(F.pad, (1, 2)), (2, 3, 5)),
+    "tanh": (nn.Tanh(), (2, 7)),
+    "tanh_fn": (Wrap(torch.tanh), (2, 7)),
+    "sigmoid": (nn.Sigmoid(), (2, 7)),
+    "gelu": (nn.GELU(), (2, 7)),
+    "gelu_tanh": (nn.GELU(approximate="tanh"), (2, 7)),
+    "gelu_fn": (Wrap(F.gelu), (2, 7)),
+    "silu": (nn.SiLU(), (2, 7)),
+    "silu_inplace": (nn.SiLU(inplace=True), (2, 7)),
+    "softplus": (nn.Softplus(beta=2.0), (2, 7)),
+    "elu": (nn.ELU(alpha=0.7), (2, 7)),
+    "hardswish": (nn.Hardswish(), (2, 7)),
+    "mish": (nn.Mish(), (2, 7)),
+    "layer_norm": (nn.LayerNorm(7), (3, 7)),
+    "layer_norm_2d": (nn.LayerNorm((2, 4)), (3, 2, 4)),
 }
 
 
@@ -110,6 +124,8 @@ class ChunkModel(nn.Module):
 @pytest.mark.parametrize("name", sorted(OPS))
 def test_rule_equals_squared_jacobian(name):
     module, shape = OPS[name]
+    if isinstance(module, nn.LayerNorm):
+        nn.init.normal_(module.weight)
     x = torch.randn(shape)
     y = module(x.clone())
     s_out = torch.rand(y.shape)
@@ -118,19 +134,32 @@ def test_rule_equals_squared_jacobian(name):
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("model_cls", [ViewModel, BinaryModel, ChunkModel])
-def test_structural_ops_per_operand(model_cls):
-    """Fan-out sums per-path S (cross terms dropped); one path per op is exact."""
+@pytest.mark.parametrize("model_cls", [ViewModel, ChunkModel])
+def test_single_path_structural_ops_are_exact(model_cls):
     model = model_cls()
     x = torch.randn(2, 3, 4, 4)
-    y = model(x)
-    s_out = torch.rand(y.shape)
-    got = rule_backward(model, x, s_out)
-    if model_cls is ViewModel or model_cls is ChunkModel:
-        expected = squared_jacobian_backward(model, x, s_out)
-        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
-    else:
-        assert got.shape == x.shape and bool((got >= 0).all())
+    s_out = torch.rand(model(x).shape)
+    expected = squared_jacobian_backward(model, x, s_out)
+    torch.testing.assert_close(rule_backward(model, x, s_out), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_fan_out_sums_the_squared_jacobian_of_every_path():
+    """S flows to each operand with the cross terms dropped: the sum, over the six paths
+    from x to the output, of each path's own squared-Jacobian backward."""
+    model = BinaryModel()
+    x = torch.randn(2, 3, 4, 4)
+    s_out = torch.rand(model(x).shape)
+
+    def through(relu_in, add_in, sub_relu, sub_in, gate_in, cat_in):
+        b = relu_in.relu() + add_in + model.bias
+        c = torch.cat([b, sub_relu.relu() - sub_in], dim=1)
+        return c.flatten(1) * 2.0 + torch.cat([gate_in * model.gate, cat_in], 1).flatten(1)
+
+    def path(i):
+        return lambda t: through(*[t if j == i else x for j in range(6)])
+
+    expected = sum(squared_jacobian_backward(path(i), x, s_out) for i in range(6))
+    torch.testing.assert_close(rule_backward(model, x, s_out), expected, rtol=1e-5, atol=1e-6)
 
 
 def batch_norm_model():
@@ -164,8 +193,7 @@ def test_weight_layers_match_squared_jacobian(layer):
         x = torch.randn(2, layer.in_channels, 6, 6)
     model = nn.Sequential(layer)
     weights = device_weights(model)
-    run = _Pass(model, trace(model), weights)
-    run.upstream = set(run.nodes)
+    run = CurvaturePass(model, trace(model), weights, every_node=True)
     y = run.forward(x.clone())
     s_out = torch.rand(y.shape)
     expected_w = squared_jacobian_backward(
@@ -312,16 +340,6 @@ def test_layers_can_stay_digital():
     torch.testing.assert_close(sens.second["fc1.weight"], full.second["fc1.weight"])
 
 
-class GeluNet(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.fc1 = nn.Linear(4, 8)
-        self.fc2 = nn.Linear(8, 3)
-
-    def forward(self, x):
-        return self.fc2(F.gelu(self.fc1(x)))
-
-
 class SoftmaxOut(nn.Module):
     def __init__(self):
         super().__init__()
@@ -329,6 +347,17 @@ class SoftmaxOut(nn.Module):
 
     def forward(self, x):
         return torch.log_softmax(self.fc(x), dim=-1)
+
+
+class TwoUnknown(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(4, 4)
+        self.act = nn.PReLU()
+        self.fc2 = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.fc2(torch.cumsum(self.act(self.fc1(x)), dim=-1))
 
 
 class Branchy(nn.Module):
@@ -342,20 +371,27 @@ class Branchy(nn.Module):
         return -self.fc(x)
 
 
+class NoBatches:
+    """A loader that fails if anything reads it: the check must come before any compute."""
+
+    def __iter__(self):
+        raise AssertionError("a batch was read before the graph was checked")
+
+
 @pytest.mark.parametrize(
-    "model,needle",
+    "model,needles",
     [
-        (GeluNet(), "gelu"),
-        (SoftmaxOut(), "log_softmax"),
-        (nn.Sequential(nn.Linear(4, 3), nn.GELU()), "GELU"),
+        (SoftmaxOut(), ["log_softmax"]),
+        (nn.Sequential(nn.Linear(4, 3), nn.PReLU()), ["PReLU"]),
+        (TwoUnknown(), ["PReLU", "cumsum"]),
     ],
 )
-def test_unsupported_operation_names_op_and_node(model, needle):
-    batches = [(torch.randn(2, 4), torch.randint(0, 3, (2,)))]
+def test_unsupported_operations_all_named_before_any_compute(model, needles):
     with pytest.raises(UnsupportedOperation) as err:
-        swimkit.sensitivity(model, batches)
+        swimkit.sensitivity(model, NoBatches())
     message = str(err.value)
-    assert needle in message and "graph node" in message and "ggn" in message
+    assert all(n in message for n in needles)
+    assert "graph node" in message and "ggn" in message and "register_rule" in message
 
 
 def test_untraceable_model_suggests_ggn():
@@ -365,15 +401,16 @@ def test_untraceable_model_suggests_ggn():
 
 def test_ops_before_the_first_device_layer_need_no_rule():
     """An unsupported op that only touches the input (no device weight upstream) is fine."""
-    model = nn.Sequential(nn.GELU(), nn.Linear(4, 3))
+    model = nn.Sequential(nn.PReLU(), nn.Linear(4, 3))
     sens = swimkit.sensitivity(model, [(torch.randn(2, 4), torch.randint(0, 3, (2,)))])
     assert sens.names == ["1.weight"]
 
 
 def test_trace_keeps_graph_nodes_named():
     graph = trace(lenet())
-    assert isinstance(graph, fx.Graph)
-    assert any(n.op == "call_module" and n.target == "fc1" for n in graph.nodes)
+    calls = [(n.op, n.target) for n in graph.nodes if n.op != "placeholder"]
+    assert ("call_module", "fc1") in calls and ("call_module", "conv2") in calls
+    assert ("call_function", F.max_pool2d) in calls
 
 
 def test_quantizing_an_eval_model_keeps_eval_mode():
@@ -383,6 +420,194 @@ def test_quantizing_an_eval_model_keeps_eval_mode():
 
 
 def test_swim_engine_rejects_options():
-    with pytest.raises(swimkit.SwimkitError, match="no options"):
+    with pytest.raises(swimkit.SwimkitError, match="unknown option 'probes'.*valid options: none"):
         swimkit.sensitivity(lenet(), [(torch.rand(2, 1, 28, 28), torch.tensor([0, 1]))],
                             probes=3)
+
+
+# --- in-place operations --------------------------------------------------------------------
+
+
+class InPlaceRelu(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(6, 8)
+        self.fc2 = nn.Linear(8, 3)
+
+    def forward(self, x):
+        y = self.fc1(x)
+        y.relu_()
+        return self.fc2(y)
+
+
+class OutOfPlaceRelu(InPlaceRelu):
+    def forward(self, x):
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+class InPlaceThroughView(InPlaceRelu):
+    def forward(self, x):
+        y = self.fc1(x)
+        z = y.view(-1)
+        z.relu_()
+        return self.fc2(y)
+
+
+class InPlaceOnBuffer(InPlaceRelu):
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("shift", torch.zeros(6))
+
+    def forward(self, x):
+        self.shift.add_(x.mean(0))
+        return self.fc2(self.fc1(x + self.shift))
+
+
+class InPlaceOnInput(InPlaceRelu):
+    def forward(self, x):
+        x.mul_(2.0)
+        return self.fc2(self.fc1(x))
+
+
+class TimesTwo(InPlaceRelu):
+    def forward(self, x):
+        return self.fc2(self.fc1(x * 2.0))
+
+
+def test_in_place_op_on_the_input_runs_out_of_place():
+    torch.manual_seed(1)
+    model, twin = InPlaceOnInput(), TimesTwo()
+    twin.load_state_dict(model.state_dict())
+    batches = mlp_batches()
+    kept = [x.clone() for x, _ in batches]
+    got, want = swimkit.sensitivity(model, batches), swimkit.sensitivity(twin, mlp_batches())
+    torch.testing.assert_close(got.second["fc1.weight"], want.second["fc1.weight"])
+    assert all(torch.equal(x, k) for (x, _), k in zip(batches, kept, strict=True))
+
+
+def mlp_batches():
+    gen = torch.Generator().manual_seed(3)
+    return [(torch.randn(16, 6, generator=gen), torch.randint(0, 3, (16,), generator=gen))
+            for _ in range(2)]
+
+
+def test_in_place_relu_gives_the_sensitivities_of_the_network_it_computes():
+    torch.manual_seed(0)
+    in_place = InPlaceRelu()
+    twin = OutOfPlaceRelu()
+    twin.load_state_dict(in_place.state_dict())
+    got = swimkit.sensitivity(in_place, mlp_batches())
+    want = swimkit.sensitivity(twin, mlp_batches())
+    ggn = swimkit.sensitivity(twin, mlp_batches(), engine="ggn")
+    for name in want.names:
+        torch.testing.assert_close(got.second[name], want.second[name])
+        torch.testing.assert_close(got.first[name], want.first[name])
+        torch.testing.assert_close(got.first[name], ggn.first[name], rtol=1e-5, atol=1e-7)
+    # the last layer's diagonal is exact: equal to the GGN's
+    torch.testing.assert_close(got.second["fc2.weight"], ggn.second["fc2.weight"],
+                               rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("model_cls,needle", [(InPlaceThroughView, "view"),
+                                              (InPlaceOnBuffer, "buffer 'shift'")])
+def test_in_place_ops_that_cannot_be_followed_are_refused_before_compute(model_cls, needle):
+    with pytest.raises(UnsupportedOperation, match=needle):
+        swimkit.sensitivity(model_cls(), NoBatches())
+
+
+# --- rules from outside ---------------------------------------------------------------------
+
+
+@pytest.fixture()
+def clean_rules():
+    """Rules a test registers are removed afterwards."""
+    saved = (dict(rule_registry._MODULE_RULES), dict(rule_registry._FUNCTION_RULES),
+             dict(rule_registry._METHOD_RULES))
+    yield
+    for table, old in zip((rule_registry._MODULE_RULES, rule_registry._FUNCTION_RULES,
+                           rule_registry._METHOD_RULES), saved, strict=True):
+        table.clear()
+        table.update(old)
+
+
+class Square(nn.Module):
+    """A layer swimkit has no rule for: y = x^2 (elementwise), written as a custom module."""
+
+    def forward(self, x):
+        return torch.square(x)
+
+
+def test_register_elementwise_in_one_line(clean_rules):
+    model = nn.Sequential(nn.Linear(4, 5), Wrap(torch.erf), nn.Linear(5, 3))
+    with pytest.raises(UnsupportedOperation, match="erf"):
+        swimkit.sensitivity(model, [(torch.randn(3, 4), torch.randint(0, 3, (3,)))])
+    swimkit.register_elementwise(torch.erf)
+    x = torch.randn(2, 7)
+    s_out = torch.rand(2, 7)
+    erf = Wrap(torch.erf)
+    torch.testing.assert_close(rule_backward(erf, x, s_out),
+                               squared_jacobian_backward(erf, x, s_out), rtol=1e-5, atol=1e-6)
+    sens = swimkit.sensitivity(model, [(torch.randn(3, 4), torch.randint(0, 3, (3,)))])
+    assert all(bool(torch.isfinite(h).all()) for h in sens.second.values())
+
+
+def test_register_rule_for_a_custom_layer(clean_rules):
+    def square_rule(ctx, s):
+        x = ctx.run.value(ctx.input_node)
+        return ctx.to_input(s * (2 * x).square())
+
+    swimkit.register_rule(Square, square_rule)
+    assert Square in rule_registry.leaf_types()
+    x = torch.randn(2, 7)
+    s_out = torch.rand(2, 7)
+    model = nn.Sequential(Square())  # the root is always traced into; its children are not
+    torch.testing.assert_close(rule_backward(model, x, s_out),
+                               squared_jacobian_backward(model, x, s_out))
+    with pytest.raises(swimkit.SwimkitError, match="module type, a function or a tensor method"):
+        swimkit.register_rule(3, square_rule)
+
+
+class TransformerMLP(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.norm = nn.LayerNorm(8)
+        self.up = nn.Linear(8, 16)
+        self.down = nn.Linear(16, 8)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        x = x + self.down(F.gelu(self.up(self.norm(x))))
+        return self.head(x.mean(dim=1))
+
+
+class SqueezeExcite(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.act = nn.SiLU(inplace=True)
+        self.reduce = nn.Conv2d(8, 2, 1)
+        self.expand = nn.Conv2d(2, 8, 1)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        x = self.act(self.bn(self.conv(x)))
+        gate = torch.sigmoid(self.expand(F.silu(self.reduce(F.adaptive_avg_pool2d(x, 1)))))
+        return self.head(torch.flatten(F.adaptive_avg_pool2d(x * gate, 1), 1))
+
+
+@pytest.mark.parametrize("model_cls,shape", [(TransformerMLP, (4, 5, 8)),
+                                             (SqueezeExcite, (4, 3, 6, 6))])
+def test_transformer_and_efficientnet_style_blocks_run(model_cls, shape):
+    torch.manual_seed(0)
+    model = model_cls().eval()
+    batches = [(torch.randn(shape), torch.randint(0, 3, (shape[0],)))]
+    swim = swimkit.sensitivity(model, batches)
+    ggn = swimkit.sensitivity(model, batches, engine="ggn")
+    for name in swim.names:
+        assert bool(torch.isfinite(swim.second[name]).all())
+        assert bool((swim.second[name] >= 0).all())
+        torch.testing.assert_close(swim.first[name], ggn.first[name], rtol=1e-4, atol=1e-6)
+    # the head sees the logits through no other layer: its diagonal is exact
+    torch.testing.assert_close(swim.second["head.weight"], ggn.second["head.weight"],
+                               rtol=1e-4, atol=1e-7)

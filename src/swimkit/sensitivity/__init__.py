@@ -5,37 +5,80 @@ derivative of the loss, summed over samples) and ``first`` (g: the gradient of e
 batch's mean loss, summed over batches), in the normalised units of SWIM: with respect
 to w_hat = w / s_l, s_l = max |W_l|, so h_hat = s_l^2 h and g_hat = s_l g.
 
-Engines:
+Engines are registered in :data:`ENGINES` with their options and a one-line help:
 
 - ``swim``: the one-pass diagonal curvature backpropagation of the SWIM paper, over the
-  traced graph of the model as written (:mod:`swimkit.sensitivity.curvature`).
-- ``ggn``: the exact diagonal of the generalised Gauss-Newton matrix for cross-entropy.
-- ``hutchinson``: an unbiased Hessian-diagonal estimate from Hessian-vector products.
+  traced graph of the model as written (:mod:`swimkit.sensitivity.swim`);
+- ``ggn``: the exact diagonal of the generalised Gauss-Newton matrix for cross-entropy;
+- ``hutchinson``: an unbiased Hessian-diagonal estimate from Hessian-vector products;
 - ``fisher``: the empirical Fisher diagonal (per-sample squared gradients).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 from torch import Tensor, nn
 
-from ..errors import SwimkitError, choose
-from ..mapping import device_weights, effective_weights, weight_scales
+from ..errors import SwimkitError
+from ..mapping import DeviceWeight, device_weights, effective_weights, weight_scales
+from ..registry import Entry, Registry
 from .result import Sensitivity
 
-ENGINES = ("swim", "ggn", "hutchinson", "fisher")
+Compute = Callable[..., tuple[dict[str, Tensor], dict[str, Tensor], int]]
 
 
-def _engine(name: str) -> Callable[..., tuple[dict[str, Tensor], dict[str, Tensor], int]]:
-    if name == "swim":
-        from .curvature import swim_curvature
+@dataclass(frozen=True)
+class Engine(Entry):
+    """A sensitivity engine: ``compute(model, weights, batches, progress=, **options)``
+    returns raw (second, first, samples); ``options`` are the options it takes, with
+    their defaults."""
 
-        return swim_curvature
-    from . import exact
+    compute: Compute | None = None
+    options: dict[str, Any] = field(default_factory=dict)
 
-    return {"ggn": exact.ggn_diagonal, "hutchinson": exact.hutchinson_diagonal,
-            "fisher": exact.fisher_diagonal}[name]
+    @property
+    def option_names(self) -> tuple[str, ...]:
+        return tuple(self.options)
+
+
+ENGINES: Registry[Engine] = Registry("sensitivity engine", entry_point_group="swimkit.engines")
+
+
+def register_engine(name: str, compute: Compute, *, options: dict[str, Any] | None = None,
+                    aliases: Sequence[str] = (), help: str = "") -> Engine:
+    """Add a sensitivity engine (see :class:`Engine`)."""
+    return ENGINES.add(Engine(name=name, aliases=tuple(aliases), help=help, compute=compute,
+                              options=dict(options or {})))
+
+
+def _swim(model: nn.Module, weights: dict[str, DeviceWeight], batches, **kwargs):
+    from .swim import swim_curvature
+
+    return swim_curvature(model, weights, batches, **kwargs)
+
+
+def _exact(name: str) -> Compute:
+    def compute(model: nn.Module, weights: dict[str, DeviceWeight], batches, **kwargs):
+        from . import exact
+
+        return getattr(exact, f"{name}_diagonal")(model, weights, batches, **kwargs)
+
+    return compute
+
+
+register_engine("swim", _swim, help="SWIM's one-pass diagonal curvature backpropagation "
+                                    "over the traced graph (fast)")
+register_engine("ggn", _exact("ggn"), options={"class_chunk": None, "sample_chunk": None},
+                help="exact generalised Gauss-Newton diagonal (= Hessian diagonal for "
+                     "piecewise-linear nets)")
+register_engine("hutchinson", _exact("hutchinson"),
+                options={"probes": 100, "seed": 0, "probe_chunk": 8},
+                help="unbiased Hessian-diagonal estimate with Rademacher probes")
+register_engine("fisher", _exact("fisher"), options={"sample_chunk": None},
+                help="empirical Fisher diagonal (squared per-sample gradients)")
 
 
 def sensitivity(
@@ -52,21 +95,23 @@ def sensitivity(
 
     ``layers`` / ``exclude`` choose which conv / linear layers are mapped to devices
     (see :func:`swimkit.device_weights`). Engine options: ``probes`` and ``seed`` for
-    ``hutchinson``. The model is evaluated in eval mode and left as it was.
+    ``hutchinson``, chunk sizes for ``ggn`` / ``fisher``. The model is evaluated in eval
+    mode and left as it was.
     """
-    engine = choose(engine, list(ENGINES), "sensitivity engine")
-    if engine == "swim" and options:
+    entry = ENGINES.get(engine)
+    unknown = sorted(set(options) - set(entry.options))
+    if unknown:
+        valid = ", ".join(entry.options) or "none"
         raise SwimkitError(
-            f"the swim engine takes no options (got {', '.join(sorted(options))}); "
-            "probes and seed are for engine='hutchinson'"
+            f"unknown option {unknown[0]!r} for sensitivity engine {entry.name!r}; valid "
+            f"options: {valid}"
         )
     weights = device_weights(model, layers=layers, exclude=exclude)
     was_training = model.training
     model.eval()
     try:
-        second, first, samples = _engine(engine)(
-            model, weights, batches, progress=progress, **options
-        )
+        second, first, samples = entry.compute(model, weights, batches, progress=progress,
+                                               **options)
     finally:
         model.train(was_training)
     scale = weight_scales(effective_weights(weights))
@@ -74,9 +119,10 @@ def sensitivity(
         second={k: v * scale[k] ** 2 for k, v in second.items()},
         first={k: v * scale[k] for k, v in first.items()},
         scale=scale,
-        engine=engine,
+        engine=entry.name,
         samples=samples,
+        meta={"options": {**entry.options, **options}},
     )
 
 
-__all__ = ["ENGINES", "Sensitivity", "sensitivity"]
+__all__ = ["ENGINES", "Engine", "Sensitivity", "register_engine", "sensitivity"]

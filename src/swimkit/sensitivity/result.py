@@ -5,11 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from torch import Tensor
 
-from ..errors import SwimkitError
-from ..storage import atomic_save
+from ..storage import atomic_save, load_kind
 
 
 @dataclass
@@ -54,23 +52,8 @@ class Sensitivity:
 
     @classmethod
     def load(cls, path: str | Path) -> Sensitivity:
-        data = _load_kind(path, "swimkit.sensitivity", "sensitivity")
+        data = load_kind(path, "swimkit.sensitivity", "sensitivity")
         return cls(
             second=data["second"], first=data["first"], scale=data["scale"],
             engine=data["engine"], samples=data["samples"], meta=data.get("meta", {}),
         )
-
-
-def _load_kind(path: str | Path, kind: str, what: str) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise SwimkitError(f"{what} file {str(path)!r} does not exist")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - any unreadable file gets the same message
-        data = None
-    if not isinstance(data, dict) or data.get("kind") != kind:
-        raise SwimkitError(
-            f"{str(path)!r} is not a swimkit {what} file; give the file swimkit wrote"
-        )
-    return data

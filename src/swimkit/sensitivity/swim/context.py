@@ -1,0 +1,138 @@
+"""What a curvature rule sees, and the helpers rules are written with.
+
+A rule is ``rule(ctx, s) -> {input node: S of that input}``: given the estimate S of
+d2L/dy2 for the node's output y, it returns S for each input that needs one, and adds
+the S of a device weight it owns with :meth:`RuleContext.accumulate`. "The backward pass
+with every Jacobian entry squared" is the recipe (design §4).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.fx as fx
+from torch import Tensor, nn
+
+from ...errors import SwimkitError
+
+if TYPE_CHECKING:
+    from .graph import CurvaturePass
+
+#: S of a tensor, or of the tuple items a node returns (index -> S).
+SValue = Tensor | dict[int, Tensor]
+Rule = Callable[["RuleContext", SValue], dict[fx.Node, SValue]]
+
+
+class UnsupportedOperation(SwimkitError):
+    """The swim engine has no curvature rule for an operation of the model."""
+
+
+def unsupported(node: fx.Node, what: str) -> UnsupportedOperation:
+    return UnsupportedOperation(
+        f"the swim engine has no curvature rule for {what} (graph node '{node.name}'); "
+        "add one with swimkit.register_rule, or use engine='ggn', exact for any "
+        "differentiable model"
+    )
+
+
+class RuleContext:
+    """One node of the traced graph during the backward sweep.
+
+    ``args`` / ``kwargs`` are the node's arguments with recorded values in place of
+    nodes, ``out`` its recorded output, ``module`` its layer (for ``call_module`` nodes).
+    """
+
+    def __init__(self, run: CurvaturePass, node: fx.Node) -> None:
+        self.run = run
+        self.node = node
+        self.args = fx.node.map_arg(node.args, run.value)
+        self.kwargs = fx.node.map_arg(node.kwargs, run.value)
+        self.out = run.env[node]
+        self.module: nn.Module | None = run.module(node) if node.op == "call_module" else None
+
+    def arg(self, index: int, name: str, default: Any = None) -> Any:
+        """Argument ``index`` (positional) or ``name`` (keyword), recorded value."""
+        if len(self.args) > index:
+            return self.args[index]
+        return self.kwargs.get(name, default)
+
+    def arg_node(self, index: int, name: str) -> Any:
+        """Argument ``index`` / ``name`` as the graph node (or constant) it is."""
+        if len(self.node.args) > index:
+            return self.node.args[index]
+        return self.node.kwargs.get(name)
+
+    @property
+    def input_node(self) -> fx.Node:
+        return self.arg_node(0, "input")
+
+    def needs(self, node: Any) -> bool:
+        """True if S must reach ``node`` (it depends on a device weight)."""
+        return self.run.needs(node)
+
+    def to_input(self, s_in: Tensor) -> dict[fx.Node, SValue]:
+        """S for the first input."""
+        return {self.input_node: s_in}
+
+    def accumulate(self, weight_name: str, s_w: Tensor) -> None:
+        """Add the S of device weight ``weight_name`` (summed over batches)."""
+        self.run.accumulate(weight_name, s_w)
+
+    def weight_of(self, index: int) -> tuple[Tensor, str | None]:
+        """The weight of a conv / linear node and its device-weight name (or None)."""
+        if self.module is not None:
+            return self.module.weight, self.run.device_name_of_module(self.node.target)
+        weight = self.arg(index, "weight")
+        weight_node = self.arg_node(index, "weight")
+        name = None
+        if isinstance(weight_node, fx.Node) and weight_node.op == "get_attr":
+            name = weight_node.target if weight_node.target in self.run.weights else None
+        return weight, name
+
+    def vjp(self, s: SValue, scale: Tensor | None = None) -> dict[fx.Node, SValue]:
+        """The ordinary vector-Jacobian product of ``s`` (times ``scale``).
+
+        Exact as a squared-Jacobian backward for ops whose Jacobian entries are 0 or 1
+        (reshapes, selections, max-pooling) or a constant c (give ``scale`` = c^2 / c = c
+        of the VJP input). The op is re-executed on its recorded inputs under a local
+        autograd graph, so the pass needs no graph of the whole model.
+        """
+        nodes = [n for n in dict.fromkeys(self.node.all_input_nodes)
+                 if self.needs(n) and isinstance(self.run.env[n], Tensor)]
+        if not nodes:
+            return {}
+        with torch.enable_grad():
+            leaves = {n: self.run.env[n].detach().requires_grad_(True) for n in nodes}
+            out = self.run.call(self.node, leaves)
+            if isinstance(s, dict):
+                outputs, grads = [out[i] for i in s], list(s.values())
+            else:
+                outputs, grads = [out], [s if scale is None else s * scale]
+            result = torch.autograd.grad(outputs, list(leaves.values()), grads,
+                                         allow_unused=True)
+        return {n: r for n, r in zip(leaves, result, strict=True) if r is not None}
+
+    def elementwise_derivative(self) -> Tensor:
+        """f'(x) of an elementwise op at its recorded input, by autograd on the op itself."""
+        x = self.run.env[self.input_node]
+        with torch.enable_grad():
+            leaf = x.detach().requires_grad_(True)
+            y = self.run.call(self.node, {self.input_node: leaf})
+            (grad,) = torch.autograd.grad(y, leaf, torch.ones_like(y))
+        return grad
+
+
+def vjp_rule(ctx: RuleContext, s: SValue) -> dict[fx.Node, SValue]:
+    """The rule of ops whose Jacobian entries are 0 or 1: S flows like the gradient."""
+    return ctx.vjp(s)
+
+
+def identity_rule(ctx: RuleContext, s: Tensor) -> dict[fx.Node, SValue]:
+    """S passes to the first input unchanged (identity, negation, straight-through)."""
+    return ctx.to_input(s)
+
+
+__all__ = ["Rule", "RuleContext", "SValue", "UnsupportedOperation", "identity_rule",
+           "unsupported", "vjp_rule"]

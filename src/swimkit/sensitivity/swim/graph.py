@@ -1,0 +1,402 @@
+"""The swim engine's graph pass: trace, check, record forward values, sweep S backwards.
+
+The model is traced with :mod:`torch.fx` (functional calls and tensor methods are seen;
+layers with a registered rule stay whole). Before any compute the graph is checked:
+
+- every operation S must flow through (after a device layer and before the logits)
+  needs a rule, else :class:`UnsupportedOperation` lists them all;
+- in-place operations run out of place, so every recorded value stays intact; later
+  uses of a value an in-place op changed are rewired to that op's result, so the graph
+  computes what the model computes. An in-place op on a parameter or buffer, or on a
+  view whose base is used afterwards, cannot be rewired and is refused.
+
+Then, per batch: one forward pass records every node's value; S flows backwards from
+the logits, each node applying its rule and freeing values no rule needs any more.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+from ...errors import SwimkitError
+from ...mapping import DeviceWeight, perturbed
+from ...progress import progress_bar
+from .context import Rule, RuleContext, SValue, UnsupportedOperation
+from .registry import OUT_OF_PLACE, function_rule, leaf_types, method_rule, module_rule
+
+_CALLS = ("call_module", "call_function", "call_method")
+
+#: Ops whose result may share memory with their first input.
+_VIEW_METHODS = {"view", "view_as", "reshape", "reshape_as", "flatten", "squeeze",
+                 "unsqueeze", "permute", "transpose", "t", "narrow", "expand", "expand_as",
+                 "chunk", "split", "unbind", "select", "as_strided", "diagonal", "unfold",
+                 "contiguous", "detach"}
+_VIEW_FUNCTIONS = {torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze,
+                   torch.permute, torch.transpose, torch.narrow, torch.chunk, torch.split,
+                   torch.unbind, torch.select, operator.getitem, torch.t, torch.diagonal}
+
+
+class _Tracer(fx.Tracer):
+    """fx tracer keeping the layers with curvature rules (and torch.nn layers) whole."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, leaf_types()) or super().is_leaf_module(m, qualname)
+
+
+def trace(model: nn.Module) -> fx.Graph:
+    """Trace ``model`` into an fx graph, with a clear error when tracing fails."""
+    try:
+        return _Tracer().trace(model)
+    except Exception as exc:  # noqa: BLE001 - any tracing failure gets the same advice
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SwimkitError(
+            f"cannot trace {type(model).__name__} with torch.fx ({first_line}); "
+            "use engine='ggn', which needs no tracing"
+        ) from None
+
+
+# --- in-place operations ---------------------------------------------------------------------
+
+
+def is_in_place(node: fx.Node, model: nn.Module) -> bool:
+    """True for an op that writes into its first input."""
+    if node.op == "call_method":
+        name = str(node.target)
+        return name.endswith("_") and not name.endswith("__")
+    if node.op == "call_function":
+        return node.target in OUT_OF_PLACE or bool(node.kwargs.get("inplace"))
+    if node.op == "call_module":
+        return bool(getattr(model.get_submodule(str(node.target)), "inplace", False))
+    return False
+
+
+def _describe(node: fx.Node, model: nn.Module) -> str:
+    if node.op == "call_module":
+        module = model.get_submodule(str(node.target))
+        return f"layer {type(module).__name__} ('{node.target}')"
+    if node.op == "call_method":
+        return f"tensor method .{node.target}()"
+    return f"function {getattr(node.target, '__name__', node.target)}"
+
+
+def _view_bases(node: fx.Node) -> Iterator[fx.Node]:
+    """The nodes ``node`` may be a view of (through chains of view ops)."""
+    while isinstance(node, fx.Node) and node.args and isinstance(node.args[0], fx.Node):
+        is_view = (node.op == "call_method" and node.target in _VIEW_METHODS) or (
+            node.op == "call_function" and node.target in _VIEW_FUNCTIONS)
+        if not is_view:
+            return
+        node = node.args[0]
+        yield node
+
+
+def rewire_in_place(graph: fx.Graph, model: nn.Module) -> None:
+    """Make every in-place op safe to run out of place, or refuse it (see module doc)."""
+    order = {n: i for i, n in enumerate(graph.nodes)}
+    for node in list(graph.nodes):
+        if node.op not in _CALLS or not is_in_place(node, model):
+            continue
+        target = node.args[0] if node.args else None
+        if not isinstance(target, fx.Node):
+            continue
+        what = _describe(node, model)
+        if target.op == "get_attr":
+            raise UnsupportedOperation(
+                f"{what} (graph node '{node.name}') writes into the model's parameter or "
+                f"buffer '{target.target}' in place; the swim engine cannot follow it: "
+                "write it out of place, or use engine='ggn'"
+            )
+        for base in _view_bases(target):
+            if any(order[user] > order[node] for user in base.users):
+                raise UnsupportedOperation(
+                    f"{what} (graph node '{node.name}') changes a view of '{base.name}' in "
+                    "place and the model uses that tensor afterwards; the swim engine "
+                    "cannot follow it: write it out of place, or use engine='ggn'"
+                )
+        for user in list(target.users):
+            if order[user] > order[node]:
+                user.replace_input_with(target, node)
+
+
+# --- coverage ----------------------------------------------------------------------------------
+
+#: Ops that read a tensor's metadata (sizes, dtype, ...): their results carry no S.
+_META_METHODS = {"size", "dim", "numel", "nelement", "element_size", "stride", "is_contiguous",
+                 "is_floating_point", "get_device", "__len__"}
+_TENSOR_ATTRIBUTES = {"T", "mT", "H", "mH", "real", "imag", "data"}
+
+
+def metadata_nodes(graph: fx.Graph) -> set[fx.Node]:
+    """Nodes that compute sizes and other metadata (and arithmetic on them), not tensors."""
+    meta: set[fx.Node] = set()
+    for node in graph.nodes:
+        if _reads_metadata(node) or (_is_operator(node) and node.all_input_nodes
+                                     and all(n in meta for n in node.all_input_nodes)):
+            meta.add(node)
+    return meta
+
+
+def _reads_metadata(node: fx.Node) -> bool:
+    if node.op == "call_method":
+        return node.target in _META_METHODS
+    if node.op != "call_function":
+        return False
+    if node.target is getattr:
+        return node.args[1] not in _TENSOR_ATTRIBUTES
+    return node.target is len
+
+
+def _is_operator(node: fx.Node) -> bool:
+    return node.op == "call_function" and getattr(node.target, "__module__", None) in (
+        "_operator", "operator")
+
+
+def rule_of(node: fx.Node, model: nn.Module) -> Rule | None:
+    if node.op == "call_module":
+        return module_rule(model.get_submodule(str(node.target)))
+    if node.op == "call_function":
+        return function_rule(node.target)
+    return method_rule(str(node.target))
+
+
+def device_dependent(graph: fx.Graph, module_to_weight: Mapping[str, str],
+                     weight_names: Iterable[str]) -> set[fx.Node]:
+    """Nodes at or after a device layer or device weight."""
+    names = set(weight_names)
+    dependent: set[fx.Node] = set()
+    for node in graph.nodes:
+        is_device_layer = node.op == "call_module" and node.target in module_to_weight
+        is_device_weight = node.op == "get_attr" and node.target in names
+        if is_device_layer or is_device_weight or dependent.intersection(node.all_input_nodes):
+            dependent.add(node)
+    return dependent
+
+
+def feeds_output(graph: fx.Graph) -> set[fx.Node]:
+    """Nodes the output depends on."""
+    seen: set[fx.Node] = set()
+    stack = [graph.output_node()]
+    while stack:
+        node = stack.pop()
+        for parent in node.all_input_nodes:
+            if parent not in seen:
+                seen.add(parent)
+                stack.append(parent)
+    return seen
+
+
+def check_rules(nodes: Iterable[fx.Node], model: nn.Module) -> dict[fx.Node, Rule]:
+    """The rule of every node S flows through; all missing ones in one error."""
+    rules, missing = {}, []
+    for node in nodes:
+        rule = rule_of(node, model)
+        if rule is None:
+            missing.append(f"{_describe(node, model)} (graph node '{node.name}')")
+        else:
+            rules[node] = rule
+    if missing:
+        shown = "; ".join(missing[:5]) + (f"; and {len(missing) - 5} more" if len(missing) > 5
+                                          else "")
+        raise UnsupportedOperation(
+            f"the swim engine has no curvature rule for {shown}; add one with "
+            "swimkit.register_rule (or register_elementwise), or use engine='ggn', exact "
+            "for any differentiable model"
+        )
+    return rules
+
+
+# --- the pass ----------------------------------------------------------------------------------
+
+
+class CurvaturePass:
+    """Forward values and backward S over one batch of a traced, checked model."""
+
+    def __init__(self, model: nn.Module, graph: fx.Graph, weights: Mapping[str, DeviceWeight],
+                 *, every_node: bool = False):
+        self.model = model
+        self.graph = graph
+        self.weights = weights
+        self.module_to_weight = {w.module_name: name for name, w in weights.items()}
+        rewire_in_place(graph, model)
+        self.nodes = list(graph.nodes)
+        calls = [n for n in self.nodes if n.op in _CALLS]
+        if every_node:  # tests: S everywhere, the inputs included
+            self.upstream = set(self.nodes)
+        else:
+            self.upstream = device_dependent(graph, self.module_to_weight, weights)
+        on_path = [n for n in calls if n in self.upstream and n in feeds_output(graph)
+                   and n not in metadata_nodes(graph)]
+        self.rules = check_rules(on_path, model)
+        self.env: dict[fx.Node, Any] = {}
+        self.h: dict[str, Tensor] = {}
+        self.output_node = graph.output_node().args[0]
+
+    def module(self, node: fx.Node) -> nn.Module:
+        return self.model.get_submodule(str(node.target))
+
+    def device_name_of_module(self, target: str) -> str | None:
+        return self.module_to_weight.get(target)
+
+    def value(self, node: fx.Node) -> Any:
+        return self.env[node]
+
+    def needs(self, node: Any) -> bool:
+        return isinstance(node, fx.Node) and node in self.upstream
+
+    def accumulate(self, name: str, s_w: Tensor) -> None:
+        s_w = s_w.detach()
+        self.h[name] = self.h[name] + s_w if name in self.h else s_w
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.env = {}
+        output = None
+        for node in self.nodes:
+            if node.op == "placeholder":
+                self.env[node] = x if not self.env else _placeholder_default(node)
+            elif node.op == "get_attr":
+                self.env[node] = _fetch_attr(self.model, str(node.target))
+            elif node.op == "output":
+                output = fx.node.map_arg(node.args[0], self.value)
+            else:
+                self.env[node] = self.call(node)
+        if not isinstance(output, Tensor):
+            raise SwimkitError(
+                "the swim engine needs a model that returns one tensor of logits "
+                f"(got {type(output).__name__}); use engine='ggn' or wrap the model"
+            )
+        return output
+
+    def call(self, node: fx.Node, replace: Mapping[fx.Node, Tensor] | None = None) -> Any:
+        """Execute ``node`` on the recorded values (or on ``replace`` for some inputs),
+        always out of place, so recorded values stay intact."""
+        lookup = self.value if not replace else (lambda n: replace.get(n, self.env[n]))
+        args = fx.node.map_arg(node.args, lookup)
+        kwargs = dict(fx.node.map_arg(node.kwargs, lookup))
+        if kwargs.get("inplace"):
+            kwargs["inplace"] = False
+        if node.op == "call_module":
+            return self.module(node)(*args, **kwargs)
+        if node.op == "call_function":
+            return OUT_OF_PLACE.get(node.target, node.target)(*args, **kwargs)
+        method = str(node.target)
+        if method.endswith("_") and not method.endswith("__"):
+            method = method[:-1]
+        return getattr(args[0], method)(*args[1:], **kwargs)
+
+    def backward(self, s_logits: Tensor) -> dict[fx.Node, SValue]:
+        """Propagate S from the logits, freeing each value once no rule needs it.
+
+        Returns the S left at inputs and attributes.
+        """
+        pending: dict[fx.Node, SValue] = {self.output_node: s_logits}
+        with torch.no_grad():
+            for node in reversed(self.nodes):
+                if node.op in _CALLS and node in pending:
+                    s = pending.pop(node)
+                    rule = self.rules.get(node)
+                    if rule is not None:
+                        for target, s_in in rule(RuleContext(self, node), s).items():
+                            if self.needs(target):
+                                pending[target] = _merge(pending.get(target), s_in)
+                if node.op in _CALLS:
+                    self.env.pop(node, None)
+        return pending
+
+
+@contextmanager
+def out_of_place_layers(model: nn.Module) -> Iterator[None]:
+    """Layers with ``inplace=True`` (torchvision's ReLU) run out of place inside the block."""
+    switched = [m for m in model.modules() if getattr(m, "inplace", False) is True]
+    for m in switched:
+        m.inplace = False
+    try:
+        yield
+    finally:
+        for m in switched:
+            m.inplace = True
+
+
+def _merge(old: SValue | None, new: SValue) -> SValue:
+    if old is None:
+        return new
+    if isinstance(old, dict):
+        merged = dict(old)
+        for k, v in new.items():
+            merged[k] = merged[k] + v if k in merged else v
+        return merged
+    return old + new
+
+
+def _placeholder_default(node: fx.Node) -> Any:
+    if node.args:
+        return node.args[0]
+    raise SwimkitError(
+        f"the swim engine feeds one input tensor, but the model also needs '{node.target}'"
+    )
+
+
+def _fetch_attr(model: nn.Module, target: str) -> Any:
+    value: Any = model
+    for part in target.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def _batch(
+    run: CurvaturePass, x: Tensor, y: Tensor, deltas: dict[str, Tensor], first: dict[str, Tensor]
+) -> None:
+    """One batch: g by autograd (the graph is then released), h by the curvature pass."""
+    logits = run.forward(x)
+    loss = F.cross_entropy(logits, y)
+    grads = torch.autograd.grad(loss, list(deltas.values()), allow_unused=True)
+    for name, grad in zip(deltas, grads, strict=True):
+        if grad is not None:
+            first[name] = first[name] + grad if name in first else grad
+    with torch.no_grad():
+        p = torch.softmax(logits.detach(), dim=-1)
+    run.backward(p * (1 - p))
+    run.env = {}
+
+
+def swim_curvature(
+    model: nn.Module,
+    weights: dict[str, DeviceWeight],
+    batches: Iterable[tuple[Tensor, Tensor]],
+    *,
+    progress: bool = False,
+) -> tuple[dict[str, Tensor], dict[str, Tensor], int]:
+    """SWIM's h (summed over samples) and g (mean-loss gradient summed over batches).
+
+    Raw units: derivatives with respect to the effective device weights.
+    """
+    run = CurvaturePass(model, trace(model), weights)
+    first: dict[str, Tensor] = {}
+    samples = 0
+    with perturbed(model, weights) as offsets, out_of_place_layers(model):
+        deltas = {
+            name: torch.zeros_like(w.value, requires_grad=True) for name, w in weights.items()
+        }
+        offsets.set(deltas)
+        for x, y in progress_bar(batches, progress, "sensitivity (swim)"):
+            with parametrize.cached():  # effective weights computed once per batch
+                _batch(run, x, y, deltas, first)
+            samples += int(y.shape[0])
+    if samples == 0:
+        raise SwimkitError("the sensitivity pass got no batches: pass a non-empty loader")
+    zeros = {name: torch.zeros_like(w.value.detach()) for name, w in weights.items()}
+    second = {name: run.h.get(name, zeros[name]) for name in weights}
+    first = {name: first.get(name, zeros[name]) for name in weights}
+    return second, first, samples
+
+
+__all__ = ["CurvaturePass", "is_in_place", "out_of_place_layers", "rewire_in_place",
+           "swim_curvature", "trace"]

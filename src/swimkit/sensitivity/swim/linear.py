@@ -1,0 +1,96 @@
+"""Rules of the layers that hold device weights: linear and convolution (any dims).
+
+linear y = x W^T + b:  S_W = S_y^T x^2 (summed over the batch),  S_x = S_y W^2.
+conv: S_W is the conv's weight gradient with x^2 for x and S_y for the output gradient;
+S_x its input gradient with W^2 for W.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .context import RuleContext, SValue, unsupported
+from .registry import register_rule
+
+
+def linear_rule(ctx: RuleContext, s: Tensor) -> dict[fx.Node, SValue]:
+    x = ctx.arg(0, "input")
+    weight, weight_name = ctx.weight_of(1)
+    s2 = s.reshape(-1, s.shape[-1])
+    if weight_name is not None:
+        ctx.accumulate(weight_name, s2.T @ x.reshape(-1, x.shape[-1]).square())
+    if not ctx.needs(ctx.input_node):
+        return {}
+    return ctx.to_input(s @ weight.square())
+
+
+def _ntuple(value: Any, n: int) -> tuple[int, ...]:
+    return tuple(value) if isinstance(value, (tuple, list)) else (int(value),) * n
+
+
+def _conv_params(ctx: RuleContext) -> dict[str, Any]:
+    if ctx.module is not None:
+        m = ctx.module
+        if getattr(m, "padding_mode", "zeros") != "zeros":
+            raise unsupported(ctx.node, f"convolution with padding_mode={m.padding_mode!r}")
+        return {
+            "stride": m.stride, "padding": m.padding, "dilation": m.dilation,
+            "groups": m.groups, "transposed": m.transposed,
+            "output_padding": m.output_padding,
+        }
+    dims = ctx.arg(0, "input").dim() - 2
+    return {
+        "stride": _ntuple(ctx.arg(3, "stride", 1), dims),
+        "padding": ctx.arg(4, "padding", 0),
+        "dilation": _ntuple(ctx.arg(5, "dilation", 1), dims),
+        "groups": ctx.arg(6, "groups", 1),
+        "transposed": False,
+        "output_padding": (0,) * dims,
+    }
+
+
+def _explicit_padding(ctx: RuleContext, padding: Any, weight: Tensor, dilation: tuple) -> tuple:
+    dims = weight.dim() - 2
+    if padding == "valid":
+        return (0,) * dims
+    if padding == "same":
+        totals = [d * (k - 1) for d, k in zip(dilation, weight.shape[2:], strict=True)]
+        if any(t % 2 for t in totals):
+            raise unsupported(ctx.node, "padding='same' with an asymmetric padding")
+        return tuple(t // 2 for t in totals)
+    return _ntuple(padding, dims)
+
+
+def conv_rule(ctx: RuleContext, s: Tensor) -> dict[fx.Node, SValue]:
+    x = ctx.arg(0, "input")
+    weight, weight_name = ctx.weight_of(1)
+    p = _conv_params(ctx)
+    padding = _explicit_padding(ctx, p["padding"], weight, p["dilation"])
+    common = (
+        None, p["stride"], padding, p["dilation"], p["transposed"], p["output_padding"],
+        p["groups"],
+    )
+    s = s.contiguous()
+    if weight_name is not None:
+        s_w = torch.ops.aten.convolution_backward(
+            s, x.square(), weight, *common, [False, True, False]
+        )[1]
+        ctx.accumulate(weight_name, s_w)
+    if not ctx.needs(ctx.input_node):
+        return {}
+    s_x = torch.ops.aten.convolution_backward(
+        s, x, weight.square(), *common, [True, False, False]
+    )[0]
+    return ctx.to_input(s_x)
+
+
+register_rule(nn.Linear, linear_rule)
+register_rule(F.linear, linear_rule)
+register_rule(nn.modules.conv._ConvNd, conv_rule)
+for _conv in (F.conv1d, F.conv2d, F.conv3d):
+    register_rule(_conv, conv_rule)

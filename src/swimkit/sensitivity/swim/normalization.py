@@ -1,0 +1,76 @@
+"""Rules of normalisation layers in eval mode.
+
+batch norm: y = (x - mean) * gamma / sqrt(var + eps) + beta, a per-channel scale, so
+S_x = S_y * (gamma / sqrt(var + eps))^2.
+
+layer norm over the last n features: y_k = gamma_k (x_k - mu) / sigma + beta_k has the
+dense Jacobian J_ki = gamma_k / sigma (delta_ki - 1/n - xh_k xh_i / n), xh = (x - mu) /
+sigma. Its squared contraction S_x,i = sum_k J_ki^2 S_y,k is computed in O(n):
+with u_k = gamma_k^2 S_y,k / sigma^2,
+
+    S_x,i = u_i (1 - 2/n - 2 xh_i^2 / n)
+            + (sum_k u_k + 2 xh_i sum_k u_k xh_k + xh_i^2 sum_k u_k xh_k^2) / n^2.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .context import RuleContext, SValue, unsupported
+from .registry import register_rule
+
+
+def _batch_norm_scale(ctx: RuleContext) -> Tensor:
+    if ctx.module is not None:
+        m = ctx.module
+        if m.training or m.running_var is None:
+            raise unsupported(
+                ctx.node, "batch norm using batch statistics (put the model in eval mode)"
+            )
+        var, weight, eps = m.running_var, m.weight, m.eps
+    else:
+        if ctx.arg(5, "training", False):
+            raise unsupported(ctx.node, "batch norm in training mode")
+        var, weight, eps = ctx.arg(2, "running_var"), ctx.arg(3, "weight"), ctx.arg(7, "eps", 1e-5)
+    scale = torch.rsqrt(var + eps)
+    return scale if weight is None else weight * scale
+
+
+def batch_norm_rule(ctx: RuleContext, s: Tensor) -> dict[fx.Node, SValue]:
+    scale = _batch_norm_scale(ctx).detach()
+    shape = [1, -1] + [1] * (s.dim() - 2)
+    return ctx.to_input(s * scale.square().reshape(shape))
+
+
+def layer_norm_rule(ctx: RuleContext, s: Tensor) -> dict[fx.Node, SValue]:
+    x = ctx.arg(0, "input")
+    if ctx.module is not None:
+        shape, weight, eps = ctx.module.normalized_shape, ctx.module.weight, ctx.module.eps
+    else:
+        shape, weight, eps = ctx.arg(1, "normalized_shape"), ctx.arg(2, "weight"), ctx.arg(
+            4, "eps", 1e-5)
+    dims = tuple(range(-len(tuple(shape)), 0))
+    n = math.prod(tuple(shape))
+    mean = x.mean(dim=dims, keepdim=True)
+    var = x.var(dim=dims, unbiased=False, keepdim=True)
+    inv = torch.rsqrt(var + eps)
+    xh = (x - mean) * inv
+    gamma2 = weight.detach().square() if weight is not None else 1.0
+    u = gamma2 * s * inv.square()
+    total = u.sum(dim=dims, keepdim=True)
+    first = (u * xh).sum(dim=dims, keepdim=True)
+    second = (u * xh.square()).sum(dim=dims, keepdim=True)
+    s_x = u * (1 - 2 / n - 2 * xh.square() / n) + (total + 2 * xh * first
+                                                    + xh.square() * second) / n**2
+    return ctx.to_input(s_x)
+
+
+register_rule(nn.modules.batchnorm._BatchNorm, batch_norm_rule)
+register_rule(F.batch_norm, batch_norm_rule)
+register_rule(nn.LayerNorm, layer_norm_rule)
+register_rule(F.layer_norm, layer_norm_rule)
