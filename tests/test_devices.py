@@ -1,4 +1,4 @@
-"""The device model: one Gaussian per weight with the bit-sliced variance, by seed."""
+"""Device models: the protocol, the bit-sliced Gaussian and what a plan does to it."""
 
 from __future__ import annotations
 
@@ -6,17 +6,29 @@ import math
 
 import pytest
 import torch
+from loop_simulation import simulate
 
 import swimkit
-from swimkit.devices import DeviceModel, generator_for, sample_seed
+from swimkit.devices import DeviceModel, NoiseModel, generator_for
+from swimkit.plans import Plan
+from swimkit.programming import WriteVerify
+from swimkit.seeding import derive_seed
+from swimkit.slicing import BitSlicing
 
 
-def test_slice_factor_matches_the_sum_over_devices():
+def test_slicing_shares_and_slice_factor():
     assert DeviceModel().slice_factor == pytest.approx(sum(4.0**-j for j in range(1, 9)))
     assert DeviceModel().slice_factor == pytest.approx(0.33333, abs=1e-5)
     two_bit = DeviceModel(bits_per_weight=8, bits_per_device=2)
     assert two_bit.devices_per_weight == 4
     assert two_bit.slice_factor == pytest.approx(sum(16.0**-j for j in range(1, 5)))
+    shares = BitSlicing().variance_weights() / BitSlicing().slice_factor
+    assert float(shares[0]) == pytest.approx(0.75, abs=1e-4)  # the MSB holds 75 %
+    assert float(BitSlicing(4, 2).significances()[1]) == 1 / 16
+
+
+def test_device_model_is_a_noise_model():
+    assert isinstance(DeviceModel(), NoiseModel)
 
 
 def test_sampled_std_matches_bit_sliced_sum():
@@ -38,11 +50,32 @@ def test_verified_weights_get_the_residual_sigma():
     value = torch.ones(200_000)
     mask = torch.zeros(200_000, dtype=torch.bool)
     mask[:100_000] = True
-    dw = device.sample({"w": value}, {"w": torch.tensor(2.0)}, {"w": mask},
+    dw = device.sample({"w": value}, {"w": torch.tensor(2.0)}, Plan(masks={"w": mask}),
                        torch.Generator().manual_seed(0))["w"]
     unit = 2.0 * math.sqrt(device.slice_factor)
     assert float(dw[mask].std()) == pytest.approx(0.03 * unit, rel=0.02)
     assert float(dw[~mask].std()) == pytest.approx(0.3 * unit, rel=0.02)
+
+
+def legacy_std(device, value, scale, verified):
+    """The weight-level formula of the first release, kept to pin its numbers."""
+    unit = scale.to(value.dtype) * math.sqrt(device.slice_factor)
+    if device.value_dependent:
+        return device.weight_sigma(value, scale, verified) * (scale * math.sqrt(
+            device.slice_factor))
+    return torch.where(verified, unit * device.sigma_verified, unit * device.sigma)
+
+
+@pytest.mark.parametrize("variation", [None, "band:3"])
+def test_bool_mask_plans_keep_the_first_release_numbers_bit_for_bit(variation):
+    device = DeviceModel(variation=variation)
+    gen = torch.Generator().manual_seed(5)
+    values = {"a": torch.randn(40, 30, generator=gen), "b": torch.randn(7, generator=gen)}
+    scales = swimkit.mapping.weight_scales(values)
+    masks = {k: torch.rand(v.shape, generator=gen) < 0.3 for k, v in values.items()}
+    stds = device.noise_stds(values, scales, Plan(masks=masks))
+    for k, v in values.items():
+        assert torch.equal(stds[k], legacy_std(device, v, scales[k], masks[k]).expand(v.shape))
 
 
 def test_draw_follows_device_and_dtype_and_seed():
@@ -57,28 +90,34 @@ def test_draw_follows_device_and_dtype_and_seed():
     assert not torch.equal(one["a"], other["a"])
 
 
-def test_common_random_numbers_across_masks():
+def test_common_random_numbers_across_plans():
     """Two plans with the same seed share the standard-normal draws (scaled differently)."""
     device = DeviceModel(sigma=0.3, sigma_verified=0.03)
     values = {"w": torch.ones(1000)}
     scales = {"w": torch.tensor(1.0)}
     mask = torch.rand(1000) < 0.5
     plain = device.sample(values, scales, None, generator_for(0, 0))["w"]
-    mixed = device.sample(values, scales, {"w": mask}, generator_for(0, 0))["w"]
+    mixed = device.sample(values, scales, Plan(masks={"w": mask}), generator_for(0, 0))["w"]
     torch.testing.assert_close(mixed[~mask], plain[~mask])
     torch.testing.assert_close(mixed[mask], plain[mask] * 0.1)
 
 
-def test_sample_seed_is_stable_and_distinct():
-    assert sample_seed(0, 0) == sample_seed(0, 0)
-    assert len({sample_seed(s, i) for s in range(5) for i in range(50)}) == 250
-    assert 0 <= sample_seed(123, 456) < 2**63
+def test_seeds_are_stable_and_distinct():
+    assert derive_seed("swimkit", 0, 0) == derive_seed("swimkit", 0, 0)
+    assert len({derive_seed("swimkit", s, i) for s in range(5) for i in range(50)}) == 250
+    assert 0 <= derive_seed("swimkit", 123, 456) < 2**63
+    # the chip seeds of the first release: the low 63 bits of sha256("swimkit:SEED:INDEX")
+    import hashlib
+
+    digest = hashlib.sha256(b"swimkit:3:7").digest()
+    assert derive_seed("swimkit", 3, 7) == int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
 @pytest.mark.parametrize(
     "kwargs",
     [{"sigma": -0.1}, {"sigma_verified": -1}, {"bits_per_weight": 0},
-     {"bits_per_weight": 8, "bits_per_device": 3}, {"variation": "nonsense"}],
+     {"bits_per_weight": 8, "bits_per_device": 3}, {"variation": "nonsense"},
+     {"write_verify": 0.05}],
 )
 def test_bad_settings_are_clear_errors(kwargs):
     with pytest.raises(swimkit.SwimkitError):
@@ -94,3 +133,59 @@ def test_value_dependent_band_sigma():
     assert device.value_dependent and not DeviceModel().value_dependent
     verified = device.weight_sigma(value, torch.tensor(1.0), torch.tensor([1, 1, 0, 0]).bool())
     torch.testing.assert_close(verified[:2], torch.tensor([0.03, 0.03]))
+
+
+def test_options_default_loop_lands_at_sigma_verified_others_at_the_closed_form():
+    device = DeviceModel()
+    tight = device.loop.tolerance
+    assert tight == pytest.approx(0.052, abs=1e-3)
+    sigmas = device.option_sigmas(torch.ones(3), torch.tensor(1.0), (0.45, 0.2, tight))
+    assert sigmas.shape == (4,)
+    assert float(sigmas[0]) == 0.3 and float(sigmas[3]) == 0.03
+    for i, tol in enumerate((0.45, 0.2), start=1):
+        expected = WriteVerify(tol).residual_sigma(0.3)
+        assert float(sigmas[i]) == pytest.approx(expected, rel=1e-12)
+    hull = [round(float(s), 2) for s in sigmas]
+    assert hull == [0.3, 0.22, 0.11, 0.03]  # design §8
+
+
+def test_plan_variance_matches_a_direct_simulation_of_the_devices():
+    """Per-device tolerances: the plan's Var(dw/s) against bit-sliced devices each run
+    through the write-verify loop (the loop's own Monte-Carlo)."""
+    device = DeviceModel(bits_per_weight=4, bits_per_device=1)
+    menu = (0.45, 0.2, 0.1)
+    levels = torch.tensor([[0, 0, 0, 0], [1, 0, 0, 0], [3, 2, 1, 0], [3, 3, 3, 3],
+                           [2, 1, 0, 3]], dtype=torch.uint8)
+    values = {"w": torch.ones(5)}
+    scales = {"w": torch.tensor(1.0)}
+    predicted = device.variance(values, scales, Plan(levels={"w": levels}, menu=menu))["w"]
+    gen = torch.Generator().manual_seed(11)
+    n = 100_000
+    errors = {0: torch.randn(n, 4, generator=gen, dtype=torch.float64) * 0.3}
+    for k, tol in enumerate(menu, start=1):
+        loop = WriteVerify(tol)
+        errors[k] = torch.stack([simulate(loop, 0.3, n, gen)["error"] for _ in range(4)], 1)
+    significance = BitSlicing(4, 1).significances()
+    for i in range(5):
+        per_device = torch.stack([errors[int(levels[i, j])][:, j] for j in range(4)], 1)
+        weight_error = (per_device * significance).sum(1)
+        sample_var = float(weight_error.var())
+        se = sample_var * math.sqrt(2 / n)
+        assert float(predicted[i]) == pytest.approx(sample_var, abs=5 * se), i
+    # the Monte-Carlo draw of the plan has that variance too
+    many = {"w": torch.ones(5, 20_000)}
+    lv = levels[:, None, :].expand(5, 20_000, 4).contiguous()
+    draw = device.sample(many, scales, Plan(levels={"w": lv}, menu=menu), gen)["w"]
+    torch.testing.assert_close(draw.double().var(1), predicted, rtol=0.05, atol=0)
+
+
+def test_a_plan_must_fit_the_device_model():
+    device = DeviceModel()  # K = 8
+    levels = torch.ones(3, 4, dtype=torch.uint8)
+    levels[0, 1] = 0
+    with pytest.raises(swimkit.SwimkitError, match="devices per weight"):
+        device.variance({"w": torch.ones(3)}, {"w": torch.tensor(1.0)},
+                        Plan(levels={"w": levels}, menu=(0.1,)))
+    with pytest.raises(swimkit.SwimkitError, match="no levels for"):
+        device.variance({"v": torch.ones(3)}, {"v": torch.tensor(1.0)},
+                        Plan(masks={"w": torch.ones(3, dtype=torch.bool)}))

@@ -7,16 +7,13 @@ import math
 import numpy as np
 import pytest
 import torch
+from loop_simulation import simulate
 from scipy import optimize, stats
 
+import swimkit
 from swimkit.errors import SwimkitError
-from swimkit.programming import (
-    ProgrammingReport,
-    WriteVerify,
-    programming_report,
-    programming_time,
-    verify_cost,
-)
+from swimkit.plans import Plan
+from swimkit.programming import ProgrammingReport, WriteVerify, price, weight_level_price
 
 T_P, T_R = 100e-9, 50e-9
 
@@ -125,7 +122,7 @@ def test_float_in_float_out_tensor_in_tensor_out() -> None:
 
 def test_simulation_matches_expected_attempts_and_residual() -> None:
     sigma, wv = 0.3, WriteVerify(0.05, max_attempts=20)
-    run = wv.simulate(sigma, 200_000, generator=torch.Generator().manual_seed(1))
+    run = simulate(wv, sigma, 200_000, generator=torch.Generator().manual_seed(1))
     mean, tol = mean_and_tolerance(run["attempts"])
     assert mean == pytest.approx(wv.expected_attempts(sigma), abs=tol)
     std, tol = std_and_tolerance(run["error"])
@@ -140,7 +137,7 @@ def test_simulation_residual_with_failures(tol: float, n: int, failing: float) -
     # (0.05, 3): about 65 % of devices run out of attempts; (0.3, 2): about 10 %, whose
     # errors lie beyond one sigma and dominate the residual.
     sigma, wv = 0.3, WriteVerify(tol, max_attempts=n)
-    run = wv.simulate(sigma, 200_000, generator=torch.Generator().manual_seed(2))
+    run = simulate(wv, sigma, 200_000, generator=torch.Generator().manual_seed(2))
     assert wv.failure_probability(sigma) > failing
     std, tol = std_and_tolerance(run["error"])
     assert std == pytest.approx(wv.residual_sigma(sigma), abs=tol)
@@ -150,7 +147,7 @@ def test_simulation_residual_with_failures(tol: float, n: int, failing: float) -
 
 def test_simulation_accepted_sigma_with_many_attempts() -> None:
     sigma, wv = 0.3, WriteVerify(0.05, max_attempts=200)
-    run = wv.simulate(sigma, 100_000, generator=torch.Generator().manual_seed(3))
+    run = simulate(wv, sigma, 100_000, generator=torch.Generator().manual_seed(3))
     accepted = run["error"][run["accepted"]]
     assert accepted.numel() == 100_000  # (1 - q)^200 ~ 4e-13: none fails
     assert float(accepted.abs().max()) <= 0.05
@@ -162,7 +159,7 @@ def test_simulation_accepted_sigma_with_many_attempts() -> None:
 def test_simulation_per_weight_sigma() -> None:
     wv = WriteVerify(0.1, max_attempts=10)
     sigma = torch.tensor([0.05, 0.3, 1.0])
-    run = wv.simulate(sigma, 60_000, generator=torch.Generator().manual_seed(4))
+    run = simulate(wv, sigma, 60_000, generator=torch.Generator().manual_seed(4))
     assert run["error"].shape == (60_000, 3) and run["error"].dtype == torch.float32
     assert run["attempts"].dtype == torch.int64 and run["accepted"].dtype == torch.bool
     expected_attempts = wv.expected_attempts(sigma.double())
@@ -176,8 +173,8 @@ def test_simulation_per_weight_sigma() -> None:
 
 def test_simulation_is_reproducible() -> None:
     wv = WriteVerify(0.05)
-    first = wv.simulate(0.3, 1000, generator=torch.Generator().manual_seed(9))
-    second = wv.simulate(0.3, 1000, generator=torch.Generator().manual_seed(9))
+    first = simulate(wv, 0.3, 1000, generator=torch.Generator().manual_seed(9))
+    second = simulate(wv, 0.3, 1000, generator=torch.Generator().manual_seed(9))
     assert torch.equal(first["error"], second["error"])
     assert torch.equal(first["attempts"], second["attempts"])
 
@@ -225,72 +222,75 @@ def test_for_residual_rejects_bad_targets(sigma: float, target: float) -> None:
 # --- programming time --------------------------------------------------------------
 
 
-def test_time_per_device() -> None:
+def test_verify_time() -> None:
     wv = WriteVerify(0.05)
     expected = ref_attempts(0.3, 0.05, wv.max_attempts) * (T_P + T_R)
-    assert wv.time_per_device(0.3, True) == pytest.approx(expected, rel=1e-10)
-    assert wv.time_per_device(0.3, False) == T_P
-    per = wv.time_per_device(0.3, torch.tensor([True, False]))
-    torch.testing.assert_close(per, torch.tensor([expected, T_P], dtype=torch.float64))
+    assert wv.verify_time(0.3) == pytest.approx(expected, rel=1e-10)
+    per = wv.verify_time(torch.tensor([0.3, 0.01], dtype=torch.float64))
+    assert float(per[1]) == pytest.approx(T_P + T_R)
 
 
-def test_plan_time_and_speedup_by_hand() -> None:
-    wv, k = WriteVerify(0.05), 8
+def weights_of(*shapes: tuple[int, ...]) -> tuple[dict, dict]:
+    values = {f"l{i}.weight": torch.randn(*shape) for i, shape in enumerate(shapes)}
+    return values, {k: v.abs().amax() for k, v in values.items()}
+
+
+def test_weight_level_plan_time_and_speedup_by_hand() -> None:
+    dm = swimkit.DeviceModel(write_verify=WriteVerify(0.05))
+    values, scales = weights_of((1000,))
     mask = torch.zeros(1000, dtype=torch.bool)
     mask[torch.randperm(1000, generator=torch.Generator().manual_seed(0))[:100]] = True
-    e = ref_attempts(0.3, 0.05, wv.max_attempts)
-    plan = k * (100 * e * (T_P + T_R) + 900 * T_P)
-    full = k * 1000 * e * (T_P + T_R)
-    assert programming_time(0.3, mask, k, wv) == pytest.approx(plan, rel=1e-10)
-    report = programming_report(0.3, {"fc.weight": mask}, k, wv)
+    e = ref_attempts(0.3, 0.05, 100)
+    plan_time = 8 * (100 * e * (T_P + T_R) + 900 * T_P)
+    full = 8 * 1000 * e * (T_P + T_R)
+    report = dm.programming_report(values, scales, Plan(masks={"l0.weight": mask}))
     assert isinstance(report, ProgrammingReport)
-    assert report.time_plan == pytest.approx(plan, rel=1e-10)
-    assert report.time_full_verify == pytest.approx(full, rel=1e-10)
-    assert report.time_no_verify == pytest.approx(k * 1000 * T_P, rel=1e-12)
-    assert report.speedup == pytest.approx(full / plan, rel=1e-10)
+    assert report.time_plan_s == pytest.approx(plan_time, rel=1e-10)
+    assert report.time_full_verify_s == pytest.approx(full, rel=1e-10)
+    assert report.time_no_verify_s == pytest.approx(8 * 1000 * T_P, rel=1e-12)
+    assert report.speedup == pytest.approx(full / plan_time, rel=1e-10)
+    assert report.max_speedup == pytest.approx(full / (8 * 1000 * T_P), rel=1e-10)
     assert report.fraction_verified == pytest.approx(0.1)
-    assert set(report.to_dict()) == {
-        "time_plan",
-        "time_full_verify",
-        "time_no_verify",
-        "speedup",
-        "fraction_verified",
-    }
+    assert report.devices_fraction_verified == pytest.approx(0.1)
+    assert set(report.to_dict()) == {"time_plan_s", "time_full_verify_s", "time_no_verify_s",
+                                     "speedup", "fraction_verified", "devices_fraction_verified"}
 
 
-def test_per_weight_sigma_time_by_loop() -> None:
-    wv, k = WriteVerify(0.05, max_attempts=10), 4
-    sigma = torch.tensor([[0.01, 0.1], [0.3, 1.0]])
-    mask = torch.tensor([[True, False], [True, True]])
-    plan = sum(
-        k * (ref_attempts(float(s), 0.05, 10) * (T_P + T_R) if m else T_P)
-        for s, m in zip(sigma.flatten().tolist(), mask.flatten().tolist(), strict=True)
-    )
-    assert programming_time(sigma, mask, k, wv) == pytest.approx(plan, rel=1e-6)
-    extra = verify_cost(sigma, k, wv)
-    assert extra.shape == (2, 2) and extra.dtype == torch.float64
-    full = programming_time(sigma, torch.ones_like(mask), k, wv)
-    none = programming_time(sigma, torch.zeros_like(mask), k, wv)
-    assert float(extra.sum()) == pytest.approx(full - none, rel=1e-10)
+def test_device_level_plan_is_priced_device_by_device() -> None:
+    """Each device at its own option: t_program, or E(tolerance) (t_program + t_read)."""
+    menu = (0.45, 0.2, 0.05)
+    dm = swimkit.DeviceModel(bits_per_weight=4, bits_per_device=1)
+    values, scales = weights_of((3, 2), (5,))
+    gen = torch.Generator().manual_seed(1)
+    levels = {k: torch.randint(0, 4, (*v.shape, 4), generator=gen, dtype=torch.uint8)
+              for k, v in values.items()}
+    plan = Plan(levels=levels, menu=menu)
+    per_option = [T_P] + [ref_attempts(0.3, t, 100) * (T_P + T_R) for t in menu]
+    by_hand = sum(per_option[int(v)] for lv in levels.values() for v in lv.flatten())
+    report = dm.programming_report(values, scales, plan)
+    assert report.time_plan_s == pytest.approx(by_hand, rel=1e-10)
+    counted = sum(int((lv > 0).sum()) for lv in levels.values())
+    assert plan.devices_verified == counted
+    assert report.devices_fraction_verified == pytest.approx(counted / (11 * 4))
 
 
-def test_report_sums_layers_with_per_layer_sigma() -> None:
-    wv, k = WriteVerify(0.05), 8
-    masks = {
-        "a.weight": torch.tensor([True, False, False, False]),
-        "b.weight": torch.tensor([[True, True], [False, False]]),
-    }
-    sigma = {"a.weight": 0.3, "b.weight": torch.tensor([[0.2, 0.4], [0.2, 0.4]])}
-    report = programming_report(sigma, masks, k, wv)
-    plan = programming_time(0.3, masks["a.weight"], k, wv) + programming_time(
-        sigma["b.weight"], masks["b.weight"], k, wv
-    )
-    assert report.time_plan == pytest.approx(plan, rel=1e-12)
-    assert report.fraction_verified == pytest.approx(3 / 8)
-    assert report.speedup == pytest.approx(report.time_full_verify / plan, rel=1e-12)
-    assert report.time_plan < report.time_full_verify
-    cost = verify_cost(0.3, k, wv)
-    assert cost.dim() == 0 and float(cost) > 0
+def test_value_dependent_times_follow_each_weight_sigma() -> None:
+    dm = swimkit.DeviceModel(variation="band:3", bits_per_weight=2, bits_per_device=1,
+                             write_verify=WriteVerify(0.05, max_attempts=10))
+    value = torch.tensor([0.1, 0.5, 1.0])
+    scale = torch.tensor(1.0)
+    times = dm.option_times(value, scale, (0.2, 0.05))
+    assert times.shape == (3, 3)
+    sigma = dm.weight_sigma(value, scale).double()
+    for i in range(3):
+        for j, tol in enumerate((0.2, 0.05)):
+            expected = ref_attempts(float(sigma[i]), tol, 10) * (T_P + T_R)
+            assert float(times[i, j + 1]) == pytest.approx(expected, rel=1e-8)
+    levels = torch.tensor([[0, 2], [1, 1], [2, 0]], dtype=torch.uint8)
+    assert price(levels, times) == pytest.approx(float(torch.gather(times, 1, levels.long()).sum()))
+    verified = torch.tensor([1, 0, 2], dtype=torch.uint8)
+    expected = 2 * float(times[0, 1] + times[1, 0] + times[2, 2])
+    assert weight_level_price(verified, times, 2) == pytest.approx(expected)
 
 
 # --- validation ----------------------------------------------------------------------
@@ -314,25 +314,17 @@ def test_write_verify_rejects_bad_settings(kwargs: dict) -> None:
         WriteVerify(**kwargs)
 
 
-def test_bad_sigma_masks_and_counts() -> None:
+def test_bad_sigmas_and_budgets() -> None:
     wv = WriteVerify(0.05)
-    mask = torch.tensor([True, False])
     with pytest.raises(SwimkitError, match="sigma"):
         wv.expected_attempts(-0.1)
     with pytest.raises(SwimkitError, match="sigma"):
         wv.residual_sigma(torch.tensor([0.1, -0.1]))
-    with pytest.raises(SwimkitError, match="bool"):
-        programming_time(0.3, torch.tensor([1, 0]), 8, wv)
-    with pytest.raises(SwimkitError, match="does not match"):
-        programming_time(torch.tensor([0.1, 0.2, 0.3]), mask, 8, wv)
-    with pytest.raises(SwimkitError, match="devices_per_weight"):
-        programming_time(0.3, mask, 0, wv)
-    with pytest.raises(SwimkitError, match="no layers"):
-        programming_report(0.3, {}, 8, wv)
-    with pytest.raises(SwimkitError, match="no plain-write sigma"):
-        programming_report({"other": 0.3}, {"fc.weight": mask}, 8, wv)
-    with pytest.raises(SwimkitError, match="n must be"):
-        wv.simulate(0.3, 0)
-    zero_time = WriteVerify(0.05, t_program=0.0)
+    with pytest.raises(SwimkitError, match="no tolerance yet"):
+        WriteVerify().expected_attempts(0.3)
+    with pytest.raises(SwimkitError, match="no time"):
+        WriteVerify(0.05, t_program=0.0, t_read=0.0)
+    dm = swimkit.DeviceModel(write_verify=WriteVerify(0.05, t_program=0.0))
+    values, scales = weights_of((3,))
     with pytest.raises(SwimkitError, match="no programming time"):
-        programming_report(0.3, {"fc.weight": torch.zeros(3, dtype=torch.bool)}, 8, zero_time)
+        dm.programming_report(values, scales, Plan.uniform(values, False))

@@ -1,30 +1,28 @@
-"""Write-verify loop and programming-time model.
+"""The write-verify loop as tensor formulas, and the programming time of a plan.
 
-Each device is programmed with an error ``e ~ Normal(0, sigma^2)`` (in device steps),
-read back, and accepted if ``|e| <= tolerance``; otherwise it is programmed again, at
-most ``max_attempts`` times. With ``a = tolerance / sigma``:
+Each device is programmed with an error ``e ~ Normal(0, sigma^2)`` (device steps), read
+back, and accepted if ``|e| <= tolerance``; otherwise it is programmed again, at most
+``max_attempts`` (n) times. With ``a = tolerance / sigma``:
 
 - acceptance per attempt ``q = erf(a / sqrt 2)``;
-- expected attempts ``E = (1 - (1 - q)^max_attempts) / q``;
-- an accepted device's error is a normal truncated to [-tolerance, tolerance], with
-  standard deviation ``sigma sqrt(1 - 2 a phi(a) / (2 Phi(a) - 1))``;
-- a device that exhausts its attempts keeps its last error, a normal conditioned on
-  ``|e| > tolerance``, with ``E[e^2] = sigma^2 (1 + a phi(a) / (1 - Phi(a)))``.
+- expected attempts ``E = (1 - (1 - q)^n) / q``;
+- an accepted device's error is a normal truncated to [-a, a] (in units of sigma), of
+  variance ``1 - 2 a phi(a) / (2 Phi(a) - 1)``;
+- a device that runs out of attempts keeps its last error, of second moment
+  ``1 + a phi(a) / (1 - Phi(a))``; the residual mixes both by their shares.
 
-Programming a weight of K devices takes ``K * t_program`` written once and
-``K * E * (t_program + t_read)`` verified. The speedup of a plan is the time of verifying
-every weight over the time of the plan: unlike the verified fraction alone, it counts
-what writing the unverified weights still costs.
-
-Every function takes sigma as a float or a tensor of per-weight sigmas (for
-value-dependent variation) and returns the same kind; the maths runs in float64.
+The functions below take ``a`` (a float64 tensor) and return ratios to sigma; the
+:class:`WriteVerify` settings class applies them to a sigma (a float or a per-device
+tensor) and prices devices: ``t_program`` for a plain write, ``E * (t_program + t_read)``
+for a verified one. :func:`price` sums a plan's devices; the speedup of a plan is the time
+of verifying every device over the time of the plan.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from typing import Any, TypeVar
 
 import torch
@@ -36,203 +34,65 @@ Sigma = TypeVar("Sigma", float, Tensor)
 
 _SQRT2 = math.sqrt(2.0)
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
-# Beyond a = 40 sigma, truncation changes nothing in float64; below 1e-3 the truncated
-# variance uses its series to avoid cancellation.
+# Beyond a = 40, truncation changes nothing in float64; below 1e-3 the truncated variance
+# uses its series to avoid cancellation.
 _A_MAX = 40.0
 _A_MIN = 1e-300
 _A_SERIES = 1e-3
 
-
-@dataclass(frozen=True)
-class WriteVerify:
-    """Settings of the write-verify loop.
-
-    ``tolerance`` is the acceptance window +-delta in device steps; ``t_program`` and
-    ``t_read`` are the seconds of one program pulse and one verify read.
-    """
-
-    tolerance: float
-    max_attempts: int = 100
-    t_program: float = 100e-9
-    t_read: float = 50e-9
-
-    def __post_init__(self) -> None:
-        require(
-            is_number(self.tolerance) and math.isfinite(self.tolerance) and self.tolerance > 0,
-            f"write-verify tolerance must be a number > 0 in device steps "
-            f"(got {self.tolerance!r}); e.g. 0.05",
-        )
-        require(
-            isinstance(self.max_attempts, int)
-            and not isinstance(self.max_attempts, bool)
-            and self.max_attempts >= 1,
-            f"max_attempts must be a whole number >= 1 (got {self.max_attempts!r}); e.g. 20",
-        )
-        for name in ("t_program", "t_read"):
-            value = getattr(self, name)
-            require(
-                is_number(value) and math.isfinite(value) and value >= 0,
-                f"{name} must be a time in seconds >= 0 (got {value!r}); e.g. 100e-9",
-            )
-
-    @classmethod
-    def for_residual(
-        cls,
-        sigma: float,
-        target_residual: float,
-        max_attempts: int = 100,
-        t_program: float = 100e-9,
-        t_read: float = 50e-9,
-        include_failures: bool = True,
-    ) -> WriteVerify:
-        """The loop whose final error has standard deviation ``target_residual``.
-
-        With ``include_failures`` (default) the target is :meth:`residual_sigma`, which
-        counts devices that run out of attempts; where two tolerances fit, the larger
-        (fewer attempts) is chosen. Without it the target is :meth:`accepted_sigma`, the
-        design's formula for accepted devices only.
-        """
-        _check_scalar_sigma(sigma, positive=True)
-        require(
-            is_number(target_residual) and 0 < target_residual < sigma,
-            f"target residual sigma must be between 0 and sigma={sigma} "
-            f"(got {target_residual!r}); write-verify can only reduce the spread",
-        )
-        probe = cls(1.0, max_attempts, t_program, t_read)  # validates the other settings
-        ratio = probe._residual_ratio if include_failures else _accepted_ratio
-        a, lowest = _solve_increasing(ratio, target_residual / sigma)
-        if a is None:
-            hint = (
-                f"raise max_attempts above {max_attempts} or pass include_failures=False"
-                if include_failures
-                else "ask for a larger target"
-            )
-            raise SwimkitError(
-                f"a residual sigma of {target_residual:.4g} is not reachable from "
-                f"sigma={sigma:.4g} with max_attempts={max_attempts} "
-                f"(the lowest is {lowest * sigma:.4g}); {hint}"
-            )
-        return cls(a * sigma, max_attempts, t_program, t_read)
-
-    # --- closed forms --------------------------------------------------------------
-
-    def acceptance(self, sigma: Sigma) -> Sigma:
-        """Probability q that one attempt lands within the tolerance."""
-        return self._apply(sigma, lambda a: torch.erf(a / _SQRT2))
-
-    def expected_attempts(self, sigma: Sigma) -> Sigma:
-        """Mean number of program-and-read attempts per device."""
-        return self._apply(sigma, self._attempts_of)
-
-    def failure_probability(self, sigma: Sigma) -> Sigma:
-        """Probability that a device is still out of tolerance after max_attempts."""
-        return self._apply(sigma, lambda a: torch.exp(self.max_attempts * _log_miss(a)))
-
-    def accepted_sigma(self, sigma: Sigma) -> Sigma:
-        """Standard deviation of the error of an accepted device (truncated normal)."""
-        return self._apply(sigma, _accepted_ratio, scale=True)
-
-    def residual_sigma(self, sigma: Sigma) -> Sigma:
-        """Standard deviation of the final error, devices that ran out of attempts included."""
-        return self._apply(sigma, self._residual_ratio, scale=True)
-
-    def time_per_device(self, sigma: Sigma, verified: bool | Tensor) -> Sigma | Tensor:
-        """Seconds to program one device: ``E * (t_program + t_read)`` verified, else
-        ``t_program``. A bool tensor ``verified`` gives a tensor (broadcast with sigma)."""
-        sig, restore = _prepare(sigma)
-        verify_time = self.expected_attempts(sig) * (self.t_program + self.t_read)
-        if isinstance(verified, Tensor):
-            out = torch.where(verified.to(sig.device), verify_time, self.t_program)
-            return restore(out) if isinstance(sigma, Tensor) else out
-        return restore(verify_time if verified else torch.full_like(sig, self.t_program))
-
-    # --- Monte-Carlo of the loop itself ---------------------------------------------
-
-    def simulate(
-        self, sigma: float | Tensor, n: int, generator: torch.Generator | None = None
-    ) -> dict[str, Tensor]:
-        """Run the loop on ``n`` devices (per element of a sigma tensor).
-
-        Returns ``attempts`` (int64), ``error`` (the final error, device steps) and
-        ``accepted`` (bool), each shaped ``(n, *sigma.shape)``.
-        """
-        sig, _ = _prepare(sigma)
-        require(
-            isinstance(n, int) and not isinstance(n, bool) and n >= 1,
-            f"n must be a whole number of devices >= 1 (got {n!r})",
-        )
-        shape = (n, *sig.shape)
-        flat_sigma = sig.expand(shape).reshape(-1)
-        error = torch.zeros(flat_sigma.numel(), dtype=torch.float64, device=sig.device)
-        attempts = torch.zeros(flat_sigma.numel(), dtype=torch.int64, device=sig.device)
-        active = torch.arange(flat_sigma.numel(), device=sig.device)
-        for _ in range(self.max_attempts):
-            draw = torch.randn(
-                active.numel(), dtype=torch.float64, device=sig.device, generator=generator
-            )
-            draw = draw * flat_sigma[active]
-            error[active] = draw
-            attempts[active] += 1
-            active = active[draw.abs() > self.tolerance]
-            if active.numel() == 0:
-                break
-        out_dtype = sigma.dtype if isinstance(sigma, Tensor) and sigma.is_floating_point() else None
-        return {
-            "attempts": attempts.reshape(shape),
-            "error": error.reshape(shape).to(out_dtype or torch.float64),
-            "accepted": (error.abs() <= self.tolerance).reshape(shape),
-        }
-
-    # --- internals ------------------------------------------------------------------
-
-    def _apply(self, sigma: Sigma, fn: Callable[[Tensor], Tensor], scale: bool = False) -> Sigma:
-        sig, restore = _prepare(sigma)
-        a = (self.tolerance / sig).clamp(_A_MIN, _A_MAX)
-        out = fn(a)
-        return restore(out * sig if scale else out)
-
-    def _attempts_of(self, a: Tensor) -> Tensor:
-        q = torch.erf(a / _SQRT2)
-        return -torch.expm1(self.max_attempts * _log_miss(a)) / q
-
-    def _residual_ratio(self, a: Tensor) -> Tensor:
-        """Residual sigma / sigma: accepted and failed devices mixed by their shares."""
-        log_pf = self.max_attempts * _log_miss(a)
-        pf = torch.exp(log_pf)
-        var = -torch.expm1(log_pf) * _accepted_var(a) + pf * _failed_var(a)
-        return torch.sqrt(var)
+DEFAULT_MAX_ATTEMPTS = 100
+DEFAULT_T_PROGRAM = 100e-9
+DEFAULT_T_READ = 50e-9
 
 
-def _accepted_var(a: Tensor) -> Tensor:
+# --- formulas in a = tolerance / sigma ---------------------------------------------------
+
+
+def acceptance(a: Tensor) -> Tensor:
+    """Probability q that one attempt lands within the tolerance."""
+    return torch.erf(a / _SQRT2)
+
+
+def log_miss(a: Tensor) -> Tensor:
+    """log(1 - q), accurate for q near 0 and near 1."""
+    q = acceptance(a)
+    return torch.where(q < 0.5, torch.log1p(-q), torch.log(torch.erfc(a / _SQRT2)))
+
+
+def expected_attempts(a: Tensor, max_attempts: int) -> Tensor:
+    """Mean number of program-and-read attempts: (1 - (1 - q)^n) / q."""
+    return -torch.expm1(max_attempts * log_miss(a)) / acceptance(a)
+
+
+def failure_probability(a: Tensor, max_attempts: int) -> Tensor:
+    """Probability that a device is still out of tolerance after n attempts."""
+    return torch.exp(max_attempts * log_miss(a))
+
+
+def accepted_variance(a: Tensor) -> Tensor:
     """Variance of a unit normal truncated to [-a, a]."""
-    q = torch.erf(a / _SQRT2)
-    exact = 1.0 - 2.0 * a * torch.exp(-0.5 * a * a - _LOG_SQRT_2PI) / q
+    exact = 1.0 - 2.0 * a * torch.exp(-0.5 * a * a - _LOG_SQRT_2PI) / acceptance(a)
     series = a * a / 3.0 - 2.0 * a**4 / 45.0
     return torch.where(a < _A_SERIES, series, exact).clamp_min(0.0)
 
 
-def _accepted_ratio(a: Tensor) -> Tensor:
-    """Accepted sigma / sigma."""
-    return torch.sqrt(_accepted_var(a))
-
-
-def _failed_var(a: Tensor) -> Tensor:
+def failed_second_moment(a: Tensor) -> Tensor:
     """E[x^2 | |x| > a] for a unit normal: 1 + a phi(a) / (1 - Phi(a))."""
     log_mills = -0.5 * a * a - _LOG_SQRT_2PI - torch.special.log_ndtr(-a)
     return 1.0 + a * torch.exp(log_mills)
 
 
-def _log_miss(a: Tensor) -> Tensor:
-    """log(1 - q), accurate for q near 0 and near 1."""
-    q = torch.erf(a / _SQRT2)
-    return torch.where(q < 0.5, torch.log1p(-q), torch.log(torch.erfc(a / _SQRT2)))
+def residual_variance(a: Tensor, max_attempts: int) -> Tensor:
+    """Final error variance / sigma^2: accepted and failed devices mixed by their shares."""
+    log_pf = max_attempts * log_miss(a)
+    return -torch.expm1(log_pf) * accepted_variance(a) + torch.exp(log_pf) * failed_second_moment(a)
 
 
 def _solve_increasing(
     ratio: Callable[[Tensor], Tensor], target: float
 ) -> tuple[float | None, float]:
-    """The a with ratio(a) = target on the branch where ratio increases (the larger a,
-    so fewer attempts), or None; and the lowest ratio reachable."""
+    """The a with ratio(a) = target on the branch where ratio increases (the larger a, so
+    fewer attempts), or None; and the lowest ratio reachable."""
     grid = torch.logspace(-6, math.log10(_A_MAX), 4001, dtype=torch.float64)
     values = ratio(grid)
     best = int(values.argmin())
@@ -254,130 +114,200 @@ def _solve_increasing(
     return 0.5 * (lo + hi), lowest
 
 
-# --- programming time ---------------------------------------------------------------
+# --- the loop's settings ---------------------------------------------------------------
 
 
-def programming_time(
-    sigma_plain: Tensor | float,
-    verified: Tensor,
-    devices_per_weight: int,
-    write_verify: WriteVerify,
-) -> float:
-    """Seconds to program the weights of ``verified`` (True = write-verify, else once).
+@dataclass(frozen=True)
+class WriteVerify:
+    """Settings of the write-verify loop, and its closed forms at a given sigma.
 
-    ``sigma_plain`` is the plain-write sigma, one number or one per weight (same shape).
+    ``tolerance`` is the acceptance window +-delta in device steps; None leaves it to the
+    device model, which solves it so that the residual is its ``sigma_verified``
+    (:meth:`resolved`). ``t_program`` and ``t_read`` are the seconds of one program
+    pulse and one verify read.
     """
-    return _layer_times(sigma_plain, verified, devices_per_weight, write_verify)[0]
+
+    tolerance: float | None = None
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    t_program: float = DEFAULT_T_PROGRAM
+    t_read: float = DEFAULT_T_READ
+
+    def __post_init__(self) -> None:
+        require(
+            self.tolerance is None
+            or (is_number(self.tolerance, finite=True) and self.tolerance > 0),
+            f"write-verify tolerance must be a number > 0 in device steps "
+            f"(got {self.tolerance!r}); e.g. 0.05",
+        )
+        require(
+            isinstance(self.max_attempts, int)
+            and not isinstance(self.max_attempts, bool)
+            and self.max_attempts >= 1,
+            f"max_attempts must be a whole number >= 1 (got {self.max_attempts!r}); e.g. 20",
+        )
+        for name in ("t_program", "t_read"):
+            value = getattr(self, name)
+            require(
+                is_number(value, finite=True) and value >= 0,
+                f"{name} must be a time in seconds >= 0 (got {value!r}); e.g. 100e-9",
+            )
+        require(self.t_program + self.t_read > 0,
+                "programming takes no time with t_program = 0 and t_read = 0; give one > 0")
+
+    @property
+    def attempt_time(self) -> float:
+        """Seconds of one verify attempt: a program pulse and a read."""
+        return self.t_program + self.t_read
+
+    def with_tolerance(self, tolerance: float) -> WriteVerify:
+        """The same loop with another tolerance."""
+        return replace(self, tolerance=float(tolerance))
+
+    def resolved(self, sigma: float, sigma_verified: float) -> WriteVerify:
+        """This loop, its tolerance solved from (sigma, sigma_verified) if it has none."""
+        if self.tolerance is not None:
+            return self
+        solved = WriteVerify.for_residual(sigma, sigma_verified, self.max_attempts,
+                                          self.t_program, self.t_read)
+        return self.with_tolerance(solved.tolerance)
+
+    @classmethod
+    def for_residual(
+        cls,
+        sigma: float,
+        target_residual: float,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        t_program: float = DEFAULT_T_PROGRAM,
+        t_read: float = DEFAULT_T_READ,
+        include_failures: bool = True,
+    ) -> WriteVerify:
+        """The loop whose final error has standard deviation ``target_residual``.
+
+        With ``include_failures`` (default) the target is :meth:`residual_sigma`, which
+        counts devices that run out of attempts; where two tolerances fit, the larger
+        (fewer attempts) is chosen. Without it the target is :meth:`accepted_sigma`.
+        """
+        _check_scalar_sigma(sigma, positive=True)
+        require(
+            is_number(target_residual) and 0 < target_residual < sigma,
+            f"target residual sigma must be between 0 and sigma={sigma} "
+            f"(got {target_residual!r}); write-verify can only reduce the spread",
+        )
+        probe = cls(None, max_attempts, t_program, t_read)  # validates the other settings
+
+        def ratio(a: Tensor) -> Tensor:
+            variance = residual_variance(a, max_attempts) if include_failures else (
+                accepted_variance(a))
+            return torch.sqrt(variance)
+
+        a, lowest = _solve_increasing(ratio, target_residual / sigma)
+        if a is None:
+            hint = (
+                f"raise max_attempts above {max_attempts} or pass include_failures=False"
+                if include_failures
+                else "ask for a larger target"
+            )
+            raise SwimkitError(
+                f"a residual sigma of {target_residual:.4g} is not reachable from "
+                f"sigma={sigma:.4g} with max_attempts={max_attempts} "
+                f"(the lowest is {lowest * sigma:.4g}); {hint}"
+            )
+        return probe.with_tolerance(a * sigma)
+
+    # --- closed forms at a sigma ---------------------------------------------------------
+
+    def acceptance(self, sigma: Sigma) -> Sigma:
+        """Probability q that one attempt lands within the tolerance."""
+        return self._apply(sigma, acceptance)
+
+    def expected_attempts(self, sigma: Sigma) -> Sigma:
+        """Mean number of program-and-read attempts per device."""
+        return self._apply(sigma, lambda a: expected_attempts(a, self.max_attempts))
+
+    def failure_probability(self, sigma: Sigma) -> Sigma:
+        """Probability that a device is still out of tolerance after max_attempts."""
+        return self._apply(sigma, lambda a: failure_probability(a, self.max_attempts))
+
+    def accepted_sigma(self, sigma: Sigma) -> Sigma:
+        """Standard deviation of the error of an accepted device (truncated normal)."""
+        return self._apply(sigma, lambda a: torch.sqrt(accepted_variance(a)), scale=True)
+
+    def residual_sigma(self, sigma: Sigma) -> Sigma:
+        """Standard deviation of the final error, devices that ran out of attempts included."""
+        return self._apply(
+            sigma, lambda a: torch.sqrt(residual_variance(a, self.max_attempts)), scale=True
+        )
+
+    def verify_time(self, sigma: Sigma) -> Sigma:
+        """Seconds to write-verify one device: E * (t_program + t_read)."""
+        return self._apply(
+            sigma, lambda a: expected_attempts(a, self.max_attempts) * self.attempt_time
+        )
+
+    def _apply(self, sigma: Sigma, fn: Callable[[Tensor], Tensor], scale: bool = False) -> Sigma:
+        if self.tolerance is None:
+            raise SwimkitError(
+                "this write-verify loop has no tolerance yet: give one, or use the loop of a "
+                "DeviceModel (device_model.loop), solved from its sigma_verified"
+            )
+        sig, restore = _prepare(sigma)
+        a = (self.tolerance / sig).clamp(_A_MIN, _A_MAX)
+        out = fn(a)
+        return restore(out * sig if scale else out)
 
 
-def verify_cost(
-    sigma_plain: Tensor | float, devices_per_weight: int, write_verify: WriteVerify
-) -> Tensor:
-    """Extra seconds of verifying each weight over writing it once (float64 tensor).
-
-    ``K * (E * (t_program + t_read) - t_program)``: the price of each weight in a
-    time-budget selection.
-    """
-    k = _check_devices(devices_per_weight)
-    sig, _ = _prepare(sigma_plain)
-    wv = write_verify
-    return k * (wv.expected_attempts(sig) * (wv.t_program + wv.t_read) - wv.t_program)
+# --- pricing a plan ------------------------------------------------------------------------
 
 
 @dataclass
 class ProgrammingReport:
-    """Modelled programming time of a plan against verifying all or nothing (seconds)."""
+    """Modelled programming time of a plan against verifying all or nothing.
 
-    time_plan: float
-    time_full_verify: float
-    time_no_verify: float
+    Times in seconds; ``speedup`` = full-verify time / plan time; the fractions are shares
+    in [0, 1] of the weights (any device verified) and of the devices verified.
+    """
+
+    time_plan_s: float
+    time_full_verify_s: float
+    time_no_verify_s: float
     speedup: float
     fraction_verified: float
+    devices_fraction_verified: float
+
+    @property
+    def max_speedup(self) -> float:
+        """The speedup of writing every device once (the model's cap)."""
+        return self.time_full_verify_s / self.time_no_verify_s
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def programming_report(
-    sigma_plain: Mapping[str, Tensor | float] | Tensor | float,
-    masks: Mapping[str, Tensor],
-    devices_per_weight: int,
-    write_verify: WriteVerify,
-) -> ProgrammingReport:
-    """Sum the programming time of a plan (layer name -> verify mask) over its layers.
+def price(levels: Tensor, option_times: Tensor) -> float:
+    """Seconds to program devices at option ``levels`` (uint8, ``(*shape, K)``).
 
-    ``sigma_plain`` is one sigma for every weight, or a dict layer name -> sigma (a float
-    or a per-weight tensor shaped like that layer's mask).
+    ``option_times`` gives each option's seconds per device: shape ``(O,)`` for every
+    device alike, or ``(*shape, O)`` per weight (value-dependent devices).
     """
-    require(bool(masks), "the plan has no layers; give at least one verify mask")
-    plan = full = none = 0.0
-    count = total = 0
-    for name, mask in masks.items():
-        if isinstance(sigma_plain, Mapping):
-            require(
-                name in sigma_plain,
-                f"no plain-write sigma for layer {name!r}; give one for every layer of the plan",
-            )
-            sig = sigma_plain[name]
-        else:
-            sig = sigma_plain
-        times = _layer_times(sig, mask, devices_per_weight, write_verify)
-        plan, full, none = plan + times[0], full + times[1], none + times[2]
-        count += int(mask.sum())
-        total += mask.numel()
-    require(
-        plan > 0,
-        "the plan takes no programming time (t_program = 0 and nothing verified); "
-        "set t_program > 0 to get a speedup",
-    )
-    return ProgrammingReport(
-        time_plan=plan,
-        time_full_verify=full,
-        time_no_verify=none,
-        speedup=full / plan,
-        fraction_verified=count / total if total else 0.0,
-    )
+    if option_times.dim() == 1:
+        counts = torch.bincount(levels.reshape(-1).long(), minlength=option_times.numel())
+        return float((counts.double() * option_times.double()).sum())
+    per_device = torch.gather(option_times.double(), -1, levels.long())
+    return float(per_device.sum())
 
 
-def _layer_times(
-    sigma_plain: Tensor | float, verified: Tensor, devices_per_weight: int, wv: WriteVerify
-) -> tuple[float, float, float]:
-    """(plan, all verified, none verified) seconds for one mask."""
-    k = _check_devices(devices_per_weight)
-    require(
-        isinstance(verified, Tensor) and verified.dtype == torch.bool,
-        "a verify mask must be a bool tensor (True = write-verify the weight)",
-    )
-    sig, _ = _prepare(sigma_plain)
-    require(
-        sig.numel() == 1 or sig.shape == verified.shape,
-        f"per-weight sigma shaped {tuple(sig.shape)} does not match the verify mask "
-        f"shaped {tuple(verified.shape)}; give one sigma or one per weight",
-    )
-    n = verified.numel()
-    verify_time = wv.expected_attempts(sig.reshape(()) if sig.numel() == 1 else sig)
-    verify_time = verify_time.to(verified.device) * (wv.t_program + wv.t_read)
-    none = k * n * wv.t_program
-    if sig.numel() == 1:
-        count = int(verified.sum())
-        each = float(verify_time)
-        return k * (count * each + (n - count) * wv.t_program), k * n * each, none
-    plan = k * float(torch.where(verified, verify_time, wv.t_program).sum())
-    return plan, k * float(verify_time.sum()), none
+def weight_level_price(levels: Tensor, option_times: Tensor, devices: int) -> float:
+    """Seconds for a weight-level plan: all K devices of a weight at its option ``levels``
+    (one per weight; 0 = plain write). The closed form K * sum_i t(option_i)."""
+    if option_times.dim() == 1:
+        counts = torch.bincount(levels.reshape(-1).long(), minlength=option_times.numel())
+        return devices * sum(int(c) * float(t) for c, t in zip(counts, option_times, strict=False)
+                             if int(c))
+    per_weight = torch.gather(option_times, -1, levels.long().unsqueeze(-1)).squeeze(-1)
+    return devices * float(per_weight.double().sum())
 
 
-def _check_devices(devices_per_weight: int) -> int:
-    require(
-        isinstance(devices_per_weight, int)
-        and not isinstance(devices_per_weight, bool)
-        and devices_per_weight >= 1,
-        f"devices_per_weight must be a whole number >= 1 (got {devices_per_weight!r}); "
-        "e.g. 8 for 8-bit weights on 1-bit devices",
-    )
-    return devices_per_weight
-
-
-# --- helpers ------------------------------------------------------------------------
+# --- helpers -------------------------------------------------------------------------------
 
 
 def _prepare(sigma: float | Tensor) -> tuple[Tensor, Callable[[Tensor], Any]]:
@@ -395,7 +325,7 @@ def _prepare(sigma: float | Tensor) -> tuple[Tensor, Callable[[Tensor], Any]]:
 
 
 def _check_scalar_sigma(sigma: object, positive: bool = False) -> None:
-    ok = is_number(sigma) and math.isfinite(sigma) and (sigma > 0 if positive else sigma >= 0)
+    ok = is_number(sigma, finite=True) and (sigma > 0 if positive else sigma >= 0)
     bound = "> 0" if positive else ">= 0"
     if not ok:
         raise SwimkitError(
@@ -403,3 +333,15 @@ def _check_scalar_sigma(sigma: object, positive: bool = False) -> None:
         )
 
 
+__all__ = [
+    "ProgrammingReport",
+    "WriteVerify",
+    "accepted_variance",
+    "acceptance",
+    "expected_attempts",
+    "failed_second_moment",
+    "failure_probability",
+    "price",
+    "residual_variance",
+    "weight_level_price",
+]

@@ -1,0 +1,320 @@
+"""Write-verify plans: how every device of every device weight is programmed.
+
+A weight is stored on K devices (:mod:`swimkit.slicing`). A plan gives each device a
+*level*: 0 = a plain write, k >= 1 = write-verify with tolerance ``menu[k - 1]`` (device
+steps). ``levels[name]`` is a uint8 tensor shaped ``(*weight.shape, K)``, most significant
+device first. ``menu`` None stands for one option, the device model's own loop (the
+tolerance that reaches its ``sigma_verified``): a bool mask per weight is the special
+case "no device, or all K devices at that tolerance", so weight-level methods and files
+written by earlier versions keep their meaning.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Mapping
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .errors import SwimkitError, is_number, require
+from .programming import ProgrammingReport
+from .storage import atomic_save, atomic_write, atomic_write_text, load_kind
+
+PLAN_KIND = "swimkit.plan"
+PLAN_VERSION = 2
+MAX_OPTIONS = 255
+
+
+def check_menu(menu: object) -> tuple[float, ...] | None:
+    """``menu`` as a tuple of tolerances > 0 (or None), with a clear error otherwise."""
+    if menu is None:
+        return None
+    try:
+        values = tuple(float(t) for t in menu)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        raise SwimkitError(
+            f"a tolerance menu must be a list of numbers in device steps (got {menu!r}); "
+            "e.g. [0.45, 0.3, 0.2, 0.1, 0.052]"
+        ) from None
+    require(0 < len(values) <= MAX_OPTIONS,
+            f"a tolerance menu needs 1 to {MAX_OPTIONS} tolerances (got {len(values)})")
+    require(all(is_number(t, finite=True) and t > 0 for t in values),
+            f"every tolerance must be a number > 0 in device steps (got {list(values)})")
+    return values
+
+
+class Plan:
+    """Per-device programming levels of a model's device weights.
+
+    Build one from ``levels`` (uint8, ``(*shape, K)``) and a ``menu`` of tolerances, or
+    from bool ``masks`` (True = write-verify every device of the weight; ``K`` then comes
+    from ``devices_per_weight``, default 8). ``programming`` holds the modelled time when
+    the plan was priced; ``meta`` anything a method reports (its cost, its settings).
+    """
+
+    def __init__(
+        self,
+        masks: Mapping[str, Tensor] | None = None,
+        method: str = "manual",
+        *,
+        levels: Mapping[str, Tensor] | None = None,
+        menu: tuple[float, ...] | list[float] | None = None,
+        devices_per_weight: int | None = None,
+        requested: dict[str, Any] | None = None,
+        programming: ProgrammingReport | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> None:
+        require((masks is None) != (levels is None),
+                "a plan needs either masks (one bool per weight) or levels (one per device)")
+        self.method = method
+        self.menu = check_menu(menu)
+        self.requested = dict(requested or {})
+        self.programming = programming
+        self.meta = dict(meta or {})
+        if masks is not None:
+            k = 8 if devices_per_weight is None else int(devices_per_weight)
+            require(k >= 1, f"devices_per_weight must be >= 1 (got {devices_per_weight!r})")
+            require(self.menu is None or len(self.menu) == 1,
+                    "a plan from bool masks verifies at one tolerance: give a menu of one")
+            self.levels = {name: _levels_of_mask(name, m, k) for name, m in masks.items()}
+        else:
+            assert levels is not None
+            self.levels = {name: _check_levels(name, v) for name, v in levels.items()}
+            ks = {v.shape[-1] for v in self.levels.values()}
+            require(len(ks) <= 1, "every layer of a plan must have the same devices per weight")
+            if devices_per_weight is not None:
+                require(ks <= {devices_per_weight},
+                        f"levels have {ks} devices per weight, not {devices_per_weight}")
+            self._check_menu_covers_levels()
+
+    # --- construction helpers ------------------------------------------------------------
+
+    @classmethod
+    def uniform(cls, weights: Mapping[str, Tensor], verify: bool,
+                devices_per_weight: int | None = None) -> Plan:
+        """No weight verified (``verify=False``) or every weight verified.
+
+        ``weights`` maps names to tensors shaped like the weights (e.g. their values).
+        """
+        masks = {
+            k: torch.full(v.shape, verify, dtype=torch.bool, device=v.device)
+            for k, v in weights.items()
+        }
+        return cls(masks=masks, method="all" if verify else "none",
+                   devices_per_weight=devices_per_weight)
+
+    def _check_menu_covers_levels(self) -> None:
+        options = 1 if self.menu is None else len(self.menu)
+        highest = max((int(v.max()) for v in self.levels.values() if v.numel()), default=0)
+        require(highest <= options,
+                f"a plan level of {highest} needs a menu of at least {highest} tolerances "
+                f"(the menu has {options})")
+
+    # --- what the plan holds -------------------------------------------------------------
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.levels)
+
+    @property
+    def devices_per_weight(self) -> int:
+        return next(iter(self.levels.values())).shape[-1] if self.levels else 0
+
+    @property
+    def options(self) -> int:
+        """Number of verify options (tolerances) the levels refer to."""
+        return 1 if self.menu is None else len(self.menu)
+
+    @cached_property
+    def masks(self) -> dict[str, Tensor]:
+        """True where any device of the weight is write-verified."""
+        return {name: _first_device(v) > 0 if _same_on_every_device(v) else v.amax(-1) > 0
+                for name, v in self.levels.items()}
+
+    @cached_property
+    def weight_level(self) -> bool:
+        """True if the devices of every weight share one level (a weight-level plan)."""
+        return all(_same_on_every_device(v) or bool((v.amin(-1) == v.amax(-1)).all())
+                   for v in self.levels.values())
+
+    @property
+    def weights_total(self) -> int:
+        return sum(m.numel() for m in self.masks.values())
+
+    @property
+    def weights_verified(self) -> int:
+        return int(sum(int(m.sum()) for m in self.masks.values()))
+
+    @property
+    def fraction_verified(self) -> float:
+        total = self.weights_total
+        return self.weights_verified / total if total else 0.0
+
+    @property
+    def devices_total(self) -> int:
+        return self.weights_total * self.devices_per_weight
+
+    @property
+    def devices_verified(self) -> int:
+        if self.weight_level:
+            return self.weights_verified * self.devices_per_weight
+        return int(sum(int((v > 0).sum()) for v in self.levels.values()))
+
+    @property
+    def devices_fraction_verified(self) -> float:
+        total = self.devices_total
+        return self.devices_verified / total if total else 0.0
+
+    def option_counts(self) -> dict[str, list[int]]:
+        """Per layer, how many devices sit at each level (index 0 = plain write)."""
+        out = {}
+        for name, v in self.levels.items():
+            if _same_on_every_device(v):
+                counts = torch.bincount(_first_device(v).reshape(-1).long(),
+                                        minlength=self.options + 1) * v.shape[-1]
+            else:
+                counts = torch.bincount(v.reshape(-1).long(), minlength=self.options + 1)
+            out[name] = [int(c) for c in counts]
+        return out
+
+    def per_layer(self) -> dict[str, dict[str, Any]]:
+        """Per layer: weights verified, their fraction, devices verified and per option."""
+        counts = self.option_counts()
+        return {
+            name: {
+                "weights": m.numel(),
+                "weights_verified": int(m.sum()),
+                "fraction_verified": float(m.float().mean()) if m.numel() else 0.0,
+                "devices": m.numel() * self.devices_per_weight,
+                "devices_verified": sum(counts[name][1:]),
+                "devices_per_option": counts[name],
+            }
+            for name, m in self.masks.items()
+        }
+
+    def summary(self) -> dict[str, Any]:
+        """What a programming flow needs to know at a glance, JSON-ready."""
+        return {
+            "method": self.method,
+            "menu_tolerances": list(self.menu) if self.menu is not None else None,
+            "devices_per_weight": self.devices_per_weight,
+            "weights_total": self.weights_total,
+            "weights_verified": self.weights_verified,
+            "fraction_verified": self.fraction_verified,
+            "devices_verified": self.devices_verified,
+            "devices_fraction_verified": self.devices_fraction_verified,
+            "requested": self.requested,
+            "programming": self.programming.to_dict() if self.programming else None,
+            "layers": self.per_layer(),
+            "meta": self.meta,
+        }
+
+    # --- files -----------------------------------------------------------------------------
+
+    def save(self, path: str | Path) -> Path:
+        """Write the plan as a torch file, atomically (bool masks when weight-level)."""
+        payload: dict[str, Any] = {
+            "kind": PLAN_KIND,
+            "version": PLAN_VERSION,
+            "method": self.method,
+            "menu": list(self.menu) if self.menu is not None else None,
+            "devices_per_weight": self.devices_per_weight,
+            "requested": self.requested,
+            "programming": self.programming.to_dict() if self.programming else None,
+            "meta": self.meta,
+        }
+        if self.weight_level and self.options == 1:
+            payload["masks"] = {k: v.cpu() for k, v in self.masks.items()}
+        else:
+            payload["levels"] = {k: v.cpu().contiguous() for k, v in self.levels.items()}
+        return atomic_save(payload, path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Plan:
+        data = load_kind(path, PLAN_KIND, "write-verify plan")
+        report = data.get("programming")
+        common = {
+            "method": data["method"],
+            "menu": data.get("menu"),
+            "devices_per_weight": data.get("devices_per_weight"),
+            "requested": data.get("requested", {}),
+            "programming": ProgrammingReport(**report) if report else None,
+            "meta": data.get("meta", {}),
+        }
+        if "levels" in data:
+            return cls(levels=data["levels"], **common)
+        return cls(masks=data["masks"], **common)
+
+    def export_npz(self, path: str | Path) -> Path:
+        """A NumPy ``.npz`` for a programming flow.
+
+        One uint8 array per layer, shaped ``(*weight.shape, K)``: 0 = plain write, k =
+        write-verify to ``menu[k - 1]`` device steps. The array ``menu`` holds the
+        tolerances (empty when the plan uses the device model's own loop; its tolerance
+        is then in the summary).
+        """
+        arrays = {k: v.cpu().contiguous().numpy() for k, v in self.levels.items()}
+        arrays["menu"] = np.asarray(self.menu if self.menu is not None else [], dtype=np.float64)
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as fh:
+                np.savez_compressed(fh, **arrays)
+
+        return atomic_write(path, write)
+
+    def export_summary(self, path: str | Path) -> Path:
+        """The per-layer summary as JSON (``.json``) or CSV (``.csv``), atomically."""
+        path = Path(path)
+        suffix = path.suffix.lower()
+        require(suffix in (".json", ".csv"),
+                f"a plan summary is written as .json or .csv (got {path.name!r})")
+        if suffix == ".json":
+            return atomic_write_text(json.dumps(self.summary(), indent=2) + "\n", path)
+        return atomic_write_text(self._summary_csv(), path)
+
+    def _summary_csv(self) -> str:
+        buffer = io.StringIO()
+        options = [f"devices_at_{t:g}" for t in (self.menu or ())] or ["devices_verified_default"]
+        writer = csv.writer(buffer)
+        writer.writerow(["layer", "weights", "weights_verified", "devices", "devices_plain",
+                         *options])
+        for name, row in self.per_layer().items():
+            writer.writerow([name, row["weights"], row["weights_verified"], row["devices"],
+                             *row["devices_per_option"]])
+        return buffer.getvalue()
+
+    def __repr__(self) -> str:
+        return (f"Plan(method={self.method!r}, weights {self.weights_verified:,}/"
+                f"{self.weights_total:,} verified, devices {self.devices_verified:,}/"
+                f"{self.devices_total:,}, menu={self.menu})")
+
+
+def _levels_of_mask(name: str, mask: Tensor, devices: int) -> Tensor:
+    require(isinstance(mask, Tensor) and mask.dtype == torch.bool,
+            f"the verify mask of {name} must be a bool tensor (True = write-verify)")
+    return mask.to(torch.uint8).unsqueeze(-1).expand(*mask.shape, devices)
+
+
+def _check_levels(name: str, levels: Tensor) -> Tensor:
+    require(isinstance(levels, Tensor) and levels.dtype == torch.uint8 and levels.dim() >= 1,
+            f"the levels of {name} must be a uint8 tensor shaped (*weight.shape, K)")
+    return levels
+
+
+def _same_on_every_device(levels: Tensor) -> bool:
+    """True when the levels are one value per weight broadcast over the K devices."""
+    return levels.shape[-1] == 1 or levels.stride(-1) == 0
+
+
+def _first_device(levels: Tensor) -> Tensor:
+    return levels[..., 0]
+
+
+__all__ = ["Plan", "check_menu"]
