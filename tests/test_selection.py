@@ -9,7 +9,7 @@ from torch import nn
 
 import swimkit
 from swimkit.programming import WriteVerify
-from swimkit.selection import _top_k
+from swimkit.selection import top_k
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,7 @@ def test_global_threshold_not_per_layer(lenet_and_sens):
     highest_out = max(float(scores[k][~m].max()) for k, m in plan.masks.items() if (~m).any())
     assert lowest_in >= highest_out
     per_layer = plan.per_layer()
-    assert len({round(v["fraction"], 3) for v in per_layer.values()}) > 1
+    assert len({round(v["fraction_verified"], 3) for v in per_layer.values()}) > 1
 
 
 def test_magnitude_picks_largest_normalised_weights():
@@ -79,8 +79,8 @@ def test_variance_ranks_like_second_when_sigma_is_uniform(lenet_and_sens):
     model, sens = lenet_and_sens
     device = swimkit.DeviceModel(sigma=0.3, sigma_verified=0.03)
     for fraction in (0.01, 0.1, 0.37):
-        a = swimkit.select(model, sens, fraction=fraction, method="variance", device=device)
-        b = swimkit.select(model, sens, fraction=fraction, method="second", device=device)
+        a = swimkit.select(model, sens, fraction=fraction, method="variance", device_model=device)
+        b = swimkit.select(model, sens, fraction=fraction, method="second", device_model=device)
         assert all(torch.equal(a.masks[k], b.masks[k]) for k in a.masks)
 
 
@@ -90,8 +90,18 @@ def test_uswim_weights_by_variation_factor(lenet_and_sens):
     swim = swimkit.select(model, sens, fraction=0.1, method="swim")
     assert all(torch.equal(uniform.masks[k], swim.masks[k]) for k in swim.masks)
     band = swimkit.DeviceModel(variation="band:3")
-    banded = swimkit.select(model, sens, fraction=0.1, method="uswim", device=band)
+    banded = swimkit.select(model, sens, fraction=0.1, method="uswim", device_model=band)
     assert any(not torch.equal(banded.masks[k], swim.masks[k]) for k in swim.masks)
+    # the first release's formula: alpha |S| sigma_i / sigma + |w_hat| (same top set)
+    flat, legacy = [], []
+    for k, value in model.state_dict().items():
+        if k in sens.names:
+            w_hat = value / sens.scale[k]
+            factor = band.weight_sigma(value, sens.scale[k]) / band.sigma
+            legacy.append((1e6 * sens.combined[k].abs() * factor + w_hat.abs()).reshape(-1))
+            flat.append(banded.masks[k].reshape(-1))
+    legacy_mask = top_k(torch.cat(legacy), int(torch.cat(flat).sum()))
+    assert torch.equal(legacy_mask, torch.cat(flat))
 
 
 def test_top_k_beyond_float_quantile_limit():
@@ -99,7 +109,7 @@ def test_top_k_beyond_float_quantile_limit():
     n = 20_000_000
     scores = torch.rand(n, generator=torch.Generator().manual_seed(0))
     k = round(0.1 * n)
-    mask = _top_k(scores, k)
+    mask = top_k(scores, k)
     assert int(mask.sum()) == k
     assert float(scores[mask].min()) >= float(scores[~mask].max())
 
@@ -116,27 +126,27 @@ def test_speedup_budget(lenet_and_sens):
     device = swimkit.DeviceModel()
     wv = WriteVerify(0.05, max_attempts=100)
     for speedup in (1.0, 2.0, 5.0):
-        plan = swimkit.select(model, sens, speedup=speedup, device=device, write_verify=wv)
+        plan = swimkit.select(model, sens, speedup=speedup, device_model=device, write_verify=wv)
         assert plan.programming.speedup >= speedup * (1 - 1e-9)
         # one more verified weight would break the budget
-        per_weight = plan.programming.time_full_verify - plan.programming.time_no_verify
+        per_weight = plan.programming.time_full_verify_s - plan.programming.time_no_verify_s
         per_weight /= plan.weights_total
-        slower = plan.programming.time_plan + per_weight
-        assert plan.programming.time_full_verify / slower < speedup or plan.fraction_verified == 1
-    top = swimkit.select(model, sens, speedup=5.0, device=device, write_verify=wv)
+        slower = plan.programming.time_plan_s + per_weight
+        assert plan.programming.time_full_verify_s / slower < speedup or plan.fraction_verified == 1
+    top = swimkit.select(model, sens, speedup=5.0, device_model=device, write_verify=wv)
     by_fraction = swimkit.select(model, sens, fraction=top.fraction_verified)
     assert all(torch.equal(top.masks[k], by_fraction.masks[k]) for k in top.masks)
     with pytest.raises(swimkit.SwimkitError, match="speedup"):
-        swimkit.select(model, sens, speedup=1e6, device=device, write_verify=wv)
+        swimkit.select(model, sens, speedup=1e6, device_model=device, write_verify=wv)
 
 
 def test_time_budget_in_seconds(lenet_and_sens):
     model, sens = lenet_and_sens
     wv = WriteVerify(0.05, max_attempts=100)
     full = swimkit.select(model, sens, fraction=1.0, write_verify=wv).programming
-    budget = 0.5 * (full.time_no_verify + full.time_full_verify)
+    budget = 0.5 * (full.time_no_verify_s + full.time_full_verify_s)
     plan = swimkit.select(model, sens, time_budget=budget, write_verify=wv)
-    assert plan.programming.time_plan <= budget
+    assert plan.programming.time_plan_s <= budget
     assert plan.fraction_verified == pytest.approx(0.5, abs=1e-4)
 
 
@@ -167,8 +177,11 @@ def test_plan_save_load_and_npz(lenet_and_sens, tmp_path):
     assert back.programming == plan.programming and back.method == "swim"
     plan.export_npz(tmp_path / "plan.npz")
     arrays = np.load(tmp_path / "plan.npz")
-    assert set(arrays.files) == set(plan.masks)
-    assert all((arrays[k] == plan.masks[k].numpy()).all() for k in plan.masks)
+    assert set(arrays.files) == {*plan.masks, "menu"}
+    assert arrays["menu"].tolist() == [] and plan.menu is None
+    for k, mask in plan.masks.items():
+        assert arrays[k].dtype == np.uint8 and arrays[k].shape == (*mask.shape, 8)
+        assert (arrays[k] == mask.numpy()[..., None]).all()
     with pytest.raises(swimkit.SwimkitError, match="not a swimkit write-verify plan"):
         swimkit.Plan.load(tmp_path / "plan.npz")
 

@@ -1,0 +1,262 @@
+"""Choosing what to write-verify, under a fraction or a programming-time budget.
+
+Weight-level *score methods* (``swim``, ``second``, ``magnitude``, ``random``, ``uswim``,
+``variance``, or one you register) score every weight; the weights with the highest
+scores over all layers together are verified, all K devices of a weight at one
+tolerance. *Planners* decide device by device: ``allocate`` spends the budget on single
+devices and on a menu of tolerances where the predicted loss falls fastest per second,
+``learned`` learns the per-device choice under sampled device errors.
+
+Budgets: a ``fraction`` (of the weights; of the devices for planners), a ``speedup``
+over verifying every weight with the device's own loop, or a ``time_budget`` in seconds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from torch import Tensor, nn
+
+from ..devices import DeviceModel, NoiseModel
+from ..errors import SwimkitError, require
+from ..mapping import DeviceWeight, device_weights, effective_weights, safe_scale, weight_scales
+from ..plans import Plan, check_menu
+from ..programming import WriteVerify
+from ..sensitivity import Sensitivity
+from . import builtin as _builtin  # noqa: F401 - registers the built-in methods
+from .budget import FlatScores, top_k, weight_costs
+from .registry import (
+    METHODS,
+    SWIM_ALPHA,
+    Budget,
+    Method,
+    ScoreInputs,
+    needs_sensitivity,
+    register_method,
+    register_planner,
+)
+
+
+@dataclass
+class Scores:
+    """One score method's score for every device weight, ready to cut at any budget.
+
+    Computing scores once and cutting them many times (a sweep over budgets, a search)
+    avoids recomputing them per budget.
+    """
+
+    method: str
+    inputs: ScoreInputs
+    flat: FlatScores
+
+    @property
+    def scores(self) -> dict[str, Tensor]:
+        return self.flat.scores
+
+    @property
+    def total(self) -> int:
+        return self.flat.total
+
+
+def inputs_for(
+    model: nn.Module,
+    sens: Sensitivity | None,
+    method: Method,
+    *,
+    device_model: NoiseModel | None = None,
+    write_verify: WriteVerify | None = None,
+    tolerances: Sequence[float] | None = None,
+    data: Iterable[tuple[Tensor, Tensor]] | None = None,
+    seed: int = 0,
+    alpha: float = SWIM_ALPHA,
+    layers: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
+    options: Mapping[str, Any] | None = None,
+) -> ScoreInputs:
+    """What ``method`` is given about the device weights of ``model``."""
+    if method.needs_sensitivity and sens is None:
+        raise SwimkitError(f"method {method.name!r} needs sensitivities: run the sensitivity pass")
+    if method.needs_data and data is None:
+        raise SwimkitError(f"method {method.name!r} learns on data: pass data= (training "
+                           "batches of (x, y))")
+    weights = _chosen_weights(model, sens, layers, exclude)
+    values = effective_weights(weights)
+    scales = weight_scales(values)
+    if sens is not None and method.needs_sensitivity:
+        _check_shapes(sens, values)
+    device_model = device_model if device_model is not None else DeviceModel()
+    if write_verify is not None:
+        require(isinstance(device_model, DeviceModel),
+                "write_verify= applies to a swimkit.DeviceModel; set the loop on your model")
+        device_model = replace(device_model, write_verify=write_verify)
+    return ScoreInputs(
+        sensitivity=sens, values=values,
+        normalised={k: v / safe_scale(scales[k]) for k, v in values.items()},
+        scales=scales, device_model=device_model, seed=seed, alpha=alpha, model=model,
+        weights=weights, menu=check_menu(tolerances), data=data, options=dict(options or {}),
+    )
+
+
+def score(
+    model: nn.Module,
+    sens: Sensitivity | None,
+    method: str = "swim",
+    **settings: Any,
+) -> Scores:
+    """Scores of a weight-level ``method`` for the device weights of ``model``.
+
+    ``settings`` are those of :func:`select` but the budget.
+    """
+    entry = METHODS.get(method)
+    require(entry.score is not None,
+            f"method {entry.name!r} plans device by device and has no per-weight score; "
+            "use select()")
+    inputs = inputs_for(model, sens, entry, **settings)
+    raw = entry.score(inputs)
+    missing = [k for k in inputs.values if k not in raw]
+    require(not missing, f"method {entry.name!r} gave no score for {missing[:1]}")
+    for name, value in inputs.values.items():
+        require(tuple(raw[name].shape) == tuple(value.shape),
+                f"method {entry.name!r} gave a score shaped {tuple(raw[name].shape)} for "
+                f"{name}, whose weight is {tuple(value.shape)}")
+    return Scores(entry.name, inputs, FlatScores({k: raw[k] for k in inputs.values}))
+
+
+def select(
+    model: nn.Module,
+    sens: Sensitivity | None,
+    fraction: float | None = None,
+    method: str = "swim",
+    *,
+    speedup: float | None = None,
+    time_budget: float | None = None,
+    device_model: NoiseModel | None = None,
+    write_verify: WriteVerify | None = None,
+    tolerances: Sequence[float] | None = None,
+    data: Iterable[tuple[Tensor, Tensor]] | None = None,
+    seed: int = 0,
+    alpha: float = SWIM_ALPHA,
+    layers: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
+    options: Mapping[str, Any] | None = None,
+) -> Plan:
+    """Choose how to program the devices of ``model``.
+
+    Give exactly one budget: ``fraction`` (of the weights; of the devices for the
+    device-level methods ``allocate`` and ``learned``), a ``speedup`` over verifying every
+    weight, or a ``time_budget`` in seconds. ``device_model`` (default
+    :class:`~swimkit.DeviceModel`) prices the plan; ``write_verify`` replaces its loop;
+    ``tolerances`` is the menu of tolerances (device steps) a device may be verified to
+    (weight-level methods take one). ``sens`` may be None for methods that need none;
+    ``data`` (training batches) is for ``learned``. ``layers`` / ``exclude`` choose the
+    layers on devices (default: those of ``sens``).
+    """
+    budget = make_budget(fraction, speedup, time_budget)
+    entry = METHODS.get(method)
+    settings = {"device_model": device_model, "write_verify": write_verify,
+                "tolerances": tolerances, "data": data, "seed": seed, "alpha": alpha,
+                "layers": layers, "exclude": exclude, "options": options}
+    if entry.planner is not None:
+        inputs = inputs_for(model, sens, entry, **settings)
+        return finish(entry.planner(inputs, budget), inputs, budget, entry.name)
+    require(tolerances is None or len(tolerances) == 1,
+            f"method {entry.name!r} verifies whole weights at one tolerance; give one "
+            "tolerance, or use method='allocate' for a menu")
+    return cut(score(model, sens, entry.name, **settings), budget)
+
+
+def make_budget(fraction: float | None, speedup: float | None,
+                time_budget: float | None) -> Budget:
+    """The one budget given, or a clear error."""
+    given = [(k, v) for k, v in (("fraction", fraction), ("speedup", speedup),
+                                 ("time_budget", time_budget)) if v is not None]
+    require(len(given) == 1,
+            "give exactly one budget: a fraction, a speedup or a time budget (seconds)")
+    return Budget(*given[0])
+
+
+def cut(scores: Scores, budget: Budget | float | None = None, **budgets: float) -> Plan:
+    """The plan verifying the best-scored weights within one budget.
+
+    ``budget`` is a :class:`Budget` or a fraction; ``speedup=`` / ``time_budget=`` also work.
+    """
+    if not isinstance(budget, Budget):
+        budget = make_budget(budget, budgets.get("speedup"), budgets.get("time_budget"))
+    inputs = scores.inputs
+    dm = inputs.device_model
+    if budget.kind == "fraction":
+        flat = scores.flat.top_fraction(budget.value)
+    else:
+        times = {k: _option_times(dm, v, inputs.scales[k], inputs.menu)
+                 for k, v in inputs.values.items()}
+        costs = weight_costs(times, {k: v.shape for k, v in inputs.values.items()},
+                             dm.devices_per_weight)
+        flat = scores.flat.within_time(costs, budget)
+    plan = Plan(masks=scores.flat.masks(flat), method=scores.method, menu=inputs.menu,
+                devices_per_weight=getattr(dm, "devices_per_weight", None))
+    return finish(plan, inputs, budget, scores.method)
+
+
+def finish(plan: Plan, inputs: ScoreInputs, budget: Budget, method: str) -> Plan:
+    """Record the request, and the modelled programming time when it can be modelled."""
+    plan.method = method
+    plan.requested = budget.describe()
+    report = getattr(inputs.device_model, "programming_report", None)
+    if report is not None:
+        try:
+            plan.programming = report(inputs.values, inputs.scales, plan)
+        except SwimkitError:
+            if budget.kind != "fraction":
+                raise
+    return plan
+
+
+def _option_times(device_model: NoiseModel, value: Tensor, scale: Tensor,
+                  menu: tuple[float, ...] | None) -> Tensor:
+    option_times = getattr(device_model, "option_times", None)
+    if option_times is None:
+        raise SwimkitError(
+            f"a time budget needs a device model that prices programming "
+            f"({type(device_model).__name__} has no option_times); give a fraction instead"
+        )
+    return option_times(value, scale, menu)
+
+
+def _chosen_weights(
+    model: nn.Module,
+    sens: Sensitivity | None,
+    layers: Sequence[str] | None,
+    exclude: Sequence[str] | None,
+) -> dict[str, DeviceWeight]:
+    if sens is None or layers or exclude:
+        weights = device_weights(model, layers=layers, exclude=exclude)
+        missing = [n for n in weights if sens is not None and n not in sens.second]
+        if missing:
+            raise SwimkitError(
+                f"the sensitivities have no {missing[0]}: compute them for the same layers"
+            )
+        return weights
+    every = device_weights(model)
+    missing = [n for n in sens.names if n not in every]
+    if missing:
+        raise SwimkitError(
+            f"the sensitivities name weights the model does not have ({missing[0]!r}); "
+            "compute them for this model"
+        )
+    return {n: every[n] for n in sens.names}
+
+
+def _check_shapes(sens: Sensitivity, values: Mapping[str, Tensor]) -> None:
+    for name, value in values.items():
+        if tuple(sens.second[name].shape) != tuple(value.shape):
+            raise SwimkitError(
+                f"sensitivity of {name} has shape {tuple(sens.second[name].shape)} but the "
+                f"weight has {tuple(value.shape)}: recompute the sensitivities for this model"
+            )
+
+
+__all__ = ["METHODS", "SWIM_ALPHA", "Budget", "Method", "ScoreInputs", "Scores", "cut",
+           "inputs_for", "make_budget", "needs_sensitivity", "register_method",
+           "register_planner", "score", "select", "top_k"]

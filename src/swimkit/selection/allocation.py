@@ -1,0 +1,365 @@
+"""Method ``allocate``: verify time spent device by device and tolerance by tolerance.
+
+Predicted loss increase (second order, independent zero-mean errors):
+
+    E[dL] = 1/2 sum_i h_i Var_i,   Var_i = sum_j 4^(-j m) v(o_ij),
+
+where o_ij is the option of device j of weight i (plain write, or write-verify to one
+tolerance of the menu) and v(o) its variance. Each option also has a time c(o). Per
+device, only the options on the lower convex hull of the (c, v) points can be optimal;
+taking hull steps (from the cheaper to the next point) in decreasing order of
+
+    h_i * 4^(-j m) * (v_before - v_after) / (c_after - c_before)
+
+until the budget is spent is the optimum of the relaxed problem, and the efficiency of
+a device's steps falls along its hull, so each device climbs its own hull in order. The
+most significant devices, with the largest 4^(-j m), get the tightest tolerances first.
+
+The greedy is done without listing the steps: the time of all steps above an efficiency
+threshold is a sum of counts over sorted h (one sort per hull step), so the threshold
+that spends the budget is found by bisection, and the few steps at the threshold are
+taken in order until the budget is exactly spent (to within one device step).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..errors import SwimkitError, check_fraction, require
+from ..plans import Plan, check_menu
+from .budget import time_budget_seconds, top_k
+from .registry import Budget, ScoreInputs
+
+#: Default menu: tolerances as multiples of the plain-write sigma, above the device's own
+#: (tightest) tolerance, which always closes the menu.
+MENU_FACTORS = (1.5, 1.0, 2 / 3, 0.5, 1 / 3)
+
+
+def default_menu(device_model) -> tuple[float, ...]:
+    """A handful of tolerances from loose (1.5 sigma) to the device model's own loop."""
+    tight = device_model.loop.tolerance
+    loose = [f * device_model.sigma for f in MENU_FACTORS]
+    return (*sorted({t for t in loose if t > tight * (1 + 1e-9)}, reverse=True), tight)
+
+
+# --- convex hulls of the options ---------------------------------------------------------
+
+
+@dataclass
+class Hulls:
+    """Lower convex hulls of (time, variance) option points, one per distinct device kind.
+
+    ``options[u, p]`` is the option index of hull point p (padded with the last point),
+    ``size[u]`` the number of points, ``cost[u, s]`` / ``gain[u, s]`` the seconds added and
+    the variance removed by hull step s (0 beyond the hull).
+    """
+
+    options: Tensor
+    size: Tensor
+    cost: Tensor
+    gain: Tensor
+
+    @property
+    def steps(self) -> int:
+        return self.cost.shape[1]
+
+    @property
+    def ratio(self) -> Tensor:
+        """Variance removed per second of each step (0 beyond the hull)."""
+        return torch.where(self.cost > 0, self.gain / self.cost.clamp_min(1e-300),
+                           torch.zeros_like(self.gain))
+
+
+def lower_hulls(times: Tensor, variances: Tensor) -> Hulls:
+    """Lower convex hulls of the rows of ``times`` / ``variances`` (shape (U, O)).
+
+    A point is kept if no cheaper-or-equal point has a lower-or-equal variance and it
+    lies strictly below the chord of its neighbours: Andrew's monotone chain, run for
+    every row at once.
+    """
+    times, variances = times.double(), variances.double()
+    rows, points = times.shape
+    order = _by_time_then_variance(times, variances)
+    c = torch.gather(times, 1, order)
+    v = torch.gather(variances, 1, order)
+    stack = torch.zeros(rows, points, dtype=torch.long)
+    size = torch.ones(rows, dtype=torch.long)
+    every = torch.arange(rows)
+    for p in range(1, points):
+        last = stack[every, size - 1]
+        active = v[:, p] < v[every, last]
+        for _ in range(points):
+            can = active & (size >= 2)
+            if not bool(can.any()):
+                break
+            a = stack[every, (size - 2).clamp_min(0)]
+            b = stack[every, size - 1]
+            left = (v[every, b] - v[every, a]) * (c[:, p] - c[every, b])
+            right = (v[:, p] - v[every, b]) * (c[every, b] - c[every, a])
+            pop = can & (left >= right)
+            if not bool(pop.any()):
+                break
+            size = size - pop.long()
+        stack[every[active], size[active]] = p
+        size = size + active.long()
+    index = torch.arange(points).expand(rows, points)
+    padded = torch.where(index < size[:, None], stack,
+                         stack[every, size - 1][:, None].expand(rows, points))
+    options = torch.gather(order, 1, padded)
+    hull_c = torch.gather(c, 1, padded)
+    hull_v = torch.gather(v, 1, padded)
+    return Hulls(options=options, size=size, cost=hull_c[:, 1:] - hull_c[:, :-1],
+                 gain=hull_v[:, :-1] - hull_v[:, 1:])
+
+
+def _by_time_then_variance(times: Tensor, variances: Tensor) -> Tensor:
+    """Per row, the option order by time, equal times by variance (two stable sorts)."""
+    by_v = torch.argsort(variances, dim=1, stable=True)
+    by_t = torch.argsort(torch.gather(times, 1, by_v), dim=1, stable=True)
+    return torch.gather(by_v, 1, by_t)
+
+
+# --- the problem: device kinds, sensitivities, hull steps ---------------------------------
+
+
+@dataclass
+class _Layer:
+    name: str
+    shape: torch.Size
+    h: Tensor        # (n,) float64, >= 0
+    kind: Tensor     # (n,) long: row of the hull table
+
+
+@dataclass
+class Problem:
+    """The allocation problem of one model: hulls per device kind and h per weight."""
+
+    layers: list[_Layer]
+    hulls: Hulls
+    weights: Tensor          # (K,) 4^(-j m)
+    base_time: float         # every device at its first hull point
+    menu: tuple[float, ...]
+    option_variance: Tensor  # (U, 1 + O) per device kind
+
+    @classmethod
+    def build(cls, inputs: ScoreInputs, menu: tuple[float, ...]) -> Problem:
+        dm = inputs.device_model
+        _require_options(dm)
+        k = dm.devices_per_weight
+        sigmas, times, kinds = [], [], []
+        for name, value in inputs.values.items():
+            scale = inputs.scales[name]
+            sig = dm.option_sigmas(value, scale, menu).cpu()
+            tim = dm.option_times(value, scale, menu).cpu()
+            sigmas.append(sig.reshape(-1, sig.shape[-1]))
+            times.append(tim.reshape(-1, tim.shape[-1]))
+            kinds.append(sig.dim() > 1)
+        table = torch.cat([torch.cat([s, t], 1) for s, t in zip(sigmas, times, strict=True)])
+        unique, inverse = torch.unique(table, dim=0, return_inverse=True)
+        options = sigmas[0].shape[-1]
+        hulls = lower_hulls(unique[:, options:], unique[:, :options].square())
+        layers, start = [], 0
+        h = _floored(inputs.h)
+        for (name, value), per_weight, rows in zip(inputs.values.items(), kinds, sigmas,
+                                                   strict=True):
+            n = value.numel()
+            kind = inverse[start : start + rows.shape[0]]
+            start += rows.shape[0]
+            layers.append(_Layer(name, value.shape, h[name].detach().double().reshape(-1).cpu()
+                                 .clamp_min(0.0).nan_to_num(0.0),
+                                 kind if per_weight else kind.expand(n)))
+        first = torch.gather(unique[:, options:], 1, hulls.options[:, :1]).squeeze(1)
+        base = sum(k * float(first[layer.kind].sum()) for layer in layers)
+        return cls(layers, hulls, dm.slicing.variance_weights(), base, menu,
+                   unique[:, :options].square())
+
+    # --- greedy by threshold ---------------------------------------------------------------
+
+    def _sorted_steps(self) -> list[tuple[Tensor, Tensor]]:
+        """Per hull step s: h_i * ratio ascending, and the suffix sums of the step's time."""
+        ratio, cost = self.hulls.ratio, self.hulls.cost
+        kind = torch.cat([layer.kind for layer in self.layers])
+        h = torch.cat([layer.h for layer in self.layers])
+        out = []
+        for s in range(self.hulls.steps):
+            key = h * ratio[kind, s]
+            order = torch.argsort(key)
+            step_cost = cost[kind, s][order]
+            suffix = torch.flip(torch.cumsum(torch.flip(step_cost, [0]), 0), [0])
+            out.append((key[order], torch.cat([suffix, suffix.new_zeros(1)])))
+        return out
+
+    def time_above(self, threshold: float, table: list[tuple[Tensor, Tensor]]) -> float:
+        """Seconds of every step whose efficiency is >= ``threshold``."""
+        total = 0.0
+        for w in self.weights.tolist():
+            bound = torch.tensor(threshold / w, dtype=torch.float64)
+            for keys, suffix in table:
+                total += float(suffix[int(torch.searchsorted(keys, bound))])
+        return total
+
+    def _keys(self, layer: _Layer) -> Tensor:
+        """h_i * ratio of each hull step: (n, S), the efficiency before the 4^(-j m)."""
+        return layer.h[:, None] * self.hulls.ratio[layer.kind]
+
+    def _bounds(self, threshold: float) -> Tensor:
+        """threshold / 4^(-j m) per device: a step is taken if its key reaches it."""
+        return torch.tensor([threshold / w for w in self.weights.tolist()], dtype=torch.float64)
+
+    def steps_taken(self, layer: _Layer, threshold: float) -> Tensor:
+        """Hull steps taken by every device of ``layer`` at ``threshold``: (n, K) long."""
+        keys = self._keys(layer)
+        return (keys[:, None, :] >= self._bounds(threshold)[None, :, None]).sum(-1)
+
+    def plan_levels(self, threshold: float, extra: dict[str, Tensor] | None = None
+                    ) -> dict[str, Tensor]:
+        """Option levels of every device at ``threshold`` (plus ``extra`` steps)."""
+        levels = {}
+        for layer in self.layers:
+            steps = self.steps_taken(layer, threshold)
+            if extra and layer.name in extra:
+                steps = steps + extra[layer.name]
+            opts = torch.gather(self.hulls.options[layer.kind], 1, steps)
+            levels[layer.name] = opts.to(torch.uint8).reshape(*layer.shape, -1)
+        return levels
+
+    def spend(self, seconds: float) -> dict[str, Tensor]:
+        """Levels of the greedy that spends ``seconds`` above the base time."""
+        table = self._sorted_steps()
+        positive = [keys[keys > 0] for keys, _ in table]
+        if not any(p.numel() for p in positive):
+            return self.plan_levels(math.inf)
+        low = min(float(p.min()) for p in positive if p.numel()) * float(self.weights.min())
+        high = max(float(p.max()) for p in positive if p.numel()) * float(self.weights.max())
+        if self.time_above(low, table) <= seconds:
+            return self.plan_levels(low)
+        high *= 1 + 1e-9
+        for _ in range(200):  # bisection in log space
+            middle = math.sqrt(low * high)
+            if self.time_above(middle, table) <= seconds:
+                high = middle
+            else:
+                low = middle
+            if high <= low * (1 + 1e-13):
+                break
+        left = seconds - self.time_above(high, table)
+        return self.plan_levels(high, self._boundary(high, low, left))
+
+    def _boundary(self, high: float, low: float, left: float) -> dict[str, Tensor]:
+        """The next steps with efficiency in [low, high), taken best first while they fit."""
+        upper, lower = self._bounds(high), self._bounds(low)
+        found = []
+        for layer in self.layers:
+            keys = self._keys(layer)
+            steps = (keys[:, None, :] >= upper[None, :, None]).sum(-1)
+            room = steps < keys.shape[1]
+            nxt = torch.gather(keys, 1, steps.clamp_max(keys.shape[1] - 1))
+            hit = room & (nxt >= lower) & (nxt < upper) & (nxt > 0)
+            idx = torch.nonzero(hit)
+            if idx.numel():
+                cost = self.hulls.cost[layer.kind[idx[:, 0]], steps[idx[:, 0], idx[:, 1]]]
+                eff = nxt[hit] * self.weights[idx[:, 1]]
+                found.append((layer.name, idx, eff, cost, steps.shape))
+        extra: dict[str, Tensor] = {}
+        if not found:
+            return extra
+        effs = torch.cat([f[2] for f in found])
+        costs = torch.cat([f[3] for f in found])
+        order = torch.argsort(effs, descending=True, stable=True)
+        fits = torch.cumsum(costs[order], 0) <= left
+        chosen = torch.zeros(effs.numel(), dtype=torch.bool)
+        chosen[order[fits]] = True
+        start = 0
+        for name, idx, eff, _, shape in found:
+            pick = chosen[start : start + eff.numel()]
+            start += eff.numel()
+            add = torch.zeros(shape, dtype=torch.long)
+            add[idx[pick, 0], idx[pick, 1]] = 1
+            extra[name] = add
+        return extra
+
+    def best_devices(self, count: int) -> dict[str, Tensor]:
+        """Verify the ``count`` devices with the largest gain at their tightest option."""
+        top = self.hulls.size - 1
+        removed = torch.cat([torch.zeros(len(top), 1, dtype=torch.float64),
+                             self.hulls.gain.cumsum(1)], 1)
+        whole = torch.gather(removed, 1, top[:, None]).squeeze(1)
+        gains = [(layer.h * whole[layer.kind])[:, None] * self.weights[None, :]
+                 for layer in self.layers]
+        chosen = top_k(torch.cat([g.reshape(-1) for g in gains]), count)
+        levels, start = {}, 0
+        for layer, gain in zip(self.layers, gains, strict=True):
+            pick = chosen[start : start + gain.numel()].reshape(gain.shape)
+            start += gain.numel()
+            steps = torch.where(pick, top[layer.kind][:, None].expand(gain.shape), 0)
+            opts = torch.gather(self.hulls.options[layer.kind], 1, steps)
+            levels[layer.name] = opts.to(torch.uint8).reshape(*layer.shape, -1)
+        return levels
+
+
+#: h below this share of the mean h counts as this share: every device then has a positive
+#: efficiency, so the budget is always spent (a speedup of 1 verifies every device), and
+#: devices the quadratic model calls indifferent are taken last, most significant first.
+H_FLOOR = 1e-9
+
+
+def _floored(h: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    total = sum(float(v.double().clamp_min(0).nan_to_num(0.0).sum()) for v in h.values())
+    count = sum(v.numel() for v in h.values())
+    floor = H_FLOOR * max(total / max(count, 1), 1e-300)
+    return {k: v.double().nan_to_num(0.0).clamp_min(floor) for k, v in h.items()}
+
+
+def _require_options(device_model) -> None:
+    missing = [m for m in ("option_sigmas", "option_times", "slicing")
+               if not hasattr(device_model, m)]
+    if missing:
+        raise SwimkitError(
+            f"method 'allocate' needs a device model that prices verify options "
+            f"({', '.join(missing)} missing on {type(device_model).__name__}); "
+            "use swimkit.DeviceModel or give your model those methods"
+        )
+
+
+def full_and_base_time(inputs: ScoreInputs) -> tuple[float, float]:
+    """Seconds of verifying every device with the device's own loop, and of writing once."""
+    dm = inputs.device_model
+    full = base = 0.0
+    k = dm.devices_per_weight
+    for name, value in inputs.values.items():
+        times = dm.option_times(value, inputs.scales[name], None)
+        full += k * float(times[..., 1].double().expand(value.shape).sum())
+        base += k * value.numel() * float(times.reshape(-1)[0])
+    return full, base
+
+
+def allocate(inputs: ScoreInputs, budget: Budget) -> Plan:
+    """The relaxed optimum of 1/2 sum_i h_i Var_i under ``budget`` (see the module doc)."""
+    menu = check_menu(inputs.menu) if inputs.menu is not None else default_menu(
+        inputs.device_model)
+    problem = Problem.build(inputs, menu)
+    if budget.kind == "fraction":
+        check_fraction(budget.value)
+        devices = sum(layer.h.numel() for layer in problem.layers) * len(problem.weights)
+        levels = problem.best_devices(round(budget.value * devices))
+    else:
+        full, base = full_and_base_time(inputs)
+        seconds = time_budget_seconds(budget, base, full)
+        require(seconds >= problem.base_time * (1 - 1e-12),
+                f"the budget {seconds:.4g} s is below the time of the cheapest options "
+                f"({problem.base_time:.4g} s)")
+        levels = problem.spend(seconds - problem.base_time)
+    return Plan(levels={k: v.to(inputs.values[k].device) for k, v in levels.items()},
+                menu=menu, method="allocate", meta={"menu": list(menu)})
+
+
+def stack_levels(levels: Mapping[str, Tensor]) -> Tensor:
+    """All levels flattened (for tests and reports)."""
+    return torch.cat([v.reshape(-1) for v in levels.values()])
+
+

@@ -1,0 +1,144 @@
+"""The registry of selection methods, and what a method is given.
+
+A *score method* turns :class:`ScoreInputs` into one score per weight; the weights with
+the highest scores over all layers together are verified, every device of a weight at
+one tolerance. A *planner* decides device by device (which devices of a weight, and to
+which tolerance of a menu) and returns a :class:`~swimkit.plans.Plan` for a budget.
+
+``register_method(name, score, ...)`` adds a score method from anywhere (a notebook, a
+test, a plugin package registering through the entry-point group ``swimkit.methods``);
+:func:`swimkit.select`, the workflows and the command line then offer it like a
+built-in one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import Tensor, nn
+
+from ..devices import NoiseModel
+from ..errors import require
+from ..mapping import DeviceWeight
+from ..plans import Plan
+from ..registry import Entry, Registry
+from ..sensitivity import Sensitivity
+
+SWIM_ALPHA = 1e6
+
+
+@dataclass(frozen=True)
+class ScoreInputs:
+    """What a method sees about the device weights it chooses among.
+
+    ``values`` are the effective weights, ``normalised`` w / s_l, ``scales`` s_l, all by
+    weight name; ``sensitivity`` is None for methods that need none. Planners also get
+    the ``model`` and its ``weights``, the tolerance ``menu`` (None: the device model's
+    own loop), training ``data`` (an iterable of (x, y)) when they learn, and ``options``.
+    """
+
+    sensitivity: Sensitivity | None
+    values: dict[str, Tensor]
+    normalised: dict[str, Tensor]
+    scales: dict[str, Tensor]
+    device_model: NoiseModel
+    seed: int = 0
+    alpha: float = SWIM_ALPHA
+    model: nn.Module | None = None
+    weights: Mapping[str, DeviceWeight] | None = None
+    menu: tuple[float, ...] | None = None
+    data: Iterable[tuple[Tensor, Tensor]] | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def h(self) -> dict[str, Tensor]:
+        """The second derivative h of every weight (normalised units)."""
+        require(self.sensitivity is not None,
+                "this method needs sensitivities: run the sensitivity pass first")
+        return {k: self.sensitivity.second[k] for k in self.values}
+
+
+@dataclass(frozen=True)
+class Budget:
+    """One budget: a ``fraction`` (of weights, or of devices for planners), a ``speedup``
+    over verifying everything, or a ``time_budget`` in seconds."""
+
+    kind: str
+    value: float
+
+    def describe(self) -> dict[str, float]:
+        return {self.kind: self.value}
+
+
+Score = Callable[[ScoreInputs], Mapping[str, Tensor]]
+Planner = Callable[[ScoreInputs, Budget], Plan]
+
+
+@dataclass(frozen=True)
+class Method(Entry):
+    """A selection method: a ``score`` function (weight level) or a ``planner``."""
+
+    score: Score | None = None
+    planner: Planner | None = None
+    needs_sensitivity: bool = True
+    needs_data: bool = False
+
+    @property
+    def level(self) -> str:
+        """``"weight"`` for score methods, ``"device"`` for planners."""
+        return "weight" if self.planner is None else "device"
+
+
+METHODS: Registry[Method] = Registry("selection method", entry_point_group="swimkit.methods")
+
+
+def register_method(
+    name: str,
+    score: Score,
+    *,
+    needs_sensitivity: bool = True,
+    aliases: tuple[str, ...] | list[str] = (),
+    help: str = "",
+    replace: bool = False,
+) -> Method:
+    """Add a score method: ``score(inputs)`` returns one score tensor per weight name.
+
+    The weights of highest score over all layers are verified first. ``needs_sensitivity``
+    tells the workflows whether to run a sensitivity pass before calling it.
+    """
+    require(callable(score), f"the score of method {name!r} must be callable (got {score!r})")
+    return METHODS.add(
+        Method(name=name, aliases=tuple(aliases), help=help, score=score,
+               needs_sensitivity=needs_sensitivity),
+        replace=replace,
+    )
+
+
+def register_planner(
+    name: str,
+    planner: Planner,
+    *,
+    needs_sensitivity: bool = True,
+    needs_data: bool = False,
+    aliases: tuple[str, ...] | list[str] = (),
+    help: str = "",
+    replace: bool = False,
+) -> Method:
+    """Add a device-level method: ``planner(inputs, budget)`` returns a Plan."""
+    require(callable(planner), f"the planner of {name!r} must be callable (got {planner!r})")
+    return METHODS.add(
+        Method(name=name, aliases=tuple(aliases), help=help, planner=planner,
+               needs_sensitivity=needs_sensitivity, needs_data=needs_data),
+        replace=replace,
+    )
+
+
+def needs_sensitivity(methods: Iterable[str]) -> bool:
+    """True if any of ``methods`` needs a sensitivity pass."""
+    return any(METHODS.get(m).needs_sensitivity for m in methods)
+
+
+__all__ = ["METHODS", "SWIM_ALPHA", "Budget", "Method", "ScoreInputs", "needs_sensitivity",
+           "register_method", "register_planner"]
