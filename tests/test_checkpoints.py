@@ -92,7 +92,7 @@ def one_line_error(excinfo: pytest.ExceptionInfo[SwimkitError]) -> str:
 # --- reference checkpoints --------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("name", MODELS.names())
 def test_reference_checkpoint_loads_exactly(name: str, tmp_path: Path) -> None:
     source = fresh(name, seed=1)
     path = tmp_path / f"saved_B_{REFERENCE_ALIASES[name]}.pt"

@@ -172,7 +172,7 @@ def test_models_are_fx_traceable(name: str) -> None:
 
 
 def test_registry_names_and_infos() -> None:
-    assert set(MODELS) == {
+    assert set(MODELS.names()) == {
         "lenet",
         "convnet",
         "resnet18",
@@ -184,6 +184,8 @@ def test_registry_names_and_infos() -> None:
     }
     assert model_info("qlenet") == ModelInfo(
         name="qlenet",
+        aliases=("QLeNet",),
+        help="conv 1-6, pool, conv 6-16, pool, fc 784-120-84-10, quantized to 4 bits",
         architecture="lenet",
         dataset="fashion-mnist",
         input_shape=(1, 28, 28),

@@ -44,7 +44,28 @@ def test_statistics_and_ci():
     assert res.std == pytest.approx(torch.tensor([90.0, 91, 92, 93]).std().item())
     half = t_quantile_975(3) * res.std / 2
     assert res.ci95 == pytest.approx((91.5 - half, 91.5 + half))
-    assert res.to_dict()["accuracies"] == [90.0, 91.0, 92.0, 93.0]
+    data = res.to_dict()
+    assert data["accuracies_percent"] == [90.0, 91.0, 92.0, 93.0]
+    assert data["mean_percent"] == pytest.approx(91.5)
+    assert data["yield_fraction"] is None  # no reference yet
+    back = swimkit.MCResult.from_dict(data)
+    assert torch.equal(back.accuracies, res.accuracies.double()) and back.seed == 0
+
+
+def test_p05_yield_and_paired_gap():
+    accs = torch.arange(80.0, 100.0)  # 20 chips: 80, 81, ..., 99
+    res = swimkit.MCResult(accs, seed=4, reference=98.5, within=1.0)
+    assert res.p05 == pytest.approx(80.95)  # linear interpolation, as numpy
+    assert res.chip_yield == pytest.approx(2 / 20)  # 98 and 99 are within 1 of 98.5
+    assert res.yield_within(90.0, 0.0) == pytest.approx(10 / 20)
+    data = res.to_dict()
+    assert data["p05_percent"] == pytest.approx(80.95) and data["yield_fraction"] == 0.1
+    assert data["yield_reference_percent"] == 98.5 and data["yield_within_points"] == 1.0
+    other = swimkit.MCResult(accs + 1.0, seed=4)
+    gap = res.paired_difference(other)
+    assert gap.mean == pytest.approx(-1.0) and gap.std == pytest.approx(0.0)
+    with pytest.raises(swimkit.SwimkitError, match="same seed"):
+        res.paired_difference(swimkit.MCResult(accs, seed=5))
 
 
 @pytest.mark.parametrize("dof,expected", [(1, 12.7062), (2, 4.3027), (3, 3.1824),
@@ -75,7 +96,7 @@ def test_each_instance_holds_one_draw_over_the_whole_test_set():
     values = swimkit.mapping.effective_weights(weights)
     scales = swimkit.mapping.weight_scales(values)
     for k in range(3):
-        deltas = device.sample(values, scales, generator=swimkit.devices.generator_for(5, k))
+        deltas = device.sample(values, scales, None, swimkit.devices.generator_for(5, k))
         state = {n: p.clone() for n, p in model.state_dict().items()}
         for name, delta in deltas.items():
             state[name] = state[name] + delta
@@ -123,10 +144,26 @@ def test_plan_controls_which_weights_are_quiet():
 
 
 def test_excluded_layers_stay_exact():
+    """An excluded layer computes with its exact weights on every chip; the others not."""
     model, batches = toy_problem()
     device = swimkit.DeviceModel(sigma=5.0)
-    digital_all = swimkit.evaluate(model, batches, device, samples=2, exclude=["0"])
-    assert digital_all.std >= 0
+    with torch.no_grad():
+        clean = [model[0](x) for x, _ in batches]
+    seen = {"0": [], "2": []}
+    hooks = [model[i].register_forward_hook(
+        lambda m, args, out, key=str(i): seen[key].append((args[0].clone(), out.clone())))
+        for i in (0, 2)]
+    try:
+        swimkit.evaluate(model, batches, device, samples=2, exclude=["0"])
+    finally:
+        for h in hooks:
+            h.remove()
+    assert len(seen["0"]) == 2 * len(batches)
+    for i, (_, out) in enumerate(seen["0"]):
+        assert torch.equal(out, clean[i % len(batches)])
+    with torch.no_grad():
+        exact_fc2 = [model[2](inp.clone()) for inp, _ in seen["2"]]
+    assert not any(torch.equal(e, out) for e, (_, out) in zip(exact_fc2, seen["2"], strict=True))
     with pytest.raises(swimkit.SwimkitError, match="matches no"):
         swimkit.evaluate(model, batches, device, samples=2, exclude=["nope"])
 
@@ -187,3 +224,61 @@ def test_same_result_on_any_number_of_processes():
         assert p.exitcode == 0
     for _, accuracies in got:
         assert accuracies == single.accuracies.tolist()
+
+
+# --- a device model written here: the NoiseModel protocol is all swimkit asks ----------
+
+
+class StuckAt:
+    """Two-state device: a weight is stuck at zero with probability ``p`` (``p_verified``
+    where a plan verifies any of its devices), else exact."""
+
+    def __init__(self, p: float, p_verified: float = 0.0) -> None:
+        self.p, self.p_verified = p, p_verified
+        self.samplers = 0
+
+    def _p(self, values, plan):
+        masks = plan.masks if plan is not None else {}
+        return {k: torch.where(masks[k], self.p_verified, self.p) if k in masks
+                else torch.full_like(v, self.p) for k, v in values.items()}
+
+    def sampler(self, values, scales, plan=None):
+        probability = self._p(values, plan)
+        self.samplers += 1
+
+        def draw(generator):
+            return {k: -v * (torch.rand(v.shape, generator=generator) < probability[k])
+                    for k, v in values.items()}
+
+        return draw
+
+    def variance(self, values, scales, plan=None):
+        p = self._p(values, plan)
+        return {k: p[k] * (1 - p[k]) * (v / scales[k]) ** 2 for k, v in values.items()}
+
+    def describe(self):
+        return {"kind": "stuck-at", "p": self.p, "p_verified": self.p_verified}
+
+
+def test_a_device_model_from_outside_works_in_evaluate_and_select():
+    model, batches = toy_problem()
+    clean = swimkit.accuracy(model, batches)
+    never = swimkit.evaluate(model, batches, StuckAt(0.0), samples=3)
+    assert never.accuracies.tolist() == [clean] * 3
+    always = swimkit.evaluate(model, batches, StuckAt(1.0), samples=2)
+    zeroed = copy.deepcopy(model)
+    with torch.no_grad():
+        zeroed[0].weight.zero_()
+        zeroed[2].weight.zero_()
+    assert always.accuracies.tolist() == [swimkit.accuracy(zeroed, batches)] * 2
+    noisy = StuckAt(0.3, p_verified=0.0)
+    sens = swimkit.sensitivity(model, batches)
+    plan = swimkit.select(model, sens, 0.5, method="variance", device_model=noisy)
+    assert plan.programming is None  # a stuck-at model prices no programming time
+    protected = swimkit.evaluate(model, batches, noisy, plan, samples=20, seed=1)
+    exposed = swimkit.evaluate(model, batches, noisy, samples=20, seed=1)
+    assert protected.mean > exposed.mean
+    with pytest.raises(swimkit.SwimkitError, match="prices programming"):
+        swimkit.select(model, sens, speedup=2.0, method="variance", device_model=noisy)
+    with pytest.raises(swimkit.SwimkitError, match="NoiseModel"):
+        swimkit.evaluate(model, batches, object(), samples=1)

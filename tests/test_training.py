@@ -319,3 +319,55 @@ def test_quantized_model_trains_and_calibrates_outputs() -> None:
     assert isinstance(result, TrainResult) and result.model is model
     assert all(bool(q.calibrated) and float(q.running_max) > 0 for q in quantizers)
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+
+
+class CountingStuckAt:
+    """A device model from outside swimkit: weights stuck at zero with probability p."""
+
+    def __init__(self, p: float) -> None:
+        self.p = p
+        self.draws = 0
+
+    def sampler(self, values, scales, plan=None):
+        def draw(generator):
+            self.draws += 1
+            return {k: -v * (torch.rand(v.shape, generator=generator, device=v.device) < self.p)
+                    for k, v in values.items()}
+
+        return draw
+
+    def variance(self, values, scales, plan=None):
+        return {k: self.p * (1 - self.p) * (v / scales[k]) ** 2 for k, v in values.items()}
+
+    def describe(self):
+        return {"kind": "stuck-at", "p": self.p}
+
+
+def test_noise_injection_with_a_device_model_from_outside() -> None:
+    noise = CountingStuckAt(0.5)
+    result = fit(epochs=1, noise_model=noise)
+    assert noise.draws == 4  # one draw per mini-batch: 128 images / 32
+    assert not same_state(result.model, fit(epochs=1).model)
+    with pytest.raises(SwimkitError, match="sigma_train sets the sigma"):
+        fit(epochs=1, noise_model=noise, sigma_train=0.1)
+
+
+def test_plan_aware_training_draws_the_plan_noise() -> None:
+    """A plan that verifies every device to a residual of 0 trains like clean training;
+    one that verifies none like noise injection at the plain-write sigma."""
+    from swimkit.devices import DeviceModel
+    from swimkit.plans import Plan
+
+    values = {n: p.detach() for n, p in fresh().named_parameters() if n.endswith("weight")}
+    exact = DeviceModel(sigma=0.3, sigma_verified=0.0)
+    protected = fit(epochs=1, noise_model=exact, plan=Plan.uniform(values, True))
+    assert same_state(protected.model, fit(epochs=1).model)
+    exposed = fit(epochs=1, noise_model=exact, plan=Plan.uniform(values, False))
+    assert same_state(exposed.model, fit(epochs=1, sigma_train=0.3).model)
+    assert not same_state(exposed.model, protected.model)
+
+
+def test_resume_refuses_other_noise(tmp_path: Path) -> None:
+    fit(epochs=1, noise_model=CountingStuckAt(0.2), checkpoint_dir=tmp_path)
+    with pytest.raises(SwimkitError, match="noise"):
+        fit(epochs=2, noise_model=CountingStuckAt(0.1), checkpoint_dir=tmp_path)

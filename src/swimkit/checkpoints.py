@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import SwimkitError, require
-from .models import MODEL_ALIASES, MODELS, build_model, canonical_model_name, model_info
+from .models import MODELS, build_model, canonical_model_name, model_info
 from .quantization import OutputQuantizer, quantization_bits
 from .storage import atomic_save
 
@@ -260,7 +260,7 @@ def _build(
 
 def _unknown_model(problem: str) -> SwimkitError:
     return SwimkitError(
-        f"{problem}; pass model_name= (one of {', '.join(sorted(MODELS))}) or model="
+        f"{problem}; pass model_name= (one of {', '.join(sorted(MODELS.names()))}) or model="
     )
 
 
@@ -311,7 +311,7 @@ def _reference_parts(obj: Any, path: Path) -> tuple[dict[str, Any], dict[str, An
 
 def _name_from_filename(path: Path) -> str | None:
     """The one registered model a file name mentions (saved_B_QRes18_1.pt), else None."""
-    aliases = {k.lower(): v for k, v in MODEL_ALIASES.items()}
+    aliases = MODELS.aliases()
     tokens = re.split(r"[_.\s]+", path.stem)
     found = {aliases[t.lower()] for t in tokens if t.lower() in aliases}
     return found.pop() if len(found) == 1 else None

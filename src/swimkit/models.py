@@ -13,14 +13,15 @@ ResNet-18, torchvision (``layer1.0.conv1``, ``layer2.0.downsample.0``, ``fc``).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .errors import SwimkitError, choose, require
+from .errors import SwimkitError, require
 from .quantization import OutputRange, quantize
+from .registry import Entry, Registry
 
 
 def conv3x3(in_channels: int, out_channels: int, stride: int = 1, bias: bool = True) -> nn.Conv2d:
@@ -143,80 +144,80 @@ def resnet18_tiny(num_classes: int = 200) -> ResNet18:
 
 
 @dataclass(frozen=True)
-class ModelInfo:
-    """What the reference trained a registered model on, and with which settings.
+class ModelInfo(Entry):
+    """A registered model: how to build it and what the reference trained it on.
 
     ``architecture`` is the float model's name (``"lenet"`` for ``"qlenet"``);
     ``default_bits`` is the bit width :func:`build_model` quantizes to (None: float).
     """
 
-    name: str
-    architecture: str
-    dataset: str
-    input_shape: tuple[int, int, int]
-    num_classes: int
-    quantized: bool
-    default_bits: int | None
-    optimizer: str
+    architecture: str = ""
+    dataset: str = ""
+    input_shape: tuple[int, ...] = ()
+    num_classes: int = 10
+    quantized: bool = False
+    default_bits: int | None = None
+    optimizer: str = "adam"
+    builder: Callable[[], nn.Module] | None = field(default=None, compare=False, repr=False)
 
 
-_ARCHITECTURES: dict[str, tuple[Callable[[], nn.Module], str, tuple[int, int, int], int, int, str]]
-_ARCHITECTURES = {
-    # name: (builder, dataset, input shape, classes, bits of the q-variant, optimizer)
-    "lenet": (LeNet, "fashion-mnist", (1, 28, 28), 10, 4, "adam"),
-    "convnet": (ConvNet, "cifar10", (3, 32, 32), 10, 6, "adam"),
-    "resnet18": (ResNet18, "cifar10", (3, 32, 32), 10, 8, "sgd"),
-    "resnet18_tiny": (resnet18_tiny, "tiny-imagenet", (3, 64, 64), 200, 8, "sgd"),
-}
+MODELS: Registry[ModelInfo] = Registry("model", entry_point_group="swimkit.models")
+"""Every registered model by canonical name (aliases, case-insensitive, included)."""
 
 
-def _registry() -> dict[str, ModelInfo]:
-    models = {}
-    for arch, (_, dataset, shape, classes, bits, optimizer) in _ARCHITECTURES.items():
-        for quantized in (False, True):
-            name = f"q{arch}" if quantized else arch
-            models[name] = ModelInfo(
-                name=name,
-                architecture=arch,
-                dataset=dataset,
-                input_shape=shape,
-                num_classes=classes,
-                quantized=quantized,
-                default_bits=bits if quantized else None,
-                optimizer=optimizer,
-            )
-    return models
+def register_model(
+    name: str,
+    builder: Callable[[], nn.Module],
+    *,
+    dataset: str,
+    input_shape: tuple[int, ...],
+    num_classes: int = 10,
+    optimizer: str = "adam",
+    quantized_bits: int | None = None,
+    aliases: Sequence[str] = (),
+    help: str = "",
+) -> ModelInfo:
+    """Register a model: ``builder()`` returns a fresh ``nn.Module``.
+
+    ``dataset`` is the one it is trained on by default, ``optimizer`` "adam" or "sgd".
+    With ``quantized_bits`` the quantized variant ``"q" + name`` is registered too (its
+    aliases are "Q" + each alias).
+    """
+    require(callable(builder), f"the builder of model {name!r} must be callable")
+    common = {"architecture": name, "dataset": dataset, "input_shape": tuple(input_shape),
+              "num_classes": num_classes, "optimizer": optimizer, "builder": builder}
+    info = MODELS.add(ModelInfo(name=name, aliases=tuple(aliases), help=help, **common))
+    if quantized_bits is not None:
+        MODELS.add(ModelInfo(
+            name=f"q{name}", aliases=tuple(f"Q{a}" for a in aliases),
+            help=f"{help}, quantized to {quantized_bits} bits" if help else "",
+            quantized=True, default_bits=quantized_bits, **common))
+    return info
 
 
-MODELS: dict[str, ModelInfo] = _registry()
-"""Every registered model by canonical name."""
-
-_REFERENCE_NAMES = {
-    "LeNet": "lenet",
-    "CIFAR": "convnet",
-    "Res18": "resnet18",
-    "TIN": "resnet18_tiny",
-}
-
-MODEL_ALIASES: dict[str, str] = {
-    **{name: name for name in MODELS},
-    **_REFERENCE_NAMES,
-    **{f"Q{alias}": f"q{name}" for alias, name in _REFERENCE_NAMES.items()},
-    "resnet18-tiny": "resnet18_tiny",
-    "qresnet18-tiny": "qresnet18_tiny",
-}
-"""Accepted names (matched case-insensitively), including the reference scripts' names."""
+register_model("lenet", LeNet, dataset="fashion-mnist", input_shape=(1, 28, 28),
+               quantized_bits=4, aliases=("LeNet",),
+               help="conv 1-6, pool, conv 6-16, pool, fc 784-120-84-10")
+register_model("convnet", ConvNet, dataset="cifar10", input_shape=(3, 32, 32),
+               quantized_bits=6, aliases=("CIFAR",),
+               help="2x64, 2x128, 2x256 conv (3x3), pools, fc 4096-1024-1024-10")
+register_model("resnet18", ResNet18, dataset="cifar10", input_shape=(3, 32, 32),
+               optimizer="sgd", quantized_bits=8, aliases=("Res18",),
+               help="BasicBlock [2,2,2,2], 3x3 stem, no max-pool")
+register_model("resnet18_tiny", resnet18_tiny, dataset="tiny-imagenet",
+               input_shape=(3, 64, 64), num_classes=200, optimizer="sgd", quantized_bits=8,
+               aliases=("TIN", "resnet18-tiny"),
+               help="the same, 200 classes, 64x64 inputs")
 
 
 def canonical_model_name(name: str) -> str:
     """The canonical registry name for ``name`` (e.g. ``"QRes18"`` -> ``"qresnet18"``)."""
-    require(isinstance(name, str), f"a model name must be a string (got {name!r})")
-    return choose(name, MODEL_ALIASES, "model")
+    return MODELS.canonical(name)
 
 
 def model_info(name: str) -> ModelInfo:
     """The :class:`ModelInfo` of a registered model, by any accepted name."""
-    return MODELS[canonical_model_name(name)]
+    return MODELS.get(name)
 
 
 def build_model(
@@ -238,11 +239,11 @@ def build_model(
         f"output_range must be 'running' or 'batch' (got {output_range!r})",
     )
     if seed is None:
-        model = _ARCHITECTURES[info.architecture][0]()
+        model = info.builder()
     else:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            model = _ARCHITECTURES[info.architecture][0]()
+            model = info.builder()
     if not info.quantized:
         if bits is not None:
             raise SwimkitError(

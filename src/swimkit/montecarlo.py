@@ -1,15 +1,16 @@
-"""Monte-Carlo accuracy under device variation, with confidence intervals.
+"""Monte-Carlo accuracy under device variation, with confidence intervals and chip yield.
 
 One Monte-Carlo instance draws dW once for every device weight (a programmed chip) and
-evaluates the whole test set with it. Accuracy under variation is the mean over many
-instances, reported with the sample standard deviation and a 95% confidence interval
-of the mean (Student t).
+evaluates the whole test set with it. Accuracy under variation is summarised over many
+chips: the mean, the sample standard deviation, a 95% confidence interval of the mean
+(Student t), the 5th-percentile chip and the yield, the share of chips within P points
+of a reference accuracy (full write-verify).
 
-Instance k is drawn from a generator seeded by (seed, k) alone, so:
-- results are the same on any number of processes (instances are split across the
-  ranks of a torch.distributed group and gathered);
+Chip k is drawn from a generator seeded by (seed, k) alone, so:
+- results are the same on any number of processes (chips are split across the ranks
+  of a torch.distributed group and gathered);
 - plans evaluated with the same seed see the same underlying standard-normal draws
-  (common random numbers), so their differences are not sampling noise.
+  (common random numbers), so paired differences between plans are not sampling noise.
 """
 
 from __future__ import annotations
@@ -21,54 +22,39 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from scipy import stats
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from . import distributed
-from .devices import DeviceModel, draw, generator_for
+from .devices import NoiseModel, generator_for
 from .errors import SwimkitError, require
 from .mapping import DeviceWeight, device_weights, effective_weights, perturbed, weight_scales
+from .plans import Plan
 from .progress import progress_bar
-from .selection import Plan
 
 Batches = Iterable[tuple[Tensor, Tensor]]
 
 
-def _t_density(t: float, dof: float) -> float:
-    log_norm = math.lgamma((dof + 1) / 2) - math.lgamma(dof / 2) - 0.5 * math.log(dof * math.pi)
-    return math.exp(log_norm - (dof + 1) / 2 * math.log1p(t * t / dof))
-
-
-def _t_cdf_above_half(t: float, dof: float, steps: int = 2000) -> float:
-    """P(T <= t) - 1/2 for t >= 0, by Simpson's rule on the density."""
-    h = t / steps
-    inner = sum((4 if i % 2 else 2) * _t_density(i * h, dof) for i in range(1, steps))
-    return h / 3 * (_t_density(0.0, dof) + inner + _t_density(t, dof))
-
-
 def t_quantile_975(dof: int) -> float:
-    """The 97.5% quantile of Student's t with ``dof`` degrees of freedom.
-
-    Newton's method on the t distribution function (integrated numerically), started
-    from the normal quantile; accurate to about 1e-8.
-    """
+    """The 97.5% quantile of Student's t with ``dof`` degrees of freedom."""
     require(dof >= 1, "a confidence interval needs at least two samples")
-    t = 1.959963984540054
-    for _ in range(50):
-        step = (_t_cdf_above_half(t, dof) - 0.475) / _t_density(t, dof)
-        t -= step
-        if abs(step) < 1e-10:
-            break
-    return t
+    return float(stats.t.ppf(0.975, dof))
 
 
 @dataclass
 class MCResult:
-    """Accuracies (percent) of every Monte-Carlo instance, and their summary."""
+    """Accuracies (percent) of every Monte-Carlo chip, and their summary.
+
+    ``reference`` (percent, optional) is the accuracy the yield is measured against,
+    ``within`` the points a chip may fall below it and still count.
+    """
 
     accuracies: Tensor
     seed: int = 0
     meta: dict[str, Any] = field(default_factory=dict)
+    reference: float | None = None
+    within: float = 1.0
 
     @property
     def samples(self) -> int:
@@ -80,7 +66,7 @@ class MCResult:
 
     @property
     def std(self) -> float:
-        """Sample standard deviation (0 for a single instance)."""
+        """Sample standard deviation (0 for a single chip)."""
         if self.samples < 2:
             return 0.0
         return float(self.accuracies.double().std(unbiased=True))
@@ -93,8 +79,24 @@ class MCResult:
         half = t_quantile_975(self.samples - 1) * self.std / math.sqrt(self.samples)
         return (self.mean - half, self.mean + half)
 
+    @property
+    def p05(self) -> float:
+        """The 5th-percentile chip accuracy (linear interpolation between chips)."""
+        return float(torch.quantile(self.accuracies.double(), 0.05))
+
+    def yield_within(self, reference: float, within: float = 1.0) -> float:
+        """Share of chips whose accuracy is at least ``reference - within``."""
+        return float((self.accuracies.double() >= reference - within - 1e-9).double().mean())
+
+    @property
+    def chip_yield(self) -> float | None:
+        """Share of chips within ``within`` points of ``reference`` (None without one)."""
+        if self.reference is None:
+            return None
+        return self.yield_within(self.reference, self.within)
+
     def paired_difference(self, other: MCResult) -> MCResult:
-        """Per-instance differences self - other (same seed: common random numbers)."""
+        """Per-chip differences self - other (same seed: common random numbers)."""
         require(
             self.samples == other.samples and self.seed == other.seed,
             "a paired difference needs two results with the same seed and sample count",
@@ -102,20 +104,37 @@ class MCResult:
         return MCResult(self.accuracies - other.accuracies, seed=self.seed)
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: accuracies in percent (keys end in ``_percent``), yield a fraction."""
         low, high = self.ci95
-        return {
-            "mean": self.mean,
-            "std": self.std,
-            "ci95": [low, high],
+        out = {
+            "mean_percent": self.mean,
+            "std_percent": self.std,
+            "ci95_percent": [low, high],
+            "p05_percent": self.p05,
+            "yield_fraction": self.chip_yield,
+            "yield_reference_percent": self.reference,
+            "yield_within_points": self.within if self.reference is not None else None,
             "samples": self.samples,
-            "accuracies": [float(a) for a in self.accuracies],
+            "seed": self.seed,
+            "accuracies_percent": [float(a) for a in self.accuracies],
         }
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> MCResult:
+        """The result written by :meth:`to_dict`."""
+        return cls(
+            torch.tensor(data["accuracies_percent"], dtype=torch.float64),
+            seed=int(data.get("seed", 0)),
+            reference=data.get("yield_reference_percent"),
+            within=data.get("yield_within_points") or 1.0,
+        )
 
     def __str__(self) -> str:
         low, high = self.ci95
         return (
             f"{self.mean:.2f} +- {self.std:.2f} % "
-            f"(95% CI {low:.2f}-{high:.2f}, n={self.samples})"
+            f"(95% CI {low:.2f}-{high:.2f}, p05 {self.p05:.2f}, n={self.samples})"
         )
 
 
@@ -144,7 +163,7 @@ def _count_correct(model: nn.Module, batches: Batches) -> tuple[int, int]:
 def evaluate(
     model: nn.Module,
     batches: Batches,
-    device: DeviceModel,
+    device_model: NoiseModel,
     plan: Plan | str | None = None,
     samples: int = 100,
     seed: int = 0,
@@ -153,16 +172,20 @@ def evaluate(
     exclude: Sequence[str] | None = None,
     progress: bool = False,
 ) -> MCResult:
-    """Accuracy of ``model`` under device variation over ``samples`` instances.
+    """Accuracy of ``model`` under device variation over ``samples`` chips.
 
-    ``plan`` marks the write-verified weights: a :class:`Plan`, ``"none"`` (or None:
-    nothing verified) or ``"all"``. The test batches are held in memory once and every
-    instance evaluates all of them. Inside a torch.distributed group the instances
-    are shared among the ranks and every rank returns the full result.
+    ``device_model`` is any :class:`~swimkit.devices.NoiseModel`. ``plan`` says how the
+    devices are programmed: a :class:`~swimkit.plans.Plan`, ``"none"`` (or None: nothing
+    verified) or ``"all"``. The test batches are held in memory once and every chip
+    evaluates all of them. Inside a torch.distributed group the chips are shared among
+    the ranks and every rank returns the full result.
     """
     require(isinstance(samples, int) and samples >= 1, f"samples must be >= 1 (got {samples!r})")
+    require(isinstance(device_model, NoiseModel),
+            f"device_model must answer sampler(), variance() and describe() (a NoiseModel such "
+            f"as swimkit.DeviceModel); got {type(device_model).__name__}")
     weights = _plan_weights(model, plan, layers, exclude)
-    masks = _masks(plan, weights)
+    chosen = _as_plan(plan, weights, device_model)
     data = batches if isinstance(batches, (list, tuple)) else list(batches)
     require(len(data) > 0, "no test batches: give a non-empty loader")
     rank, world = distributed.rank(), distributed.world_size()
@@ -171,7 +194,7 @@ def evaluate(
     model.eval()
     try:
         show = progress and rank == 0
-        local = _run_instances(model, data, device, weights, masks, seed, mine, show)
+        local = _run_chips(model, data, device_model, weights, chosen, seed, mine, show)
     finally:
         model.train(was_training)
     accuracies = _gather(local, mine, samples, world)
@@ -187,7 +210,7 @@ def _plan_weights(
                 f"plan must be a Plan, 'none' or 'all' (got {type(plan).__name__})")
         return device_weights(model, layers=layers, exclude=exclude)
     all_layers = device_weights(model)
-    missing = [n for n in plan.masks if n not in all_layers]
+    missing = [n for n in plan.names if n not in all_layers]
     if missing:
         raise SwimkitError(
             f"the plan names weight {missing[0]!r}, which the model does not have: "
@@ -200,37 +223,41 @@ def _plan_weights(
                 f"the plan's mask for {name} has shape {tuple(mask.shape)}, the weight {shape}: "
                 "select again for this model"
             )
-    return {n: all_layers[n] for n in plan.masks}
+    return {n: all_layers[n] for n in plan.names}
 
 
-def _masks(plan: Plan | str | None, weights: Mapping[str, DeviceWeight]) -> dict[str, Tensor]:
+def _as_plan(plan: Plan | str | None, weights: Mapping[str, DeviceWeight],
+             device_model: NoiseModel) -> Plan | None:
+    """The plan to draw with: a Plan, None for "none", a full-verify plan for "all"."""
     if isinstance(plan, Plan):
-        return {k: v.to(weights[k].value.device) for k, v in plan.masks.items()}
+        return plan
     choice = (plan or "none").lower()
     require(choice in ("none", "all"), f"plan must be a Plan, 'none' or 'all' (got {plan!r})")
-    values = effective_weights(weights)
-    return Plan.uniform(values, verify=choice == "all").masks
+    if choice == "none":
+        return None
+    devices = getattr(device_model, "devices_per_weight", None)
+    return Plan.uniform(effective_weights(weights), verify=True, devices_per_weight=devices)
 
 
 @torch.inference_mode()
-def _run_instances(
+def _run_chips(
     model: nn.Module,
     data: Sequence[tuple[Tensor, Tensor]],
-    device: DeviceModel,
+    device_model: NoiseModel,
     weights: Mapping[str, DeviceWeight],
-    masks: Mapping[str, Tensor],
+    plan: Plan | None,
     seed: int,
     indices: Sequence[int],
     progress: bool,
 ) -> Tensor:
     values = effective_weights(weights)
-    stds = device.noise_stds(values, weight_scales(values), masks)
+    sample = device_model.sampler(values, weight_scales(values), plan)
     seen = sum(int(y.shape[0]) for _, y in data)
     where = next(iter(values.values())).device
     out = torch.empty(len(indices), dtype=torch.float64)
     with perturbed(model, weights) as offsets:
         for i, index in enumerate(progress_bar(indices, progress, "Monte-Carlo")):
-            offsets.set(draw(stds, generator_for(seed, index, where)))
+            offsets.set(sample(generator_for(seed, index, where)))
             with parametrize.cached():
                 correct, _ = _count_correct(model, data)
             out[i] = 100.0 * correct / seen
@@ -239,7 +266,7 @@ def _run_instances(
 
 
 def _gather(local: Tensor, mine: Sequence[int], samples: int, world: int) -> Tensor:
-    """Every rank's accuracies, put back in instance order."""
+    """Every rank's accuracies, put back in chip order."""
     if world == 1:
         return local
     parts: list[Any] = [None] * world

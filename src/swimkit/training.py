@@ -17,7 +17,6 @@ gives bit-identical weights and history to an uninterrupted one.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -33,12 +32,14 @@ from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
 from .checkpoints import load_checkpoint, save_checkpoint
 from .data import Batches, Dataset, Split, preload
-from .devices import DeviceModel
+from .devices import DeviceModel, NoiseModel
 from .errors import SwimkitError, is_number, require
 from .mapping import DeviceWeight, device_weights, effective_weights, perturbed, weight_scales
 from .models import ResNet18, canonical_model_name, model_info
 from .montecarlo import accuracy
+from .plans import Plan
 from .progress import progress_bar
+from .seeding import seeded_generator
 
 __all__ = [
     "EVAL_BATCH_SIZE",
@@ -74,6 +75,7 @@ _MUST_MATCH = (
     "sigma_train",
     "seed",
     "augment",
+    "noise",
 )
 
 _HOW_TO_PROCEED = (
@@ -257,7 +259,8 @@ def train(
     progress: bool = False,
     device: torch.device | str | None = None,
     log: Callable[[str], None] | None = None,
-    noise_model: DeviceModel | None = None,
+    noise_model: NoiseModel | None = None,
+    plan: Plan | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``dataset`` with ``config``; checkpoint and resume in a folder.
 
@@ -265,8 +268,11 @@ def train(
     checkpoints. With ``checkpoint_dir``, ``last.pt`` is written after every epoch and
     ``best.pt`` whenever the clean test accuracy improves; if ``last.pt`` exists and
     ``resume`` is True, training continues after its epoch (or returns at once when it
-    already reached ``config.epochs``). ``noise_model`` supplies the device settings for
-    noise-injection training (its sigma is replaced by ``config.sigma_train``).
+    already reached ``config.epochs``). Noise injection: ``config.sigma_train`` > 0 draws
+    from the Gaussian DeviceModel at that sigma (bit slicing and variation from
+    ``noise_model`` if it is one); with sigma_train 0, any ``noise_model``
+    (:class:`~swimkit.devices.NoiseModel`) is used as it is. ``plan`` draws the noise of
+    that write-verify plan (plan-aware fine-tuning: verified devices get their residual).
     """
     config.validate()
     require(len(dataset.train) > 0, "the training set is empty; give a dataset with examples")
@@ -275,11 +281,13 @@ def train(
     model.to(where)
     name = model_name or type(model).__name__
     settings = {"model_name": _canonical(name), **_resolve(config, model, model_name)}
+    noise = _NoiseInjector.create(model, config, noise_model, plan)
     settings.update(
         batch_size=config.batch_size,
         sigma_train=float(config.sigma_train),
         seed=config.seed,
         augment=bool(config.augment and dataset.augment),
+        noise=noise.describe() if noise is not None else None,
     )
     optimizer, scheduler = make_optimizer(model, config, model_name)
     folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
@@ -298,7 +306,6 @@ def train(
 
     train_split = _to_device(dataset.train, where)
     test_batches = preload(dataset.test, dataset, EVAL_BATCH_SIZE, where)
-    noise = _NoiseInjector.create(model, config, noise_model)
     for epoch in range(state.epoch + 1, config.epochs + 1):
         start = time.perf_counter()
         data = Batches(
@@ -372,24 +379,53 @@ class _NoiseInjector:
     """Fresh device noise on the effective weights for every mini-batch.
 
     The temporary offsets are attached once per epoch (:func:`perturbed`); each batch
-    recomputes the clean effective weights and their scales, then sets a new draw.
+    recomputes the clean effective weights and their scales, then sets a new draw from
+    the noise model (any :class:`~swimkit.devices.NoiseModel`), under ``plan`` if given.
     """
 
-    def __init__(self, model: nn.Module, device_model: DeviceModel, seed: int) -> None:
+    def __init__(self, model: nn.Module, noise_model: NoiseModel, seed: int,
+                 plan: Plan | None = None) -> None:
         self.model = model
-        self.device_model = device_model
+        self.noise_model = noise_model
         self.seed = seed
-        self.weights: dict[str, DeviceWeight] = device_weights(model)
+        self.plan = plan
+        names = plan.names if plan is not None else None
+        every = device_weights(model)
+        self.weights: dict[str, DeviceWeight] = (
+            {n: every[n] for n in names} if names is not None else every)
 
     @classmethod
     def create(
-        cls, model: nn.Module, config: TrainConfig, noise_model: DeviceModel | None
+        cls, model: nn.Module, config: TrainConfig, noise_model: NoiseModel | None,
+        plan: Plan | None = None,
     ) -> _NoiseInjector | None:
-        """An injector for ``config.sigma_train`` > 0, else None."""
-        if config.sigma_train <= 0:
+        """The injector of ``config`` / ``noise_model``, or None for clean training.
+
+        ``sigma_train`` > 0 trains with the Gaussian model at that sigma (the bit slicing
+        and variation of ``noise_model`` when it is a DeviceModel); a ``noise_model``
+        with ``sigma_train`` 0 is used as it is.
+        """
+        if config.sigma_train > 0:
+            if noise_model is not None and not isinstance(noise_model, DeviceModel):
+                raise SwimkitError(
+                    "sigma_train sets the sigma of a swimkit DeviceModel; with your own noise "
+                    "model leave sigma_train at 0"
+                )
+            base = noise_model if noise_model is not None else DeviceModel()
+            return cls(model, replace(base, sigma=float(config.sigma_train)), config.seed, plan)
+        if noise_model is None:
             return None
-        base = noise_model if noise_model is not None else DeviceModel()
-        return cls(model, replace(base, sigma=float(config.sigma_train)), config.seed)
+        require(isinstance(noise_model, NoiseModel),
+                f"noise_model must be a NoiseModel (got {type(noise_model).__name__})")
+        return cls(model, noise_model, config.seed, plan)
+
+    def describe(self) -> dict[str, Any]:
+        """The noise, for the checkpoint (a resumed run must train under the same noise)."""
+        plan = None
+        if self.plan is not None:
+            plan = {"method": self.plan.method, "requested": self.plan.requested,
+                    "devices_verified": self.plan.devices_verified}
+        return {"model": self.noise_model.describe(), "plan": plan}
 
     @contextlib.contextmanager
     def epoch(self, epoch: int) -> Iterator[Callable[[], None]]:
@@ -403,7 +439,7 @@ class _NoiseInjector:
                 values = effective_weights(self.weights)
                 scales = weight_scales(values)
                 with torch.no_grad():
-                    deltas = self.device_model.sample(values, scales, generator=generator)
+                    deltas = self.noise_model.sampler(values, scales, self.plan)(generator)
                 offsets.set(deltas)
 
             yield redraw
@@ -413,10 +449,7 @@ def _generator(
     seed: int, stream: str, epoch: int, device: torch.device | str = "cpu"
 ) -> torch.Generator:
     """A generator seeded by (seed, stream, epoch) alone, so any epoch can be replayed."""
-    digest = hashlib.sha256(f"swimkit-train:{stream}:{int(seed)}:{int(epoch)}".encode()).digest()
-    generator = torch.Generator(device=device)
-    generator.manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
-    return generator
+    return seeded_generator("swimkit-train", stream, int(seed), int(epoch), device=device)
 
 
 def _record(state: _Progress, row: dict[str, Any]) -> bool:
@@ -519,6 +552,8 @@ def _resume(
 def _check_settings(path: Path, stored: Mapping[str, Any], current: Mapping[str, Any]) -> None:
     """Refuse to continue a run whose stored settings differ from the requested ones."""
     for key in _MUST_MATCH:
+        if key not in stored and key == "noise":  # checkpoints of the first release
+            continue
         if stored.get(key) != current.get(key):
             raise SwimkitError(
                 f"{path} holds a run with {key}={stored.get(key)!r}, but this run asks for "
