@@ -25,9 +25,9 @@ def fmnist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     def no_network(name: str, root: Path) -> None:
         raise ConnectionError("no network in tests")
 
-    monkeypatch.setattr(data, "_download", no_network)
-    monkeypatch.setattr(data, "DEFAULT_CACHE_DIR", tmp_path / "cache")
-    monkeypatch.setattr(data, "SYSTEM_DATA_DIRS", (tmp_path / "system",))
+    monkeypatch.setattr(data.locate, "download_with_torchvision", no_network)
+    monkeypatch.setattr(data.locate, "DEFAULT_CACHE_DIR", tmp_path / "cache")
+    monkeypatch.setattr(data.locate, "SYSTEM_DATA_DIRS", (tmp_path / "system",))
     return folder
 
 
@@ -49,30 +49,36 @@ def test_run_end_to_end_and_resume(fmnist, tmp_path, capsys):
     code, stdout, err = run_cli(args, capsys)
     assert code == 0, err
     result = json.loads((tmp_path / "r.json").read_text())
-    for key in ("clean_accuracy", "no_verify", "full_verify", "selected", "fraction_verified",
-                "weights_verified", "weights_total", "settings", "programming"):
+    for key in ("clean_accuracy_percent", "no_verify", "full_verify", "selected", "settings",
+                "models", "reference_full_verify_percent"):
         assert key in result
     for key in ("no_verify", "full_verify", "selected"):
-        point = result[key]
-        assert len(point["accuracies"]) == 4
-        assert point["ci95"][0] <= point["mean"] <= point["ci95"][1]
-    assert result["weights_verified"] == round(0.1 * result["weights_total"])
-    assert result["weights_total"] == 106154 - (6 + 16 + 120 + 84 + 10)
-    assert set(result["programming"]) >= {"time_plan", "time_full_verify", "speedup"}
-    assert result["programming"]["speedup"] > 1
-    assert result["settings"]["sigma"] == 0.5 and result["settings"]["method" + "s"] == ["swim"]
-    assert result["clean_accuracy"] > 50
-    assert "clean accuracy" in stdout and "written" in stdout
+        mc = result[key]["accuracy"]
+        assert len(mc["accuracies_percent"]) == 4
+        assert mc["ci95_percent"][0] <= mc["mean_percent"] <= mc["ci95_percent"][1]
+        assert mc["p05_percent"] <= mc["mean_percent"] and 0 <= mc["yield_fraction"] <= 1
+    selected = result["selected"]
+    assert selected["weights_verified"] == round(0.1 * selected["weights_total"])
+    assert selected["weights_total"] == 106154 - (6 + 16 + 120 + 84 + 10)
+    assert selected["devices_verified"] == 8 * selected["weights_verified"]
+    assert set(selected["programming"]) >= {"time_plan_s", "time_full_verify_s", "speedup"}
+    assert selected["programming"]["speedup"] > 1
+    assert selected["gap_to_full_verify"]["mean_points"] <= 0
+    settings = result["settings"]
+    assert settings["device_model"]["sigma"] == 0.5
+    assert settings["selection"]["methods"] == ["swim"]
+    assert result["clean_accuracy_percent"] > 50
+    assert "clean accuracy" in stdout and "written" in stdout and "p05" in stdout
     for name in ("model", "sensitivity", "result"):
         assert Path(result["files"][name]).is_file()
-    masks = swimkit.Plan.load(result["selected"]["masks"])
-    assert masks.weights_verified == result["weights_verified"]
+    plan = swimkit.Plan.load(selected["plan_path"])
+    assert plan.weights_verified == selected["weights_verified"]
 
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.pt")}
     code, stdout2, _ = run_cli(args, capsys)
     assert code == 0
     again = json.loads((tmp_path / "r.json").read_text())
-    assert again["selected"]["accuracies"] == result["selected"]["accuracies"]
+    assert again["selected"]["accuracy"] == result["selected"]["accuracy"]
     assert (out / "train" / "last.pt").stat().st_mtime_ns == stamps[out / "train" / "last.pt"]
     assert (out / "sensitivity-swim.pt").stat().st_mtime_ns == stamps[out /
                                                                       "sensitivity-swim.pt"]
@@ -94,7 +100,7 @@ def test_reference_flag_names_are_aliases(fmnist, tmp_path, capsys):
         assert code == 0, err
         results.append(json.loads(path.read_text()))
     assert results[0]["settings"] == results[1]["settings"]
-    assert results[0]["selected"]["accuracies"] == results[1]["selected"]["accuracies"]
+    assert results[0]["selected"]["accuracy"] == results[1]["selected"]["accuracy"]
 
 
 def test_separate_steps_chain_through_files(fmnist, tmp_path, capsys):
@@ -120,7 +126,7 @@ def test_separate_steps_chain_through_files(fmnist, tmp_path, capsys):
                                  str(tmp_path / "e.json"), "--no-progress"], capsys)
     assert code == 0, err
     result = json.loads((tmp_path / "e.json").read_text())
-    assert len(result["result"]["accuracies"]) == 3
+    assert len(result["accuracy"]["accuracies_percent"]) == 3
 
 
 def test_sweep_writes_table_and_plot(fmnist, tmp_path, capsys):
@@ -194,20 +200,55 @@ def test_console_script_and_module_entry_point():
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1
 
 
-def test_sweep_finds_fraction_within_target(fmnist, tmp_path, capsys):
+def test_sweep_finds_the_largest_speedup_within_target(fmnist, tmp_path, capsys):
     out = tmp_path / "within"
     code, stdout, err = run_cli(["sweep", "--model", "lenet", *flow_args(fmnist, out),
-                                 "--fractions", "0.05", "--methods", "swim,random",
+                                 "--sigma", "2", "--sigma-verified", "0.2",
+                                 "--speedups", "3", "--methods", "swim,allocate",
                                  "--within", "1", "--search-steps", "4",
                                  "--variation", "band:3"], capsys)
     assert code == 0, err
     result = json.loads((out / "sweep.json").read_text())
-    target = result["full_verify"]["mean"] - 1
-    for method in ("swim", "random"):
-        found = result["needed"][method]
-        assert found["mean"] >= target and found["target"] == pytest.approx(target)
-        assert 0 < found["fraction_verified"] <= 1
-    assert "Smallest verified fraction" in (out / "sweep.md").read_text()
+    floor = result["reference_full_verify_percent"] - 1
+    for search in result["searches"]:
+        tried = [p for p in json.loads((out / "points.json").read_text())["points_by_id"].values()
+                 if p["method"] == search["method"] and p["budget"]["kind"] == "speedup"]
+        found = search["point"]
+        assert found["accuracy"]["mean_percent"] >= floor
+        met = [p["programming"]["speedup"] for p in tried
+               if p["accuracy"]["mean_percent"] >= floor]
+        unmet = [p["programming"]["speedup"] for p in tried
+                 if p["accuracy"]["mean_percent"] < floor]
+        assert search["speedup"] == pytest.approx(max(met))
+        assert all(u > search["speedup"] for u in unmet)  # the bisection's bracket
+        assert len(tried) >= 3
+    assert "Largest modelled speedup" in (out / "sweep.md").read_text()
+
+
+def test_sweep_compares_noise_trained_models_against_the_best_full_verify(fmnist, tmp_path,
+                                                                          capsys):
+    out = tmp_path / "models"
+    code, stdout, err = run_cli(["sweep", "--model", "lenet", *flow_args(fmnist, out),
+                                 "--sigma-train", "0,0.2", "--speedups", "4",
+                                 "--methods", "allocate", "--within", "2", "--yield", "0.5",
+                                 "--search-steps", "2"], capsys)
+    assert code == 0, err
+    result = json.loads((out / "sweep.json").read_text())
+    models = result["models"]
+    assert [m["sigma_train"] for m in models] == [0.0, 0.2]
+    best = max(m["full_verify"]["accuracy"]["mean_percent"] for m in models)
+    assert result["reference_full_verify_percent"] == pytest.approx(best)
+    for model in models:
+        for point in (model["no_verify"], model["full_verify"], *model["points"]):
+            mc = point["accuracy"]
+            assert mc["yield_reference_percent"] == pytest.approx(best)
+            reached = sum(a >= best - 2 - 1e-9 for a in mc["accuracies_percent"])
+            assert mc["yield_fraction"] == pytest.approx(reached / len(mc["accuracies_percent"]))
+        assert model["searches"][0]["target"].startswith("50 % of chips")
+    assert (out / "train-sigma0.2" / "best.pt").is_file() and (out / "train" / "best.pt").is_file()
+    table = (out / "sweep.md").read_text()
+    assert "sigma_train 0.2" in table and "| allocate |" in table
+    assert (out / "sweep.png").stat().st_size > 1000
 
 
 @pytest.mark.parametrize("budget", [["--speedup", "4"], ["--time-budget", "0.5"]])
@@ -216,11 +257,11 @@ def test_run_with_a_programming_budget(budget, fmnist, tmp_path, capsys):
     code, stdout, err = run_cli(["run", "--model", "lenet", *flow_args(fmnist, tmp_path / "o"),
                                  *budget, "--json", str(path)], capsys)
     assert code == 0, err
-    prog = json.loads(path.read_text())["programming"]
+    prog = json.loads(path.read_text())["selected"]["programming"]
     if budget[0] == "--speedup":
         assert prog["speedup"] >= 4
     else:
-        assert prog["time_plan"] <= 0.5
+        assert prog["time_plan_s"] <= 0.5
     assert "speedup" in stdout
 
 
@@ -242,5 +283,5 @@ def test_exclude_applies_to_every_method(fmnist, tmp_path, capsys):
     totals = {p["weights_total"] for p in [*result["points"], result["no_verify"]]}
     assert totals == {105918 - 54 - 840}
     for point in result["points"]:
-        assert set(swimkit.Plan.load(point["masks"]).masks) == {"conv2.weight", "fc1.weight",
-                                                                "fc2.weight"}
+        assert set(swimkit.Plan.load(point["plan_path"]).masks) == {"conv2.weight", "fc1.weight",
+                                                                    "fc2.weight"}

@@ -1,31 +1,40 @@
-"""swimkit: selective write-verify (SWIM) for computing-in-memory neural accelerators.
+"""swimkit: selective write-verify for computing-in-memory neural accelerators.
 
-Which weights of a network must be write-verified on a CiM device, what accuracy is
-kept, and how much programming time is saved. Models stay plain ``torch.nn.Module``s;
-device noise, quantization, sensitivity and selection attach from outside.
+Which devices of a network must be write-verified on a CiM chip, to which tolerance,
+what accuracy is kept, and how much programming time is saved. Models stay plain
+``torch.nn.Module``s; device noise, quantization, sensitivity and selection attach from
+outside. Each extensible concept has one registry: selection methods
+(:func:`register_method`), sensitivity engines, models, datasets and curvature rules
+(:func:`register_rule`, :func:`register_elementwise`); device models follow the
+:class:`NoiseModel` protocol.
 """
 
 from . import data, models, programming, variation
-from .data import load_dataset
-from .devices import DeviceModel
+from .data import load_dataset, register_dataset
+from .devices import DeviceModel, NoiseModel
 from .errors import SwimkitError
 from .mapping import DeviceWeight, device_weights, perturbed
-from .models import build_model
+from .models import build_model, register_model
 from .montecarlo import MCResult, accuracy, evaluate
+from .plans import Plan
 from .programming import WriteVerify
 from .quantization import FakeQuantize, quantize
-from .selection import Plan, select
-from .sensitivity import Sensitivity, sensitivity
+from .selection import register_method, select
+from .sensitivity import Sensitivity, register_engine, sensitivity
+from .sensitivity.swim import register_elementwise, register_rule
+from .slicing import BitSlicing
 from .variation import BandVariation, TableVariation
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "BandVariation",
+    "BitSlicing",
     "DeviceModel",
     "DeviceWeight",
     "FakeQuantize",
     "MCResult",
+    "NoiseModel",
     "Plan",
     "Sensitivity",
     "SwimkitError",
@@ -41,6 +50,12 @@ __all__ = [
     "perturbed",
     "programming",
     "quantize",
+    "register_dataset",
+    "register_elementwise",
+    "register_engine",
+    "register_method",
+    "register_model",
+    "register_rule",
     "select",
     "sensitivity",
     "variation",

@@ -34,11 +34,6 @@ def is_rank_zero() -> bool:
     return rank() == 0
 
 
-def barrier() -> None:
-    if active():
-        dist.barrier()
-
-
 def rank_zero_first(step: Callable[[], Any]) -> None:
     """Run ``step`` on rank 0 while the others wait; every rank raises if it failed.
 
@@ -79,5 +74,5 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
-__all__ = ["T", "active", "barrier", "init_from_environment", "is_rank_zero", "rank",
+__all__ = ["T", "active", "init_from_environment", "is_rank_zero", "rank",
            "rank_zero_first", "shutdown", "world_size"]

@@ -1,4 +1,10 @@
-"""Human-readable output of runs and sweeps: summary lines, tables and a plot."""
+"""Human-readable output: summary lines, tables, a plot, and the registries' tables.
+
+The plot shows accuracy under variation against modelled programming speedup (log axis):
+a line and its 95 % confidence band per model and method, the best full-verify band and
+the line P points below it. Figures are drawn with matplotlib's object API (no pyplot
+state, no backend switch) and written atomically like every other file.
+"""
 
 from __future__ import annotations
 
@@ -8,112 +14,153 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .storage import atomic_write_text
+from .data import DATASETS
+from .models import MODELS
+from .montecarlo import MCResult
+from .registry import markdown_table
+from .results import Point, SweepResult
+from .selection import METHODS
+from .sensitivity import ENGINES
+from .storage import atomic_write, atomic_write_text
 
 
-def format_mc(point: dict[str, Any]) -> str:
-    """'mean +- std % (95% CI low-high)' of a Monte-Carlo result dict."""
-    low, high = point["ci95"]
-    return f"{point['mean']:6.2f} +- {point['std']:5.2f} %  (95% CI {low:.2f}-{high:.2f})"
+def format_mc(mc: MCResult) -> str:
+    """'mean +- std % (95% CI low-high), p05, yield' of a Monte-Carlo result."""
+    low, high = mc.ci95
+    text = f"{mc.mean:6.2f} +- {mc.std:5.2f} %  (95% CI {low:.2f}-{high:.2f}, p05 {mc.p05:.2f}"
+    if mc.chip_yield is not None:
+        text += f", yield {100 * mc.chip_yield:.0f} %"
+    return text + ")"
 
 
-def _seconds(value: float) -> str:
+def seconds(value: float) -> str:
     for unit, factor in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6), ("ns", 1e-9)):
         if abs(value) >= factor:
             return f"{value / factor:.3g} {unit}"
     return f"{value:.3g} s"
 
 
-def run_lines(result: dict[str, Any]) -> list[str]:
-    """The summary of a single-point run."""
-    s = result["settings"]
+def _percent(value: float) -> str:
+    return f"{100 * value:.2f}%"
+
+
+def run_lines(result: SweepResult) -> list[str]:
+    """The summary of a run: one model, its baselines and its points."""
+    result.set_reference()
+    s = result.settings
+    dm = s["device_model"]
     lines = [
-        f"model {s['model']} on {s['dataset']}; sigma {s['sigma']}, sigma_verified "
-        f"{s['sigma_verified']}, {s['samples']} Monte-Carlo samples (seed {s['seed']})",
-        f"clean accuracy       {result['clean_accuracy']:6.2f} %",
-        f"no write-verify      {format_mc(result['no_verify'])}",
-        f"full write-verify    {format_mc(result['full_verify'])}",
+        f"model {s['model']['name']} on {s['data']['dataset']}; sigma {dm['sigma']}, "
+        f"sigma_verified {dm['sigma_verified']}, {s['evaluation']['samples']} Monte-Carlo chips "
+        f"(seed {s['evaluation']['seed']}); yield = chips within {result.within_points:g} "
+        f"point(s) of {result.reference_percent:.2f} %",
     ]
-    for point in result["points"]:
-        label = f"{point['method']}, {100 * point['fraction_verified']:.2f}% verified"
-        lines.append(f"{label:<20} {format_mc(point)}")
-        lines.append(
-            f"weights verified     {point['weights_verified']:,} of {point['weights_total']:,}"
-        )
-        prog = point.get("programming")
-        if prog:
-            lines.append(
-                f"programming time     {_seconds(prog['time_plan'])} (full verify "
-                f"{_seconds(prog['time_full_verify'])}): speedup {prog['speedup']:.2f}x"
-            )
+    for model in result.models:
+        prefix = f"[{model.label}] " if len(result.models) > 1 else ""
+        lines += [
+            f"{prefix}clean accuracy       {model.clean_accuracy_percent:6.2f} %",
+            f"{prefix}no write-verify      {format_mc(model.no_verify.mc)}",
+            f"{prefix}full write-verify    {format_mc(model.full_verify.mc)}",
+        ]
+        for point in model.points:
+            lines += _point_lines(point, prefix)
     lines.append("written:")
-    lines.extend(f"  {name:<12} {path}" for name, path in result["files"].items())
+    lines.extend(f"  {name:<12} {path}" for name, path in result.files.items())
     return lines
 
 
-def print_run(result: dict[str, Any]) -> None:
+def _point_lines(point: Point, prefix: str) -> list[str]:
+    c = point.counts
+    lines = [
+        f"{prefix}{point.label}: {format_mc(point.mc)}",
+        f"{prefix}  devices verified   {c.devices_verified:,} of {c.devices_total:,} "
+        f"({_percent(c.devices_fraction_verified)}); weights touched {c.weights_verified:,} "
+        f"of {c.weights_total:,} ({_percent(c.fraction_verified)})",
+    ]
+    prog = point.programming
+    if prog is not None:
+        lines.append(f"{prefix}  programming time   {seconds(prog.time_plan_s)} (full verify "
+                     f"{seconds(prog.time_full_verify_s)}): speedup {prog.speedup:.2f}x")
+    if point.gap is not None:
+        low, high = point.gap.ci95
+        lines.append(f"{prefix}  gap to full verify {point.gap.mean:+.2f} points "
+                     f"(95% CI {low:+.2f} to {high:+.2f}, paired chips)")
+    if "learn_seconds" in point.meta:
+        lines.append(f"{prefix}  learning the plan  {point.meta['learn_seconds']:.1f} s "
+                     f"({point.meta['learn_epochs']} epochs)")
+    return lines
+
+
+def print_run(result: SweepResult) -> None:
     print("\n".join(run_lines(result)), flush=True)
 
 
-COLUMNS = ("method", "budget", "fraction_verified", "speedup", "mean", "std", "ci95_low",
-           "ci95_high")
+COLUMNS = ("model", "method", "budget", "fraction_verified", "devices_fraction_verified",
+           "speedup", "mean_percent", "std_percent", "ci95_low_percent", "ci95_high_percent",
+           "p05_percent", "yield_fraction")
 
 
-def sweep_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per evaluated point, baselines first."""
+def sweep_rows(result: SweepResult) -> list[dict[str, Any]]:
+    """One row per evaluated point, each model's baselines first."""
+    result.set_reference()
     rows = []
-    for name in ("no_verify", "full_verify"):
-        rows.append(_row(name.replace("_", " "), "-", result[name]))
-    for point in result["points"]:
-        kind = next(k for k in ("fraction", "speedup", "time_budget") if k in point)
-        budget = f"{kind.replace('_', ' ')} {point[kind]:g}"
-        rows.append(_row(point["method"], budget, point))
+    for model in result.models:
+        for point in (model.no_verify, model.full_verify, *model.points):
+            rows.append(_row(point))
     return rows
 
 
-def _row(method: str, budget: str, point: dict[str, Any]) -> dict[str, Any]:
-    prog = point.get("programming") or {}
+def _row(point: Point) -> dict[str, Any]:
+    low, high = point.mc.ci95
+    budget = "-" if point.budget_kind is None else (
+        f"{point.budget_kind.replace('_', ' ')} {point.budget_value:g}")
     return {
-        "method": method,
-        "budget": budget,
-        "fraction_verified": point.get("fraction_verified"),
-        "speedup": prog.get("speedup"),
-        "mean": point["mean"],
-        "std": point["std"],
-        "ci95_low": point["ci95"][0],
-        "ci95_high": point["ci95"][1],
+        "model": point.model, "method": point.method, "budget": budget,
+        "fraction_verified": point.counts.fraction_verified,
+        "devices_fraction_verified": point.counts.devices_fraction_verified,
+        "speedup": point.speedup, "mean_percent": point.mc.mean, "std_percent": point.mc.std,
+        "ci95_low_percent": low, "ci95_high_percent": high, "p05_percent": point.mc.p05,
+        "yield_fraction": point.mc.chip_yield,
     }
 
 
-def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
+def markdown_rows(rows: Sequence[dict[str, Any]], within: float) -> str:
     """The sweep as a Markdown table (accuracy in percent)."""
-    head = "| method | budget | verified | speedup | accuracy % | std | 95% CI |"
-    lines = [head, "|---|---|---:|---:|---:|---:|---|"]
+    lines = [f"| model | method | budget | weights verified | devices verified | speedup | "
+             f"accuracy % | std | 95% CI | p05 | yield (within {within:g}) |",
+             "|---|---|---|---:|---:|---:|---:|---:|---|---:|---:|"]
     for r in rows:
-        verified = "-" if r["fraction_verified"] is None else f"{100 * r['fraction_verified']:.2f}%"
         speedup = "-" if r["speedup"] is None else f"{r['speedup']:.2f}x"
+        chip_yield = "-" if r["yield_fraction"] is None else f"{100 * r['yield_fraction']:.0f}%"
         lines.append(
-            f"| {r['method']} | {r['budget']} | {verified} | {speedup} | {r['mean']:.2f} | "
-            f"{r['std']:.2f} | {r['ci95_low']:.2f}-{r['ci95_high']:.2f} |"
+            f"| {r['model']} | {r['method']} | {r['budget']} | "
+            f"{_percent(r['fraction_verified'])} | {_percent(r['devices_fraction_verified'])} | "
+            f"{speedup} | {r['mean_percent']:.2f} | {r['std_percent']:.2f} | "
+            f"{r['ci95_low_percent']:.2f}-{r['ci95_high_percent']:.2f} | "
+            f"{r['p05_percent']:.2f} | {chip_yield} |"
         )
     return "\n".join(lines) + "\n"
 
 
-def needed_table(result: dict[str, Any]) -> str:
-    """Per method: the smallest fraction within the target of full write-verify."""
-    needed = result.get("needed")
-    if not needed:
+def search_table(result: SweepResult) -> str:
+    """Per model and method: the largest speedup meeting the target."""
+    searches = [s for m in result.models for s in m.searches]
+    if not searches:
         return ""
-    target = next(iter(needed.values()))["target"]
-    lines = [f"Smallest verified fraction reaching {target:.2f} % (full write-verify "
-             f"{result['full_verify']['mean']:.2f} % minus "
-             f"{result['settings']['within']:g} points):", "",
-             "| method | verified | accuracy % | 95% CI | modelled speedup |",
-             "|---|---:|---:|---|---:|"]
-    for method, p in needed.items():
-        lines.append(f"| {method} | {100 * p['fraction_verified']:.2f}% | {p['mean']:.2f} | "
-                     f"{p['ci95'][0]:.2f}-{p['ci95'][1]:.2f} | "
-                     f"{p['programming']['speedup']:.2f}x |")
+    lines = [f"Largest modelled speedup per method: {searches[0].target}", "",
+             "| model | method | speedup | accuracy % | 95% CI | p05 | yield | gap (95% CI) |",
+             "|---|---|---:|---:|---|---:|---:|---|"]
+    for s in searches:
+        if s.point is None:
+            lines.append(f"| {s.model} | {s.method} | not met even by full verify | | | | | |")
+            continue
+        p = s.point
+        low, high = p.mc.ci95
+        gap = "-" if p.gap is None else (
+            f"{p.gap.mean:+.2f} ({p.gap.ci95[0]:+.2f} to {p.gap.ci95[1]:+.2f})")
+        chip_yield = "-" if p.mc.chip_yield is None else f"{100 * p.mc.chip_yield:.0f}%"
+        lines.append(f"| {s.model} | {s.method} | {p.speedup:.2f}x | {p.mc.mean:.2f} | "
+                     f"{low:.2f}-{high:.2f} | {p.mc.p05:.2f} | {chip_yield} | {gap} |")
     return "\n".join(lines) + "\n"
 
 
@@ -125,57 +172,64 @@ def csv_table(rows: Sequence[dict[str, Any]]) -> str:
     return buffer.getvalue()
 
 
-def plot_sweep(result: dict[str, Any], path: str | Path) -> Path | None:
-    """Accuracy against verified fraction per method, with 95% CIs; None without matplotlib."""
+def plot_sweep(result: SweepResult, path: str | Path) -> Path | None:
+    """Accuracy against modelled speedup per model and method; None without matplotlib."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure
+        from matplotlib.ticker import FuncFormatter
     except ImportError:
         return None
-    fig, ax = plt.subplots(figsize=(6, 4))
-    methods: dict[str, list[dict]] = {}
-    for point in result["points"]:
-        methods.setdefault(point["method"], []).append(point)
-    for method, points in methods.items():
-        points = sorted(points, key=lambda p: p["fraction_verified"])
-        xs = [100 * p["fraction_verified"] for p in points]
-        ys = [p["mean"] for p in points]
-        errs = [[p["mean"] - p["ci95"][0] for p in points], [p["ci95"][1] - p["mean"]
-                                                             for p in points]]
-        ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, label=method)
-    for name, style in (("full_verify", "--"), ("no_verify", ":")):
-        ax.axhline(result[name]["mean"], linestyle=style, color="gray",
-                   label=name.replace("_", " "))
-    if all(p["fraction_verified"] > 0 for p in result["points"]):
-        from matplotlib.ticker import FuncFormatter
-
-        ax.set_xscale("log")
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-    ax.set_xlabel("weights write-verified (%)")
+    result.set_reference()
+    fig = Figure(figsize=(7.5, 4.8))
+    ax = fig.add_subplot()
+    lines: dict[tuple[str, str], list[Point]] = {}
+    for model in result.models:
+        for point in model.points:
+            if point.speedup is not None:
+                lines.setdefault((model.label, point.method), []).append(point)
+        for search in model.searches:
+            if search.point is not None and search.point.speedup is not None:
+                lines.setdefault((model.label, search.method), []).append(search.point)
+    several = len(result.models) > 1
+    for (label, method), points in lines.items():
+        points = sorted({p.speedup: p for p in points}.values(), key=lambda p: p.speedup)
+        xs = [p.speedup for p in points]
+        name = f"{method} ({label})" if several else method
+        (line,) = ax.plot(xs, [p.mc.mean for p in points], marker="o", markersize=3, label=name)
+        ax.fill_between(xs, [p.mc.ci95[0] for p in points], [p.mc.ci95[1] for p in points],
+                        color=line.get_color(), alpha=0.2, linewidth=0)
+    best = max(result.models, key=lambda m: m.full_verify.mc.mean)
+    low, high = best.full_verify.mc.ci95
+    ax.axhspan(low, high, color="gray", alpha=0.25,
+               label=f"full verify ({best.label})" if several else "full verify")
+    ax.axhline(result.reference_percent - result.within_points, color="gray", linestyle="--",
+               label=f"{result.within_points:g} point below")
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
+    ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if v in (2, 3, 5)
+                                               else ""))
+    ax.set_xlabel("modelled programming speedup over full write-verify")
     ax.set_ylabel("accuracy under variation (%)")
-    s = result["settings"]
-    ax.set_title(f"{s['model']} / {s['dataset']}, sigma {s['sigma']}")
-    ax.legend()
+    floor = result.reference_percent - 4 * max(result.within_points, 1.0)
+    ax.set_ylim(bottom=max(floor, min((p.mc.ci95[0] for ps in lines.values() for p in ps),
+                                      default=floor)))
+    s = result.settings
+    ax.set_title(f"{s['model']['name']} / {s['data']['dataset']}, sigma "
+                 f"{s['device_model']['sigma']}, {s['evaluation']['samples']} chips")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, loc="lower left")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    suffix = Path(path).suffix.lstrip(".") or "png"
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=130, format=suffix))
 
 
-def write_sweep_reports(
-    result: dict[str, Any], out_dir: Path, plot: str | None = None
-) -> dict[str, str]:
+def write_sweep_reports(result: SweepResult, out_dir: Path, plot: str | None = None
+                        ) -> dict[str, str]:
     """Write sweep.md, sweep.csv and the plot; return their paths."""
     rows = sweep_rows(result)
-    text = markdown_table(rows)
-    if result.get("needed"):
-        text += "\n" + needed_table(result)
+    text = markdown_rows(rows, result.within_points)
+    if any(m.searches for m in result.models):
+        text += "\n" + search_table(result)
     files = {
         "table": str(atomic_write_text(text, out_dir / "sweep.md")),
         "csv": str(atomic_write_text(csv_table(rows), out_dir / "sweep.csv")),
@@ -186,11 +240,32 @@ def write_sweep_reports(
     return files
 
 
-def print_sweep(result: dict[str, Any]) -> None:
-    print(f"clean accuracy {result['clean_accuracy']:.2f} %", flush=True)
-    print(markdown_table(sweep_rows(result)), end="", flush=True)
-    if result.get("needed"):
-        print("\n" + needed_table(result), end="", flush=True)
+def print_sweep(result: SweepResult) -> None:
+    for model in result.models:
+        print(f"[{model.label}] clean accuracy {model.clean_accuracy_percent:.2f} %", flush=True)
+    print(markdown_rows(sweep_rows(result), result.within_points), end="", flush=True)
+    if any(m.searches for m in result.models):
+        print("\n" + search_table(result), end="", flush=True)
     print("written:")
-    for name, path in result["files"].items():
+    for name, path in result.files.items():
         print(f"  {name:<12} {path}")
+
+
+def registry_tables() -> dict[str, str]:
+    """Markdown tables of the registries (the README shows them verbatim)."""
+    return {
+        "methods": markdown_table(METHODS, {"method": "name", "aliases": "aliases",
+                                            "level": "level",
+                                            "needs sensitivities": "needs_sensitivity",
+                                            "what it does": "help"}),
+        "engines": markdown_table(ENGINES, {"engine": "name", "options": "option_names",
+                                            "what it computes": "help"}),
+        "models": markdown_table(MODELS, {"model": "name", "aliases": "aliases",
+                                          "data": "dataset", "what it is": "help"}),
+        "datasets": markdown_table(DATASETS, {"dataset": "name", "aliases": "aliases",
+                                              "what it is": "help"}),
+    }
+
+
+__all__ = ["format_mc", "plot_sweep", "print_run", "print_sweep", "registry_tables",
+           "run_lines", "write_sweep_reports"]

@@ -1,0 +1,191 @@
+"""Typed results of runs and sweeps, and their JSON form.
+
+Units are in the key names: accuracies in percent (``*_percent``), accuracy gaps in
+points (``*_points``), times in seconds (``*_s``); shares are fractions in [0, 1]
+(``fraction_*``, ``*_fraction``); ``speedup`` is a ratio.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .montecarlo import MCResult
+from .plans import Plan
+from .programming import ProgrammingReport
+
+
+@dataclass
+class PlanCounts:
+    """How much of the model a plan verifies."""
+
+    weights_verified: int
+    weights_total: int
+    devices_verified: int
+    devices_total: int
+
+    @classmethod
+    def of(cls, plan: Plan) -> PlanCounts:
+        return cls(plan.weights_verified, plan.weights_total, plan.devices_verified,
+                   plan.devices_total)
+
+    @property
+    def fraction_verified(self) -> float:
+        return self.weights_verified / self.weights_total if self.weights_total else 0.0
+
+    @property
+    def devices_fraction_verified(self) -> float:
+        return self.devices_verified / self.devices_total if self.devices_total else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"weights_verified": self.weights_verified, "weights_total": self.weights_total,
+                "fraction_verified": self.fraction_verified,
+                "devices_verified": self.devices_verified, "devices_total": self.devices_total,
+                "devices_fraction_verified": self.devices_fraction_verified}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PlanCounts:
+        return cls(data["weights_verified"], data["weights_total"], data["devices_verified"],
+                   data["devices_total"])
+
+
+@dataclass
+class Point:
+    """One evaluated plan: its method, budget, counts, modelled time and accuracy."""
+
+    method: str
+    model: str
+    budget_kind: str | None
+    budget_value: float | None
+    counts: PlanCounts
+    programming: ProgrammingReport | None
+    mc: MCResult
+    plan_path: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    gap: MCResult | None = None  # paired per-chip difference to the model's full verify
+
+    @property
+    def speedup(self) -> float | None:
+        return self.programming.speedup if self.programming else None
+
+    @property
+    def label(self) -> str:
+        if self.budget_kind is None:
+            return self.method
+        return f"{self.method} {self.budget_kind.replace('_', ' ')} {self.budget_value:g}"
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {
+            "method": self.method,
+            "model": self.model,
+            "budget": ({"kind": self.budget_kind, "value": self.budget_value}
+                       if self.budget_kind else None),
+            **self.counts.to_dict(),
+            "programming": self.programming.to_dict() if self.programming else None,
+            "accuracy": self.mc.to_dict(),
+            "plan_path": self.plan_path,
+            "meta": self.meta,
+        }
+        if self.gap is not None:
+            low, high = self.gap.ci95
+            out["gap_to_full_verify"] = {"mean_points": self.gap.mean,
+                                         "ci95_points": [low, high]}
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Point:
+        budget = data.get("budget") or {}
+        programming = data.get("programming")
+        return cls(
+            method=data["method"], model=data["model"], budget_kind=budget.get("kind"),
+            budget_value=budget.get("value"), counts=PlanCounts.from_dict(data),
+            programming=ProgrammingReport(**programming) if programming else None,
+            mc=MCResult.from_dict(data["accuracy"]), plan_path=data.get("plan_path"),
+            meta=data.get("meta", {}),
+        )
+
+
+@dataclass
+class Search:
+    """The largest speedup at which a method meets the target, and the point there."""
+
+    method: str
+    model: str
+    target: str
+    point: Point | None  # None: not even full verify meets the target
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.method, "model": self.model, "target": self.target,
+                "speedup": self.point.speedup if self.point else None,
+                "point": self.point.to_dict() if self.point else None}
+
+
+@dataclass
+class ModelReport:
+    """One model of a comparison: its baselines, evaluated plans and searches."""
+
+    label: str
+    sigma_train: float
+    checkpoint: str
+    clean_accuracy_percent: float
+    no_verify: Point
+    full_verify: Point
+    points: list[Point] = field(default_factory=list)
+    searches: list[Search] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"label": self.label, "sigma_train": self.sigma_train,
+                "checkpoint": self.checkpoint,
+                "clean_accuracy_percent": self.clean_accuracy_percent,
+                "no_verify": self.no_verify.to_dict(), "full_verify": self.full_verify.to_dict(),
+                "points": [p.to_dict() for p in self.points],
+                "searches": [s.to_dict() for s in self.searches]}
+
+
+@dataclass
+class SweepResult:
+    """Every model compared, and the reference the yields and searches are measured by."""
+
+    models: list[ModelReport]
+    within_points: float
+    settings: dict[str, Any] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def reference_percent(self) -> float:
+        """The best full-verify mean accuracy of the models compared."""
+        return max(m.full_verify.mc.mean for m in self.models)
+
+    def all_points(self) -> list[Point]:
+        return [p for m in self.models for p in (m.no_verify, m.full_verify, *m.points)]
+
+    def set_reference(self) -> None:
+        """Measure every chip yield against the best full verify."""
+        reference = self.reference_percent
+        for point in self.all_points():
+            point.mc.reference, point.mc.within = reference, self.within_points
+        for model in self.models:
+            for search in model.searches:
+                if search.point is not None:
+                    search.point.mc.reference = reference
+                    search.point.mc.within = self.within_points
+
+    def to_dict(self) -> dict[str, Any]:
+        self.set_reference()
+        out: dict[str, Any] = {
+            "reference_full_verify_percent": self.reference_percent,
+            "within_points": self.within_points,
+            "models": [m.to_dict() for m in self.models],
+        }
+        if len(self.models) == 1:  # one model: its parts at the top as well
+            only = out["models"][0]
+            out.update({k: only[k] for k in ("clean_accuracy_percent", "no_verify",
+                                             "full_verify", "points", "searches")})
+            if len(only["points"]) == 1:
+                out["selected"] = only["points"][0]
+        out["settings"] = self.settings
+        out["files"] = self.files
+        return out
+
+
+__all__ = ["ModelReport", "PlanCounts", "Point", "Search", "SweepResult"]

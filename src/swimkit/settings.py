@@ -1,0 +1,199 @@
+"""Every setting of a run, grouped by what it configures; each default is stated once.
+
+The groups are the settings classes of the concepts themselves where they exist
+(:class:`~swimkit.training.TrainConfig`, :class:`~swimkit.devices.DeviceModel` with its
+:class:`~swimkit.programming.WriteVerify` loop) and small dataclasses here for the rest.
+The command line fills them; its defaults and help text are read from these classes.
+Everything is checked when a :class:`Settings` is made, before any training or pass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .devices import DeviceModel
+from .errors import SwimkitError, check_fraction, is_number, require
+from .models import canonical_model_name, model_info
+from .plans import check_menu
+from .selection import METHODS
+from .sensitivity import ENGINES
+from .training import TrainConfig
+
+
+@dataclass
+class ModelSettings:
+    """Which model: a registered ``name``, a trained ``checkpoint``, quantization ``bits``."""
+
+    name: str = "lenet"
+    checkpoint: str | None = None
+    bits: int | None = None
+
+
+@dataclass
+class DataSettings:
+    """Which data: a registered ``dataset`` (default: the model's) found in ``data_dir``;
+    ``train_limit`` / ``test_limit`` cut the sets (quick runs)."""
+
+    dataset: str | None = None
+    data_dir: str | None = None
+    train_limit: int | None = None
+    test_limit: int | None = None
+    test_batch_size: int = 256
+
+
+@dataclass
+class SensitivitySettings:
+    """The sensitivity pass: ``engine``, its batch size, how many training images, and
+    the engine's ``options`` (``probes`` and ``seed`` for hutchinson)."""
+
+    engine: str = "swim"
+    batch_size: int = 128
+    limit: int | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class SelectionSettings:
+    """Methods and budgets: every method is run at every budget.
+
+    ``fractions`` (of weights; of devices for device-level methods), ``speedups`` over
+    full verify, ``time_budgets`` in seconds; ``tolerances`` the menu of device-level
+    methods (None: the default menu); ``exclude`` layers kept digital; ``learn`` the
+    options of method ``learned`` (epochs, lr, price_step).
+    """
+
+    methods: list[str] = field(default_factory=lambda: ["swim"])
+    fractions: list[float] = field(default_factory=list)
+    speedups: list[float] = field(default_factory=list)
+    time_budgets: list[float] = field(default_factory=list)
+    tolerances: list[float] | None = None
+    exclude: list[str] = field(default_factory=list)
+    learn: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class EvaluationSettings:
+    """Monte-Carlo: ``samples`` chips from ``seed``; ``within`` points of the best full
+    verify count a chip as good (yield) and, when searching, a method as good enough;
+    ``search`` finds per method the largest speedup whose mean (or, with
+    ``yield_target``, whose yield) meets it, in ``search_steps`` bisection steps."""
+
+    samples: int = 100
+    seed: int = 0
+    within: float = 1.0
+    search: bool = False
+    yield_target: float | None = None
+    search_steps: int = 8
+
+
+@dataclass
+class Settings:
+    """Every setting of a run or a sweep (see the groups)."""
+
+    model: ModelSettings = field(default_factory=ModelSettings)
+    data: DataSettings = field(default_factory=DataSettings)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sigma_trains: list[float] | None = None
+    device_model: DeviceModel = field(default_factory=DeviceModel)
+    sensitivity: SensitivitySettings = field(default_factory=SensitivitySettings)
+    selection: SelectionSettings = field(default_factory=SelectionSettings)
+    evaluation: EvaluationSettings = field(default_factory=EvaluationSettings)
+    device: str = "cpu"
+    out: str | None = None
+
+    def __post_init__(self) -> None:
+        """Check everything up front, before any training or sensitivity pass."""
+        self.model.name = canonical_model_name(self.model.name)
+        self.data.dataset = self.data.dataset or model_info(self.model.name).dataset
+        sel = self.selection
+        require(bool(sel.methods), "give at least one selection method")
+        sel.methods = [METHODS.canonical(m) for m in sel.methods]
+        for fraction in sel.fractions:
+            check_fraction(fraction)
+        for name, values in (("speedup", sel.speedups), ("time budget", sel.time_budgets)):
+            for value in values:
+                require(is_number(value, finite=True) and value > 0,
+                        f"{name} must be a number > 0 (got {value!r})")
+        check_menu(sel.tolerances)
+        self.sensitivity.engine = ENGINES.canonical(self.sensitivity.engine)
+        engine = ENGINES.get(self.sensitivity.engine)
+        unknown = sorted(set(self.sensitivity.options) - set(engine.options))
+        require(not unknown, f"option {unknown[:1]} is not one of engine "
+                             f"{engine.name!r}'s ({', '.join(engine.options) or 'none'})")
+        ev = self.evaluation
+        require(isinstance(ev.samples, int) and ev.samples >= 1,
+                f"samples must be >= 1 (got {ev.samples})")
+        require(is_number(ev.within, finite=True) and ev.within >= 0,
+                f"within must be a number of accuracy points >= 0 (got {ev.within!r})")
+        require(ev.yield_target is None or 0 < ev.yield_target <= 1,
+                f"the yield target must be a fraction in (0, 1] (got {ev.yield_target!r})")
+        self.train.validate()
+        for sigma in self.sigma_train_values:
+            require(is_number(sigma, finite=True) and sigma >= 0,
+                    f"sigma_train must be a number >= 0 (got {sigma!r})")
+        self.device_model.loop  # noqa: B018 - solves (and so checks) the write-verify loop
+        resolve_device(self.device)
+
+    @property
+    def sigma_train_values(self) -> list[float]:
+        """The noise-injection sigmas of the models compared (one model each)."""
+        if self.sigma_trains:
+            return [float(s) for s in self.sigma_trains]
+        return [float(self.train.sigma_train)]
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.out or f"runs/{self.model.name}-{self.data.dataset}")
+
+    def torch_device(self) -> torch.device:
+        """Where models and data live: "cpu", "cuda", "cuda:1", ..."""
+        return resolve_device(self.device)
+
+    def data_key(self) -> dict[str, Any]:
+        """What decides the data a step sees."""
+        return {"dataset": self.data.dataset, "data_dir": self.data.data_dir,
+                "train_limit": self.data.train_limit, "test_limit": self.data.test_limit}
+
+    def describe(self) -> dict[str, Any]:
+        """All settings, JSON-ready."""
+        out = {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        out["device_model"] = self.device_model.describe()
+        return out
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)
+                if not f.name.startswith("_")}
+    return value
+
+
+def default(cls: type, name: str) -> Any:
+    """The default of field ``name`` of dataclass ``cls`` (for the command line's help)."""
+    for f in dataclasses.fields(cls):
+        if f.name == name:
+            if f.default is not dataclasses.MISSING:
+                return f.default
+            if f.default_factory is not dataclasses.MISSING:
+                return f.default_factory()
+    raise KeyError(name)
+
+
+def resolve_device(name: str) -> torch.device:
+    """A torch device from its name, with a clear error when it is not available."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise SwimkitError(f"unknown device {name!r}; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SwimkitError("--device cuda asked for, but no CUDA GPU is available; use cpu")
+    return device
+
+
+__all__ = ["DataSettings", "EvaluationSettings", "ModelSettings", "SelectionSettings",
+           "SensitivitySettings", "Settings", "default", "resolve_device"]
