@@ -371,3 +371,40 @@ def test_resume_refuses_other_noise(tmp_path: Path) -> None:
     fit(epochs=1, noise_model=CountingStuckAt(0.2), checkpoint_dir=tmp_path)
     with pytest.raises(SwimkitError, match="noise"):
         fit(epochs=2, noise_model=CountingStuckAt(0.1), checkpoint_dir=tmp_path)
+
+
+def test_scale_aware_noise_has_the_same_value_and_the_gradient_of_the_range() -> None:
+    """delta * max|w| / s equals delta at w, and passes d(max|w|) to the largest weight."""
+    import swimkit
+
+    model = nn.Sequential(nn.Linear(3, 2, bias=False))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[0.5, -2.0, 1.0], [0.1, 0.2, -0.3]]))
+    weights = swimkit.device_weights(model)
+    delta = {"0.weight": torch.tensor([[0.1, 0.2, -0.1], [0.3, -0.2, 0.1]])}
+    scale = {"0.weight": torch.tensor(2.0)}
+    x = torch.ones(1, 3)
+    grads = {}
+    for name, scales in (("plain", None), ("aware", scale)):
+        model.zero_grad()
+        with swimkit.perturbed(model, weights) as offsets:
+            offsets.set(delta, scales)
+            out = model(x).sum()
+            value = out.item()
+            out.backward()
+        grads[name] = model[0].weight.grad.clone()
+        if name == "plain":
+            plain_value = value
+    assert value == pytest.approx(plain_value)
+    extra = grads["aware"] - grads["plain"]
+    # only the largest |w| (-2.0 at [0, 1]) gets d/dw of delta * |w| / 2: -sum(delta) / 2
+    expected = torch.zeros(2, 3)
+    expected[0, 1] = -float(delta["0.weight"].sum()) / 2.0
+    torch.testing.assert_close(extra, expected)
+
+
+def test_scale_aware_training_differs_and_resumes_only_as_such(tmp_path: Path) -> None:
+    aware = fit(epochs=1, sigma_train=0.3, scale_aware=True, checkpoint_dir=tmp_path)
+    assert not same_state(aware.model, fit(epochs=1, sigma_train=0.3).model)
+    with pytest.raises(SwimkitError, match="scale_aware"):
+        fit(epochs=2, sigma_train=0.3, checkpoint_dir=tmp_path)

@@ -15,32 +15,30 @@ to fix it, and exit status 2.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
 from . import distributed
-from .data import DATASETS
-from .devices import DeviceModel
-from .distributed import is_rank_zero
-from .errors import SwimkitError, check_fraction
-from .models import MODELS
-from .programming import WriteVerify
-from .selection import METHODS
-from .selection.learned import LearnOptions
-from .sensitivity import ENGINES
-from .settings import (
-    DataSettings,
-    EvaluationSettings,
-    ModelSettings,
-    SelectionSettings,
-    SensitivitySettings,
-    Settings,
-    default,
+from .arguments import (
+    add_data,
+    add_device_model,
+    add_model,
+    add_monte_carlo,
+    add_output,
+    add_selection,
+    add_sensitivity,
+    add_training,
+    layer_list,
+    load_model,
+    nonnegative,
+    settings_of,
 )
-from .training import TrainConfig
+from .distributed import is_rank_zero
+from .errors import SwimkitError
+from .selection import METHODS
+from .settings import Settings
 
 
 class _Parser(argparse.ArgumentParser):
@@ -51,220 +49,6 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-# --- argument types ----------------------------------------------------------------------
-
-
-def _fraction(text: str) -> float:
-    try:
-        return check_fraction(float(text))
-    except (ValueError, SwimkitError):
-        raise argparse.ArgumentTypeError(
-            f"fraction must be a number between 0 and 1 (got {text!r})"
-        ) from None
-
-
-def _bounded(kind: type, minimum: float, expected: str) -> Callable[[str], Any]:
-    """An argparse type: ``kind(text)`` that must be >= ``minimum``."""
-
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            value = None
-        if value is None or value < minimum or not math.isfinite(value):
-            raise argparse.ArgumentTypeError(f"expected {expected} (got {text!r})")
-        return value
-
-    return parse
-
-
-_nonnegative = _bounded(float, 0.0, "a number >= 0")
-_positive_int = _bounded(int, 1, "a whole number >= 1")
-_count = _bounded(int, 0, "a whole number >= 0")
-
-
-def _registered(registry, what: str) -> Callable[[str], str]:
-    def parse(text: str) -> str:
-        try:
-            return registry.canonical(text)
-        except SwimkitError:
-            raise argparse.ArgumentTypeError(
-                f"unknown {what} {text!r}; choose one of: {', '.join(registry.names())}"
-            ) from None
-
-    return parse
-
-
-_method = _registered(METHODS, "method")
-_engine = _registered(ENGINES, "engine")
-
-
-def _list_of(kind: Callable[[str], Any]) -> Callable[[str], list]:
-    def parse(text: str) -> list:
-        return [kind(part.strip()) for part in text.split(",") if part.strip()]
-
-    return parse
-
-
-def _layers(text: str) -> list[str]:
-    return [p.strip() for p in text.split(",") if p.strip()]
-
-
-def _names(registry) -> str:
-    return ", ".join(registry.names())
-
-
-# --- argument groups ---------------------------------------------------------------------
-
-
-def _add_model(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("model")
-    g.add_argument("--model", default=None,
-                   help=f"{_names(MODELS)} (aliases such as LeNet, QLeNet, Res18); default: "
-                        "the checkpoint's model, else lenet")
-    g.add_argument("--bits", type=_positive_int, default=None,
-                   help="bit width of a quantized model (default 4 LeNet, 6 ConvNet, 8 ResNet)")
-    g.add_argument("--checkpoint", default=None,
-                   help="use this trained model (swimkit or SWIM reference saved_B_*.pt)")
-
-
-def _add_data(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("data")
-    g.add_argument("--dataset", type=_registered(DATASETS, "dataset"), default=None,
-                   help=f"{_names(DATASETS)} (default: the model's)")
-    g.add_argument("--data-dir", default=None, help="folder holding the dataset files")
-    g.add_argument("--test-batch-size", type=_positive_int, default=None,
-                   help=f"evaluation batch size (default {default(DataSettings, 'test_batch_size')}"
-                        ": fastest on a 2-core CPU)")
-    g.add_argument("--test-limit", type=_positive_int, default=None,
-                   help="use only the first N test images (quick runs)")
-
-
-def _add_training(p: argparse.ArgumentParser, several: bool = False) -> None:
-    g = p.add_argument_group("training")
-    g.add_argument("--epochs", "--train_epoch", dest="epochs", type=_count, default=None,
-                   help=f"(default {default(TrainConfig, 'epochs')})")
-    g.add_argument("--batch-size", type=_positive_int, default=None,
-                   help=f"(default {default(TrainConfig, 'batch_size')})")
-    if several:
-        g.add_argument("--sigma-train", "--train_var", dest="sigma_trains",
-                       type=_list_of(_nonnegative), default=None,
-                       help="noise-injection training: comma-separated sigmas, one model each, "
-                            "all in one comparison (default 0)")
-    else:
-        g.add_argument("--sigma-train", "--train_var", dest="sigma_train", type=_nonnegative,
-                       default=None, help="noise-injection training: sigma of a fresh draw per "
-                                          "mini-batch (default 0: none)")
-    g.add_argument("--train-limit", type=_positive_int, default=None,
-                   help="use only the first N training images (quick runs)")
-
-
-def _add_device_model(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("device model")
-    g.add_argument("--sigma", "--dev_var", dest="sigma", type=_nonnegative, default=None,
-                   help="device variation of a plain write, in device steps "
-                        f"(default {default(DeviceModel, 'sigma')})")
-    g.add_argument("--sigma-verified", "--write_var", dest="sigma_verified",
-                   type=_nonnegative, default=None,
-                   help="residual variation of a device verified by the default loop "
-                        f"(default {default(DeviceModel, 'sigma_verified')})")
-    g.add_argument("--bits-per-weight", type=_positive_int, default=None,
-                   help=f"(default {default(DeviceModel, 'bits_per_weight')})")
-    g.add_argument("--bits-per-device", type=_positive_int, default=None,
-                   help=f"(default {default(DeviceModel, 'bits_per_device')})")
-    g.add_argument("--variation", default=None,
-                   help="value-dependent variation: band:R (U-SWIM), a CSV of level,sigma")
-    g.add_argument("--verified-variation", default=None,
-                   help="variation curve of verified devices (default uniform)")
-    g.add_argument("--tolerance", type=_nonnegative, default=None,
-                   help="tolerance of the default loop in device steps (default: solved from "
-                        "--sigma-verified)")
-    g.add_argument("--max-attempts", type=_positive_int, default=None,
-                   help=f"(default {default(WriteVerify, 'max_attempts')})")
-    g.add_argument("--t-program", type=_nonnegative, default=None,
-                   help=f"seconds per program pulse (default {default(WriteVerify, 't_program')})")
-    g.add_argument("--t-read", type=_nonnegative, default=None,
-                   help=f"seconds per verify read (default {default(WriteVerify, 't_read')})")
-
-
-def _add_sensitivity(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("sensitivity")
-    g.add_argument("--engine", type=_engine, default=None,
-                   help=f"{_names(ENGINES)} (default {default(SensitivitySettings, 'engine')})")
-    g.add_argument("--sens-batch-size", "--div", dest="sens_batch_size", type=_positive_int,
-                   default=None, help="batch size of the sensitivity pass (default "
-                                      f"{default(SensitivitySettings, 'batch_size')})")
-    g.add_argument("--sens-limit", type=_positive_int, default=None,
-                   help="use only the first N training images for the sensitivity pass")
-    g.add_argument("--probes", type=_positive_int, default=None,
-                   help="hutchinson: Rademacher probes per batch (default 100)")
-    g.add_argument("--probe-seed", type=int, default=None, help="hutchinson: probe seed")
-
-
-def _add_selection(p: argparse.ArgumentParser, several: bool) -> None:
-    g = p.add_argument_group("selection")
-    helps = "; ".join(f"{m.name}: {m.help}" for m in METHODS)
-    if several:
-        g.add_argument("--methods", type=_list_of(_method), default=None,
-                       help=f"comma-separated methods (default swim,magnitude,random). {helps}")
-        g.add_argument("--fractions", type=_list_of(_fraction), default=None,
-                       help="comma-separated fractions of weights (of devices for device-level "
-                            "methods); default 0.01,0.03,0.1,0.3 unless speedups are given")
-        g.add_argument("--speedups", type=_list_of(_nonnegative), default=None,
-                       help="comma-separated programming speedups over full verify")
-        g.add_argument("--time-budgets", type=_list_of(_nonnegative), default=None,
-                       help="comma-separated programming-time budgets in seconds")
-    else:
-        g.add_argument("--method", type=_method, default="swim",
-                       help=f"one method (default swim; SM = swim). {helps}")
-        g.add_argument("--fraction", "--mask_p", dest="fraction", type=_fraction, default=None,
-                       help="fraction of weights to verify (of devices for device-level "
-                            "methods); default 0.1")
-        g.add_argument("--speedup", type=_nonnegative, default=None,
-                       help="instead of a fraction: a programming speedup over full verify")
-        g.add_argument("--time-budget", type=_nonnegative, default=None,
-                       help="instead of a fraction: a programming-time budget in seconds")
-    g.add_argument("--tolerances", type=_list_of(_nonnegative), default=None,
-                   help="menu of tolerances (device steps) for allocate / learned (default: "
-                        "1.5, 1, 2/3, 1/2, 1/3 sigma and the default loop's)")
-    g.add_argument("--exclude", type=_layers, default=None,
-                   help="layers kept digital, comma separated (e.g. conv1,fc3)")
-    g.add_argument("--learn-epochs", type=_positive_int, default=None,
-                   help=f"learned: epochs of learning (default {default(LearnOptions, 'epochs')})")
-    g.add_argument("--learn-lr", type=_nonnegative, default=None,
-                   help=f"learned: learning rate (default {default(LearnOptions, 'lr')})")
-
-
-def _add_mc(p: argparse.ArgumentParser, search: bool) -> None:
-    g = p.add_argument_group("Monte-Carlo")
-    g.add_argument("--samples", "--noise_epoch", dest="samples", type=_positive_int,
-                   default=None, help="Monte-Carlo chips (default "
-                                      f"{default(EvaluationSettings, 'samples')})")
-    g.add_argument("--seed", type=int, default=None, help="seed of training and chips (default 0)")
-    g.add_argument("--within", type=_nonnegative, default=None,
-                   help="a chip is good within this many points of the best full verify "
-                        f"(default {default(EvaluationSettings, 'within')})"
-                        + ("; also finds per method the largest speedup whose mean is "
-                           "within it" if search else ""))
-    if search:
-        g.add_argument("--yield", dest="yield_target", type=_fraction, default=None,
-                       help="with --within: the largest speedup at which this share of chips "
-                            "is within it (e.g. 0.9)")
-        g.add_argument("--search-steps", type=_positive_int, default=None,
-                       help="bisection steps of the speedup search "
-                            f"(default {default(EvaluationSettings, 'search_steps')})")
-
-
-def _add_output(p: argparse.ArgumentParser, *, out: bool = True,
-                json_help: str | None = "also write the result JSON here") -> None:
-    p.add_argument("--device", default="cpu", help="where to compute: cpu (default), cuda, cuda:N")
-    if out:
-        p.add_argument("--out", default=None, help="output folder (default runs/MODEL-DATASET)")
-    if json_help:
-        p.add_argument("--json", default=None, help=json_help)
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="swimkit", description="Selective write-verify for CiM accelerators.")
     parser.add_argument("--version", action="version", version=_version())
@@ -273,41 +57,41 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="train, sensitivity, select and Monte-Carlo in one go")
     sweep = sub.add_parser("sweep", help="the whole flow over models, methods and budgets")
     for p, several in ((run, False), (sweep, True)):
-        _add_model(p)
-        _add_data(p)
-        _add_training(p, several)
-        _add_device_model(p)
-        _add_sensitivity(p)
-        _add_selection(p, several)
-        _add_mc(p, search=several)
-        _add_output(p)
+        add_model(p)
+        add_data(p)
+        add_training(p, several)
+        add_device_model(p)
+        add_sensitivity(p)
+        add_selection(p, several)
+        add_monte_carlo(p, search=several)
+        add_output(p)
     sweep.add_argument("--plot", default=None, help="plot file (default OUT/sweep.png)")
 
     train = sub.add_parser("train", help="train a model (checkpoints best.pt and last.pt); "
                                          "with --plan, fine-tune under that plan's noise")
-    _add_model(train)
-    _add_data(train)
-    _add_training(train)
-    _add_device_model(train)
+    add_model(train)
+    add_data(train)
+    add_training(train)
+    add_device_model(train)
     train.add_argument("--plan", default=None,
                        help="fine-tune under the device errors of this plan (from select)")
     train.add_argument("--seed", type=int, default=None)
-    _add_output(train)
+    add_output(train)
     train.add_argument("--no-resume", action="store_true", help="start again from scratch")
 
     sens = sub.add_parser("sensitivity", help="per-weight sensitivities of a trained model")
-    _add_model(sens)
-    _add_data(sens)
-    _add_sensitivity(sens)
-    sens.add_argument("--exclude", type=_layers, default=None, help="layers kept digital")
+    add_model(sens)
+    add_data(sens)
+    add_sensitivity(sens)
+    sens.add_argument("--exclude", type=layer_list, default=None, help="layers kept digital")
     sens.add_argument("--output", "-o", required=True, help="sensitivity file to write (.pt)")
-    _add_output(sens, out=False, json_help=None)
+    add_output(sens, out=False, json_help=None)
 
     sel = sub.add_parser("select", help="choose what to write-verify, device by device")
-    _add_model(sel)
-    _add_data(sel)
-    _add_device_model(sel)
-    _add_selection(sel, several=False)
+    add_model(sel)
+    add_data(sel)
+    add_device_model(sel)
+    add_selection(sel, several=False)
     sel.add_argument("--sensitivity", default=None, help="sensitivity file (.pt)")
     sel.add_argument("--seed", type=int, default=None)
     sel.add_argument("--output", "-o", required=True, help="plan file to write (.pt)")
@@ -315,20 +99,20 @@ def build_parser() -> argparse.ArgumentParser:
                      help="also write the per-device levels and the menu as NumPy .npz")
     sel.add_argument("--summary", default=None,
                      help="also write a per-layer summary (.json or .csv)")
-    _add_output(sel, out=False, json_help=None)
+    add_output(sel, out=False, json_help=None)
 
     ev = sub.add_parser("evaluate", help="Monte-Carlo accuracy under device variation")
-    _add_model(ev)
-    _add_data(ev)
-    _add_device_model(ev)
-    _add_mc(ev, search=False)
-    ev.add_argument("--exclude", type=_layers, default=None, help="layers kept digital")
+    add_model(ev)
+    add_data(ev)
+    add_device_model(ev)
+    add_monte_carlo(ev, search=False)
+    ev.add_argument("--exclude", type=layer_list, default=None, help="layers kept digital")
     ev.add_argument("--plan", default=None, help="plan file from 'swimkit select'")
     ev.add_argument("--verify", choices=["none", "all"], default=None,
                     help="without --plan: verify no device or every device")
-    ev.add_argument("--reference", type=_nonnegative, default=None,
+    ev.add_argument("--reference", type=nonnegative, default=None,
                     help="accuracy (percent) the yield is measured against (e.g. full verify)")
-    _add_output(ev, out=False, json_help="write the result JSON here")
+    add_output(ev, out=False, json_help="write the result JSON here")
     return parser
 
 
@@ -336,78 +120,6 @@ def _version() -> str:
     from . import __version__
 
     return f"swimkit {__version__}"
-
-
-# --- settings from arguments --------------------------------------------------------------------
-
-
-def _given(args: argparse.Namespace, names: dict[str, str]) -> dict[str, Any]:
-    """Settings fields (values of ``names``) of the arguments (keys) the user gave."""
-    return {field: getattr(args, arg) for arg, field in names.items()
-            if getattr(args, arg, None) is not None}
-
-
-def device_model_of(args: argparse.Namespace) -> DeviceModel:
-    loop = WriteVerify(**_given(args, {"tolerance": "tolerance", "max_attempts": "max_attempts",
-                                       "t_program": "t_program", "t_read": "t_read"}))
-    return DeviceModel(write_verify=loop, **_given(args, {
-        "sigma": "sigma", "sigma_verified": "sigma_verified",
-        "bits_per_weight": "bits_per_weight", "bits_per_device": "bits_per_device",
-        "variation": "variation", "verified_variation": "verified_variation"}))
-
-
-def settings_of(args: argparse.Namespace, **selection: Any) -> Settings:
-    """The :class:`Settings` of parsed arguments (``selection`` overrides that group)."""
-    engine = getattr(args, "engine", None) or default(SensitivitySettings, "engine")
-    options = (_given(args, {"probes": "probes", "probe_seed": "seed"})
-               if engine == "hutchinson" else {})
-    seed = {"seed": args.seed} if getattr(args, "seed", None) is not None else {}
-    return Settings(
-        model=ModelSettings(name=_model_name(args), checkpoint=args.checkpoint,
-                            bits=getattr(args, "bits", None)),
-        data=DataSettings(**_given(args, {"dataset": "dataset", "data_dir": "data_dir",
-                                          "train_limit": "train_limit",
-                                          "test_limit": "test_limit",
-                                          "test_batch_size": "test_batch_size"})),
-        train=TrainConfig(**_given(args, {"epochs": "epochs", "batch_size": "batch_size",
-                                          "sigma_train": "sigma_train"}), **seed),
-        sigma_trains=getattr(args, "sigma_trains", None),
-        device_model=device_model_of(args),
-        sensitivity=SensitivitySettings(engine=engine, options=options, **_given(
-            args, {"sens_batch_size": "batch_size", "sens_limit": "limit"})),
-        selection=SelectionSettings(
-            exclude=getattr(args, "exclude", None) or [],
-            tolerances=getattr(args, "tolerances", None),
-            learn=_given(args, {"learn_epochs": "epochs", "learn_lr": "lr"}), **selection),
-        evaluation=EvaluationSettings(**_given(args, {
-            "samples": "samples", "within": "within", "yield_target": "yield_target",
-            "search_steps": "search_steps"}), **seed,
-            search=getattr(args, "within", None) is not None and args.command == "sweep"),
-        device=args.device,
-        out=getattr(args, "out", None),
-    )
-
-
-def _model_name(args: argparse.Namespace) -> str:
-    """--model, else the model a --checkpoint was saved for, else lenet."""
-    if getattr(args, "model", None):
-        return args.model
-    if getattr(args, "checkpoint", None):
-        return _load_model(args)[1]
-    return "lenet"
-
-
-def _load_model(args: argparse.Namespace):
-    """(model in eval mode, its canonical name) from --checkpoint (and --model)."""
-    from .checkpoints import load_checkpoint
-
-    if not args.checkpoint:
-        raise SwimkitError("--checkpoint is required: the trained model to work on")
-    model, info = load_checkpoint(args.checkpoint, model_name=args.model)
-    name = args.model or info.get("model_name")
-    if not name:
-        raise SwimkitError(f"cannot tell which model {args.checkpoint} holds; give --model")
-    return model.eval(), name
 
 
 def _dataset_for(settings: Settings):
@@ -472,7 +184,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if settings.data.train_limit:
         dataset = dataset.subset(settings.data.train_limit)
     if settings.model.checkpoint:
-        model = _load_model(args)[0]
+        model = load_model(args)[0]
     else:
         model = build_model(settings.model.name, bits=settings.model.bits,
                             seed=settings.train.seed)
@@ -495,7 +207,7 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     from .sensitivity import sensitivity
     from .workflows import Context
 
-    model, name = _load_model(args)
+    model, name = load_model(args)
     args.model = name
     settings = settings_of(args)
     ctx = Context(settings, _dataset_for(settings), _log, not args.no_progress)
@@ -515,7 +227,7 @@ def cmd_select(args: argparse.Namespace) -> int:
     from .sensitivity import Sensitivity
     from .workflows import Context
 
-    model, name = _load_model(args)
+    model, name = load_model(args)
     args.model = name
     if args.fraction is None and args.speedup is None and args.time_budget is None:
         args.fraction = 0.1
@@ -552,7 +264,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .storage import atomic_write_json
     from .workflows import Context
 
-    model, name = _load_model(args)
+    model, name = load_model(args)
     args.model = name
     if args.plan and args.verify:
         raise SwimkitError("give --plan or --verify, not both")

@@ -104,14 +104,24 @@ def safe_scale(scale: Tensor) -> Tensor:
 
 
 class _Offset(nn.Module):
-    """Parametrization that adds ``delta`` (if set) to the effective weight."""
+    """Parametrization that adds ``delta`` (if set) to the effective weight.
+
+    With ``scale`` set, the offset follows the layer's range: ``delta * max|w| / scale``,
+    the same value at the weights it was drawn for, but with the gradient of max|w|
+    (device errors are proportional to the layer's range, s_l = max|W_l|).
+    """
 
     def __init__(self) -> None:
         super().__init__()
         self.delta: Tensor | None = None
+        self.scale: Tensor | None = None
 
     def forward(self, weight: Tensor) -> Tensor:
-        return weight if self.delta is None else weight + self.delta
+        if self.delta is None:
+            return weight
+        if self.scale is None:
+            return weight + self.delta
+        return weight + self.delta * (weight.abs().amax() / safe_scale(self.scale))
 
 
 class Perturbation:
@@ -124,14 +134,20 @@ class Perturbation:
     def names(self) -> list[str]:
         return list(self._offsets)
 
-    def set(self, deltas: Mapping[str, Tensor] | None) -> None:
-        """Use ``deltas`` (name -> tensor shaped like the weight); None clears them all."""
+    def set(self, deltas: Mapping[str, Tensor] | None,
+            scales: Mapping[str, Tensor] | None = None) -> None:
+        """Use ``deltas`` (name -> tensor shaped like the weight); None clears them all.
+
+        With ``scales`` (the s_l the deltas were drawn at) each offset scales with its
+        layer's max|w|, gradient included (see :class:`_Offset`).
+        """
         deltas = deltas or {}
         unknown = set(deltas) - set(self._offsets)
         if unknown:
             raise SwimkitError(f"no device weight named {sorted(unknown)[0]!r} in this model")
         for name, offset in self._offsets.items():
             offset.delta = deltas.get(name)
+            offset.scale = scales.get(name) if scales is not None else None
 
 
 @contextmanager

@@ -19,8 +19,8 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +32,11 @@ from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
 from .checkpoints import load_checkpoint, save_checkpoint
 from .data import Batches, Dataset, Split, preload
-from .devices import DeviceModel, NoiseModel
+from .devices import NoiseModel
 from .errors import SwimkitError, is_number, require
-from .mapping import DeviceWeight, device_weights, effective_weights, perturbed, weight_scales
 from .models import ResNet18, canonical_model_name, model_info
 from .montecarlo import accuracy
+from .noise_injection import NoiseInjector
 from .plans import Plan
 from .progress import progress_bar
 from .seeding import seeded_generator
@@ -73,10 +73,14 @@ _MUST_MATCH = (
     "weight_decay",
     "batch_size",
     "sigma_train",
+    "scale_aware",
     "seed",
     "augment",
     "noise",
 )
+
+#: Settings the first release's checkpoints do not hold, and the value they trained with.
+_FIRST_RELEASE = {"noise": None, "scale_aware": False}
 
 _HOW_TO_PROCEED = (
     "use another output directory (--out) or start from scratch with --no-resume "
@@ -94,8 +98,10 @@ class TrainConfig:
     ``optimizer`` is ``"adam"`` or ``"sgd"``. Adam defaults to lr 1e-3, no weight decay,
     a constant lr; SGD to lr 0.01, weight decay 5e-4 and a cosine schedule over
     ``epochs`` (``momentum`` applies to SGD only). ``sigma_train`` > 0 turns on
-    noise-injection training with that device sigma. ``augment`` uses the dataset's
-    augmentation if it has one.
+    noise-injection training with that device sigma. ``scale_aware`` lets the injected
+    noise follow each layer's range max|W| with its gradient, as device errors do: the
+    model then learns to keep its ranges, and so its device errors, small. ``augment``
+    uses the dataset's augmentation if it has one.
     """
 
     epochs: int = 10
@@ -105,6 +111,7 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float | None = None
     sigma_train: float = 0.0
+    scale_aware: bool = False
     seed: int = 0
     augment: bool = True
 
@@ -136,6 +143,8 @@ class TrainConfig:
         require(
             _nonnegative(self.sigma_train), _bad("sigma_train", self.sigma_train, "a number >= 0")
         )
+        require(isinstance(self.scale_aware, bool),
+                _bad("scale_aware", self.scale_aware, "True or False"))
         require(_is_int(self.seed), f"seed must be an integer (got {self.seed!r})")
 
 
@@ -281,10 +290,11 @@ def train(
     model.to(where)
     name = model_name or type(model).__name__
     settings = {"model_name": _canonical(name), **_resolve(config, model, model_name)}
-    noise = _NoiseInjector.create(model, config, noise_model, plan)
+    noise = NoiseInjector.create(model, config, noise_model, plan)
     settings.update(
         batch_size=config.batch_size,
         sigma_train=float(config.sigma_train),
+        scale_aware=bool(config.scale_aware),
         seed=config.seed,
         augment=bool(config.augment and dataset.augment),
         noise=noise.describe() if noise is not None else None,
@@ -347,7 +357,7 @@ def _train_epoch(
     model: nn.Module,
     data: Batches,
     optimizer: Optimizer,
-    noise: _NoiseInjector | None,
+    noise: NoiseInjector | None,
     epoch: int,
     progress: bool,
     desc: str,
@@ -373,76 +383,6 @@ def _train_epoch(
             correct += (logits.detach().argmax(dim=-1) == y).sum()
             seen += n
     return float(loss_sum) / seen, 100.0 * int(correct) / seen
-
-
-class _NoiseInjector:
-    """Fresh device noise on the effective weights for every mini-batch.
-
-    The temporary offsets are attached once per epoch (:func:`perturbed`); each batch
-    recomputes the clean effective weights and their scales, then sets a new draw from
-    the noise model (any :class:`~swimkit.devices.NoiseModel`), under ``plan`` if given.
-    """
-
-    def __init__(self, model: nn.Module, noise_model: NoiseModel, seed: int,
-                 plan: Plan | None = None) -> None:
-        self.model = model
-        self.noise_model = noise_model
-        self.seed = seed
-        self.plan = plan
-        names = plan.names if plan is not None else None
-        every = device_weights(model)
-        self.weights: dict[str, DeviceWeight] = (
-            {n: every[n] for n in names} if names is not None else every)
-
-    @classmethod
-    def create(
-        cls, model: nn.Module, config: TrainConfig, noise_model: NoiseModel | None,
-        plan: Plan | None = None,
-    ) -> _NoiseInjector | None:
-        """The injector of ``config`` / ``noise_model``, or None for clean training.
-
-        ``sigma_train`` > 0 trains with the Gaussian model at that sigma (the bit slicing
-        and variation of ``noise_model`` when it is a DeviceModel); a ``noise_model``
-        with ``sigma_train`` 0 is used as it is.
-        """
-        if config.sigma_train > 0:
-            if noise_model is not None and not isinstance(noise_model, DeviceModel):
-                raise SwimkitError(
-                    "sigma_train sets the sigma of a swimkit DeviceModel; with your own noise "
-                    "model leave sigma_train at 0"
-                )
-            base = noise_model if noise_model is not None else DeviceModel()
-            return cls(model, replace(base, sigma=float(config.sigma_train)), config.seed, plan)
-        if noise_model is None:
-            return None
-        require(isinstance(noise_model, NoiseModel),
-                f"noise_model must be a NoiseModel (got {type(noise_model).__name__})")
-        return cls(model, noise_model, config.seed, plan)
-
-    def describe(self) -> dict[str, Any]:
-        """The noise, for the checkpoint (a resumed run must train under the same noise)."""
-        plan = None
-        if self.plan is not None:
-            plan = {"method": self.plan.method, "requested": self.plan.requested,
-                    "devices_verified": self.plan.devices_verified}
-        return {"model": self.noise_model.describe(), "plan": plan}
-
-    @contextlib.contextmanager
-    def epoch(self, epoch: int) -> Iterator[Callable[[], None]]:
-        """Attach the offsets for one epoch; yield the function that redraws the noise."""
-        where = next(iter(self.weights.values())).value.device
-        generator = _generator(self.seed, "noise", epoch, where)
-        with perturbed(self.model, self.weights) as offsets:
-
-            def redraw() -> None:
-                offsets.set(None)
-                values = effective_weights(self.weights)
-                scales = weight_scales(values)
-                with torch.no_grad():
-                    deltas = self.noise_model.sampler(values, scales, self.plan)(generator)
-                offsets.set(deltas)
-
-            yield redraw
 
 
 def _generator(
@@ -552,9 +492,7 @@ def _resume(
 def _check_settings(path: Path, stored: Mapping[str, Any], current: Mapping[str, Any]) -> None:
     """Refuse to continue a run whose stored settings differ from the requested ones."""
     for key in _MUST_MATCH:
-        if key not in stored and key == "noise":  # checkpoints of the first release
-            continue
-        if stored.get(key) != current.get(key):
+        if stored.get(key, _FIRST_RELEASE.get(key)) != current.get(key):
             raise SwimkitError(
                 f"{path} holds a run with {key}={stored.get(key)!r}, but this run asks for "
                 f"{key}={current.get(key)!r}; to keep the old run, {_HOW_TO_PROCEED}"

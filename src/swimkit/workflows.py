@@ -127,7 +127,15 @@ class Candidate:
 def model_label(settings: Settings, sigma_train: float) -> str:
     if settings.model.checkpoint:
         return Path(settings.model.checkpoint).stem
-    return f"sigma_train {sigma_train:g}"
+    scaled = " scale-aware" if settings.train.scale_aware and sigma_train > 0 else ""
+    return f"sigma_train {sigma_train:g}{scaled}"
+
+
+def train_folder(sigma_train: float, scale_aware: bool) -> str:
+    """The training folder of one noise setting (``train`` for clean training)."""
+    if sigma_train == 0:
+        return "train"
+    return f"train-sigma{sigma_train:g}" + ("-scale-aware" if scale_aware else "")
 
 
 def obtain_model(ctx: Context, sigma_train: float) -> Candidate:
@@ -137,7 +145,7 @@ def obtain_model(ctx: Context, sigma_train: float) -> Candidate:
         model, _ = load_checkpoint(s.model.checkpoint, model_name=s.model.name)
         path = Path(s.model.checkpoint)
     else:
-        folder = s.out_dir / ("train" if sigma_train == 0 else f"train-sigma{sigma_train:g}")
+        folder = s.out_dir / train_folder(sigma_train, s.train.scale_aware)
         distributed.rank_zero_first(lambda: _train(ctx, folder, sigma_train))
         path = folder / ("best.pt" if (folder / "best.pt").is_file() else "last.pt")
         model, _ = load_checkpoint(path)
@@ -184,7 +192,7 @@ def obtain_sensitivity(ctx: Context, candidate: Candidate) -> Sensitivity:
     key = {"model": candidate.digest, "engine": sens_settings.engine,
            "batch_size": sens_settings.batch_size, "limit": sens_settings.limit,
            "options": sens_settings.options, "exclude": s.selection.exclude, **s.data_key()}
-    suffix = "" if candidate.sigma_train == 0 else f"-sigma{candidate.sigma_train:g}"
+    suffix = train_folder(candidate.sigma_train, s.train.scale_aware).removeprefix("train")
     if s.model.checkpoint:
         suffix = f"-{candidate.digest[:8]}"
     path = s.out_dir / f"sensitivity-{sens_settings.engine}{suffix}.pt"

@@ -1,0 +1,328 @@
+"""Command-line arguments: types that check each value, the argument groups, and the
+:class:`~swimkit.settings.Settings` they make.
+
+Choices, aliases and help text of methods, engines, models and datasets come from their
+registries; defaults from the settings classes, so each is stated once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Callable
+from typing import Any
+
+from .data import DATASETS
+from .devices import DeviceModel
+from .errors import SwimkitError, check_fraction
+from .models import MODELS
+from .programming import WriteVerify
+from .selection import METHODS
+from .selection.learned import LearnOptions
+from .sensitivity import ENGINES
+from .settings import (
+    DataSettings,
+    EvaluationSettings,
+    ModelSettings,
+    SelectionSettings,
+    SensitivitySettings,
+    Settings,
+    default,
+)
+from .training import TrainConfig
+
+# --- argument types ----------------------------------------------------------------------
+
+
+def _fraction(text: str) -> float:
+    try:
+        return check_fraction(float(text))
+    except (ValueError, SwimkitError):
+        raise argparse.ArgumentTypeError(
+            f"fraction must be a number between 0 and 1 (got {text!r})"
+        ) from None
+
+
+def _bounded(kind: type, minimum: float, expected: str) -> Callable[[str], Any]:
+    """An argparse type: ``kind(text)`` that must be >= ``minimum``."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum or not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"expected {expected} (got {text!r})")
+        return value
+
+    return parse
+
+
+nonnegative = _bounded(float, 0.0, "a number >= 0")
+positive_int = _bounded(int, 1, "a whole number >= 1")
+_count = _bounded(int, 0, "a whole number >= 0")
+
+
+def _registered(registry, what: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        try:
+            return registry.canonical(text)
+        except SwimkitError:
+            raise argparse.ArgumentTypeError(
+                f"unknown {what} {text!r}; choose one of: {', '.join(registry.names())}"
+            ) from None
+
+    return parse
+
+
+_method = _registered(METHODS, "method")
+_engine = _registered(ENGINES, "engine")
+
+
+def _list_of(kind: Callable[[str], Any]) -> Callable[[str], list]:
+    def parse(text: str) -> list:
+        return [kind(part.strip()) for part in text.split(",") if part.strip()]
+
+    return parse
+
+
+def layer_list(text: str) -> list[str]:
+    return [p.strip() for p in text.split(",") if p.strip()]
+
+
+def _names(registry) -> str:
+    return ", ".join(registry.names())
+
+
+# --- argument groups ---------------------------------------------------------------------
+
+
+def add_model(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default=None,
+                   help=f"{_names(MODELS)} (aliases such as LeNet, QLeNet, Res18); default: "
+                        "the checkpoint's model, else lenet")
+    g.add_argument("--bits", type=positive_int, default=None,
+                   help="bit width of a quantized model (default 4 LeNet, 6 ConvNet, 8 ResNet)")
+    g.add_argument("--checkpoint", default=None,
+                   help="use this trained model (swimkit or SWIM reference saved_B_*.pt)")
+
+
+def add_data(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", type=_registered(DATASETS, "dataset"), default=None,
+                   help=f"{_names(DATASETS)} (default: the model's)")
+    g.add_argument("--data-dir", default=None, help="folder holding the dataset files")
+    g.add_argument("--test-batch-size", type=positive_int, default=None,
+                   help=f"evaluation batch size (default {default(DataSettings, 'test_batch_size')}"
+                        ": fastest on a 2-core CPU)")
+    g.add_argument("--test-limit", type=positive_int, default=None,
+                   help="use only the first N test images (quick runs)")
+
+
+def add_training(p: argparse.ArgumentParser, several: bool = False) -> None:
+    g = p.add_argument_group("training")
+    g.add_argument("--epochs", "--train_epoch", dest="epochs", type=_count, default=None,
+                   help=f"(default {default(TrainConfig, 'epochs')})")
+    g.add_argument("--batch-size", type=positive_int, default=None,
+                   help=f"(default {default(TrainConfig, 'batch_size')})")
+    if several:
+        g.add_argument("--sigma-train", "--train_var", dest="sigma_trains",
+                       type=_list_of(nonnegative), default=None,
+                       help="noise-injection training: comma-separated sigmas, one model each, "
+                            "all in one comparison (default 0)")
+    else:
+        g.add_argument("--sigma-train", "--train_var", dest="sigma_train", type=nonnegative,
+                       default=None, help="noise-injection training: sigma of a fresh draw per "
+                                          "mini-batch (default 0: none)")
+    g.add_argument("--scale-aware", action="store_true", default=None,
+                   help="noise injection follows each layer's range max|W| with its gradient, "
+                        "as device errors do (the model learns small ranges)")
+    g.add_argument("--train-limit", type=positive_int, default=None,
+                   help="use only the first N training images (quick runs)")
+
+
+def add_device_model(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("device model")
+    g.add_argument("--sigma", "--dev_var", dest="sigma", type=nonnegative, default=None,
+                   help="device variation of a plain write, in device steps "
+                        f"(default {default(DeviceModel, 'sigma')})")
+    g.add_argument("--sigma-verified", "--write_var", dest="sigma_verified",
+                   type=nonnegative, default=None,
+                   help="residual variation of a device verified by the default loop "
+                        f"(default {default(DeviceModel, 'sigma_verified')})")
+    g.add_argument("--bits-per-weight", type=positive_int, default=None,
+                   help=f"(default {default(DeviceModel, 'bits_per_weight')})")
+    g.add_argument("--bits-per-device", type=positive_int, default=None,
+                   help=f"(default {default(DeviceModel, 'bits_per_device')})")
+    g.add_argument("--variation", default=None,
+                   help="value-dependent variation: band:R (U-SWIM), a CSV of level,sigma")
+    g.add_argument("--verified-variation", default=None,
+                   help="variation curve of verified devices (default uniform)")
+    g.add_argument("--tolerance", type=nonnegative, default=None,
+                   help="tolerance of the default loop in device steps (default: solved from "
+                        "--sigma-verified)")
+    g.add_argument("--max-attempts", type=positive_int, default=None,
+                   help=f"(default {default(WriteVerify, 'max_attempts')})")
+    g.add_argument("--t-program", type=nonnegative, default=None,
+                   help=f"seconds per program pulse (default {default(WriteVerify, 't_program')})")
+    g.add_argument("--t-read", type=nonnegative, default=None,
+                   help=f"seconds per verify read (default {default(WriteVerify, 't_read')})")
+
+
+def add_sensitivity(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("sensitivity")
+    g.add_argument("--engine", type=_engine, default=None,
+                   help=f"{_names(ENGINES)} (default {default(SensitivitySettings, 'engine')})")
+    g.add_argument("--sens-batch-size", "--div", dest="sens_batch_size", type=positive_int,
+                   default=None, help="batch size of the sensitivity pass (default "
+                                      f"{default(SensitivitySettings, 'batch_size')})")
+    g.add_argument("--sens-limit", type=positive_int, default=None,
+                   help="use only the first N training images for the sensitivity pass")
+    g.add_argument("--probes", type=positive_int, default=None,
+                   help="hutchinson: Rademacher probes per batch (default 100)")
+    g.add_argument("--probe-seed", type=int, default=None, help="hutchinson: probe seed")
+
+
+def add_selection(p: argparse.ArgumentParser, several: bool) -> None:
+    g = p.add_argument_group("selection")
+    helps = "; ".join(f"{m.name}: {m.help}" for m in METHODS)
+    if several:
+        g.add_argument("--methods", type=_list_of(_method), default=None,
+                       help=f"comma-separated methods (default swim,magnitude,random). {helps}")
+        g.add_argument("--fractions", type=_list_of(_fraction), default=None,
+                       help="comma-separated fractions of weights (of devices for device-level "
+                            "methods); default 0.01,0.03,0.1,0.3 unless speedups are given")
+        g.add_argument("--speedups", type=_list_of(nonnegative), default=None,
+                       help="comma-separated programming speedups over full verify")
+        g.add_argument("--time-budgets", type=_list_of(nonnegative), default=None,
+                       help="comma-separated programming-time budgets in seconds")
+    else:
+        g.add_argument("--method", type=_method, default="swim",
+                       help=f"one method (default swim; SM = swim). {helps}")
+        g.add_argument("--fraction", "--mask_p", dest="fraction", type=_fraction, default=None,
+                       help="fraction of weights to verify (of devices for device-level "
+                            "methods); default 0.1")
+        g.add_argument("--speedup", type=nonnegative, default=None,
+                       help="instead of a fraction: a programming speedup over full verify")
+        g.add_argument("--time-budget", type=nonnegative, default=None,
+                       help="instead of a fraction: a programming-time budget in seconds")
+    g.add_argument("--tolerances", type=_list_of(nonnegative), default=None,
+                   help="menu of tolerances (device steps) for allocate / learned (default: "
+                        "1.5, 1, 2/3, 1/2, 1/3 sigma and the default loop's)")
+    g.add_argument("--exclude", type=layer_list, default=None,
+                   help="layers kept digital, comma separated (e.g. conv1,fc3)")
+    g.add_argument("--learn-epochs", type=positive_int, default=None,
+                   help=f"learned: epochs of learning (default {default(LearnOptions, 'epochs')})")
+    g.add_argument("--learn-lr", type=nonnegative, default=None,
+                   help=f"learned: learning rate (default {default(LearnOptions, 'lr')})")
+
+
+def add_monte_carlo(p: argparse.ArgumentParser, search: bool) -> None:
+    g = p.add_argument_group("Monte-Carlo")
+    g.add_argument("--samples", "--noise_epoch", dest="samples", type=positive_int,
+                   default=None, help="Monte-Carlo chips (default "
+                                      f"{default(EvaluationSettings, 'samples')})")
+    g.add_argument("--seed", type=int, default=None, help="seed of training and chips (default 0)")
+    g.add_argument("--within", type=nonnegative, default=None,
+                   help="a chip is good within this many points of the best full verify "
+                        f"(default {default(EvaluationSettings, 'within')})"
+                        + ("; also finds per method the largest speedup whose mean is "
+                           "within it" if search else ""))
+    if search:
+        g.add_argument("--yield", dest="yield_target", type=_fraction, default=None,
+                       help="with --within: the largest speedup at which this share of chips "
+                            "is within it (e.g. 0.9)")
+        g.add_argument("--search-steps", type=positive_int, default=None,
+                       help="bisection steps of the speedup search "
+                            f"(default {default(EvaluationSettings, 'search_steps')})")
+
+
+def add_output(p: argparse.ArgumentParser, *, out: bool = True,
+                json_help: str | None = "also write the result JSON here") -> None:
+    p.add_argument("--device", default="cpu", help="where to compute: cpu (default), cuda, cuda:N")
+    if out:
+        p.add_argument("--out", default=None, help="output folder (default runs/MODEL-DATASET)")
+    if json_help:
+        p.add_argument("--json", default=None, help=json_help)
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+# --- settings from arguments --------------------------------------------------------------------
+
+
+def _given(args: argparse.Namespace, names: dict[str, str]) -> dict[str, Any]:
+    """Settings fields (values of ``names``) of the arguments (keys) the user gave."""
+    return {field: getattr(args, arg) for arg, field in names.items()
+            if getattr(args, arg, None) is not None}
+
+
+def device_model_of(args: argparse.Namespace) -> DeviceModel:
+    loop = WriteVerify(**_given(args, {"tolerance": "tolerance", "max_attempts": "max_attempts",
+                                       "t_program": "t_program", "t_read": "t_read"}))
+    return DeviceModel(write_verify=loop, **_given(args, {
+        "sigma": "sigma", "sigma_verified": "sigma_verified",
+        "bits_per_weight": "bits_per_weight", "bits_per_device": "bits_per_device",
+        "variation": "variation", "verified_variation": "verified_variation"}))
+
+
+def settings_of(args: argparse.Namespace, **selection: Any) -> Settings:
+    """The :class:`Settings` of parsed arguments (``selection`` overrides that group)."""
+    engine = getattr(args, "engine", None) or default(SensitivitySettings, "engine")
+    options = (_given(args, {"probes": "probes", "probe_seed": "seed"})
+               if engine == "hutchinson" else {})
+    seed = {"seed": args.seed} if getattr(args, "seed", None) is not None else {}
+    return Settings(
+        model=ModelSettings(name=_model_name(args), checkpoint=args.checkpoint,
+                            bits=getattr(args, "bits", None)),
+        data=DataSettings(**_given(args, {"dataset": "dataset", "data_dir": "data_dir",
+                                          "train_limit": "train_limit",
+                                          "test_limit": "test_limit",
+                                          "test_batch_size": "test_batch_size"})),
+        train=TrainConfig(**_given(args, {"epochs": "epochs", "batch_size": "batch_size",
+                                          "sigma_train": "sigma_train",
+                                          "scale_aware": "scale_aware"}), **seed),
+        sigma_trains=getattr(args, "sigma_trains", None),
+        device_model=device_model_of(args),
+        sensitivity=SensitivitySettings(engine=engine, options=options, **_given(
+            args, {"sens_batch_size": "batch_size", "sens_limit": "limit"})),
+        selection=SelectionSettings(
+            exclude=getattr(args, "exclude", None) or [],
+            tolerances=getattr(args, "tolerances", None),
+            learn=_given(args, {"learn_epochs": "epochs", "learn_lr": "lr"}), **selection),
+        evaluation=EvaluationSettings(**_given(args, {
+            "samples": "samples", "within": "within", "yield_target": "yield_target",
+            "search_steps": "search_steps"}), **seed,
+            search=getattr(args, "within", None) is not None and args.command == "sweep"),
+        device=args.device,
+        out=getattr(args, "out", None),
+    )
+
+
+def _model_name(args: argparse.Namespace) -> str:
+    """--model, else the model a --checkpoint was saved for, else lenet."""
+    if getattr(args, "model", None):
+        return args.model
+    if getattr(args, "checkpoint", None):
+        return load_model(args)[1]
+    return "lenet"
+
+
+def load_model(args: argparse.Namespace):
+    """(model in eval mode, its canonical name) from --checkpoint (and --model)."""
+    from .checkpoints import load_checkpoint
+
+    if not args.checkpoint:
+        raise SwimkitError("--checkpoint is required: the trained model to work on")
+    model, info = load_checkpoint(args.checkpoint, model_name=args.model)
+    name = args.model or info.get("model_name")
+    if not name:
+        raise SwimkitError(f"cannot tell which model {args.checkpoint} holds; give --model")
+    return model.eval(), name
+
+
+
+
+__all__ = ["add_data", "add_device_model", "add_model", "add_monte_carlo", "add_output",
+           "add_selection", "add_sensitivity", "add_training", "device_model_of", "layer_list",
+           "load_model", "nonnegative", "positive_int", "settings_of"]

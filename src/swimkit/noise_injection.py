@@ -1,0 +1,104 @@
+"""Noise-injection training: a fresh device-noise draw on the effective weights per batch.
+
+The update is applied to the clean weights (the offset's gradient is the identity), so
+the model learns weights that tolerate variation. Any device model of the
+:class:`~swimkit.devices.NoiseModel` protocol can be used, under a write-verify plan
+(plan-aware fine-tuning) or none. Epoch e's noise comes from a generator seeded by
+(seed, e) alone, so a resumed run draws the same noise as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from .devices import DeviceModel, NoiseModel
+from .errors import SwimkitError, require
+from .mapping import DeviceWeight, device_weights, effective_weights, perturbed, weight_scales
+from .plans import Plan
+from .seeding import seeded_generator
+
+if TYPE_CHECKING:
+    from .training import TrainConfig
+
+
+class NoiseInjector:
+    """Fresh device noise on the effective weights for every mini-batch.
+
+    The temporary offsets are attached once per epoch (:func:`perturbed`); each batch
+    recomputes the clean effective weights and their scales, then sets a new draw from
+    the noise model (any :class:`~swimkit.devices.NoiseModel`), under ``plan`` if given.
+    """
+
+    def __init__(self, model: nn.Module, noise_model: NoiseModel, seed: int,
+                 plan: Plan | None = None, scale_aware: bool = False) -> None:
+        self.model = model
+        self.noise_model = noise_model
+        self.seed = seed
+        self.plan = plan
+        self.scale_aware = scale_aware
+        names = plan.names if plan is not None else None
+        every = device_weights(model)
+        self.weights: dict[str, DeviceWeight] = (
+            {n: every[n] for n in names} if names is not None else every)
+
+    @classmethod
+    def create(
+        cls, model: nn.Module, config: TrainConfig, noise_model: NoiseModel | None,
+        plan: Plan | None = None,
+    ) -> NoiseInjector | None:
+        """The injector of ``config`` / ``noise_model``, or None for clean training.
+
+        ``sigma_train`` > 0 trains with the Gaussian model at that sigma (the bit slicing
+        and variation of ``noise_model`` when it is a DeviceModel); a ``noise_model``
+        with ``sigma_train`` 0 is used as it is.
+        """
+        if config.sigma_train > 0:
+            if noise_model is not None and not isinstance(noise_model, DeviceModel):
+                raise SwimkitError(
+                    "sigma_train sets the sigma of a swimkit DeviceModel; with your own noise "
+                    "model leave sigma_train at 0"
+                )
+            base = noise_model if noise_model is not None else DeviceModel()
+            return cls(model, replace(base, sigma=float(config.sigma_train)), config.seed, plan,
+                       config.scale_aware)
+        if noise_model is None:
+            return None
+        require(isinstance(noise_model, NoiseModel),
+                f"noise_model must be a NoiseModel (got {type(noise_model).__name__})")
+        return cls(model, noise_model, config.seed, plan, config.scale_aware)
+
+    def describe(self) -> dict[str, Any]:
+        """The noise, for the checkpoint (a resumed run must train under the same noise)."""
+        plan = None
+        if self.plan is not None:
+            plan = {"method": self.plan.method, "requested": self.plan.requested,
+                    "devices_verified": self.plan.devices_verified}
+        return {"model": self.noise_model.describe(), "plan": plan,
+                "scale_aware": self.scale_aware}
+
+    @contextlib.contextmanager
+    def epoch(self, epoch: int) -> Iterator[Callable[[], None]]:
+        """Attach the offsets for one epoch; yield the function that redraws the noise."""
+        where = next(iter(self.weights.values())).value.device
+        generator = seeded_generator("swimkit-train", "noise", int(self.seed), int(epoch),
+                                     device=where)
+        with perturbed(self.model, self.weights) as offsets:
+
+            def redraw() -> None:
+                offsets.set(None)
+                values = effective_weights(self.weights)
+                scales = weight_scales(values)
+                with torch.no_grad():
+                    deltas = self.noise_model.sampler(values, scales, self.plan)(generator)
+                offsets.set(deltas, scales if self.scale_aware else None)
+
+            yield redraw
+
+
+__all__ = ["NoiseInjector"]
