@@ -113,8 +113,10 @@ def lenet_problem(reference):
 def test_exact_budget_and_a_menu_beats_one_tolerance(reference):
     model, sens = lenet_problem(reference)
     dm = swimkit.DeviceModel()
-    one = swimkit.select(model, sens, method="allocate", speedup=8.0,
-                         tolerances=[dm.loop.tolerance])
+    one = swimkit.select(model, sens, method="allocate-one", speedup=8.0)
+    same = swimkit.select(model, sens, method="allocate", speedup=8.0,
+                          tolerances=[dm.loop.tolerance])
+    assert all(torch.equal(one.levels[k], same.levels[k]) for k in one.levels)
     menu = swimkit.select(model, sens, method="allocate", speedup=8.0)
     values = {k: model.get_parameter(k).detach() for k in sens.names}
     scales = sens.scale
@@ -222,3 +224,16 @@ def test_learned_plan_meets_the_budget_and_records_its_cost():
     with pytest.raises(swimkit.SwimkitError, match="unknown option 'steps'"):
         swimkit.select(model, sens, method="learned", speedup=6.0, data=batches,
                        options={"steps": 3})
+
+
+def test_quantized_models_allocate_on_their_quantized_weights():
+    model = swimkit.build_model("qlenet", seed=0).eval()
+    batches = [(torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,)))]
+    model.train()
+    model(batches[0][0])  # calibrate the output ranges
+    model.eval()
+    sens = swimkit.sensitivity(model, batches)
+    plan = swimkit.select(model, sens, method="allocate", speedup=5.0)
+    assert plan.programming.speedup >= 5.0 * (1 - 1e-9)
+    res = swimkit.evaluate(model, batches, swimkit.DeviceModel(), plan, samples=2)
+    assert res.samples == 2

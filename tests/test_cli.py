@@ -211,7 +211,8 @@ def test_sweep_finds_the_largest_speedup_within_target(fmnist, tmp_path, capsys)
     result = json.loads((out / "sweep.json").read_text())
     floor = result["reference_full_verify_percent"] - 1
     for search in result["searches"]:
-        tried = [p for p in json.loads((out / "points.json").read_text())["points_by_id"].values()
+        stored = json.loads((out / "points.json").read_text())["points_by_key"]
+        tried = [p for p in next(iter(stored.values())).values()
                  if p["method"] == search["method"] and p["budget"]["kind"] == "speedup"]
         found = search["point"]
         assert found["accuracy"]["mean_percent"] >= floor
@@ -229,13 +230,15 @@ def test_sweep_compares_noise_trained_models_against_the_best_full_verify(fmnist
                                                                           capsys):
     out = tmp_path / "models"
     code, stdout, err = run_cli(["sweep", "--model", "lenet", *flow_args(fmnist, out),
-                                 "--sigma-train", "0,0.2", "--speedups", "4",
+                                 "--sigma-train", "0,0.2", "--scale-aware", "both",
+                                 "--speedups", "4",
                                  "--methods", "allocate", "--within", "2", "--yield", "0.5",
                                  "--search-steps", "2"], capsys)
     assert code == 0, err
     result = json.loads((out / "sweep.json").read_text())
     models = result["models"]
-    assert [m["sigma_train"] for m in models] == [0.0, 0.2]
+    assert [(m["sigma_train"], m["scale_aware"]) for m in models] == [
+        (0.0, False), (0.2, False), (0.2, True)]
     best = max(m["full_verify"]["accuracy"]["mean_percent"] for m in models)
     assert result["reference_full_verify_percent"] == pytest.approx(best)
     for model in models:
@@ -245,9 +248,10 @@ def test_sweep_compares_noise_trained_models_against_the_best_full_verify(fmnist
             reached = sum(a >= best - 2 - 1e-9 for a in mc["accuracies_percent"])
             assert mc["yield_fraction"] == pytest.approx(reached / len(mc["accuracies_percent"]))
         assert model["searches"][0]["target"].startswith("50 % of chips")
-    assert (out / "train-sigma0.2" / "best.pt").is_file() and (out / "train" / "best.pt").is_file()
+    for folder in ("train", "train-sigma0.2", "train-sigma0.2-scale-aware"):
+        assert (out / folder / "best.pt").is_file()
     table = (out / "sweep.md").read_text()
-    assert "sigma_train 0.2" in table and "| allocate |" in table
+    assert "| sigma_train 0.2 scale-aware | allocate |" in table
     assert (out / "sweep.png").stat().st_size > 1000
 
 

@@ -135,9 +135,16 @@ def add_training(p: argparse.ArgumentParser, several: bool = False) -> None:
         g.add_argument("--sigma-train", "--train_var", dest="sigma_train", type=nonnegative,
                        default=None, help="noise-injection training: sigma of a fresh draw per "
                                           "mini-batch (default 0: none)")
-    g.add_argument("--scale-aware", action="store_true", default=None,
-                   help="noise injection follows each layer's range max|W| with its gradient, "
-                        "as device errors do (the model learns small ranges)")
+    if several:
+        g.add_argument("--scale-aware", nargs="?", const="on", default=None,
+                       choices=["on", "off", "both"],
+                       help="noise injection follows each layer's range max|W| with its "
+                            "gradient, as device errors do (the model learns small ranges); "
+                            "'both' compares each --sigma-train with and without it")
+    else:
+        g.add_argument("--scale-aware", action="store_true", default=None,
+                       help="noise injection follows each layer's range max|W| with its "
+                            "gradient, as device errors do (the model learns small ranges)")
     g.add_argument("--train-limit", type=positive_int, default=None,
                    help="use only the first N training images (quick runs)")
 
@@ -280,9 +287,10 @@ def settings_of(args: argparse.Namespace, **selection: Any) -> Settings:
                                           "test_limit": "test_limit",
                                           "test_batch_size": "test_batch_size"})),
         train=TrainConfig(**_given(args, {"epochs": "epochs", "batch_size": "batch_size",
-                                          "sigma_train": "sigma_train",
-                                          "scale_aware": "scale_aware"}), **seed),
+                                          "sigma_train": "sigma_train"}),
+                          scale_aware=getattr(args, "scale_aware", None) in (True, "on"), **seed),
         sigma_trains=getattr(args, "sigma_trains", None),
+        compare_scale_aware=getattr(args, "scale_aware", None) == "both",
         device_model=device_model_of(args),
         sensitivity=SensitivitySettings(engine=engine, options=options, **_given(
             args, {"sens_batch_size": "batch_size", "sens_limit": "limit"})),

@@ -189,7 +189,8 @@ def register_model(
     info = MODELS.add(ModelInfo(name=name, aliases=tuple(aliases), help=help, **common))
     if quantized_bits is not None:
         MODELS.add(ModelInfo(
-            name=f"q{name}", aliases=tuple(f"Q{a}" for a in aliases),
+            name=f"q{name}", aliases=tuple(f"Q{a}" if a[:1].isupper() else f"q{a}"
+                                           for a in aliases),
             help=f"{help}, quantized to {quantized_bits} bits" if help else "",
             quantized=True, default_bits=quantized_bits, **common))
     return info
@@ -207,7 +208,7 @@ register_model("resnet18", ResNet18, dataset="cifar10", input_shape=(3, 32, 32),
 register_model("resnet18_tiny", resnet18_tiny, dataset="tiny-imagenet",
                input_shape=(3, 64, 64), num_classes=200, optimizer="sgd", quantized_bits=8,
                aliases=("TIN", "resnet18-tiny"),
-               help="the same, 200 classes, 64x64 inputs")
+               help="ResNet-18 for Tiny ImageNet: 200 classes, 64x64 inputs")
 
 
 def canonical_model_name(name: str) -> str:

@@ -138,7 +138,7 @@ def markdown_table(registry: Registry, columns: dict[str, str]) -> str:
                 value = f"`{value}`"
             elif isinstance(value, bool):
                 value = "yes" if value else "no"
-            cells.append("-" if value in (None, "") else str(value))
+            cells.append("-" if value in (None, "") else str(value).replace("|", "\\|"))
         rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows) + "\n"
 

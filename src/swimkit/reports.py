@@ -205,9 +205,15 @@ def plot_sweep(result: SweepResult, path: str | Path) -> Path | None:
     ax.axhline(result.reference_percent - result.within_points, color="gray", linestyle="--",
                label=f"{result.within_points:g} point below")
     ax.set_xscale("log")
+    speeds = [p.speedup for ps in lines.values() for p in ps]
+    if speeds:
+        low, high = min(speeds), max(speeds)
+        ticks = sorted({t for t in (1, 1.5, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20)
+                        if low / 1.05 <= t <= high * 1.05} | {round(low, 1), round(high, 1)})
+        ax.set_xticks(ticks)
+        ax.set_xlim(low / 1.1, high * 1.1)
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
-    ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if v in (2, 3, 5)
-                                               else ""))
+    ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
     ax.set_xlabel("modelled programming speedup over full write-verify")
     ax.set_ylabel("accuracy under variation (%)")
     floor = result.reference_percent - 4 * max(result.within_points, 1.0)

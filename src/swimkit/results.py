@@ -126,6 +126,7 @@ class ModelReport:
 
     label: str
     sigma_train: float
+    scale_aware: bool
     checkpoint: str
     clean_accuracy_percent: float
     no_verify: Point
@@ -135,6 +136,7 @@ class ModelReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {"label": self.label, "sigma_train": self.sigma_train,
+                "scale_aware": self.scale_aware,
                 "checkpoint": self.checkpoint,
                 "clean_accuracy_percent": self.clean_accuracy_percent,
                 "no_verify": self.no_verify.to_dict(), "full_verify": self.full_verify.to_dict(),

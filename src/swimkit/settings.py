@@ -93,12 +93,18 @@ class EvaluationSettings:
 
 @dataclass
 class Settings:
-    """Every setting of a run or a sweep (see the groups)."""
+    """Every setting of a run or a sweep (see the groups).
+
+    ``sigma_trains`` lists the noise-injection sigmas of the models compared (default: the
+    one of ``train``); ``compare_scale_aware`` trains each sigma > 0 both with and without
+    scale-aware noise.
+    """
 
     model: ModelSettings = field(default_factory=ModelSettings)
     data: DataSettings = field(default_factory=DataSettings)
     train: TrainConfig = field(default_factory=TrainConfig)
     sigma_trains: list[float] | None = None
+    compare_scale_aware: bool = False
     device_model: DeviceModel = field(default_factory=DeviceModel)
     sensitivity: SensitivitySettings = field(default_factory=SensitivitySettings)
     selection: SelectionSettings = field(default_factory=SelectionSettings)
@@ -141,10 +147,19 @@ class Settings:
 
     @property
     def sigma_train_values(self) -> list[float]:
-        """The noise-injection sigmas of the models compared (one model each)."""
+        """The noise-injection sigmas of the models compared."""
         if self.sigma_trains:
             return [float(s) for s in self.sigma_trains]
         return [float(self.train.sigma_train)]
+
+    def trainings(self) -> list[tuple[float, bool]]:
+        """(sigma_train, scale_aware) of every model compared: one clean model for sigma 0,
+        and for each sigma > 0 the scale-aware setting, or both with compare_scale_aware."""
+        modes = [False, True] if self.compare_scale_aware else [bool(self.train.scale_aware)]
+        out: list[tuple[float, bool]] = []
+        for sigma in self.sigma_train_values:
+            out += [(0.0, False)] if sigma == 0 else [(sigma, mode) for mode in modes]
+        return out
 
     @property
     def out_dir(self) -> Path:

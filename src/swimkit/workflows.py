@@ -118,16 +118,17 @@ class Candidate:
 
     label: str
     sigma_train: float
+    scale_aware: bool
     model: nn.Module
     path: Path
     digest: str
     sens: Sensitivity | None = None
 
 
-def model_label(settings: Settings, sigma_train: float) -> str:
+def model_label(settings: Settings, sigma_train: float, scale_aware: bool) -> str:
     if settings.model.checkpoint:
         return Path(settings.model.checkpoint).stem
-    scaled = " scale-aware" if settings.train.scale_aware and sigma_train > 0 else ""
+    scaled = " scale-aware" if scale_aware and sigma_train > 0 else ""
     return f"sigma_train {sigma_train:g}{scaled}"
 
 
@@ -138,24 +139,25 @@ def train_folder(sigma_train: float, scale_aware: bool) -> str:
     return f"train-sigma{sigma_train:g}" + ("-scale-aware" if scale_aware else "")
 
 
-def obtain_model(ctx: Context, sigma_train: float) -> Candidate:
-    """The model of one sigma_train: from --checkpoint, an earlier run, or trained now."""
+def obtain_model(ctx: Context, sigma_train: float, scale_aware: bool = False) -> Candidate:
+    """The model of one noise setting: from --checkpoint, an earlier run, or trained now."""
     s = ctx.settings
     if s.model.checkpoint:
         model, _ = load_checkpoint(s.model.checkpoint, model_name=s.model.name)
         path = Path(s.model.checkpoint)
     else:
-        folder = s.out_dir / train_folder(sigma_train, s.train.scale_aware)
-        distributed.rank_zero_first(lambda: _train(ctx, folder, sigma_train))
+        folder = s.out_dir / train_folder(sigma_train, scale_aware)
+        distributed.rank_zero_first(lambda: _train(ctx, folder, sigma_train, scale_aware))
         path = folder / ("best.pt" if (folder / "best.pt").is_file() else "last.pt")
         model, _ = load_checkpoint(path)
     model = model.to(s.torch_device()).eval()
-    key = "model" if sigma_train == s.sigma_train_values[0] else f"model sigma {sigma_train:g}"
-    ctx.files[key] = str(path)
-    return Candidate(model_label(s, sigma_train), sigma_train, model, path, file_digest(path))
+    first = (sigma_train, scale_aware) == s.trainings()[0]
+    ctx.files["model" if first else f"model {train_folder(sigma_train, scale_aware)}"] = str(path)
+    return Candidate(model_label(s, sigma_train, scale_aware), sigma_train, scale_aware, model,
+                     path, file_digest(path))
 
 
-def _train(ctx: Context, folder: Path, sigma_train: float) -> None:
+def _train(ctx: Context, folder: Path, sigma_train: float, scale_aware: bool) -> None:
     from dataclasses import replace
 
     from .training import train
@@ -164,7 +166,7 @@ def _train(ctx: Context, folder: Path, sigma_train: float) -> None:
     _check_training_folder(folder, {"model": s.model.name, "bits": s.model.bits,
                                     **s.data_key()})
     model = build_model(s.model.name, bits=s.model.bits, seed=s.train.seed)
-    config = replace(s.train, sigma_train=sigma_train)
+    config = replace(s.train, sigma_train=sigma_train, scale_aware=scale_aware)
     train(model, ctx.dataset, config, model_name=s.model.name, checkpoint_dir=folder,
           progress=ctx.progress, log=ctx.log, device=s.torch_device(),
           noise_model=s.device_model if sigma_train > 0 else None)
@@ -192,7 +194,7 @@ def obtain_sensitivity(ctx: Context, candidate: Candidate) -> Sensitivity:
     key = {"model": candidate.digest, "engine": sens_settings.engine,
            "batch_size": sens_settings.batch_size, "limit": sens_settings.limit,
            "options": sens_settings.options, "exclude": s.selection.exclude, **s.data_key()}
-    suffix = train_folder(candidate.sigma_train, s.train.scale_aware).removeprefix("train")
+    suffix = train_folder(candidate.sigma_train, candidate.scale_aware).removeprefix("train")
     if s.model.checkpoint:
         suffix = f"-{candidate.digest[:8]}"
     path = s.out_dir / f"sensitivity-{sens_settings.engine}{suffix}.pt"
@@ -227,19 +229,24 @@ def _cached_sensitivity(path: Path, key: dict) -> bool:
 
 
 class PointCache:
-    """Evaluated points in one JSON file, rewritten after each point (rank 0)."""
+    """Evaluated points in one JSON file, by settings key, rewritten after each point (rank 0).
+
+    Points evaluated under other settings stay in the file, so switching settings back
+    and forth recomputes nothing.
+    """
 
     def __init__(self, path: Path, key: str) -> None:
         self.path = path
         self.key = key
-        self.points: dict[str, dict] = {}
+        self.stored: dict[str, dict] = {}
         if path.is_file():
             try:
-                stored = json.loads(path.read_text())
+                data = json.loads(path.read_text())
             except (OSError, json.JSONDecodeError):
-                stored = {}
-            if stored.get("key") == key:
-                self.points = stored.get("points_by_id", {})
+                data = {}
+            if isinstance(data.get("points_by_key"), dict):
+                self.stored = data["points_by_key"]
+        self.points: dict[str, dict] = self.stored.setdefault(key, {})
 
     def get(self, point_id: str) -> Point | None:
         found = self.points.get(point_id)
@@ -248,7 +255,8 @@ class PointCache:
     def put(self, point_id: str, point: Point) -> None:
         self.points[point_id] = point.to_dict()
         if distributed.is_rank_zero():
-            atomic_write_json({"key": self.key, "points_by_id": self.points}, self.path)
+            atomic_write_json({"version": CACHE_VERSION, "points_by_key": self.stored},
+                              self.path)
 
 
 def evaluation_key(settings: Settings) -> str:
@@ -401,19 +409,19 @@ def sweep(settings: Settings, log: Log = quiet, progress: bool = False) -> Sweep
     """Run the flow for every model, method and budget of ``settings``."""
     ctx = prepare(settings, log, progress)
     s = settings
-    if s.model.checkpoint and len(s.sigma_train_values) > 1:
+    if s.model.checkpoint and len(s.trainings()) > 1:
         raise SwimkitError("--checkpoint gives one model; drop it to compare several "
                            "--sigma-train values")
     cache = PointCache(s.out_dir / "points.json", evaluation_key(s))
     evaluators, reports = [], []
-    for sigma_train in s.sigma_train_values:
-        candidate = obtain_model(ctx, sigma_train)
+    for sigma_train, scale_aware in s.trainings():
+        candidate = obtain_model(ctx, sigma_train, scale_aware)
         clean = accuracy(candidate.model, ctx.test_batches)
         log(f"[{candidate.label}] clean accuracy: {clean:.2f} %")
         if needs_sensitivity(s.selection.methods):
             candidate.sens = obtain_sensitivity(ctx, candidate)
         ev = Evaluator(ctx, candidate, cache)
-        report = ModelReport(candidate.label, sigma_train, str(candidate.path), clean,
+        report = ModelReport(candidate.label, sigma_train, scale_aware, str(candidate.path), clean,
                              ev.baseline("none"), ev.baseline("all"))
         report.points = [ev.point(m, kind, value) for m in s.selection.methods
                          for kind, value in budgets(s)]

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -358,8 +358,13 @@ def allocate(inputs: ScoreInputs, budget: Budget) -> Plan:
                 menu=menu, method="allocate", meta={"menu": list(menu)})
 
 
-def stack_levels(levels: Mapping[str, Tensor]) -> Tensor:
-    """All levels flattened (for tests and reports)."""
-    return torch.cat([v.reshape(-1) for v in levels.values()])
+def allocate_one(inputs: ScoreInputs, budget: Budget) -> Plan:
+    """``allocate`` with one tolerance, the device model's own loop: single devices, most
+    sensitive first, no menu (the ablation that shows what the menu adds)."""
+    _require_options(inputs.device_model)
+    plan = allocate(replace(inputs, menu=(inputs.device_model.loop.tolerance,)), budget)
+    plan.method = "allocate-one"
+    return plan
+
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .allocation import allocate
+from .allocation import allocate, allocate_one
 from .learned import learned
 from .methods import (
     magnitude_score,
@@ -29,6 +29,11 @@ register_method("variance", variance_score,
 register_planner(
     "allocate", allocate,
     help="per device and per tolerance: min 1/2 sum h Var under the budget (convex-hull greedy)",
+)
+
+register_planner(
+    "allocate-one", allocate_one,
+    help="allocate with one tolerance, the device model's own (single devices, no menu)",
 )
 
 register_planner(

@@ -1,0 +1,51 @@
+"""Workflow pieces: the point cache, settings checks, training folders."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import swimkit
+from swimkit.montecarlo import MCResult
+from swimkit.results import PlanCounts, Point
+from swimkit.settings import EvaluationSettings, SelectionSettings, Settings
+from swimkit.workflows import PointCache, _floor3, train_folder
+
+
+def point(mean: float) -> Point:
+    return Point("swim", "m", "speedup", 2.0, PlanCounts(1, 10, 8, 80), None,
+                 MCResult(torch.tensor([mean, mean + 1.0])))
+
+
+def test_point_cache_keeps_points_of_other_settings(tmp_path):
+    path = tmp_path / "points.json"
+    first = PointCache(path, "key-a")
+    first.put("p", point(50.0))
+    second = PointCache(path, "key-b")
+    assert second.get("p") is None
+    second.put("p", point(60.0))
+    again = PointCache(path, "key-a")
+    assert again.get("p").mc.mean == pytest.approx(50.5)
+    assert PointCache(path, "key-b").get("p").mc.mean == pytest.approx(60.5)
+
+
+def test_settings_are_checked_before_any_work():
+    with pytest.raises(swimkit.SwimkitError, match="unknown selection method"):
+        Settings(selection=SelectionSettings(methods=["best"]))
+    with pytest.raises(swimkit.SwimkitError, match="yield target"):
+        Settings(evaluation=EvaluationSettings(yield_target=1.5))
+    with pytest.raises(swimkit.SwimkitError, match="tolerance"):
+        Settings(selection=SelectionSettings(tolerances=[0.2, 0.0]))
+    with pytest.raises(swimkit.SwimkitError, match="probes"):
+        from swimkit.settings import SensitivitySettings
+
+        Settings(sensitivity=SensitivitySettings(engine="swim", options={"probes": 3}))
+    s = Settings(sigma_trains=[0.0, 0.1])
+    assert s.sigma_train_values == [0.0, 0.1] and s.out_dir.name == "lenet-fashion-mnist"
+
+
+def test_search_points_and_folders_have_stable_names():
+    assert _floor3(10.9456) == 10.9 and _floor3(10.96) == 10.9 and _floor3(3.0) == 3.0
+    assert train_folder(0.0, True) == "train"
+    assert train_folder(0.1, False) == "train-sigma0.1"
+    assert train_folder(0.05, True) == "train-sigma0.05-scale-aware"
