@@ -17,31 +17,16 @@ import time
 
 import torch
 from common import fashion_mnist_or_random, machine_line, synthetic
+from scipy.stats import spearmanr
 
 import swimkit
 from swimkit.data import Batches
 from swimkit.training import TrainConfig, train
 
 
-def ranks(values: torch.Tensor) -> torch.Tensor:
-    """Average ranks (ties share their mean rank), as Spearman's rho needs."""
-    order = torch.argsort(values)
-    sorted_values = values[order]
-    first = torch.ones_like(sorted_values, dtype=torch.bool)
-    first[1:] = sorted_values[1:] != sorted_values[:-1]
-    group = torch.cumsum(first, 0) - 1
-    positions = torch.arange(values.numel(), dtype=torch.float64)
-    sums = torch.zeros(int(group[-1]) + 1, dtype=torch.float64).index_add_(0, group, positions)
-    counts = torch.bincount(group).double()
-    result = torch.empty_like(positions)
-    result[order] = (sums / counts)[group]
-    return result
-
-
 def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
-    ra, rb = ranks(a.double()), ranks(b.double())
-    ra, rb = ra - ra.mean(), rb - rb.mean()
-    return float((ra * rb).sum() / (ra.norm() * rb.norm()))
+    """Rank correlation (scipy's, ties averaged)."""
+    return float(spearmanr(a.double().numpy(), b.double().numpy()).statistic)
 
 
 def top_overlap(a: torch.Tensor, b: torch.Tensor, fraction: float = 0.1) -> float:

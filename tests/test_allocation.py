@@ -7,6 +7,7 @@ import itertools
 import pytest
 import torch
 from torch import nn
+from toys import toy_problem
 
 import swimkit
 from swimkit.plans import Plan
@@ -189,22 +190,8 @@ def test_bad_menus_are_clear_errors(reference):
 # --- learned ----------------------------------------------------------------------------
 
 
-def toy_task():
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(512, 8, generator=gen)
-    y = (x[:, 0] + 0.5 * x[:, 1] > 0).long() + (x[:, 2] > 1).long()
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 3))
-    opt = torch.optim.Adam(model.parameters(), 0.02)
-    for _ in range(150):
-        opt.zero_grad()
-        nn.functional.cross_entropy(model(x), y).backward()
-        opt.step()
-    return model.eval(), [(x[i : i + 128], y[i : i + 128]) for i in range(0, 512, 128)]
-
-
 def test_learned_plan_meets_the_budget_and_records_its_cost():
-    model, batches = toy_task()
+    model, batches = toy_problem()
     sens = swimkit.sensitivity(model, batches)
     dm = swimkit.DeviceModel(sigma=0.5, sigma_verified=0.05)
     kwargs = {"speedup": 6.0, "device_model": dm, "data": batches,
@@ -214,7 +201,7 @@ def test_learned_plan_meets_the_budget_and_records_its_cost():
     assert all(torch.equal(plan.levels[k], again.levels[k]) for k in plan.levels)
     prog = plan.programming
     assert prog.time_plan_s <= prog.time_full_verify_s / 6.0 * (1 + 1e-12)
-    assert plan.meta["learn_epochs"] == 2 and plan.meta["learn_batches"] == 8
+    assert plan.meta["learn_epochs"] == 2 and plan.meta["learn_batches"] == 6
     assert plan.meta["learn_seconds"] > 0
     before = {k: v.clone() for k, v in model.state_dict().items()}
     swimkit.select(model, sens, method="learned", **kwargs)

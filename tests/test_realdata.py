@@ -19,26 +19,31 @@ pytestmark = pytest.mark.realdata
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_swim_beats_magnitude_and_random_on_real_fashion_mnist(tmp_path, capsys):
+def test_swim_beats_magnitude_and_random_and_allocate_beats_swim(tmp_path, capsys):
     out = tmp_path / "sweep"
     code = main(["sweep", "--model", "lenet", "--dataset", "fashion-mnist", "--epochs", "3",
-                 "--samples", "20", "--fractions", "0.03,0.1", "--methods",
-                 "swim,magnitude,random", "--out", str(out), "--no-progress"])
+                 "--samples", "20", "--fractions", "0.03,0.1", "--speedups", "8",
+                 "--methods", "swim,magnitude,random,allocate", "--out", str(out),
+                 "--no-progress"])
     assert code == 0, capsys.readouterr().err
     result = json.loads((out / "sweep.json").read_text())
-    assert result["clean_accuracy"] > 85
-    by = {(p["method"], p["fraction"]): p for p in result["points"]}
+    assert result["clean_accuracy_percent"] > 85
+    by = {(p["method"], p["budget"]["kind"], p["budget"]["value"]): p["accuracy"]
+          for p in result["points"]}
     for fraction in (0.03, 0.1):
-        swim = by[("swim", fraction)]
+        swim = by[("swim", "fraction", fraction)]
         for other in ("magnitude", "random"):
-            assert swim["ci95"][0] > by[(other, fraction)]["ci95"][1], (other, fraction)
+            assert swim["ci95_percent"][0] > by[(other, "fraction", fraction)]["ci95_percent"][1]
     # at 10% SWIM comes within a few points of verifying everything
-    assert result["full_verify"]["mean"] - by[("swim", 0.1)]["mean"] < 8
-    assert result["no_verify"]["mean"] < by[("swim", 0.03)]["mean"]
+    full = result["full_verify"]["accuracy"]["mean_percent"]
+    assert full - by[("swim", "fraction", 0.1)]["mean_percent"] < 8
+    # at the same modelled speedup, device-level allocation beats whole weights
+    allocate, swim8 = by[("allocate", "speedup", 8.0)], by[("swim", "speedup", 8.0)]
+    assert allocate["ci95_percent"][0] > swim8["ci95_percent"][1]
 
 
 def test_api_example_runs():
     done = subprocess.run([sys.executable, str(ROOT / "examples" / "api_quickstart.py"),
                            "--quick"], capture_output=True, text=True, check=False, timeout=900)
     assert done.returncode == 0, done.stderr
-    assert "swim 10%" in done.stdout and "full verify" in done.stdout
+    assert "allocate 10x" in done.stdout and "full verify" in done.stdout

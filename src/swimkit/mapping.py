@@ -71,6 +71,18 @@ def device_weights(
     return chosen
 
 
+def named_weights(model: nn.Module, names: Sequence[str], source: str) -> dict[str, DeviceWeight]:
+    """The device weights ``names`` of ``model`` (which ``source`` names), or a clear error."""
+    every = device_weights(model)
+    missing = [n for n in names if n not in every]
+    if missing:
+        raise SwimkitError(
+            f"{source} names weight {missing[0]!r}, which the model does not have; make "
+            "it again for this model"
+        )
+    return {n: every[n] for n in names}
+
+
 def _matches(name: str, patterns: Sequence[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, p) or name == p for p in patterns)
 

@@ -29,7 +29,14 @@ from torch.nn.utils import parametrize
 from . import distributed
 from .devices import NoiseModel, generator_for
 from .errors import SwimkitError, require
-from .mapping import DeviceWeight, device_weights, effective_weights, perturbed, weight_scales
+from .mapping import (
+    DeviceWeight,
+    device_weights,
+    effective_weights,
+    named_weights,
+    perturbed,
+    weight_scales,
+)
 from .plans import Plan
 from .progress import progress_bar
 
@@ -209,21 +216,15 @@ def _plan_weights(
         require(plan is None or isinstance(plan, str),
                 f"plan must be a Plan, 'none' or 'all' (got {type(plan).__name__})")
         return device_weights(model, layers=layers, exclude=exclude)
-    all_layers = device_weights(model)
-    missing = [n for n in plan.names if n not in all_layers]
-    if missing:
-        raise SwimkitError(
-            f"the plan names weight {missing[0]!r}, which the model does not have: "
-            "select again for this model"
-        )
+    chosen = named_weights(model, plan.names, "the plan")
     for name, mask in plan.masks.items():
-        shape = tuple(all_layers[name].value.shape)
+        shape = tuple(chosen[name].value.shape)
         if tuple(mask.shape) != shape:
             raise SwimkitError(
                 f"the plan's mask for {name} has shape {tuple(mask.shape)}, the weight {shape}: "
                 "select again for this model"
             )
-    return {n: all_layers[n] for n in plan.names}
+    return chosen
 
 
 def _as_plan(plan: Plan | str | None, weights: Mapping[str, DeviceWeight],

@@ -21,7 +21,14 @@ from torch import Tensor, nn
 
 from ..devices import DeviceModel, NoiseModel
 from ..errors import SwimkitError, require
-from ..mapping import DeviceWeight, device_weights, effective_weights, safe_scale, weight_scales
+from ..mapping import (
+    DeviceWeight,
+    device_weights,
+    effective_weights,
+    named_weights,
+    safe_scale,
+    weight_scales,
+)
 from ..plans import Plan, check_menu
 from ..programming import WriteVerify
 from ..sensitivity import Sensitivity
@@ -68,17 +75,15 @@ def inputs_for(
     device_model: NoiseModel | None = None,
     write_verify: WriteVerify | None = None,
     tolerances: Sequence[float] | None = None,
-    data: Iterable[tuple[Tensor, Tensor]] | None = None,
-    seed: int = 0,
-    alpha: float = SWIM_ALPHA,
+    options: Mapping[str, Any] | None = None,
     layers: Sequence[str] | None = None,
     exclude: Sequence[str] | None = None,
-    options: Mapping[str, Any] | None = None,
+    **fields: Any,
 ) -> ScoreInputs:
     """What ``method`` is given about the device weights of ``model``."""
     if method.needs_sensitivity and sens is None:
         raise SwimkitError(f"method {method.name!r} needs sensitivities: run the sensitivity pass")
-    if method.needs_data and data is None:
+    if method.needs_data and fields.get("data") is None:
         raise SwimkitError(f"method {method.name!r} learns on data: pass data= (training "
                            "batches of (x, y))")
     weights = _chosen_weights(model, sens, layers, exclude)
@@ -94,8 +99,8 @@ def inputs_for(
     return ScoreInputs(
         sensitivity=sens, values=values,
         normalised={k: v / safe_scale(scales[k]) for k, v in values.items()},
-        scales=scales, device_model=device_model, seed=seed, alpha=alpha, model=model,
-        weights=weights, menu=check_menu(tolerances), data=data, options=dict(options or {}),
+        scales=scales, device_model=device_model, model=model, weights=weights,
+        menu=check_menu(tolerances), options=dict(options or {}), **fields,
     )
 
 
@@ -238,14 +243,7 @@ def _chosen_weights(
                 f"the sensitivities have no {missing[0]}: compute them for the same layers"
             )
         return weights
-    every = device_weights(model)
-    missing = [n for n in sens.names if n not in every]
-    if missing:
-        raise SwimkitError(
-            f"the sensitivities name weights the model does not have ({missing[0]!r}); "
-            "compute them for this model"
-        )
-    return {n: every[n] for n in sens.names}
+    return named_weights(model, sens.names, "the sensitivity file")
 
 
 def _check_shapes(sens: Sensitivity, values: Mapping[str, Tensor]) -> None:
