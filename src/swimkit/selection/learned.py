@@ -44,7 +44,7 @@ class LearnOptions:
     hull positions, and the step of the time price (relative, per batch)."""
 
     epochs: int = 2
-    lr: float = 0.05
+    lr: float = 0.02
     price_step: float = 0.05
 
     @classmethod
