@@ -166,18 +166,19 @@ class DeviceModel:
         other tolerance at the loop's closed-form residual at the device's plain sigma.
         """
         plain = self.plain_sigma(value, scale)
-        verified = None
         columns = [plain]
         for tolerance in self.menu(menu):
             if tolerance == self.loop.tolerance:
-                if verified is None:
-                    verified = (torch.tensor(float(self.sigma_verified), dtype=torch.float64)
-                                if not self.value_dependent else
-                                self.level_sigma(level_of(value, scale), True).double())
-                columns.append(verified.expand_as(plain) if plain.dim() else verified)
+                columns.append(self._verified_sigma(value, scale))
             else:
                 columns.append(self.loop.with_tolerance(tolerance).residual_sigma(plain))
         return torch.stack(torch.broadcast_tensors(*columns), dim=-1)
+
+    def _verified_sigma(self, value: Tensor, scale: Tensor) -> Tensor:
+        """sigma_verified (times its curve): where the default loop lands a device."""
+        if not self.value_dependent:
+            return torch.tensor(float(self.sigma_verified), dtype=torch.float64)
+        return self.level_sigma(level_of(value, scale), verified=True).double()
 
     def option_times(self, value: Tensor, scale: Tensor,
                      menu: tuple[float, ...] | None = None) -> Tensor:
