@@ -224,3 +224,22 @@ def test_quantized_models_allocate_on_their_quantized_weights():
     assert plan.programming.speedup >= 5.0 * (1 - 1e-9)
     res = swimkit.evaluate(model, batches, swimkit.DeviceModel(), plan, samples=2)
     assert res.samples == 2
+
+
+def test_a_speedup_of_one_verifies_every_device(reference):
+    model, sens = lenet_problem(reference)
+    for method in ("allocate", "allocate-one"):
+        plan = swimkit.select(model, sens, method=method, speedup=1.0)
+        assert plan.devices_verified == plan.devices_total, method
+
+
+def test_first_release_plan_files_load(tmp_path):
+    torch.save({"kind": "swimkit.plan", "masks": {"w": torch.tensor([True, False])},
+                "method": "swim", "requested": {"fraction": 0.5},
+                "programming": {"time_plan": 1e-6, "time_full_verify": 2e-6,
+                                "time_no_verify": 5e-7, "speedup": 2.0,
+                                "fraction_verified": 0.5}}, tmp_path / "old.pt")
+    plan = Plan.load(tmp_path / "old.pt")
+    assert plan.masks["w"].tolist() == [True, False] and plan.menu is None
+    assert plan.programming.time_plan_s == 1e-6
+    assert plan.programming.devices_fraction_verified == 0.5

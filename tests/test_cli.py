@@ -159,6 +159,9 @@ def test_sweep_writes_table_and_plot(fmnist, tmp_path, capsys):
         (["run", "--speedup", "inf"], "number"),
         (["sweep", "--plot", "plot.xyz"], "--plot"),
         (["run", "--device", "abacus"], "unknown device"),
+        (["sweep", "--yield", "0.9"], "--within"),
+        (["sweep", "--methods", "learned", "--fractions", "0.1"], "not fractions"),
+        (["run", "--method", "allocate", "--tolerances", "0.2,-1"], "expected a number"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(args, needle, fmnist, tmp_path, capsys):

@@ -259,5 +259,7 @@ def test_a_device_model_from_outside_works_in_evaluate_and_select():
     assert protected.mean > exposed.mean
     with pytest.raises(swimkit.SwimkitError, match="prices programming"):
         swimkit.select(model, sens, speedup=2.0, method="variance", device_model=noisy)
+    with pytest.raises(swimkit.SwimkitError, match="prices programming"):
+        swimkit.select(model, sens, speedup=2.0, method="allocate", device_model=noisy)
     with pytest.raises(swimkit.SwimkitError, match="NoiseModel"):
         swimkit.evaluate(model, batches, object(), samples=1)

@@ -207,3 +207,15 @@ def test_scores_cut_at_many_budgets_match_select(lenet_and_sens):
         b = swimkit.select(model, sens, fraction=fraction)
         assert all(torch.equal(a.masks[k], b.masks[k]) for k in a.masks)
         assert a.programming is not None and a.programming.speedup > 1
+
+
+@pytest.mark.parametrize("tolerance", [0.1, 0.2])
+def test_speedup_of_a_weight_level_plan_at_another_tolerance(lenet_and_sens, tolerance):
+    """The speedup is over full verify with the default loop, whatever the plan's tolerance."""
+    model, sens = lenet_and_sens
+    plan = swimkit.select(model, sens, speedup=5.0, tolerances=[tolerance])
+    prog = plan.programming
+    assert plan.menu == (tolerance,)
+    assert 5.0 * (1 - 1e-9) <= prog.speedup < 5.05
+    default = swimkit.select(model, sens, fraction=1.0).programming
+    assert prog.time_full_verify_s == pytest.approx(default.time_full_verify_s)

@@ -367,6 +367,17 @@ def test_plan_aware_training_draws_the_plan_noise() -> None:
     assert not same_state(exposed.model, protected.model)
 
 
+def test_a_plan_for_another_model_is_a_clear_error() -> None:
+    from swimkit.plans import Plan
+
+    plan = Plan(masks={"fc9.weight": torch.ones(2, 2, dtype=torch.bool)})
+    with pytest.raises(SwimkitError, match="names weight 'fc9.weight'"):
+        fit(epochs=1, sigma_train=0.1, plan=plan)
+    wrong = Plan(masks={"fc1.weight": torch.ones(2, 2, dtype=torch.bool)})
+    with pytest.raises(SwimkitError, match="shape"):
+        fit(epochs=1, sigma_train=0.1, plan=wrong)
+
+
 def test_resume_refuses_other_noise(tmp_path: Path) -> None:
     fit(epochs=1, noise_model=CountingStuckAt(0.2), checkpoint_dir=tmp_path)
     with pytest.raises(SwimkitError, match="noise"):

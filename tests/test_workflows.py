@@ -40,6 +40,11 @@ def test_settings_are_checked_before_any_work():
         from swimkit.settings import SensitivitySettings
 
         Settings(sensitivity=SensitivitySettings(engine="swim", options={"probes": 3}))
+    with pytest.raises(swimkit.SwimkitError, match="learned lr"):
+        Settings(selection=SelectionSettings(methods=["learned"], speedups=[5.0],
+                                             learn={"lr": 0.0}))
+    with pytest.raises(swimkit.SwimkitError, match="not fractions"):
+        Settings(selection=SelectionSettings(methods=["learned"], fractions=[0.1]))
     s = Settings(sigma_trains=[0.0, 0.1])
     assert s.sigma_train_values == [0.0, 0.1] and s.out_dir.name == "lenet-fashion-mnist"
 

@@ -275,6 +275,8 @@ def device_model_of(args: argparse.Namespace) -> DeviceModel:
 
 def settings_of(args: argparse.Namespace, **selection: Any) -> Settings:
     """The :class:`Settings` of parsed arguments (``selection`` overrides that group)."""
+    if getattr(args, "yield_target", None) is not None and args.within is None:
+        raise SwimkitError("--yield needs --within P: the points a chip may lose and count")
     engine = getattr(args, "engine", None) or default(SensitivitySettings, "engine")
     options = (_given(args, {"probes": "probes", "probe_seed": "seed"})
                if engine == "hutchinson" else {})

@@ -180,9 +180,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .training import train
 
     settings = settings_of(args)
-    dataset = _dataset_for(settings)
-    if settings.data.train_limit:
-        dataset = dataset.subset(settings.data.train_limit)
+    dataset = _dataset_for(settings)  # cut to --train-limit / --test-limit already
     if settings.model.checkpoint:
         model = load_model(args)[0]
     else:

@@ -248,16 +248,14 @@ class DeviceModel:
         """Modelled time of programming ``plan`` device by device, against all or nothing."""
         _check_plan(plan, values, self.devices_per_weight)
         k = self.devices_per_weight
-        spent = full = none = 0.0
+        spent = 0.0
         for name, value in values.items():
             times = self.option_times(value, scales[name], plan.menu)
             if plan.weight_level:
-                spent += weight_level_price(plan.levels[name][..., 0], times, k)
+                spent += weight_level_price(plan.levels[name][..., 0].cpu(), times, k)
             else:
-                spent += price(plan.levels[name], times)
-            default = self.option_times(value, scales[name], None)
-            full += weight_level_price(torch.ones(value.shape, dtype=torch.uint8), default, k)
-            none += k * value.numel() * self.loop.t_program
+                spent += price(plan.levels[name].cpu(), times)
+        full, none = self.reference_times(values, scales)
         require(spent > 0, "the plan takes no programming time (t_program = 0 and nothing "
                            "verified); set t_program > 0 to get a speedup")
         return ProgrammingReport(
@@ -265,6 +263,19 @@ class DeviceModel:
             speedup=full / spent, fraction_verified=plan.fraction_verified,
             devices_fraction_verified=plan.devices_fraction_verified,
         )
+
+    def reference_times(
+        self, values: Mapping[str, Tensor], scales: Mapping[str, Tensor]
+    ) -> tuple[float, float]:
+        """Seconds of verifying every device with the default loop, and of writing every
+        device once: the two ends every speedup is measured between."""
+        k = self.devices_per_weight
+        full = none = 0.0
+        for name, value in values.items():
+            default = self.option_times(value, scales[name], None)
+            full += weight_level_price(torch.ones(value.shape, dtype=torch.uint8), default, k)
+            none += k * value.numel() * self.loop.t_program
+        return full, none
 
     def describe(self) -> dict[str, Any]:
         """The settings, for result files."""
@@ -290,7 +301,7 @@ class DeviceModel:
 
     def _std(self, value: Tensor, scale: Tensor, plan: Plan | None, name: str) -> Tensor:
         """dW's standard deviation; weight-level plans take the closed form sigma * unit."""
-        levels = plan.levels[name] if plan is not None else None
+        levels = plan.levels[name].to(value.device) if plan is not None else None
         if levels is not None and not plan.weight_level:
             return self._variance(value, scale, plan, name).sqrt() * scale.double()
         verified = levels[..., 0] if levels is not None else None

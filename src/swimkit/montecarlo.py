@@ -28,12 +28,11 @@ from torch.nn.utils import parametrize
 
 from . import distributed
 from .devices import NoiseModel, generator_for
-from .errors import SwimkitError, require
+from .errors import require
 from .mapping import (
     DeviceWeight,
     device_weights,
     effective_weights,
-    named_weights,
     perturbed,
     weight_scales,
 )
@@ -134,7 +133,8 @@ class MCResult:
             torch.tensor(data["accuracies_percent"], dtype=torch.float64),
             seed=int(data.get("seed", 0)),
             reference=data.get("yield_reference_percent"),
-            within=data.get("yield_within_points") or 1.0,
+            within=1.0 if data.get("yield_within_points") is None
+            else data["yield_within_points"],
         )
 
     def __str__(self) -> str:
@@ -216,15 +216,7 @@ def _plan_weights(
         require(plan is None or isinstance(plan, str),
                 f"plan must be a Plan, 'none' or 'all' (got {type(plan).__name__})")
         return device_weights(model, layers=layers, exclude=exclude)
-    chosen = named_weights(model, plan.names, "the plan")
-    for name, mask in plan.masks.items():
-        shape = tuple(chosen[name].value.shape)
-        if tuple(mask.shape) != shape:
-            raise SwimkitError(
-                f"the plan's mask for {name} has shape {tuple(mask.shape)}, the weight {shape}: "
-                "select again for this model"
-            )
-    return chosen
+    return plan.weights_in(model)
 
 
 def _as_plan(plan: Plan | str | None, weights: Mapping[str, DeviceWeight],

@@ -21,7 +21,7 @@ from .devices import DeviceModel, NoiseModel
 from .errors import SwimkitError, require
 from .mapping import DeviceWeight, device_weights, effective_weights, perturbed, weight_scales
 from .plans import Plan
-from .seeding import seeded_generator
+from .seeding import epoch_generator
 
 if TYPE_CHECKING:
     from .training import TrainConfig
@@ -42,10 +42,8 @@ class NoiseInjector:
         self.seed = seed
         self.plan = plan
         self.scale_aware = scale_aware
-        names = plan.names if plan is not None else None
-        every = device_weights(model)
         self.weights: dict[str, DeviceWeight] = (
-            {n: every[n] for n in names} if names is not None else every)
+            plan.weights_in(model) if plan is not None else device_weights(model))
 
     @classmethod
     def create(
@@ -86,8 +84,7 @@ class NoiseInjector:
     def epoch(self, epoch: int) -> Iterator[Callable[[], None]]:
         """Attach the offsets for one epoch; yield the function that redraws the noise."""
         where = next(iter(self.weights.values())).value.device
-        generator = seeded_generator("swimkit-train", "noise", int(self.seed), int(epoch),
-                                     device=where)
+        generator = epoch_generator(self.seed, "noise", epoch, where)
         with perturbed(self.model, self.weights) as offsets:
 
             def redraw() -> None:

@@ -6,7 +6,7 @@ steps). ``levels[name]`` is a uint8 tensor shaped ``(*weight.shape, K)``, most s
 device first. ``menu`` None stands for one option, the device model's own loop (the
 tolerance that reaches its ``sigma_verified``): a bool mask per weight is the special
 case "no device, or all K devices at that tolerance", so weight-level methods and files
-written by earlier versions keep their meaning.
+written by the first release (bool masks) load as such.
 """
 
 from __future__ import annotations
@@ -21,9 +21,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .errors import SwimkitError, is_number, require
+from .mapping import DeviceWeight, named_weights
 from .programming import ProgrammingReport
 from .storage import atomic_save, atomic_write, atomic_write_text, load_kind
 
@@ -216,6 +217,17 @@ class Plan:
             "meta": self.meta,
         }
 
+    def weights_in(self, model: nn.Module) -> dict[str, DeviceWeight]:
+        """The device weights of ``model`` this plan programs, checked name by name and
+        shape by shape (a clear error for a plan made for another model)."""
+        chosen = named_weights(model, self.names, "the plan")
+        for name, mask in self.masks.items():
+            shape = tuple(chosen[name].value.shape)
+            require(tuple(mask.shape) == shape,
+                    f"the plan's mask for {name} has shape {tuple(mask.shape)}, the weight "
+                    f"{shape}: make the plan again for this model")
+        return chosen
+
     # --- files -----------------------------------------------------------------------------
 
     def save(self, path: str | Path) -> Path:
@@ -245,7 +257,7 @@ class Plan:
             "menu": data.get("menu"),
             "devices_per_weight": data.get("devices_per_weight"),
             "requested": data.get("requested", {}),
-            "programming": ProgrammingReport(**report) if report else None,
+            "programming": ProgrammingReport.from_dict(report) if report else None,
             "meta": data.get("meta", {}),
         }
         if "levels" in data:

@@ -282,6 +282,21 @@ class ProgrammingReport:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ProgrammingReport:
+        """A report as written by :meth:`to_dict`, or by the first release (keys without
+        their unit, no device count)."""
+        renamed = {_FIRST_RELEASE_KEYS.get(k, k): v for k, v in data.items()}
+        renamed.setdefault("devices_fraction_verified", renamed.get("fraction_verified"))
+        try:
+            return cls(**renamed)
+        except TypeError as exc:
+            raise SwimkitError(f"cannot read a programming report ({exc})") from None
+
+
+_FIRST_RELEASE_KEYS = {"time_plan": "time_plan_s", "time_full_verify": "time_full_verify_s",
+                       "time_no_verify": "time_no_verify_s"}
+
 
 def price(levels: Tensor, option_times: Tensor) -> float:
     """Seconds to program devices at option ``levels`` (uint8, ``(*shape, K)``).

@@ -99,7 +99,7 @@ class Point:
         return cls(
             method=data["method"], model=data["model"], budget_kind=budget.get("kind"),
             budget_value=budget.get("value"), counts=PlanCounts.from_dict(data),
-            programming=ProgrammingReport(**programming) if programming else None,
+            programming=ProgrammingReport.from_dict(programming) if programming else None,
             mc=MCResult.from_dict(data["accuracy"]), plan_path=data.get("plan_path"),
             meta=data.get("meta", {}),
         )

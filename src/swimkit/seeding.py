@@ -29,4 +29,11 @@ def seeded_generator(
     return generator
 
 
-__all__ = ["derive_seed", "seeded_generator"]
+def epoch_generator(seed: int, stream: str, epoch: int,
+                    device: torch.device | str = "cpu") -> torch.Generator:
+    """The generator of training stream ``stream`` ("data", "noise") in epoch ``epoch``:
+    seeded by (seed, stream, epoch) alone, so any epoch can be replayed."""
+    return seeded_generator("swimkit-train", stream, int(seed), int(epoch), device=device)
+
+
+__all__ = ["derive_seed", "epoch_generator", "seeded_generator"]

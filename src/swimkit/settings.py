@@ -21,6 +21,7 @@ from .errors import SwimkitError, check_fraction, is_number, require
 from .models import canonical_model_name, model_info
 from .plans import check_menu
 from .selection import METHODS
+from .selection.learned import LearnOptions
 from .sensitivity import ENGINES
 from .training import TrainConfig
 
@@ -126,6 +127,11 @@ class Settings:
                 require(is_number(value, finite=True) and value > 0,
                         f"{name} must be a number > 0 (got {value!r})")
         check_menu(sel.tolerances)
+        LearnOptions.from_options(sel.learn)
+        planners = [m for m in sel.methods if METHODS.get(m).needs_data]
+        require(not (planners and sel.fractions),
+                f"method {planners[:1]} learns under a time budget: give speedups or time "
+                "budgets, not fractions")
         self.sensitivity.engine = ENGINES.canonical(self.sensitivity.engine)
         engine = ENGINES.get(self.sensitivity.engine)
         unknown = sorted(set(self.sensitivity.options) - set(engine.options))

@@ -39,7 +39,7 @@ from .montecarlo import accuracy
 from .noise_injection import NoiseInjector
 from .plans import Plan
 from .progress import progress_bar
-from .seeding import seeded_generator
+from .seeding import epoch_generator
 
 __all__ = [
     "EVAL_BATCH_SIZE",
@@ -324,7 +324,7 @@ def train(
             config.batch_size,
             shuffle=True,
             augment=config.augment,
-            generator=_generator(config.seed, "data", epoch),
+            generator=epoch_generator(config.seed, "data", epoch),
         )
         lr = float(optimizer.param_groups[0]["lr"])
         desc = f"epoch {epoch}/{config.epochs}"
@@ -383,13 +383,6 @@ def _train_epoch(
             correct += (logits.detach().argmax(dim=-1) == y).sum()
             seen += n
     return float(loss_sum) / seen, 100.0 * int(correct) / seen
-
-
-def _generator(
-    seed: int, stream: str, epoch: int, device: torch.device | str = "cpu"
-) -> torch.Generator:
-    """A generator seeded by (seed, stream, epoch) alone, so any epoch can be replayed."""
-    return seeded_generator("swimkit-train", stream, int(seed), int(epoch), device=device)
 
 
 def _record(state: _Progress, row: dict[str, Any]) -> bool:

@@ -19,7 +19,7 @@ import hashlib
 import json
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ from .montecarlo import MCResult, accuracy, evaluate
 from .plans import Plan
 from .results import ModelReport, PlanCounts, Point, Search, SweepResult
 from .selection import METHODS, Budget, Scores, cut, needs_sensitivity, score, select
+from .selection.learned import LearnOptions
 from .sensitivity import Sensitivity, sensitivity
 from .settings import Settings
 from .storage import atomic_write_json
@@ -266,7 +267,8 @@ def evaluation_key(settings: Settings) -> str:
         "version": CACHE_VERSION, "device_model": s.device_model.describe(),
         "samples": s.evaluation.samples, "seed": s.evaluation.seed,
         "exclude": s.selection.exclude, "tolerances": s.selection.tolerances,
-        "learn": s.selection.learn, "sensitivity": [s.sensitivity.engine,
+        "learn": asdict(LearnOptions.from_options(s.selection.learn)),
+        "learn_batch_size": s.train.batch_size, "sensitivity": [s.sensitivity.engine,
                                                     s.sensitivity.batch_size,
                                                     s.sensitivity.limit, s.sensitivity.options],
         "test_batch_size": s.data.test_batch_size, **s.data_key(),
@@ -338,7 +340,8 @@ class Evaluator:
         point_id = f"{self.candidate.digest}-{stem}"
         found = self.cache.get(point_id)
         if found is None:
-            path = self.settings.out_dir / "plans" / f"{_safe(self.candidate.label)}-{stem}.pt"
+            name = f"{_safe(self.candidate.label)}-{stem}-{self.cache.key[:8]}.pt"
+            path = self.settings.out_dir / "plans" / name
 
             def make_plan() -> None:
                 self._select(method, Budget(kind, value)).save(path)

@@ -68,6 +68,8 @@ OPS = {
     "adaptive_avg": (nn.AdaptiveAvgPool2d(1), (2, 3, 5, 5)),
     "adaptive_avg_uneven": (nn.AdaptiveAvgPool2d((2, 3)), (1, 2, 5, 7)),
     "adaptive_avg_fn": (Wrap(F.adaptive_avg_pool2d, (1, 1)), (2, 3, 4, 4)),
+    "adaptive_avg_unbatched": (nn.AdaptiveAvgPool2d((2, 3)), (2, 5, 7)),
+    "adaptive_avg_1d": (nn.AdaptiveAvgPool1d(3), (2, 4, 7)),
     "adaptive_max": (nn.AdaptiveMaxPool2d((2, 2)), (1, 2, 5, 5)),
     "mean": (Wrap(torch.mean, (2, 3)), (2, 3, 4, 4)),
     "flatten": (nn.Flatten(), (2, 3, 4, 4)),

@@ -33,7 +33,7 @@ from ..plans import Plan, check_menu
 from ..programming import WriteVerify
 from ..sensitivity import Sensitivity
 from . import builtin as _builtin  # noqa: F401 - registers the built-in methods
-from .budget import FlatScores, top_k, weight_costs
+from .budget import FlatScores, extra_seconds, time_budget_seconds, top_k
 from .registry import (
     METHODS,
     SWIM_ALPHA,
@@ -43,6 +43,7 @@ from .registry import (
     needs_sensitivity,
     register_method,
     register_planner,
+    require_pricing,
 )
 
 
@@ -194,11 +195,14 @@ def cut(scores: Scores, budget: Budget | float | None = None, **budgets: float) 
     if budget.kind == "fraction":
         flat = scores.flat.top_fraction(budget.value)
     else:
-        times = {k: _option_times(dm, v, inputs.scales[k], inputs.menu)
+        require_pricing(dm, "a time budget")
+        full, base = dm.reference_times(inputs.values, inputs.scales)
+        seconds = time_budget_seconds(budget, base, full)
+        times = {k: dm.option_times(v, inputs.scales[k], inputs.menu)
                  for k, v in inputs.values.items()}
-        costs = weight_costs(times, {k: v.shape for k, v in inputs.values.items()},
-                             dm.devices_per_weight)
-        flat = scores.flat.within_time(costs, budget)
+        extra = extra_seconds(times, {k: v.shape for k, v in inputs.values.items()},
+                              dm.devices_per_weight)
+        flat = scores.flat.within_time(extra, seconds - base)
     plan = Plan(masks=scores.flat.masks(flat), method=scores.method, menu=inputs.menu,
                 devices_per_weight=getattr(dm, "devices_per_weight", None))
     return finish(plan, inputs, budget, scores.method)
@@ -216,17 +220,6 @@ def finish(plan: Plan, inputs: ScoreInputs, budget: Budget, method: str) -> Plan
             if budget.kind != "fraction":
                 raise
     return plan
-
-
-def _option_times(device_model: NoiseModel, value: Tensor, scale: Tensor,
-                  menu: tuple[float, ...] | None) -> Tensor:
-    option_times = getattr(device_model, "option_times", None)
-    if option_times is None:
-        raise SwimkitError(
-            f"a time budget needs a device model that prices programming "
-            f"({type(device_model).__name__} has no option_times); give a fraction instead"
-        )
-    return option_times(value, scale, menu)
 
 
 def _chosen_weights(

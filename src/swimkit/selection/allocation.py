@@ -30,10 +30,10 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
-from ..errors import SwimkitError, check_fraction, require
+from ..errors import check_fraction, require
 from ..plans import Plan, check_menu
 from .budget import time_budget_seconds, top_k
-from .registry import Budget, ScoreInputs
+from .registry import Budget, ScoreInputs, require_pricing
 
 #: Default menu: tolerances as multiples of the plain-write sigma, above the device's own
 #: (tightest) tolerance, which always closes the menu.
@@ -149,7 +149,6 @@ class Problem:
     @classmethod
     def build(cls, inputs: ScoreInputs, menu: tuple[float, ...]) -> Problem:
         dm = inputs.device_model
-        _require_options(dm)
         k = dm.devices_per_weight
         sigmas, times, kinds = [], [], []
         for name, value in inputs.values.items():
@@ -236,7 +235,7 @@ class Problem:
             return self.plan_levels(math.inf)
         low = min(float(p.min()) for p in positive if p.numel()) * float(self.weights.min())
         high = max(float(p.max()) for p in positive if p.numel()) * float(self.weights.max())
-        if self.time_above(low, table) <= seconds:
+        if self.time_above(low, table) <= seconds * (1 + 1e-12):  # sums' rounding aside
             return self.plan_levels(low)
         high *= 1 + 1e-9
         for _ in range(200):  # bisection in log space
@@ -315,45 +314,33 @@ def _floored(h: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return {k: v.double().nan_to_num(0.0).clamp_min(floor) for k, v in h.items()}
 
 
-def _require_options(device_model) -> None:
-    missing = [m for m in ("option_sigmas", "option_times", "slicing")
-               if not hasattr(device_model, m)]
-    if missing:
-        raise SwimkitError(
-            f"method 'allocate' needs a device model that prices verify options "
-            f"({', '.join(missing)} missing on {type(device_model).__name__}); "
-            "use swimkit.DeviceModel or give your model those methods"
-        )
+def menu_of(inputs: ScoreInputs) -> tuple[float, ...]:
+    """The menu asked for, or the default one; the device model must price options."""
+    require_pricing(inputs.device_model, "a device-level method")
+    return check_menu(inputs.menu) if inputs.menu is not None else default_menu(
+        inputs.device_model)
 
 
-def full_and_base_time(inputs: ScoreInputs) -> tuple[float, float]:
-    """Seconds of verifying every device with the device's own loop, and of writing once."""
-    dm = inputs.device_model
-    full = base = 0.0
-    k = dm.devices_per_weight
-    for name, value in inputs.values.items():
-        times = dm.option_times(value, inputs.scales[name], None)
-        full += k * float(times[..., 1].double().expand(value.shape).sum())
-        base += k * value.numel() * float(times.reshape(-1)[0])
-    return full, base
+def seconds_above_base(problem: Problem, inputs: ScoreInputs, budget: Budget) -> float:
+    """The seconds a time budget leaves above every device's cheapest option."""
+    full, base = inputs.device_model.reference_times(inputs.values, inputs.scales)
+    seconds = time_budget_seconds(budget, base, full)
+    require(seconds >= problem.base_time * (1 - 1e-12),
+            f"the budget {seconds:.4g} s is below the time of the cheapest options "
+            f"({problem.base_time:.4g} s)")
+    return seconds - problem.base_time
 
 
 def allocate(inputs: ScoreInputs, budget: Budget) -> Plan:
     """The relaxed optimum of 1/2 sum_i h_i Var_i under ``budget`` (see the module doc)."""
-    menu = check_menu(inputs.menu) if inputs.menu is not None else default_menu(
-        inputs.device_model)
+    menu = menu_of(inputs)
     problem = Problem.build(inputs, menu)
     if budget.kind == "fraction":
         check_fraction(budget.value)
         devices = sum(layer.h.numel() for layer in problem.layers) * len(problem.weights)
         levels = problem.best_devices(round(budget.value * devices))
     else:
-        full, base = full_and_base_time(inputs)
-        seconds = time_budget_seconds(budget, base, full)
-        require(seconds >= problem.base_time * (1 - 1e-12),
-                f"the budget {seconds:.4g} s is below the time of the cheapest options "
-                f"({problem.base_time:.4g} s)")
-        levels = problem.spend(seconds - problem.base_time)
+        levels = problem.spend(seconds_above_base(problem, inputs, budget))
     return Plan(levels={k: v.to(inputs.values[k].device) for k, v in levels.items()},
                 menu=menu, method="allocate", meta={"menu": list(menu)})
 
@@ -361,7 +348,7 @@ def allocate(inputs: ScoreInputs, budget: Budget) -> Plan:
 def allocate_one(inputs: ScoreInputs, budget: Budget) -> Plan:
     """``allocate`` with one tolerance, the device model's own loop: single devices, most
     sensitive first, no menu (the ablation that shows what the menu adds)."""
-    _require_options(inputs.device_model)
+    require_pricing(inputs.device_model, "allocate-one")
     plan = allocate(replace(inputs, menu=(inputs.device_model.loop.tolerance,)), budget)
     plan.method = "allocate-one"
     return plan

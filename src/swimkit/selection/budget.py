@@ -19,19 +19,6 @@ from ..errors import SwimkitError, check_fraction, is_number, require
 from .registry import Budget
 
 
-@dataclass
-class WeightCosts:
-    """Per weight (flattened in layer order): the extra seconds of verifying it, and the
-    time of writing every weight once."""
-
-    extra: Tensor
-    base: float
-
-    @property
-    def full(self) -> float:
-        return self.base + float(self.extra.sum())
-
-
 def time_budget_seconds(budget: Budget, base: float, full: float) -> float:
     """Seconds a time budget allows (checked against writing every device once)."""
     if budget.kind == "speedup":
@@ -77,12 +64,12 @@ class FlatScores:
         check_fraction(fraction)
         return top_k(self.flat, round(fraction * self.total))
 
-    def within_time(self, costs: WeightCosts, budget: Budget) -> Tensor:
-        """Verify weights in score order while the modelled time fits the budget."""
-        seconds = time_budget_seconds(budget, costs.base, costs.full)
+    def within_time(self, extra: Tensor, allowed_seconds: float) -> Tensor:
+        """Verify weights in score order while their ``extra`` seconds (each weight's,
+        flattened like the scores) fit in ``allowed_seconds``."""
         order = torch.sort(self.flat, descending=True, stable=True).indices
-        spent = torch.cumsum(costs.extra[order], 0)
-        allowed = torch.tensor(seconds - costs.base, dtype=torch.float64)
+        spent = torch.cumsum(extra[order], 0)
+        allowed = torch.tensor(allowed_seconds, dtype=torch.float64)
         count = int(torch.searchsorted(spent, allowed, right=True))
         mask = torch.zeros(order.numel(), dtype=torch.bool)
         mask[order[:count]] = True
@@ -97,19 +84,13 @@ def top_k(flat_scores: Tensor, k: int) -> Tensor:
     return mask
 
 
-def weight_costs(option_times: Mapping[str, Tensor], shapes: Mapping[str, torch.Size],
-                 devices: int) -> WeightCosts:
-    """Extra seconds of verifying each weight (all K devices at option 1) over writing it.
-
-    ``option_times[name]`` is (O,) or (*shape, O) seconds per device (plain first).
-    """
-    parts, base = [], 0.0
-    for name, times in option_times.items():
-        shape = shapes[name]
-        extra = devices * (times[..., 1] - times[..., 0])
-        parts.append(extra.double().expand(shape).reshape(-1).cpu())
-        base += devices * shape.numel() * float(times.reshape(-1)[0])  # t_program each
-    return WeightCosts(torch.cat(parts), base)
+def extra_seconds(option_times: Mapping[str, Tensor], shapes: Mapping[str, torch.Size],
+                  devices: int) -> Tensor:
+    """Per weight (flattened in layer order): the seconds that verifying all its devices at
+    option 1 adds over writing them once. ``option_times[name]`` is (O,) or (*shape, O)."""
+    return torch.cat([(devices * (times[..., 1] - times[..., 0])).double()
+                      .expand(shapes[name]).reshape(-1).cpu()
+                      for name, times in option_times.items()])
 
 
-__all__ = ["FlatScores", "WeightCosts", "time_budget_seconds", "top_k", "weight_costs"]
+__all__ = ["FlatScores", "extra_seconds", "time_budget_seconds", "top_k"]

@@ -29,12 +29,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..errors import SwimkitError, require
+from ..errors import SwimkitError, is_number, require
 from ..mapping import perturbed
-from ..plans import Plan, check_menu
+from ..plans import Plan
 from ..seeding import seeded_generator
-from .allocation import Problem, allocate, default_menu, full_and_base_time
-from .budget import time_budget_seconds
+from .allocation import Problem, menu_of, seconds_above_base
 from .registry import Budget, ScoreInputs
 
 
@@ -57,7 +56,10 @@ class LearnOptions:
         made = cls(**options)
         require(isinstance(made.epochs, int) and made.epochs >= 1,
                 f"learned epochs must be an integer >= 1 (got {made.epochs!r})")
-        require(made.lr > 0 and made.price_step > 0, "learned lr and price_step must be > 0")
+        for name in ("lr", "price_step"):
+            value = getattr(made, name)
+            require(is_number(value, finite=True) and value > 0,
+                    f"learned {name} must be a number > 0 (got {value!r})")
         return made
 
 
@@ -126,14 +128,11 @@ def learned(inputs: ScoreInputs, budget: Budget) -> Plan:
     opts = LearnOptions.from_options(inputs.options)
     require(budget.kind != "fraction",
             "method 'learned' takes a time budget (speedup= or time_budget=), not a fraction")
-    menu = check_menu(inputs.menu) if inputs.menu is not None else default_menu(
-        inputs.device_model)
+    menu = menu_of(inputs)
     started = time.perf_counter()
-    start = allocate(inputs, budget)
     problem = Problem.build(inputs, menu)
-    full, base = full_and_base_time(inputs)
-    seconds = time_budget_seconds(budget, base, full) - problem.base_time
-    relaxed = _Relaxed(problem, {k: v.cpu() for k, v in start.levels.items()})
+    seconds = seconds_above_base(problem, inputs, budget)
+    relaxed = _Relaxed(problem, problem.spend(seconds))  # allocate's plan to start from
     batches = _train(inputs, problem, relaxed, seconds, opts)
     levels = _round(problem, relaxed, seconds)
     plan = Plan(levels={k: v.to(inputs.values[k].device) for k, v in levels.items()},

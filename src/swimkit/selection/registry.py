@@ -20,7 +20,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from ..devices import NoiseModel
-from ..errors import require
+from ..errors import SwimkitError, require
 from ..mapping import DeviceWeight
 from ..plans import Plan
 from ..registry import Entry, Registry
@@ -135,10 +135,26 @@ def register_planner(
     )
 
 
+#: What a device model needs, besides the NoiseModel protocol, to price programming time.
+PRICING = ("option_sigmas", "option_times", "reference_times", "programming_report", "slicing",
+           "devices_per_weight", "loop", "sigma")
+
+
+def require_pricing(device_model: NoiseModel, what: str) -> None:
+    """A clear error unless ``device_model`` prices verify options (as DeviceModel does)."""
+    missing = [m for m in PRICING if not hasattr(device_model, m)]
+    if missing:
+        raise SwimkitError(
+            f"{what} needs a device model that prices programming ({type(device_model).__name__} "
+            f"has no {', '.join(missing)}); use swimkit.DeviceModel, give a fraction, or add "
+            "those methods"
+        )
+
+
 def needs_sensitivity(methods: Iterable[str]) -> bool:
     """True if any of ``methods`` needs a sensitivity pass."""
     return any(METHODS.get(m).needs_sensitivity for m in methods)
 
 
-__all__ = ["METHODS", "SWIM_ALPHA", "Budget", "Method", "ScoreInputs", "needs_sensitivity",
-           "register_method", "register_planner"]
+__all__ = ["METHODS", "PRICING", "SWIM_ALPHA", "Budget", "Method", "ScoreInputs",
+           "needs_sensitivity", "register_method", "register_planner", "require_pricing"]

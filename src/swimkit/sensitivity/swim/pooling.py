@@ -24,10 +24,18 @@ def _window_sizes(length: int, out: int) -> Tensor:
     return (end - start).double()
 
 
+_ADAPTIVE_DIMS = {nn.AdaptiveAvgPool1d: 1, nn.AdaptiveAvgPool2d: 2, nn.AdaptiveAvgPool3d: 3,
+                  F.adaptive_avg_pool1d: 1, F.adaptive_avg_pool2d: 2, F.adaptive_avg_pool3d: 3}
+
+
 def adaptive_avg_pool_rule(ctx: RuleContext, s: Tensor) -> dict[fx.Node, SValue]:
     x = ctx.arg(0, "input")
-    out_sizes = ctx.out.shape[2:] if ctx.out.dim() == x.dim() else ctx.out.shape[1:]
-    in_sizes = x.shape[-len(out_sizes):]
+    if ctx.module is not None:
+        dims = next(_ADAPTIVE_DIMS[c] for c in type(ctx.module).__mro__ if c in _ADAPTIVE_DIMS)
+    else:
+        dims = _ADAPTIVE_DIMS[ctx.node.target]
+    out_sizes = ctx.out.shape[-dims:]
+    in_sizes = x.shape[-dims:]
     divisor = torch.ones(())
     for length, out in zip(in_sizes, out_sizes, strict=True):
         divisor = divisor.unsqueeze(-1) * _window_sizes(length, out)
@@ -82,6 +90,5 @@ for _target in (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d,
 for _target in (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, F.avg_pool1d, F.avg_pool2d,
                 F.avg_pool3d):
     register_rule(_target, avg_pool_rule)
-for _target in (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
-                F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d):
+for _target in _ADAPTIVE_DIMS:
     register_rule(_target, adaptive_avg_pool_rule)
