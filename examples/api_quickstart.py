@@ -19,7 +19,7 @@ if args.quick:
     dataset = dataset.subset(n_train=5000)
 model = swimkit.build_model("lenet", seed=0)      # a plain torch.nn.Module
 # noise-aware training; the noise follows each layer's range max|W|, as device errors do
-train(model, dataset, TrainConfig(epochs=1 if args.quick else 10, sigma_train=0.05,
+train(model, dataset, TrainConfig(epochs=1 if args.quick else 10, sigma_train=0.1,
                                   scale_aware=True))
 model.eval()
 
