@@ -6,8 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from formats import make_learnable_mnist
 
 import swimkit
+from swimkit import data
 
 # A copy of shared/fixtures/reference_lenet.pt travels with the tests.
 FIXTURE_CANDIDATES = [
@@ -46,3 +48,18 @@ def small_models() -> list:
     ):
         out.append((name, swimkit.models.build_model(name).eval(), shape))
     return out
+
+
+@pytest.fixture()
+def fmnist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A small learnable Fashion-MNIST-shaped dataset; the system data and network are off."""
+    folder = tmp_path / "data"
+    make_learnable_mnist(folder, n_train=3000, n_test=300)
+
+    def no_network(name: str, root: Path) -> None:
+        raise ConnectionError("no network in tests")
+
+    monkeypatch.setattr(data.locate, "download_with_torchvision", no_network)
+    monkeypatch.setattr(data.locate, "DEFAULT_CACHE_DIR", tmp_path / "cache")
+    monkeypatch.setattr(data.locate, "SYSTEM_DATA_DIRS", (tmp_path / "system",))
+    return folder

@@ -9,26 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from formats import make_learnable_mnist
 
 import swimkit
-from swimkit import data
 from swimkit.cli import main
-
-
-@pytest.fixture()
-def fmnist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A small learnable Fashion-MNIST-shaped dataset; the system data and network are off."""
-    folder = tmp_path / "data"
-    make_learnable_mnist(folder, n_train=3000, n_test=300)
-
-    def no_network(name: str, root: Path) -> None:
-        raise ConnectionError("no network in tests")
-
-    monkeypatch.setattr(data.locate, "download_with_torchvision", no_network)
-    monkeypatch.setattr(data.locate, "DEFAULT_CACHE_DIR", tmp_path / "cache")
-    monkeypatch.setattr(data.locate, "SYSTEM_DATA_DIRS", (tmp_path / "system",))
-    return folder
 
 
 def run_cli(args: list[str], capsys) -> tuple[int, str, str]:

@@ -252,9 +252,9 @@ class DeviceModel:
         for name, value in values.items():
             times = self.option_times(value, scales[name], plan.menu)
             if plan.weight_level:
-                spent += weight_level_price(plan.levels[name][..., 0].cpu(), times, k)
+                spent += weight_level_price(plan.levels[name][..., 0], times, k)
             else:
-                spent += price(plan.levels[name].cpu(), times)
+                spent += price(plan.levels[name], times)
         full, none = self.reference_times(values, scales)
         require(spent > 0, "the plan takes no programming time (t_program = 0 and nothing "
                            "verified); set t_program > 0 to get a speedup")

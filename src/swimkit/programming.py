@@ -304,6 +304,7 @@ def price(levels: Tensor, option_times: Tensor) -> float:
     ``option_times`` gives each option's seconds per device: shape ``(O,)`` for every
     device alike, or ``(*shape, O)`` per weight (value-dependent devices).
     """
+    levels = levels.to(option_times.device)
     if option_times.dim() == 1:
         counts = torch.bincount(levels.reshape(-1).long(), minlength=option_times.numel())
         return float((counts.double() * option_times.double()).sum())
@@ -314,6 +315,7 @@ def price(levels: Tensor, option_times: Tensor) -> float:
 def weight_level_price(levels: Tensor, option_times: Tensor, devices: int) -> float:
     """Seconds for a weight-level plan: all K devices of a weight at its option ``levels``
     (one per weight; 0 = plain write). The closed form K * sum_i t(option_i)."""
+    levels = levels.to(option_times.device)
     if option_times.dim() == 1:
         counts = torch.bincount(levels.reshape(-1).long(), minlength=option_times.numel())
         return devices * sum(int(c) * float(t) for c, t in zip(counts, option_times, strict=False)
