@@ -8,6 +8,7 @@ except the one ``realdata`` test, which reads the installed Fashion-MNIST.
 from __future__ import annotations
 
 import hashlib
+import pickle
 import shutil
 from pathlib import Path
 
@@ -242,6 +243,38 @@ def test_cifar_missing_and_corrupt(tmp_path: Path):
     (tmp_path / "data_batch_3").write_bytes(b"not a pickle")
     with pytest.raises(SwimkitError, match="data_batch_3"):
         load_dataset("cifar10", tmp_path, download=False)
+
+
+class _WritesMarker:
+    """Unpickling this calls ``Path.write_text``: what a crafted batch could do."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (self.marker, "ran"))
+
+
+@pytest.mark.parametrize("protocol", [2, pickle.HIGHEST_PROTOCOL])
+def test_cifar_batches_cannot_run_code(tmp_path: Path, protocol: int):
+    make_cifar(tmp_path)
+    marker = tmp_path / "marker"
+    batch = {b"data": np.zeros((1, 3072), np.uint8), b"labels": [1],
+             b"payload": _WritesMarker(marker)}
+    (tmp_path / "data_batch_2").write_bytes(pickle.dumps(batch, protocol=protocol))
+    with pytest.raises(SwimkitError, match="data_batch_2.*refused to load"):
+        load_dataset("cifar10", tmp_path, download=False)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("protocol", [2, pickle.HIGHEST_PROTOCOL])
+def test_cifar_batches_of_any_protocol_load(tmp_path: Path, protocol: int):
+    written = make_cifar(tmp_path)
+    batch = written["data_batch_1"]
+    (tmp_path / "data_batch_1").write_bytes(pickle.dumps(batch, protocol=protocol))
+    ds = load_dataset("cifar10", tmp_path, download=False)
+    first = torch.from_numpy(batch[b"data"].reshape(-1, 3, 32, 32))
+    assert torch.equal(ds.train.images[: len(first)], first)
 
 
 # --------------------------------------------------------------------------- Tiny ImageNet

@@ -120,11 +120,35 @@ def has_cifar_files(folder: Path) -> bool:
     return all((folder / f).is_file() for f in CIFAR_TRAIN + CIFAR_TEST)
 
 
+# What a CIFAR-10 batch may name: numpy's array reconstruction and the bytes codec that
+# protocol-2 pickles use (protocol 5: numpy's _frombuffer). Anything else (os.system, builtins.eval, ...) is refused.
+CIFAR_ALLOWED_GLOBALS = frozenset({
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+})
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles plain containers, bytes, str, numbers and numpy arrays, nothing else:
+    a crafted batch file cannot run code."""
+
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) not in CIFAR_ALLOWED_GLOBALS:
+            raise pickle.UnpicklingError(
+                f"refused to load {module}.{name}: a CIFAR-10 batch holds only arrays, "
+                "lists, bytes and numbers")
+        return super().find_class(module, name)
+
+
 def read_cifar_batch(path: Path) -> Split:
-    """One CIFAR pickle batch: a dict with ``b"data"`` (N x 3072 uint8) and ``b"labels"``."""
+    """One CIFAR pickle batch: a dict with ``b"data"`` (N x 3072 uint8) and ``b"labels"``.
+
+    Read with a restricted unpickler (:data:`CIFAR_ALLOWED_GLOBALS`)."""
     try:
         with open(path, "rb") as f:
-            batch = pickle.load(f, encoding="bytes")
+            batch = _CifarUnpickler(f, encoding="bytes").load()
         data = batch.get(b"data", batch.get("data"))
         labels = batch.get(b"labels", batch.get("labels"))
         images = np.asarray(data, dtype=np.uint8).reshape(-1, 3, 32, 32)
