@@ -120,8 +120,8 @@ def has_cifar_files(folder: Path) -> bool:
     return all((folder / f).is_file() for f in CIFAR_TRAIN + CIFAR_TEST)
 
 
-# What a CIFAR-10 batch may name: numpy's array reconstruction and the bytes codec that
-# protocol-2 pickles use (protocol 5: numpy's _frombuffer). Anything else (os.system, builtins.eval, ...) is refused.
+# What a CIFAR-10 batch may name: numpy's array reconstruction (protocol 5: _frombuffer)
+# and the bytes codec of protocol-2 pickles. Anything else (os.system, eval...) is refused.
 CIFAR_ALLOWED_GLOBALS = frozenset({
     ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
     ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),

@@ -5,9 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from torch import Tensor
 
+from ..errors import SwimkitError
 from ..storage import atomic_save, load_kind
+
+FIELDS = ("second", "first", "scale", "engine", "samples")
 
 
 @dataclass
@@ -23,6 +27,10 @@ class Sensitivity:
     engine: str
     samples: int
     meta: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for label in ("second", "first", "scale"):
+            _check_tensors(label, getattr(self, label), self.second)
 
     @property
     def names(self) -> list[str]:
@@ -53,7 +61,32 @@ class Sensitivity:
     @classmethod
     def load(cls, path: str | Path) -> Sensitivity:
         data = load_kind(path, "swimkit.sensitivity", "sensitivity")
-        return cls(
+        missing = [name for name in FIELDS if name not in data]
+        if missing:
+            raise SwimkitError(f"{path} is not a complete sensitivity file (no "
+                               f"{', '.join(missing)}); compute it again with "
+                               "`swimkit sensitivity`")
+        try:
+            return cls(
             second=data["second"], first=data["first"], scale=data["scale"],
             engine=data["engine"], samples=data["samples"], meta=data.get("meta", {}),
-        )
+            )
+        except SwimkitError as exc:
+            raise SwimkitError(f"{path}: {exc}") from None
+
+
+def _check_tensors(label: str, tensors: object, reference: dict) -> None:
+    """Each field maps the same weight names to finite floating tensors of one shape."""
+    if not isinstance(tensors, dict) or not all(isinstance(v, Tensor) for v in tensors.values()):
+        raise SwimkitError(f"sensitivity field {label!r} must map weight names to tensors")
+    if set(tensors) != set(reference):
+        raise SwimkitError(f"sensitivity field {label!r} names other weights than 'second'")
+    for name, value in tensors.items():
+        if label != "scale" and value.shape != reference[name].shape:
+            raise SwimkitError(f"sensitivity {label}[{name!r}] has shape "
+                               f"{tuple(value.shape)}, not {tuple(reference[name].shape)}")
+        if not value.is_floating_point() or not bool(torch.isfinite(value).all()):
+            raise SwimkitError(
+                f"sensitivity {label}[{name!r}] holds NaN or infinite values (a diverged "
+                "model or a damaged file); check the model's loss is finite and compute "
+                "the sensitivities again")
