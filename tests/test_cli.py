@@ -139,7 +139,12 @@ def test_sweep_writes_table_and_plot(fmnist, tmp_path, capsys):
         (["evaluate", "--dataset", "fashion-mnist"], "--checkpoint"),
         (["run", "--sigma-verified", "0.5"], "residual sigma"),
         (["run", "--t-program", "0", "--t-read", "0"], "no time"),
-        (["run", "--speedup", "inf"], "number"),
+        (["run", "--speedup", "inf"], "expected a speedup >= 1"),
+        (["run", "--speedup", "0.5"], "expected a speedup >= 1"),
+        (["sweep", "--methods", ","], "expected a comma-separated list"),
+        (["sweep", "--speedups", " , "], "expected a comma-separated list"),
+        (["train", "--epochs", "0"], "--checkpoint instead"),
+        (["run", "--epochs", "0"], "--checkpoint instead"),
         (["sweep", "--plot", "plot.xyz"], "--plot"),
         (["run", "--device", "abacus"], "unknown device"),
         (["sweep", "--yield", "0.9"], "--within"),
@@ -261,6 +266,15 @@ def test_changed_training_settings_are_refused(fmnist, tmp_path, capsys):
     assert run_cli(base, capsys)[0] == 0
     code, _, err = run_cli([*base, "--bits", "6"], capsys)
     assert code == 2 and "another --out" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("budget", [["--speedup", "1e9"], ["--time-budget", "1e-9"]])
+def test_unreachable_budgets_are_refused_before_training(fmnist, tmp_path, capsys, budget):
+    out = tmp_path / "far"
+    code, _, err = run_cli(["run", "--model", "lenet", *flow_args(fmnist, out),
+                            "--method", "allocate", *budget], capsys)
+    assert code == 2 and "cannot be" in err and err.count("\n") == 1
+    assert not (out / "train").exists()
 
 
 def test_exclude_applies_to_every_method(fmnist, tmp_path, capsys):

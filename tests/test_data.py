@@ -96,7 +96,8 @@ def test_torchvision_and_named_layouts(tmp_path: Path, name: str, sub: str):
 
 
 def test_search_order(tmp_path: Path):
-    """data_dir itself, then its torchvision layout, then <name>/, then the system folder."""
+    """data_dir itself, then its torchvision layout, then <name>/; without data_dir the
+    system folder. An explicit data_dir never falls back to the system copy."""
     make_mnist(tmp_path / "system" / "fashion-mnist", seed=4)
     make_mnist(tmp_path / "d" / "fashion-mnist", seed=3)
     make_mnist(tmp_path / "d" / "FashionMNIST" / "raw", seed=2)
@@ -113,16 +114,24 @@ def test_search_order(tmp_path: Path):
     shutil.rmtree(tmp_path / "d" / "FashionMNIST")
     assert np.array_equal(first_labels(tmp_path / "d"), expected[2])
     shutil.rmtree(tmp_path / "d" / "fashion-mnist")
-    assert np.array_equal(first_labels(tmp_path / "d"), expected[3])
+    with pytest.raises(SwimkitError, match="fashion-mnist not found"):
+        first_labels(tmp_path / "d")
     assert np.array_equal(first_labels(None), expected[3])
 
 
-def test_incomplete_folder_is_skipped(tmp_path: Path):
-    make_mnist(tmp_path / "d")
-    (tmp_path / "d" / "t10k-labels-idx1-ubyte.gz").unlink()
-    arrays = make_mnist(tmp_path / "system" / "fashion-mnist", seed=9)
-    ds = load_dataset("fmnist", tmp_path / "d", download=False)
-    assert np.array_equal(ds.test.labels.numpy(), arrays["test_labels"])
+@pytest.mark.parametrize("where", ["missing", "empty", "incomplete"])
+def test_explicit_data_dir_is_used_or_the_load_fails(tmp_path: Path, where: str):
+    make_mnist(tmp_path / "system" / "fashion-mnist", seed=9)
+    folder = tmp_path / "d"
+    if where != "missing":
+        folder.mkdir()
+    if where == "incomplete":
+        make_mnist(folder)
+        (folder / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(SwimkitError, match="fashion-mnist not found") as info:
+        load_dataset("fmnist", folder, download=False)
+    assert str(tmp_path / "system") not in str(info.value)
+    assert ("does not exist" in str(info.value)) == (where == "missing")
 
 
 def test_download_is_last_resort_and_its_files_are_read(tmp_path: Path, monkeypatch, isolated):
@@ -150,7 +159,7 @@ def test_missing_data_message(tmp_path: Path, isolated):
     message = str(info.value)
     assert "\n" not in message
     assert message.startswith("fashion-mnist not found")
-    assert str(tmp_path / "empty") in message and str(tmp_path / "system") in message
+    assert str(tmp_path / "empty") in message
     assert "apt-get install dataset-fashion-mnist" in message and "--data-dir" in message
     assert "download failed" in message and "no network" in message
     assert isolated == [("fashion-mnist", tmp_path / "empty")]

@@ -147,6 +147,25 @@ def test_excluded_layers_stay_exact():
         swimkit.evaluate(model, batches, device, samples=2, exclude=["nope"])
 
 
+def test_a_plan_must_agree_with_the_excluded_layers():
+    """exclude with a Plan is checked, not ignored: unknown layers and layers the plan
+    programs are refused; a plan made without them evaluates as before."""
+    model, batches = toy_problem()
+    device = swimkit.DeviceModel(sigma=0.5)
+    every = {n: torch.ones_like(model.get_parameter(n), dtype=torch.bool)
+             for n in swimkit.device_weights(model)}
+    with pytest.raises(swimkit.SwimkitError, match="plan programs '0.weight'.*excluded"):
+        swimkit.evaluate(model, batches, device, swimkit.Plan(masks=every), samples=2,
+                         exclude=["0"])
+    with pytest.raises(swimkit.SwimkitError, match="matches no"):
+        swimkit.evaluate(model, batches, device, swimkit.Plan(masks=every), samples=2,
+                         exclude=["nope"])
+    partial = swimkit.Plan(masks={"2.weight": every["2.weight"]})
+    agreed = swimkit.evaluate(model, batches, device, partial, samples=2, exclude=["0"])
+    assert agreed.accuracies.tolist() == swimkit.evaluate(
+        model, batches, device, partial, samples=2).accuracies.tolist()
+
+
 def test_bad_plan_shape_is_clear():
     model, batches = toy_problem()
     plan = swimkit.Plan(masks={"0.weight": torch.ones(2, 2, dtype=torch.bool)}, method="x")

@@ -60,7 +60,9 @@ def _bounded(kind: type, minimum: float, expected: str) -> Callable[[str], Any]:
 
 nonnegative = _bounded(float, 0.0, "a number >= 0")
 positive_int = _bounded(int, 1, "a whole number >= 1")
-_count = _bounded(int, 0, "a whole number >= 0")
+_speedup = _bounded(float, 1.0, "a speedup >= 1 (1 verifies every device; e.g. 10)")
+_epochs = _bounded(int, 1, "a whole number of epochs >= 1 (to use a trained model, give "
+                           "--checkpoint instead)")
 
 
 def _registered(registry, what: str) -> Callable[[str], str]:
@@ -81,7 +83,10 @@ _engine = _registered(ENGINES, "engine")
 
 def _list_of(kind: Callable[[str], Any]) -> Callable[[str], list]:
     def parse(text: str) -> list:
-        return [kind(part.strip()) for part in text.split(",") if part.strip()]
+        values = [kind(part.strip()) for part in text.split(",") if part.strip()]
+        if not values:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list (got {text!r})")
+        return values
 
     return parse
 
@@ -122,7 +127,7 @@ def add_data(p: argparse.ArgumentParser) -> None:
 
 def add_training(p: argparse.ArgumentParser, several: bool = False) -> None:
     g = p.add_argument_group("training")
-    g.add_argument("--epochs", "--train_epoch", dest="epochs", type=_count, default=None,
+    g.add_argument("--epochs", "--train_epoch", dest="epochs", type=_epochs, default=None,
                    help=f"(default {default(TrainConfig, 'epochs')})")
     g.add_argument("--batch-size", type=positive_int, default=None,
                    help=f"(default {default(TrainConfig, 'batch_size')})")
@@ -200,7 +205,7 @@ def add_selection(p: argparse.ArgumentParser, several: bool) -> None:
         g.add_argument("--fractions", type=_list_of(_fraction), default=None,
                        help="comma-separated fractions of weights (of devices for device-level "
                             "methods); default 0.01,0.03,0.1,0.3 unless speedups are given")
-        g.add_argument("--speedups", type=_list_of(nonnegative), default=None,
+        g.add_argument("--speedups", type=_list_of(_speedup), default=None,
                        help="comma-separated programming speedups over full verify")
         g.add_argument("--time-budgets", type=_list_of(nonnegative), default=None,
                        help="comma-separated programming-time budgets in seconds")
@@ -210,7 +215,7 @@ def add_selection(p: argparse.ArgumentParser, several: bool) -> None:
         g.add_argument("--fraction", "--mask_p", dest="fraction", type=_fraction, default=None,
                        help="fraction of weights to verify (of devices for device-level "
                             "methods); default 0.1")
-        g.add_argument("--speedup", type=nonnegative, default=None,
+        g.add_argument("--speedup", type=_speedup, default=None,
                        help="instead of a fraction: a programming speedup over full verify")
         g.add_argument("--time-budget", type=nonnegative, default=None,
                        help="instead of a fraction: a programming-time budget in seconds")

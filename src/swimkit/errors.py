@@ -29,6 +29,16 @@ def check_fraction(value: float, name: str = "fraction") -> float:
     return float(value)
 
 
+def check_speedup(value: float) -> float:
+    """Return ``value`` as a float >= 1 (1 = verify every device) or raise a clear error."""
+    require(
+        is_number(value, finite=True) and float(value) >= 1.0,
+        f"speedup must be a number >= 1 (got {value!r}): 1 verifies every device, larger "
+        "values verify less; e.g. 10",
+    )
+    return float(value)
+
+
 def is_number(value: object, finite: bool = False) -> bool:
     """True for an int or float (not a bool); with ``finite``, also not inf or nan."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):

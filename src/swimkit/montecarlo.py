@@ -28,7 +28,7 @@ from torch.nn.utils import parametrize
 
 from . import distributed
 from .devices import NoiseModel, generator_for
-from .errors import require
+from .errors import SwimkitError, require
 from .mapping import (
     DeviceWeight,
     device_weights,
@@ -216,6 +216,13 @@ def _plan_weights(
         require(plan is None or isinstance(plan, str),
                 f"plan must be a Plan, 'none' or 'all' (got {type(plan).__name__})")
         return device_weights(model, layers=layers, exclude=exclude)
+    if layers or exclude:  # a plan names its weights: they must agree with the exclusion
+        kept = device_weights(model, layers=layers, exclude=exclude)
+        outside = [name for name in plan.names if name not in kept]
+        if outside:
+            raise SwimkitError(f"the plan programs {outside[0]!r}, which the excluded layers "
+                               f"({', '.join(exclude or ())}) keep digital: make the plan "
+                               "with the same exclusion")
     return plan.weights_in(model)
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from .devices import DeviceModel
-from .errors import SwimkitError, check_fraction, is_number, require
+from .errors import SwimkitError, check_fraction, check_speedup, is_number, require
 from .models import canonical_model_name, model_info
 from .plans import check_menu
 from .selection import METHODS
@@ -122,10 +122,11 @@ class Settings:
         sel.methods = [METHODS.canonical(m) for m in sel.methods]
         for fraction in sel.fractions:
             check_fraction(fraction)
-        for name, values in (("speedup", sel.speedups), ("time budget", sel.time_budgets)):
-            for value in values:
-                require(is_number(value, finite=True) and value > 0,
-                        f"{name} must be a number > 0 (got {value!r})")
+        for speedup in sel.speedups:
+            check_speedup(speedup)
+        for seconds in sel.time_budgets:
+            require(is_number(seconds, finite=True) and seconds > 0,
+                    f"time budget must be a number of seconds > 0 (got {seconds!r})")
         check_menu(sel.tolerances)
         LearnOptions.from_options(sel.learn)
         planners = [m for m in sel.methods if METHODS.get(m).needs_data]

@@ -140,6 +140,38 @@ def train_folder(sigma_train: float, scale_aware: bool) -> str:
     return f"train-sigma{sigma_train:g}" + ("-scale-aware" if scale_aware else "")
 
 
+def check_budgets_reachable(settings: Settings, model: nn.Module) -> None:
+    """Refuse speedups and time budgets that ``model``'s devices cannot meet, before any
+    training or sensitivity pass: a typo costs a second, not minutes. The bound (writing
+    every device once, verifying none) is checked again on each trained model, since a
+    value-dependent device model prices devices by their weights."""
+    sel = settings.selection
+    if not (sel.speedups or sel.time_budgets):
+        return
+    weights = device_weights(model, exclude=sel.exclude or None)
+    values = effective_weights(weights)
+    full, none = settings.device_model.reference_times(values, weight_scales(values))
+    top = full / none
+    for speedup in sel.speedups:
+        if speedup > top * (1 + 1e-9):
+            raise SwimkitError(
+                f"speedup {speedup:g} cannot be reached: writing every device once and "
+                f"verifying none is {top:.4g}x faster than full verify on this model and "
+                f"device model; ask for a speedup between 1 and {math.floor(top * 100) / 100:g}")
+    for seconds in sel.time_budgets:
+        if seconds < none * (1 - 1e-12):
+            raise SwimkitError(
+                f"time budget {seconds:g} s cannot be met: writing every device once takes "
+                f"{none:.4g} s on this model; ask for at least that (full verify: {full:.4g} s)")
+
+
+def _untrained_model(settings: Settings) -> nn.Module:
+    """The model as built (or the given checkpoint), for checks before training."""
+    if settings.model.checkpoint:
+        return load_checkpoint(settings.model.checkpoint, model_name=settings.model.name)[0]
+    return build_model(settings.model.name, bits=settings.model.bits, seed=settings.train.seed)
+
+
 def obtain_model(ctx: Context, sigma_train: float, scale_aware: bool = False) -> Candidate:
     """The model of one noise setting: from --checkpoint, an earlier run, or trained now."""
     s = ctx.settings
@@ -415,10 +447,12 @@ def sweep(settings: Settings, log: Log = quiet, progress: bool = False) -> Sweep
     if s.model.checkpoint and len(s.trainings()) > 1:
         raise SwimkitError("--checkpoint gives one model; drop it to compare several "
                            "--sigma-train values")
+    check_budgets_reachable(s, _untrained_model(s))
     cache = PointCache(s.out_dir / "points.json", evaluation_key(s))
     evaluators, reports = [], []
     for sigma_train, scale_aware in s.trainings():
         candidate = obtain_model(ctx, sigma_train, scale_aware)
+        check_budgets_reachable(s, candidate.model)
         clean = accuracy(candidate.model, ctx.test_batches)
         log(f"[{candidate.label}] clean accuracy: {clean:.2f} %")
         if needs_sensitivity(s.selection.methods):

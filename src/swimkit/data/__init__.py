@@ -59,8 +59,9 @@ def load_dataset(name: str, data_dir: str | Path | None = None, download: bool =
     """Load a registered dataset (``mnist``, ``fashion-mnist``, ``cifar10``,
     ``tiny-imagenet``, ...) into memory.
 
-    Looks in ``data_dir`` (and its usual sub-folders), then the system folders, then the
-    download cache; downloads with torchvision only if that fails and ``download`` is True.
+    Looks in ``data_dir`` (and its usual sub-folders) when given, and nowhere else; else in
+    the system folders, then the download cache. Downloads with torchvision (into
+    ``data_dir`` or the cache) only if that fails and ``download`` is True.
     """
     info = DATASETS.get(name)
     folder = Path(data_dir).expanduser() if data_dir is not None else None

@@ -51,6 +51,8 @@ def find_or_download(
     else:
         reason = "download disabled"
     looked = ", ".join(str(c) for c in _unique(candidates))
+    if data_dir is not None and not data_dir.is_dir():
+        looked += f": {data_dir} does not exist"
     raise SwimkitError(f"{name} not found (looked in {looked}; {reason}); to get it: {how_to_get}")
 
 
@@ -85,17 +87,19 @@ def candidates(
     user_layout: Callable[[Path], list[Path]],
     system_layout: Callable[[Path], list[Path]],
 ) -> list[Path]:
-    """Folders to search, in order: the user's data dir, the system dirs, the download cache.
+    """Folders to search, in order: an explicit data dir alone (it is used or the load
+    fails: no silent fall-back to another copy); else the system dirs, then the download
+    cache.
 
     ``user_layout`` lists where a dataset may sit under a user folder (the folder itself,
     the torchvision layout...); ``system_layout`` the same under a system folder.
     """
-    folders = user_layout(data_dir) if data_dir is not None else []
+    if data_dir is not None:
+        return _unique(user_layout(data_dir))
+    folders: list[Path] = []
     for system_dir in SYSTEM_DATA_DIRS:
         folders += system_layout(Path(system_dir))
-    if data_dir is None:
-        folders += user_layout(DEFAULT_CACHE_DIR)
-    return _unique(folders)
+    return _unique(folders + user_layout(DEFAULT_CACHE_DIR))
 
 
 

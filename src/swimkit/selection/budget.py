@@ -15,18 +15,14 @@ from functools import cached_property
 import torch
 from torch import Tensor
 
-from ..errors import SwimkitError, check_fraction, is_number, require
+from ..errors import SwimkitError, check_fraction, check_speedup, is_number, require
 from .registry import Budget
 
 
 def time_budget_seconds(budget: Budget, base: float, full: float) -> float:
     """Seconds a time budget allows (checked against writing every device once)."""
-    if budget.kind == "speedup":
-        require(is_number(budget.value, finite=True) and budget.value > 0,
-                f"speedup must be a number > 0 (got {budget.value!r}); e.g. 10")
-        seconds = full / budget.value
-    else:
-        seconds = budget.value
+    speedup = budget.kind == "speedup"
+    seconds = full / check_speedup(budget.value) if speedup else budget.value
     require(is_number(seconds, finite=True) and seconds >= 0,
             f"the time budget must be a number of seconds >= 0 (got {seconds!r})")
     if seconds < base * (1 - 1e-12):
