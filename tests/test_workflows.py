@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -27,6 +29,32 @@ def test_point_cache_keeps_points_of_other_settings(tmp_path):
     again = PointCache(path, "key-a")
     assert again.get("p").mc.mean == pytest.approx(50.5)
     assert PointCache(path, "key-b").get("p").mc.mean == pytest.approx(60.5)
+
+
+@pytest.mark.parametrize("content", ["[]", "null", "{\"points_by_key\": 3}", "\u0000garbage",
+                                     "{\"points_by_key\": {\"key-a\": []}}"])
+def test_a_damaged_point_cache_is_started_afresh(tmp_path, content):
+    path = tmp_path / "points.json"
+    path.write_text(content)
+    cache = PointCache(path, "key-a")
+    assert cache.get("p") is None
+    cache.put("p", point(50.0))
+    assert PointCache(path, "key-a").get("p").mc.mean == pytest.approx(50.5)
+
+
+@pytest.mark.parametrize("damage", [lambda p: p.pop("accuracy"),
+                                    lambda p: p["accuracy"].update(accuracies_percent="x"),
+                                    lambda p: p["accuracy"].update(accuracies_percent=[]),
+                                    lambda p: p["accuracy"].update(accuracies_percent=[1, "a"]),
+                                    lambda p: p["accuracy"].update(accuracies_percent=[170.0]),
+                                    lambda p: p.update(programming={"speed": 2})])
+def test_a_point_that_does_not_read_back_is_computed_again(tmp_path, damage):
+    path = tmp_path / "points.json"
+    PointCache(path, "key-a").put("p", point(50.0))
+    data = json.loads(path.read_text())
+    damage(data["points_by_key"]["key-a"]["p"])
+    path.write_text(json.dumps(data))
+    assert PointCache(path, "key-a").get("p") is None
 
 
 def test_settings_are_checked_before_any_work():

@@ -129,8 +129,12 @@ class MCResult:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> MCResult:
         """The result written by :meth:`to_dict`."""
+        accuracies = torch.tensor(data["accuracies_percent"], dtype=torch.float64)
+        require(accuracies.dim() == 1 and accuracies.numel() > 0
+                and bool(((accuracies >= 0) & (accuracies <= 100)).all()),
+                "accuracies_percent must be a non-empty list of numbers between 0 and 100")
         return cls(
-            torch.tensor(data["accuracies_percent"], dtype=torch.float64),
+            accuracies,
             seed=int(data.get("seed", 0)),
             reference=data.get("yield_reference_percent"),
             within=1.0 if data.get("yield_within_points") is None

@@ -17,12 +17,20 @@ from .errors import SwimkitError
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp)`` on a temporary file next to ``path``, then rename it into place."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise SwimkitError(f"could not write {path} ({exc.strerror or exc}); choose a "
+                           "writable output folder") from exc
     os.close(fd)
     try:
         write(Path(tmp))
         os.replace(tmp, path)
+    except OSError as exc:  # disk full, read-only folder, quota...
+        Path(tmp).unlink(missing_ok=True)
+        raise SwimkitError(f"could not write {path} ({exc.strerror or exc}); free space or "
+                           "choose another output folder, then run again") from exc
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -30,8 +38,16 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
 
 
 def atomic_save(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` to ``path`` through a temporary file and an atomic rename."""
-    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    """``torch.save`` to ``path`` through a temporary file and an atomic rename.
+
+    Saved through an open file, so the archive holds no temporary name: the same object
+    saved twice gives byte-identical files (caches keyed on a file's hash survive)."""
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+
+    return atomic_write(path, write)
 
 
 def atomic_write_text(text: str, path: str | Path) -> Path:

@@ -275,15 +275,23 @@ class PointCache:
         if path.is_file():
             try:
                 data = json.loads(path.read_text())
-            except (OSError, json.JSONDecodeError):
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError):
                 data = {}
-            if isinstance(data.get("points_by_key"), dict):
-                self.stored = data["points_by_key"]
+            stored = data.get("points_by_key") if isinstance(data, dict) else None
+            if isinstance(stored, dict):
+                self.stored = {k: v for k, v in stored.items() if isinstance(v, dict)}
         self.points: dict[str, dict] = self.stored.setdefault(key, {})
 
     def get(self, point_id: str) -> Point | None:
+        """The cached point, or None where there is none or it does not read back (a
+        damaged or hand-edited entry is computed again; entries that read back are trusted)."""
         found = self.points.get(point_id)
-        return Point.from_dict(found) if found is not None else None
+        if not isinstance(found, dict):
+            return None
+        try:
+            return Point.from_dict(found)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError, SwimkitError):
+            return None
 
     def put(self, point_id: str, point: Point) -> None:
         self.points[point_id] = point.to_dict()
