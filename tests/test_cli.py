@@ -147,6 +147,9 @@ def test_sweep_writes_table_and_plot(fmnist, tmp_path, capsys):
         (["run", "--epochs", "0"], "--checkpoint instead"),
         (["sweep", "--plot", "plot.xyz"], "--plot"),
         (["run", "--device", "abacus"], "unknown device"),
+        (["run", "--device", "meta"], "cannot run swimkit"),
+        (["run", "--device", "mps"], "has no Apple GPU"),
+        (["run", "--device", "xpu"], "has no Intel GPU"),
         (["sweep", "--yield", "0.9"], "--within"),
         (["sweep", "--methods", "learned", "--fractions", "0.1"], "not fractions"),
         (["run", "--method", "allocate", "--tolerances", "0.2,-1"], "expected a number"),
@@ -266,6 +269,23 @@ def test_changed_training_settings_are_refused(fmnist, tmp_path, capsys):
     assert run_cli(base, capsys)[0] == 0
     code, _, err = run_cli([*base, "--bits", "6"], capsys)
     assert code == 2 and "another --out" in err and err.count("\n") == 1
+
+
+def test_damaged_files_are_one_line_errors_that_name_options(tmp_path, capsys):
+    import os
+    import pickle
+
+    (tmp_path / "rand.csv").write_bytes(os.urandom(300) + b"\xff\xfe")
+    (tmp_path / "text.pt").write_text("hello")
+    torch.save({"model": object()}, tmp_path / "objects.pt", pickle_module=pickle)
+    cases = [(["run", "--variation", str(tmp_path / "rand.csv")], "is not a text CSV file"),
+             (["evaluate", "--checkpoint", str(tmp_path / "text.pt")],
+              "is not a PyTorch checkpoint; give the file that training wrote"),
+             (["evaluate", "--checkpoint", str(tmp_path / "objects.pt")], "add --trusted")]
+    for args, needle in cases:
+        code, _, err = run_cli([*args, "--no-progress"], capsys)
+        assert code == 2 and needle in err and err.count("\n") == 1, err
+        assert "trusted=True" not in err
 
 
 @pytest.mark.parametrize("budget", [["--speedup", "1e9"], ["--time-budget", "1e-9"]])

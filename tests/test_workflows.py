@@ -57,6 +57,15 @@ def test_a_point_that_does_not_read_back_is_computed_again(tmp_path, damage):
     assert PointCache(path, "key-a").get("p") is None
 
 
+@pytest.mark.parametrize("content", ["{not json", "[1, 2]", "null", "\udcff"])
+def test_a_damaged_training_folder_is_named(tmp_path, content):
+    from swimkit.workflows import _check_training_folder
+
+    (tmp_path / "settings.json").write_text(content, errors="surrogateescape")
+    with pytest.raises(swimkit.SwimkitError, match="settings.json is damaged.*delete"):
+        _check_training_folder(tmp_path, {"model": "lenet"})
+
+
 def test_settings_are_checked_before_any_work():
     with pytest.raises(swimkit.SwimkitError, match="unknown selection method"):
         Settings(selection=SelectionSettings(methods=["best"]))

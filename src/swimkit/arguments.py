@@ -111,6 +111,9 @@ def add_model(p: argparse.ArgumentParser) -> None:
                    help="bit width of a quantized model (default 4 LeNet, 6 ConvNet, 8 ResNet)")
     g.add_argument("--checkpoint", default=None,
                    help="use this trained model (swimkit or SWIM reference saved_B_*.pt)")
+    g.add_argument("--trusted", action="store_true",
+                   help="allow a --checkpoint that holds pickled Python objects (only for "
+                        "files you trust: loading them can run code)")
 
 
 def add_data(p: argparse.ArgumentParser) -> None:
@@ -288,7 +291,8 @@ def settings_of(args: argparse.Namespace, **selection: Any) -> Settings:
     seed = {"seed": args.seed} if getattr(args, "seed", None) is not None else {}
     return Settings(
         model=ModelSettings(name=_model_name(args), checkpoint=args.checkpoint,
-                            bits=getattr(args, "bits", None)),
+                            bits=getattr(args, "bits", None),
+                            trusted=getattr(args, "trusted", False)),
         data=DataSettings(**_given(args, {"dataset": "dataset", "data_dir": "data_dir",
                                           "train_limit": "train_limit",
                                           "test_limit": "test_limit",
@@ -329,7 +333,8 @@ def load_model(args: argparse.Namespace):
 
     if not args.checkpoint:
         raise SwimkitError("--checkpoint is required: the trained model to work on")
-    model, info = load_checkpoint(args.checkpoint, model_name=args.model)
+    model, info = load_checkpoint(args.checkpoint, model_name=args.model,
+                                  trusted=getattr(args, "trusted", False))
     name = args.model or info.get("model_name")
     if not name:
         raise SwimkitError(f"cannot tell which model {args.checkpoint} holds; give --model")

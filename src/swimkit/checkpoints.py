@@ -20,6 +20,7 @@ import contextlib
 import fnmatch
 import pickle
 import re
+import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -189,14 +190,15 @@ def load_checkpoint(
 
 def _read(path: Path, trusted: bool) -> Any:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols it may refuse
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         if not trusted:
-            raise SwimkitError(
-                f"{str(path)!r} is not a tensor-only PyTorch checkpoint (it holds other "
-                "pickled Python objects, or is damaged); if you trust the file, load it "
-                "with trusted=True"
-            ) from None
+            problem = (f"{str(path)!r} is not a tensor-only PyTorch checkpoint (it holds other "
+                       "pickled Python objects, or is damaged); if you trust the file, ")
+            raise SwimkitError(problem + "load it with trusted=True",
+                               command_line=problem + "add --trusted") from None
     except Exception as err:  # a truncated or foreign file
         raise _unreadable(path, err) from None
     try:
@@ -206,6 +208,11 @@ def _read(path: Path, trusted: bool) -> Any:
 
 
 def _unreadable(path: Path, err: Exception) -> SwimkitError:
+    with open(path, "rb") as f:
+        start = f.read(4)
+    if not (start.startswith(b"PK") or start[:1] == b"\x80"):  # zip archive or pickle
+        return SwimkitError(f"{str(path)!r} is not a PyTorch checkpoint; give the file that "
+                            "training wrote (best.pt or last.pt)")
     reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     return SwimkitError(
         f"{str(path)!r} is not a readable PyTorch checkpoint ({reason}); "

@@ -304,7 +304,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         distributed.init_from_environment()
         return COMMANDS[args.command](args)
     except SwimkitError as err:
-        sys.stderr.write(f"swimkit: error: {err}\n")
+        sys.stderr.write(f"swimkit: error: {err.command_line or err}\n")
         return 2
     except OSError as err:
         sys.stderr.write(f"swimkit: error: {err.strerror or err}: {err.filename or ''} "

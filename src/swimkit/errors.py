@@ -11,7 +11,14 @@ import math
 
 
 class SwimkitError(ValueError):
-    """A problem with the user's input, explained in one line."""
+    """A problem with the user's input, explained in one line.
+
+    ``command_line`` is the same sentence for the command line, where the fix is an
+    option rather than a keyword argument (the CLI prints it instead)."""
+
+    def __init__(self, message: str, *, command_line: str | None = None) -> None:
+        super().__init__(message)
+        self.command_line = command_line
 
 
 def require(condition: bool, message: str) -> None:

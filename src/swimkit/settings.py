@@ -28,11 +28,13 @@ from .training import TrainConfig
 
 @dataclass
 class ModelSettings:
-    """Which model: a registered ``name``, a trained ``checkpoint``, quantization ``bits``."""
+    """Which model: a registered ``name``, a trained ``checkpoint``, quantization ``bits``;
+    ``trusted`` allows a checkpoint holding pickled Python objects (it can run code)."""
 
     name: str = "lenet"
     checkpoint: str | None = None
     bits: int | None = None
+    trusted: bool = False
 
 
 @dataclass
@@ -210,11 +212,34 @@ def resolve_device(name: str) -> torch.device:
     """A torch device from its name, with a clear error when it is not available."""
     try:
         device = torch.device(name)
-    except RuntimeError:
+    except (RuntimeError, TypeError):
         raise SwimkitError(f"unknown device {name!r}; use cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SwimkitError("--device cuda asked for, but no CUDA GPU is available; use cpu")
+    if device.type == "cpu":
+        return device
+    if device.type not in _ACCELERATORS:
+        raise SwimkitError(f"device {name!r} cannot run swimkit; use cpu, cuda or cuda:N")
+    module = getattr(torch, device.type, None) if device.type != "mps" else torch.backends.mps
+    count = _device_count(module)
+    if count == 0:
+        raise SwimkitError(f"device {name!r} asked for, but this machine has no "
+                           f"{_ACCELERATORS[device.type]}; use cpu")
+    if device.index is not None and device.index >= count:
+        raise SwimkitError(f"device {name!r} asked for, but this machine has {count} "
+                           f"{_ACCELERATORS[device.type]}(s), numbered from 0")
     return device
+
+
+_ACCELERATORS = {"cuda": "CUDA GPU", "mps": "Apple GPU (MPS)", "xpu": "Intel GPU (XPU)"}
+
+
+def _device_count(module: object) -> int:
+    """How many devices of a torch backend module (cuda, xpu, backends.mps) this machine has."""
+    try:
+        if not module.is_available():
+            return 0
+        return int(module.device_count()) if hasattr(module, "device_count") else 1
+    except Exception:  # noqa: BLE001 - a backend not built into this torch
+        return 0
 
 
 __all__ = ["DataSettings", "EvaluationSettings", "ModelSettings", "SelectionSettings",

@@ -300,26 +300,30 @@ def _read_table(path: Path) -> tuple[list[float], list[float]]:
     )
     levels: list[float] = []
     factors: list[float] = []
-    with path.open(newline="") as fh:
-        for lineno, row in enumerate(csv.reader(fh), start=1):
-            cells = [c.strip() for c in row]
-            if not any(cells) or cells[0].startswith("#"):
-                continue
+    try:
+        rows = list(csv.reader(path.read_text().splitlines()))
+    except (UnicodeDecodeError, csv.Error):
+        raise SwimkitError(f"variation table {path} is not a text CSV file; give a CSV file "
+                           "with columns level,sigma") from None
+    for lineno, row in enumerate(rows, start=1):
+        cells = [c.strip() for c in row]
+        if not any(cells) or cells[0].startswith("#"):
+            continue
+        require(
+            len(cells) == 2,
+            f"{path}, line {lineno}: expected 2 columns level,sigma (got {len(cells)})",
+        )
+        values = _numbers(cells)
+        if values is None:
+            is_header = not levels and _is_header(cells)
             require(
-                len(cells) == 2,
-                f"{path}, line {lineno}: expected 2 columns level,sigma (got {len(cells)})",
+                is_header,
+                f"{path}, line {lineno}: {','.join(cells)!r} is not two numbers "
+                "(only the first line may be a header level,sigma)",
             )
-            values = _numbers(cells)
-            if values is None:
-                is_header = not levels and _is_header(cells)
-                require(
-                    is_header,
-                    f"{path}, line {lineno}: {','.join(cells)!r} is not two numbers "
-                    "(only the first line may be a header level,sigma)",
-                )
-                continue
-            levels.append(values[0])
-            factors.append(values[1])
+            continue
+        levels.append(values[0])
+        factors.append(values[1])
     return levels, factors
 
 

@@ -168,7 +168,8 @@ def check_budgets_reachable(settings: Settings, model: nn.Module) -> None:
 def _untrained_model(settings: Settings) -> nn.Module:
     """The model as built (or the given checkpoint), for checks before training."""
     if settings.model.checkpoint:
-        return load_checkpoint(settings.model.checkpoint, model_name=settings.model.name)[0]
+        return load_checkpoint(settings.model.checkpoint, model_name=settings.model.name,
+                               trusted=settings.model.trusted)[0]
     return build_model(settings.model.name, bits=settings.model.bits, seed=settings.train.seed)
 
 
@@ -176,7 +177,8 @@ def obtain_model(ctx: Context, sigma_train: float, scale_aware: bool = False) ->
     """The model of one noise setting: from --checkpoint, an earlier run, or trained now."""
     s = ctx.settings
     if s.model.checkpoint:
-        model, _ = load_checkpoint(s.model.checkpoint, model_name=s.model.name)
+        model, _ = load_checkpoint(s.model.checkpoint, model_name=s.model.name,
+                                   trusted=s.model.trusted)
         path = Path(s.model.checkpoint)
     else:
         folder = s.out_dir / train_folder(sigma_train, scale_aware)
@@ -209,7 +211,13 @@ def _check_training_folder(folder: Path, key: dict[str, Any]) -> None:
     """Refuse to resume a training folder made for another model or other data."""
     path = folder / "settings.json"
     if path.is_file():
-        stored = json.loads(path.read_text())
+        try:
+            stored = json.loads(path.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            stored = None
+        if not isinstance(stored, dict):
+            raise SwimkitError(f"{path} is damaged (not the settings swimkit wrote); delete "
+                               f"{folder} to train again, or use another --out")
         changed = [k for k in key if stored.get(k) != key[k]]
         if changed:
             raise SwimkitError(
