@@ -224,11 +224,15 @@ def _load_swimkit(
     obj: Mapping[str, Any], path: Path, model: nn.Module | None, model_name: str | None
 ) -> tuple[nn.Module, dict[str, Any]]:
     stored, bits = obj.get("model_name"), obj.get("bits")
+    state = obj.get("state_dict")
+    if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise SwimkitError(f"checkpoint {str(path)!r} holds no state_dict of tensors (damaged "
+                           "or not written by swimkit); train again or give another file")
     if model is None:
         model = _build(model_name, stored, bits, obj.get("output_range"))
     _load_into(
         model,
-        obj["state_dict"],
+        state,
         OPTIONAL_KEYS,
         saved_for=stored,
         what=f"checkpoint {str(path)!r}",

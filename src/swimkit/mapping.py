@@ -68,7 +68,22 @@ def device_weights(
         chosen = {k: v for k, v in chosen.items() if not _matches(v.module_name, exclude)}
     if not chosen:
         raise SwimkitError("no layer is left on devices: loosen the layers / exclude patterns")
+    for weight in chosen.values():
+        _check_weight(weight.module_name, weight.module.weight)
     return chosen
+
+
+def _check_weight(layer: str, weight: object) -> None:
+    """A device weight must hold values: not None, not lazy, not on the meta device."""
+    if weight is None:
+        raise SwimkitError(f"layer {layer!r} has no weight (it is None); give it one or "
+                           "keep it digital with exclude")
+    if isinstance(weight, nn.parameter.UninitializedParameter):
+        raise SwimkitError(f"layer {layer!r} is a lazy layer not initialised yet; run one "
+                           "forward pass (or load its weights) first")
+    if weight.is_meta:
+        raise SwimkitError(f"layer {layer!r} has its weights on the meta device (shapes "
+                           "without values); load real weights first")
 
 
 def named_weights(model: nn.Module, names: Sequence[str], source: str) -> dict[str, DeviceWeight]:

@@ -251,6 +251,19 @@ class Plan:
     @classmethod
     def load(cls, path: str | Path) -> Plan:
         data = load_kind(path, PLAN_KIND, "write-verify plan")
+        try:
+            return cls._from_saved(data)
+        except KeyError as exc:
+            raise SwimkitError(f"{path} is not a complete write-verify plan (no "
+                               f"{exc.args[0]!r}); select the plan again") from None
+        except (TypeError, AttributeError):
+            raise SwimkitError(f"{path} is a damaged write-verify plan (a field of the wrong "
+                               "type); select the plan again") from None
+        except SwimkitError as exc:
+            raise SwimkitError(f"{path}: {exc}") from None
+
+    @classmethod
+    def _from_saved(cls, data: dict) -> Plan:
         report = data.get("programming")
         common = {
             "method": data["method"],
