@@ -309,3 +309,20 @@ def test_exclude_applies_to_every_method(fmnist, tmp_path, capsys):
     for point in result["points"]:
         assert set(swimkit.Plan.load(point["plan_path"]).masks) == {"conv2.weight", "fc1.weight",
                                                                     "fc2.weight"}
+
+
+def test_ctrl_c_while_starting_is_one_line(monkeypatch, capsys):
+    import importlib.abc
+
+    import swimkit_launcher
+
+    class Interrupted(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "swimkit.cli":
+                raise KeyboardInterrupt
+            return None
+
+    monkeypatch.delitem(sys.modules, "swimkit.cli")
+    monkeypatch.setattr(sys, "meta_path", [Interrupted(), *sys.meta_path])
+    assert swimkit_launcher.main() == 130
+    assert capsys.readouterr().err == "swimkit: interrupted while starting; nothing was written\n"

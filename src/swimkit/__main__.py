@@ -1,5 +1,5 @@
 """``python -m swimkit`` (also under torchrun) runs the command line."""
 
-from .cli import main
+from swimkit_launcher import main
 
 raise SystemExit(main())

@@ -299,8 +299,8 @@ COMMANDS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``swimkit`` command."""
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)
         distributed.init_from_environment()
         return COMMANDS[args.command](args)
     except SwimkitError as err:
