@@ -297,6 +297,15 @@ def test_unreachable_budgets_are_refused_before_training(fmnist, tmp_path, capsy
     assert not (out / "train").exists()
 
 
+def test_a_changed_training_setting_names_command_line_ways_out(fmnist, tmp_path, capsys):
+    out = tmp_path / "same"
+    base = ["run", "--model", "lenet", *flow_args(fmnist, out), "--epochs", "1"]
+    assert run_cli(base, capsys)[0] == 0
+    code, _, err = run_cli([*base, "--batch-size", "64"], capsys)
+    assert code == 2 and "batch_size" in err and "delete the folder" in err
+    assert "--no-resume" not in err and "resume=False" not in err
+
+
 def test_exclude_applies_to_every_method(fmnist, tmp_path, capsys):
     out = tmp_path / "ex"
     code, _, err = run_cli(["sweep", "--model", "lenet", *flow_args(fmnist, out),

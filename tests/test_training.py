@@ -260,15 +260,16 @@ def test_resume_refuses_changed_settings(tmp_path: Path, change: dict, key: str)
     model = fresh(seed=9)
     before = {k: v.clone() for k, v in plain_state_dict(model).items()}
     config = TrainConfig(**{"epochs": 2, "batch_size": 32, **change})
-    with pytest.raises(SwimkitError, match="--no-resume") as err:
+    with pytest.raises(SwimkitError, match="resume=False") as err:
         train(model, toy(), config, model_name="lenet", checkpoint_dir=tmp_path)
-    assert key in str(err.value) and "--out" in str(err.value)
+    assert key in str(err.value) and "checkpoint_dir" in str(err.value)
+    assert "--out" in err.value.command_line and "--no-resume" not in err.value.command_line
     assert all(torch.equal(before[k], v) for k, v in plain_state_dict(model).items())
 
 
 def test_resume_refuses_another_model(tmp_path: Path) -> None:
     fit(epochs=1, checkpoint_dir=tmp_path)
-    with pytest.raises(SwimkitError, match="--no-resume"):
+    with pytest.raises(SwimkitError, match="resume=False"):
         fit("qlenet", epochs=2, checkpoint_dir=tmp_path)
 
 

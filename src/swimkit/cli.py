@@ -15,6 +15,7 @@ to fix it, and exit status 2.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -45,8 +46,14 @@ class _Parser(argparse.ArgumentParser):
     """argparse that reports a usage error as one line and exit status 2."""
 
     def error(self, message: str) -> NoReturn:
-        sys.stderr.write(f"swimkit: error: {message} (see '{self.prog} --help')\n")
+        _say_once(f"swimkit: error: {message} (see '{self.prog} --help')\n")
         raise SystemExit(2)
+
+
+def _say_once(text: str) -> None:
+    """Write to stderr on rank 0 only (under torchrun every rank meets the same error)."""
+    if os.environ.get("RANK", "0") == "0":
+        sys.stderr.write(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -304,14 +311,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         distributed.init_from_environment()
         return COMMANDS[args.command](args)
     except SwimkitError as err:
-        sys.stderr.write(f"swimkit: error: {err.command_line or err}\n")
+        _say_once(f"swimkit: error: {err.command_line or err}\n")
         return 2
     except OSError as err:
-        sys.stderr.write(f"swimkit: error: {err.strerror or err}: {err.filename or ''} "
-                         "(check the path and its permissions)\n")
+        _say_once(f"swimkit: error: {err.strerror or err}: {err.filename or ''} "
+                  "(check the path and its permissions)\n")
         return 2
     except KeyboardInterrupt:
-        sys.stderr.write("swimkit: interrupted; run the same command again to resume\n")
+        _say_once("swimkit: interrupted; run the same command again to resume\n")
         return 130
     finally:
         distributed.shutdown()

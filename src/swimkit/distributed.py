@@ -44,8 +44,8 @@ def rank_zero_first(step: Callable[[], Any]) -> None:
     if is_rank_zero():
         try:
             step()
-        except SwimkitError as exc:
-            error = str(exc)
+        except SwimkitError as exc:  # under torchrun: the command line's wording
+            error = exc.command_line or str(exc)
         except Exception as exc:
             error = f"rank 0 failed: {type(exc).__name__}: {exc}"
             if not active():

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -82,10 +83,15 @@ _MUST_MATCH = (
 #: Settings the first release's checkpoints do not hold, and the value they trained with.
 _FIRST_RELEASE = {"noise": None, "scale_aware": False}
 
-_HOW_TO_PROCEED = (
-    "use another output directory (--out) or start from scratch with --no-resume "
-    "(resume=False), which overwrites it"
-)
+def _cannot_resume(problem: str) -> SwimkitError:
+    """The error for a folder training cannot continue in, with the way out for the API
+    and for the command line (where --no-resume exists on `train` only)."""
+    return SwimkitError(
+        f"{problem}; use another checkpoint_dir, or resume=False to start again (it "
+        "overwrites the folder)",
+        command_line=f"{problem}; use another --out, or delete the folder to train again "
+                     "from scratch",
+    )
 
 
 # --------------------------------------------------------------------------- settings
@@ -270,6 +276,7 @@ def train(
     log: Callable[[str], None] | None = None,
     noise_model: NoiseModel | None = None,
     plan: Plan | None = None,
+    threads: int | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``dataset`` with ``config``; checkpoint and resume in a folder.
 
@@ -282,8 +289,14 @@ def train(
     ``noise_model`` if it is one); with sigma_train 0, any ``noise_model``
     (:class:`~swimkit.devices.NoiseModel`) is used as it is. ``plan`` draws the noise of
     that write-verify plan (plan-aware fine-tuning: verified devices get their residual).
+    Training runs on ``threads`` torch threads (default :func:`machine_threads`, whatever
+    the environment set, e.g. torchrun's one thread per process), since CPU arithmetic
+    depends on the thread count: the trained model is the same on any number of
+    processes. The count is recorded in the checkpoints' settings.
     """
     config.validate()
+    threads = threads if threads is not None else machine_threads()
+    require(isinstance(threads, int) and threads >= 1, f"threads must be >= 1 (got {threads!r})")
     require(len(dataset.train) > 0, "the training set is empty; give a dataset with examples")
     require(len(dataset.test) > 0, "the test set is empty; give a dataset with test examples")
     where = torch.device(device) if device is not None else _model_device(model)
@@ -298,6 +311,7 @@ def train(
         seed=config.seed,
         augment=bool(config.augment and dataset.augment),
         noise=noise.describe() if noise is not None else None,
+        threads=threads,
     )
     optimizer, scheduler = make_optimizer(model, config, model_name)
     folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
@@ -316,41 +330,61 @@ def train(
 
     train_split = _to_device(dataset.train, where)
     test_batches = preload(dataset.test, dataset, EVAL_BATCH_SIZE, where)
-    for epoch in range(state.epoch + 1, config.epochs + 1):
-        start = time.perf_counter()
-        data = Batches(
-            train_split,
-            dataset,
-            config.batch_size,
-            shuffle=True,
-            augment=config.augment,
-            generator=epoch_generator(config.seed, "data", epoch),
-        )
-        lr = float(optimizer.param_groups[0]["lr"])
-        desc = f"epoch {epoch}/{config.epochs}"
-        loss, train_acc = _train_epoch(model, data, optimizer, noise, epoch, progress, desc)
-        if scheduler is not None:
-            scheduler.step()
-        test_acc = accuracy(model, test_batches)
-        row = {
-            "epoch": epoch,
-            "train_loss": loss,
-            "train_accuracy": train_acc,
-            "test_accuracy": test_acc,
-            "lr": lr,
-            "seconds": time.perf_counter() - start,
-        }
-        improved = _record(state, row)
-        if folder is not None:
-            extra = _extra(state, optimizer, scheduler, config, settings, where)
-            if improved:
-                save_checkpoint(folder / BEST, model, model_name=name, extra=extra)
-            save_checkpoint(folder / LAST, model, model_name=name, extra=extra)
-        say(
-            f"epoch {epoch}/{config.epochs}: train loss {loss:.4f}, train acc {train_acc:.2f}%, "
-            f"test acc {test_acc:.2f}% ({row['seconds']:.1f} s)"
-        )
+    with torch_threads(threads):  # the same arithmetic whatever torchrun set
+        for epoch in range(state.epoch + 1, config.epochs + 1):
+            start = time.perf_counter()
+            data = Batches(
+                train_split,
+                dataset,
+                config.batch_size,
+                shuffle=True,
+                augment=config.augment,
+                generator=epoch_generator(config.seed, "data", epoch),
+            )
+            lr = float(optimizer.param_groups[0]["lr"])
+            desc = f"epoch {epoch}/{config.epochs}"
+            loss, train_acc = _train_epoch(model, data, optimizer, noise, epoch, progress, desc)
+            if scheduler is not None:
+                scheduler.step()
+            test_acc = accuracy(model, test_batches)
+            row = {
+                "epoch": epoch,
+                "train_loss": loss,
+                "train_accuracy": train_acc,
+                "test_accuracy": test_acc,
+                "lr": lr,
+                "seconds": time.perf_counter() - start,
+            }
+            improved = _record(state, row)
+            if folder is not None:
+                extra = _extra(state, optimizer, scheduler, config, settings, where)
+                if improved:
+                    save_checkpoint(folder / BEST, model, model_name=name, extra=extra)
+                save_checkpoint(folder / LAST, model, model_name=name, extra=extra)
+            say(
+                f"epoch {epoch}/{config.epochs}: train loss {loss:.4f}, train acc "
+                f"{train_acc:.2f}%, test acc {test_acc:.2f}% ({row['seconds']:.1f} s)"
+            )
     return _result(state, model, folder)
+
+
+def machine_threads() -> int:
+    """The CPUs this process may run on: the thread count a single process uses here."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+@contextlib.contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """Run the block on ``count`` torch threads, then restore the previous count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _train_epoch(
@@ -455,7 +489,7 @@ def _resume(
     try:
         _, info = load_checkpoint(path, model)
     except SwimkitError as err:
-        raise SwimkitError(f"cannot resume from {path} ({err}); {_HOW_TO_PROCEED}") from None
+        raise _cannot_resume(f"cannot resume from {path} ({err})") from None
     extra = info["extra"]
     try:
         _check_settings(path, extra["settings"], settings)
@@ -477,8 +511,8 @@ def _resume(
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
         model.load_state_dict(backup)
         reason = f"missing {err}" if isinstance(err, KeyError) else _first_line(err)
-        raise SwimkitError(
-            f"{path} is not a training checkpoint of this run ({reason}); {_HOW_TO_PROCEED}"
+        raise _cannot_resume(
+            f"{path} is not a training checkpoint of this run ({reason})"
         ) from None
 
 
@@ -486,9 +520,9 @@ def _check_settings(path: Path, stored: Mapping[str, Any], current: Mapping[str,
     """Refuse to continue a run whose stored settings differ from the requested ones."""
     for key in _MUST_MATCH:
         if stored.get(key, _FIRST_RELEASE.get(key)) != current.get(key):
-            raise SwimkitError(
+            raise _cannot_resume(
                 f"{path} holds a run with {key}={stored.get(key)!r}, but this run asks for "
-                f"{key}={current.get(key)!r}; to keep the old run, {_HOW_TO_PROCEED}"
+                f"{key}={current.get(key)!r}"
             )
 
 
