@@ -297,6 +297,30 @@ def test_unreachable_budgets_are_refused_before_training(fmnist, tmp_path, capsy
     assert not (out / "train").exists()
 
 
+@pytest.mark.parametrize("extra,needle", [(["--exclude", "conv9"], "matches no"),
+                                          (["--json", "/proc/x/r.json"], "--json /proc/x"),
+                                          (["--plot", "/proc/x/p.png"], "--plot /proc/x")])
+def test_options_are_checked_before_training(fmnist, tmp_path, capsys, extra, needle):
+    out = tmp_path / "early"
+    code, _, err = run_cli(["sweep", "--model", "lenet", *flow_args(fmnist, out),
+                            "--fractions", "0.1", "--methods", "magnitude", *extra], capsys)
+    assert code == 2 and needle in err and err.count("\n") == 1
+    assert not (out / "train").exists()
+
+
+def test_going_back_to_earlier_sensitivity_settings_reuses_their_pass(fmnist, tmp_path, capsys):
+    out = tmp_path / "back"
+    base = ["sweep", "--model", "lenet", *flow_args(fmnist, out), "--fractions", "0.1",
+            "--methods", "swim", "--engine", "ggn"]
+    for batch in ("64", "32", "64"):
+        assert run_cli([*base, "--sens-batch-size", batch], capsys)[0] == 0
+    files = sorted(p.name for p in out.glob("sensitivity-ggn*.pt"))
+    assert len(files) == 2
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.glob("sensitivity-ggn*.pt")}
+    assert run_cli([*base, "--sens-batch-size", "32"], capsys)[0] == 0
+    assert stamps == {p.name: p.stat().st_mtime_ns for p in out.glob("sensitivity-ggn*.pt")}
+
+
 def test_a_changed_training_setting_names_command_line_ways_out(fmnist, tmp_path, capsys):
     out = tmp_path / "same"
     base = ["run", "--model", "lenet", *flow_args(fmnist, out), "--epochs", "1"]

@@ -152,6 +152,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if len(given) > 1:
         raise SwimkitError("give one budget: --fraction, --speedup or --time-budget")
     settings = settings_of(args, methods=[args.method], **(given or {"fractions": [0.1]}))
+    _check_outputs(settings, args)
     result = sweep(settings, log=quiet, progress=not args.no_progress)
     result.files["result"] = str(args.json or settings.out_dir / "result.json")
     write_result(result, result.files["result"])
@@ -172,6 +173,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     methods = args.methods or ["swim", "magnitude", "random"]
     settings = settings_of(args, methods=methods, fractions=fractions, speedups=speedups,
                            time_budgets=budgets)
+    _check_outputs(settings, args)
     result = sweep(settings, log=quiet, progress=not args.no_progress)
     result.files["result"] = str(args.json or settings.out_dir / "sweep.json")
     if is_rank_zero():
@@ -179,6 +181,16 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print_sweep(result)
     write_result(result, result.files["result"])
     return 0
+
+
+def _check_outputs(settings: Settings, args: argparse.Namespace) -> None:
+    """Every file the command will write can be written: checked before any work."""
+    from .storage import check_writable
+
+    check_writable(settings.out_dir / "points.json", "--out")
+    for option in ("json", "plot"):
+        if getattr(args, option, None):
+            check_writable(getattr(args, option), f"--{option}")
 
 
 def cmd_train(args: argparse.Namespace) -> int:

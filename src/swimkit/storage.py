@@ -37,6 +37,19 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     return path
 
 
+def check_writable(path: str | Path, option: str) -> None:
+    """Refuse, before any work, an output ``path`` whose folder cannot be written."""
+    folder = Path(path).parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".swimkit-probe.", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise SwimkitError(f"{option} {path}: cannot write in {folder} ({exc.strerror or exc}); "
+                           "choose a writable place") from None
+
+
 def atomic_save(obj: Any, path: str | Path) -> Path:
     """``torch.save`` to ``path`` through a temporary file and an atomic rename.
 

@@ -140,15 +140,16 @@ def train_folder(sigma_train: float, scale_aware: bool) -> str:
     return f"train-sigma{sigma_train:g}" + ("-scale-aware" if scale_aware else "")
 
 
-def check_budgets_reachable(settings: Settings, model: nn.Module) -> None:
-    """Refuse speedups and time budgets that ``model``'s devices cannot meet, before any
-    training or sensitivity pass: a typo costs a second, not minutes. The bound (writing
-    every device once, verifying none) is checked again on each trained model, since a
-    value-dependent device model prices devices by their weights."""
+def check_before_work(settings: Settings, model: nn.Module) -> None:
+    """Refuse, before any training or sensitivity pass (a typo costs a second, not
+    minutes), --exclude patterns that match no layer of ``model`` and speedups or time
+    budgets its devices cannot meet. The bound (writing every device once, verifying
+    none) is checked again on each trained model, since a value-dependent device model
+    prices devices by their weights."""
     sel = settings.selection
+    weights = device_weights(model, exclude=sel.exclude or None)
     if not (sel.speedups or sel.time_budgets):
         return
-    weights = device_weights(model, exclude=sel.exclude or None)
     values = effective_weights(weights)
     full, none = settings.device_model.reference_times(values, weight_scales(values))
     top = full / none
@@ -238,7 +239,7 @@ def obtain_sensitivity(ctx: Context, candidate: Candidate) -> Sensitivity:
     suffix = train_folder(candidate.sigma_train, candidate.scale_aware).removeprefix("train")
     if s.model.checkpoint:
         suffix = f"-{candidate.digest[:8]}"
-    path = s.out_dir / f"sensitivity-{sens_settings.engine}{suffix}.pt"
+    path = _sensitivity_path(s.out_dir, f"sensitivity-{sens_settings.engine}{suffix}", key)
     computed: list[Sensitivity] = []
 
     def compute() -> None:
@@ -255,6 +256,15 @@ def obtain_sensitivity(ctx: Context, candidate: Candidate) -> Sensitivity:
     distributed.rank_zero_first(compute)
     ctx.files[f"sensitivity{suffix}"] = str(path)
     return computed[0] if computed else Sensitivity.load(path)
+
+
+def _sensitivity_path(out_dir: Path, stem: str, key: dict) -> Path:
+    """``stem.pt``, unless it holds sensitivities of other settings: then a file named by
+    the settings' digest, so going back to earlier settings finds their pass again."""
+    plain = out_dir / f"{stem}.pt"
+    if not plain.is_file() or _cached_sensitivity(plain, key):
+        return plain
+    return out_dir / f"{stem}-{_digest(key)[:8]}.pt"
 
 
 def _cached_sensitivity(path: Path, key: dict) -> bool:
@@ -463,12 +473,12 @@ def sweep(settings: Settings, log: Log = quiet, progress: bool = False) -> Sweep
     if s.model.checkpoint and len(s.trainings()) > 1:
         raise SwimkitError("--checkpoint gives one model; drop it to compare several "
                            "--sigma-train values")
-    check_budgets_reachable(s, _untrained_model(s))
+    check_before_work(s, _untrained_model(s))
     cache = PointCache(s.out_dir / "points.json", evaluation_key(s))
     evaluators, reports = [], []
     for sigma_train, scale_aware in s.trainings():
         candidate = obtain_model(ctx, sigma_train, scale_aware)
-        check_budgets_reachable(s, candidate.model)
+        check_before_work(s, candidate.model)
         clean = accuracy(candidate.model, ctx.test_batches)
         log(f"[{candidate.label}] clean accuracy: {clean:.2f} %")
         if needs_sensitivity(s.selection.methods):
