@@ -43,7 +43,7 @@ def saved_plan(tmp_path):
     (lambda d: d.update(masks=[1]), "damaged write-verify plan"),
     (lambda d: d.update(masks={k: v.float() for k, v in d["masks"].items()}),
      "must be a bool tensor"),
-    (lambda d: d.update(programming={"speed": 2.0}), "cannot read a programming report"),
+    (lambda d: d.update(programming={"speed": 2.0}), "programming report .unknown field 'speed'"),
 ])
 def test_plan_with_missing_or_wrong_fields(tmp_path, saved_plan, damage, needle):
     damage(saved_plan)

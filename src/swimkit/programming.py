@@ -20,6 +20,7 @@ of verifying every device over the time of the plan.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -288,10 +289,14 @@ class ProgrammingReport:
         their unit, no device count)."""
         renamed = {_FIRST_RELEASE_KEYS.get(k, k): v for k, v in data.items()}
         renamed.setdefault("devices_fraction_verified", renamed.get("fraction_verified"))
-        try:
-            return cls(**renamed)
-        except TypeError as exc:
-            raise SwimkitError(f"cannot read a programming report ({exc})") from None
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(renamed) - known)
+        missing = sorted(f.name for f in dataclasses.fields(cls)
+                         if f.name not in renamed and f.default is dataclasses.MISSING)
+        if unknown or missing:
+            what = f"unknown field {unknown[0]!r}" if unknown else f"no {missing[0]!r}"
+            raise SwimkitError(f"cannot read a programming report ({what})")
+        return cls(**renamed)
 
 
 _FIRST_RELEASE_KEYS = {"time_plan": "time_plan_s", "time_full_verify": "time_full_verify_s",
