@@ -361,9 +361,12 @@ def test_damaged_file(tmp_path: Path) -> None:
     path.write_bytes(b"not a checkpoint")
     with pytest.raises(SwimkitError, match="trusted=True"):
         load_checkpoint(path)
-    with pytest.raises(SwimkitError, match="not a readable PyTorch checkpoint"):
+    with pytest.raises(SwimkitError, match="is not a PyTorch checkpoint; give the file"):
         load_checkpoint(path, trusted=True)
     path.write_bytes(b"")
+    with pytest.raises(SwimkitError, match="is not a PyTorch checkpoint; give the file"):
+        load_checkpoint(path)
+    path.write_bytes(b"PK\x03\x04 cut short")  # a truncated archive
     with pytest.raises(SwimkitError, match="not a readable PyTorch checkpoint"):
         load_checkpoint(path)
 
