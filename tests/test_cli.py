@@ -311,14 +311,14 @@ def test_options_are_checked_before_training(fmnist, tmp_path, capsys, extra, ne
 def test_going_back_to_earlier_sensitivity_settings_reuses_their_pass(fmnist, tmp_path, capsys):
     out = tmp_path / "back"
     base = ["sweep", "--model", "lenet", *flow_args(fmnist, out), "--fractions", "0.1",
-            "--methods", "swim", "--engine", "ggn"]
-    for batch in ("64", "32", "64"):
-        assert run_cli([*base, "--sens-batch-size", batch], capsys)[0] == 0
-    files = sorted(p.name for p in out.glob("sensitivity-ggn*.pt"))
+            "--methods", "swim", "--epochs", "1", "--samples", "2"]
+    for limit in ("600", "300", "600"):
+        assert run_cli([*base, "--sens-limit", limit], capsys)[0] == 0
+    files = sorted(p.name for p in out.glob("sensitivity-swim*.pt"))
     assert len(files) == 2
-    stamps = {p.name: p.stat().st_mtime_ns for p in out.glob("sensitivity-ggn*.pt")}
-    assert run_cli([*base, "--sens-batch-size", "32"], capsys)[0] == 0
-    assert stamps == {p.name: p.stat().st_mtime_ns for p in out.glob("sensitivity-ggn*.pt")}
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.glob("sensitivity-swim*.pt")}
+    assert run_cli([*base, "--sens-limit", "300"], capsys)[0] == 0
+    assert stamps == {p.name: p.stat().st_mtime_ns for p in out.glob("sensitivity-swim*.pt")}
 
 
 def test_a_changed_training_setting_names_command_line_ways_out(fmnist, tmp_path, capsys):
