@@ -359,3 +359,30 @@ def test_ctrl_c_while_starting_is_one_line(monkeypatch, capsys):
     monkeypatch.setattr(sys, "meta_path", [Interrupted(), *sys.meta_path])
     assert swimkit_launcher.main() == 130
     assert capsys.readouterr().err == "swimkit: interrupted while starting; nothing was written\n"
+
+
+def test_report_merges_sweeps_of_one_device_model(fmnist, tmp_path, capsys):
+    out = tmp_path / "rep"
+    base = ["sweep", "--model", "lenet", *flow_args(fmnist, out), "--speedups", "3",
+            "--within", "3", "--search-steps", "1"]
+    assert run_cli([*base, "--methods", "swim", "--engine", "swim",
+                    "--json", str(tmp_path / "a.json")], capsys)[0] == 0
+    assert run_cli([*base, "--methods", "magnitude", "--json", str(tmp_path / "b.json")],
+                   capsys)[0] == 0
+    code, stdout, err = run_cli(["report", str(tmp_path / "a.json"), str(tmp_path / "b.json"),
+                                 "--plot", str(tmp_path / "m.png"),
+                                 "--table", str(tmp_path / "m.md")], capsys)
+    assert code == 0, err
+    table = (tmp_path / "m.md").read_text()
+    assert table.count("| swim |") == 2 and table.count("| magnitude |") == 2  # point, search
+    assert "Largest modelled speedup" in table and (tmp_path / "m.png").stat().st_size > 1000
+    alone = json.loads((tmp_path / "a.json").read_text())
+    again = swimkit.results.SweepResult.from_dict(alone).to_dict()
+    assert again["models"] == alone["models"]
+    other = tmp_path / "band"
+    assert run_cli(["sweep", "--model", "lenet", *flow_args(fmnist, other), "--speedups", "3",
+                    "--methods", "magnitude", "--variation", "band:3",
+                    "--json", str(tmp_path / "c.json")], capsys)[0] == 0
+    code, _, err = run_cli(["report", str(tmp_path / "a.json"), str(tmp_path / "c.json")],
+                           capsys)
+    assert code == 2 and "differ in their device model" in err

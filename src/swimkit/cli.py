@@ -15,6 +15,7 @@ to fix it, and exit status 2.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Sequence
@@ -120,6 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--reference", type=nonnegative, default=None,
                     help="accuracy (percent) the yield is measured against (e.g. full verify)")
     add_output(ev, out=False, json_help="write the result JSON here")
+
+    rep = sub.add_parser("report", help="table and plot of one or more sweep results, merged")
+    rep.add_argument("results", nargs="+", help="sweep.json files (e.g. one per engine)")
+    rep.add_argument("--plot", default=None, help="write the plot here (.png, .pdf, .svg)")
+    rep.add_argument("--table", default=None, help="write the markdown table here")
     return parser
 
 
@@ -165,8 +171,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from .reports import print_sweep, write_sweep_reports
     from .workflows import quiet, sweep, write_result
 
-    if args.plot and Path(args.plot).suffix.lower() not in (".png", ".pdf", ".svg"):
-        raise SwimkitError(f"--plot must end in .png, .pdf or .svg (got {args.plot!r})")
+    _check_plot_suffix(args.plot)
     speedups, budgets = args.speedups or [], args.time_budgets or []
     fractions = args.fractions if args.fractions is not None else (
         [] if speedups or budgets else [0.01, 0.03, 0.1, 0.3])
@@ -310,9 +315,45 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from .reports import markdown_rows, plot_sweep, search_table, sweep_rows
+    from .results import SweepResult
+    from .storage import atomic_write_text, check_writable
+
+    _check_plot_suffix(args.plot)
+    for option in ("plot", "table"):
+        if getattr(args, option):
+            check_writable(getattr(args, option), f"--{option}")
+    loaded = []
+    for path in args.results:
+        try:
+            loaded.append(SweepResult.from_dict(json.loads(Path(path).read_text())))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise SwimkitError(f"cannot read {path} ({exc}); give a sweep.json file") from None
+        except SwimkitError as exc:
+            raise SwimkitError(f"{path}: {exc}") from None
+    result = SweepResult.merge(loaded)
+    result.set_reference()
+    text = markdown_rows(sweep_rows(result), result.within_points)
+    if any(m.searches for m in result.models):
+        text += "\n" + search_table(result)
+    print(text, end="")
+    if args.table:
+        _log(f"written: {atomic_write_text(text, args.table)}")
+    if args.plot:
+        written = plot_sweep(result, args.plot)
+        _log(f"written: {written}" if written else "no plot: install matplotlib")
+    return 0
+
+
+def _check_plot_suffix(plot: str | None) -> None:
+    if plot and Path(plot).suffix.lower() not in (".png", ".pdf", ".svg"):
+        raise SwimkitError(f"--plot must end in .png, .pdf or .svg (got {plot!r})")
+
+
 COMMANDS = {
     "run": cmd_run, "sweep": cmd_sweep, "train": cmd_train, "sensitivity": cmd_sensitivity,
-    "select": cmd_select, "evaluate": cmd_evaluate,
+    "select": cmd_select, "evaluate": cmd_evaluate, "report": cmd_report,
 }
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from .data import DATASETS
 from .models import MODELS
 from .montecarlo import MCResult
 from .registry import markdown_table
-from .results import Point, SweepResult
+from .results import Point, Search, SweepResult
 from .selection import METHODS
 from .sensitivity import ENGINES
 from .storage import atomic_write, atomic_write_text
@@ -143,25 +144,29 @@ def markdown_rows(rows: Sequence[dict[str, Any]], within: float) -> str:
 
 
 def search_table(result: SweepResult) -> str:
-    """Per model and method: the largest speedup meeting the target."""
+    """Per model and method: the largest speedup meeting the target (one block per target,
+    as merged sweeps may hold several)."""
     searches = [s for m in result.models for s in m.searches]
-    if not searches:
-        return ""
-    lines = [f"Largest modelled speedup per method: {searches[0].target}", "",
-             "| model | method | speedup | accuracy % | 95% CI | p05 | yield | gap (95% CI) |",
-             "|---|---|---:|---:|---|---:|---:|---|"]
-    for s in searches:
-        if s.point is None:
-            lines.append(f"| {s.model} | {s.method} | not met even by full verify | | | | | |")
-            continue
-        p = s.point
-        low, high = p.mc.ci95
-        gap = "-" if p.gap is None else (
-            f"{p.gap.mean:+.2f} ({p.gap.ci95[0]:+.2f} to {p.gap.ci95[1]:+.2f})")
-        chip_yield = "-" if p.mc.chip_yield is None else f"{100 * p.mc.chip_yield:.0f}%"
-        lines.append(f"| {s.model} | {s.method} | {p.speedup:.2f}x | {p.mc.mean:.2f} | "
-                     f"{low:.2f}-{high:.2f} | {p.mc.p05:.2f} | {chip_yield} | {gap} |")
-    return "\n".join(lines) + "\n"
+    blocks = []
+    for target in dict.fromkeys(s.target for s in searches):
+        lines = [f"Largest modelled speedup per method: {target}", "",
+                 "| model | method | speedup | accuracy % | 95% CI | p05 | yield | gap (95% CI) |",
+                 "|---|---|---:|---:|---|---:|---:|---|"]
+        lines += [_search_row(s) for s in searches if s.target == target]
+        blocks.append("\n".join(lines) + "\n")
+    return "\n".join(blocks)
+
+
+def _search_row(s: Search) -> str:
+    if s.point is None:
+        return f"| {s.model} | {s.method} | not met even by full verify | | | | | |"
+    p = s.point
+    low, high = p.mc.ci95
+    gap = "-" if p.gap is None else (
+        f"{p.gap.mean:+.2f} ({p.gap.ci95[0]:+.2f} to {p.gap.ci95[1]:+.2f})")
+    chip_yield = "-" if p.mc.chip_yield is None else f"{100 * p.mc.chip_yield:.0f}%"
+    return (f"| {s.model} | {s.method} | {p.speedup:.2f}x | {p.mc.mean:.2f} | "
+            f"{low:.2f}-{high:.2f} | {p.mc.p05:.2f} | {chip_yield} | {gap} |")
 
 
 def csv_table(rows: Sequence[dict[str, Any]]) -> str:
@@ -172,49 +177,43 @@ def csv_table(rows: Sequence[dict[str, Any]]) -> str:
     return buffer.getvalue()
 
 
+_STYLES = ("-", "--", ":", "-.")
+_MARKERS = ("o", "s", "^", "D", "v", "P")
+
+
 def plot_sweep(result: SweepResult, path: str | Path) -> Path | None:
-    """Accuracy against modelled speedup per model and method; None without matplotlib."""
+    """Accuracy against modelled speedup (log axis): a line and its 95 % CI band per model
+    and method (colour: model, line style and marker: method; colour: method for one
+    model), the best full verify's band and the "points below" line. None without
+    matplotlib."""
     try:
         from matplotlib.figure import Figure
-        from matplotlib.ticker import FuncFormatter
     except ImportError:
         return None
     result.set_reference()
-    fig = Figure(figsize=(7.5, 4.8))
-    ax = fig.add_subplot()
-    lines: dict[tuple[str, str], list[Point]] = {}
-    for model in result.models:
-        for point in model.points:
-            if point.speedup is not None:
-                lines.setdefault((model.label, point.method), []).append(point)
-        for search in model.searches:
-            if search.point is not None and search.point.speedup is not None:
-                lines.setdefault((model.label, search.method), []).append(search.point)
+    lines = _plot_lines(result)
+    methods = list(dict.fromkeys(method for _, method in lines))
+    labels = list(dict.fromkeys(label for label, _ in lines))
     several = len(result.models) > 1
+    fig = Figure(figsize=(9.5 if several else 7.5, 4.8))
+    ax = fig.add_subplot()
     for (label, method), points in lines.items():
-        points = sorted({p.speedup: p for p in points}.values(), key=lambda p: p.speedup)
+        k, j = methods.index(method), labels.index(label)
+        colour = f"C{j % 10}" if several else f"C{k % 10}"
         xs = [p.speedup for p in points]
-        name = f"{method} ({label})" if several else method
-        (line,) = ax.plot(xs, [p.mc.mean for p in points], marker="o", markersize=3, label=name)
+        ax.plot(xs, [p.mc.mean for p in points], color=colour,
+                linestyle=_STYLES[k % len(_STYLES)] if several else "-",
+                marker=_MARKERS[k % len(_MARKERS)], markersize=3,
+                label=f"{method} ({label})" if several else method)
         ax.fill_between(xs, [p.mc.ci95[0] for p in points], [p.mc.ci95[1] for p in points],
-                        color=line.get_color(), alpha=0.2, linewidth=0)
+                        color=colour, alpha=0.15, linewidth=0)
     best = max(result.models, key=lambda m: m.full_verify.mc.mean)
     low, high = best.full_verify.mc.ci95
-    ax.axhspan(low, high, color="gray", alpha=0.25,
+    ax.axhspan(low, high, color="gray", alpha=0.3,
                label=f"full verify ({best.label})" if several else "full verify")
     ax.axhline(result.reference_percent - result.within_points, color="gray", linestyle="--",
                label=f"{result.within_points:g} point below")
-    ax.set_xscale("log")
-    speeds = [p.speedup for ps in lines.values() for p in ps]
-    if speeds:
-        low, high = min(speeds), max(speeds)
-        ticks = sorted({t for t in (1, 1.5, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20)
-                        if low / 1.05 <= t <= high * 1.05} | {round(low, 1), round(high, 1)})
-        ax.set_xticks(ticks)
-        ax.set_xlim(low / 1.1, high * 1.1)
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
-    ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
-    ax.set_xlabel("modelled programming speedup over full write-verify")
+    _speedup_axis(ax, [p.speedup for ps in lines.values() for p in ps])
     ax.set_ylabel("accuracy under variation (%)")
     floor = result.reference_percent - 4 * max(result.within_points, 1.0)
     ax.set_ylim(bottom=max(floor, min((p.mc.ci95[0] for ps in lines.values() for p in ps),
@@ -223,10 +222,44 @@ def plot_sweep(result: SweepResult, path: str | Path) -> Path | None:
     ax.set_title(f"{s['model']['name']} / {s['data']['dataset']}, sigma "
                  f"{s['device_model']['sigma']}, {s['evaluation']['samples']} chips")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, loc="lower left")
+    if several:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    else:
+        ax.legend(fontsize=7, loc="lower left")
     fig.tight_layout()
     suffix = Path(path).suffix.lstrip(".") or "png"
-    return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=130, format=suffix))
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=130, format=suffix,
+                                                      bbox_inches="tight"))
+
+
+def _plot_lines(result: SweepResult) -> dict[tuple[str, str], list[Point]]:
+    """Points with a speedup per (model, method), searches included, sorted by speedup."""
+    lines: dict[tuple[str, str], list[Point]] = {}
+    for model in result.models:
+        found = [s.point for s in model.searches if s.point is not None]
+        for point in (*model.points, *found):
+            if point.speedup is not None:
+                lines.setdefault((model.label, point.method), []).append(point)
+    return {key: sorted({p.speedup: p for p in points}.values(), key=lambda p: p.speedup)
+            for key, points in lines.items()}
+
+
+def _speedup_axis(ax: Any, speeds: list[float]) -> None:
+    """Log x axis with round ticks (1.5x, 2x, 3x...), the ends added where no tick is near."""
+    from matplotlib.ticker import FuncFormatter
+
+    ax.set_xscale("log")
+    if speeds:
+        low, high = min(speeds), max(speeds)
+        round_ticks = [t for t in (1, 1.5, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20)
+                       if low / 1.05 <= t <= high * 1.05]
+        ends = [e for e in (round(low, 1), round(high, 1))
+                if all(abs(math.log(e / t)) > 0.12 for t in round_ticks)]
+        ax.set_xticks(sorted({*round_ticks, *ends}))
+        ax.set_xlim(low / 1.1, high * 1.1)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
+    ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+    ax.set_xlabel("modelled programming speedup over full write-verify")
 
 
 def write_sweep_reports(result: SweepResult, out_dir: Path, plot: str | None = None

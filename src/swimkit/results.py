@@ -7,9 +7,10 @@ points (``*_points``), times in seconds (``*_s``); shares are fractions in [0, 1
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from .errors import SwimkitError, require
 from .montecarlo import MCResult
 from .plans import Plan
 from .programming import ProgrammingReport
@@ -119,6 +120,12 @@ class Search:
                 "speedup": self.point.speedup if self.point else None,
                 "point": self.point.to_dict() if self.point else None}
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Search:
+        point = data.get("point")
+        return cls(data["method"], data["model"], data["target"],
+                   Point.from_dict(point) if point else None)
+
 
 @dataclass
 class ModelReport:
@@ -142,6 +149,23 @@ class ModelReport:
                 "no_verify": self.no_verify.to_dict(), "full_verify": self.full_verify.to_dict(),
                 "points": [p.to_dict() for p in self.points],
                 "searches": [s.to_dict() for s in self.searches]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelReport:
+        """A model as written by :meth:`to_dict`; the gaps to full verify are computed
+        again from the per-chip accuracies, as the sweep did."""
+        report = cls(data["label"], data["sigma_train"], data["scale_aware"],
+                     data["checkpoint"], data["clean_accuracy_percent"],
+                     Point.from_dict(data["no_verify"]), Point.from_dict(data["full_verify"]),
+                     [Point.from_dict(p) for p in data["points"]],
+                     [Search.from_dict(s) for s in data["searches"]])
+        found = [s.point for s in report.searches if s.point is not None]
+        for point, saved in zip([*report.points, *found],
+                                [*data["points"], *(s["point"] for s in data["searches"]
+                                                    if s.get("point"))], strict=True):
+            if "gap_to_full_verify" in saved:
+                point.gap = point.mc.paired_difference(report.full_verify.mc)
+        return report
 
 
 @dataclass
@@ -188,6 +212,44 @@ class SweepResult:
         out["settings"] = self.settings
         out["files"] = self.files
         return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SweepResult:
+        """A sweep as written to sweep.json (to re-plot it, or to merge sweeps)."""
+        try:
+            return cls([ModelReport.from_dict(m) for m in data["models"]],
+                       data["within_points"], data.get("settings", {}), data.get("files", {}))
+        except (KeyError, TypeError, AttributeError) as exc:
+            what = (f"no {exc.args[0]!r}" if isinstance(exc, KeyError)
+                    else "a field of the wrong type")
+            raise SwimkitError(f"not a sweep result as swimkit writes it ({what}); give "
+                               "the sweep.json (or --json file) of a sweep") from None
+
+    @classmethod
+    def merge(cls, results: list[SweepResult]) -> SweepResult:
+        """Sweeps of the same models and device model (e.g. one per sensitivity engine) as
+        one: each model's points and searches together, yields against the best full
+        verify of all of them."""
+        require(bool(results), "give at least one sweep result")
+        first = results[0]
+        models: dict[str, ModelReport] = {}
+        for result in results:
+            require(result.settings.get("device_model") == first.settings.get("device_model")
+                    and result.within_points == first.within_points,
+                    "these sweeps differ in their device model or --within; merge only sweeps "
+                    "of one device model")
+            for model in result.models:
+                known = models.get(model.label)
+                if known is None:
+                    models[model.label] = replace(model, points=list(model.points),
+                                                  searches=list(model.searches))
+                    continue
+                require(known.checkpoint == model.checkpoint,
+                        f"model {model.label!r} comes from different checkpoints "
+                        f"({known.checkpoint}, {model.checkpoint})")
+                known.points += model.points
+                known.searches += model.searches
+        return cls(list(models.values()), first.within_points, first.settings, {})
 
 
 __all__ = ["ModelReport", "PlanCounts", "Point", "Search", "SweepResult"]
