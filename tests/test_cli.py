@@ -297,6 +297,16 @@ def test_unreachable_budgets_are_refused_before_training(fmnist, tmp_path, capsy
     assert not (out / "train").exists()
 
 
+def test_value_dependent_caps_are_checked_on_the_trained_model(fmnist, tmp_path, capsys):
+    """band:3 prices devices by their levels: the cap of the trained weights decides, after
+    training and before the sensitivity pass."""
+    out = tmp_path / "band"
+    code, _, err = run_cli(["run", "--model", "lenet", *flow_args(fmnist, out), "--method",
+                            "allocate", "--speedup", "50", "--variation", "band:3"], capsys)
+    assert code == 2 and "cannot be reached" in err
+    assert (out / "train" / "best.pt").is_file() and not list(out.glob("sensitivity*"))
+
+
 @pytest.mark.parametrize("extra,needle", [(["--exclude", "conv9"], "matches no"),
                                           (["--json", "/proc/x/r.json"], "--json /proc/x"),
                                           (["--plot", "/proc/x/p.png"], "--plot /proc/x")])

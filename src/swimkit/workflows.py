@@ -140,15 +140,16 @@ def train_folder(sigma_train: float, scale_aware: bool) -> str:
     return f"train-sigma{sigma_train:g}" + ("-scale-aware" if scale_aware else "")
 
 
-def check_before_work(settings: Settings, model: nn.Module) -> None:
+def check_before_work(settings: Settings, model: nn.Module, trained: bool = True) -> None:
     """Refuse, before any training or sensitivity pass (a typo costs a second, not
     minutes), --exclude patterns that match no layer of ``model`` and speedups or time
-    budgets its devices cannot meet. The bound (writing every device once, verifying
-    none) is checked again on each trained model, since a value-dependent device model
-    prices devices by their weights."""
+    budgets its devices cannot meet (writing every device once, verifying none). A
+    value-dependent device model prices devices by their weights, so for it the budgets
+    are checked on the ``trained`` model only (still before the sensitivity pass)."""
     sel = settings.selection
     weights = device_weights(model, exclude=sel.exclude or None)
-    if not (sel.speedups or sel.time_budgets):
+    by_weights = getattr(settings.device_model, "value_dependent", True)
+    if not (sel.speedups or sel.time_budgets) or (by_weights and not trained):
         return
     values = effective_weights(weights)
     full, none = settings.device_model.reference_times(values, weight_scales(values))
@@ -473,7 +474,7 @@ def sweep(settings: Settings, log: Log = quiet, progress: bool = False) -> Sweep
     if s.model.checkpoint and len(s.trainings()) > 1:
         raise SwimkitError("--checkpoint gives one model; drop it to compare several "
                            "--sigma-train values")
-    check_before_work(s, _untrained_model(s))
+    check_before_work(s, _untrained_model(s), trained=False)
     cache = PointCache(s.out_dir / "points.json", evaluation_key(s))
     evaluators, reports = [], []
     for sigma_train, scale_aware in s.trainings():
