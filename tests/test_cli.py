@@ -194,12 +194,17 @@ def test_console_script_and_module_entry_point():
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1
 
 
-def test_sweep_finds_the_largest_speedup_within_target(fmnist, tmp_path, capsys):
+@pytest.mark.parametrize("speedups,steps", [("3", "4"), ("1.5,2,4", "1")])
+def test_sweep_finds_the_largest_speedup_within_target(fmnist, tmp_path, capsys, speedups,
+                                                       steps):
+    """The search's answer is the largest evaluated speedup meeting the target, fixed
+    budgets included (a bisection from 1x alone can end below a fixed point that passes),
+    and every evaluated speedup above it misses."""
     out = tmp_path / "within"
     code, stdout, err = run_cli(["sweep", "--model", "lenet", *flow_args(fmnist, out),
                                  "--sigma", "2", "--sigma-verified", "0.2",
-                                 "--speedups", "3", "--methods", "swim,allocate",
-                                 "--within", "1", "--search-steps", "4",
+                                 "--speedups", speedups, "--methods", "swim,allocate",
+                                 "--within", "1", "--search-steps", steps,
                                  "--variation", "band:3"], capsys)
     assert code == 0, err
     result = json.loads((out / "sweep.json").read_text())

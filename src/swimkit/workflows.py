@@ -343,6 +343,7 @@ class Evaluator:
     cache: PointCache
     scores: dict[str, Scores] = field(default_factory=dict)
     full_verify: Point | None = None
+    evaluated: list[Point] = field(default_factory=list)  # every plan point, in order
 
     @property
     def settings(self) -> Settings:
@@ -412,6 +413,7 @@ class Evaluator:
             self.cache.put(point_id, found)
         if self.full_verify is not None:
             found.gap = found.mc.paired_difference(self.full_verify.mc)
+        self.evaluated.append(found)
         speed = f", speedup {found.speedup:.2f}x" if found.speedup else ""
         self.ctx.log(f"[{self.candidate.label}] {found.label}: {found.mc} "
                      f"({found.counts.devices_verified:,} of {found.counts.devices_total:,} "
@@ -428,7 +430,7 @@ class Evaluator:
         top = self.point(method, "speedup", _floor3(cap))
         if meets(top):
             return Search(method, self.candidate.label, target, top)
-        low, high, best = 1.0, top.speedup or cap, None
+        low, high, best = self._bracket(method, meets, top.speedup or cap)
         for _ in range(self.settings.evaluation.search_steps):
             middle = _round3(math.sqrt(low * high))
             if not low < middle < high:
@@ -441,6 +443,19 @@ class Evaluator:
         if best is None:
             best = self.point(method, "speedup", 1.0)
         return Search(method, self.candidate.label, target, best)
+
+
+    def _bracket(self, method: str, meets: Callable[[Point], bool], top: float
+                 ) -> tuple[float, float, Point | None]:
+        """Where the bisection starts: the largest speedup already evaluated for ``method``
+        that meets the target (or 1x) and the smallest larger one that does not (or
+        ``top``), so that the search never ends below a point known to pass."""
+        known = [p for p in self.evaluated if p.method == method and p.speedup is not None]
+        passing = [p for p in known if meets(p)]
+        best = max(passing, key=lambda p: p.speedup, default=None)
+        low = best.speedup if best is not None else 1.0
+        above = [p.speedup for p in known if not meets(p) and p.speedup > low]
+        return low, min([top, *above]), best
 
 
 def _round3(value: float) -> float:
