@@ -66,7 +66,7 @@ def run_lines(result: SweepResult) -> list[str]:
         for point in model.points:
             lines += _point_lines(point, prefix)
     lines.append("written:")
-    lines.extend(f"  {name:<12} {path}" for name, path in result.files.items())
+    lines.extend(file_lines(result.files))
     return lines
 
 
@@ -90,6 +90,12 @@ def _point_lines(point: Point, prefix: str) -> list[str]:
         lines.append(f"{prefix}  learning the plan  {point.meta['learn_seconds']:.1f} s "
                      f"({point.meta['learn_epochs']} epochs)")
     return lines
+
+
+def file_lines(files: dict[str, str]) -> list[str]:
+    """The files written, one per line, names aligned."""
+    width = max((len(name) for name in files), default=0)
+    return [f"  {name:<{width}} {path}" for name, path in files.items()]
 
 
 def print_run(result: SweepResult) -> None:
@@ -286,8 +292,7 @@ def print_sweep(result: SweepResult) -> None:
     if any(m.searches for m in result.models):
         print("\n" + search_table(result), end="", flush=True)
     print("written:")
-    for name, path in result.files.items():
-        print(f"  {name:<12} {path}")
+    print("\n".join(file_lines(result.files)))
 
 
 def registry_tables() -> dict[str, str]:
