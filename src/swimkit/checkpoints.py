@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .errors import SwimkitError, require
+from .errors import SwimkitError, first_line, require
 from .models import MODELS, build_model, canonical_model_name, model_info
 from .quantization import OutputQuantizer, quantization_bits
 from .storage import atomic_save
@@ -213,7 +213,7 @@ def _unreadable(path: Path, err: Exception) -> SwimkitError:
     if not (start.startswith(b"PK") or start[:1] == b"\x80"):  # zip archive or pickle
         return SwimkitError(f"{str(path)!r} is not a PyTorch checkpoint; give the file that "
                             "training wrote (best.pt or last.pt)")
-    reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    reason = first_line(err)
     return SwimkitError(
         f"{str(path)!r} is not a readable PyTorch checkpoint ({reason}); "
         "check that the file is complete"

@@ -21,6 +21,15 @@ class SwimkitError(ValueError):
         self.command_line = command_line
 
 
+def first_line(exc: BaseException, *, with_type: bool = False) -> str:
+    """The first line of ``exc``'s message (its type's name when it has none), to quote
+    a library's error inside a one-line SwimkitError."""
+    lines = str(exc).strip().splitlines()
+    if not lines:
+        return type(exc).__name__
+    return f"{type(exc).__name__}: {lines[0]}" if with_type else lines[0]
+
+
 def require(condition: bool, message: str) -> None:
     """Raise :class:`SwimkitError` with ``message`` unless ``condition`` holds."""
     if not condition:

@@ -34,7 +34,7 @@ from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 from .checkpoints import load_checkpoint, save_checkpoint
 from .data import Batches, Dataset, Split, preload
 from .devices import NoiseModel
-from .errors import SwimkitError, is_number, require
+from .errors import SwimkitError, first_line, is_number, require
 from .models import ResNet18, canonical_model_name, model_info
 from .montecarlo import accuracy
 from .noise_injection import NoiseInjector
@@ -510,7 +510,7 @@ def _resume(
         raise
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
         model.load_state_dict(backup)
-        reason = f"missing {err}" if isinstance(err, KeyError) else _first_line(err)
+        reason = f"missing {err}" if isinstance(err, KeyError) else first_line(err)
         raise _cannot_resume(
             f"{path} is not a training checkpoint of this run ({reason})"
         ) from None
@@ -524,11 +524,6 @@ def _check_settings(path: Path, stored: Mapping[str, Any], current: Mapping[str,
                 f"{path} holds a run with {key}={stored.get(key)!r}, but this run asks for "
                 f"{key}={current.get(key)!r}"
             )
-
-
-def _first_line(err: BaseException) -> str:
-    lines = str(err).strip().splitlines()
-    return lines[0] if lines else type(err).__name__
 
 
 def _result(state: _Progress, model: nn.Module, folder: Path | None) -> TrainResult:

@@ -19,11 +19,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import SwimkitError
+from ..errors import SwimkitError, first_line
 from ..storage import atomic_save
 from . import locate
 from .batches import Split
-from .locate import first_line
 
 TINY_IMAGENET_SIZE = 64
 TINY_CACHE_NAME = "swimkit-cache.pt"
@@ -82,7 +81,8 @@ def _read_bytes(path: Path) -> bytes:
                 return f.read()
         return path.read_bytes()
     except (OSError, EOFError, zlib.error) as exc:
-        raise SwimkitError(f"cannot read {path} ({first_line(exc)}); replace the file") from exc
+        raise SwimkitError(f"cannot read {path} ({first_line(exc, with_type=True)}); "
+                           "replace the file") from exc
 
 
 def idx_path(folder: Path, stem: str) -> Path | None:
@@ -155,7 +155,8 @@ def read_cifar_batch(path: Path) -> Split:
         labels = np.asarray(labels, dtype=np.int64).reshape(-1)
     except Exception as exc:  # unpickling errors come in many types
         raise SwimkitError(
-            f"{path} is not a CIFAR-10 python batch ({first_line(exc)}); replace the file"
+            f"{path} is not a CIFAR-10 python batch ({first_line(exc, with_type=True)}); "
+            "replace the file"
         ) from exc
     in_range = labels.size == 0 or (labels.min() >= 0 and labels.max() <= 9)
     if images.shape[0] != labels.shape[0] or not in_range:
@@ -291,7 +292,8 @@ def _decode_image(path: Path) -> Tensor:
     try:
         image = decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
     except RuntimeError as exc:
-        raise SwimkitError(f"cannot decode {path} ({first_line(exc)}); replace it") from exc
+        raise SwimkitError(f"cannot decode {path} ({first_line(exc, with_type=True)}); "
+                           "replace it") from exc
     size = TINY_IMAGENET_SIZE
     if image.shape[1:] != (size, size):
         from torchvision.transforms.v2.functional import resize

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from ..errors import SwimkitError
+from ..errors import SwimkitError, first_line
 
 #: System folders searched after the user's data directory (``<dir>/<dataset-name>``).
 SYSTEM_DATA_DIRS: tuple[Path, ...] = (Path("/usr/share/datasets"),)
@@ -42,7 +42,7 @@ def find_or_download(
         try:
             download_with_torchvision(name, root)
         except Exception as exc:  # any failure: no network, disk full, bad archive
-            reason = f"download failed ({first_line(exc)})"
+            reason = f"download failed ({first_line(exc, with_type=True)})"
         else:
             for folder in after_download(root):
                 if is_complete(folder):
@@ -73,11 +73,6 @@ def download_with_torchvision(name: str, root: Path) -> None:
         download_and_extract_archive(TINY_IMAGENET_URL, download_root=str(root))
 
 
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
-
-
 def _unique(paths: Sequence[Path]) -> list[Path]:
     return list(dict.fromkeys(paths))
 
@@ -105,4 +100,4 @@ def candidates(
 
 
 __all__ = ["DEFAULT_CACHE_DIR", "MNIST_LIKE", "SYSTEM_DATA_DIRS", "TINY_IMAGENET_URL",
-           "candidates", "download_with_torchvision", "find_or_download", "first_line"]
+           "candidates", "download_with_torchvision", "find_or_download"]

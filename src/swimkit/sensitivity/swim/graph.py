@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from ...errors import SwimkitError
+from ...errors import SwimkitError, first_line
 from ...mapping import DeviceWeight, perturbed
 from ...progress import progress_bar
 from .context import Rule, RuleContext, SValue, UnsupportedOperation
@@ -57,9 +57,8 @@ def trace(model: nn.Module) -> fx.Graph:
     try:
         return _Tracer().trace(model)
     except Exception as exc:  # noqa: BLE001 - any tracing failure gets the same advice
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SwimkitError(
-            f"cannot trace {type(model).__name__} with torch.fx ({first_line}); "
+            f"cannot trace {type(model).__name__} with torch.fx ({first_line(exc)}); "
             "use engine='ggn', which needs no tracing"
         ) from None
 
