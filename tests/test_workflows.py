@@ -8,10 +8,11 @@ import pytest
 import torch
 
 import swimkit
+from swimkit.caches import PointCache
 from swimkit.montecarlo import MCResult
 from swimkit.results import PlanCounts, Point
 from swimkit.settings import EvaluationSettings, SelectionSettings, Settings
-from swimkit.workflows import PointCache, _floor3, train_folder
+from swimkit.workflows import _floor3, train_folder
 
 
 def point(mean: float) -> Point:

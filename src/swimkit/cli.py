@@ -158,7 +158,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if len(given) > 1:
         raise SwimkitError("give one budget: --fraction, --speedup or --time-budget")
     settings = settings_of(args, methods=[args.method], **(given or {"fractions": [0.1]}))
-    _check_outputs(settings, args)
+    _check_outputs(args, settings=settings)
     result = sweep(settings, log=quiet, progress=not args.no_progress)
     result.files["result"] = str(args.json or settings.out_dir / "result.json")
     write_result(result, result.files["result"])
@@ -178,7 +178,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     methods = args.methods or ["swim", "magnitude", "random"]
     settings = settings_of(args, methods=methods, fractions=fractions, speedups=speedups,
                            time_budgets=budgets)
-    _check_outputs(settings, args)
+    _check_outputs(args, settings=settings)
     result = sweep(settings, log=quiet, progress=not args.no_progress)
     result.files["result"] = str(args.json or settings.out_dir / "sweep.json")
     if is_rank_zero():
@@ -188,12 +188,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_outputs(settings: Settings, args: argparse.Namespace) -> None:
+def _check_outputs(args: argparse.Namespace, options: tuple[str, ...] = ("json", "plot"),
+                   settings: Settings | None = None) -> None:
     """Every file the command will write can be written: checked before any work."""
     from .storage import check_writable
 
-    check_writable(settings.out_dir / "points.json", "--out")
-    for option in ("json", "plot"):
+    if settings is not None:
+        check_writable(settings.out_dir / "points.json", "--out")
+    for option in options:
         if getattr(args, option, None):
             check_writable(getattr(args, option), f"--{option}")
 
@@ -316,14 +318,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .reports import markdown_rows, plot_sweep, search_table, sweep_rows
+    from .reports import plot_sweep, sweep_text
     from .results import SweepResult
-    from .storage import atomic_write_text, check_writable
+    from .storage import atomic_write_text
 
     _check_plot_suffix(args.plot)
-    for option in ("plot", "table"):
-        if getattr(args, option):
-            check_writable(getattr(args, option), f"--{option}")
+    _check_outputs(args, ("plot", "table"))
     loaded = []
     for path in args.results:
         try:
@@ -334,9 +334,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             raise SwimkitError(f"{path}: {exc}") from None
     result = SweepResult.merge(loaded)
     result.set_reference()
-    text = markdown_rows(sweep_rows(result), result.within_points)
-    if any(m.searches for m in result.models):
-        text += "\n" + search_table(result)
+    text = sweep_text(result)
     print(text, end="")
     if args.table:
         _log(f"written: {atomic_write_text(text, args.table)}")

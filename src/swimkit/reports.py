@@ -268,16 +268,20 @@ def _speedup_axis(ax: Any, speeds: list[float]) -> None:
     ax.set_xlabel("modelled programming speedup over full write-verify")
 
 
+def sweep_text(result: SweepResult) -> str:
+    """The markdown of a sweep: its points, then the searches' answers if any."""
+    text = markdown_rows(sweep_rows(result), result.within_points)
+    if any(m.searches for m in result.models):
+        text += "\n" + search_table(result)
+    return text
+
+
 def write_sweep_reports(result: SweepResult, out_dir: Path, plot: str | None = None
                         ) -> dict[str, str]:
     """Write sweep.md, sweep.csv and the plot; return their paths."""
-    rows = sweep_rows(result)
-    text = markdown_rows(rows, result.within_points)
-    if any(m.searches for m in result.models):
-        text += "\n" + search_table(result)
     files = {
-        "table": str(atomic_write_text(text, out_dir / "sweep.md")),
-        "csv": str(atomic_write_text(csv_table(rows), out_dir / "sweep.csv")),
+        "table": str(atomic_write_text(sweep_text(result), out_dir / "sweep.md")),
+        "csv": str(atomic_write_text(csv_table(sweep_rows(result)), out_dir / "sweep.csv")),
     }
     plotted = plot_sweep(result, plot or out_dir / "sweep.png")
     if plotted is not None:
@@ -288,9 +292,7 @@ def write_sweep_reports(result: SweepResult, out_dir: Path, plot: str | None = N
 def print_sweep(result: SweepResult) -> None:
     for model in result.models:
         print(f"[{model.label}] clean accuracy {model.clean_accuracy_percent:.2f} %", flush=True)
-    print(markdown_rows(sweep_rows(result), result.within_points), end="", flush=True)
-    if any(m.searches for m in result.models):
-        print("\n" + search_table(result), end="", flush=True)
+    print(sweep_text(result), end="", flush=True)
     print("written:")
     print("\n".join(file_lines(result.files)))
 

@@ -20,26 +20,27 @@ import contextlib
 import math
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 from torch.optim import SGD, Adam, Optimizer
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
-from .checkpoints import load_checkpoint, save_checkpoint
+from .checkpoints import save_checkpoint
 from .data import Batches, Dataset, Split, preload
 from .devices import NoiseModel
-from .errors import SwimkitError, first_line, is_number, require
+from .errors import SwimkitError, is_number, require
 from .models import ResNet18, canonical_model_name, model_info
 from .montecarlo import accuracy
 from .noise_injection import NoiseInjector
 from .plans import Plan
 from .progress import progress_bar
+from .resume import Progress, checkpoint_extra, resume_from
 from .seeding import epoch_generator
 
 __all__ = [
@@ -64,35 +65,6 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
 EVAL_BATCH_SIZE = 1000
 
 LAST, BEST = "last.pt", "best.pt"
-
-#: Resolved settings a resumed run must share with the stored one (epochs may grow).
-_MUST_MATCH = (
-    "model_name",
-    "optimizer",
-    "lr",
-    "momentum",
-    "weight_decay",
-    "batch_size",
-    "sigma_train",
-    "scale_aware",
-    "seed",
-    "augment",
-    "noise",
-)
-
-#: Settings the first release's checkpoints do not hold, and the value they trained with.
-_FIRST_RELEASE = {"noise": None, "scale_aware": False}
-
-def _cannot_resume(problem: str) -> SwimkitError:
-    """The error for a folder training cannot continue in, with the way out for the API
-    and for the command line (where --no-resume exists on `train` only)."""
-    return SwimkitError(
-        f"{problem}; use another checkpoint_dir, or resume=False to start again (it "
-        "overwrites the folder)",
-        command_line=f"{problem}; use another --out, or delete the folder to train again "
-                     "from scratch",
-    )
-
 
 # --------------------------------------------------------------------------- settings
 
@@ -247,19 +219,6 @@ class TrainResult:
     model: nn.Module
 
 
-@dataclass
-class _Progress:
-    """The part of a run that a checkpoint carries from one epoch to the next."""
-
-    epoch: int = 0
-    history: list[dict[str, Any]] | None = None
-    best_accuracy: float | None = None
-    best_epoch: int | None = None
-
-    def __post_init__(self) -> None:
-        self.history = list(self.history or [])
-
-
 # --------------------------------------------------------------------------- training
 
 
@@ -317,10 +276,10 @@ def train(
     folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
     say = log or (lambda _line: None)
 
-    state = _Progress()
+    state = Progress()
     last = folder / LAST if folder is not None else None
     if resume and last is not None and last.is_file():
-        state = _resume(last, model, optimizer, scheduler, settings, where)
+        state = resume_from(last, model, optimizer, scheduler, settings, where)
         if state.epoch >= config.epochs:
             say(f"{last} already holds {state.epoch} epochs (asked for {config.epochs}): done")
             return _result(state, model, folder)
@@ -357,7 +316,8 @@ def train(
             }
             improved = _record(state, row)
             if folder is not None:
-                extra = _extra(state, optimizer, scheduler, config, settings, where)
+                extra = checkpoint_extra(state, optimizer, scheduler, asdict(config),
+                                         settings, where)
                 if improved:
                     save_checkpoint(folder / BEST, model, model_name=name, extra=extra)
                 save_checkpoint(folder / LAST, model, model_name=name, extra=extra)
@@ -419,7 +379,7 @@ def _train_epoch(
     return float(loss_sum) / seen, 100.0 * int(correct) / seen
 
 
-def _record(state: _Progress, row: dict[str, Any]) -> bool:
+def _record(state: Progress, row: dict[str, Any]) -> bool:
     """Append an epoch to ``state``; True if its test accuracy is a new best."""
     state.epoch = int(row["epoch"])
     state.history.append(row)
@@ -451,82 +411,7 @@ def _canonical(name: str) -> str:
 # --------------------------------------------------------------------------- checkpoints
 
 
-def _extra(
-    state: _Progress,
-    optimizer: Optimizer,
-    scheduler: LRScheduler | None,
-    config: TrainConfig,
-    settings: Mapping[str, Any],
-    device: torch.device,
-) -> dict[str, Any]:
-    """The checkpoint's ``extra``: everything needed to continue after this epoch."""
-    rng: dict[str, Tensor] = {"torch": torch.get_rng_state()}
-    if device.type == "cuda":
-        rng["cuda"] = torch.cuda.get_rng_state(device)
-    return {
-        "epoch": state.epoch,
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict() if scheduler is not None else None,
-        "rng": rng,
-        "history": [dict(row) for row in state.history],
-        "best_accuracy": state.best_accuracy,
-        "best_epoch": state.best_epoch,
-        "config": asdict(config),
-        "settings": dict(settings),
-    }
-
-
-def _resume(
-    path: Path,
-    model: nn.Module,
-    optimizer: Optimizer,
-    scheduler: LRScheduler | None,
-    settings: Mapping[str, Any],
-    device: torch.device,
-) -> _Progress:
-    """Load ``path`` into the model, optimizer, scheduler and RNG; return the progress."""
-    backup = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    try:
-        _, info = load_checkpoint(path, model)
-    except SwimkitError as err:
-        raise _cannot_resume(f"cannot resume from {path} ({err})") from None
-    extra = info["extra"]
-    try:
-        _check_settings(path, extra["settings"], settings)
-        optimizer.load_state_dict(extra["optimizer"])
-        if scheduler is not None:
-            scheduler.load_state_dict(extra["scheduler"])
-        torch.set_rng_state(extra["rng"]["torch"])
-        if device.type == "cuda" and "cuda" in extra["rng"]:
-            torch.cuda.set_rng_state(extra["rng"]["cuda"], device)
-        return _Progress(
-            epoch=int(extra["epoch"]),
-            history=extra["history"],
-            best_accuracy=extra["best_accuracy"],
-            best_epoch=extra["best_epoch"],
-        )
-    except SwimkitError:
-        model.load_state_dict(backup)
-        raise
-    except (KeyError, TypeError, ValueError, RuntimeError) as err:
-        model.load_state_dict(backup)
-        reason = f"missing {err}" if isinstance(err, KeyError) else first_line(err)
-        raise _cannot_resume(
-            f"{path} is not a training checkpoint of this run ({reason})"
-        ) from None
-
-
-def _check_settings(path: Path, stored: Mapping[str, Any], current: Mapping[str, Any]) -> None:
-    """Refuse to continue a run whose stored settings differ from the requested ones."""
-    for key in _MUST_MATCH:
-        if stored.get(key, _FIRST_RELEASE.get(key)) != current.get(key):
-            raise _cannot_resume(
-                f"{path} holds a run with {key}={stored.get(key)!r}, but this run asks for "
-                f"{key}={current.get(key)!r}"
-            )
-
-
-def _result(state: _Progress, model: nn.Module, folder: Path | None) -> TrainResult:
+def _result(state: Progress, model: nn.Module, folder: Path | None) -> TrainResult:
     last = folder / LAST if folder is not None and (folder / LAST).is_file() else None
     best = folder / BEST if folder is not None and (folder / BEST).is_file() else None
     return TrainResult(

@@ -15,11 +15,10 @@ rank takes a share of the Monte-Carlo chips. Only rank 0 writes results.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ from torch import nn
 
 from . import data as data_mod
 from . import distributed
+from .caches import PointCache, evaluation_key, file_digest, find_sensitivity
 from .checkpoints import load_checkpoint
 from .errors import SwimkitError
 from .mapping import device_weights, effective_weights, weight_scales
@@ -36,13 +36,11 @@ from .montecarlo import MCResult, accuracy, evaluate
 from .plans import Plan
 from .results import ModelReport, PlanCounts, Point, Search, SweepResult
 from .selection import METHODS, Budget, Scores, cut, needs_sensitivity, score, select
-from .selection.learned import LearnOptions
 from .sensitivity import Sensitivity, sensitivity
 from .settings import Settings
 from .storage import atomic_write_json
 
 Log = Callable[[str], None]
-CACHE_VERSION = 2
 
 
 def quiet(_: str) -> None:
@@ -76,18 +74,6 @@ class Context:
         return data_mod.Batches(split, self.dataset, batch_size, shuffle=shuffle,
                                 generator=generator if shuffle else None,
                                 device=self.settings.torch_device())
-
-
-def _digest(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
 
 
 # --- data and models ---------------------------------------------------------------------
@@ -167,14 +153,6 @@ def check_before_work(settings: Settings, model: nn.Module, trained: bool = True
                 f"{none:.4g} s on this model; ask for at least that (full verify: {full:.4g} s)")
 
 
-def _untrained_model(settings: Settings) -> nn.Module:
-    """The model as built (or the given checkpoint), for checks before training."""
-    if settings.model.checkpoint:
-        return load_checkpoint(settings.model.checkpoint, model_name=settings.model.name,
-                               trusted=settings.model.trusted)[0]
-    return build_model(settings.model.name, bits=settings.model.bits, seed=settings.train.seed)
-
-
 def obtain_model(ctx: Context, sigma_train: float, scale_aware: bool = False) -> Candidate:
     """The model of one noise setting: from --checkpoint, an earlier run, or trained now."""
     s = ctx.settings
@@ -240,12 +218,14 @@ def obtain_sensitivity(ctx: Context, candidate: Candidate) -> Sensitivity:
     suffix = train_folder(candidate.sigma_train, candidate.scale_aware).removeprefix("train")
     if s.model.checkpoint:
         suffix = f"-{candidate.digest[:8]}"
-    path = _sensitivity_path(s.out_dir, f"sensitivity-{sens_settings.engine}{suffix}", key)
+    path, found = find_sensitivity(s.out_dir, f"sensitivity-{sens_settings.engine}{suffix}",
+                                   key)
+    ctx.files[f"sensitivity{suffix}"] = str(path)
+    if found is not None:
+        return found
     computed: list[Sensitivity] = []
 
     def compute() -> None:
-        if _cached_sensitivity(path, key):
-            return
         batches = ctx.train_batches(sens_settings.batch_size, sens_settings.limit)
         sens = sensitivity(candidate.model, batches, sens_settings.engine,
                            exclude=s.selection.exclude or None, progress=ctx.progress,
@@ -255,83 +235,7 @@ def obtain_sensitivity(ctx: Context, candidate: Candidate) -> Sensitivity:
         computed.append(sens)
 
     distributed.rank_zero_first(compute)
-    ctx.files[f"sensitivity{suffix}"] = str(path)
     return computed[0] if computed else Sensitivity.load(path)
-
-
-def _sensitivity_path(out_dir: Path, stem: str, key: dict) -> Path:
-    """``stem.pt``, unless it holds sensitivities of other settings: then a file named by
-    the settings' digest, so going back to earlier settings finds their pass again."""
-    plain = out_dir / f"{stem}.pt"
-    if not plain.is_file() or _cached_sensitivity(plain, key):
-        return plain
-    return out_dir / f"{stem}-{_digest(key)[:8]}.pt"
-
-
-def _cached_sensitivity(path: Path, key: dict) -> bool:
-    if not path.is_file():
-        return False
-    try:
-        return Sensitivity.load(path).meta.get("key") == key
-    except SwimkitError:
-        return False
-
-
-# --- evaluated points, cached ------------------------------------------------------------------
-
-
-class PointCache:
-    """Evaluated points in one JSON file, by settings key, rewritten after each point (rank 0).
-
-    Points evaluated under other settings stay in the file, so switching settings back
-    and forth recomputes nothing.
-    """
-
-    def __init__(self, path: Path, key: str) -> None:
-        self.path = path
-        self.key = key
-        self.stored: dict[str, dict] = {}
-        if path.is_file():
-            try:
-                data = json.loads(path.read_text())
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-                data = {}
-            stored = data.get("points_by_key") if isinstance(data, dict) else None
-            if isinstance(stored, dict):
-                self.stored = {k: v for k, v in stored.items() if isinstance(v, dict)}
-        self.points: dict[str, dict] = self.stored.setdefault(key, {})
-
-    def get(self, point_id: str) -> Point | None:
-        """The cached point, or None where there is none or it does not read back (a
-        damaged or hand-edited entry is computed again; entries that read back are trusted)."""
-        found = self.points.get(point_id)
-        if not isinstance(found, dict):
-            return None
-        try:
-            return Point.from_dict(found)
-        except (KeyError, TypeError, ValueError, AttributeError, IndexError, SwimkitError):
-            return None
-
-    def put(self, point_id: str, point: Point) -> None:
-        self.points[point_id] = point.to_dict()
-        if distributed.is_rank_zero():
-            atomic_write_json({"version": CACHE_VERSION, "points_by_key": self.stored},
-                              self.path)
-
-
-def evaluation_key(settings: Settings) -> str:
-    """Everything besides the model that decides an evaluated point."""
-    s = settings
-    return _digest({
-        "version": CACHE_VERSION, "device_model": s.device_model.describe(),
-        "samples": s.evaluation.samples, "seed": s.evaluation.seed,
-        "exclude": s.selection.exclude, "tolerances": s.selection.tolerances,
-        "learn": asdict(LearnOptions.from_options(s.selection.learn)),
-        "learn_batch_size": s.train.batch_size, "sensitivity": [s.sensitivity.engine,
-                                                    s.sensitivity.batch_size,
-                                                    s.sensitivity.limit, s.sensitivity.options],
-        "test_batch_size": s.data.test_batch_size, **s.data_key(),
-    })
 
 
 @dataclass
@@ -489,7 +393,9 @@ def sweep(settings: Settings, log: Log = quiet, progress: bool = False) -> Sweep
     if s.model.checkpoint and len(s.trainings()) > 1:
         raise SwimkitError("--checkpoint gives one model; drop it to compare several "
                            "--sigma-train values")
-    check_before_work(s, _untrained_model(s), trained=False)
+    if not s.model.checkpoint:  # a checkpoint is checked as it loads, training or not
+        check_before_work(s, build_model(s.model.name, bits=s.model.bits, seed=s.train.seed),
+                          trained=False)
     cache = PointCache(s.out_dir / "points.json", evaluation_key(s))
     evaluators, reports = [], []
     for sigma_train, scale_aware in s.trainings():
@@ -545,5 +451,5 @@ def write_result(result: SweepResult | dict[str, Any], path: str | Path) -> Path
     return path
 
 
-__all__ = ["Candidate", "Context", "Evaluator", "PointCache", "check_fits", "prepare", "quiet",
+__all__ = ["Candidate", "Context", "Evaluator", "check_fits", "prepare", "quiet",
            "sweep", "write_result"]
