@@ -40,7 +40,9 @@ def test_a_training_sweep_gives_the_same_numbers_on_one_and_two_processes(fmnist
     for processes in (1, 2):
         out = tmp_path / f"p{processes}"
         done = swimkit(["sweep", "--model", "lenet", "--dataset", "fashion-mnist",
-                        "--data-dir", str(fmnist), "--epochs", "1", "--samples", "5",
+                        "--data-dir", str(fmnist), "--epochs", "1", "--samples", "14",
+                        # chips in rounds of 3, 7, 11, 14, each dealt out among the ranks
+                        "--min-samples", "3", "--ci-target", "0.05",
                         "--sigma", "0.5", "--sigma-train", "0,0.1", "--methods",
                         "swim,allocate", "--speedups", "4", "--out", str(out),
                         "--no-progress", "--json", str(out / "r.json")], processes, tmp_path)

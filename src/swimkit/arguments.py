@@ -60,6 +60,7 @@ def _bounded(kind: type, minimum: float, expected: str) -> Callable[[str], Any]:
 
 nonnegative = _bounded(float, 0.0, "a number >= 0")
 positive_int = _bounded(int, 1, "a whole number >= 1")
+_at_least_two = _bounded(int, 2, "a whole number >= 2")
 _speedup = _bounded(float, 1.0, "a speedup >= 1 (1 verifies every device; e.g. 10)")
 _epochs = _bounded(int, 1, "a whole number of epochs >= 1 (to use a trained model, give "
                            "--checkpoint instead)")
@@ -238,7 +239,23 @@ def add_monte_carlo(p: argparse.ArgumentParser, search: bool) -> None:
     g.add_argument("--samples", "--noise_epoch", dest="samples", type=positive_int,
                    default=None, help="Monte-Carlo chips (default "
                                       f"{default(EvaluationSettings, 'samples')})")
+    g.add_argument("--ci-target", type=nonnegative, default=None, metavar="P",
+                   help="stop a plan's chips once the 95%% CI of its gap to full verify (of "
+                        "its mean, without one) is +-P points wide (default "
+                        f"{default(EvaluationSettings, 'ci_target')}; 0: always --samples)")
+    g.add_argument("--min-samples", type=_at_least_two, default=None,
+                   help="chips before --ci-target may stop (default "
+                        f"{default(EvaluationSettings, 'min_samples')})")
     g.add_argument("--seed", type=int, default=None, help="seed of training and chips (default 0)")
+    g.add_argument("--chips-per-pass", type=positive_int, default=None, metavar="C",
+                   help="chips evaluated per forward pass, weights stacked (default: chosen; "
+                        "1 on the CPU)")
+    g.add_argument("--compile", action="store_true",
+                   help="compile the forward once with torch.compile (falls back to eager, "
+                        "with a message, where it cannot run)")
+    g.add_argument("--threads", type=positive_int, default=None,
+                   help="torch CPU threads of Monte-Carlo (default: this process's share of "
+                        "the cores; a warning when more)")
     g.add_argument("--within", type=nonnegative, default=None,
                    help="a chip is good within this many points of the best full verify "
                         f"(default {default(EvaluationSettings, 'within')})"
@@ -311,7 +328,9 @@ def settings_of(args: argparse.Namespace, **selection: Any) -> Settings:
             learn=_given(args, {"learn_epochs": "epochs", "learn_lr": "lr"}), **selection),
         evaluation=EvaluationSettings(**_given(args, {
             "samples": "samples", "within": "within", "yield_target": "yield_target",
-            "search_steps": "search_steps"}), **seed,
+            "search_steps": "search_steps", "ci_target": "ci_target",
+            "min_samples": "min_samples", "chips_per_pass": "chips_per_pass",
+            "threads": "threads"}), **seed, compile=bool(getattr(args, "compile", False)),
             search=getattr(args, "within", None) is not None and args.command == "sweep"),
         device=args.device,
         out=getattr(args, "out", None),

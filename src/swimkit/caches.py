@@ -120,6 +120,9 @@ def evaluation_key(settings: Settings) -> str:
                                                     s.sensitivity.batch_size,
                                                     s.sensitivity.limit, s.sensitivity.options],
         "test_batch_size": s.data.test_batch_size, **s.data_key(),
+        # adaptive chip counts change what is stored; off, the key stays the first release's
+        **({"ci_target": s.evaluation.ci_target, "min_samples": s.evaluation.min_samples}
+           if s.evaluation.ci_target else {}),
     })
 
 

@@ -299,8 +299,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     clean = accuracy(model, ctx.test_batches)
     ev = settings.evaluation
     res = evaluate(model, ctx.test_batches, settings.device_model, plan, samples=ev.samples,
-                   seed=ev.seed, exclude=settings.selection.exclude or None,
-                   progress=not args.no_progress)
+                   seed=ev.seed, ci_target=ev.ci_target or None, min_samples=ev.min_samples,
+                   chips_per_pass=ev.chips_per_pass, compile=ev.compile, threads=ev.threads,
+                   exclude=settings.selection.exclude or None, progress=not args.no_progress)
     if args.reference is not None:
         res.reference, res.within = args.reference, ev.within
     result = {"clean_accuracy_percent": clean, "accuracy": res.to_dict(),

@@ -24,20 +24,15 @@ import torch
 import torch.distributed as dist
 from scipy import stats
 from torch import Tensor, nn
-from torch.nn.utils import parametrize
 
 from . import distributed
-from .devices import NoiseModel, generator_for
-from .errors import SwimkitError, require
-from .mapping import (
-    DeviceWeight,
-    device_weights,
-    effective_weights,
-    perturbed,
-    weight_scales,
-)
+from .chips import ChipRunner, auto_chips_per_pass, check_chips_per_pass
+from .devices import NoiseModel, Sampler, generator_for
+from .errors import SwimkitError, is_number, require
+from .mapping import DeviceWeight, device_weights, effective_weights, weight_scales
 from .plans import Plan
 from .progress import progress_bar
+from .threads import check_threads, torch_threads
 
 Batches = Iterable[tuple[Tensor, Tensor]]
 
@@ -61,6 +56,9 @@ class MCResult:
     meta: dict[str, Any] = field(default_factory=dict)
     reference: float | None = None
     within: float = 1.0
+    ci_target: float | None = None   # adaptive runs: the CI half-width asked for (points)
+    ci_of: str = "mean"              # ... of the mean or of the paired difference
+    ci_reached: float | None = None  # ... and the half-width reached when it stopped
 
     @property
     def samples(self) -> int:
@@ -102,12 +100,13 @@ class MCResult:
         return self.yield_within(self.reference, self.within)
 
     def paired_difference(self, other: MCResult) -> MCResult:
-        """Per-chip differences self - other (same seed: common random numbers)."""
-        require(
-            self.samples == other.samples and self.seed == other.seed,
-            "a paired difference needs two results with the same seed and sample count",
-        )
-        return MCResult(self.accuracies - other.accuracies, seed=self.seed)
+        """Per-chip differences self - other over the chips both have (chip k is the same
+        draw in both when the seeds agree: common random numbers)."""
+        require(self.seed == other.seed,
+                f"a paired difference needs two results of the same seed (got {self.seed} and "
+                f"{other.seed})")
+        n = min(self.samples, other.samples)
+        return MCResult(self.accuracies[:n] - other.accuracies[:n], seed=self.seed)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: accuracies in percent (keys end in ``_percent``), yield a fraction."""
@@ -124,6 +123,9 @@ class MCResult:
             "seed": self.seed,
             "accuracies_percent": [float(a) for a in self.accuracies],
         }
+        if self.ci_target is not None:
+            out.update({"ci_target_points": self.ci_target, "ci_of": self.ci_of,
+                        "ci_reached_points": self.ci_reached})
         return out
 
     @classmethod
@@ -139,13 +141,18 @@ class MCResult:
             reference=data.get("yield_reference_percent"),
             within=1.0 if data.get("yield_within_points") is None
             else data["yield_within_points"],
+            ci_target=data.get("ci_target_points"),
+            ci_of=data.get("ci_of", "mean"),
+            ci_reached=data.get("ci_reached_points"),
         )
 
     def __str__(self) -> str:
         low, high = self.ci95
         return (
             f"{self.mean:.2f} +- {self.std:.2f} % "
-            f"(95% CI {low:.2f}-{high:.2f}, p05 {self.p05:.2f}, n={self.samples})"
+            f"(95% CI {low:.2f}-{high:.2f}, p05 {self.p05:.2f}, n={self.samples}"
+            + ("" if self.ci_target is None else
+               f", stopped at a {self.ci_of} CI of +-{self.ci_reached:.2f}") + ")"
         )
 
 
@@ -179,38 +186,136 @@ def evaluate(
     samples: int = 100,
     seed: int = 0,
     *,
+    ci_target: float | None = None,
+    min_samples: int = 10,
+    against: MCResult | None = None,
+    chips_per_pass: int | None = None,
+    compile: bool = False,
+    threads: int | None = None,
     layers: Sequence[str] | None = None,
     exclude: Sequence[str] | None = None,
     progress: bool = False,
 ) -> MCResult:
-    """Accuracy of ``model`` under device variation over ``samples`` chips.
+    """Accuracy of ``model`` under device variation over up to ``samples`` chips.
 
     ``device_model`` is any :class:`~swimkit.devices.NoiseModel`. ``plan`` says how the
     devices are programmed: a :class:`~swimkit.plans.Plan`, ``"none"`` (or None: nothing
     verified) or ``"all"``. The test batches are held in memory once and every chip
-    evaluates all of them. Inside a torch.distributed group the chips are shared among
-    the ranks and every rank returns the full result.
+    evaluates all of them.
+
+    With ``ci_target`` (points) chips are evaluated in rounds (see :func:`round_ends`) and
+    the run stops after the first round at which the 95 % confidence interval's
+    half-width is at most ``ci_target``, between ``min_samples`` and ``samples`` chips:
+    the CI of the mean accuracy, or, given ``against`` (a result of the same seed with at
+    least ``samples`` chips, e.g. full verify), of the paired per-chip difference to it.
+    The result's ``samples`` is the number of chips used.
+
+    ``chips_per_pass`` chips are evaluated per forward pass (None chooses: see
+    :func:`~swimkit.chips.auto_chips_per_pass`); ``compile`` compiles the forward once;
+    ``threads`` sets torch's CPU threads for the run (default: this process's share of
+    the cores). Inside a torch.distributed group each round's chips are dealt out among
+    the ranks and every rank returns the full result; the numbers do not depend on the
+    number of processes.
     """
     require(isinstance(samples, int) and samples >= 1, f"samples must be >= 1 (got {samples!r})")
+    stop = _check_stopping(ci_target, min_samples, against, samples, seed)
     require(isinstance(device_model, NoiseModel),
             f"device_model must answer sampler(), variance() and describe() (a NoiseModel such "
             f"as swimkit.DeviceModel); got {type(device_model).__name__}")
+    chips_per_pass = check_chips_per_pass(chips_per_pass)
     weights = _plan_weights(model, plan, layers, exclude)
     chosen = _as_plan(plan, weights, device_model)
     data = batches if isinstance(batches, (list, tuple)) else list(batches)
     require(len(data) > 0, "no test batches: give a non-empty loader")
-    rank, world = distributed.rank(), distributed.world_size()
-    mine = list(range(rank, samples, world))
     was_training = model.training
     model.eval()
     try:
-        show = progress and rank == 0
-        local = _run_chips(model, data, device_model, weights, chosen, seed, mine, show)
+        values = effective_weights(weights)  # read before the runner swaps its own in
+        sample = device_model.sampler(values, weight_scales(values), chosen)
+        with (torch_threads(check_threads(threads)),
+              _runner(model, data, values, chips_per_pass, compile) as runner):
+            accuracies = _run_rounds(runner, values, sample, seed, samples, stop, progress)
     finally:
         model.train(was_training)
-    accuracies = _gather(local, mine, samples, world)
-    meta = {"plan": plan.method if isinstance(plan, Plan) else (plan or "none")}
-    return MCResult(accuracies=accuracies, seed=seed, meta=meta)
+    meta = {"plan": plan.method if isinstance(plan, Plan) else (plan or "none"),
+            "chips_per_pass": runner.chips_per_pass, "compiled": runner.compiled}
+    result = MCResult(accuracies=accuracies, seed=seed, meta=meta)
+    if stop is not None:
+        result.ci_target, result.ci_of = stop.target, stop.of
+        result.ci_reached = stop.half_width(accuracies)
+    return result
+
+
+@dataclass(frozen=True)
+class Stopping:
+    """When an adaptive run stops: ``target`` points of CI half-width, at least
+    ``minimum`` chips; of the mean, or of the paired difference to ``against``."""
+
+    target: float
+    minimum: int
+    against: Tensor | None = None
+
+    @property
+    def of(self) -> str:
+        return "mean" if self.against is None else "paired difference"
+
+    def half_width(self, accuracies: Tensor) -> float:
+        values = accuracies if self.against is None else (
+            accuracies - self.against[: accuracies.numel()])
+        return ci_half_width(values)
+
+
+def ci_half_width(values: Tensor) -> float:
+    """Half-width (points) of the 95 % Student-t interval of the mean of ``values``."""
+    n = int(values.numel())
+    if n < 2:
+        return math.inf
+    return t_quantile_975(n - 1) * float(values.double().std(unbiased=True)) / math.sqrt(n)
+
+
+ROUND_GROWTH = 1.5  # a round at most adds half the chips already evaluated ...
+ROUND_MIN = 4       # ... and at least this many
+
+
+def round_ends(done: int, half_width: float, target: float, samples: int) -> int:
+    """Where the next round of an adaptive run ends, from ``done`` chips whose CI
+    half-width is ``half_width``: the chips the current spread says are needed
+    (half-width shrinks as 1/sqrt(n)), at least ROUND_MIN more and at most
+    ROUND_GROWTH times ``done``, never past ``samples``. It depends on the accuracies
+    only, so every process count stops at the same chip."""
+    needed = math.ceil(done * (half_width / target) ** 2) if math.isfinite(half_width) else samples
+    grown = min(needed, math.ceil(ROUND_GROWTH * done))
+    return min(samples, max(done + ROUND_MIN, grown))
+
+
+def _check_stopping(ci_target: float | None, min_samples: int, against: MCResult | None,
+                    samples: int, seed: int) -> Stopping | None:
+    if ci_target is None:
+        require(against is None, "against= pairs the stopping rule with a reference: give "
+                "ci_target as well")
+        return None
+    require(is_number(ci_target, finite=True) and float(ci_target) > 0,
+            f"ci_target must be a number of points > 0, e.g. 0.5 (got {ci_target!r})")
+    require(isinstance(min_samples, int) and min_samples >= 2,
+            f"min_samples must be an integer >= 2 (got {min_samples!r})")
+    if against is None:
+        return Stopping(float(ci_target), min(min_samples, samples))
+    require(isinstance(against, MCResult), f"against must be an MCResult (got "
+            f"{type(against).__name__})")
+    require(against.seed == seed, f"against was evaluated with seed {against.seed}, this run "
+            f"with {seed}: a paired difference needs the same chips (the same seed)")
+    require(against.samples >= samples, f"against has {against.samples} chips but this run may "
+            f"use {samples}: evaluate the reference with at least samples={samples}")
+    return Stopping(float(ci_target), min(min_samples, samples), against.accuracies.double())
+
+
+def _runner(model: nn.Module, data: Sequence[tuple[Tensor, Tensor]],
+            values: Mapping[str, Tensor], chips_per_pass: int | None,
+            compile: bool) -> ChipRunner:
+    if chips_per_pass is None:
+        where = next(iter(values.values())).device
+        chips_per_pass = auto_chips_per_pass(where, data, sum(v.numel() for v in values.values()))
+    return ChipRunner(model, data, values, chips_per_pass=chips_per_pass, compile=compile)
 
 
 def _plan_weights(
@@ -243,44 +348,48 @@ def _as_plan(plan: Plan | str | None, weights: Mapping[str, DeviceWeight],
     return Plan.uniform(effective_weights(weights), verify=True, devices_per_weight=devices)
 
 
-@torch.inference_mode()
-def _run_chips(
-    model: nn.Module,
-    data: Sequence[tuple[Tensor, Tensor]],
-    device_model: NoiseModel,
-    weights: Mapping[str, DeviceWeight],
-    plan: Plan | None,
-    seed: int,
-    indices: Sequence[int],
-    progress: bool,
-) -> Tensor:
-    values = effective_weights(weights)
-    sample = device_model.sampler(values, weight_scales(values), plan)
-    seen = sum(int(y.shape[0]) for _, y in data)
+def _run_rounds(runner: ChipRunner, values: Mapping[str, Tensor], sample: Sampler, seed: int,
+                samples: int, stop: Stopping | None, progress: bool) -> Tensor:
+    """Chip accuracies, round by round, until the stopping rule holds (or ``samples``)."""
+    seen = sum(int(y.shape[0]) for _, y in runner.data)
     where = next(iter(values.values())).device
-    out = torch.empty(len(indices), dtype=torch.float64)
-    with perturbed(model, weights) as offsets:
-        for i, index in enumerate(progress_bar(indices, progress, "Monte-Carlo")):
-            offsets.set(sample(generator_for(seed, index, where)))
-            with parametrize.cached():
-                correct, _ = _count_correct(model, data)
-            out[i] = 100.0 * correct / seen
-        offsets.set(None)
-    return out
+    rank, world = distributed.rank(), distributed.world_size()
+    bar = progress_bar(range(samples), progress and rank == 0, "Monte-Carlo")
+    done: list[Tensor] = []
+    count, end = 0, samples if stop is None else stop.minimum
+    while True:
+        mine = list(range(count + rank, end, world))
+        chips = []
+        for index in mine:
+            deltas = sample(generator_for(seed, index, where))
+            chips.append({name: values[name] + delta for name, delta in deltas.items()})
+        local = torch.tensor([100.0 * c / seen for c in runner.correct(chips)],
+                             dtype=torch.float64)
+        done.append(_gather(local, mine, range(count, end), world))
+        for _ in range(end - count):
+            next(bar, None)
+        count = end
+        accuracies = torch.cat(done)
+        if stop is None or count >= samples:
+            return accuracies
+        half = stop.half_width(accuracies)
+        if half <= stop.target:
+            return accuracies
+        end = round_ends(count, half, stop.target, samples)
 
 
-def _gather(local: Tensor, mine: Sequence[int], samples: int, world: int) -> Tensor:
-    """Every rank's accuracies, put back in chip order."""
+def _gather(local: Tensor, mine: Sequence[int], chips: range, world: int) -> Tensor:
+    """Every rank's accuracies of ``chips``, in chip order."""
     if world == 1:
         return local
     parts: list[Any] = [None] * world
     dist.all_gather_object(parts, (list(mine), local.tolist()))
-    result = torch.empty(samples, dtype=torch.float64)
+    result = torch.empty(len(chips), dtype=torch.float64)
     for indices, values in parts:
-        result[torch.as_tensor(indices, dtype=torch.long)] = torch.as_tensor(
-            values, dtype=torch.float64
-        )
+        where = torch.as_tensor(indices, dtype=torch.long) - chips.start
+        result[where] = torch.as_tensor(values, dtype=torch.float64)
     return result
 
 
-__all__ = ["MCResult", "accuracy", "evaluate", "t_quantile_975"]
+__all__ = ["MCResult", "Stopping", "accuracy", "ci_half_width", "evaluate", "round_ends",
+           "t_quantile_975"]

@@ -31,6 +31,9 @@ def format_mc(mc: MCResult) -> str:
     text = f"{mc.mean:6.2f} +- {mc.std:5.2f} %  (95% CI {low:.2f}-{high:.2f}, p05 {mc.p05:.2f}"
     if mc.chip_yield is not None:
         text += f", yield {100 * mc.chip_yield:.0f} %"
+    text += f", {mc.samples} chips"
+    if mc.ci_target is not None:
+        text += f" to a {mc.ci_of} CI of +-{mc.ci_reached:.2f}"
     return text + ")"
 
 
@@ -104,7 +107,7 @@ def print_run(result: SweepResult) -> None:
 
 COLUMNS = ("model", "method", "budget", "fraction_verified", "devices_fraction_verified",
            "speedup", "mean_percent", "std_percent", "ci95_low_percent", "ci95_high_percent",
-           "p05_percent", "yield_fraction")
+           "p05_percent", "yield_fraction", "chips")
 
 
 def sweep_rows(result: SweepResult) -> list[dict[str, Any]]:
@@ -127,15 +130,15 @@ def _row(point: Point) -> dict[str, Any]:
         "devices_fraction_verified": point.counts.devices_fraction_verified,
         "speedup": point.speedup, "mean_percent": point.mc.mean, "std_percent": point.mc.std,
         "ci95_low_percent": low, "ci95_high_percent": high, "p05_percent": point.mc.p05,
-        "yield_fraction": point.mc.chip_yield,
+        "yield_fraction": point.mc.chip_yield, "chips": point.mc.samples,
     }
 
 
 def markdown_rows(rows: Sequence[dict[str, Any]], within: float) -> str:
     """The sweep as a Markdown table (accuracy in percent)."""
     lines = [f"| model | method | budget | weights verified | devices verified | speedup | "
-             f"accuracy % | std | 95% CI | p05 | yield (within {within:g}) |",
-             "|---|---|---|---:|---:|---:|---:|---:|---|---:|---:|"]
+             f"accuracy % | std | 95% CI | p05 | yield (within {within:g}) | chips |",
+             "|---|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|"]
     for r in rows:
         speedup = "-" if r["speedup"] is None else f"{r['speedup']:.2f}x"
         chip_yield = "-" if r["yield_fraction"] is None else f"{100 * r['yield_fraction']:.0f}%"
@@ -144,7 +147,7 @@ def markdown_rows(rows: Sequence[dict[str, Any]], within: float) -> str:
             f"{_percent(r['fraction_verified'])} | {_percent(r['devices_fraction_verified'])} | "
             f"{speedup} | {r['mean_percent']:.2f} | {r['std_percent']:.2f} | "
             f"{r['ci95_low_percent']:.2f}-{r['ci95_high_percent']:.2f} | "
-            f"{r['p05_percent']:.2f} | {chip_yield} |"
+            f"{r['p05_percent']:.2f} | {chip_yield} | {r['chips']} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -152,27 +155,29 @@ def markdown_rows(rows: Sequence[dict[str, Any]], within: float) -> str:
 def search_table(result: SweepResult) -> str:
     """Per model and method: the largest speedup meeting the target (one block per target,
     as merged sweeps may hold several)."""
-    searches = [s for m in result.models for s in m.searches]
+    searches = [(s, m.full_verify.mc) for m in result.models for s in m.searches]
     blocks = []
-    for target in dict.fromkeys(s.target for s in searches):
+    for target in dict.fromkeys(s.target for s, _ in searches):
         lines = [f"Largest modelled speedup per method: {target}", "",
-                 "| model | method | speedup | accuracy % | 95% CI | p05 | yield | gap (95% CI) |",
-                 "|---|---|---:|---:|---|---:|---:|---|"]
-        lines += [_search_row(s) for s in searches if s.target == target]
+                 "| model | method | speedup | accuracy % | 95% CI | p05 | yield | gap (95% CI) "
+                 "| paired estimate % | chips |",
+                 "|---|---|---:|---:|---|---:|---:|---|---:|---:|"]
+        lines += [_search_row(s, full) for s, full in searches if s.target == target]
         blocks.append("\n".join(lines) + "\n")
     return "\n".join(blocks)
 
 
-def _search_row(s: Search) -> str:
+def _search_row(s: Search, full_verify: MCResult) -> str:
     if s.point is None:
-        return f"| {s.model} | {s.method} | not met even by full verify | | | | | |"
+        return f"| {s.model} | {s.method} | not met even by full verify | | | | | | | |"
     p = s.point
     low, high = p.mc.ci95
     gap = "-" if p.gap is None else (
         f"{p.gap.mean:+.2f} ({p.gap.ci95[0]:+.2f} to {p.gap.ci95[1]:+.2f})")
     chip_yield = "-" if p.mc.chip_yield is None else f"{100 * p.mc.chip_yield:.0f}%"
     return (f"| {s.model} | {s.method} | {p.speedup:.2f}x | {p.mc.mean:.2f} | "
-            f"{low:.2f}-{high:.2f} | {p.mc.p05:.2f} | {chip_yield} | {gap} |")
+            f"{low:.2f}-{high:.2f} | {p.mc.p05:.2f} | {chip_yield} | {gap} | "
+            f"{p.mean_estimate(full_verify):.2f} | {p.mc.samples} |")
 
 
 def csv_table(rows: Sequence[dict[str, Any]]) -> str:

@@ -69,6 +69,15 @@ class Point:
     def speedup(self) -> float | None:
         return self.programming.speedup if self.programming else None
 
+    def mean_estimate(self, full_verify: MCResult) -> float:
+        """Mean accuracy estimated through the paired chips: full verify's mean over all
+        its chips plus this point's mean gap to it (a control variate: with common random
+        numbers far tighter than the point's own mean when it stopped early; the point's
+        own mean when both have the same chips)."""
+        if self.gap is None or self.gap.samples >= full_verify.samples:
+            return self.mc.mean
+        return full_verify.mean + self.gap.mean
+
     @property
     def label(self) -> str:
         if self.budget_kind is None:
@@ -90,7 +99,7 @@ class Point:
         if self.gap is not None:
             low, high = self.gap.ci95
             out["gap_to_full_verify"] = {"mean_points": self.gap.mean,
-                                         "ci95_points": [low, high]}
+                                         "ci95_points": [low, high], "chips": self.gap.samples}
         return out
 
     @classmethod

@@ -84,10 +84,22 @@ class EvaluationSettings:
     """Monte-Carlo: ``samples`` chips from ``seed``; ``within`` points of the best full
     verify count a chip as good (yield) and, when searching, a method as good enough;
     ``search`` finds per method the largest speedup whose mean (or, with
-    ``yield_target``, whose yield) meets it, in ``search_steps`` bisection steps."""
+    ``yield_target``, whose yield) meets it, in ``search_steps`` bisection steps.
+
+    ``ci_target`` (points; None or 0: always ``samples`` chips) stops a plan's chips once
+    the 95 % CI of its gap to full verify (of its mean, for the baselines) is that
+    narrow, after at least ``min_samples``; full verify, which every plan is paired
+    with, always gets ``samples`` chips. ``chips_per_pass`` (None: chosen),
+    ``compile`` and ``threads`` (None: this process's share of the cores) only change
+    the speed."""
 
     samples: int = 100
     seed: int = 0
+    ci_target: float | None = 0.5
+    min_samples: int = 10
+    chips_per_pass: int | None = None
+    compile: bool = False
+    threads: int | None = None
     within: float = 1.0
     search: bool = False
     yield_target: float | None = None
@@ -143,6 +155,11 @@ class Settings:
         ev = self.evaluation
         require(isinstance(ev.samples, int) and ev.samples >= 1,
                 f"samples must be >= 1 (got {ev.samples})")
+        require(ev.ci_target is None or (is_number(ev.ci_target, finite=True)
+                                         and ev.ci_target >= 0),
+                f"ci_target must be a number of points >= 0 (got {ev.ci_target!r})")
+        require(isinstance(ev.min_samples, int) and ev.min_samples >= 2,
+                f"min_samples must be an integer >= 2 (got {ev.min_samples!r})")
         require(is_number(ev.within, finite=True) and ev.within >= 0,
                 f"within must be a number of accuracy points >= 0 (got {ev.within!r})")
         require(ev.yield_target is None or 0 < ev.yield_target <= 1,

@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +41,7 @@ from .plans import Plan
 from .progress import progress_bar
 from .resume import Progress, checkpoint_extra, resume_from
 from .seeding import epoch_generator
+from .threads import machine_threads, torch_threads
 
 __all__ = [
     "EVAL_BATCH_SIZE",
@@ -326,25 +326,6 @@ def train(
                 f"{train_acc:.2f}%, test acc {test_acc:.2f}% ({row['seconds']:.1f} s)"
             )
     return _result(state, model, folder)
-
-
-def machine_threads() -> int:
-    """The CPUs this process may run on: the thread count a single process uses here."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-@contextlib.contextmanager
-def torch_threads(count: int) -> Iterator[None]:
-    """Run the block on ``count`` torch threads, then restore the previous count."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _train_epoch(

@@ -254,9 +254,17 @@ class Evaluator:
         return self.ctx.settings
 
     def _mc(self, plan: Plan | str) -> MCResult:
+        """Chips of ``plan``: all ``samples`` for full verify (every plan pairs with it),
+        else until the CI target (the gap to full verify's, or the mean's) is met."""
         s = self.settings
+        ev = s.evaluation
+        adaptive = bool(ev.ci_target) and plan != "all"
+        against = self.full_verify.mc if adaptive and self.full_verify is not None else None
         return evaluate(self.candidate.model, self.ctx.test_batches, s.device_model, plan,
-                        samples=s.evaluation.samples, seed=s.evaluation.seed,
+                        samples=ev.samples, seed=ev.seed,
+                        ci_target=ev.ci_target if adaptive else None,
+                        min_samples=ev.min_samples, against=against,
+                        chips_per_pass=ev.chips_per_pass, compile=ev.compile, threads=ev.threads,
                         exclude=s.selection.exclude or None, progress=self.ctx.progress)
 
     def baseline(self, verify: str) -> Point:
@@ -421,24 +429,26 @@ def sweep(settings: Settings, log: Log = quiet, progress: bool = False) -> Sweep
 
 
 def _searches(result: SweepResult, evaluators: list[Evaluator]) -> None:
-    """Per model and method: the largest speedup meeting the target."""
-    ev0 = evaluators[0]
-    s = ev0.settings.evaluation
+    """Per model and method: the largest speedup meeting the target. A point's mean is
+    judged through its paired chips (:meth:`~swimkit.results.Point.mean_estimate`)."""
+    s = evaluators[0].settings.evaluation
     reference = result.reference_percent
     floor = reference - s.within
     if s.yield_target is None:
         target = f"mean >= {floor:.2f} % ({s.within:g} points below {reference:.2f} %)"
-
-        def meets(point: Point) -> bool:
-            return point.mc.mean >= floor
     else:
         target = (f"{100 * s.yield_target:g} % of chips >= {floor:.2f} % "
                   f"({s.within:g} points below {reference:.2f} %)")
 
-        def meets(point: Point) -> bool:
-            return point.mc.yield_within(reference, s.within) >= s.yield_target - 1e-12
+    def judge(full: MCResult) -> Callable[[Point], bool]:
+        if s.yield_target is None:
+            return lambda point: point.mean_estimate(full) >= floor
+        return lambda point: (point.mc.yield_within(reference, s.within)
+                              >= s.yield_target - 1e-12)
 
     for report, ev in zip(result.models, evaluators, strict=True):
+        assert ev.full_verify is not None
+        meets = judge(ev.full_verify.mc)
         report.searches = [ev.search(m, meets, target) for m in ev.settings.selection.methods]
 
 

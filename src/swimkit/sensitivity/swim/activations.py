@@ -29,8 +29,9 @@ def mask_rule(derivative: Callable[[RuleContext, Tensor], Tensor]) -> Rule:
     return rule
 
 
-def _relu_slope(ctx: RuleContext, y: Tensor) -> Tensor:
-    return (y > 0).to(y.dtype)
+def relu_rule(ctx: RuleContext, s: Tensor) -> dict[fx.Node, SValue]:
+    """ReLU: S_x = S_y where y > 0, else 0 (the slope's square is the slope), one kernel."""
+    return ctx.to_input(torch.ops.aten.threshold_backward(s, ctx.out, 0.0))
 
 
 def _inside(low: float | None, high: float | None, y: Tensor) -> Tensor:
@@ -66,7 +67,6 @@ def _leaky_slope(ctx: RuleContext, y: Tensor) -> Tensor:
     return torch.where(y > 0, torch.ones_like(y), torch.full_like(y, slope))
 
 
-relu_rule = mask_rule(_relu_slope)
 hardtanh_rule = mask_rule(_hardtanh_slope)
 clamp_rule = mask_rule(_clamp_slope)
 leaky_rule = mask_rule(_leaky_slope)

@@ -103,6 +103,9 @@ class RuleContext:
                  if self.needs(n) and isinstance(self.run.env[n], Tensor)]
         if not nodes:
             return {}
+        recorded = self._recorded_vjp(nodes, s, scale)
+        if recorded is not None:
+            return recorded
         with torch.enable_grad():
             leaves = {n: self.run.env[n].detach().requires_grad_(True) for n in nodes}
             out = self.run.call(self.node, leaves)
@@ -113,6 +116,19 @@ class RuleContext:
             result = torch.autograd.grad(outputs, list(leaves.values()), grads,
                                          allow_unused=True)
         return {n: r for n, r in zip(leaves, result, strict=True) if r is not None}
+
+    def _recorded_vjp(self, nodes: list[fx.Node], s: SValue,
+                      scale: Tensor | None) -> dict[fx.Node, SValue] | None:
+        """The VJP through the graph autograd recorded in the forward pass, when the
+        op's output and inputs are in it (no second forward of the op); else None."""
+        out = self.run.env.get(self.node)
+        inputs = [self.run.env[n] for n in nodes]
+        if (not isinstance(out, Tensor) or out.grad_fn is None or isinstance(s, dict)
+                or not all(t.requires_grad for t in inputs)):
+            return None
+        grads = torch.autograd.grad([out], inputs, [s if scale is None else s * scale],
+                                    retain_graph=True, allow_unused=True)
+        return {n: g for n, g in zip(nodes, grads, strict=True) if g is not None}
 
     def elementwise_derivative(self) -> Tensor:
         """f'(x) of an elementwise op at its recorded input, by autograd on the op itself."""

@@ -356,7 +356,10 @@ def _batch(
     """One batch: g by autograd (the graph is then released), h by the curvature pass."""
     logits = run.forward(x)
     loss = F.cross_entropy(logits, y)
-    grads = torch.autograd.grad(loss, list(deltas.values()), allow_unused=True)
+    # the graph is kept for the curvature pass: ops whose S flows like the gradient
+    # (pooling, reshapes) reuse it instead of running their forward again
+    grads = torch.autograd.grad(loss, list(deltas.values()), allow_unused=True,
+                                retain_graph=True)
     for name, grad in zip(deltas, grads, strict=True):
         if grad is not None:
             first[name] = first[name] + grad if name in first else grad

@@ -1,0 +1,156 @@
+"""Monte-Carlo speed: chips per second, against a plain forward, per pass, compiled, ranks.
+
+Prints, per model:
+- a chip (``swimkit.evaluate`` with its defaults) against a plain eager forward of the same
+  model over the same test images (batch 256, inference mode), measured in the same
+  process: the ratio (target for LeNet and QLeNet: at most 0.6);
+- chips per second with C = 1, 2, 4, 8 chips per pass (stacked weights, vmap), and with
+  ``compile=True`` (or the message that says why it fell back to eager);
+and for LeNet, chips per second on 1 and 2 processes under torchrun (each process with
+its share of the cores), with a check that both give the same per-chip accuracies.
+
+LeNet and QLeNet run on the real Fashion-MNIST test set (10,000 images) when it is
+installed. ConvNet and ResNet-18 run on random CIFAR-sized images, a part of the test set
+on a CPU (--cifar-images), and say so: chips per second scale inversely with the images.
+
+    python benchmarks/bench_montecarlo.py [--device cuda] [--models lenet,qlenet,...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from common import fashion_mnist_or_random, machine_line, synthetic, timed
+
+import swimkit
+from swimkit import data as data_mod
+from swimkit import distributed
+
+DEVICE_MODEL = swimkit.DeviceModel(sigma=0.3, sigma_verified=0.03)
+HERE = Path(__file__).resolve().parent
+
+
+def test_batches(name: str, args: argparse.Namespace, device: torch.device):
+    """(model, batches of 256, a note on the data) for ``name``."""
+    info = swimkit.models.model_info(name)
+    if info.dataset == "fashion-mnist":
+        dataset = fashion_mnist_or_random()
+        note = f"{len(dataset.test.labels):,} {dataset.name} test images"
+    else:
+        images = args.cifar_images
+        dataset = synthetic("cifar10-sized", info.input_shape, 512, images, info.num_classes)
+        note = (f"SCALED: {images:,} random {'x'.join(map(str, info.input_shape))} images "
+                f"(x{10_000 / images:.1f} the time for a 10,000-image test set)")
+    model = swimkit.build_model(name, seed=0).to(device)
+    if swimkit.quantization.quantization_bits(model):  # calibrate the output ranges
+        model.train()
+        with torch.no_grad():
+            model(data_mod.preload(dataset.train.head(256), dataset, 256, device)[0][0])
+    model.eval()
+    return model, data_mod.preload(dataset.test, dataset, 256, device), note
+
+
+def plain_forward(model: torch.nn.Module, batches) -> None:
+    with torch.inference_mode():
+        for x, _ in batches:
+            model(x).argmax(dim=-1)
+
+
+def chip_seconds(model, batches, chips: int, **options) -> tuple[float, list[float]]:
+    """Seconds a chip (best of two runs of ``chips`` chips) and the chips' accuracies."""
+    swimkit.evaluate(model, batches, DEVICE_MODEL, samples=1, **options)  # warm-up / compile
+    runs = []
+    seconds = timed(lambda: runs.append(swimkit.evaluate(model, batches, DEVICE_MODEL,
+                                                         samples=chips, **options)), repeat=2)
+    return seconds / chips, runs[-1].accuracies.tolist()
+
+
+def bench_model(name: str, args: argparse.Namespace, device: torch.device) -> None:
+    model, batches, note = test_batches(name, args, device)
+    chips = args.chips if "lenet" in name else max(2, args.chips // 4)
+    print(f"\n{name} ({note}), {chips} chips per figure")
+    plain = timed(lambda: plain_forward(model, batches), repeat=3, warmup=1)
+    chip, _ = chip_seconds(model, batches, chips)
+    target = " (target <= 0.6)" if name in ("lenet", "qlenet") else ""
+    print(f"  plain eager forward {plain:.3f} s; chip {chip:.3f} s: ratio {chip / plain:.2f}"
+          f"{target}")
+    one_at_a_time = None
+    for per_pass in (1, 2, 4, 8):
+        seconds, accuracies = chip_seconds(model, batches, chips, chips_per_pass=per_pass)
+        one_at_a_time = one_at_a_time or accuracies
+        same = "same accuracies as C=1" if accuracies == one_at_a_time else "ACCURACIES DIFFER"
+        print(f"  chips per pass {per_pass}: {1 / seconds:6.2f} chips/s ({seconds:.3f} s a chip; "
+              f"{same})")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        seconds, _ = chip_seconds(model, batches, chips, compile=True)
+    fell_back = [str(w.message) for w in caught if "torch.compile" in str(w.message)]
+    label = "compiled" if not fell_back else f"compile fell back to eager ({fell_back[0]})"
+    print(f"  {label}: {1 / seconds:6.2f} chips/s ({seconds:.3f} s a chip)")
+
+
+def ranks(args: argparse.Namespace) -> None:
+    """LeNet chips per second on 1 and 2 processes (torchrun), same accuracies."""
+    results = {}
+    for processes in (1, 2):
+        out = Path(args.scratch) / f"ranks-{processes}.json"
+        launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                     f"--nproc-per-node={processes}"] if processes > 1 else [sys.executable])
+        env = {**os.environ, "OMP_NUM_THREADS": str(max(1, os.cpu_count() // processes))}
+        subprocess.run([*launcher, str(Path(__file__)), "--worker", str(out),
+                        "--chips", str(args.rank_chips)], check=True, env=env,
+                       capture_output=True, text=True)
+        results[processes] = json.loads(out.read_text())
+    one, two = results[1], results[2]
+    same = one["accuracies"] == two["accuracies"]
+    print(f"\nlenet on 1 vs 2 processes (torchrun), {args.rank_chips} chips: "
+          f"{one['chips_per_s']:.2f} vs {two['chips_per_s']:.2f} chips/s; per-chip accuracies "
+          f"{'identical' if same else 'DIFFER'}")
+
+
+def worker(path: str, chips: int) -> None:
+    """One rank of :func:`ranks`: evaluate ``chips`` LeNet chips, write the figures."""
+    distributed.init_from_environment()
+    model, batches, _ = test_batches("lenet", argparse.Namespace(cifar_images=0),
+                                     torch.device("cpu"))
+    swimkit.evaluate(model, batches, DEVICE_MODEL, samples=distributed.world_size())
+    start = time.perf_counter()
+    result = swimkit.evaluate(model, batches, DEVICE_MODEL, samples=chips)
+    seconds = time.perf_counter() - start
+    if distributed.is_rank_zero():
+        Path(path).write_text(json.dumps({"chips_per_s": chips / seconds,
+                                          "accuracies": result.accuracies.tolist()}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--models", default="lenet,qlenet,convnet,resnet18")
+    parser.add_argument("--chips", type=int, default=8, help="chips per LeNet figure")
+    parser.add_argument("--cifar-images", type=int, default=512,
+                        help="random CIFAR-sized test images for ConvNet / ResNet-18")
+    parser.add_argument("--rank-chips", type=int, default=40)
+    parser.add_argument("--scratch", default="/tmp")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker(args.worker, args.chips)
+        return
+    device = torch.device(args.device)
+    print(machine_line())
+    for name in args.models.split(","):
+        bench_model(name, args, device)
+    if device.type == "cpu":
+        ranks(args)
+
+
+if __name__ == "__main__":
+    main()

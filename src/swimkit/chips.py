@@ -1,0 +1,296 @@
+"""Evaluating programmed chips fast: the accuracy of a model with given device weights.
+
+A chip is the model with its device weights replaced by perturbed values. The values
+are swapped in with :func:`torch.func.functional_call` (the stored parameters are never
+written, parametrizations such as a weight quantizer are bypassed for the swapped
+weights), so one function serves every chip:
+
+- under ``torch.inference_mode``, with every other parametrized tensor (a quantized
+  bias, say) computed once instead of once per batch;
+- with exact fast paths for ops whose ATen kernel is slow on the CPU (a max-pool whose
+  kernel equals its stride is the maximum of its strided views: the same numbers, about
+  ten times faster here);
+- ``chips_per_pass`` chips at once: their weights stacked and the model mapped over
+  them with :func:`torch.func.vmap` (batched matmuls, grouped convolutions);
+- optionally compiled once with :func:`torch.compile` and reused for every chip.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import vmap
+from torch.nn.utils import parametrize
+from torch.overrides import TorchFunctionMode
+
+from .errors import SwimkitError, first_line, require
+
+Batch = tuple[Tensor, Tensor]
+Weights = Mapping[str, Tensor]
+
+
+# --- exact fast paths --------------------------------------------------------------------------
+
+
+def _pair(value: Any) -> tuple[int, int] | None:
+    if isinstance(value, int):
+        return (value, value)
+    if isinstance(value, (tuple, list)) and len(value) == 2 and all(
+            isinstance(v, int) for v in value):
+        return (int(value[0]), int(value[1]))
+    return None
+
+
+def pool_by_maxima(x: Tensor, kernel_size: Any, stride: Any = None, padding: Any = 0,
+                   dilation: Any = 1, ceil_mode: bool = False, return_indices: bool = False
+                   ) -> Tensor | None:
+    """``F.max_pool2d`` as the maximum of strided views, where that is the same thing.
+
+    Applies when the windows tile the input: kernel equal to the stride, no padding, no
+    dilation, no indices, and (with ``ceil_mode``) sizes the kernel divides. Returns None
+    where it does not apply. Maximum is exact, so the result equals ATen's bit for bit
+    (NaNs propagate in both).
+    """
+    kernel = _pair(kernel_size)
+    step = kernel if stride is None or stride == [] or stride == () else _pair(stride)
+    if (kernel is None or step != kernel or _pair(padding) != (0, 0)
+            or _pair(dilation) != (1, 1) or return_indices or x.dim() not in (3, 4)):
+        return None
+    height, width = x.shape[-2], x.shape[-1]
+    if ceil_mode and (height % kernel[0] or width % kernel[1]):
+        return None
+    rows, cols = height // kernel[0], width // kernel[1]
+    if rows == 0 or cols == 0:
+        return None
+    out: Tensor | None = None
+    for i in range(kernel[0]):
+        for j in range(kernel[1]):
+            view = x[..., i:rows * kernel[0]:kernel[0], j:cols * kernel[1]:kernel[1]]
+            out = view if out is None else torch.maximum(out, view)
+    assert out is not None
+    return out.clone() if out is x else out
+
+
+class ExactFastOps(TorchFunctionMode):
+    """Routes ops with a faster exact equivalent to it (see :func:`pool_by_maxima`)."""
+
+    POOLS = (F.max_pool2d, torch.max_pool2d)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in self.POOLS and args and not torch.is_grad_enabled():
+            fast = pool_by_maxima(*args, **kwargs)
+            if fast is not None:
+                return fast
+        return func(*args, **kwargs)
+
+
+# --- swapping tensors in ---------------------------------------------------------------------
+
+
+def _slot_key(name: str) -> str:
+    return f"_swimkit_slot_{name}"
+
+
+def _slot_property(name: str) -> property:
+    key = _slot_key(name)
+    return property(lambda module: module.__dict__[key], doc=f"swapped-in {name}")
+
+
+_SLOT_CLASSES: dict[tuple[type, tuple[str, ...]], type] = {}
+
+
+def _slot_class(original: type, names: tuple[str, ...]) -> type:
+    """A subclass of ``original`` whose tensors ``names`` are read from slots."""
+    key = (original, names)
+    if key not in _SLOT_CLASSES:
+        _SLOT_CLASSES[key] = type(original.__name__, (original,),
+                                  {n: _slot_property(n) for n in names})
+    return _SLOT_CLASSES[key]
+
+
+class Slots:
+    """Tensors of a model's modules read from slots instead of the module's own.
+
+    While open, ``module.weight`` (a parameter, or a parametrization's output) is
+    whatever was last put in its slot; the stored parameters are never written, and
+    closing restores every module's class, whatever happened inside.
+    """
+
+    def __init__(self, model: nn.Module, values: Mapping[str, Tensor]) -> None:
+        self._modules: dict[str, tuple[nn.Module, str]] = {}
+        modules = dict(model.named_modules())
+        for name in values:
+            module_name, _, tensor_name = name.rpartition(".")
+            self._modules[name] = (modules[module_name], tensor_name)
+        self._values = values
+        self._classes: list[tuple[nn.Module, type]] = []
+
+    def __enter__(self) -> Slots:
+        by_module: dict[int, tuple[nn.Module, list[str]]] = {}
+        for module, tensor_name in self._modules.values():
+            by_module.setdefault(id(module), (module, []))[1].append(tensor_name)
+        for module, names in by_module.values():
+            self._classes.append((module, module.__class__))
+            module.__class__ = _slot_class(module.__class__, tuple(sorted(names)))
+        self.put(self._values)
+        return self
+
+    def put(self, values: Mapping[str, Tensor]) -> None:
+        """Read ``values`` (name -> tensor) from now on."""
+        for name, value in values.items():
+            module, tensor_name = self._modules[name]
+            module.__dict__[_slot_key(tensor_name)] = value
+
+    def __exit__(self, *exc: object) -> None:
+        for module, original in reversed(self._classes):
+            module.__class__ = original
+        for module, tensor_name in self._modules.values():
+            module.__dict__.pop(_slot_key(tensor_name), None)
+        self._classes.clear()
+
+
+def fixed_values(model: nn.Module, swapped: Sequence[str]) -> dict[str, Tensor]:
+    """The value of every parametrized tensor of ``model`` not in ``swapped`` (computed
+    once, read from a slot instead of being recomputed for every batch)."""
+    out: dict[str, Tensor] = {}
+    with torch.no_grad():
+        for module_name, module in model.named_modules():
+            if not parametrize.is_parametrized(module):
+                continue
+            for tensor_name in module.parametrizations:
+                name = f"{module_name}.{tensor_name}" if module_name else tensor_name
+                if name not in swapped:
+                    out[name] = getattr(module, tensor_name).detach()
+    return out
+
+
+# --- the chip function ------------------------------------------------------------------------
+
+
+class ChipRunner:
+    """Counts the correct predictions of chips (sets of device weights) on ``data``.
+
+    Use it as a context manager: while open, the device weights of ``model`` are read
+    from slots. ``chips_per_pass`` chips are evaluated per forward pass (vmap over
+    their stacked weights); ``compile`` compiles the forward once, falling back to eager
+    with a warning where torch.compile cannot run. The model must be in eval mode.
+    """
+
+    def __init__(self, model: nn.Module, data: Sequence[Batch], values: Weights, *,
+                 chips_per_pass: int = 1, compile: bool = False, fast_ops: bool = True) -> None:
+        require(isinstance(chips_per_pass, int) and chips_per_pass >= 1,
+                f"chips_per_pass must be an integer >= 1 (got {chips_per_pass!r})")
+        self.model = model
+        self.data = data
+        self.names = list(values)
+        self.chips_per_pass = chips_per_pass
+        self.fast_ops = fast_ops
+        self.compiled = False
+        self._passed = False
+        # one tensor per device weight, written in place for every chip: a compiled
+        # forward sees the same tensors every time and is reused
+        self._inputs = {n: v.detach().clone() for n, v in values.items()}
+        self._slots = Slots(model, {**fixed_values(model, self.names), **self._inputs})
+        self._forward = self._make_forward()
+        self._want_compile = compile
+
+    def __enter__(self) -> ChipRunner:
+        self._slots.__enter__()
+        if self._want_compile:
+            self._compile()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._slots.__exit__(*exc)
+
+    def _make_forward(self) -> Callable[[Weights, Tensor], Tensor]:
+        model, slots = self.model, self._slots
+
+        def forward(weights: Weights, x: Tensor) -> Tensor:
+            slots.put(weights)
+            return model(x)
+
+        if self.chips_per_pass == 1:
+            return forward
+        return vmap(forward, in_dims=(0, None), randomness="error")
+
+    def _compile(self) -> None:
+        try:
+            self._forward = torch.compile(self._forward, dynamic=False)
+            self.compiled = True
+        except Exception as exc:  # noqa: BLE001 - any failure means: stay eager
+            warnings.warn(f"torch.compile cannot run here ({first_line(exc)}); evaluating "
+                          "without compiling", stacklevel=3)
+
+    def correct(self, chips: Sequence[Weights]) -> list[int]:
+        """Correct predictions of each chip over all of ``data``, in order."""
+        counts: list[int] = []
+        for start in range(0, len(chips), self.chips_per_pass):
+            counts.extend(self._pass(chips[start:start + self.chips_per_pass]))
+        return counts
+
+    @torch.inference_mode()
+    def _pass(self, chips: Sequence[Weights]) -> list[int]:
+        if self.chips_per_pass == 1:
+            for name, value in chips[0].items():
+                self._inputs[name].copy_(value)
+            return [int(self._count(self._inputs).cpu())]
+        stacked = {n: torch.stack([c[n] for c in chips]) for n in self.names}
+        try:
+            counts = self._count(stacked)
+        except Exception as exc:  # noqa: BLE001 - an op vmap cannot map: one chip a pass
+            if self._passed:
+                raise
+            warnings.warn(f"cannot evaluate {self.chips_per_pass} chips per pass with this "
+                          f"model ({first_line(exc)}); evaluating one chip per pass",
+                          stacklevel=4)
+            self.chips_per_pass = 1
+            self._forward = self._make_forward()
+            return [c for chip in chips for c in self._pass([chip])]
+        self._passed = True
+        return [int(c) for c in counts.cpu()]
+
+    def _count(self, weights: Weights) -> Tensor:
+        """Correct predictions over ``data`` (one count, or one per stacked chip), on the
+        data's device: nothing is read back until the chip is done."""
+        total: Tensor | int = 0
+        mode = ExactFastOps() if self.fast_ops and not self.compiled else contextlib.nullcontext()
+        with mode:
+            for x, y in self.data:
+                total = total + (self._forward(weights, x).argmax(dim=-1) == y).sum(dim=-1)
+        return torch.as_tensor(total)
+
+
+def auto_chips_per_pass(device: torch.device, data: Sequence[Batch], parameters: int) -> int:
+    """The chips per pass to use by default: 1 on the CPU (measured in
+    benchmarks/bench_montecarlo.py: stacking chips did not pay there); on a GPU as many
+    as fit a quarter of the free memory, at most 8."""
+    if device.type != "cuda":
+        return 1
+    free, _ = torch.cuda.mem_get_info(device)
+    x = data[0][0]
+    per_chip = 4 * (parameters + 64 * x.numel())  # weights + a generous activation guess
+    return int(max(1, min(8, math.floor(free / 4 / max(per_chip, 1)))))
+
+
+def check_chips_per_pass(value: int | None) -> int | None:
+    """None (choose) or an integer >= 1, else a clear error."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise SwimkitError(f"chips_per_pass must be an integer >= 1 or None to choose "
+                           f"(got {value!r})",
+                           command_line=f"--chips-per-pass must be >= 1 (got {value!r})")
+    return value
+
+
+__all__ = ["ChipRunner", "ExactFastOps", "Slots", "auto_chips_per_pass", "check_chips_per_pass",
+           "fixed_values", "pool_by_maxima"]

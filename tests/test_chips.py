@@ -1,0 +1,169 @@
+"""The chip engine: exact fast ops, weights read from slots, several chips per pass, and
+the fallbacks (vmap, torch.compile) a user may meet."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from toys import toy_problem
+
+import swimkit
+from swimkit.chips import ChipRunner, ExactFastOps, Slots, pool_by_maxima
+from swimkit.threads import check_threads
+
+
+@pytest.mark.parametrize("shape,kernel,stride,ceil", [
+    ((2, 3, 8, 8), 2, None, False), ((2, 3, 9, 7), 2, 2, False), ((3, 5, 6), 3, 3, False),
+    ((1, 2, 8, 6), (2, 3), (2, 3), True), ((2, 4, 5, 5), 5, 5, False)])
+def test_pooling_by_maxima_equals_aten_bit_for_bit(shape, kernel, stride, ceil):
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(1))
+    x.view(-1)[3] = float("nan")
+    fast = pool_by_maxima(x, kernel, stride, ceil_mode=ceil)
+    expected = F.max_pool2d(x, kernel, stride, ceil_mode=ceil)
+    assert fast is not None and fast.shape == expected.shape
+    assert torch.equal(fast.nan_to_num(-7.0), expected.nan_to_num(-7.0))
+    assert torch.equal(fast.isnan(), expected.isnan())
+
+
+@pytest.mark.parametrize("kwargs", [dict(kernel_size=3, stride=2), dict(kernel_size=2, padding=1),
+                                    dict(kernel_size=2, dilation=2),
+                                    dict(kernel_size=2, return_indices=True),
+                                    dict(kernel_size=2, ceil_mode=True)])
+def test_pooling_by_maxima_declines_what_it_cannot_do_exactly(kwargs):
+    x = torch.randn(1, 2, 7, 7)
+    assert pool_by_maxima(x, **kwargs) is None
+    with torch.no_grad(), ExactFastOps():  # and the mode hands those to ATen unchanged
+        out = F.max_pool2d(x, **kwargs)
+    expected = F.max_pool2d(x, **kwargs)
+    assert all(torch.equal(a, b) for a, b in zip(
+        out if isinstance(out, tuple) else (out,),
+        expected if isinstance(expected, tuple) else (expected,), strict=True))
+
+
+def test_lenet_under_the_fast_ops_gives_the_same_logits():
+    model = swimkit.build_model("lenet").eval()
+    x = torch.randn(16, 1, 28, 28)
+    with torch.inference_mode():
+        plain = model(x)
+        with ExactFastOps():
+            fast = model(x)
+    assert torch.equal(plain, fast)
+
+
+def _lenet_data(n: int = 64, batch: int = 32):
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(n, 1, 28, 28, generator=gen)
+    y = torch.randint(0, 10, (n,), generator=gen)
+    return [(x[i:i + batch], y[i:i + batch]) for i in range(0, n, batch)]
+
+
+def _chips(values, count: int, scale: float = 0.2):
+    gen = torch.Generator().manual_seed(5)
+    return [{n: v + scale * v.abs().amax() * torch.randn(v.shape, generator=gen)
+             for n, v in values.items()} for _ in range(count)]
+
+
+def _reference_counts(model, data, chips):
+    """What a chip is: the model with its weights replaced, evaluated plainly."""
+    counts = []
+    for chip in chips:
+        copy_ = copy.deepcopy(model)
+        with torch.no_grad():
+            for name, value in chip.items():
+                copy_.get_parameter(name).copy_(value)
+        counts.append(sum(int((copy_(x).argmax(-1) == y).sum()) for x, y in data))
+    return counts
+
+
+def test_a_chip_is_the_model_with_its_weights_replaced_and_the_model_is_untouched():
+    model = swimkit.build_model("lenet").eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    values = {n: w.value.detach() for n, w in swimkit.device_weights(model).items()}
+    data, chips = _lenet_data(), _chips(values, 3)
+    with ChipRunner(model, data, values) as runner:
+        counts = runner.correct(chips)
+    assert counts == _reference_counts(model, data, chips)
+    assert type(model.conv1) is nn.Conv2d and all(
+        torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
+@pytest.mark.parametrize("model_name", ["lenet", "qlenet"])
+def test_several_chips_per_pass_count_exactly_as_one_at_a_time(model_name):
+    model = swimkit.build_model(model_name).eval()
+    data = _lenet_data()
+    if swimkit.quantization.quantization_bits(model):
+        model.train()
+        model(data[0][0])
+        model.eval()
+    values = {n: w.value.detach() for n, w in swimkit.device_weights(model).items()}
+    chips = _chips(values, 7)
+    results = []
+    for per_pass in (1, 4):
+        with ChipRunner(model, data, values, chips_per_pass=per_pass) as runner:
+            results.append(runner.correct(chips))
+            assert runner.chips_per_pass == per_pass
+    assert results[0] == results[1]
+
+
+def test_slots_restore_the_class_even_when_the_forward_raises():
+    model = swimkit.quantize(swimkit.build_model("lenet"), 4).eval()
+    original = type(model.fc1)
+    with pytest.raises(RuntimeError), Slots(model, {"fc1.weight": torch.zeros(120, 784)}):
+        assert torch.equal(model.fc1.weight, torch.zeros(120, 784))  # the quantizer bypassed
+        raise RuntimeError("inside")
+    assert type(model.fc1) is original and "_swimkit_slot_weight" not in model.fc1.__dict__
+    assert not torch.equal(model.fc1.weight, torch.zeros(120, 784))
+
+
+class _Item(nn.Module):
+    """A model vmap cannot map: it reads a tensor's value in Python."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.fc(x) * float(self.fc.weight.abs().amax() > 0)
+
+
+def test_a_model_vmap_cannot_map_falls_back_to_one_chip_per_pass():
+    model = _Item().eval()
+    _, batches = toy_problem()
+    values = {"fc.weight": model.fc.weight.detach()}
+    chips = _chips(values, 3)
+    with pytest.warns(UserWarning, match="one chip per pass"), \
+            ChipRunner(model, batches, values, chips_per_pass=2) as runner:
+        counts = runner.correct(chips)
+    with ChipRunner(model, batches, values) as runner:
+        assert counts == runner.correct(chips)
+
+
+def test_compile_that_cannot_run_falls_back_to_eager(monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("no compiler here\nmore")
+
+    monkeypatch.setattr(torch, "compile", broken)
+    model, batches = toy_problem()
+    dm = swimkit.DeviceModel(sigma=0.3)
+    with pytest.warns(UserWarning, match="torch.compile cannot run here .no compiler here."):
+        compiled = swimkit.evaluate(model, batches, dm, samples=3, compile=True)
+    assert compiled.meta["compiled"] is False
+    assert torch.equal(compiled.accuracies, swimkit.evaluate(model, batches, dm, samples=3)
+                       .accuracies)
+
+
+def test_threads_oversubscribed_warn_and_bad_counts_are_refused(monkeypatch):
+    monkeypatch.setattr("swimkit.threads.machine_threads", lambda: 2)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert check_threads(None) == 1
+    with pytest.warns(UserWarning, match="oversubscribed.*--threads 1"):
+        assert check_threads(2) == 2
+    with pytest.raises(swimkit.SwimkitError, match="threads must be an integer >= 1"):
+        check_threads(0)
+    model, batches = toy_problem()
+    with pytest.raises(swimkit.SwimkitError, match="chips_per_pass must be an integer >= 1"):
+        swimkit.evaluate(model, batches, swimkit.DeviceModel(), chips_per_pass=0)
