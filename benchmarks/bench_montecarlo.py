@@ -105,9 +105,11 @@ def ranks(args: argparse.Namespace) -> None:
         launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone",
                      f"--nproc-per-node={processes}"] if processes > 1 else [sys.executable])
         env = {**os.environ, "OMP_NUM_THREADS": str(max(1, os.cpu_count() // processes))}
-        subprocess.run([*launcher, str(Path(__file__)), "--worker", str(out),
-                        "--chips", str(args.rank_chips)], check=True, env=env,
-                       capture_output=True, text=True)
+        done = subprocess.run([*launcher, str(Path(__file__)), "--worker", str(out),
+                               "--chips", str(args.rank_chips)], env=env,
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SystemExit(f"the {processes}-process run failed:\n{done.stderr[-3000:]}")
         results[processes] = json.loads(out.read_text())
     one, two = results[1], results[2]
     same = one["accuracies"] == two["accuracies"]
@@ -146,7 +148,7 @@ def main() -> None:
         return
     device = torch.device(args.device)
     print(machine_line())
-    for name in args.models.split(","):
+    for name in filter(None, args.models.split(",")):
         bench_model(name, args, device)
     if device.type == "cpu":
         ranks(args)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -69,13 +69,19 @@ def pool_by_maxima(x: Tensor, kernel_size: Any, stride: Any = None, padding: Any
     rows, cols = height // kernel[0], width // kernel[1]
     if rows == 0 or cols == 0:
         return None
+    window = x[..., :rows * kernel[0], :cols * kernel[1]]
+    # rows first (whole rows are read in order), then columns of the result
+    by_rows = _maximum_of(window[..., i::kernel[0], :] for i in range(kernel[0]))
+    out = _maximum_of(by_rows[..., j::kernel[1]] for j in range(kernel[1]))
+    return out.clone() if out._base is not None or out is x else out
+
+
+def _maximum_of(views: Iterable[Tensor]) -> Tensor:
     out: Tensor | None = None
-    for i in range(kernel[0]):
-        for j in range(kernel[1]):
-            view = x[..., i:rows * kernel[0]:kernel[0], j:cols * kernel[1]:kernel[1]]
-            out = view if out is None else torch.maximum(out, view)
+    for view in views:
+        out = view if out is None else torch.maximum(out, view)
     assert out is not None
-    return out.clone() if out is x else out
+    return out
 
 
 class ExactFastOps(TorchFunctionMode):

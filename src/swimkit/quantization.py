@@ -101,6 +101,10 @@ class OutputQuantizer(nn.Module):
         if self.training:
             self._track(y.detach().abs().amax())
             return fake_quantize(y, self.bits)
+        if torch.compiler.is_compiling():  # no reads from the device: both in the graph
+            return torch.where(self.calibrated,
+                               fake_quantize(y, self.bits, self.running_max.to(y.dtype)),
+                               fake_quantize(y, self.bits))
         if not self._host_value("calibrated", torch.bool):
             return fake_quantize(y, self.bits)
         if y.requires_grad and torch.is_grad_enabled():
