@@ -66,7 +66,10 @@ def plain_forward(model: torch.nn.Module, batches) -> None:
 
 def chip_seconds(model, batches, chips: int, **options) -> tuple[float, list[float]]:
     """Seconds a chip (best of two runs of ``chips`` chips) and the chips' accuracies."""
-    swimkit.evaluate(model, batches, DEVICE_MODEL, samples=1, **options)  # warm-up / compile
+    first = timed(lambda: swimkit.evaluate(model, batches, DEVICE_MODEL, samples=1,
+                                           **options))  # warm-up (with compile: compiling)
+    if options.get("compile"):
+        print(f"  first compiled call (compiling, one chip): {first:.1f} s")
     runs = []
     seconds = timed(lambda: runs.append(swimkit.evaluate(model, batches, DEVICE_MODEL,
                                                          samples=chips, **options)), repeat=2)
@@ -104,7 +107,9 @@ def ranks(args: argparse.Namespace) -> None:
         out = Path(args.scratch) / f"ranks-{processes}.json"
         launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone",
                      f"--nproc-per-node={processes}"] if processes > 1 else [sys.executable])
-        env = {**os.environ, "OMP_NUM_THREADS": str(max(1, os.cpu_count() // processes))}
+        # torch.compile leaves process-private values in the environment: not for children
+        env = {k: v for k, v in os.environ.items() if not k.startswith("_TORCHINDUCTOR")}
+        env["OMP_NUM_THREADS"] = str(max(1, os.cpu_count() // processes))
         done = subprocess.run([*launcher, str(Path(__file__)), "--worker", str(out),
                                "--chips", str(args.rank_chips)], env=env,
                               capture_output=True, text=True)

@@ -110,6 +110,17 @@ def test_separate_steps_chain_through_files(fmnist, tmp_path, capsys):
     assert code == 0, err
     result = json.loads((tmp_path / "e.json").read_text())
     assert len(result["accuracy"]["accuracies_percent"]) == 3
+    # adaptive chips, and a warning as one line
+    code, stdout, err = run_cli(["evaluate", "--checkpoint", str(ckpt), *base, "--plan",
+                                 str(plan), "--samples", "12", "--ci-target", "50",
+                                 "--min-samples", "3", "--threads", "64", "--json",
+                                 str(tmp_path / "a.json"), "--no-progress"], capsys)
+    assert code == 0, err
+    assert err.count("swimkit: warning: 64 threads x 1 process(es)") == 1
+    assert len(err.strip().splitlines()) == 1
+    accuracy = json.loads((tmp_path / "a.json").read_text())["accuracy"]
+    assert accuracy["samples"] == 3 and accuracy["ci_of"] == "mean"
+    assert accuracy["ci_reached_points"] <= 50 and "stopped at a mean CI" in stdout
 
 
 def test_sweep_writes_table_and_plot(fmnist, tmp_path, capsys):

@@ -241,7 +241,7 @@ def add_monte_carlo(p: argparse.ArgumentParser, search: bool) -> None:
                                       f"{default(EvaluationSettings, 'samples')})")
     g.add_argument("--ci-target", type=nonnegative, default=None, metavar="P",
                    help="stop a plan's chips once the 95%% CI of its gap to full verify (of "
-                        "its mean, without one) is +-P points wide (default "
+                        "its mean, without one) is within +-P points (default "
                         f"{default(EvaluationSettings, 'ci_target')}; 0: always --samples)")
     g.add_argument("--min-samples", type=_at_least_two, default=None,
                    help="chips before --ci-target may stop (default "

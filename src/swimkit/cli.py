@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
@@ -356,8 +357,15 @@ COMMANDS = {
 }
 
 
+def _warn_once(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning as one line on rank 0 (not the source line Python shows by default)."""
+    _say_once(f"swimkit: warning: {message}\n")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``swimkit`` command."""
+    shown = warnings.showwarning
+    warnings.showwarning = _warn_once
     try:
         args = build_parser().parse_args(argv)
         distributed.init_from_environment()
@@ -373,6 +381,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _say_once("swimkit: interrupted; run the same command again to resume\n")
         return 130
     finally:
+        warnings.showwarning = shown
         distributed.shutdown()
 
 
