@@ -52,12 +52,14 @@ def run_lines(result: SweepResult) -> list[str]:
     """The summary of a run: one model, its baselines and its points."""
     result.set_reference()
     s = result.settings
-    dm = s["device_model"]
+    dm, ev = s["device_model"], s["evaluation"]
+    chips = (f"up to {ev['samples']} Monte-Carlo chips, until the 95% CI is +-"
+             f"{ev['ci_target']:g} points" if ev.get("ci_target")
+             else f"{ev['samples']} Monte-Carlo chips")
     lines = [
         f"model {s['model']['name']} on {s['data']['dataset']}; sigma {dm['sigma']}, "
-        f"sigma_verified {dm['sigma_verified']}, {s['evaluation']['samples']} Monte-Carlo chips "
-        f"(seed {s['evaluation']['seed']}); yield = chips within {result.within_points:g} "
-        f"point(s) of {result.reference_percent:.2f} %",
+        f"sigma_verified {dm['sigma_verified']}, {chips} (seed {ev['seed']}); yield = chips "
+        f"within {result.within_points:g} point(s) of {result.reference_percent:.2f} %",
     ]
     for model in result.models:
         prefix = f"[{model.label}] " if len(result.models) > 1 else ""
