@@ -237,10 +237,21 @@ class CurvaturePass:
         self.rules = check_rules(on_path, model)
         self.env: dict[fx.Node, Any] = {}
         self.h: dict[str, Tensor] = {}
+        self._scratch: dict[tuple, Tensor] = {}
         self.output_node = graph.output_node().args[0]
 
     def module(self, node: fx.Node) -> nn.Module:
         return self.model.get_submodule(str(node.target))
+
+    def scratch(self, like: Tensor) -> Tensor:
+        """A reusable buffer shaped like ``like``, for a temporary a rule consumes at once
+        (fresh memory costs page faults on every batch)."""
+        key = (tuple(like.shape), like.dtype, like.device)
+        buffer = self._scratch.get(key)
+        if buffer is None:
+            buffer = torch.empty_like(like, memory_format=torch.contiguous_format)
+            self._scratch[key] = buffer
+        return buffer
 
     def device_name_of_module(self, target: str) -> str | None:
         return self.module_to_weight.get(target)

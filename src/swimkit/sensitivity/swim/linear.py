@@ -78,7 +78,7 @@ def conv_rule(ctx: RuleContext, s: Tensor) -> dict[fx.Node, SValue]:
     s = s.contiguous()
     if weight_name is not None:
         s_w = torch.ops.aten.convolution_backward(
-            s, x.square(), weight, *common, [False, True, False]
+            s, torch.square(x, out=ctx.run.scratch(x)), weight, *common, [False, True, False]
         )[1]
         ctx.accumulate(weight_name, s_w)
     if not ctx.needs(ctx.input_node):
