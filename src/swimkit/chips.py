@@ -18,6 +18,7 @@ weights), so one function serves every chip:
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -30,7 +31,7 @@ from torch.func import vmap
 from torch.nn.utils import parametrize
 from torch.overrides import TorchFunctionMode
 
-from .errors import SwimkitError, first_line, require
+from .errors import SwimkitError, first_line
 
 Batch = tuple[Tensor, Tensor]
 Weights = Mapping[str, Tensor]
@@ -192,12 +193,10 @@ class ChipRunner:
 
     def __init__(self, model: nn.Module, data: Sequence[Batch], values: Weights, *,
                  chips_per_pass: int = 1, compile: bool = False, fast_ops: bool = True) -> None:
-        require(isinstance(chips_per_pass, int) and chips_per_pass >= 1,
-                f"chips_per_pass must be an integer >= 1 (got {chips_per_pass!r})")
         self.model = model
         self.data = data
         self.names = list(values)
-        self.chips_per_pass = chips_per_pass
+        self.chips_per_pass = check_chips_per_pass(chips_per_pass) or 1
         self.fast_ops = fast_ops
         self.compiled = False
         self._passed = False
@@ -236,11 +235,13 @@ class ChipRunner:
             warnings.warn(f"torch.compile cannot run here ({first_line(exc)}); evaluating "
                           "without compiling", stacklevel=3)
 
-    def correct(self, chips: Sequence[Weights]) -> list[int]:
-        """Correct predictions of each chip over all of ``data``, in order."""
+    def correct(self, chips: Iterable[Weights]) -> list[int]:
+        """Correct predictions of each chip over all of ``data``, in order. ``chips`` is
+        read a pass at a time, so a generator keeps only that many chips in memory."""
         counts: list[int] = []
-        for start in range(0, len(chips), self.chips_per_pass):
-            counts.extend(self._pass(chips[start:start + self.chips_per_pass]))
+        chips = iter(chips)
+        while group := list(itertools.islice(chips, self.chips_per_pass)):
+            counts.extend(self._pass(group))
         return counts
 
     @torch.inference_mode()

@@ -99,6 +99,13 @@ class MCResult:
             return None
         return self.yield_within(self.reference, self.within)
 
+    @property
+    def ci_stop(self) -> str | None:
+        """Where an adaptive run stopped ("a mean CI of +-0.47"); None for a fixed run."""
+        if self.ci_target is None:
+            return None
+        return f"a {self.ci_of} CI of +-{self.ci_reached:.2f}"
+
     def paired_difference(self, other: MCResult) -> MCResult:
         """Per-chip differences self - other over the chips both have (chip k is the same
         draw in both when the seeds agree: common random numbers)."""
@@ -151,8 +158,7 @@ class MCResult:
         return (
             f"{self.mean:.2f} +- {self.std:.2f} % "
             f"(95% CI {low:.2f}-{high:.2f}, p05 {self.p05:.2f}, n={self.samples}"
-            + ("" if self.ci_target is None else
-               f", stopped at a {self.ci_of} CI of +-{self.ci_reached:.2f}") + ")"
+            + ("" if self.ci_stop is None else f", stopped at {self.ci_stop}") + ")"
         )
 
 
@@ -359,10 +365,9 @@ def _run_rounds(runner: ChipRunner, values: Mapping[str, Tensor], sample: Sample
     count, end = 0, samples if stop is None else stop.minimum
     while True:
         mine = list(range(count + rank, end, world))
-        chips = []
-        for index in mine:
-            deltas = sample(generator_for(seed, index, where))
-            chips.append({name: values[name] + delta for name, delta in deltas.items()})
+        chips = ({name: values[name] + delta
+                  for name, delta in sample(generator_for(seed, index, where)).items()}
+                 for index in mine)  # drawn as evaluated: a pass's chips in memory at a time
         local = torch.tensor([100.0 * c / seen for c in runner.correct(chips)],
                              dtype=torch.float64)
         done.append(_gather(local, mine, range(count, end), world))

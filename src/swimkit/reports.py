@@ -32,8 +32,8 @@ def format_mc(mc: MCResult) -> str:
     if mc.chip_yield is not None:
         text += f", yield {100 * mc.chip_yield:.0f} %"
     text += f", {mc.samples} chips"
-    if mc.ci_target is not None:
-        text += f" to a {mc.ci_of} CI of +-{mc.ci_reached:.2f}"
+    if mc.ci_stop is not None:
+        text += f" to {mc.ci_stop}"
     return text + ")"
 
 
