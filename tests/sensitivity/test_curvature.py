@@ -164,8 +164,8 @@ def test_fan_out_sums_the_squared_jacobian_of_every_path():
     torch.testing.assert_close(rule_backward(model, x, s_out), expected, rtol=1e-5, atol=1e-6)
 
 
-def batch_norm_model():
-    bn = nn.BatchNorm2d(3)
+def batch_norm_model(channels: int = 3):
+    bn = nn.BatchNorm2d(channels)
     bn.running_mean.normal_()
     bn.running_var.uniform_(0.5, 2.0)
     bn.weight.data.normal_()
@@ -613,3 +613,59 @@ def test_transformer_and_efficientnet_style_blocks_run(model_cls, shape):
     # the head sees the logits through no other layer: its diagonal is exact
     torch.testing.assert_close(swim.second["head.weight"], ggn.second["head.weight"],
                                rtol=1e-4, atol=1e-7)
+
+
+# --- S updated in place ------------------------------------------------------------------------
+
+
+class FanOut(nn.Module):
+    """S meets itself: a value used by three ops, a residual add, a concatenation whose
+    VJP hands out views of one tensor, the same value twice in one add."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn1 = batch_norm_model(4)
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.bn2 = batch_norm_model(4)
+        self.head = nn.Linear(8 * 2 * 2, 5)
+
+    def forward(self, x):
+        y = F.relu(self.bn1(self.conv1(x)))
+        a = F.relu(self.bn2(self.conv2(y)))
+        z = torch.relu(a + torch.tanh(y)) + y
+        w = torch.cat([z, z * 0.5], 1)
+        return self.head(torch.flatten(F.avg_pool2d(w + w, 2), 1))
+
+
+def test_updating_s_in_place_changes_no_result(monkeypatch):
+    """Rules write into S only where nothing else holds it: the same h and g as a pass
+    that never writes in place, on a model where S is shared in every way it can be."""
+    model = FanOut().eval()
+    gen = torch.Generator().manual_seed(4)
+    data = [(torch.randn(3, 3, 4, 4, generator=gen), torch.randint(0, 5, (3,), generator=gen))
+            for _ in range(2)]
+    written = []
+    writable = CurvaturePass.writable
+
+    def spy(self, s, *others):
+        written.append(writable(self, s, *others))
+        return written[-1]
+
+    monkeypatch.setattr(CurvaturePass, "writable", spy)
+    in_place = swimkit.sensitivity(model, data)
+    assert any(written) and not all(written)  # both kinds of update happened
+    monkeypatch.setattr(CurvaturePass, "writable", lambda self, s, *others: False)
+    fresh = swimkit.sensitivity(model, data)
+    for name in fresh.names:
+        assert torch.equal(in_place.second[name], fresh.second[name]), name
+        assert torch.equal(in_place.first[name], fresh.first[name]), name
+
+
+def test_the_callers_s_is_never_written():
+    model = nn.Sequential(nn.ReLU(), batch_norm_model(3), nn.ReLU()).eval()
+    x = torch.randn(2, 3, 4, 4)
+    s_out = torch.rand(2, 3, 4, 4)
+    kept = s_out.clone()
+    rule_backward(model, x, s_out)
+    assert torch.equal(s_out, kept)

@@ -24,13 +24,17 @@ def mask_rule(derivative: Callable[[RuleContext, Tensor], Tensor]) -> Rule:
     """Piecewise-linear op with slope ``derivative(ctx, y)``: S_x = S_y * slope^2."""
 
     def rule(ctx: RuleContext, s: Tensor) -> dict[fx.Node, SValue]:
-        return ctx.to_input(s * derivative(ctx, ctx.out).square())
+        return ctx.to_input(ctx.scaled(s, derivative(ctx, ctx.out).square()))
 
     return rule
 
 
 def relu_rule(ctx: RuleContext, s: Tensor) -> dict[fx.Node, SValue]:
-    """ReLU: S_x = S_y where y > 0, else 0 (the slope's square is the slope), one kernel."""
+    """ReLU: S_x = S_y where y > 0, else 0 (the slope's square is the slope), one kernel,
+    written into S_y when the pass holds it alone."""
+    if ctx.writable(s) and s.shape == ctx.out.shape:
+        return ctx.to_input(
+            torch.ops.aten.threshold_backward.grad_input(s, ctx.out, 0.0, grad_input=s))
     return ctx.to_input(torch.ops.aten.threshold_backward(s, ctx.out, 0.0))
 
 

@@ -76,6 +76,17 @@ class RuleContext:
         """S for the first input."""
         return {self.input_node: s_in}
 
+    def writable(self, s: Tensor) -> bool:
+        """True when the rule may write into its ``s`` (see CurvaturePass.writable)."""
+        return self.run.writable(s)
+
+    def scaled(self, s: Tensor, factor: Tensor) -> Tensor:
+        """``s * factor``, written into ``s`` when nothing else holds its memory."""
+        if self.writable(s) and torch.broadcast_shapes(s.shape, factor.shape) == s.shape \
+                and torch.result_type(s, factor) == s.dtype:
+            return s.mul_(factor)
+        return s * factor
+
     def accumulate(self, weight_name: str, s_w: Tensor) -> None:
         """Add the S of device weight ``weight_name`` (summed over batches)."""
         self.run.accumulate(weight_name, s_w)

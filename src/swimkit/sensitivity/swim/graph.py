@@ -238,6 +238,8 @@ class CurvaturePass:
         self.env: dict[fx.Node, Any] = {}
         self.h: dict[str, Tensor] = {}
         self._scratch: dict[tuple, Tensor] = {}
+        self.pending: dict[fx.Node, SValue] = {}
+        self._callers: Tensor | None = None
         self.output_node = graph.output_node().args[0]
 
     def module(self, node: fx.Node) -> nn.Module:
@@ -305,21 +307,50 @@ class CurvaturePass:
     def backward(self, s_logits: Tensor) -> dict[fx.Node, SValue]:
         """Propagate S from the logits, freeing each value once no rule needs it.
 
-        Returns the S left at inputs and attributes.
+        Returns the S left at inputs and attributes. ``s_logits`` is the caller's: never
+        written into.
         """
-        pending: dict[fx.Node, SValue] = {self.output_node: s_logits}
+        self.pending = {self.output_node: s_logits}
+        self._callers = s_logits
         with torch.no_grad():
             for node in reversed(self.nodes):
-                if node.op in _CALLS and node in pending:
-                    s = pending.pop(node)
+                if node.op in _CALLS and node in self.pending:
+                    s = self.pending.pop(node)
                     rule = self.rules.get(node)
                     if rule is not None:
                         for target, s_in in rule(RuleContext(self, node), s).items():
                             if self.needs(target):
-                                pending[target] = _merge(pending.get(target), s_in)
+                                self._merge_into(target, s_in)
                 if node.op in _CALLS:
                     self.env.pop(node, None)
+        pending, self.pending, self._callers = self.pending, {}, None
         return pending
+
+    def writable(self, s: Tensor, *others: Tensor) -> bool:
+        """True when a rule may write into ``s``: it is dense and no S waiting in the pass
+        (nor any of ``others``) shares its memory. Rules then update S in place instead of
+        allocating: fresh memory costs page faults on every batch."""
+        if not (s.is_contiguous() or s.is_contiguous(memory_format=torch.channels_last)):
+            return False
+        memory = s.untyped_storage().data_ptr()
+        callers = () if self._callers is None else (self._callers,)
+        held = [*_tensors(self.pending.values()), *callers, *others]
+        return all(t.untyped_storage().data_ptr() != memory for t in held)
+
+    def _merge_into(self, target: fx.Node, new: SValue) -> None:
+        """Add ``new`` to the S waiting at ``target`` (in place when that S is the pass's
+        alone)."""
+        old = self.pending.pop(target, None)
+        if (isinstance(old, Tensor) and isinstance(new, Tensor) and old.shape == new.shape
+                and old.dtype == new.dtype and self.writable(old, new)):
+            self.pending[target] = old.add_(new)
+        else:
+            self.pending[target] = _merge(old, new)
+
+
+def _tensors(values: Iterable[SValue]) -> Iterator[Tensor]:
+    for value in values:
+        yield from value.values() if isinstance(value, dict) else (value,)
 
 
 @contextmanager
@@ -364,20 +395,23 @@ def _fetch_attr(model: nn.Module, target: str) -> Any:
 def _batch(
     run: CurvaturePass, x: Tensor, y: Tensor, deltas: dict[str, Tensor], first: dict[str, Tensor]
 ) -> None:
-    """One batch: g by autograd (the graph is then released), h by the curvature pass."""
+    """One batch: h by the curvature pass, then g by autograd.
+
+    The curvature pass runs first, while autograd's graph of the forward is alive: ops
+    whose S flows like the gradient (pooling, reshapes) use it instead of running their
+    forward again, and the gradient pass after it frees the graph as it goes.
+    """
     logits = run.forward(x)
-    loss = F.cross_entropy(logits, y)
-    # the graph is kept for the curvature pass: ops whose S flows like the gradient
-    # (pooling, reshapes) reuse it instead of running their forward again
-    grads = torch.autograd.grad(loss, list(deltas.values()), allow_unused=True,
-                                retain_graph=True)
-    for name, grad in zip(deltas, grads, strict=True):
-        if grad is not None:
-            first[name] = first[name] + grad if name in first else grad
     with torch.no_grad():
         p = torch.softmax(logits.detach(), dim=-1)
     run.backward(p * (1 - p))
     run.env = {}
+    loss = F.cross_entropy(logits, y)
+    del logits
+    grads = torch.autograd.grad(loss, list(deltas.values()), allow_unused=True)
+    for name, grad in zip(deltas, grads, strict=True):
+        if grad is not None:
+            first[name] = first[name] + grad if name in first else grad
 
 
 def swim_curvature(

@@ -44,7 +44,7 @@ def _batch_norm_scale(ctx: RuleContext) -> Tensor:
 def batch_norm_rule(ctx: RuleContext, s: Tensor) -> dict[fx.Node, SValue]:
     scale = _batch_norm_scale(ctx).detach()
     shape = [1, -1] + [1] * (s.dim() - 2)
-    return ctx.to_input(s * scale.square().reshape(shape))
+    return ctx.to_input(ctx.scaled(s, scale.square().reshape(shape)))
 
 
 def layer_norm_rule(ctx: RuleContext, s: Tensor) -> dict[fx.Node, SValue]:

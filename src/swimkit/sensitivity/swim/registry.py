@@ -72,7 +72,7 @@ def elementwise_rule(derivative: Callable[[Tensor], Tensor] | None = None) -> Ru
             slope = ctx.elementwise_derivative()
         else:
             slope = derivative(ctx.run.env[ctx.input_node])
-        return ctx.to_input(s * slope.square())
+        return ctx.to_input(ctx.scaled(s, slope.square()))
 
     return rule
 

@@ -36,8 +36,11 @@ def add_rule(ctx: RuleContext, s: Tensor) -> dict[fx.Node, SValue]:
     for i, (node, value) in enumerate(zip(ctx.node.args[:2], ctx.args[:2], strict=True)):
         if isinstance(node, fx.Node) and ctx.needs(node):
             s_in = _reduce_to(s, value)
-            if s_in is not None:
-                result[node] = s_in * (alpha**2 if i == 1 else 1)
+            if s_in is None:
+                continue
+            if i == 1 and alpha != 1:
+                s_in = s_in * alpha**2
+            result[node] = result[node] + s_in if node in result else s_in  # x + x
     return result
 
 
