@@ -6,6 +6,8 @@ Prints, per model:
   process: the ratio (target for LeNet and QLeNet: at most 0.6);
 - chips per second with C = 1, 2, 4, 8 chips per pass (stacked weights, vmap), and with
   ``compile=True`` (or the message that says why it fell back to eager);
+- chips per second at evaluation batch sizes 16 ... 512, marking the one the command line
+  chooses by default (``swimkit.chips.evaluation_batch_size``);
 and for LeNet, chips per second on 1 and 2 processes under torchrun (each process with
 its share of the cores), with a check that both give the same per-chip accuracies.
 
@@ -33,13 +35,14 @@ from common import fashion_mnist_or_random, machine_line, synthetic, timed
 import swimkit
 from swimkit import data as data_mod
 from swimkit import distributed
+from swimkit.chips import evaluation_batch_size
 
 DEVICE_MODEL = swimkit.DeviceModel(sigma=0.3, sigma_verified=0.03)
 HERE = Path(__file__).resolve().parent
 
 
 def test_batches(name: str, args: argparse.Namespace, device: torch.device):
-    """(model, batches of 256, a note on the data) for ``name``."""
+    """(model, test set, a note on the data) for ``name``."""
     info = swimkit.models.model_info(name)
     if info.dataset == "fashion-mnist":
         dataset = fashion_mnist_or_random()
@@ -55,7 +58,7 @@ def test_batches(name: str, args: argparse.Namespace, device: torch.device):
         with torch.no_grad():
             model(data_mod.preload(dataset.train.head(256), dataset, 256, device)[0][0])
     model.eval()
-    return model, data_mod.preload(dataset.test, dataset, 256, device), note
+    return model, dataset, note
 
 
 def plain_forward(model: torch.nn.Module, batches) -> None:
@@ -77,7 +80,8 @@ def chip_seconds(model, batches, chips: int, **options) -> tuple[float, list[flo
 
 
 def bench_model(name: str, args: argparse.Namespace, device: torch.device) -> None:
-    model, batches, note = test_batches(name, args, device)
+    model, dataset, note = test_batches(name, args, device)
+    batches = data_mod.preload(dataset.test, dataset, 256, device)
     chips = args.chips if "lenet" in name else max(2, args.chips // 4)
     print(f"\n{name} ({note}), {chips} chips per figure")
     plain = timed(lambda: plain_forward(model, batches), repeat=3, warmup=1)
@@ -98,6 +102,21 @@ def bench_model(name: str, args: argparse.Namespace, device: torch.device) -> No
     fell_back = [str(w.message) for w in caught if "torch.compile" in str(w.message)]
     label = "compiled" if not fell_back else f"compile fell back to eager ({fell_back[0]})"
     print(f"  {label}: {1 / seconds:6.2f} chips/s ({seconds:.3f} s a chip)")
+    batch_sizes(model, dataset, chips, args, device)
+
+
+def batch_sizes(model, dataset, chips: int, args: argparse.Namespace,
+                device: torch.device) -> None:
+    """Chips per second at each evaluation batch size, and the one chosen by default."""
+    chosen = evaluation_batch_size(model, dataset.image_shape, device)
+    reference = None
+    for size in sorted({*map(int, args.batch_sizes.split(",")), chosen}):
+        batches = data_mod.preload(dataset.test, dataset, size, device)
+        seconds, accuracies = chip_seconds(model, batches, chips)
+        reference = reference or accuracies
+        same = "same accuracies" if accuracies == reference else "accuracies differ"
+        mark = "  <- chosen by default" if size == chosen else ""
+        print(f"  evaluation batch {size:4d}: {1 / seconds:6.2f} chips/s ({same}){mark}")
 
 
 def ranks(args: argparse.Namespace) -> None:
@@ -126,8 +145,9 @@ def ranks(args: argparse.Namespace) -> None:
 def worker(path: str, chips: int) -> None:
     """One rank of :func:`ranks`: evaluate ``chips`` LeNet chips, write the figures."""
     distributed.init_from_environment()
-    model, batches, _ = test_batches("lenet", argparse.Namespace(cifar_images=0),
+    model, dataset, _ = test_batches("lenet", argparse.Namespace(cifar_images=0),
                                      torch.device("cpu"))
+    batches = data_mod.preload(dataset.test, dataset, 256, torch.device("cpu"))
     swimkit.evaluate(model, batches, DEVICE_MODEL, samples=distributed.world_size())
     start = time.perf_counter()
     result = swimkit.evaluate(model, batches, DEVICE_MODEL, samples=chips)
@@ -145,6 +165,8 @@ def main() -> None:
     parser.add_argument("--cifar-images", type=int, default=512,
                         help="random CIFAR-sized test images for ConvNet / ResNet-18")
     parser.add_argument("--rank-chips", type=int, default=40)
+    parser.add_argument("--batch-sizes", default="16,32,64,128,256,512",
+                        help="evaluation batch sizes to time")
     parser.add_argument("--scratch", default="/tmp")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()

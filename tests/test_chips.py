@@ -167,3 +167,34 @@ def test_threads_oversubscribed_warn_and_bad_counts_are_refused(monkeypatch):
     model, batches = toy_problem()
     with pytest.raises(swimkit.SwimkitError, match="chips_per_pass must be an integer >= 1"):
         swimkit.evaluate(model, batches, swimkit.DeviceModel(), chips_per_pass=0)
+
+
+# --- the evaluation batch size ---------------------------------------------------------------
+
+
+def test_the_evaluation_batch_follows_the_largest_activation():
+    """A power of two whose largest activation is nearest the device's budget: the same
+    for a model and its quantized form (weights are not activations), larger on a GPU,
+    clamped to the device's range."""
+    from swimkit.chips import BATCH_RANGE, evaluation_batch_size, largest_activation_bytes
+
+    lenet = swimkit.build_model("lenet", seed=0)
+    assert largest_activation_bytes(lenet, (1, 28, 28)) == 6 * 28 * 28 * 4  # conv1's output
+    assert largest_activation_bytes(swimkit.build_model("qlenet", seed=0), (1, 28, 28)) == \
+        6 * 28 * 28 * 4
+    assert evaluation_batch_size(lenet, (1, 28, 28), "cpu") == 256  # 4 MiB / 18.4 KiB = 223
+    assert evaluation_batch_size(lenet, (1, 28, 28), "cuda") == BATCH_RANGE["cuda"][1]
+    wide = nn.Sequential(nn.Conv2d(3, 512, 3, padding=1))
+    assert evaluation_batch_size(wide, (3, 64, 64), "cpu") == BATCH_RANGE["cpu"][0]
+    narrow = nn.Linear(4, 2)
+    assert evaluation_batch_size(narrow, (4,), "cpu") == BATCH_RANGE["cpu"][1]
+
+
+def test_measuring_activations_leaves_the_model_as_it_was():
+    from swimkit.chips import largest_activation_bytes
+
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4)).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert largest_activation_bytes(model, (3,)) == 4 * 4
+    assert model.training and all(not m._forward_hooks for m in model.modules())
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())

@@ -11,7 +11,7 @@ import swimkit
 from swimkit.caches import PointCache
 from swimkit.montecarlo import MCResult
 from swimkit.results import PlanCounts, Point
-from swimkit.settings import EvaluationSettings, SelectionSettings, Settings
+from swimkit.settings import DataSettings, EvaluationSettings, SelectionSettings, Settings
 from swimkit.workflows import _floor3, train_folder
 
 
@@ -68,6 +68,8 @@ def test_a_damaged_training_folder_is_named(tmp_path, content):
 
 
 def test_settings_are_checked_before_any_work():
+    with pytest.raises(swimkit.SwimkitError, match="test_batch_size must be an integer"):
+        Settings(data=DataSettings(test_batch_size=0))
     with pytest.raises(swimkit.SwimkitError, match="unknown selection method"):
         Settings(selection=SelectionSettings(methods=["best"]))
     with pytest.raises(swimkit.SwimkitError, match="yield target"):
@@ -92,3 +94,25 @@ def test_search_points_and_folders_have_stable_names():
     assert train_folder(0.0, True) == "train"
     assert train_folder(0.1, False) == "train-sigma0.1"
     assert train_folder(0.05, True) == "train-sigma0.05-scale-aware"
+
+
+def _tiny_dataset(shape=(1, 28, 28)):
+    from swimkit.data import Dataset, Split
+
+    images = torch.zeros(4, *shape, dtype=torch.uint8)
+    split = Split(images, torch.zeros(4, dtype=torch.int64))
+    return Dataset("tiny", split, split, 10, (0.5,) * shape[0], (0.5,) * shape[0], None)
+
+
+@pytest.mark.parametrize("model,shape,chosen", [("lenet", (1, 28, 28), 256),
+                                                ("resnet18", (3, 32, 32), 16)])
+def test_the_evaluation_batch_is_chosen_per_model_once_and_kept(model, shape, chosen):
+    from swimkit.workflows import Context
+
+    settings = Settings(model=swimkit.settings.ModelSettings(name=model))
+    ctx = Context(settings, _tiny_dataset(shape), print, False)
+    assert ctx.settings.data.test_batch_size == chosen  # what caches and logs see
+    assert len(ctx.test_batches) == 1 and ctx.test_batches[0][0].shape[0] == 4
+    given = Settings(model=swimkit.settings.ModelSettings(name=model),
+                     data=DataSettings(test_batch_size=3))
+    assert Context(given, _tiny_dataset(shape), print, False).settings.data.test_batch_size == 3

@@ -123,8 +123,9 @@ def add_data(p: argparse.ArgumentParser) -> None:
                    help=f"{_names(DATASETS)} (default: the model's)")
     g.add_argument("--data-dir", default=None, help="folder holding the dataset files")
     g.add_argument("--test-batch-size", type=positive_int, default=None,
-                   help=f"evaluation batch size (default {default(DataSettings, 'test_batch_size')}"
-                        ": fastest on a 2-core CPU)")
+                   help="evaluation batch size (default: chosen per model and device, the "
+                        "power of two whose largest activation is nearest 4 MiB on the CPU, "
+                        "256 MiB on a GPU)")
     g.add_argument("--test-limit", type=positive_int, default=None,
                    help="use only the first N test images (quick runs)")
 

@@ -40,13 +40,14 @@ class ModelSettings:
 @dataclass
 class DataSettings:
     """Which data: a registered ``dataset`` (default: the model's) found in ``data_dir``;
-    ``train_limit`` / ``test_limit`` cut the sets (quick runs)."""
+    ``train_limit`` / ``test_limit`` cut the sets (quick runs); ``test_batch_size``
+    None chooses the evaluation batch per model and device."""
 
     dataset: str | None = None
     data_dir: str | None = None
     train_limit: int | None = None
     test_limit: int | None = None
-    test_batch_size: int = 256
+    test_batch_size: int | None = None
 
 
 @dataclass
@@ -152,6 +153,11 @@ class Settings:
         unknown = sorted(set(self.sensitivity.options) - set(engine.options))
         require(not unknown, f"option {unknown[:1]} is not one of engine "
                              f"{engine.name!r}'s ({', '.join(engine.options) or 'none'})")
+        batch = self.data.test_batch_size
+        require(batch is None or (isinstance(batch, int) and not isinstance(batch, bool)
+                                  and batch >= 1),
+                f"test_batch_size must be an integer >= 1, or None to choose it per model "
+                f"and device (got {batch!r})")
         ev = self.evaluation
         require(isinstance(ev.samples, int) and ev.samples >= 1,
                 f"samples must be >= 1 (got {ev.samples})")

@@ -29,6 +29,7 @@ from . import data as data_mod
 from . import distributed
 from .caches import PointCache, evaluation_key, file_digest, find_sensitivity
 from .checkpoints import load_checkpoint
+from .chips import evaluation_batch_size
 from .errors import SwimkitError
 from .mapping import device_weights, effective_weights, weight_scales
 from .models import build_model, model_info
@@ -57,6 +58,13 @@ class Context:
     progress: bool
     files: dict[str, str] = field(default_factory=dict)
     _test: list | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        data = self.settings.data
+        if data.test_batch_size is None:  # chosen per model and device, then fixed
+            data.test_batch_size = evaluation_batch_size(
+                build_model(self.settings.model.name, seed=0), self.dataset.image_shape,
+                self.settings.torch_device())
 
     @property
     def test_batches(self) -> list:
