@@ -96,23 +96,25 @@ def test_search_points_and_folders_have_stable_names():
     assert train_folder(0.05, True) == "train-sigma0.05-scale-aware"
 
 
-def _tiny_dataset(shape=(1, 28, 28)):
+def _tiny_dataset(shape=(1, 28, 28), images=40):
     from swimkit.data import Dataset, Split
 
-    images = torch.zeros(4, *shape, dtype=torch.uint8)
-    split = Split(images, torch.zeros(4, dtype=torch.int64))
+    split = Split(torch.zeros(images, *shape, dtype=torch.uint8),
+                  torch.zeros(images, dtype=torch.int64))
     return Dataset("tiny", split, split, 10, (0.5,) * shape[0], (0.5,) * shape[0], None)
 
 
 @pytest.mark.parametrize("model,shape,chosen", [("lenet", (1, 28, 28), 256),
                                                 ("resnet18", (3, 32, 32), 16)])
-def test_the_evaluation_batch_is_chosen_per_model_once_and_kept(model, shape, chosen):
+def test_the_evaluation_batch_is_chosen_per_model_and_kept(model, shape, chosen):
     from swimkit.workflows import Context
 
     settings = Settings(model=swimkit.settings.ModelSettings(name=model))
     ctx = Context(settings, _tiny_dataset(shape), print, False)
     assert ctx.settings.data.test_batch_size == chosen  # what caches and logs see
-    assert len(ctx.test_batches) == 1 and ctx.test_batches[0][0].shape[0] == 4
+    assert [len(x) for x, _ in ctx.test_batches] == [min(chosen, 40 - i)
+                                                    for i in range(0, 40, chosen)]
+    assert settings.data.test_batch_size is None  # the caller's settings as given
     given = Settings(model=swimkit.settings.ModelSettings(name=model),
                      data=DataSettings(test_batch_size=3))
     assert Context(given, _tiny_dataset(shape), print, False).settings.data.test_batch_size == 3

@@ -289,7 +289,7 @@ def auto_chips_per_pass(device: torch.device, data: Sequence[Batch], parameters:
 
 
 #: Evaluation batch sizes: a batch's largest activation about this many bytes. On the CPU
-#: a batch that stays in the caches is fastest (measured: benchmarks/bench_batch_size.py,
+#: a batch that stays in the caches is fastest (measured: benchmarks/bench_montecarlo.py,
 #: 2-core EPYC, 2 MiB L2 a core: LeNet best at 256, ConvNet and ResNet-18 at 16-32,
 #: 1.7-1.8x faster than at 256); on a GPU large batches keep it busy (not measured here).
 ACTIVATION_BUDGET = {"cpu": 4 * 2**20, "cuda": 256 * 2**20}
@@ -311,12 +311,13 @@ def largest_activation_bytes(model: nn.Module, image_shape: Sequence[int]) -> in
     example = torch.zeros(1, *image_shape, device=None if reference is None else
                           reference.device)
     hooks = [m.register_forward_hook(record) for m in model.modules()]
-    was_training = model.training
+    modes = [(m, m.training) for m in model.modules()]
     try:
         with torch.no_grad():
             model.eval()(example)
     finally:
-        model.train(was_training)
+        for m, training in modes:
+            m.training = training
         for hook in hooks:
             hook.remove()
     return max(sizes)

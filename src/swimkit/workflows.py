@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -60,11 +60,13 @@ class Context:
     _test: list | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        data = self.settings.data
-        if data.test_batch_size is None:  # chosen per model and device, then fixed
-            data.test_batch_size = evaluation_batch_size(
-                build_model(self.settings.model.name, seed=0), self.dataset.image_shape,
-                self.settings.torch_device())
+        s = self.settings
+        if s.data.test_batch_size is None:  # chosen per model and device, then fixed
+            check_fits(s.model.name, self.dataset)
+            chosen = evaluation_batch_size(build_model(s.model.name, seed=0),
+                                           self.dataset.image_shape, s.torch_device())
+            # a copy: the caller's settings stay as given
+            self.settings = replace(s, data=replace(s.data, test_batch_size=chosen))
 
     @property
     def test_batches(self) -> list:
@@ -181,8 +183,6 @@ def obtain_model(ctx: Context, sigma_train: float, scale_aware: bool = False) ->
 
 
 def _train(ctx: Context, folder: Path, sigma_train: float, scale_aware: bool) -> None:
-    from dataclasses import replace
-
     from .training import train
 
     s = ctx.settings

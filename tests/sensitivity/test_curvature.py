@@ -619,8 +619,8 @@ def test_transformer_and_efficientnet_style_blocks_run(model_cls, shape):
 
 
 class FanOut(nn.Module):
-    """S meets itself: a value used by three ops, a residual add, a concatenation whose
-    VJP hands out views of one tensor, the same value twice in one add."""
+    """S meets itself: a value used by three ops, a residual add, the same value twice in
+    one add, and a stack and a concatenation whose VJPs hand out views of one tensor."""
 
     def __init__(self):
         super().__init__()
@@ -634,6 +634,7 @@ class FanOut(nn.Module):
         y = F.relu(self.bn1(self.conv1(x)))
         a = F.relu(self.bn2(self.conv2(y)))
         z = torch.relu(a + torch.tanh(y)) + y
+        z = torch.stack([F.relu(z), torch.sigmoid(z)]).sum(0)
         w = torch.cat([z, z * 0.5], 1)
         return self.head(torch.flatten(F.avg_pool2d(w + w, 2), 1))
 
@@ -669,3 +670,24 @@ def test_the_callers_s_is_never_written():
     kept = s_out.clone()
     rule_backward(model, x, s_out)
     assert torch.equal(s_out, kept)
+
+
+class Keeper(nn.Module):
+    """An op whose rule (registered from outside) keeps the S it hands on."""
+
+    def forward(self, x):
+        return x * 1.0
+
+
+def test_what_an_outside_rule_returns_is_never_written(clean_rules):
+    handed = []
+
+    def keeping_rule(ctx, s):
+        handed.append((s * 1.0, (s * 1.0).clone()))  # (what it returns, a copy to compare)
+        return ctx.to_input(handed[-1][0])
+
+    swimkit.register_rule(Keeper, keeping_rule)
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.BatchNorm1d(6).eval(), Keeper(),
+                          nn.ReLU(), nn.Linear(6, 3)).eval()
+    swimkit.sensitivity(model, [(torch.randn(5, 4), torch.randint(0, 3, (5,)))])
+    assert handed and all(torch.equal(returned, copy) for returned, copy in handed)

@@ -34,6 +34,8 @@ from .context import Rule, RuleContext, SValue, UnsupportedOperation
 from .registry import OUT_OF_PLACE, function_rule, leaf_types, method_rule, module_rule
 
 _CALLS = ("call_module", "call_function", "call_method")
+#: Modules whose rules return fresh tensors or views of their S (so S may be written).
+_OWN_RULES = "swimkit.sensitivity.swim."
 
 #: Ops whose result may share memory with their first input.
 _VIEW_METHODS = {"view", "view_as", "reshape", "reshape_as", "flatten", "squeeze",
@@ -239,7 +241,8 @@ class CurvaturePass:
         self.h: dict[str, Tensor] = {}
         self._scratch: dict[tuple, Tensor] = {}
         self.pending: dict[fx.Node, SValue] = {}
-        self._callers: Tensor | None = None
+        # memory this pass must not write: the seed's, and S from rules registered outside
+        self._kept: set[int] = set()
         self.output_node = graph.output_node().args[0]
 
     def module(self, node: fx.Node) -> nn.Module:
@@ -308,34 +311,45 @@ class CurvaturePass:
         """Propagate S from the logits, freeing each value once no rule needs it.
 
         Returns the S left at inputs and attributes. ``s_logits`` is the caller's: never
-        written into.
+        written into; nor is what a rule registered from outside swimkit returns (it may
+        keep it).
         """
         self.pending = {self.output_node: s_logits}
-        self._callers = s_logits
-        with torch.no_grad():
-            for node in reversed(self.nodes):
-                if node.op in _CALLS and node in self.pending:
-                    s = self.pending.pop(node)
-                    rule = self.rules.get(node)
-                    if rule is not None:
-                        for target, s_in in rule(RuleContext(self, node), s).items():
-                            if self.needs(target):
-                                self._merge_into(target, s_in)
-                if node.op in _CALLS:
-                    self.env.pop(node, None)
-        pending, self.pending, self._callers = self.pending, {}, None
-        return pending
+        self._kept = {_memory(s_logits)}
+        try:
+            with torch.no_grad():
+                for node in reversed(self.nodes):
+                    if node.op in _CALLS and node in self.pending:
+                        self._apply(node, self.pending.pop(node))
+                    if node.op in _CALLS:
+                        self.env.pop(node, None)
+            return self.pending
+        finally:
+            self.pending, self._kept = {}, set()
+
+    def _apply(self, node: fx.Node, s: SValue) -> None:
+        """Run ``node``'s rule on its S and pass the results on to its inputs."""
+        rule = self.rules.get(node)
+        if rule is None:
+            return
+        results = rule(RuleContext(self, node), s)
+        if not getattr(rule, "__module__", "").startswith(_OWN_RULES):
+            # a rule from outside may keep what it returns: never written in place
+            self._kept.update(_memory(t) for t in _tensors(results.values()))
+        for target, s_in in results.items():
+            if self.needs(target):
+                self._merge_into(target, s_in)
 
     def writable(self, s: Tensor, *others: Tensor) -> bool:
-        """True when a rule may write into ``s``: it is dense and no S waiting in the pass
-        (nor any of ``others``) shares its memory. Rules then update S in place instead of
-        allocating: fresh memory costs page faults on every batch."""
+        """True when a rule may write into ``s``: it is dense, no S waiting in the pass (nor
+        any of ``others``) shares its memory, and it is neither the caller's seed nor what a
+        rule from outside returned. Rules then update S in place instead of allocating:
+        fresh memory costs page faults on every batch."""
         if not (s.is_contiguous() or s.is_contiguous(memory_format=torch.channels_last)):
             return False
-        memory = s.untyped_storage().data_ptr()
-        callers = () if self._callers is None else (self._callers,)
-        held = [*_tensors(self.pending.values()), *callers, *others]
-        return all(t.untyped_storage().data_ptr() != memory for t in held)
+        memory = _memory(s)
+        held = [*_tensors(self.pending.values()), *others]
+        return memory not in self._kept and all(_memory(t) != memory for t in held)
 
     def _merge_into(self, target: fx.Node, new: SValue) -> None:
         """Add ``new`` to the S waiting at ``target`` (in place when that S is the pass's
@@ -348,9 +362,15 @@ class CurvaturePass:
             self.pending[target] = _merge(old, new)
 
 
-def _tensors(values: Iterable[SValue]) -> Iterator[Tensor]:
+def _memory(t: Tensor) -> int:
+    return t.untyped_storage().data_ptr()
+
+
+def _tensors(values: Iterable[Any]) -> Iterator[Tensor]:
     for value in values:
-        yield from value.values() if isinstance(value, dict) else (value,)
+        for item in value.values() if isinstance(value, dict) else (value,):
+            if isinstance(item, Tensor):
+                yield item
 
 
 @contextmanager
