@@ -78,9 +78,7 @@ class MCResult:
     @property
     def ci95(self) -> tuple[float, float]:
         """95% confidence interval of the mean accuracy."""
-        if self.samples < 2:
-            return (self.mean, self.mean)
-        half = t_quantile_975(self.samples - 1) * self.std / math.sqrt(self.samples)
+        half = 0.0 if self.samples < 2 else ci_half_width(self.accuracies)
         return (self.mean - half, self.mean + half)
 
     @property

@@ -275,9 +275,10 @@ def _speedup_axis(ax: Any, speeds: list[float]) -> None:
     ax.set_xlabel("modelled programming speedup over full write-verify")
 
 
-def sweep_text(result: SweepResult) -> str:
-    """The markdown of a sweep: its points, then the searches' answers if any."""
-    text = markdown_rows(sweep_rows(result), result.within_points)
+def sweep_text(result: SweepResult, rows: Sequence[dict[str, Any]] | None = None) -> str:
+    """The markdown of a sweep (``rows``: its :func:`sweep_rows`, when already at hand):
+    its points, then the searches' answers if any."""
+    text = markdown_rows(sweep_rows(result) if rows is None else rows, result.within_points)
     if any(m.searches for m in result.models):
         text += "\n" + search_table(result)
     return text
@@ -286,9 +287,10 @@ def sweep_text(result: SweepResult) -> str:
 def write_sweep_reports(result: SweepResult, out_dir: Path, plot: str | None = None
                         ) -> dict[str, str]:
     """Write sweep.md, sweep.csv and the plot; return their paths."""
+    rows = sweep_rows(result)
     files = {
-        "table": str(atomic_write_text(sweep_text(result), out_dir / "sweep.md")),
-        "csv": str(atomic_write_text(csv_table(sweep_rows(result)), out_dir / "sweep.csv")),
+        "table": str(atomic_write_text(sweep_text(result, rows), out_dir / "sweep.md")),
+        "csv": str(atomic_write_text(csv_table(rows), out_dir / "sweep.csv")),
     }
     plotted = plot_sweep(result, plot or out_dir / "sweep.png")
     if plotted is not None:

@@ -364,7 +364,6 @@ class Evaluator:
             best = self.point(method, "speedup", 1.0)
         return Search(method, self.candidate.label, target, best)
 
-
     def _bracket(self, method: str, meets: Callable[[Point], bool], top: float
                  ) -> tuple[float, float, Point | None]:
         """Where the bisection starts: the largest speedup already evaluated for ``method``

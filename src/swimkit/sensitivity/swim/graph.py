@@ -353,13 +353,20 @@ class CurvaturePass:
 
     def _merge_into(self, target: fx.Node, new: SValue) -> None:
         """Add ``new`` to the S waiting at ``target`` (in place when that S is the pass's
-        alone)."""
+        alone; tuple outputs item by item)."""
         old = self.pending.pop(target, None)
-        if (isinstance(old, Tensor) and isinstance(new, Tensor) and old.shape == new.shape
-                and old.dtype == new.dtype and self.writable(old, new)):
-            self.pending[target] = old.add_(new)
+        if old is None:
+            merged = new
+        elif isinstance(old, dict):
+            merged = dict(old)
+            for k, v in new.items():
+                merged[k] = merged[k] + v if k in merged else v
+        elif (isinstance(new, Tensor) and old.shape == new.shape and old.dtype == new.dtype
+              and self.writable(old, new)):
+            merged = old.add_(new)
         else:
-            self.pending[target] = _merge(old, new)
+            merged = old + new
+        self.pending[target] = merged
 
 
 def _memory(t: Tensor) -> int:
@@ -384,17 +391,6 @@ def out_of_place_layers(model: nn.Module) -> Iterator[None]:
     finally:
         for m in switched:
             m.inplace = True
-
-
-def _merge(old: SValue | None, new: SValue) -> SValue:
-    if old is None:
-        return new
-    if isinstance(old, dict):
-        merged = dict(old)
-        for k, v in new.items():
-            merged[k] = merged[k] + v if k in merged else v
-        return merged
-    return old + new
 
 
 def _placeholder_default(node: fx.Node) -> Any:
