@@ -11,7 +11,7 @@ from toys import toy_problem
 
 import swimkit
 from swimkit.plans import Plan
-from swimkit.selection.allocation import default_menu, lower_hulls
+from swimkit.selection.allocation import lower_hulls
 from swimkit.sensitivity import Sensitivity
 
 T_P, T_R = 100e-9, 50e-9
@@ -31,7 +31,7 @@ def test_hull_drops_dominated_and_non_convex_points():
 def test_default_menu_is_the_design_hull():
     """Design §8: at sigma 0.3 every menu tolerance is on the hull, loose to tight."""
     dm = swimkit.DeviceModel()
-    menu = default_menu(dm)
+    menu = dm.default_menu()
     assert [round(t, 3) for t in menu] == [0.45, 0.3, 0.2, 0.15, 0.1, round(dm.loop.tolerance, 3)]
     sig = dm.option_sigmas(torch.ones(1), torch.tensor(1.0), menu)
     tim = dm.option_times(torch.ones(1), torch.tensor(1.0), menu)

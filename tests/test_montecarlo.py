@@ -231,26 +231,32 @@ class StuckAt:
     """Two-state device: a weight is stuck at zero with probability ``p`` (``p_verified``
     where a plan verifies any of its devices), else exact."""
 
+    slicing = swimkit.slicing.BitSlicing(8, 1)
+
     def __init__(self, p: float, p_verified: float = 0.0) -> None:
         self.p, self.p_verified = p, p_verified
         self.samplers = 0
+
+    def with_sigma(self, sigma):
+        return StuckAt(sigma, self.p_verified)
 
     def _p(self, values, plan):
         masks = plan.masks if plan is not None else {}
         return {k: torch.where(masks[k], self.p_verified, self.p) if k in masks
                 else torch.full_like(v, self.p) for k, v in values.items()}
 
-    def sampler(self, values, scales, plan=None):
+    def sampler(self, values, scales, plan=None, times=(0.0,)):
         probability = self._p(values, plan)
         self.samplers += 1
 
         def draw(generator):
-            return {k: -v * (torch.rand(v.shape, generator=generator) < probability[k])
+            chip = {k: -v * (torch.rand(v.shape, generator=generator) < probability[k])
                     for k, v in values.items()}
+            return [chip] * len(times)
 
         return draw
 
-    def variance(self, values, scales, plan=None):
+    def variance(self, values, scales, plan=None, time=0.0):
         p = self._p(values, plan)
         return {k: p[k] * (1 - p[k]) * (v / scales[k]) ** 2 for k, v in values.items()}
 
@@ -276,9 +282,9 @@ def test_a_device_model_from_outside_works_in_evaluate_and_select():
     protected = swimkit.evaluate(model, batches, noisy, plan, samples=20, seed=1)
     exposed = swimkit.evaluate(model, batches, noisy, samples=20, seed=1)
     assert protected.mean > exposed.mean
-    with pytest.raises(swimkit.SwimkitError, match="prices programming"):
+    with pytest.raises(swimkit.SwimkitError, match="price programming"):
         swimkit.select(model, sens, speedup=2.0, method="variance", device_model=noisy)
-    with pytest.raises(swimkit.SwimkitError, match="prices programming"):
+    with pytest.raises(swimkit.SwimkitError, match="price programming"):
         swimkit.select(model, sens, speedup=2.0, method="allocate", device_model=noisy)
     with pytest.raises(swimkit.SwimkitError, match="NoiseModel"):
         swimkit.evaluate(model, batches, object(), samples=1)

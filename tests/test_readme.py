@@ -11,7 +11,7 @@ from swimkit.reports import registry_tables
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-@pytest.mark.parametrize("name", ["methods", "engines", "models", "datasets"])
+@pytest.mark.parametrize("name", ["methods", "engines", "models", "datasets", "device models"])
 def test_readme_tables_are_the_registries(name):
     table = registry_tables()[name]
     assert table in README.read_text(), (

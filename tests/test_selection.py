@@ -123,29 +123,28 @@ def test_large_model_selection():
 
 def test_speedup_budget(lenet_and_sens):
     model, sens = lenet_and_sens
-    device = swimkit.DeviceModel()
-    wv = WriteVerify(0.05, max_attempts=100)
+    device = swimkit.DeviceModel(write_verify=WriteVerify(0.05, max_attempts=100))
     for speedup in (1.0, 2.0, 5.0):
-        plan = swimkit.select(model, sens, speedup=speedup, device_model=device, write_verify=wv)
+        plan = swimkit.select(model, sens, speedup=speedup, device_model=device)
         assert plan.programming.speedup >= speedup * (1 - 1e-9)
         # one more verified weight would break the budget
         per_weight = plan.programming.time_full_verify_s - plan.programming.time_no_verify_s
         per_weight /= plan.weights_total
         slower = plan.programming.time_plan_s + per_weight
         assert plan.programming.time_full_verify_s / slower < speedup or plan.fraction_verified == 1
-    top = swimkit.select(model, sens, speedup=5.0, device_model=device, write_verify=wv)
+    top = swimkit.select(model, sens, speedup=5.0, device_model=device)
     by_fraction = swimkit.select(model, sens, fraction=top.fraction_verified)
     assert all(torch.equal(top.masks[k], by_fraction.masks[k]) for k in top.masks)
     with pytest.raises(swimkit.SwimkitError, match="speedup"):
-        swimkit.select(model, sens, speedup=1e6, device_model=device, write_verify=wv)
+        swimkit.select(model, sens, speedup=1e6, device_model=device)
 
 
 def test_time_budget_in_seconds(lenet_and_sens):
     model, sens = lenet_and_sens
-    wv = WriteVerify(0.05, max_attempts=100)
-    full = swimkit.select(model, sens, fraction=1.0, write_verify=wv).programming
+    device = swimkit.DeviceModel(write_verify=WriteVerify(0.05, max_attempts=100))
+    full = swimkit.select(model, sens, fraction=1.0, device_model=device).programming
     budget = 0.5 * (full.time_no_verify_s + full.time_full_verify_s)
-    plan = swimkit.select(model, sens, time_budget=budget, write_verify=wv)
+    plan = swimkit.select(model, sens, time_budget=budget, device_model=device)
     assert plan.programming.time_plan_s <= budget
     assert plan.fraction_verified == pytest.approx(0.5, abs=1e-4)
 
@@ -170,7 +169,8 @@ def test_sensitivity_needed_for_swim(lenet_and_sens):
 
 def test_plan_save_load_and_npz(lenet_and_sens, tmp_path):
     model, sens = lenet_and_sens
-    plan = swimkit.select(model, sens, fraction=0.1, write_verify=WriteVerify(0.05, 100))
+    plan = swimkit.select(model, sens, fraction=0.1,
+                          device_model=swimkit.DeviceModel(write_verify=WriteVerify(0.05, 100)))
     plan.save(tmp_path / "plan.pt")
     back = swimkit.Plan.load(tmp_path / "plan.pt")
     assert all(torch.equal(back.masks[k], plan.masks[k]) for k in plan.masks)

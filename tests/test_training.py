@@ -325,19 +325,28 @@ def test_quantized_model_trains_and_calibrates_outputs() -> None:
 class CountingStuckAt:
     """A device model from outside swimkit: weights stuck at zero with probability p."""
 
+    from swimkit.slicing import BitSlicing
+
+    slicing = BitSlicing(8, 1)
+
     def __init__(self, p: float) -> None:
         self.p = p
         self.draws = 0
 
-    def sampler(self, values, scales, plan=None):
+    def with_sigma(self, sigma):
+        """sigma_train sets this model's stuck probability."""
+        return CountingStuckAt(sigma)
+
+    def sampler(self, values, scales, plan=None, times=(0.0,)):
         def draw(generator):
             self.draws += 1
-            return {k: -v * (torch.rand(v.shape, generator=generator, device=v.device) < self.p)
+            chip = {k: -v * (torch.rand(v.shape, generator=generator, device=v.device) < self.p)
                     for k, v in values.items()}
+            return [chip] * len(times)
 
         return draw
 
-    def variance(self, values, scales, plan=None):
+    def variance(self, values, scales, plan=None, time=0.0):
         return {k: self.p * (1 - self.p) * (v / scales[k]) ** 2 for k, v in values.items()}
 
     def describe(self):
@@ -349,8 +358,10 @@ def test_noise_injection_with_a_device_model_from_outside() -> None:
     result = fit(epochs=1, noise_model=noise)
     assert noise.draws == 4  # one draw per mini-batch: 128 images / 32
     assert not same_state(result.model, fit(epochs=1).model)
-    with pytest.raises(SwimkitError, match="sigma_train sets the sigma"):
-        fit(epochs=1, noise_model=noise, sigma_train=0.1)
+    # sigma_train goes through the protocol (with_sigma): here, the stuck probability
+    rescaled = fit(epochs=1, noise_model=noise, sigma_train=0.1)
+    assert same_state(rescaled.model, fit(epochs=1, noise_model=CountingStuckAt(0.1)).model)
+    assert not same_state(rescaled.model, result.model)
 
 
 def test_plan_aware_training_draws_the_plan_noise() -> None:

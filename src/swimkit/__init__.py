@@ -5,13 +5,13 @@ what accuracy is kept, and how much programming time is saved. Models stay plain
 ``torch.nn.Module``s; device noise, quantization, sensitivity and selection attach from
 outside. Each extensible concept has one registry: selection methods
 (:func:`register_method`), sensitivity engines, models, datasets and curvature rules
-(:func:`register_rule`, :func:`register_elementwise`); device models follow the
-:class:`NoiseModel` protocol.
+(:func:`register_rule`, :func:`register_elementwise`) and device models
+(:func:`register_device_model`), which follow the protocols of :mod:`swimkit.devices`.
 """
 
-from . import data, models, programming, variation
+from . import data, devices, models, programming, variation
 from .data import load_dataset, register_dataset
-from .devices import DeviceModel, NoiseModel
+from .devices import DeviceModel, NoiseModel, build_device_model, register_device_model
 from .errors import SwimkitError
 from .mapping import DeviceWeight, device_weights, perturbed
 from .models import build_model, register_model
@@ -41,8 +41,10 @@ __all__ = [
     "TableVariation",
     "WriteVerify",
     "accuracy",
+    "build_device_model",
     "build_model",
     "data",
+    "devices",
     "device_weights",
     "evaluate",
     "load_dataset",
@@ -51,6 +53,7 @@ __all__ = [
     "programming",
     "quantize",
     "register_dataset",
+    "register_device_model",
     "register_elementwise",
     "register_engine",
     "register_method",

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .data import DATASETS
-from .devices import DeviceModel
+from .devices import DEVICE_MODELS, Device, DeviceModel, build_device_model, parse_option
 from .errors import SwimkitError, check_fraction
 from .models import MODELS
 from .programming import WriteVerify
@@ -155,12 +155,44 @@ def add_training(p: argparse.ArgumentParser, several: bool = False) -> None:
         g.add_argument("--scale-aware", action="store_true", default=None,
                        help="noise injection follows each layer's range max|W| with its "
                             "gradient, as device errors do (the model learns small ranges)")
+    g.add_argument("--noise-time", type=nonnegative, default=None, metavar="SECONDS",
+                   help="noise-injection training reads the device this long after "
+                        "programming (train for the drifted device; default 0)")
     g.add_argument("--train-limit", type=positive_int, default=None,
                    help="use only the first N training images (quick runs)")
 
 
+def _device_model_name(text: str) -> str:
+    try:
+        return DEVICE_MODELS.canonical(text)
+    except SwimkitError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (got {text!r}); e.g. "
+                                         "compensation=true")
+    return key.strip(), value.strip()
+
+
+def _times(text: str) -> list[float]:
+    values = _list_of(nonnegative)(text)
+    if len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"times repeat a value (got {text!r}); give each once")
+    return values
+
+
 def add_device_model(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("device model")
+    models = "; ".join(f"{e.name}: {e.help} (options: {e.option_help})" for e in DEVICE_MODELS)
+    g.add_argument("--device-model", type=_device_model_name, default="gaussian",
+                   help=f"the device model (default gaussian). {models}")
+    g.add_argument("--device-option", dest="device_options", type=_key_value,
+                   action="append", default=None, metavar="KEY=VALUE",
+                   help="an option of the device model (repeat for several), e.g. "
+                        "--device-option compensation=true")
     g.add_argument("--sigma", "--dev_var", dest="sigma", type=nonnegative, default=None,
                    help="device variation of a plain write, in device steps "
                         f"(default {default(DeviceModel, 'sigma')})")
@@ -229,6 +261,9 @@ def add_selection(p: argparse.ArgumentParser, several: bool) -> None:
                         "1.5, 1, 2/3, 1/2, 1/3 sigma and the default loop's)")
     g.add_argument("--exclude", type=layer_list, default=None,
                    help="layers kept digital, comma separated (e.g. conv1,fc3)")
+    g.add_argument("--plan-time", type=nonnegative, default=None, metavar="SECONDS",
+                   help="plan against the device error this long after programming (for "
+                        "devices that change with time, e.g. 86400; default 0: right after)")
     g.add_argument("--learn-epochs", type=positive_int, default=None,
                    help=f"learned: epochs of learning (default {default(LearnOptions, 'epochs')})")
     g.add_argument("--learn-lr", type=nonnegative, default=None,
@@ -248,6 +283,9 @@ def add_monte_carlo(p: argparse.ArgumentParser, search: bool) -> None:
                    help="chips before --ci-target may stop (default "
                         f"{default(EvaluationSettings, 'min_samples')})")
     g.add_argument("--seed", type=int, default=None, help="seed of training and chips (default 0)")
+    g.add_argument("--times", type=_times, default=None, metavar="T1,T2,...",
+                   help="read every chip at these seconds after programming (one result per "
+                        "time, the same chips), e.g. 1,3600,86400,31536000")
     g.add_argument("--chips-per-pass", type=positive_int, default=None, metavar="C",
                    help="chips evaluated per forward pass, weights stacked (default: chosen; "
                         "1 on the CPU)")
@@ -266,6 +304,9 @@ def add_monte_carlo(p: argparse.ArgumentParser, search: bool) -> None:
         g.add_argument("--yield", dest="yield_target", type=_fraction, default=None,
                        help="with --within: the largest speedup at which this share of chips "
                             "is within it (e.g. 0.9)")
+        g.add_argument("--judge-time", type=nonnegative, default=None, metavar="SECONDS",
+                       help="with --times: the time plans are judged at (searches, gaps; "
+                            "default the first time)")
         g.add_argument("--search-steps", type=positive_int, default=None,
                        help="bisection steps of the speedup search "
                             f"(default {default(EvaluationSettings, 'search_steps')})")
@@ -290,10 +331,17 @@ def _given(args: argparse.Namespace, names: dict[str, str]) -> dict[str, Any]:
             if getattr(args, arg, None) is not None}
 
 
-def device_model_of(args: argparse.Namespace) -> DeviceModel:
+def device_model_of(args: argparse.Namespace) -> Device:
+    """The device model of --device-model with its settings and --device-option values."""
+    name = getattr(args, "device_model", None) or "gaussian"
     loop = WriteVerify(**_given(args, {"tolerance": "tolerance", "max_attempts": "max_attempts",
                                        "t_program": "t_program", "t_read": "t_read"}))
-    return DeviceModel(write_verify=loop, **_given(args, {
+    options: dict[str, Any] = {}
+    for key, text in getattr(args, "device_options", None) or []:
+        if key in options:
+            raise SwimkitError(f"--device-option {key} is given twice; give it once")
+        options[key] = parse_option(name, key, text)
+    return build_device_model(name, write_verify=loop, **options, **_given(args, {
         "sigma": "sigma", "sigma_verified": "sigma_verified",
         "bits_per_weight": "bits_per_weight", "bits_per_device": "bits_per_device",
         "variation": "variation", "verified_variation": "verified_variation"}))
@@ -316,7 +364,8 @@ def settings_of(args: argparse.Namespace, **selection: Any) -> Settings:
                                           "test_limit": "test_limit",
                                           "test_batch_size": "test_batch_size"})),
         train=TrainConfig(**_given(args, {"epochs": "epochs", "batch_size": "batch_size",
-                                          "sigma_train": "sigma_train"}),
+                                          "sigma_train": "sigma_train",
+                                          "noise_time": "noise_time"}),
                           scale_aware=getattr(args, "scale_aware", None) in (True, "on"), **seed),
         sigma_trains=getattr(args, "sigma_trains", None),
         compare_scale_aware=getattr(args, "scale_aware", None) == "both",
@@ -326,12 +375,14 @@ def settings_of(args: argparse.Namespace, **selection: Any) -> Settings:
         selection=SelectionSettings(
             exclude=getattr(args, "exclude", None) or [],
             tolerances=getattr(args, "tolerances", None),
-            learn=_given(args, {"learn_epochs": "epochs", "learn_lr": "lr"}), **selection),
+            learn=_given(args, {"learn_epochs": "epochs", "learn_lr": "lr"}),
+            **_given(args, {"plan_time": "plan_time"}), **selection),
         evaluation=EvaluationSettings(**_given(args, {
             "samples": "samples", "within": "within", "yield_target": "yield_target",
             "search_steps": "search_steps", "ci_target": "ci_target",
             "min_samples": "min_samples", "chips_per_pass": "chips_per_pass",
-            "threads": "threads"}), **seed, compile=bool(getattr(args, "compile", False)),
+            "threads": "threads", "times": "times", "judge_time": "judge_time"}), **seed,
+            compile=bool(getattr(args, "compile", False)),
             search=getattr(args, "within", None) is not None and args.command == "sweep"),
         device=args.device,
         out=getattr(args, "out", None),

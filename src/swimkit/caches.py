@@ -123,6 +123,10 @@ def evaluation_key(settings: Settings) -> str:
         # adaptive chip counts change what is stored; off, the key stays the first release's
         **({"ci_target": s.evaluation.ci_target, "min_samples": s.evaluation.min_samples}
            if s.evaluation.ci_target else {}),
+        # time settings change what is stored; unset, the key stays the earlier releases'
+        **({"times": s.evaluation.times, "judge_time": s.evaluation.judge_time}
+           if s.evaluation.times else {}),
+        **({"plan_time": s.selection.plan_time} if s.selection.plan_time else {}),
     })
 
 

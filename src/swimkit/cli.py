@@ -268,7 +268,8 @@ def cmd_select(args: argparse.Namespace) -> int:
                   time_budget=args.time_budget, device_model=settings.device_model,
                   tolerances=settings.selection.tolerances, data=data,
                   seed=settings.evaluation.seed, exclude=settings.selection.exclude or None,
-                  options=settings.selection.learn if entry.needs_data else None)
+                  options=settings.selection.learn if entry.needs_data else None,
+                  plan_time=settings.selection.plan_time)
     plan.save(args.output)
     written = [args.output]
     if args.npz:
@@ -286,6 +287,7 @@ def cmd_select(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .montecarlo import accuracy, evaluate
     from .plans import Plan
+    from .reports import format_time
     from .storage import atomic_write_json
     from .workflows import Context
 
@@ -299,20 +301,28 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     model.to(settings.torch_device())
     clean = accuracy(model, ctx.test_batches)
     ev = settings.evaluation
-    res = evaluate(model, ctx.test_batches, settings.device_model, plan, samples=ev.samples,
-                   seed=ev.seed, ci_target=ev.ci_target or None, min_samples=ev.min_samples,
-                   chips_per_pass=ev.chips_per_pass, compile=ev.compile, threads=ev.threads,
-                   exclude=settings.selection.exclude or None, progress=not args.no_progress)
-    if args.reference is not None:
-        res.reference, res.within = args.reference, ev.within
-    result = {"clean_accuracy_percent": clean, "accuracy": res.to_dict(),
+    found = evaluate(model, ctx.test_batches, settings.device_model, plan, samples=ev.samples,
+                     seed=ev.seed, ci_target=ev.ci_target or None, min_samples=ev.min_samples,
+                     chips_per_pass=ev.chips_per_pass, compile=ev.compile, threads=ev.threads,
+                     exclude=settings.selection.exclude or None, progress=not args.no_progress,
+                     times=ev.times)
+    results = found if ev.times is not None else [found]
+    for res in results:
+        if args.reference is not None:
+            res.reference, res.within = args.reference, ev.within
+    result = {"clean_accuracy_percent": clean, "accuracy": results[0].to_dict(),
               "plan": args.plan or plan, "device_model": settings.device_model.describe()}
+    if ev.times is not None:
+        result["over_time"] = [{"time_s": t, **r.to_dict()}
+                               for t, r in zip(ev.times, results, strict=True)]
     if is_rank_zero():
         _log(f"clean accuracy {clean:.2f} %")
-        _log(f"under variation: {res}")
-        if res.chip_yield is not None:
-            _log(f"yield: {100 * res.chip_yield:.1f} % of chips within {ev.within:g} points of "
-                 f"{args.reference:.2f} %")
+        for time, res in zip(ev.times or [None], results, strict=True):
+            when = "" if time is None else f" {format_time(time)} after programming"
+            _log(f"under variation{when}: {res}")
+            if res.chip_yield is not None:
+                _log(f"yield: {100 * res.chip_yield:.1f} % of chips within {ev.within:g} "
+                     f"points of {args.reference:.2f} %")
         if args.json:
             atomic_write_json(result, args.json)
             _log(f"written: {args.json}")

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from . import distributed
 from .chips import ChipRunner, auto_chips_per_pass, check_chips_per_pass
-from .devices import NoiseModel, Sampler, generator_for
+from .devices import NoiseModel, Sampler, check_times, generator_for, require_noise_model
 from .errors import SwimkitError, is_number, require
 from .mapping import DeviceWeight, device_weights, effective_weights, weight_scales
 from .plans import Plan
@@ -199,8 +199,14 @@ def evaluate(
     layers: Sequence[str] | None = None,
     exclude: Sequence[str] | None = None,
     progress: bool = False,
-) -> MCResult:
+    times: Sequence[float] | None = None,
+) -> Any:
     """Accuracy of ``model`` under device variation over up to ``samples`` chips.
+
+    Returns one :class:`MCResult`; with ``times`` (seconds after programming) a list of
+    them, one per time, from the same chips: each chip is programmed once and read at
+    every time (common random numbers across times), so the drop from one time to the
+    next is not sampling noise.
 
     ``device_model`` is any :class:`~swimkit.devices.NoiseModel`. ``plan`` says how the
     devices are programmed: a :class:`~swimkit.plans.Plan`, ``"none"`` (or None: nothing
@@ -211,7 +217,9 @@ def evaluate(
     the run stops after the first round at which the 95 % confidence interval's
     half-width is at most ``ci_target``, between ``min_samples`` and ``samples`` chips:
     the CI of the mean accuracy, or, given ``against`` (a result of the same seed with at
-    least ``samples`` chips, e.g. full verify), of the paired per-chip difference to it.
+    least ``samples`` chips, e.g. full verify; with ``times``, a list of one per time),
+    of the paired per-chip difference to it; with ``times`` the widest CI over the
+    times decides.
     The result's ``samples`` is the number of chips used.
 
     ``chips_per_pass`` chips are evaluated per forward pass (None chooses: see
@@ -222,10 +230,9 @@ def evaluate(
     number of processes.
     """
     require(isinstance(samples, int) and samples >= 1, f"samples must be >= 1 (got {samples!r})")
-    stop = _check_stopping(ci_target, min_samples, against, samples, seed)
-    require(isinstance(device_model, NoiseModel),
-            f"device_model must answer sampler(), variance() and describe() (a NoiseModel such "
-            f"as swimkit.DeviceModel); got {type(device_model).__name__}")
+    at = (0.0,) if times is None else check_times(times)
+    stop = _check_stopping(ci_target, min_samples, against, samples, seed, len(at))
+    require_noise_model(device_model)
     chips_per_pass = check_chips_per_pass(chips_per_pass)
     weights = _plan_weights(model, plan, layers, exclude)
     chosen = _as_plan(plan, weights, device_model)
@@ -235,19 +242,24 @@ def evaluate(
     model.eval()
     try:
         values = effective_weights(weights)  # read before the runner swaps its own in
-        sample = device_model.sampler(values, weight_scales(values), chosen)
+        sample = device_model.sampler(values, weight_scales(values), chosen, at)
         with (torch_threads(check_threads(threads)),
               _runner(model, data, values, chips_per_pass, compile) as runner):
-            accuracies = _run_rounds(runner, values, sample, seed, samples, stop, progress)
+            accuracies = _run_rounds(runner, values, sample, seed, samples, stop, progress,
+                                     len(at))
     finally:
         model.train(was_training)
     meta = {"plan": plan.method if isinstance(plan, Plan) else (plan or "none"),
             "chips_per_pass": runner.chips_per_pass, "compiled": runner.compiled}
-    result = MCResult(accuracies=accuracies, seed=seed, meta=meta)
-    if stop is not None:
-        result.ci_target, result.ci_of = stop.target, stop.of
-        result.ci_reached = stop.half_width(accuracies)
-    return result
+    results = []
+    for column, time in enumerate(at):
+        result = MCResult(accuracies=accuracies[:, column].clone(), seed=seed,
+                          meta=meta if times is None else {**meta, "time_s": time})
+        if stop is not None:
+            result.ci_target, result.ci_of = stop.target, stop.of
+            result.ci_reached = stop.half_width(accuracies[:, column : column + 1])
+        results.append(result)
+    return results[0] if times is None else results
 
 
 @dataclass(frozen=True)
@@ -264,9 +276,12 @@ class Stopping:
         return "mean" if self.against is None else "paired difference"
 
     def half_width(self, accuracies: Tensor) -> float:
+        """The widest CI half-width over the columns (times) of ``accuracies`` (chips, T)."""
+        if accuracies.dim() == 1:
+            accuracies = accuracies[:, None]
         values = accuracies if self.against is None else (
-            accuracies - self.against[: accuracies.numel()])
-        return ci_half_width(values)
+            accuracies - self.against[: accuracies.shape[0], : accuracies.shape[1]])
+        return max(ci_half_width(values[:, c]) for c in range(values.shape[1]))
 
 
 def ci_half_width(values: Tensor) -> float:
@@ -292,8 +307,8 @@ def round_ends(done: int, half_width: float, target: float, samples: int) -> int
     return min(samples, max(done + ROUND_MIN, grown))
 
 
-def _check_stopping(ci_target: float | None, min_samples: int, against: MCResult | None,
-                    samples: int, seed: int) -> Stopping | None:
+def _check_stopping(ci_target: float | None, min_samples: int, against: Any,
+                    samples: int, seed: int, times: int = 1) -> Stopping | None:
     if ci_target is None:
         require(against is None, "against= pairs the stopping rule with a reference: give "
                 "ci_target as well")
@@ -304,13 +319,19 @@ def _check_stopping(ci_target: float | None, min_samples: int, against: MCResult
             f"min_samples must be an integer >= 2 (got {min_samples!r})")
     if against is None:
         return Stopping(float(ci_target), min(min_samples, samples))
-    require(isinstance(against, MCResult), f"against must be an MCResult (got "
-            f"{type(against).__name__})")
-    require(against.seed == seed, f"against was evaluated with seed {against.seed}, this run "
-            f"with {seed}: a paired difference needs the same chips (the same seed)")
-    require(against.samples >= samples, f"against has {against.samples} chips but this run may "
-            f"use {samples}: evaluate the reference with at least samples={samples}")
-    return Stopping(float(ci_target), min(min_samples, samples), against.accuracies.double())
+    references = list(against) if isinstance(against, (list, tuple)) else [against]
+    require(len(references) in (1, times), f"against gives {len(references)} results for "
+            f"{times} times: give one per time (or one for all)")
+    for ref in references:
+        require(isinstance(ref, MCResult), f"against must be an MCResult (got "
+                f"{type(ref).__name__})")
+        require(ref.seed == seed, f"against was evaluated with seed {ref.seed}, this run "
+                f"with {seed}: a paired difference needs the same chips (the same seed)")
+        require(ref.samples >= samples, f"against has {ref.samples} chips but this run may "
+                f"use {samples}: evaluate the reference with at least samples={samples}")
+    columns = torch.stack([r.accuracies[:samples].double() for r in references], dim=1)
+    return Stopping(float(ci_target), min(min_samples, samples),
+                    columns.expand(samples, times))
 
 
 def _runner(model: nn.Module, data: Sequence[tuple[Tensor, Tensor]],
@@ -348,13 +369,14 @@ def _as_plan(plan: Plan | str | None, weights: Mapping[str, DeviceWeight],
     require(choice in ("none", "all"), f"plan must be a Plan, 'none' or 'all' (got {plan!r})")
     if choice == "none":
         return None
-    devices = getattr(device_model, "devices_per_weight", None)
-    return Plan.uniform(effective_weights(weights), verify=True, devices_per_weight=devices)
+    return Plan.uniform(effective_weights(weights), verify=True,
+                        devices_per_weight=device_model.slicing.devices)
 
 
 def _run_rounds(runner: ChipRunner, values: Mapping[str, Tensor], sample: Sampler, seed: int,
-                samples: int, stop: Stopping | None, progress: bool) -> Tensor:
-    """Chip accuracies, round by round, until the stopping rule holds (or ``samples``)."""
+                samples: int, stop: Stopping | None, progress: bool, times: int = 1) -> Tensor:
+    """Chip accuracies ``(chips, times)``, round by round, until the stopping rule holds
+    (or ``samples``)."""
     seen = sum(int(y.shape[0]) for _, y in runner.data)
     where = next(iter(values.values())).device
     rank, world = distributed.rank(), distributed.world_size()
@@ -363,11 +385,11 @@ def _run_rounds(runner: ChipRunner, values: Mapping[str, Tensor], sample: Sample
     count, end = 0, samples if stop is None else stop.minimum
     while True:
         mine = list(range(count + rank, end, world))
-        chips = ({name: values[name] + delta
-                  for name, delta in sample(generator_for(seed, index, where)).items()}
-                 for index in mine)  # drawn as evaluated: a pass's chips in memory at a time
+        chips = ({name: values[name] + delta for name, delta in read.items()}
+                 for index in mine
+                 for read in sample(generator_for(seed, index, where)))  # drawn as evaluated
         local = torch.tensor([100.0 * c / seen for c in runner.correct(chips)],
-                             dtype=torch.float64)
+                             dtype=torch.float64).reshape(len(mine), times)
         done.append(_gather(local, mine, range(count, end), world))
         for _ in range(end - count):
             next(bar, None)
@@ -387,10 +409,10 @@ def _gather(local: Tensor, mine: Sequence[int], chips: range, world: int) -> Ten
         return local
     parts: list[Any] = [None] * world
     dist.all_gather_object(parts, (list(mine), local.tolist()))
-    result = torch.empty(len(chips), dtype=torch.float64)
+    result = torch.empty(len(chips), local.shape[1], dtype=torch.float64)
     for indices, values in parts:
         where = torch.as_tensor(indices, dtype=torch.long) - chips.start
-        result[where] = torch.as_tensor(values, dtype=torch.float64)
+        result[where] = torch.as_tensor(values, dtype=torch.float64).reshape(-1, local.shape[1])
     return result
 
 

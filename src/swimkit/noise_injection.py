@@ -3,7 +3,8 @@
 The update is applied to the clean weights (the offset's gradient is the identity), so
 the model learns weights that tolerate variation. Any device model of the
 :class:`~swimkit.devices.NoiseModel` protocol can be used, under a write-verify plan
-(plan-aware fine-tuning) or none. Epoch e's noise comes from a generator seeded by
+(plan-aware fine-tuning) or none, read at a time after programming (``noise_time``: a
+model trained for the drifted device). Epoch e's noise comes from a generator seeded by
 (seed, e) alone, so a resumed run draws the same noise as an uninterrupted one.
 """
 
@@ -11,14 +12,12 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from .devices import DeviceModel, NoiseModel
-from .errors import SwimkitError, require
+from .devices import DeviceModel, NoiseModel, require_noise_model
 from .mapping import DeviceWeight, device_weights, effective_weights, perturbed, weight_scales
 from .plans import Plan
 from .seeding import epoch_generator
@@ -36,12 +35,14 @@ class NoiseInjector:
     """
 
     def __init__(self, model: nn.Module, noise_model: NoiseModel, seed: int,
-                 plan: Plan | None = None, scale_aware: bool = False) -> None:
+                 plan: Plan | None = None, scale_aware: bool = False,
+                 noise_time: float = 0.0) -> None:
         self.model = model
         self.noise_model = noise_model
         self.seed = seed
         self.plan = plan
         self.scale_aware = scale_aware
+        self.noise_time = float(noise_time)
         self.weights: dict[str, DeviceWeight] = (
             plan.weights_in(model) if plan is not None else device_weights(model))
 
@@ -52,24 +53,17 @@ class NoiseInjector:
     ) -> NoiseInjector | None:
         """The injector of ``config`` / ``noise_model``, or None for clean training.
 
-        ``sigma_train`` > 0 trains with the Gaussian model at that sigma (the bit slicing
-        and variation of ``noise_model`` when it is a DeviceModel); a ``noise_model``
-        with ``sigma_train`` 0 is used as it is.
+        ``sigma_train`` > 0 trains with ``noise_model`` (default: the Gaussian model) at
+        plain-write sigma ``sigma_train`` (its ``with_sigma``); a ``noise_model`` with
+        ``sigma_train`` 0 is used as it is. The noise is read at ``config.noise_time``.
         """
-        if config.sigma_train > 0:
-            if noise_model is not None and not isinstance(noise_model, DeviceModel):
-                raise SwimkitError(
-                    "sigma_train sets the sigma of a swimkit DeviceModel; with your own noise "
-                    "model leave sigma_train at 0"
-                )
-            base = noise_model if noise_model is not None else DeviceModel()
-            return cls(model, replace(base, sigma=float(config.sigma_train)), config.seed, plan,
-                       config.scale_aware)
-        if noise_model is None:
+        if noise_model is None and config.sigma_train <= 0:
             return None
-        require(isinstance(noise_model, NoiseModel),
-                f"noise_model must be a NoiseModel (got {type(noise_model).__name__})")
-        return cls(model, noise_model, config.seed, plan, config.scale_aware)
+        base = require_noise_model(noise_model if noise_model is not None else DeviceModel(),
+                                   "noise_model")
+        if config.sigma_train > 0:
+            base = base.with_sigma(float(config.sigma_train))
+        return cls(model, base, config.seed, plan, config.scale_aware, config.noise_time)
 
     def describe(self) -> dict[str, Any]:
         """The noise, for the checkpoint (a resumed run must train under the same noise)."""
@@ -77,8 +71,11 @@ class NoiseInjector:
         if self.plan is not None:
             plan = {"method": self.plan.method, "requested": self.plan.requested,
                     "devices_verified": self.plan.devices_verified}
-        return {"model": self.noise_model.describe(), "plan": plan,
-                "scale_aware": self.scale_aware}
+        out = {"model": self.noise_model.describe(), "plan": plan,
+               "scale_aware": self.scale_aware}
+        if self.noise_time:
+            out["time_s"] = self.noise_time
+        return out
 
     @contextlib.contextmanager
     def epoch(self, epoch: int) -> Iterator[Callable[[], None]]:
@@ -92,7 +89,8 @@ class NoiseInjector:
                 values = effective_weights(self.weights)
                 scales = weight_scales(values)
                 with torch.no_grad():
-                    deltas = self.noise_model.sampler(values, scales, self.plan)(generator)
+                    deltas = self.noise_model.sampler(values, scales, self.plan,
+                                                      (self.noise_time,))(generator)[0]
                 offsets.set(deltas, scales if self.scale_aware else None)
 
             yield redraw

@@ -265,7 +265,9 @@ class ProgrammingReport:
     """Modelled programming time of a plan against verifying all or nothing.
 
     Times in seconds; ``speedup`` = full-verify time / plan time; the fractions are shares
-    in [0, 1] of the weights (any device verified) and of the devices verified.
+    in [0, 1] of the weights (any device verified) and of the devices verified. Devices
+    with stuck cells add the expected number of stuck devices the plan tries to verify
+    and the seconds those tries burn (each runs the loop to its maximum attempts).
     """
 
     time_plan_s: float
@@ -274,6 +276,8 @@ class ProgrammingReport:
     speedup: float
     fraction_verified: float
     devices_fraction_verified: float
+    stuck_devices_verified: float | None = None
+    time_stuck_s: float | None = None
 
     @property
     def max_speedup(self) -> float:
@@ -281,7 +285,8 @@ class ProgrammingReport:
         return self.time_full_verify_s / self.time_no_verify_s
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The fields, without the stuck-cell ones of devices that have none."""
+        return {k: v for k, v in asdict(self).items() if v is not None or k in _ALWAYS}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ProgrammingReport:
@@ -298,6 +303,9 @@ class ProgrammingReport:
             raise SwimkitError(f"cannot read a programming report ({what})")
         return cls(**renamed)
 
+
+_ALWAYS = ("time_plan_s", "time_full_verify_s", "time_no_verify_s", "speedup",
+           "fraction_verified", "devices_fraction_verified")
 
 _FIRST_RELEASE_KEYS = {"time_plan": "time_plan_s", "time_full_verify": "time_full_verify_s",
                        "time_no_verify": "time_no_verify_s"}

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .data import DATASETS
+from .devices import DEVICE_MODELS
 from .models import MODELS
 from .montecarlo import MCResult
 from .registry import markdown_table
@@ -44,6 +45,27 @@ def seconds(value: float) -> str:
     return f"{value:.3g} s"
 
 
+def format_time(value: float) -> str:
+    """Seconds after programming as the largest unit that divides them: 1 s, 1 h, 1 d, 1 y."""
+    for unit, size in (("y", 365 * 86400), ("d", 86400), ("h", 3600), ("min", 60)):
+        if value >= size and math.isclose(value / size, round(value / size, 2)):
+            return f"{value / size:g} {unit}"
+    return f"{value:g} s"
+
+
+def device_summary(described: dict[str, Any]) -> str:
+    """'sigma 0.3, sigma_verified 0.03' and the model's kind when it is not gaussian."""
+    base = described.get("base", described)
+    text = f"sigma {base.get('sigma')}, sigma_verified {base.get('sigma_verified')}"
+    kind = described.get("kind", "gaussian")
+    if kind == "stuck":
+        text = (f"{base.get('kind')} + stuck {described['low']:g} low / "
+                f"{described['high']:g} high, " + text)
+    elif kind != "gaussian":
+        text = f"{kind}, " + text
+    return text
+
+
 def _percent(value: float) -> str:
     return f"{100 * value:.2f}%"
 
@@ -57,17 +79,17 @@ def run_lines(result: SweepResult) -> list[str]:
              f"{ev['ci_target']:g} points" if ev.get("ci_target")
              else f"{ev['samples']} Monte-Carlo chips")
     lines = [
-        f"model {s['model']['name']} on {s['data']['dataset']}; sigma {dm['sigma']}, "
-        f"sigma_verified {dm['sigma_verified']}, {chips} (seed {ev['seed']}); yield = chips "
+        f"model {s['model']['name']} on {s['data']['dataset']}; {device_summary(dm)}, "
+        f"{chips} (seed {ev['seed']}); yield = chips "
         f"within {result.within_points:g} point(s) of {result.reference_percent:.2f} %",
     ]
     for model in result.models:
         prefix = f"[{model.label}] " if len(result.models) > 1 else ""
-        lines += [
-            f"{prefix}clean accuracy       {model.clean_accuracy_percent:6.2f} %",
-            f"{prefix}no write-verify      {format_mc(model.no_verify.mc)}",
-            f"{prefix}full write-verify    {format_mc(model.full_verify.mc)}",
-        ]
+        lines.append(f"{prefix}clean accuracy       {model.clean_accuracy_percent:6.2f} %")
+        lines.append(f"{prefix}no write-verify      {format_mc(model.no_verify.mc)}")
+        lines += _time_lines(model.no_verify, prefix)
+        lines.append(f"{prefix}full write-verify    {format_mc(model.full_verify.mc)}")
+        lines += _time_lines(model.full_verify, prefix)
         for point in model.points:
             lines += _point_lines(point, prefix)
     lines.append("written:")
@@ -87,6 +109,10 @@ def _point_lines(point: Point, prefix: str) -> list[str]:
     if prog is not None:
         lines.append(f"{prefix}  programming time   {seconds(prog.time_plan_s)} (full verify "
                      f"{seconds(prog.time_full_verify_s)}): speedup {prog.speedup:.2f}x")
+    if prog is not None and prog.stuck_devices_verified is not None:
+        lines.append(f"{prefix}  stuck cells        {prog.stuck_devices_verified:,.0f} tried "
+                     f"(expected), {seconds(prog.time_stuck_s or 0.0)} burnt on them")
+    lines += _time_lines(point, prefix)
     if point.gap is not None:
         low, high = point.gap.ci95
         lines.append(f"{prefix}  gap to full verify {point.gap.mean:+.2f} points "
@@ -94,6 +120,15 @@ def _point_lines(point: Point, prefix: str) -> list[str]:
     if "learn_seconds" in point.meta:
         lines.append(f"{prefix}  learning the plan  {point.meta['learn_seconds']:.1f} s "
                      f"({point.meta['learn_epochs']} epochs)")
+    return lines
+
+
+def _time_lines(point: Point, prefix: str) -> list[str]:
+    """One line per time of a point read at several times."""
+    lines = []
+    for mc in point.over_time or []:
+        when = "at " + format_time(mc.meta["time_s"])
+        lines.append(f"{prefix}  {when:<18} {format_mc(mc)}")
     return lines
 
 
@@ -232,8 +267,11 @@ def plot_sweep(result: SweepResult, path: str | Path) -> Path | None:
     ax.set_ylim(bottom=max(floor, min((p.mc.ci95[0] for ps in lines.values() for p in ps),
                                       default=floor)))
     s = result.settings
-    ax.set_title(f"{s['model']['name']} / {s['data']['dataset']}, sigma "
-                 f"{s['device_model']['sigma']}, {s['evaluation']['samples']} chips")
+    when = "" if not s["evaluation"].get("times") else (
+        f", judged at {format_time(_judged_time(s['evaluation']))}")
+    ax.set_title(f"{s['model']['name']} / {s['data']['dataset']}, "
+                 f"{device_summary(s['device_model'])}, {s['evaluation']['samples']} chips"
+                 f"{when}", fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     if several:
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
@@ -243,6 +281,71 @@ def plot_sweep(result: SweepResult, path: str | Path) -> Path | None:
     suffix = Path(path).suffix.lstrip(".") or "png"
     return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=130, format=suffix,
                                                       bbox_inches="tight"))
+
+
+def _judged_time(evaluation: dict[str, Any]) -> float:
+    judge = evaluation.get("judge_time")
+    return float(evaluation["times"][0] if judge is None else judge)
+
+
+def plot_over_time(result: SweepResult, path: str | Path) -> Path | None:
+    """Accuracy against time after programming (log axis), a line and its 95 % CI band
+    per evaluated plan. None without matplotlib or without times."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        return None
+    points = [(m.label, p) for m in result.models
+              for p in (m.no_verify, m.full_verify, *m.points) if p.over_time]
+    if not points:
+        return None
+    fig = Figure(figsize=(8.5, 4.8))
+    ax = fig.add_subplot()
+    several = len(result.models) > 1
+    for k, (label, point) in enumerate(points):
+        xs = [max(mc.meta["time_s"], 1e-1) for mc in point.over_time]
+        colour = f"C{k % 10}"
+        ax.plot(xs, [mc.mean for mc in point.over_time], color=colour, marker="o",
+                markersize=3, label=f"{point.label} ({label})" if several else point.label)
+        ax.fill_between(xs, [mc.ci95[0] for mc in point.over_time],
+                        [mc.ci95[1] for mc in point.over_time], color=colour, alpha=0.15,
+                        linewidth=0)
+    ax.set_xscale("log")
+    times = [mc.meta["time_s"] for _, p in points for mc in p.over_time]
+    ax.set_xticks([max(t, 1e-1) for t in dict.fromkeys(times)])
+    ax.set_xticklabels([format_time(t) for t in dict.fromkeys(times)])
+    ax.set_xlabel("time after programming")
+    ax.set_ylabel("accuracy under variation (%)")
+    s = result.settings
+    ax.set_title(f"{s['model']['name']} / {s['data']['dataset']}, "
+                 f"{device_summary(s['device_model'])}", fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    fig.tight_layout()
+    suffix = Path(path).suffix.lstrip(".") or "png"
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=130, format=suffix,
+                                                      bbox_inches="tight"))
+
+
+def time_table(result: SweepResult) -> str:
+    """Per evaluated plan: the mean accuracy (95 % CI half-width) at every time."""
+    rows = [p for m in result.models for p in (m.no_verify, m.full_verify, *m.points)
+            if p.over_time]
+    if not rows:
+        return ""
+    times = [mc.meta["time_s"] for mc in rows[0].over_time]
+    head = " | ".join(f"at {format_time(t)}" for t in times)
+    lines = ["Accuracy % after programming (95% CI half-width), the same chips at every time",
+             "", f"| model | method | budget | speedup | {head} |",
+             "|---|---|---|---:|" + "---:|" * len(times)]
+    for p in rows:
+        budget = "-" if p.budget_kind is None else (
+            f"{p.budget_kind.replace('_', ' ')} {p.budget_value:g}")
+        speedup = "-" if p.speedup is None else f"{p.speedup:.2f}x"
+        cells = " | ".join(f"{mc.mean:.2f} (+-{(mc.ci95[1] - mc.ci95[0]) / 2:.2f})"
+                           for mc in p.over_time)
+        lines.append(f"| {p.model} | {p.method} | {budget} | {speedup} | {cells} |")
+    return "\n".join(lines) + "\n"
 
 
 def _plot_lines(result: SweepResult) -> dict[tuple[str, str], list[Point]]:
@@ -281,6 +384,9 @@ def sweep_text(result: SweepResult, rows: Sequence[dict[str, Any]] | None = None
     text = markdown_rows(sweep_rows(result) if rows is None else rows, result.within_points)
     if any(m.searches for m in result.models):
         text += "\n" + search_table(result)
+    over_time = time_table(result)
+    if over_time:
+        text += "\n" + over_time
     return text
 
 
@@ -295,6 +401,9 @@ def write_sweep_reports(result: SweepResult, out_dir: Path, plot: str | None = N
     plotted = plot_sweep(result, plot or out_dir / "sweep.png")
     if plotted is not None:
         files["plot"] = str(plotted)
+    over_time = plot_over_time(result, Path(files["table"]).with_name("sweep-time.png"))
+    if over_time is not None:
+        files["plot over time"] = str(over_time)
     return files
 
 
@@ -319,8 +428,12 @@ def registry_tables() -> dict[str, str]:
                                           "data": "dataset", "what it is": "help"}),
         "datasets": markdown_table(DATASETS, {"dataset": "name", "aliases": "aliases",
                                               "what it is": "help"}),
+        "device models": markdown_table(DEVICE_MODELS, {"device model": "name",
+                                                        "options (defaults)": "option_help",
+                                                        "what it models": "help"}),
     }
 
 
-__all__ = ["format_mc", "plot_sweep", "print_run", "print_sweep", "registry_tables",
+__all__ = ["device_summary", "format_mc", "format_time", "plot_over_time", "plot_sweep",
+           "time_table", "print_run", "print_sweep", "registry_tables",
            "run_lines", "write_sweep_reports"]

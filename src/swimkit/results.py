@@ -64,6 +64,7 @@ class Point:
     plan_path: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     gap: MCResult | None = None  # paired per-chip difference to the model's full verify
+    over_time: list[MCResult] | None = None  # with times: one result per time (same chips)
 
     @property
     def speedup(self) -> float | None:
@@ -100,6 +101,9 @@ class Point:
             low, high = self.gap.ci95
             out["gap_to_full_verify"] = {"mean_points": self.gap.mean,
                                          "ci95_points": [low, high], "chips": self.gap.samples}
+        if self.over_time is not None:
+            out["over_time"] = [{"time_s": mc.meta.get("time_s"), **mc.to_dict()}
+                                for mc in self.over_time]
         return out
 
     @classmethod
@@ -111,8 +115,26 @@ class Point:
             budget_value=budget.get("value"), counts=PlanCounts.from_dict(data),
             programming=ProgrammingReport.from_dict(programming) if programming else None,
             mc=MCResult.from_dict(data["accuracy"]), plan_path=data.get("plan_path"),
-            meta=data.get("meta", {}),
+            meta=data.get("meta", {}), over_time=_over_time(data.get("over_time")),
         )
+
+
+def _over_time(rows: Any) -> list[MCResult] | None:
+    """The per-time results of a point's JSON (None for a run without times)."""
+    if rows is None:
+        return None
+    require(isinstance(rows, list) and all(isinstance(r, dict) for r in rows),
+            "over_time must be a list of Monte-Carlo results")
+    out = []
+    for row in rows:
+        row = dict(row)
+        time = row.pop("time_s", None)
+        require(isinstance(time, (int, float)) and not isinstance(time, bool),
+                f"over_time entry without a time (got {time!r})")
+        mc = MCResult.from_dict(row)
+        mc.meta = {**mc.meta, "time_s": float(time)}
+        out.append(mc)
+    return out
 
 
 @dataclass

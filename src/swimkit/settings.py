@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from .devices import DeviceModel
+from .devices import Device, DeviceModel, check_times, require_device
 from .errors import SwimkitError, check_fraction, check_speedup, is_number, require
 from .models import canonical_model_name, model_info
 from .plans import check_menu
@@ -68,7 +68,8 @@ class SelectionSettings:
     ``fractions`` (of weights; of devices for device-level methods), ``speedups`` over
     full verify, ``time_budgets`` in seconds; ``tolerances`` the menu of device-level
     methods (None: the default menu); ``exclude`` layers kept digital; ``learn`` the
-    options of method ``learned`` (epochs, lr, price_step).
+    options of method ``learned`` (epochs, lr, price_step); ``plan_time`` the seconds
+    after programming whose error the methods plan against (0: right after).
     """
 
     methods: list[str] = field(default_factory=lambda: ["swim"])
@@ -78,6 +79,7 @@ class SelectionSettings:
     tolerances: list[float] | None = None
     exclude: list[str] = field(default_factory=list)
     learn: dict[str, Any] = field(default_factory=dict)
+    plan_time: float = 0.0
 
 
 @dataclass
@@ -92,7 +94,9 @@ class EvaluationSettings:
     narrow, after at least ``min_samples``; full verify, which every plan is paired
     with, always gets ``samples`` chips. ``chips_per_pass`` (None: chosen),
     ``compile`` and ``threads`` (None: this process's share of the cores) only change
-    the speed."""
+    the speed. ``times`` (seconds after programming; None: right after only) reads every
+    chip at each time; a point is judged at ``judge_time`` (default the first time).
+    """
 
     samples: int = 100
     seed: int = 0
@@ -105,6 +109,15 @@ class EvaluationSettings:
     search: bool = False
     yield_target: float | None = None
     search_steps: int = 8
+    times: list[float] | None = None
+    judge_time: float | None = None
+
+    @property
+    def judged(self) -> int:
+        """Index in ``times`` of the time points are judged at (0 without times)."""
+        if not self.times:
+            return 0
+        return 0 if self.judge_time is None else list(self.times).index(self.judge_time)
 
 
 @dataclass
@@ -121,7 +134,7 @@ class Settings:
     train: TrainConfig = field(default_factory=TrainConfig)
     sigma_trains: list[float] | None = None
     compare_scale_aware: bool = False
-    device_model: DeviceModel = field(default_factory=DeviceModel)
+    device_model: Device = field(default_factory=DeviceModel)
     sensitivity: SensitivitySettings = field(default_factory=SensitivitySettings)
     selection: SelectionSettings = field(default_factory=SelectionSettings)
     evaluation: EvaluationSettings = field(default_factory=EvaluationSettings)
@@ -174,7 +187,14 @@ class Settings:
         for sigma in self.sigma_train_values:
             require(is_number(sigma, finite=True) and sigma >= 0,
                     f"sigma_train must be a number >= 0 (got {sigma!r})")
+        require_device(self.device_model)
         self.device_model.loop  # noqa: B018 - solves (and so checks) the write-verify loop
+        require(is_number(sel.plan_time, finite=True) and sel.plan_time >= 0,
+                f"plan_time must be seconds >= 0 after programming (got {sel.plan_time!r})")
+        if ev.times is not None:
+            ev.times = list(check_times(ev.times))
+        require(ev.judge_time is None or (ev.times is not None and ev.judge_time in ev.times),
+                f"judge_time {ev.judge_time!r} must be one of the times ({ev.times})")
         resolve_device(self.device)
 
     @property

@@ -90,6 +90,7 @@ class TrainConfig:
     weight_decay: float | None = None
     sigma_train: float = 0.0
     scale_aware: bool = False
+    noise_time: float = 0.0
     seed: int = 0
     augment: bool = True
 
@@ -123,6 +124,8 @@ class TrainConfig:
         )
         require(isinstance(self.scale_aware, bool),
                 _bad("scale_aware", self.scale_aware, "True or False"))
+        require(_nonnegative(self.noise_time),
+                _bad("noise_time", self.noise_time, "seconds >= 0 after programming"))
         require(_is_int(self.seed), f"seed must be an integer (got {self.seed!r})")
 
 
@@ -244,9 +247,9 @@ def train(
     ``best.pt`` whenever the clean test accuracy improves; if ``last.pt`` exists and
     ``resume`` is True, training continues after its epoch (or returns at once when it
     already reached ``config.epochs``). Noise injection: ``config.sigma_train`` > 0 draws
-    from the Gaussian DeviceModel at that sigma (bit slicing and variation from
-    ``noise_model`` if it is one); with sigma_train 0, any ``noise_model``
-    (:class:`~swimkit.devices.NoiseModel`) is used as it is. ``plan`` draws the noise of
+    from ``noise_model`` (default the Gaussian DeviceModel) at that plain-write sigma;
+    with sigma_train 0, any ``noise_model`` (:class:`~swimkit.devices.NoiseModel`) is
+    used as it is. ``plan`` draws the noise of
     that write-verify plan (plan-aware fine-tuning: verified devices get their residual).
     Training runs on ``threads`` torch threads (default :func:`machine_threads`, whatever
     the environment set, e.g. torchrun's one thread per process), since CPU arithmetic

@@ -249,12 +249,43 @@ class TableVariation(Variation):
         }
 
 
+#: Programming-error spread of phase-change memory against the target conductance
+#: g = G / G_max, in microsiemens at G_max = 25 uS: 0.26348 + 1.9650 g - 1.1731 g^2. The
+#: fit over about a million PCM devices of Nandakumar et al., ICECS 2019 (also in Joshi
+#: et al., Nature Communications 11, 2473, 2020, and in IBM aihwkit's PCM-like model).
+PCM_PROGRAMMING = (0.26348, 1.9650, -1.1731)
+
+
+class PolynomialVariation(Variation):
+    """Factor sum_i c_i x^i / sum_i c_i: a polynomial shape, 1 at the top level x = 1
+    (clamped at 0). ``"pcm"`` is the measured PCM programming-error shape."""
+
+    def __init__(self, coefficients: Sequence[float], name: str | None = None) -> None:
+        require(len(coefficients) >= 1 and all(is_number(c, finite=True) for c in coefficients),
+                f"a polynomial variation needs finite coefficients (got {coefficients!r})")
+        total = float(sum(coefficients))
+        require(total > 0, f"a polynomial variation must be > 0 at level 1 (got {total:g})")
+        self.coefficients = tuple(float(c) for c in coefficients)
+        self.name = name
+
+    def __call__(self, level: Tensor) -> Tensor:
+        out = torch.zeros_like(level)
+        for c in reversed(self.coefficients):
+            out = out * level + c
+        return (out / sum(self.coefficients)).clamp_(min=0.0)
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "polynomial", "coefficients": list(self.coefficients),
+                "name": self.name}
+
+
 def as_variation(spec: object) -> Variation:
     """Turn a user setting into a :class:`Variation`.
 
     Accepts None or ``"uniform"`` (uniform), a :class:`Variation`, a callable
     ``level -> factor``, ``"band:R"`` or ``"band:R:LOW:HIGH"`` (:class:`BandVariation`),
-    or the path of a ``.csv`` table (:meth:`TableVariation.from_csv`).
+    ``"pcm"`` (:data:`PCM_PROGRAMMING`'s shape) or the path of a ``.csv`` table
+    (:meth:`TableVariation.from_csv`).
     """
     if spec is None:
         return UniformVariation()
@@ -274,6 +305,8 @@ def _from_string(text: str) -> Variation:
     spec = text.strip()
     if spec.lower() == "uniform":
         return UniformVariation()
+    if spec.lower() == "pcm":
+        return PolynomialVariation(PCM_PROGRAMMING, name="pcm")
     if spec.lower().startswith("band:"):
         parts = spec.split(":")[1:]
         try:
@@ -288,7 +321,7 @@ def _from_string(text: str) -> Variation:
     if spec.lower().endswith(".csv"):
         return TableVariation.from_csv(spec)
     raise SwimkitError(
-        f"unknown variation {text!r}; use 'uniform', 'band:R' (e.g. band:3) "
+        f"unknown variation {text!r}; use 'uniform', 'band:R' (e.g. band:3), 'pcm' "
         "or the path of a .csv file with columns level,sigma"
     )
 

@@ -144,7 +144,7 @@ def check_before_work(settings: Settings, model: nn.Module, trained: bool = True
     are checked on the ``trained`` model only (still before the sensitivity pass)."""
     sel = settings.selection
     weights = device_weights(model, exclude=sel.exclude or None)
-    by_weights = getattr(settings.device_model, "value_dependent", True)
+    by_weights = settings.device_model.prices_by_value
     if not (sel.speedups or sel.time_budgets) or (by_weights and not trained):
         return
     values = effective_weights(weights)
@@ -261,19 +261,27 @@ class Evaluator:
     def settings(self) -> Settings:
         return self.ctx.settings
 
-    def _mc(self, plan: Plan | str) -> MCResult:
+    def _mc(self, plan: Plan | str) -> tuple[MCResult, list[MCResult] | None]:
         """Chips of ``plan``: all ``samples`` for full verify (every plan pairs with it),
-        else until the CI target (the gap to full verify's, or the mean's) is met."""
+        else until the CI target (the gap to full verify's, or the mean's) is met. With
+        times: the result at the judged time, and the results at every time."""
         s = self.settings
         ev = s.evaluation
         adaptive = bool(ev.ci_target) and plan != "all"
-        against = self.full_verify.mc if adaptive and self.full_verify is not None else None
-        return evaluate(self.candidate.model, self.ctx.test_batches, s.device_model, plan,
-                        samples=ev.samples, seed=ev.seed,
-                        ci_target=ev.ci_target if adaptive else None,
-                        min_samples=ev.min_samples, against=against,
-                        chips_per_pass=ev.chips_per_pass, compile=ev.compile, threads=ev.threads,
-                        exclude=s.selection.exclude or None, progress=self.ctx.progress)
+        full = self.full_verify
+        against = None
+        if adaptive and full is not None:
+            against = full.over_time if full.over_time is not None else full.mc
+        result = evaluate(self.candidate.model, self.ctx.test_batches, s.device_model, plan,
+                          samples=ev.samples, seed=ev.seed,
+                          ci_target=ev.ci_target if adaptive else None,
+                          min_samples=ev.min_samples, against=against,
+                          chips_per_pass=ev.chips_per_pass, compile=ev.compile,
+                          threads=ev.threads, exclude=s.selection.exclude or None,
+                          progress=self.ctx.progress, times=ev.times)
+        if ev.times is None:
+            return result, None
+        return result[ev.judged], result
 
     def baseline(self, verify: str) -> Point:
         """No device verified ("none") or every device verified ("all")."""
@@ -283,11 +291,12 @@ class Evaluator:
             s = self.settings
             weights = device_weights(self.candidate.model, exclude=s.selection.exclude or None)
             values = effective_weights(weights)
-            plan = Plan.uniform(values, verify == "all", s.device_model.devices_per_weight)
+            plan = Plan.uniform(values, verify == "all", s.device_model.slicing.devices)
             report = s.device_model.programming_report(values, weight_scales(values), plan)
             name = "full verify" if verify == "all" else "no verify"
+            mc, over_time = self._mc(verify)
             found = Point(name, self.candidate.label, None, None, PlanCounts.of(plan), report,
-                          self._mc(verify))
+                          mc, over_time=over_time)
             self.cache.put(point_id, found)
         if verify == "all":
             self.full_verify = found
@@ -303,6 +312,7 @@ class Evaluator:
                     if entry.needs_data else None)
             return select(self.candidate.model, sens, method=method, device_model=s.device_model,
                           tolerances=s.selection.tolerances, data=data, seed=s.evaluation.seed,
+                          plan_time=s.selection.plan_time,
                           exclude=s.selection.exclude or None, options=s.selection.learn
                           if entry.needs_data else None, **budget.describe())
         if method not in self.scores:
@@ -310,7 +320,7 @@ class Evaluator:
             self.scores[method] = score(
                 self.candidate.model, sens, method, device_model=s.device_model,
                 tolerances=tolerances[-1:] if tolerances else None, seed=s.evaluation.seed,
-                exclude=s.selection.exclude or None)
+                exclude=s.selection.exclude or None, plan_time=s.selection.plan_time)
         return cut(self.scores[method], budget)
 
     def point(self, method: str, kind: str, value: float) -> Point:
@@ -328,8 +338,9 @@ class Evaluator:
 
             distributed.rank_zero_first(make_plan)
             plan = Plan.load(path)
+            mc, over_time = self._mc(plan)
             found = Point(method, self.candidate.label, kind, value, PlanCounts.of(plan),
-                          plan.programming, self._mc(plan), str(path), plan.meta)
+                          plan.programming, mc, str(path), plan.meta, over_time=over_time)
             self.cache.put(point_id, found)
         if self.full_verify is not None:
             found.gap = found.mc.paired_difference(self.full_verify.mc)

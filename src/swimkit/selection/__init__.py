@@ -14,13 +14,14 @@ over verifying every weight with the device's own loop, or a ``time_budget`` in 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from torch import Tensor, nn
 
-from ..devices import DeviceModel, NoiseModel
-from ..errors import SwimkitError, require
+from ..devices import DeviceModel, NoiseModel, PricingModel, require_noise_model
+from ..devices.protocol import missing
+from ..errors import SwimkitError, is_number, require
 from ..mapping import (
     DeviceWeight,
     device_weights,
@@ -30,7 +31,6 @@ from ..mapping import (
     weight_scales,
 )
 from ..plans import Plan, check_menu
-from ..programming import WriteVerify
 from ..sensitivity import Sensitivity
 from . import builtin as _builtin  # noqa: F401 - registers the built-in methods
 from .budget import FlatScores, extra_seconds, time_budget_seconds, top_k
@@ -74,14 +74,16 @@ def inputs_for(
     method: Method,
     *,
     device_model: NoiseModel | None = None,
-    write_verify: WriteVerify | None = None,
     tolerances: Sequence[float] | None = None,
     options: Mapping[str, Any] | None = None,
     layers: Sequence[str] | None = None,
     exclude: Sequence[str] | None = None,
+    plan_time: float = 0.0,
     **fields: Any,
 ) -> ScoreInputs:
     """What ``method`` is given about the device weights of ``model``."""
+    require(is_number(plan_time, finite=True) and plan_time >= 0,
+            f"plan_time must be seconds >= 0 after programming (got {plan_time!r})")
     if method.needs_sensitivity and sens is None:
         raise SwimkitError(f"method {method.name!r} needs sensitivities: run the sensitivity pass")
     if method.needs_data and fields.get("data") is None:
@@ -92,16 +94,14 @@ def inputs_for(
     scales = weight_scales(values)
     if sens is not None and method.needs_sensitivity:
         _check_shapes(sens, values)
-    device_model = device_model if device_model is not None else DeviceModel()
-    if write_verify is not None:
-        require(isinstance(device_model, DeviceModel),
-                "write_verify= applies to a swimkit.DeviceModel; set the loop on your model")
-        device_model = replace(device_model, write_verify=write_verify)
+    device_model = require_noise_model(
+        device_model if device_model is not None else DeviceModel())
     return ScoreInputs(
         sensitivity=sens, values=values,
         normalised={k: v / safe_scale(scales[k]) for k, v in values.items()},
         scales=scales, device_model=device_model, model=model, weights=weights,
-        menu=check_menu(tolerances), options=dict(options or {}), **fields,
+        menu=check_menu(tolerances), options=dict(options or {}),
+        plan_time=float(plan_time), **fields,
     )
 
 
@@ -139,7 +139,6 @@ def select(
     speedup: float | None = None,
     time_budget: float | None = None,
     device_model: NoiseModel | None = None,
-    write_verify: WriteVerify | None = None,
     tolerances: Sequence[float] | None = None,
     data: Iterable[tuple[Tensor, Tensor]] | None = None,
     seed: int = 0,
@@ -147,21 +146,24 @@ def select(
     layers: Sequence[str] | None = None,
     exclude: Sequence[str] | None = None,
     options: Mapping[str, Any] | None = None,
+    plan_time: float = 0.0,
 ) -> Plan:
     """Choose how to program the devices of ``model``.
 
     Give exactly one budget: ``fraction`` (of the weights; of the devices for the
     device-level methods ``allocate`` and ``learned``), a ``speedup`` over verifying every
     weight, or a ``time_budget`` in seconds. ``device_model`` (default
-    :class:`~swimkit.DeviceModel`) prices the plan; ``write_verify`` replaces its loop;
-    ``tolerances`` is the menu of tolerances (device steps) a device may be verified to
-    (weight-level methods take one). ``sens`` may be None for methods that need none;
+    :class:`~swimkit.DeviceModel`) prices the plan (its ``write_verify`` is the loop);
+    ``plan_time`` (seconds after programming) is when the error variance planned
+    against is taken, for devices that change with time; ``tolerances`` is the menu of
+    tolerances (device steps) a device may be verified to (weight-level methods take
+    one). ``sens`` may be None for methods that need none;
     ``data`` (training batches) is for ``learned``. ``layers`` / ``exclude`` choose the
     layers on devices (default: those of ``sens``).
     """
     budget = make_budget(fraction, speedup, time_budget)
     entry = METHODS.get(method)
-    settings = {"device_model": device_model, "write_verify": write_verify,
+    settings = {"device_model": device_model, "plan_time": plan_time,
                 "tolerances": tolerances, "data": data, "seed": seed, "alpha": alpha,
                 "layers": layers, "exclude": exclude, "options": options}
     if entry.planner is not None:
@@ -201,10 +203,10 @@ def cut(scores: Scores, budget: Budget | float | None = None, **budgets: float) 
         times = {k: dm.option_times(v, inputs.scales[k], inputs.menu)
                  for k, v in inputs.values.items()}
         extra = extra_seconds(times, {k: v.shape for k, v in inputs.values.items()},
-                              dm.devices_per_weight)
+                              dm.slicing.devices)
         flat = scores.flat.within_time(extra, seconds - base)
     plan = Plan(masks=scores.flat.masks(flat), method=scores.method, menu=inputs.menu,
-                devices_per_weight=getattr(dm, "devices_per_weight", None))
+                devices_per_weight=dm.slicing.devices)
     return finish(plan, inputs, budget, scores.method)
 
 
@@ -212,13 +214,16 @@ def finish(plan: Plan, inputs: ScoreInputs, budget: Budget, method: str) -> Plan
     """Record the request, and the modelled programming time when it can be modelled."""
     plan.method = method
     plan.requested = budget.describe()
-    report = getattr(inputs.device_model, "programming_report", None)
-    if report is not None:
-        try:
-            plan.programming = report(inputs.values, inputs.scales, plan)
-        except SwimkitError:
-            if budget.kind != "fraction":
-                raise
+    if inputs.plan_time:
+        plan.meta = {**plan.meta, "plan_time_s": inputs.plan_time}
+    if missing(inputs.device_model, PricingModel):  # a model that only draws chips
+        return plan
+    try:
+        plan.programming = inputs.device_model.programming_report(  # type: ignore[attr-defined]
+            inputs.values, inputs.scales, plan)
+    except SwimkitError:
+        if budget.kind != "fraction":
+            raise
     return plan
 
 

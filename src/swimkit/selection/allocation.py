@@ -35,18 +35,6 @@ from ..plans import Plan, check_menu
 from .budget import time_budget_seconds, top_k
 from .registry import Budget, ScoreInputs, require_pricing
 
-#: Default menu: tolerances as multiples of the plain-write sigma, above the device's own
-#: (tightest) tolerance, which always closes the menu.
-MENU_FACTORS = (1.5, 1.0, 2 / 3, 0.5, 1 / 3)
-
-
-def default_menu(device_model) -> tuple[float, ...]:
-    """A handful of tolerances from loose (1.5 sigma) to the device model's own loop."""
-    tight = device_model.loop.tolerance
-    loose = [f * device_model.sigma for f in MENU_FACTORS]
-    return (*sorted({t for t in loose if t > tight * (1 + 1e-9)}, reverse=True), tight)
-
-
 # --- convex hulls of the options ---------------------------------------------------------
 
 
@@ -129,10 +117,18 @@ def _by_time_then_variance(times: Tensor, variances: Tensor) -> Tensor:
 
 @dataclass
 class _Layer:
+    """One layer's rows: a row per weight, or per device when devices differ (``devices``
+    K, the rows then weight i's device j at i * K + j, h already times 4^(-j m))."""
+
     name: str
     shape: torch.Size
-    h: Tensor        # (n,) float64, >= 0
-    kind: Tensor     # (n,) long: row of the hull table
+    h: Tensor        # (rows,) float64, >= 0
+    kind: Tensor     # (rows,) long: row of the hull table
+    devices: int = 1
+
+    @property
+    def weights(self) -> int:
+        return self.h.numel() // self.devices
 
 
 @dataclass
@@ -148,34 +144,44 @@ class Problem:
 
     @classmethod
     def build(cls, inputs: ScoreInputs, menu: tuple[float, ...]) -> Problem:
+        """The hulls of the options at the plan time. Where devices of one weight differ
+        (multi-level cells, drift by level), every device is a row of its own."""
         dm = inputs.device_model
-        k = dm.devices_per_weight
-        sigmas, times, kinds = [], [], []
+        k = dm.slicing.devices
+        variances, times = [], []
         for name, value in inputs.values.items():
             scale = inputs.scales[name]
-            sig = dm.option_sigmas(value, scale, menu).cpu()
-            tim = dm.option_times(value, scale, menu).cpu()
-            sigmas.append(sig.reshape(-1, sig.shape[-1]))
-            times.append(tim.reshape(-1, tim.shape[-1]))
-            kinds.append(sig.dim() > 1)
-        table = torch.cat([torch.cat([s, t], 1) for s, t in zip(sigmas, times, strict=True)])
+            variances.append(dm.option_variances(value, scale, menu, inputs.plan_time).cpu())
+            times.append(dm.option_times(value, scale, menu).cpu())
+        per_device = any(v.dim() == inputs.values[n].dim() + 2
+                         for n, v in zip(inputs.values, variances, strict=True))
+        rows = [_rows(v, inputs.values[n], per_device, k)
+                for n, v in zip(inputs.values, variances, strict=True)]
+        row_times = [_rows(t, inputs.values[n], per_device, k)
+                     for n, t in zip(inputs.values, times, strict=True)]
+        table = torch.cat([torch.cat([v, t], 1) for v, t in zip(rows, row_times, strict=True)])
         unique, inverse = torch.unique(table, dim=0, return_inverse=True)
-        options = sigmas[0].shape[-1]
-        hulls = lower_hulls(unique[:, options:], unique[:, :options].square())
+        options = rows[0].shape[-1]
+        hulls = lower_hulls(unique[:, options:], unique[:, :options])
+        weights = dm.slicing.variance_weights()
         layers, start = [], 0
         h = _floored(inputs.h)
-        for (name, value), per_weight, rows in zip(inputs.values.items(), kinds, sigmas,
-                                                   strict=True):
+        for (name, value), part in zip(inputs.values.items(), rows, strict=True):
             n = value.numel()
-            kind = inverse[start : start + rows.shape[0]]
-            start += rows.shape[0]
-            layers.append(_Layer(name, value.shape, h[name].detach().double().reshape(-1).cpu()
-                                 .clamp_min(0.0).nan_to_num(0.0),
-                                 kind if per_weight else kind.expand(n)))
+            kind = inverse[start : start + part.shape[0]]
+            start += part.shape[0]
+            h_layer = h[name].detach().double().reshape(-1).cpu().clamp_min(0.0).nan_to_num(0.0)
+            if per_device:
+                layers.append(_Layer(name, value.shape, (h_layer[:, None] * weights).reshape(-1),
+                                     kind.expand(n * k) if part.shape[0] == 1 else kind, k))
+            else:
+                layers.append(_Layer(name, value.shape, h_layer,
+                                     kind.expand(n) if part.shape[0] == 1 else kind))
         first = torch.gather(unique[:, options:], 1, hulls.options[:, :1]).squeeze(1)
-        base = sum(k * float(first[layer.kind].sum()) for layer in layers)
-        return cls(layers, hulls, dm.slicing.variance_weights(), base, menu,
-                   unique[:, :options].square())
+        per_row = 1 if per_device else k
+        base = sum(per_row * float(first[layer.kind].sum()) for layer in layers)
+        return cls(layers, hulls, torch.ones(1, dtype=torch.float64) if per_device else weights,
+                   base, menu, unique[:, :options])
 
     # --- greedy by threshold ---------------------------------------------------------------
 
@@ -301,6 +307,16 @@ class Problem:
         return levels
 
 
+def _rows(table: Tensor, value: Tensor, per_device: bool, devices: int) -> Tensor:
+    """An option table as rows: one row (all alike), a row per weight, or per device."""
+    options = table.shape[-1]
+    if table.dim() == 1:
+        return table.reshape(1, options)
+    if per_device and table.dim() == value.dim() + 1:  # per weight: every device alike
+        return table.reshape(-1, 1, options).expand(-1, devices, options).reshape(-1, options)
+    return table.reshape(-1, options)
+
+
 #: h below this share of the mean h counts as this share: every device then has a positive
 #: efficiency, so the budget is always spent (a speedup of 1 verifies every device), and
 #: devices the quadratic model calls indifferent are taken last, most significant first.
@@ -317,8 +333,8 @@ def _floored(h: Mapping[str, Tensor]) -> dict[str, Tensor]:
 def menu_of(inputs: ScoreInputs) -> tuple[float, ...]:
     """The menu asked for, or the default one; the device model must price options."""
     require_pricing(inputs.device_model, "a device-level method")
-    return check_menu(inputs.menu) if inputs.menu is not None else default_menu(
-        inputs.device_model)
+    return check_menu(inputs.menu) if inputs.menu is not None else (
+        inputs.device_model.default_menu())
 
 
 def seconds_above_base(problem: Problem, inputs: ScoreInputs, budget: Budget) -> float:

@@ -83,10 +83,16 @@ def top_k(flat_scores: Tensor, k: int) -> Tensor:
 def extra_seconds(option_times: Mapping[str, Tensor], shapes: Mapping[str, torch.Size],
                   devices: int) -> Tensor:
     """Per weight (flattened in layer order): the seconds that verifying all its devices at
-    option 1 adds over writing them once. ``option_times[name]`` is (O,) or (*shape, O)."""
-    return torch.cat([(devices * (times[..., 1] - times[..., 0])).double()
-                      .expand(shapes[name]).reshape(-1).cpu()
-                      for name, times in option_times.items()])
+    option 1 adds over writing them once. ``option_times[name]`` is (O,), (*shape, O) or,
+    per device, (*shape, K, O)."""
+    out = []
+    for name, times in option_times.items():
+        added = (times[..., 1] - times[..., 0]).double()
+        if added.dim() == len(shapes[name]) + 1:  # per device: their sum
+            out.append(added.sum(-1).reshape(-1).cpu())
+        else:
+            out.append((devices * added).expand(shapes[name]).reshape(-1).cpu())
+    return torch.cat(out)
 
 
 __all__ = ["FlatScores", "extra_seconds", "time_budget_seconds", "top_k"]

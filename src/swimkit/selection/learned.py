@@ -100,7 +100,8 @@ class _Relaxed:
         for layer in self.problem.layers:
             t = self.position(layer.name, layer.kind)
             dv = self.interpolate(self.point_var, layer.kind, t)
-            out[layer.name] = base_var[layer.name] + (dv * w).sum(1)
+            rows = base_var[layer.name] + (dv * w).sum(1)
+            out[layer.name] = rows.reshape(-1, layer.devices).sum(1)  # per weight
         return out
 
     def time(self) -> Tensor:

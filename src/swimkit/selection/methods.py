@@ -10,7 +10,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..devices import DeviceModel
 from ..plans import Plan
 from .registry import ScoreInputs
 
@@ -39,26 +38,32 @@ def random_score(inputs: ScoreInputs) -> dict[str, Tensor]:
 
 
 def plain_variance(inputs: ScoreInputs) -> dict[str, Tensor]:
-    """Var(dW / s) of every weight written once (the device model's protocol)."""
-    return inputs.device_model.variance(inputs.values, inputs.scales, None)
+    """E[(dW / s)^2] of every weight written once, at the plan time (the protocol's)."""
+    return inputs.device_model.variance(inputs.values, inputs.scales, None, inputs.plan_time)
 
 
 def relative_spread(inputs: ScoreInputs) -> dict[str, Tensor]:
-    """Each weight's spread relative to the device's nominal one.
-
-    U-SWIM's sigma_i / sigma for the Gaussian device model (the variation curve's
-    factor); for any other noise model sqrt(Var_i / mean Var) over all device weights.
-    """
-    dm = inputs.device_model
-    if isinstance(dm, DeviceModel):
-        nominal = max(dm.sigma, 1e-30)
-        return {k: dm.weight_sigma(v, inputs.scales[k]) / nominal
-                for k, v in inputs.values.items()}
+    """Each weight's spread relative to the device's nominal one: sqrt(Var_i / (c sigma^2)),
+    c = sum_j 4^(-j m); U-SWIM's sigma_i / sigma for Gaussian devices (the variation
+    curve's factor). Without a nominal sigma (0), relative to the mean variance."""
     variance = plain_variance(inputs)
-    total = sum(float(v.sum()) for v in variance.values())
-    count = sum(v.numel() for v in variance.values())
-    mean = max(total / max(count, 1), 1e-300)
-    return {k: (v / mean).sqrt().to(inputs.values[k].dtype) for k, v in variance.items()}
+    nominal = inputs.device_model.slicing.slice_factor * nominal_sigma(inputs) ** 2
+    if nominal <= 0:
+        total = sum(float(v.sum()) for v in variance.values())
+        nominal = total / max(sum(v.numel() for v in variance.values()), 1)
+    nominal = max(nominal, 1e-300)
+    return {k: (v.double() / nominal).sqrt().to(inputs.values[k].dtype)
+            for k, v in variance.items()}
+
+
+def nominal_sigma(inputs: ScoreInputs) -> float:
+    """The nominal plain-write sigma of a pricing device model (0 for one that only draws)."""
+    from ..devices import PricingModel
+    from ..devices.protocol import missing
+
+    if missing(inputs.device_model, PricingModel):
+        return 0.0
+    return float(inputs.device_model.sigma)  # type: ignore[attr-defined]
 
 
 def uswim_score(inputs: ScoreInputs) -> dict[str, Tensor]:
@@ -73,9 +78,9 @@ def variance_score(inputs: ScoreInputs) -> dict[str, Tensor]:
     """1/2 h (Var_plain - Var_verified): the expected loss reduction of verifying a weight,
     from E[dL] = 1/2 sum_i h_i Var_i."""
     plain = plain_variance(inputs)
-    verified = inputs.device_model.variance(
-        inputs.values, inputs.scales,
-        Plan.uniform(inputs.values, True, getattr(inputs.device_model, "devices_per_weight", None)))
+    dm = inputs.device_model
+    verified = dm.variance(inputs.values, inputs.scales,
+                           Plan.uniform(inputs.values, True, dm.slicing.devices), inputs.plan_time)
     return {k: (0.5 * h * (plain[k] - verified[k]).to(h.dtype)) for k, h in inputs.h.items()}
 
 

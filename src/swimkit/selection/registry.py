@@ -19,8 +19,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from ..devices import NoiseModel
-from ..errors import SwimkitError, require
+from ..devices import NoiseModel, require_device
+from ..errors import require
 from ..mapping import DeviceWeight
 from ..plans import Plan
 from ..registry import Entry, Registry
@@ -37,6 +37,8 @@ class ScoreInputs:
     weight name; ``sensitivity`` is None for methods that need none. Planners also get
     the ``model`` and its ``weights``, the tolerance ``menu`` (None: the device model's
     own loop), training ``data`` (an iterable of (x, y)) when they learn, and ``options``.
+    ``plan_time`` is the time after programming (seconds) whose error variance methods
+    plan against: 0, right after programming, unless the device changes with time.
     """
 
     sensitivity: Sensitivity | None
@@ -51,6 +53,7 @@ class ScoreInputs:
     menu: tuple[float, ...] | None = None
     data: Iterable[tuple[Tensor, Tensor]] | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    plan_time: float = 0.0
 
     @property
     def h(self) -> dict[str, Tensor]:
@@ -135,20 +138,9 @@ def register_planner(
     )
 
 
-#: What a device model needs, besides the NoiseModel protocol, to price programming time.
-PRICING = ("option_sigmas", "option_times", "reference_times", "programming_report", "slicing",
-           "devices_per_weight", "loop", "sigma")
-
-
 def require_pricing(device_model: NoiseModel, what: str) -> None:
-    """A clear error unless ``device_model`` prices verify options (as DeviceModel does)."""
-    missing = [m for m in PRICING if not hasattr(device_model, m)]
-    if missing:
-        raise SwimkitError(
-            f"{what} needs a device model that prices programming ({type(device_model).__name__} "
-            f"has no {', '.join(missing)}); use swimkit.DeviceModel, give a fraction, or add "
-            "those methods"
-        )
+    """A clear error unless ``device_model`` prices verify options (both protocols)."""
+    require_device(device_model, f"the device model of {what}")
 
 
 def needs_sensitivity(methods: Iterable[str]) -> bool:
@@ -156,5 +148,5 @@ def needs_sensitivity(methods: Iterable[str]) -> bool:
     return any(METHODS.get(m).needs_sensitivity for m in methods)
 
 
-__all__ = ["METHODS", "PRICING", "SWIM_ALPHA", "Budget", "Method", "ScoreInputs",
+__all__ = ["METHODS", "SWIM_ALPHA", "Budget", "Method", "ScoreInputs",
            "needs_sensitivity", "register_method", "register_planner", "require_pricing"]

@@ -1,11 +1,6 @@
-"""Device models: how far a programmed weight lands from its target.
+"""Device model ``gaussian``: Gaussian variation of bit-sliced weights, frozen in time.
 
-:class:`NoiseModel` is the protocol the rest of swimkit asks of a device model:
-Monte-Carlo evaluation, noise-injection training and the second-order scores call only
-its :meth:`~NoiseModel.sampler` and :meth:`~NoiseModel.variance`, so a new device
-model (log-normal, stuck-at, a measured distribution) is one class and nothing else.
-
-:class:`DeviceModel` is the Gaussian bit-sliced model of design §2. A weight of layer l
+:class:`DeviceModel` is the Gaussian bit-sliced model. A weight of layer l
 is mapped as w / s_l (s_l = max |W_l|) onto K devices (:class:`~swimkit.slicing.BitSlicing`);
 device j lands with an error Normal(0, sigma_j^2) in units of its own step, so the
 weight error is one Gaussian per weight,
@@ -21,45 +16,23 @@ normalised level |w| / s_l (U-SWIM's value-dependent setting, or a measured curv
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from .errors import SwimkitError, is_number, require
-from .mapping import safe_scale
-from .plans import Plan
-from .programming import ProgrammingReport, WriteVerify, price, weight_level_price
-from .seeding import seeded_generator
-from .slicing import BitSlicing
-from .variation import Variation, as_variation
-
-Sampler = Callable[[torch.Generator | None], dict[str, Tensor]]
-
-
-@runtime_checkable
-class NoiseModel(Protocol):
-    """What a device model answers. ``values`` are the effective device weights by name,
-    ``scales`` their per-layer s_l, ``plan`` which devices are write-verified (None: none).
-    """
-
-    def sampler(
-        self, values: Mapping[str, Tensor], scales: Mapping[str, Tensor], plan: Plan | None = None
-    ) -> Sampler:
-        """A function drawing one chip's weight errors dW (weight units) from a generator.
-
-        Work that does not change between chips (per-weight spreads) is done here once.
-        """
-
-    def variance(
-        self, values: Mapping[str, Tensor], scales: Mapping[str, Tensor], plan: Plan | None = None
-    ) -> dict[str, Tensor]:
-        """Var(dW / s_l) of every weight: the input of the second-order scores."""
-
-    def describe(self) -> dict[str, Any]:
-        """The settings, JSON-ready, for result files and cache keys."""
+from ..errors import SwimkitError, is_number, require
+from ..mapping import safe_scale
+from ..plans import Plan
+from ..programming import ProgrammingReport, WriteVerify, price, weight_level_price
+from ..seeding import seeded_generator
+from ..slicing import BitSlicing
+from ..variation import Variation, as_variation
+from .cells import loose_menu
+from .protocol import Sampler, check_times
+from .registry import register_device_model
 
 
 @dataclass(frozen=True)
@@ -119,6 +92,10 @@ class DeviceModel:
         return not all(curve.uniform for curve in self._curves)
 
     @property
+    def prices_by_value(self) -> bool:
+        return self.value_dependent
+
+    @property
     def loop(self) -> WriteVerify:
         """The write-verify loop with its tolerance (solved from sigma_verified if unset)."""
         if "loop" not in self._cache:
@@ -128,6 +105,14 @@ class DeviceModel:
                         "the loop, or a sigma > 0")
             self._cache["loop"] = self.write_verify.resolved(self.sigma, self.sigma_verified)
         return self._cache["loop"]
+
+    def default_menu(self) -> tuple[float, ...]:
+        """Tolerances from 1.5 sigma down to the own loop's (see :func:`loose_menu`)."""
+        return loose_menu(self.sigma, self.loop.tolerance)
+
+    def with_sigma(self, sigma: float) -> DeviceModel:
+        """The same device with plain-write sigma ``sigma``."""
+        return replace(self, sigma=float(sigma))
 
     def menu(self, menu: tuple[float, ...] | None) -> tuple[float, ...]:
         """The tolerances a plan's menu stands for (None: the device model's own loop)."""
@@ -174,6 +159,11 @@ class DeviceModel:
                 columns.append(self.loop.with_tolerance(tolerance).residual_sigma(plain))
         return torch.stack(torch.broadcast_tensors(*columns), dim=-1)
 
+    def option_variances(self, value: Tensor, scale: Tensor,
+                         menu: tuple[float, ...] | None = None, time: float = 0.0) -> Tensor:
+        """Squares of :meth:`option_sigmas` (the error does not change with time)."""
+        return self.option_sigmas(value, scale, menu).square()
+
     def _verified_sigma(self, value: Tensor, scale: Tensor) -> Tensor:
         """sigma_verified (times its curve): where the default loop lands a device."""
         if not self.value_dependent:
@@ -214,8 +204,10 @@ class DeviceModel:
         values: Mapping[str, Tensor],
         scales: Mapping[str, Tensor],
         plan: Plan | None = None,
+        time: float = 0.0,
     ) -> dict[str, Tensor]:
-        """Var(dW / s) per weight: sum_j 4^(-j m) sigma_j^2 (float64, shaped like the weight)."""
+        """Var(dW / s) per weight: sum_j 4^(-j m) sigma_j^2 (float64, shaped like the weight);
+        the same at every ``time``."""
         _check_plan(plan, values, self.devices_per_weight)
         return {name: self._variance(value, scales[name], plan, name).expand(value.shape)
                 for name, value in values.items()}
@@ -225,9 +217,12 @@ class DeviceModel:
         values: Mapping[str, Tensor],
         scales: Mapping[str, Tensor],
         plan: Plan | None = None,
+        times: Sequence[float] = (0.0,),
     ) -> Sampler:
+        """One draw per chip, the same at every time (the error is frozen)."""
         stds = self.noise_stds(values, scales, plan)
-        return lambda generator: draw(stds, generator)
+        count = len(check_times(times))
+        return lambda generator: [draw(stds, generator)] * count
 
     def sample(
         self,
@@ -237,7 +232,7 @@ class DeviceModel:
         generator: torch.Generator | None = None,
     ) -> dict[str, Tensor]:
         """One Monte-Carlo chip: a draw of dW for every weight in ``values``."""
-        return self.sampler(values, scales, plan)(generator)
+        return self.sampler(values, scales, plan)(generator)[0]
 
     def programming_report(
         self,
@@ -390,4 +385,22 @@ def generator_for(seed: int, index: int, device: torch.device | str = "cpu") -> 
     return seeded_generator("swimkit", int(seed), int(index), device=device)
 
 
-__all__ = ["DeviceModel", "NoiseModel", "Sampler", "draw", "generator_for", "level_of"]
+def gaussian(levels: Any = None, **settings: Any) -> Any:
+    """``DeviceModel(**settings)``; with ``levels`` (a curve over each device's level) the
+    multi-level form whose spread differs device by device."""
+    if levels is None:
+        return DeviceModel(**settings)
+    from .multilevel import MultiLevelGaussian
+
+    if "verified_variation" in settings:
+        raise SwimkitError("gaussian with levels= verifies every level by its own loop; "
+                           "drop --verified-variation")
+    return MultiLevelGaussian(levels=levels, **settings)
+
+
+register_device_model(
+    "gaussian", gaussian, options={"levels": None},
+    help="Gaussian error per device step, frozen at programming (levels=pcm or a curve: "
+         "a spread per device level, for multi-level cells)")
+
+__all__ = ["DeviceModel", "draw", "gaussian", "generator_for", "level_of"]
