@@ -20,7 +20,7 @@ FIXTURE_CANDIDATES = [
 
 @pytest.fixture(scope="session")
 def reference_path() -> Path:
-    """Where the SWIM reference run on LeNet (design §4) is stored."""
+    """Where the SWIM reference run on LeNet is stored."""
     for path in FIXTURE_CANDIDATES:
         if path.is_file():
             return path

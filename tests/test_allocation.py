@@ -29,7 +29,7 @@ def test_hull_drops_dominated_and_non_convex_points():
 
 
 def test_default_menu_is_the_design_hull():
-    """Design §8: at sigma 0.3 every menu tolerance is on the hull, loose to tight."""
+    """At sigma 0.3 every menu tolerance is on the hull, loose to tight."""
     dm = swimkit.DeviceModel()
     menu = dm.default_menu()
     assert [round(t, 3) for t in menu] == [0.45, 0.3, 0.2, 0.15, 0.1, round(dm.loop.tolerance, 3)]

@@ -146,7 +146,7 @@ def test_options_default_loop_lands_at_sigma_verified_others_at_the_closed_form(
         expected = WriteVerify(tol).residual_sigma(0.3)
         assert float(sigmas[i]) == pytest.approx(expected, rel=1e-12)
     hull = [round(float(s), 2) for s in sigmas]
-    assert hull == [0.3, 0.22, 0.11, 0.03]  # design §8
+    assert hull == [0.3, 0.22, 0.11, 0.03]  # the hull at sigma 0.3
 
 
 def test_plan_variance_matches_a_direct_simulation_of_the_devices():

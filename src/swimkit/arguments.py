@@ -83,10 +83,16 @@ _engine = _registered(ENGINES, "engine")
 
 
 def _list_of(kind: Callable[[str], Any]) -> Callable[[str], list]:
+    """A comma-separated list of ``kind``, each value once (a repeat would run twice)."""
+
     def parse(text: str) -> list:
         values = [kind(part.strip()) for part in text.split(",") if part.strip()]
         if not values:
             raise argparse.ArgumentTypeError(f"expected a comma-separated list (got {text!r})")
+        repeated = sorted({str(v) for v in values if values.count(v) > 1})
+        if repeated:
+            raise argparse.ArgumentTypeError(
+                f"{', '.join(repeated)} is given twice in {text!r}; give each value once")
         return values
 
     return parse
@@ -175,13 +181,6 @@ def _key_value(text: str) -> tuple[str, str]:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE (got {text!r}); e.g. "
                                          "compensation=true")
     return key.strip(), value.strip()
-
-
-def _times(text: str) -> list[float]:
-    values = _list_of(nonnegative)(text)
-    if len(set(values)) != len(values):
-        raise argparse.ArgumentTypeError(f"times repeat a value (got {text!r}); give each once")
-    return values
 
 
 def add_device_model(p: argparse.ArgumentParser) -> None:
@@ -283,7 +282,7 @@ def add_monte_carlo(p: argparse.ArgumentParser, search: bool) -> None:
                    help="chips before --ci-target may stop (default "
                         f"{default(EvaluationSettings, 'min_samples')})")
     g.add_argument("--seed", type=int, default=None, help="seed of training and chips (default 0)")
-    g.add_argument("--times", type=_times, default=None, metavar="T1,T2,...",
+    g.add_argument("--times", type=_list_of(nonnegative), default=None, metavar="T1,T2,...",
                    help="read every chip at these seconds after programming (one result per "
                         "time, the same chips), e.g. 1,3600,86400,31536000")
     g.add_argument("--chips-per-pass", type=positive_int, default=None, metavar="C",
@@ -351,6 +350,7 @@ def settings_of(args: argparse.Namespace, **selection: Any) -> Settings:
     """The :class:`Settings` of parsed arguments (``selection`` overrides that group)."""
     if getattr(args, "yield_target", None) is not None and args.within is None:
         raise SwimkitError("--yield needs --within P: the points a chip may lose and count")
+    _refuse_idle_options(args, selection)
     engine = getattr(args, "engine", None) or default(SensitivitySettings, "engine")
     options = (_given(args, {"probes": "probes", "probe_seed": "seed"})
                if engine == "hutchinson" else {})
@@ -387,6 +387,31 @@ def settings_of(args: argparse.Namespace, **selection: Any) -> Settings:
         device=args.device,
         out=getattr(args, "out", None),
     )
+
+
+def _refuse_idle_options(args: argparse.Namespace, selection: dict[str, Any]) -> None:
+    """Options that would not act with the others given: refused, so a result never
+    records a setting that did nothing."""
+    engine = getattr(args, "engine", None) or default(SensitivitySettings, "engine")
+    methods = selection.get("methods") or []
+    idle = [
+        ("--probes / --probe-seed", "set the hutchinson engine's probes: add --engine "
+         "hutchinson", engine != "hutchinson" and (getattr(args, "probes", None) is not None
+                                                   or getattr(args, "probe_seed", None)
+                                                   is not None)),
+        ("--learn-epochs / --learn-lr", "set method learned: add it to the methods",
+         "learned" not in methods and (getattr(args, "learn_epochs", None) is not None
+                                       or getattr(args, "learn_lr", None) is not None)),
+        ("--min-samples", "sets when --ci-target may stop: give --ci-target > 0",
+         getattr(args, "min_samples", None) is not None and getattr(args, "ci_target", None)
+         == 0),
+        ("--search-steps", "sets the speedup search: give --within P",
+         getattr(args, "search_steps", None) is not None and getattr(args, "within", None)
+         is None),
+    ]
+    for flags, fix, unused in idle:
+        if unused:
+            raise SwimkitError(f"{flags} would have no effect here: they {fix}, or drop them")
 
 
 def _model_name(args: argparse.Namespace) -> str:

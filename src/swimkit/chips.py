@@ -22,6 +22,7 @@ import itertools
 import math
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -32,6 +33,7 @@ from torch.nn.utils import parametrize
 from torch.overrides import TorchFunctionMode
 
 from .errors import SwimkitError, first_line
+from .mapping import require_logits
 
 Batch = tuple[Tensor, Tensor]
 Weights = Mapping[str, Tensor]
@@ -221,7 +223,7 @@ class ChipRunner:
 
         def forward(weights: Weights, x: Tensor) -> Tensor:
             slots.put(weights)
-            return model(x)
+            return require_logits(model(x))
 
         if self.chips_per_pass == 1:
             return forward
@@ -333,6 +335,37 @@ def evaluation_batch_size(model: nn.Module, image_shape: Sequence[int],
     fitting = max(ACTIVATION_BUDGET[kind] / per_image, 1.0)
     low, high = BATCH_RANGE[kind]
     return min(max(2 ** round(math.log2(fitting)), low), high)
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes free for a run on ``device`` (None where it cannot be told)."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def check_chips_fit(chips: int, device: torch.device, data: Sequence[Batch],
+                    parameters: int) -> None:
+    """Refuse, before any work, more chips per pass than half the free memory holds
+    (each chip: its weights and a generous guess of its activations)."""
+    free = available_memory(device)
+    if free is None or chips == 1:
+        return
+    per_chip = 4 * (parameters + 64 * data[0][0].numel())
+    fits = max(1, free // 2 // max(per_chip, 1))
+    if chips > fits:
+        raise SwimkitError(
+            f"{chips} chips per pass need about {chips * per_chip / 2**30:.1f} GiB, more "
+            f"than half of the {free / 2**30:.1f} GiB free here; use chips_per_pass <= "
+            f"{fits}", command_line=f"--chips-per-pass {chips} needs about "
+            f"{chips * per_chip / 2**30:.1f} GiB ({free / 2**30:.1f} GiB free); use at most "
+            f"{fits}")
 
 
 def check_chips_per_pass(value: int | None) -> int | None:

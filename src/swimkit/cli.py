@@ -39,7 +39,7 @@ from .arguments import (
     settings_of,
 )
 from .distributed import is_rank_zero
-from .errors import SwimkitError
+from .errors import SwimkitError, first_line
 from .selection import METHODS
 from .settings import Settings
 
@@ -159,6 +159,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if len(given) > 1:
         raise SwimkitError("give one budget: --fraction, --speedup or --time-budget")
     settings = settings_of(args, methods=[args.method], **(given or {"fractions": [0.1]}))
+    check_paths(args, settings.out_dir)
     _check_outputs(args, settings=settings)
     result = sweep(settings, log=quiet, progress=not args.no_progress)
     result.files["result"] = str(args.json or settings.out_dir / "result.json")
@@ -179,6 +180,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     methods = args.methods or ["swim", "magnitude", "random"]
     settings = settings_of(args, methods=methods, fractions=fractions, speedups=speedups,
                            time_budgets=budgets)
+    check_paths(args, settings.out_dir)
     _check_outputs(args, settings=settings)
     result = sweep(settings, log=quiet, progress=not args.no_progress)
     result.files["result"] = str(args.json or settings.out_dir / "sweep.json")
@@ -216,6 +218,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     plan = Plan.load(args.plan) if args.plan else None
     if plan is not None and not settings.model.checkpoint:
         raise SwimkitError("--plan fine-tunes a trained model: give its --checkpoint")
+    if plan is None and not settings.train.sigma_train and (
+            settings.train.scale_aware or settings.train.noise_time):
+        raise SwimkitError("--scale-aware and --noise-time shape noise-injection training: "
+                           "give --sigma-train > 0 (or --plan), or drop them")
     noise = settings.device_model if plan is not None or settings.train.sigma_train else None
     out = settings.out_dir / ("finetune" if plan is not None else "train")
     result = train(model, dataset, settings.train, model_name=settings.model.name,
@@ -252,6 +258,8 @@ def cmd_select(args: argparse.Namespace) -> int:
     from .sensitivity import Sensitivity
     from .workflows import Context
 
+    if args.summary and Path(args.summary).suffix.lower() not in (".json", ".csv"):
+        raise SwimkitError(f"--summary must end in .json or .csv (got {args.summary!r})")
     model, name = load_model(args)
     args.model = name
     if args.fraction is None and args.speedup is None and args.time_budget is None:
@@ -335,6 +343,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from .storage import atomic_write_text
 
     _check_plot_suffix(args.plot)
+    check_paths(args)
     _check_outputs(args, ("plot", "table"))
     loaded = []
     for path in args.results:
@@ -344,9 +353,16 @@ def cmd_report(args: argparse.Namespace) -> int:
             raise SwimkitError(f"cannot read {path} ({exc}); give a sweep.json file") from None
         except SwimkitError as exc:
             raise SwimkitError(f"{path}: {exc}") from None
-    result = SweepResult.merge(loaded)
-    result.set_reference()
-    text = sweep_text(result)
+    try:
+        result = SweepResult.merge(loaded)
+        result.set_reference()
+        text = sweep_text(result)
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError) as exc:
+        if isinstance(exc, SwimkitError):
+            raise
+        raise SwimkitError(f"a result file holds a value of the wrong kind "
+                           f"({first_line(exc, with_type=True)}); give sweep.json files as "
+                           "swimkit writes them") from None
     print(text, end="")
     if args.table:
         _log(f"written: {atomic_write_text(text, args.table)}")
@@ -354,6 +370,48 @@ def cmd_report(args: argparse.Namespace) -> int:
         written = plot_sweep(result, args.plot)
         _log(f"written: {written}" if written else "no plot: install matplotlib")
     return 0
+
+
+#: Options naming files a command reads, and files it writes.
+INPUT_OPTIONS = ("checkpoint", "plan", "sensitivity", "results")
+OUTPUT_OPTIONS = ("json", "plot", "table", "output", "npz", "summary")
+#: Files run and sweep write into --out besides the options'.
+OUT_FILES = {"run": ("result.json", "points.json"),
+             "sweep": ("sweep.json", "sweep.md", "sweep.csv", "sweep.png", "sweep-time.png",
+                       "points.json")}
+
+
+def check_paths(args: argparse.Namespace, out_dir: Path | None = None) -> None:
+    """Refuse, before any work, an output that is an input or another output."""
+    def named(options: tuple[str, ...]) -> list[tuple[str, Path]]:
+        found = []
+        for option in options:
+            value = getattr(args, option, None)
+            for item in value if isinstance(value, list) else [value]:
+                if item:
+                    found.append((f"--{option}" if option != "results" else "a result file",
+                                  Path(item).resolve()))
+        return found
+
+    inputs, outputs = named(INPUT_OPTIONS), named(OUTPUT_OPTIONS)
+    if out_dir is not None:
+        outputs += [(f"--out's {name}", (out_dir / name).resolve())
+                    for name in OUT_FILES.get(args.command, ())]
+    seen_inputs: dict[Path, str] = {}
+    for flag, path in inputs:
+        if path in seen_inputs:
+            raise SwimkitError(f"{path} is given twice ({seen_inputs[path]} and {flag}); "
+                               "give each file once")
+        seen_inputs[path] = flag
+    seen: dict[Path, str] = {}
+    for flag, path in outputs:
+        if path in seen_inputs:
+            raise SwimkitError(f"{flag} {path} would overwrite the input {seen_inputs[path]}; "
+                               "write somewhere else")
+        if path in seen and not seen[path].startswith("--out's"):
+            raise SwimkitError(f"{flag} and {seen[path]} are the same file ({path}); give "
+                               "each output its own name")
+        seen[path] = flag
 
 
 def _check_plot_suffix(plot: str | None) -> None:
@@ -378,6 +436,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.showwarning = _warn_once
     try:
         args = build_parser().parse_args(argv)
+        if args.command not in OUT_FILES:  # run and sweep check once --out is known
+            check_paths(args)
         distributed.init_from_environment()
         return COMMANDS[args.command](args)
     except SwimkitError as err:

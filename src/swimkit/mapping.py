@@ -11,6 +11,7 @@ untouched, so the model is bit-identical afterwards, also when the forward raise
 from __future__ import annotations
 
 import fnmatch
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -70,7 +71,29 @@ def device_weights(
         raise SwimkitError("no layer is left on devices: loosen the layers / exclude patterns")
     for weight in chosen.values():
         _check_weight(weight.module_name, weight.module.weight)
+    _warn_unmapped(model, found)
     return chosen
+
+
+_WARNED: set[tuple[int, tuple[str, ...]]] = set()
+
+
+def _warn_unmapped(model: nn.Module, found: dict[str, DeviceWeight]) -> None:
+    """Say once per model which matrix-shaped weights stay exact because no device layer
+    holds them (attention projections, embeddings, recurrent weights): accuracy under
+    variation leaves their errors out."""
+    mapped = {id(w.module.weight) for w in found.values()}
+    left = tuple(name for name, p in model.named_parameters()
+                 if p.dim() >= 2 and id(p) not in mapped and "parametrizations" not in name)
+    if not left or (id(model), left) in _WARNED:
+        return
+    _WARNED.add((id(model), left))
+    total = sum(p.numel() for p in model.parameters() if p.dim() >= 2)
+    share = sum(p.numel() for n, p in model.named_parameters() if n in left) / max(total, 1)
+    warnings.warn(
+        f"{len(left)} weight matrices are not in convolution or linear layers and stay exact "
+        f"({', '.join(left[:3])}{', ...' if len(left) > 3 else ''}; {100 * share:.0f} % of "
+        "the matrix weights): accuracy under variation leaves their errors out", stacklevel=3)
 
 
 def _check_weight(layer: str, weight: object) -> None:
@@ -218,3 +241,17 @@ def _remove_offset(module: nn.Module, was_plain: bool, order: list[str]) -> None
     else:
         chain = module.parametrizations["weight"]
         del chain[len(chain) - 1]
+
+
+def require_logits(output: object) -> Tensor:
+    """``output`` if it is one tensor of logits; else the one error every engine,
+    evaluation and training give for a model returning a tuple, a dict or anything else."""
+    if isinstance(output, Tensor):
+        return output
+    kind = type(output).__name__
+    hint = " (e.g. out[0])" if isinstance(output, (tuple, list)) else (
+        " (e.g. out['logits'])" if isinstance(output, dict) else "")
+    raise SwimkitError(
+        f"the model returns a {kind}, not one tensor of logits shaped (batch, classes): "
+        f"swimkit's sensitivity engines, Monte-Carlo and training all need that; wrap the "
+        f"model so that forward returns the logits{hint}")

@@ -184,6 +184,15 @@ def register_model(
     aliases are "Q" + each alias).
     """
     require(callable(builder), f"the builder of model {name!r} must be callable")
+    require(isinstance(num_classes, int) and not isinstance(num_classes, bool)
+            and num_classes >= 2, f"model {name!r}: num_classes must be an integer >= 2 "
+                                  f"(got {num_classes!r})")
+    require(len(tuple(input_shape)) >= 1 and all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in input_shape),
+        f"model {name!r}: input_shape must be positive integers, e.g. (1, 28, 28) "
+        f"(got {input_shape!r})")
+    require(optimizer in ("adam", "sgd"),
+            f"model {name!r}: optimizer must be 'adam' or 'sgd' (got {optimizer!r})")
     common = {"architecture": name, "dataset": dataset, "input_shape": tuple(input_shape),
               "num_classes": num_classes, "optimizer": optimizer, "builder": builder}
     info = MODELS.add(ModelInfo(name=name, aliases=tuple(aliases), help=help, **common))
@@ -245,6 +254,9 @@ def build_model(
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = info.builder()
+    if not isinstance(model, nn.Module):
+        raise SwimkitError(f"the builder of model {info.name!r} returned "
+                           f"{type(model).__name__}, not a torch.nn.Module")
     if not info.quantized:
         if bits is not None:
             raise SwimkitError(

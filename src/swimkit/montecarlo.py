@@ -26,10 +26,16 @@ from scipy import stats
 from torch import Tensor, nn
 
 from . import distributed
-from .chips import ChipRunner, auto_chips_per_pass, check_chips_per_pass
+from .chips import ChipRunner, auto_chips_per_pass, check_chips_fit, check_chips_per_pass
 from .devices import NoiseModel, Sampler, check_times, generator_for, require_noise_model
 from .errors import SwimkitError, is_number, require
-from .mapping import DeviceWeight, device_weights, effective_weights, weight_scales
+from .mapping import (
+    DeviceWeight,
+    device_weights,
+    effective_weights,
+    require_logits,
+    weight_scales,
+)
 from .plans import Plan
 from .progress import progress_bar
 from .threads import check_threads, torch_threads
@@ -70,15 +76,17 @@ class MCResult:
 
     @property
     def std(self) -> float:
-        """Sample standard deviation (0 for a single chip)."""
+        """Sample standard deviation (NaN for a single chip: one chip has no spread)."""
         if self.samples < 2:
-            return 0.0
+            return math.nan
         return float(self.accuracies.double().std(unbiased=True))
 
     @property
     def ci95(self) -> tuple[float, float]:
-        """95% confidence interval of the mean accuracy."""
-        half = 0.0 if self.samples < 2 else ci_half_width(self.accuracies)
+        """95% confidence interval of the mean accuracy (NaN for a single chip: no CI)."""
+        if self.samples < 2:
+            return (math.nan, math.nan)
+        half = ci_half_width(self.accuracies)
         return (self.mean - half, self.mean + half)
 
     @property
@@ -153,6 +161,8 @@ class MCResult:
 
     def __str__(self) -> str:
         low, high = self.ci95
+        if self.samples < 2:
+            return f"{self.mean:.2f} % (one chip: no spread, no CI; give --samples 2 or more)"
         return (
             f"{self.mean:.2f} +- {self.std:.2f} % "
             f"(95% CI {low:.2f}-{high:.2f}, p05 {self.p05:.2f}, n={self.samples}"
@@ -177,7 +187,7 @@ def _count_correct(model: nn.Module, batches: Batches) -> tuple[int, int]:
     correct: Tensor | int = 0
     seen = 0
     for x, y in batches:
-        correct = correct + (model(x).argmax(dim=-1) == y).sum()
+        correct = correct + (require_logits(model(x)).argmax(dim=-1) == y).sum()
         seen += int(y.shape[0])
     return int(correct), seen
 
@@ -337,9 +347,11 @@ def _check_stopping(ci_target: float | None, min_samples: int, against: Any,
 def _runner(model: nn.Module, data: Sequence[tuple[Tensor, Tensor]],
             values: Mapping[str, Tensor], chips_per_pass: int | None,
             compile: bool) -> ChipRunner:
+    where = next(iter(values.values())).device
+    parameters = sum(v.numel() for v in values.values())
     if chips_per_pass is None:
-        where = next(iter(values.values())).device
-        chips_per_pass = auto_chips_per_pass(where, data, sum(v.numel() for v in values.values()))
+        chips_per_pass = auto_chips_per_pass(where, data, parameters)
+    check_chips_fit(chips_per_pass, where, data, parameters)
     return ChipRunner(model, data, values, chips_per_pass=chips_per_pass, compile=compile)
 
 
@@ -350,13 +362,19 @@ def _plan_weights(
         require(plan is None or isinstance(plan, str),
                 f"plan must be a Plan, 'none' or 'all' (got {type(plan).__name__})")
         return device_weights(model, layers=layers, exclude=exclude)
-    if layers or exclude:  # a plan names its weights: they must agree with the exclusion
-        kept = device_weights(model, layers=layers, exclude=exclude)
-        outside = [name for name in plan.names if name not in kept]
-        if outside:
-            raise SwimkitError(f"the plan programs {outside[0]!r}, which the excluded layers "
-                               f"({', '.join(exclude or ())}) keep digital: make the plan "
-                               "with the same exclusion")
+    kept = device_weights(model, layers=layers, exclude=exclude)
+    outside = [name for name in plan.names if name not in kept]
+    if outside and (layers or exclude):  # a plan names its weights: they must agree
+        raise SwimkitError(f"the plan programs {outside[0]!r}, which the excluded layers "
+                           f"({', '.join(exclude or ())}) keep digital: make the plan "
+                           "with the same exclusion")
+    left = [name for name in kept if name not in plan.names]
+    if left:
+        raise SwimkitError(
+            f"the plan leaves out {len(left)} layer(s) on devices ({', '.join(left[:3])}): "
+            "they would be evaluated as exact; select again for this model, or keep them "
+            f"digital with exclude=[{', '.join(repr(n.rsplit('.', 1)[0]) for n in left[:3])}]"
+            " (--exclude)")
     return plan.weights_in(model)
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path
@@ -26,7 +25,7 @@ from torch import Tensor, nn
 from .errors import SwimkitError, is_number, require
 from .mapping import DeviceWeight, named_weights
 from .programming import ProgrammingReport
-from .storage import atomic_save, atomic_write, atomic_write_text, load_kind
+from .storage import atomic_save, atomic_write, atomic_write_json, atomic_write_text, load_kind
 
 PLAN_KIND = "swimkit.plan"
 PLAN_VERSION = 2
@@ -48,6 +47,8 @@ def check_menu(menu: object) -> tuple[float, ...] | None:
             f"a tolerance menu needs 1 to {MAX_OPTIONS} tolerances (got {len(values)})")
     require(all(is_number(t, finite=True) and t > 0 for t in values),
             f"every tolerance must be a number > 0 in device steps (got {list(values)})")
+    require(len(set(values)) == len(values),
+            f"the tolerance menu {list(values)} repeats a tolerance; give each once")
     return values
 
 
@@ -253,17 +254,23 @@ class Plan:
         data = load_kind(path, PLAN_KIND, "write-verify plan")
         try:
             return cls._from_saved(data)
+        except SwimkitError as exc:
+            raise SwimkitError(f"{path}: {exc}") from None
         except KeyError as exc:
             raise SwimkitError(f"{path} is not a complete write-verify plan (no "
                                f"{exc.args[0]!r}); select the plan again") from None
-        except (TypeError, AttributeError):
+        except (TypeError, AttributeError, ValueError, IndexError, RuntimeError):
             raise SwimkitError(f"{path} is a damaged write-verify plan (a field of the wrong "
-                               "type); select the plan again") from None
-        except SwimkitError as exc:
-            raise SwimkitError(f"{path}: {exc}") from None
+                               "type or value); select the plan again") from None
 
     @classmethod
     def _from_saved(cls, data: dict) -> Plan:
+        version = data.get("version", 1)
+        require(isinstance(version, int) and not isinstance(version, bool)
+                and 1 <= version <= PLAN_VERSION,
+                f"a plan of version {version!r}, which this swimkit (versions 1 to "
+                f"{PLAN_VERSION}) cannot read; select the plan again, or update swimkit")
+        require(isinstance(data["method"], str), "the plan's method is not a name")
         report = data.get("programming")
         common = {
             "method": data["method"],
@@ -301,7 +308,7 @@ class Plan:
         require(suffix in (".json", ".csv"),
                 f"a plan summary is written as .json or .csv (got {path.name!r})")
         if suffix == ".json":
-            return atomic_write_text(json.dumps(self.summary(), indent=2) + "\n", path)
+            return atomic_write_json(self.summary(), path)
         return atomic_write_text(self._summary_csv(), path)
 
     def _summary_csv(self) -> str:

@@ -301,7 +301,27 @@ class ProgrammingReport:
         if unknown or missing:
             what = f"unknown field {unknown[0]!r}" if unknown else f"no {missing[0]!r}"
             raise SwimkitError(f"cannot read a programming report ({what})")
-        return cls(**renamed)
+        report = cls(**renamed)
+        report.check()
+        return report
+
+    def check(self) -> None:
+        """Refuse a report no plan can have: negative or non-finite times, a full verify
+        faster than writing once, shares outside [0, 1], a speedup that does not follow."""
+        times = (self.time_plan_s, self.time_full_verify_s, self.time_no_verify_s)
+        require(all(is_number(t, finite=True) and t > 0 for t in times),
+                f"a programming report with times {list(times)}: every time must be > 0 s")
+        require(self.time_full_verify_s >= self.time_no_verify_s * (1 - 1e-9),
+                "a programming report whose full verify is faster than writing every device "
+                "once")
+        for name in ("fraction_verified", "devices_fraction_verified"):
+            value = getattr(self, name)
+            require(is_number(value, finite=True) and 0 <= value <= 1,
+                    f"a programming report with {name} {value!r}: a share in [0, 1]")
+        require(is_number(self.speedup, finite=True) and math.isclose(
+            self.speedup, self.time_full_verify_s / self.time_plan_s, rel_tol=1e-6),
+                f"a programming report whose speedup {self.speedup!r} is not full verify's "
+                "time over the plan's")
 
 
 _ALWAYS = ("time_plan_s", "time_full_verify_s", "time_no_verify_s", "speedup",

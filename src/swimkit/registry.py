@@ -8,17 +8,21 @@ engine is one registration and nothing else.
 
 Plugins installed as packages register through an entry-point group (for instance
 ``swimkit.methods``): each entry point names a callable that is called once, with no
-arguments, the first time the registry is read, and registers what it brings.
+arguments, the first time the registry is read, and registers what it brings. A plugin
+that fails (at import, in its callable, even with ``SystemExit``) is named in one warning
+and skipped, with whatever it registered before failing taken back; the built-ins and
+every other plugin still load. A plugin that replaces a built-in entry is announced.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Generic, TypeVar
 
-from .errors import SwimkitError, require
+from .errors import SwimkitError, first_line, require
 
 
 @dataclass(frozen=True)
@@ -110,14 +114,33 @@ class Registry(Generic[E]):
         if self._plugins_loaded or self.entry_point_group is None:
             return
         self._plugins_loaded = True
-        for point in metadata.entry_points(group=self.entry_point_group):
-            try:
-                point.load()()
-            except Exception as exc:  # a broken plugin must not break the built-ins
-                raise SwimkitError(
-                    f"plugin {point.name!r} of entry-point group {self.entry_point_group!r} "
-                    f"failed to register: {type(exc).__name__}: {exc}"
-                ) from exc
+        try:
+            points = list(metadata.entry_points(group=self.entry_point_group))
+        except Exception as exc:  # noqa: BLE001 - broken package metadata: no plugins
+            warnings.warn(f"cannot list the {self.what} plugins ({first_line(exc)}); "
+                          "using the built-ins only", stacklevel=2)
+            return
+        for point in points:
+            self._load_plugin(point)
+
+    def _load_plugin(self, point: metadata.EntryPoint) -> None:
+        """Run one plugin; on failure take back what it added and warn once."""
+        before = dict(self._entries)
+        lookup = dict(self._lookup)
+        try:
+            point.load()()
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - a plugin never ends swimkit
+            self._entries, self._lookup = before, lookup
+            what = "exited" if isinstance(exc, SystemExit) else "failed"
+            warnings.warn(
+                f"plugin {point.name!r} ({self.entry_point_group}) {what} while registering "
+                f"and is skipped: {type(exc).__name__}: {first_line(exc)}", stacklevel=3)
+            return
+        replaced = [name for name, entry in before.items()
+                    if name in self._entries and self._entries[name] is not entry]
+        for name in replaced:
+            warnings.warn(f"plugin {point.name!r} replaces the {self.what} {name!r}",
+                          stacklevel=3)
 
 
 def markdown_table(registry: Registry, columns: dict[str, str]) -> str:

@@ -28,6 +28,8 @@ from .storage import atomic_write, atomic_write_text
 
 def format_mc(mc: MCResult) -> str:
     """'mean +- std % (95% CI low-high), p05, yield' of a Monte-Carlo result."""
+    if mc.samples < 2:
+        return f"{mc.mean:6.2f} %  (one chip: no spread, no CI)"
     low, high = mc.ci95
     text = f"{mc.mean:6.2f} +- {mc.std:5.2f} %  (95% CI {low:.2f}-{high:.2f}, p05 {mc.p05:.2f}"
     if mc.chip_yield is not None:
@@ -179,11 +181,13 @@ def markdown_rows(rows: Sequence[dict[str, Any]], within: float) -> str:
     for r in rows:
         speedup = "-" if r["speedup"] is None else f"{r['speedup']:.2f}x"
         chip_yield = "-" if r["yield_fraction"] is None else f"{100 * r['yield_fraction']:.0f}%"
+        std = "-" if math.isnan(r["std_percent"]) else f"{r['std_percent']:.2f}"
+        ci = "-" if math.isnan(r["ci95_low_percent"]) else (
+            f"{r['ci95_low_percent']:.2f}-{r['ci95_high_percent']:.2f}")
         lines.append(
             f"| {r['model']} | {r['method']} | {r['budget']} | "
             f"{_percent(r['fraction_verified'])} | {_percent(r['devices_fraction_verified'])} | "
-            f"{speedup} | {r['mean_percent']:.2f} | {r['std_percent']:.2f} | "
-            f"{r['ci95_low_percent']:.2f}-{r['ci95_high_percent']:.2f} | "
+            f"{speedup} | {r['mean_percent']:.2f} | {std} | {ci} | "
             f"{r['p05_percent']:.2f} | {chip_yield} | {r['chips']} |"
         )
     return "\n".join(lines) + "\n"

@@ -7,6 +7,7 @@ points (``*_points``), times in seconds (``*_s``); shares are fractions in [0, 1
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -108,7 +109,16 @@ class Point:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Point:
+        _check_types(data, {"method": str, "model": str, "budget": (dict, type(None)),
+                            "meta": dict, "programming": (dict, type(None)),
+                            "plan_path": (str, type(None))})
+        for key in ("weights_verified", "weights_total", "devices_verified", "devices_total"):
+            value = data[key]
+            require(isinstance(value, int) and not isinstance(value, bool) and value >= 0,
+                    f"{key} must be an integer >= 0 (got {value!r})")
         budget = data.get("budget") or {}
+        if budget:
+            _check_types(budget, {"kind": str, "value": (int, float)})
         programming = data.get("programming")
         return cls(
             method=data["method"], model=data["model"], budget_kind=budget.get("kind"),
@@ -153,6 +163,7 @@ class Search:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Search:
+        _check_types(data, {"method": str, "model": str, "target": str})
         point = data.get("point")
         return cls(data["method"], data["model"], data["target"],
                    Point.from_dict(point) if point else None)
@@ -185,6 +196,14 @@ class ModelReport:
     def from_dict(cls, data: dict[str, Any]) -> ModelReport:
         """A model as written by :meth:`to_dict`; the gaps to full verify are computed
         again from the per-chip accuracies, as the sweep did."""
+        _check_types(data, {"label": str, "checkpoint": (str, type(None)),
+                            "scale_aware": bool, "points": list, "searches": list})
+        for key in ("sigma_train", "clean_accuracy_percent"):
+            value = data[key]
+            require(isinstance(value, (int, float)) and not isinstance(value, bool)
+                    and math.isfinite(value) and value >= 0,
+                    f"{key} must be a number >= 0 (got {value!r})")
+        require(data["clean_accuracy_percent"] <= 100, "clean_accuracy_percent must be <= 100")
         report = cls(data["label"], data["sigma_train"], data["scale_aware"],
                      data["checkpoint"], data["clean_accuracy_percent"],
                      Point.from_dict(data["no_verify"]), Point.from_dict(data["full_verify"]),
@@ -248,9 +267,20 @@ class SweepResult:
     def from_dict(cls, data: dict[str, Any]) -> SweepResult:
         """A sweep as written to sweep.json (to re-plot it, or to merge sweeps)."""
         try:
+            require(isinstance(data, dict), "a sweep result is a JSON object")
+            require(isinstance(data["models"], list) and len(data["models"]) > 0,
+                    "models must be a non-empty list")
+            within = data["within_points"]
+            require(isinstance(within, (int, float)) and not isinstance(within, bool)
+                    and math.isfinite(within) and within >= 0,
+                    f"within_points must be a number of points >= 0 (got {within!r})")
+            settings = data.get("settings", {})
+            require(isinstance(settings, dict), "settings must be a JSON object")
             return cls([ModelReport.from_dict(m) for m in data["models"]],
-                       data["within_points"], data.get("settings", {}), data.get("files", {}))
-        except (KeyError, TypeError, AttributeError) as exc:
+                       float(within), settings, data.get("files", {}))
+        except SwimkitError:
+            raise
+        except (KeyError, TypeError, AttributeError, ValueError, IndexError) as exc:
             what = (f"no {exc.args[0]!r}" if isinstance(exc, KeyError)
                     else "a field of the wrong type")
             raise SwimkitError(f"not a sweep result as swimkit writes it ({what}); give "
@@ -269,6 +299,12 @@ class SweepResult:
                     and result.within_points == first.within_points,
                     "these sweeps differ in their device model or --within; merge only sweeps "
                     "of one device model")
+            for what, key in _SAME_CHIPS:
+                mine, theirs = _setting(result, key), _setting(first, key)
+                require(mine == theirs,
+                        f"these sweeps differ in {what} ({theirs!r} and {mine!r}): their "
+                        "points were not measured on the same chips and test set; merge only "
+                        "sweeps that agree")
             for model in result.models:
                 known = models.get(model.label)
                 if known is None:
@@ -281,6 +317,26 @@ class SweepResult:
                 known.points += model.points
                 known.searches += model.searches
         return cls(list(models.values()), first.within_points, first.settings, {})
+
+
+def _check_types(data: Any, types: dict[str, Any]) -> None:
+    """Each field of ``data`` of its type, else one line naming it."""
+    require(isinstance(data, dict), "an entry of the result is not a JSON object")
+    for key, kind in types.items():
+        value = data[key]
+        require(isinstance(value, kind) and (kind is bool or not isinstance(value, bool)),
+                f"{key} has the wrong type (got {value!r})")
+
+
+#: What sweeps merged into one table must share: the test set and the chips.
+_SAME_CHIPS = (("the dataset", ("data", "dataset")), ("the test set", ("data", "test_limit")),
+               ("the chips' seed", ("evaluation", "seed")),
+               ("the times read", ("evaluation", "times")))
+
+
+def _setting(result: SweepResult, key: tuple[str, str]) -> Any:
+    group = result.settings.get(key[0], {})
+    return group.get(key[1]) if isinstance(group, dict) else None
 
 
 __all__ = ["ModelReport", "PlanCounts", "Point", "Search", "SweepResult"]

@@ -148,6 +148,13 @@ class Settings:
         sel = self.selection
         require(bool(sel.methods), "give at least one selection method")
         sel.methods = [METHODS.canonical(m) for m in sel.methods]
+        for what, values in (("methods", sel.methods), ("fractions", sel.fractions),
+                             ("speedups", sel.speedups), ("time budgets", sel.time_budgets),
+                             ("sigma_trains", self.sigma_trains or []),
+                             ("times", ev_times(self.evaluation))):
+            repeated = sorted({str(v) for v in values if list(values).count(v) > 1})
+            require(not repeated, f"{what} repeat {', '.join(repeated)}: each would be run "
+                                  "twice; give each once")
         for fraction in sel.fractions:
             check_fraction(fraction)
         for speedup in sel.speedups:
@@ -184,6 +191,14 @@ class Settings:
         require(ev.yield_target is None or 0 < ev.yield_target <= 1,
                 f"the yield target must be a fraction in (0, 1] (got {ev.yield_target!r})")
         self.train.validate()
+        noisy = any(sigma > 0 for sigma in self.sigma_train_values)
+        if not noisy and not self.model.checkpoint:
+            require(not (self.train.scale_aware or self.compare_scale_aware),
+                    "--scale-aware shapes noise-injection training: give --sigma-train > 0, "
+                    "or drop --scale-aware")
+            require(not self.train.noise_time,
+                    "--noise-time is when noise-injection training reads the device: give "
+                    "--sigma-train > 0, or drop --noise-time")
         for sigma in self.sigma_train_values:
             require(is_number(sigma, finite=True) and sigma >= 0,
                     f"sigma_train must be a number >= 0 (got {sigma!r})")
@@ -231,6 +246,10 @@ class Settings:
         out = {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
         out["device_model"] = self.device_model.describe()
         return out
+
+
+def ev_times(evaluation: EvaluationSettings) -> list[float]:
+    return list(evaluation.times or [])
 
 
 def _plain(value: Any) -> Any:

@@ -1,11 +1,15 @@
-"""Atomic file writes: a result is either fully written or not there at all."""
+"""Atomic file writes: a result is either fully written or not there at all; a lock per
+output folder, so two runs in one folder never lose each other's work."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import os
+import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -68,9 +72,52 @@ def atomic_write_text(text: str, path: str | Path) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
+def strict_json(obj: Any) -> Any:
+    """``obj`` with every non-finite float (NaN, Infinity) as None: strict JSON, which
+    every reader parses."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
+    return obj
+
+
 def atomic_write_json(obj: Any, path: str | Path) -> Path:
-    """Write ``obj`` as indented JSON to ``path`` atomically."""
-    return atomic_write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n", path)
+    """Write ``obj`` as indented, strict JSON (no NaN or Infinity) to ``path`` atomically."""
+    text = json.dumps(strict_json(obj), indent=2, sort_keys=False, allow_nan=False)
+    return atomic_write_text(text + "\n", path)
+
+
+LOCK_NAME = ".swimkit.lock"
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | Path, say: Callable[[str], None] | None = None) -> Iterator[None]:
+    """Hold the output folder ``folder`` for this run: a second run in it waits until the
+    first is done (said once through ``say``), then sees everything the first wrote. The
+    lock is the operating system's (``flock``): a killed run releases it."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle = open(folder / LOCK_NAME, "a+")  # noqa: SIM115 - held for the block
+    except OSError as exc:
+        raise SwimkitError(f"cannot use the output folder {folder} ({exc.strerror or exc}); "
+                           "choose a writable one") from exc
+    try:
+        if sys.platform != "win32":
+            import fcntl
+
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                (say or (lambda line: print(line, file=sys.stderr, flush=True)))(
+                    f"waiting for another swimkit run in {folder} to finish")
+                fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+    finally:
+        handle.close()  # closing releases the lock
 
 
 def load_kind(path: str | Path, kind: str, what: str) -> dict:

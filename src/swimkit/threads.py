@@ -34,6 +34,10 @@ def process_threads() -> int:
     return max(1, machine_threads() // local_processes())
 
 
+#: Threads beyond this many per core are refused (they only oversubscribe the cores).
+MAX_THREADS_PER_CORE = 32
+
+
 def check_threads(threads: int | None) -> int:
     """``threads``, or this process's share of the cores when None; warns when the
     threads of all local processes exceed the cores."""
@@ -43,6 +47,13 @@ def check_threads(threads: int | None) -> int:
         raise SwimkitError(f"threads must be an integer >= 1 (got {threads!r})",
                            command_line=f"--threads must be >= 1 (got {threads!r})")
     cores, processes = machine_threads(), local_processes()
+    if threads > MAX_THREADS_PER_CORE * cores:
+        raise SwimkitError(
+            f"threads={threads} is more than {MAX_THREADS_PER_CORE} per core on this machine's "
+            f"{cores} cores: that only slows the run (and can exhaust the OpenMP runtime); "
+            f"use at most {cores}",
+            command_line=f"--threads {threads} is more than {MAX_THREADS_PER_CORE} per core "
+                         f"({cores} cores here); use at most {cores}")
     if threads * processes > cores:
         warnings.warn(f"{threads} threads x {processes} process(es) on {cores} cores: the "
                       f"cores are oversubscribed and every chip runs slower; use --threads "

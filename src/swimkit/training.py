@@ -1,6 +1,6 @@
 """Training with the reference's settings, optional noise injection, and exact resume.
 
-Design §5: batch 128; LeNet and ConvNet train with Adam (lr 1e-3), ResNet-18 with SGD
+The reference settings: batch 128; LeNet and ConvNet train with Adam (lr 1e-3), ResNet-18 with SGD
 (lr 0.01, momentum 0.9, weight decay 5e-4) under a cosine schedule. Noise-injection
 training adds a fresh device-noise draw to the effective device weights for every
 mini-batch; the update is applied to the clean weights (the offset's gradient is the
@@ -34,6 +34,7 @@ from .checkpoints import save_checkpoint
 from .data import Batches, Dataset, Split, preload
 from .devices import NoiseModel
 from .errors import SwimkitError, is_number, require
+from .mapping import require_logits
 from .models import ResNet18, canonical_model_name, model_info
 from .montecarlo import accuracy
 from .noise_injection import NoiseInjector
@@ -55,7 +56,7 @@ __all__ = [
 
 OPTIMIZERS: tuple[str, ...] = ("adam", "sgd")
 
-#: Family defaults (design §5): learning rate, weight decay, and whether lr follows a cosine.
+#: Family defaults (the reference settings): learning rate, weight decay, cosine or not.
 _DEFAULTS: dict[str, dict[str, Any]] = {
     "adam": {"lr": 1e-3, "weight_decay": 0.0, "schedule": "constant"},
     "sgd": {"lr": 0.01, "weight_decay": 5e-4, "schedule": "cosine"},
@@ -71,7 +72,7 @@ LAST, BEST = "last.pt", "best.pt"
 
 @dataclass
 class TrainConfig:
-    """Training settings; None means the model family's default (design §5).
+    """Training settings; None means the model family's default.
 
     ``optimizer`` is ``"adam"`` or ``"sgd"``. Adam defaults to lr 1e-3, no weight decay,
     a constant lr; SGD to lr 0.01, weight decay 5e-4 and a cosine schedule over
@@ -351,7 +352,7 @@ def _train_epoch(
         for x, y in progress_bar(data, progress, desc):
             if redraw is not None:
                 redraw()
-            logits = model(x)
+            logits = require_logits(model(x))
             loss = F.cross_entropy(logits, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -15,6 +15,7 @@ rank takes a share of the Monte-Carlo chips. Only rank 0 writes results.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from collections.abc import Callable
@@ -39,7 +40,7 @@ from .results import ModelReport, PlanCounts, Point, Search, SweepResult
 from .selection import METHODS, Budget, Scores, cut, needs_sensitivity, score, select
 from .sensitivity import Sensitivity, sensitivity
 from .settings import Settings
-from .storage import atomic_write_json
+from .storage import atomic_write_json, folder_lock
 
 Log = Callable[[str], None]
 
@@ -416,12 +417,22 @@ def sweep(settings: Settings, log: Log = quiet, progress: bool = False) -> Sweep
     """Run the flow for every model, method and budget of ``settings``."""
     ctx = prepare(settings, log, progress)
     s = settings
-    if s.model.checkpoint and len(s.trainings()) > 1:
-        raise SwimkitError("--checkpoint gives one model; drop it to compare several "
-                           "--sigma-train values")
+    if s.model.checkpoint and (len(s.trainings()) > 1 or s.trainings()[0][0] > 0
+                               or s.trainings()[0][1] or s.train.noise_time):
+        raise SwimkitError("--checkpoint gives a trained model, so --sigma-train, "
+                           "--scale-aware and --noise-time would not act: drop them, or drop "
+                           "--checkpoint to train the models compared")
     if not s.model.checkpoint:  # a checkpoint is checked as it loads, training or not
         check_before_work(s, build_model(s.model.name, bits=s.model.bits, seed=s.train.seed),
                           trained=False)
+    lock = folder_lock(s.out_dir) if distributed.is_rank_zero() else contextlib.nullcontext()
+    with lock:  # a second run in this folder waits, then reuses what this one wrote
+        return _sweep(ctx)
+
+
+def _sweep(ctx: Context) -> SweepResult:
+    s = ctx.settings
+    log = ctx.log
     cache = PointCache(s.out_dir / "points.json", evaluation_key(s))
     evaluators, reports = [], []
     for sigma_train, scale_aware in s.trainings():

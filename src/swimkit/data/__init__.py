@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import require
+from ..errors import SwimkitError, require
 from ..registry import Entry, Registry
 from . import formats, locate
 from .batches import (
@@ -65,7 +65,11 @@ def load_dataset(name: str, data_dir: str | Path | None = None, download: bool =
     """
     info = DATASETS.get(name)
     folder = Path(data_dir).expanduser() if data_dir is not None else None
-    return info.loader(folder, download)
+    dataset = info.loader(folder, download)
+    if not isinstance(dataset, Dataset):
+        raise SwimkitError(f"the loader of dataset {info.name!r} returned "
+                           f"{type(dataset).__name__}, not a swimkit.data.Dataset")
+    return dataset
 
 
 # --------------------------------------------------------------------------- built-ins

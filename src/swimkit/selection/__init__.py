@@ -14,9 +14,10 @@ over verifying every weight with the device's own loop, or a ``time_budget`` in 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from ..devices import DeviceModel, NoiseModel, PricingModel, require_noise_model
@@ -120,14 +121,44 @@ def score(
             f"method {entry.name!r} plans device by device and has no per-weight score; "
             "use select()")
     inputs = inputs_for(model, sens, entry, **settings)
-    raw = entry.score(inputs)
-    missing = [k for k in inputs.values if k not in raw]
-    require(not missing, f"method {entry.name!r} gave no score for {missing[:1]}")
+    raw = entry.score(private_copy(inputs))
+    return Scores(entry.name, inputs, FlatScores(checked_scores(entry.name, raw, inputs)))
+
+
+def private_copy(inputs: ScoreInputs) -> ScoreInputs:
+    """``inputs`` with copies of the weights, so an outside method cannot write the model."""
+    def copied(tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        return {k: v.detach().clone() for k, v in tensors.items()}
+
+    return replace(inputs, values=copied(inputs.values), normalised=copied(inputs.normalised),
+                   scales=copied(inputs.scales))
+
+
+def checked_scores(method: str, raw: object, inputs: ScoreInputs) -> dict[str, Tensor]:
+    """A score method's result, checked: a real, finite tensor per weight, shaped like it."""
+    what = f"method {method!r}"
+    if not isinstance(raw, Mapping):
+        raise SwimkitError(f"{what} returned {type(raw).__name__}, not a dict of score "
+                           "tensors by weight name")
+    out = {}
     for name, value in inputs.values.items():
-        require(tuple(raw[name].shape) == tuple(value.shape),
-                f"method {entry.name!r} gave a score shaped {tuple(raw[name].shape)} for "
-                f"{name}, whose weight is {tuple(value.shape)}")
-    return Scores(entry.name, inputs, FlatScores({k: raw[k] for k in inputs.values}))
+        score_ = raw.get(name)
+        if score_ is None:
+            raise SwimkitError(f"{what} gave no score for {name!r}")
+        if not isinstance(score_, Tensor):
+            raise SwimkitError(f"{what} gave a {type(score_).__name__} as the score of "
+                               f"{name}, not a tensor")
+        if score_.is_complex() or score_.dtype == torch.bool:
+            raise SwimkitError(f"{what} gave a {score_.dtype} score for {name}: scores are "
+                               "real numbers (higher = verify first)")
+        if tuple(score_.shape) != tuple(value.shape):
+            raise SwimkitError(f"{what} gave a score shaped {tuple(score_.shape)} for "
+                               f"{name}, whose weight is {tuple(value.shape)}")
+        if score_.is_floating_point() and not bool(torch.isfinite(score_).all()):
+            raise SwimkitError(f"{what} gave NaN or infinite scores for {name}: they would "
+                               "sort first; return finite numbers")
+        out[name] = score_
+    return out
 
 
 def select(
@@ -168,7 +199,11 @@ def select(
                 "layers": layers, "exclude": exclude, "options": options}
     if entry.planner is not None:
         inputs = inputs_for(model, sens, entry, **settings)
-        return finish(entry.planner(inputs, budget), inputs, budget, entry.name)
+        plan = entry.planner(private_copy(inputs), budget)
+        if not isinstance(plan, Plan):
+            raise SwimkitError(f"planner {entry.name!r} returned {type(plan).__name__}, "
+                               "not a swimkit.Plan")
+        return finish(plan, inputs, budget, entry.name)
     require(tolerances is None or len(tolerances) == 1,
             f"method {entry.name!r} verifies whole weights at one tolerance; give one "
             "tolerance, or use method='allocate' for a menu")
@@ -205,6 +240,12 @@ def cut(scores: Scores, budget: Budget | float | None = None, **budgets: float) 
         extra = extra_seconds(times, {k: v.shape for k, v in inputs.values.items()},
                               dm.slicing.devices)
         flat = scores.flat.within_time(extra, seconds - base)
+        most = float(extra.sum())
+        tolerance = (inputs.menu or (dm.loop.tolerance,))[0]
+        require(not bool(flat.all()) or most >= (seconds - base) * (1 - 1e-9),
+                f"verifying every weight at the tolerance {tolerance:g} takes "
+                f"{most + base:.4g} s, less than the {seconds:.4g} s asked for: ask for a "
+                "larger speedup (a smaller time budget), or a tighter tolerance")
     plan = Plan(masks=scores.flat.masks(flat), method=scores.method, menu=inputs.menu,
                 devices_per_weight=dm.slicing.devices)
     return finish(plan, inputs, budget, scores.method)

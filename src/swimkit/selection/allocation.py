@@ -238,10 +238,17 @@ class Problem:
         table = self._sorted_steps()
         positive = [keys[keys > 0] for keys, _ in table]
         if not any(p.numel() for p in positive):
+            require(seconds <= 1e-15, "no option of the menu lowers a device's variance, so "
+                    "no verify time can be spent: give tolerances below the plain-write sigma")
             return self.plan_levels(math.inf)
         low = min(float(p.min()) for p in positive if p.numel()) * float(self.weights.min())
         high = max(float(p.max()) for p in positive if p.numel()) * float(self.weights.max())
-        if self.time_above(low, table) <= seconds * (1 + 1e-12):  # sums' rounding aside
+        most = self.time_above(low, table)
+        if most <= seconds * (1 + 1e-12):  # sums' rounding aside
+            require(most >= seconds * (1 - 1e-9) - 1e-15,
+                    f"the menu's options can spend at most {most:.4g} s above writing every "
+                    f"device once, not the {seconds:.4g} s asked for: ask for a larger "
+                    "speedup (a smaller time budget), or add tighter tolerances to the menu")
             return self.plan_levels(low)
         high *= 1 + 1e-9
         for _ in range(200):  # bisection in log space

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import SwimkitError, is_number, require
-from ..mapping import perturbed
+from ..mapping import perturbed, require_logits
 from ..plans import Plan
 from ..seeding import seeded_generator
 from .allocation import Problem, menu_of, seconds_above_base
@@ -173,7 +173,7 @@ def _train(inputs: ScoreInputs, problem: Problem, relaxed: _Relaxed, seconds: fl
                         std = var.clamp_min(0).sqrt().reshape(shape).to(where, torch.float32)
                         noise[name] = eps * std * inputs.scales[name]
                     offsets.set(noise)
-                    loss = F.cross_entropy(model(x), y)
+                    loss = F.cross_entropy(require_logits(model(x)), y)
                     spent = relaxed.time()
                     objective = loss + price * (spent / scale).to(loss.dtype)
                     grads = torch.autograd.grad(objective, relaxed.parameters())

@@ -22,7 +22,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from ..errors import SwimkitError
+from ..errors import SwimkitError, first_line
 from ..mapping import DeviceWeight, device_weights, effective_weights, weight_scales
 from ..registry import Entry, Registry
 from .result import Sensitivity
@@ -64,7 +64,17 @@ def _exact(name: str) -> Compute:
     def compute(model: nn.Module, weights: dict[str, DeviceWeight], batches, **kwargs):
         from . import exact
 
-        return getattr(exact, f"{name}_diagonal")(model, weights, batches, **kwargs)
+        try:
+            return getattr(exact, f"{name}_diagonal")(model, weights, batches, **kwargs)
+        except SwimkitError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - torch.func's errors, in one line
+            raise SwimkitError(
+                f"engine {name!r} cannot run this model: torch.func could not transform its "
+                f"forward per sample ({first_line(exc, with_type=True)}); models with "
+                "data-dependent control flow or ops torch.func cannot map (recurrent "
+                "layers, for one) need engine='swim' with a curvature rule per op "
+                "(swimkit.register_rule)") from None
 
     return compute
 
@@ -110,10 +120,10 @@ def sensitivity(
     was_training = model.training
     model.eval()
     try:
-        second, first, samples = entry.compute(model, weights, batches, progress=progress,
-                                               **options)
+        computed = entry.compute(model, weights, batches, progress=progress, **options)
     finally:
         model.train(was_training)
+    second, first, samples = _checked(entry.name, computed, weights)
     scale = weight_scales(effective_weights(weights))
     return Sensitivity(
         second={k: v * scale[k] ** 2 for k, v in second.items()},
@@ -123,6 +133,29 @@ def sensitivity(
         samples=samples,
         meta={"options": {**entry.options, **options}},
     )
+
+
+def _checked(engine: str, computed: object, weights) -> tuple[dict, dict, int]:
+    """An engine's (second, first, samples), or one line naming what it returned."""
+    what = f"sensitivity engine {engine!r}"
+    if not (isinstance(computed, tuple) and len(computed) == 3):
+        raise SwimkitError(f"{what} returned {type(computed).__name__}, not (second, first, "
+                           "samples): dicts of tensors by weight name and a sample count")
+    second, first, samples = computed
+    for label, part in (("second", second), ("first", first)):
+        if not isinstance(part, dict):
+            raise SwimkitError(f"{what} returned {type(part).__name__} as its {label} "
+                               "derivatives, not a dict of tensors by weight name")
+        for name, weight in weights.items():
+            value = part.get(name)
+            if not isinstance(value, Tensor) or tuple(value.shape) != tuple(weight.value.shape):
+                got = (tuple(value.shape) if isinstance(value, Tensor)
+                       else type(value).__name__)
+                raise SwimkitError(f"{what} gave {got} as the {label} derivative of {name}, "
+                                   f"not a tensor shaped {tuple(weight.value.shape)}")
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 0:
+        raise SwimkitError(f"{what} returned {samples!r} as its sample count, not an int >= 0")
+    return second, first, samples
 
 
 __all__ = ["ENGINES", "Engine", "Sensitivity", "register_engine", "sensitivity"]

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from torch.func import grad, vjp, vmap
 
 from ..errors import SwimkitError
-from ..mapping import DeviceWeight, Perturbation, effective_weights, perturbed
+from ..mapping import DeviceWeight, Perturbation, effective_weights, perturbed, require_logits
 from ..progress import progress_bar
 from ..quantization import OutputQuantizer, fake_quantize
 
@@ -120,7 +120,7 @@ class _Forward:
     def __call__(self, deltas: Mapping[str, Tensor] | None, x: Tensor) -> Tensor:
         self.handle.set(deltas)
         try:
-            return self.model(x)
+            return require_logits(self.model(x))
         finally:
             self.handle.set(None)  # transformed (wrapped) offsets never outlive the call
 

@@ -5,7 +5,7 @@
 - rule files by op family: :mod:`.linear` (linear, conv), :mod:`.normalization` (batch
   norm, layer norm), :mod:`.activations`, :mod:`.pooling`, :mod:`.structural`.
 
-Every rule is "the backward pass of the op with every Jacobian entry squared" (design §4),
+Every rule is "the backward pass of the op with every Jacobian entry squared",
 checked in the tests against the squared Jacobian from autograd.
 """
 

@@ -3,7 +3,7 @@
 A rule is ``rule(ctx, s) -> {input node: S of that input}``: given the estimate S of
 d2L/dy2 for the node's output y, it returns S for each input that needs one, and adds
 the S of a device weight it owns with :meth:`RuleContext.accumulate`. "The backward pass
-with every Jacobian entry squared" is the recipe (design §4).
+with every Jacobian entry squared" is the recipe.
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ class UnsupportedOperation(SwimkitError):
 def unsupported(node: fx.Node, what: str) -> UnsupportedOperation:
     return UnsupportedOperation(
         f"the swim engine has no curvature rule for {what} (graph node '{node.name}'); "
-        "add one with swimkit.register_rule, or use engine='ggn', exact for any "
-        "differentiable model"
+        "add one with swimkit.register_rule, or use engine='ggn' (exact, for models "
+        "torch.func can map per sample)"
     )
 
 

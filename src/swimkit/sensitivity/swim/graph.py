@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from ...errors import SwimkitError, first_line
-from ...mapping import DeviceWeight, perturbed
+from ...mapping import DeviceWeight, perturbed, require_logits
 from ...progress import progress_bar
 from .context import Rule, RuleContext, SValue, UnsupportedOperation
 from .registry import OUT_OF_PLACE, function_rule, leaf_types, method_rule, module_rule
@@ -209,8 +209,8 @@ def check_rules(nodes: Iterable[fx.Node], model: nn.Module) -> dict[fx.Node, Rul
                                           else "")
         raise UnsupportedOperation(
             f"the swim engine has no curvature rule for {shown}; add one with "
-            "swimkit.register_rule (or register_elementwise), or use engine='ggn', exact "
-            "for any differentiable model"
+            "swimkit.register_rule (or register_elementwise), or use engine='ggn' (exact, "
+            "for models torch.func can map per sample)"
         )
     return rules
 
@@ -283,12 +283,7 @@ class CurvaturePass:
                 output = fx.node.map_arg(node.args[0], self.value)
             else:
                 self.env[node] = self.call(node)
-        if not isinstance(output, Tensor):
-            raise SwimkitError(
-                "the swim engine needs a model that returns one tensor of logits "
-                f"(got {type(output).__name__}); use engine='ggn' or wrap the model"
-            )
-        return output
+        return require_logits(output)
 
     def call(self, node: fx.Node, replace: Mapping[fx.Node, Tensor] | None = None) -> Any:
         """Execute ``node`` on the recorded values (or on ``replace`` for some inputs),
@@ -334,6 +329,7 @@ class CurvaturePass:
             return
         results = rule(RuleContext(self, node), s)
         if not getattr(rule, "__module__", "").startswith(_OWN_RULES):
+            _check_rule_result(rule, node, results)
             # a rule from outside may keep what it returns: never written in place
             self._kept.update(_memory(t) for t in _tensors(results.values()))
         for target, s_in in results.items():
@@ -399,6 +395,20 @@ def _placeholder_default(node: fx.Node) -> Any:
     raise SwimkitError(
         f"the swim engine feeds one input tensor, but the model also needs '{node.target}'"
     )
+
+
+def _check_rule_result(rule: Any, node: fx.Node, results: object) -> None:
+    """A rule from outside returns {input node: S (a tensor, or a tuple of tensors)}."""
+    name = getattr(rule, "__qualname__", repr(rule))
+    if not isinstance(results, dict):
+        raise SwimkitError(f"the curvature rule {name} returned {type(results).__name__} for "
+                           f"graph node '{node.name}', not a dict {{input node: S}}")
+    for target, s_in in results.items():
+        parts = list(s_in.values()) if isinstance(s_in, dict) else [s_in]
+        if not isinstance(target, fx.Node) or not all(isinstance(p, Tensor) for p in parts):
+            raise SwimkitError(f"the curvature rule {name} gave {type(s_in).__name__} for "
+                               f"graph node '{node.name}': S must be tensors, keyed by the "
+                               "input nodes (use ctx.to_input)")
 
 
 def _fetch_attr(model: nn.Module, target: str) -> Any:

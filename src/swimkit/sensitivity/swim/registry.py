@@ -29,30 +29,41 @@ OUT_OF_PLACE = {operator.iadd: operator.add, operator.isub: operator.sub,
                 operator.imul: operator.mul, operator.itruediv: operator.truediv}
 
 
-def register_rule(target: type[nn.Module] | Callable | str, rule: Rule) -> None:
-    """Use ``rule(ctx, s)`` for ``target``: a module type, a function or a method name."""
+def register_rule(target: type[nn.Module] | Callable | str, rule: Rule, *,
+                  replace: bool = False) -> None:
+    """Use ``rule(ctx, s)`` for ``target``: a module type, a function or a method name.
+
+    A target that has a rule already keeps it unless ``replace`` (say it, and it is done).
+    """
     require(callable(rule), f"a curvature rule must be callable (got {rule!r})")
     if isinstance(target, type):
         require(issubclass(target, nn.Module),
                 f"a rule's module type must be an nn.Module subclass (got {target!r})")
-        _MODULE_RULES[target] = rule
+        table: dict = _MODULE_RULES
     elif isinstance(target, str):
         require(bool(target) and not target.endswith("_"),
                 f"register the out-of-place method name ({target.rstrip('_')!r}); "
                 "in-place forms use it too")
-        _METHOD_RULES[target] = rule
+        table = _METHOD_RULES
     elif callable(target):
-        _FUNCTION_RULES[target] = rule
+        table = _FUNCTION_RULES
     else:
         raise SwimkitError(
             f"cannot register a rule for {target!r}: give a module type, a function or a "
             "tensor method name"
         )
+    known = table.get(target)
+    require(known is None or known is rule or replace,
+            f"{getattr(target, '__name__', target)!r} has a curvature rule already; pass "
+            "replace=True to use yours instead")
+    table[target] = rule
 
 
 def register_elementwise(
     target: type[nn.Module] | Callable | str,
     derivative: Callable[[Tensor], Tensor] | None = None,
+    *,
+    replace: bool = False,
 ) -> None:
     """An elementwise op y = f(x): S_x = S_y * f'(x)^2.
 
@@ -61,7 +72,7 @@ def register_elementwise(
     """
     require(derivative is None or callable(derivative),
             f"derivative must be a function x -> f'(x) (got {derivative!r})")
-    register_rule(target, elementwise_rule(derivative))
+    register_rule(target, elementwise_rule(derivative), replace=replace)
 
 
 def elementwise_rule(derivative: Callable[[Tensor], Tensor] | None = None) -> Rule:
@@ -72,6 +83,10 @@ def elementwise_rule(derivative: Callable[[Tensor], Tensor] | None = None) -> Ru
             slope = ctx.elementwise_derivative()
         else:
             slope = derivative(ctx.run.env[ctx.input_node])
+            if not isinstance(slope, Tensor):
+                raise SwimkitError(
+                    f"the derivative {getattr(derivative, '__qualname__', derivative)} "
+                    f"returned {type(slope).__name__}, not a tensor f'(x) shaped like x")
         return ctx.to_input(ctx.scaled(s, slope.square()))
 
     return rule
