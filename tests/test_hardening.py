@@ -428,14 +428,17 @@ def made_files(tmp_path_factory):
     saved = data_mod.locate.SYSTEM_DATA_DIRS
     data_mod.locate.SYSTEM_DATA_DIRS = (folder / "system",)
     try:
-        code = main(["sweep", "--model", "lenet", "--dataset", "fashion-mnist", "--data-dir",
-                     str(folder / "data"), "--epochs", "1", "--samples", "3", "--out", str(out),
-                     "--no-progress", "--methods", "magnitude", "--fractions", "0.1",
-                     "--sigma", "0.5"])
+        code = main(fuzz_sweep(folder, out))
     finally:
         data_mod.locate.SYSTEM_DATA_DIRS = saved
     assert code == 0
     return folder, out
+
+
+def fuzz_sweep(folder: Path, out: Path) -> list[str]:
+    return ["sweep", "--model", "lenet", "--dataset", "fashion-mnist", "--data-dir",
+            str(folder / "data"), "--epochs", "1", "--samples", "3", "--out", str(out),
+            "--no-progress", "--methods", "magnitude", "--fractions", "0.1", "--sigma", "0.5"]
 
 
 def test_every_field_of_a_sweep_result_is_checked(made_files, capsys):
@@ -507,3 +510,48 @@ def test_rules_and_derivatives_from_outside_are_checked():
 class SoftsignF(torch.nn.Module):
     def forward(self, x):
         return torch.nn.functional.softsign(x)
+
+
+def test_a_damaged_cached_point_is_computed_again(made_files, capsys):
+    """Every top-level field of a points.json entry, damaged five ways: the rerun computes
+    that point again and gets the same chips."""
+    folder, out = made_files
+    cache = out / "points.json"
+    original = json.loads(cache.read_text())
+    key = next(iter(original["points_by_key"]))
+    point_id = next(p for p in original["points_by_key"][key] if p.endswith("fraction-0.1"))
+    entry = original["points_by_key"][key][point_id]
+    expected = entry["accuracy"]["accuracies_percent"]
+    tried = 0
+    for field in entry:
+        for damage in DAMAGES:
+            damaged = copy.deepcopy(original)
+            damaged["points_by_key"][key][point_id] = _damaged(entry, (field,), damage)
+            cache.write_text(json.dumps(damaged))
+            code, _, err = run_cli(fuzz_sweep(folder, out), capsys)
+            assert code == 0, (field, damage, err)
+            again = json.loads(cache.read_text())["points_by_key"][key][point_id]
+            assert again["accuracy"]["accuracies_percent"] == expected, (field, damage)
+            tried += 1
+    cache.write_text(json.dumps(original))
+    assert tried >= 40
+    print(f"points.json: {tried} damaged entries")
+
+
+def test_every_field_of_a_training_folder_settings_file_is_checked(made_files, capsys):
+    folder, out = made_files
+    settings = out / "train" / "settings.json"
+    original = json.loads(settings.read_text())
+    tried = 0
+    for field in original:
+        for damage in DAMAGES:
+            settings.write_text(json.dumps(_damaged(original, (field,), damage)))
+            code, _, err = run_cli(fuzz_sweep(folder, out), capsys)
+            # a missing None field still means None: the folder is the same one
+            assert code == 2 or (damage == "missing" and original[field] is None), (
+                field, damage, err)
+            if code == 2:
+                assert err.startswith("swimkit: error:") and err.count("\n") == 1, err
+            tried += 1
+    settings.write_text(json.dumps(original))
+    assert tried >= 20
