@@ -14,7 +14,7 @@ from typing import Any
 
 from .data import DATASETS
 from .devices import DEVICE_MODELS, Device, DeviceModel, build_device_model, parse_option
-from .errors import SwimkitError, check_fraction
+from .errors import SwimkitError, check_fraction, repeated
 from .models import MODELS
 from .programming import WriteVerify
 from .selection import METHODS
@@ -89,10 +89,10 @@ def _list_of(kind: Callable[[str], Any]) -> Callable[[str], list]:
         values = [kind(part.strip()) for part in text.split(",") if part.strip()]
         if not values:
             raise argparse.ArgumentTypeError(f"expected a comma-separated list (got {text!r})")
-        repeated = sorted({str(v) for v in values if values.count(v) > 1})
-        if repeated:
+        twice = repeated(values)
+        if twice:
             raise argparse.ArgumentTypeError(
-                f"{', '.join(repeated)} is given twice in {text!r}; give each value once")
+                f"{', '.join(twice)} is given twice in {text!r}; give each value once")
         return values
 
     return parse
@@ -350,8 +350,8 @@ def settings_of(args: argparse.Namespace, **selection: Any) -> Settings:
     """The :class:`Settings` of parsed arguments (``selection`` overrides that group)."""
     if getattr(args, "yield_target", None) is not None and args.within is None:
         raise SwimkitError("--yield needs --within P: the points a chip may lose and count")
-    _refuse_idle_options(args, selection)
     engine = getattr(args, "engine", None) or default(SensitivitySettings, "engine")
+    _refuse_idle_options(args, selection, engine)
     options = (_given(args, {"probes": "probes", "probe_seed": "seed"})
                if engine == "hutchinson" else {})
     seed = {"seed": args.seed} if getattr(args, "seed", None) is not None else {}
@@ -389,10 +389,10 @@ def settings_of(args: argparse.Namespace, **selection: Any) -> Settings:
     )
 
 
-def _refuse_idle_options(args: argparse.Namespace, selection: dict[str, Any]) -> None:
+def _refuse_idle_options(args: argparse.Namespace, selection: dict[str, Any],
+                         engine: str) -> None:
     """Options that would not act with the others given: refused, so a result never
     records a setting that did nothing."""
-    engine = getattr(args, "engine", None) or default(SensitivitySettings, "engine")
     methods = selection.get("methods") or []
     idle = [
         ("--probes / --probe-seed", "set the hutchinson engine's probes: add --engine "

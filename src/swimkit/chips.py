@@ -354,8 +354,10 @@ def check_chips_fit(chips: int, device: torch.device, data: Sequence[Batch],
                     parameters: int) -> None:
     """Refuse, before any work, more chips per pass than half the free memory holds
     (each chip: its weights and a generous guess of its activations)."""
+    if chips == 1:
+        return
     free = available_memory(device)
-    if free is None or chips == 1:
+    if free is None:
         return
     per_chip = 4 * (parameters + 64 * data[0][0].numel())
     fits = max(1, free // 2 // max(per_chip, 1))

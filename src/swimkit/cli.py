@@ -357,9 +357,9 @@ def cmd_report(args: argparse.Namespace) -> int:
         result = SweepResult.merge(loaded)
         result.set_reference()
         text = sweep_text(result)
+    except SwimkitError:
+        raise
     except (TypeError, ValueError, KeyError, IndexError, AttributeError) as exc:
-        if isinstance(exc, SwimkitError):
-            raise
         raise SwimkitError(f"a result file holds a value of the wrong kind "
                            f"({first_line(exc, with_type=True)}); give sweep.json files as "
                            "swimkit writes them") from None

@@ -21,6 +21,12 @@ class SwimkitError(ValueError):
         self.command_line = command_line
 
 
+def repeated(values: object) -> list[str]:
+    """The values that occur more than once in ``values``, as sorted text (none: [])."""
+    items = list(values)  # type: ignore[call-overload]
+    return sorted({str(v) for v in items if items.count(v) > 1})
+
+
 def first_line(exc: BaseException, *, with_type: bool = False) -> str:
     """The first line of ``exc``'s message (its type's name when it has none), to quote
     a library's error inside a one-line SwimkitError."""

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from .devices import Device, DeviceModel, check_times, require_device
-from .errors import SwimkitError, check_fraction, check_speedup, is_number, require
+from .errors import SwimkitError, check_fraction, check_speedup, is_number, repeated, require
 from .models import canonical_model_name, model_info
 from .plans import check_menu
 from .selection import METHODS
@@ -151,10 +151,10 @@ class Settings:
         for what, values in (("methods", sel.methods), ("fractions", sel.fractions),
                              ("speedups", sel.speedups), ("time budgets", sel.time_budgets),
                              ("sigma_trains", self.sigma_trains or []),
-                             ("times", ev_times(self.evaluation))):
-            repeated = sorted({str(v) for v in values if list(values).count(v) > 1})
-            require(not repeated, f"{what} repeat {', '.join(repeated)}: each would be run "
-                                  "twice; give each once")
+                             ("times", self.evaluation.times or [])):
+            twice = repeated(values)
+            require(not twice, f"{what} repeat {', '.join(twice)}: each would be run "
+                               "twice; give each once")
         for fraction in sel.fractions:
             check_fraction(fraction)
         for speedup in sel.speedups:
@@ -246,10 +246,6 @@ class Settings:
         out = {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
         out["device_model"] = self.device_model.describe()
         return out
-
-
-def ev_times(evaluation: EvaluationSettings) -> list[float]:
-    return list(evaluation.times or [])
 
 
 def _plain(value: Any) -> Any:
