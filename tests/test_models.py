@@ -158,7 +158,7 @@ def test_lenet_in_channels_and_classes() -> None:
     assert model(torch.randn(1, 3, 28, 28)).shape == (1, 5)
 
 
-@pytest.mark.parametrize("name", ["lenet", "convnet", "resnet18"])
+@pytest.mark.parametrize("name", ["lenet", "convnet", "resnet18", "vit"])
 def test_models_are_fx_traceable(name: str) -> None:
     torch.manual_seed(0)
     model = build_model(name).eval()
@@ -181,6 +181,8 @@ def test_registry_names_and_infos() -> None:
         "qconvnet",
         "qresnet18",
         "qresnet18_tiny",
+        "vit",
+        "qvit",
     }
     assert model_info("qlenet") == ModelInfo(
         name="qlenet",
@@ -236,7 +238,8 @@ def test_unknown_model_name_is_one_clear_line() -> None:
     assert "qresnet18_tiny" in str(err.value)
 
 
-@pytest.mark.parametrize(("name", "bits"), [("qlenet", 4), ("qconvnet", 6), ("QRes18", 8)])
+@pytest.mark.parametrize(("name", "bits"), [("qlenet", 4), ("qconvnet", 6), ("QRes18", 8),
+                                           ("qvit", 8)])
 def test_quantized_variants_use_the_reference_bits(name: str, bits: int) -> None:
     model = build_model(name)
     assert is_quantized(model)

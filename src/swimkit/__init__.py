@@ -5,8 +5,9 @@ what accuracy is kept, and how much programming time is saved. Models stay plain
 ``torch.nn.Module``s; device noise, quantization, sensitivity and selection attach from
 outside. Each extensible concept has one registry: selection methods
 (:func:`register_method`), sensitivity engines, models, datasets and curvature rules
-(:func:`register_rule`, :func:`register_elementwise`) and device models
-(:func:`register_device_model`), which follow the protocols of :mod:`swimkit.devices`.
+(:func:`register_rule`, :func:`register_elementwise`, checked with :func:`check_rule`)
+and device models (:func:`register_device_model`), which follow the protocols of
+:mod:`swimkit.devices`.
 """
 
 from . import data, devices, models, programming, variation
@@ -21,7 +22,7 @@ from .programming import WriteVerify
 from .quantization import FakeQuantize, quantize
 from .selection import register_method, select
 from .sensitivity import Sensitivity, register_engine, sensitivity
-from .sensitivity.swim import register_elementwise, register_rule
+from .sensitivity.swim import check_rule, register_elementwise, register_rule, remove_rule
 from .slicing import BitSlicing
 from .variation import BandVariation, TableVariation
 
@@ -43,6 +44,7 @@ __all__ = [
     "accuracy",
     "build_device_model",
     "build_model",
+    "check_rule",
     "data",
     "devices",
     "device_weights",
@@ -59,6 +61,7 @@ __all__ = [
     "register_method",
     "register_model",
     "register_rule",
+    "remove_rule",
     "select",
     "sensitivity",
     "variation",

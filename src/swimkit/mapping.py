@@ -1,7 +1,10 @@
 """Which weights of a model live on CiM devices, and how to perturb them from outside.
 
-A *device weight* is the weight of a convolution or linear layer, named like the state
-dict (``"fc1.weight"``). Its *effective* value is what the layer computes with: the raw
+A *device weight* is a weight matrix held on a crossbar, named like the state dict: the
+weight of a convolution or linear layer (``"fc1.weight"``), the packed q, k, v projection of
+an ``nn.MultiheadAttention`` (``"attn.in_proj_weight"``; its ``out_proj`` is a linear
+layer), and any parameter the user names (``params=["blocks.*.qkv_weight"]``). Its
+*effective* value is what the layer computes with: the raw
 parameter, or the output of its parametrizations (for instance swimkit's weight
 quantizer). Device errors are added to the effective value (quantize first, then
 perturb), through a temporary parametrization that leaves the stored parameters
@@ -25,37 +28,46 @@ from .errors import SwimkitError
 DEVICE_LAYER_TYPES: tuple[type[nn.Module], ...] = (nn.modules.conv._ConvNd, nn.Linear)
 
 
+#: Layers whose raw parameters (not a sublayer's weight) are crossbar weights.
+PARAMETER_LAYERS: dict[type[nn.Module], tuple[str, ...]] = {
+    nn.MultiheadAttention: ("in_proj_weight",),
+}
+
+
 @dataclass(frozen=True)
 class DeviceWeight:
-    """One weight tensor mapped to devices: its name, its layer and the layer's name."""
+    """One weight tensor mapped to devices: its name, its layer, the layer's name and the
+    tensor's attribute on the layer (``"weight"`` for conv and linear layers)."""
 
     name: str
     module_name: str
     module: nn.Module
+    attribute: str = "weight"
 
     @property
     def value(self) -> Tensor:
         """The effective weight the layer computes with (after any parametrization)."""
-        return self.module.weight
+        return getattr(self.module, self.attribute)
 
 
 def device_weights(
     model: nn.Module,
     layers: Sequence[str] | None = None,
     exclude: Sequence[str] | None = None,
+    params: Sequence[str] | None = None,
 ) -> dict[str, DeviceWeight]:
     """Return the device weights of ``model`` in definition order.
 
-    By default every convolution and linear weight is mapped to devices. ``layers``
-    keeps only the layers whose name matches one of the patterns (shell-style, e.g.
-    ``"layer*.conv*"``); ``exclude`` keeps the matching layers digital (exact), e.g.
+    By default every convolution and linear weight and every ``nn.MultiheadAttention``
+    ``in_proj_weight`` is mapped to devices; ``params`` adds the parameters whose name
+    matches one of its patterns (shell-style, e.g. ``"blocks.*.qkv_weight"``; at least two
+    dimensions). ``layers`` keeps only the layers whose name matches one of the patterns
+    (e.g. ``"layer*.conv*"``); ``exclude`` keeps the matching layers digital (exact), e.g.
     ``["conv1", "fc3"]`` for a digital first and last layer.
     """
-    found = {
-        f"{name}.weight": DeviceWeight(f"{name}.weight", name, module)
-        for name, module in model.named_modules()
-        if isinstance(module, DEVICE_LAYER_TYPES) and name
-    }
+    found = _layer_weights(model)
+    if params:
+        found.update(_named_params(model, params, found))
     if not found:
         raise SwimkitError(
             f"{type(model).__name__} has no convolution or linear layers to map to devices"
@@ -70,9 +82,65 @@ def device_weights(
     if not chosen:
         raise SwimkitError("no layer is left on devices: loosen the layers / exclude patterns")
     for weight in chosen.values():
-        _check_weight(weight.module_name, weight.module.weight)
+        _check_weight(weight.name, weight.value)
     _warn_unmapped(model, found)
     return chosen
+
+
+def _layer_weights(model: nn.Module) -> dict[str, DeviceWeight]:
+    """The weights of conv / linear layers and the raw weights of PARAMETER_LAYERS."""
+    found: dict[str, DeviceWeight] = {}
+    for name, module in model.named_modules():
+        if not name:
+            continue
+        if isinstance(module, DEVICE_LAYER_TYPES):
+            found[f"{name}.weight"] = DeviceWeight(f"{name}.weight", name, module)
+        for layer_type, attributes in PARAMETER_LAYERS.items():
+            if isinstance(module, layer_type):
+                for attribute in attributes:
+                    if isinstance(getattr(module, attribute, None), Tensor):
+                        key = f"{name}.{attribute}"
+                        found[key] = DeviceWeight(key, name, module, attribute)
+    return found
+
+
+def _named_params(model: nn.Module, patterns: Sequence[str],
+                  found: Mapping[str, DeviceWeight]) -> dict[str, DeviceWeight]:
+    """The parameters named by ``patterns`` (matrices, not already device weights)."""
+    modules = dict(model.named_modules())
+    names = [n for n, _ in _plain_parameters(model)]
+    added: dict[str, DeviceWeight] = {}
+    for pattern in patterns:
+        hits = [n for n in names if _matches(n, [pattern])]
+        if not hits:
+            raise SwimkitError(f"params pattern {pattern!r} matches no parameter of "
+                               f"{type(model).__name__}; parameters are: "
+                               f"{', '.join(names[:12])}{', ...' if len(names) > 12 else ''}")
+        for name in hits:
+            module_name, _, attribute = name.rpartition(".")
+            module = modules[module_name]
+            if name in found or name in added:
+                continue
+            if getattr(module, attribute).dim() < 2:
+                raise SwimkitError(f"parameter {name!r} has {getattr(module, attribute).dim()} "
+                                   "dimension(s); only weight matrices (2 or more) go on "
+                                   "devices")
+            added[name] = DeviceWeight(name, module_name, module, attribute)
+    return added
+
+
+def _plain_parameters(model: nn.Module) -> list[tuple[str, Tensor]]:
+    """Parameters by their user-facing name (a parametrized tensor by its own name)."""
+    out = []
+    for name, p in model.named_parameters():
+        if ".parametrizations." in f".{name}":
+            head, _, rest = name.partition("parametrizations.")
+            attribute = rest.split(".")[0]
+            if not rest.endswith("original"):
+                continue
+            name = f"{head}{attribute}"
+        out.append((name, p))
+    return out
 
 
 _WARNED: set[tuple[int, tuple[str, ...]]] = set()
@@ -82,22 +150,39 @@ def _warn_unmapped(model: nn.Module, found: dict[str, DeviceWeight]) -> None:
     """Say once per model which matrix-shaped weights stay exact because no device layer
     holds them (attention projections, embeddings, recurrent weights): accuracy under
     variation leaves their errors out."""
-    mapped = {id(w.module.weight) for w in found.values()}
+    mapped = {id(_stored(w)) for w in found.values()}
     left = tuple(name for name, p in model.named_parameters()
-                 if p.dim() >= 2 and id(p) not in mapped and "parametrizations" not in name)
+                 if _is_matrix(p) and id(p) not in mapped and "parametrizations" not in name)
     if not left or (id(model), left) in _WARNED:
         return
     _WARNED.add((id(model), left))
-    total = sum(p.numel() for p in model.parameters() if p.dim() >= 2)
+    total = sum(p.numel() for p in model.parameters() if _is_matrix(p))
     share = sum(p.numel() for n, p in model.named_parameters() if n in left) / max(total, 1)
     warnings.warn(
-        f"{len(left)} weight matrices are not in convolution or linear layers and stay exact "
+        f"{len(left)} weight matrices are not in convolution, linear or attention layers and "
+        "stay exact "
         f"({', '.join(left[:3])}{', ...' if len(left) > 3 else ''}; {100 * share:.0f} % of "
-        "the matrix weights): accuracy under variation leaves their errors out", stacklevel=3)
+        "the matrix weights): accuracy under variation leaves their errors out; map them with "
+        "params=[...] (--map-params)", stacklevel=3)
 
 
-def _check_weight(layer: str, weight: object) -> None:
+def _is_matrix(p: Tensor) -> bool:
+    """Two or more dimensions, the first not 1 (a leading 1 marks a tensor added by
+    broadcasting, like a class token or positional embeddings, not a matrix)."""
+    return p.dim() >= 2 and p.shape[0] != 1
+
+
+def _stored(weight: DeviceWeight) -> object:
+    """The stored parameter of ``weight`` (the original of a parametrized one)."""
+    module, attribute = weight.module, weight.attribute
+    if parametrize.is_parametrized(module, attribute):
+        return module.parametrizations[attribute].original
+    return getattr(module, attribute)
+
+
+def _check_weight(name: str, weight: object) -> None:
     """A device weight must hold values: not None, not lazy, not on the meta device."""
+    layer = name.rpartition(".")[0]
     if weight is None:
         raise SwimkitError(f"layer {layer!r} has no weight (it is None); give it one or "
                            "keep it digital with exclude")
@@ -110,14 +195,20 @@ def _check_weight(layer: str, weight: object) -> None:
 
 
 def named_weights(model: nn.Module, names: Sequence[str], source: str) -> dict[str, DeviceWeight]:
-    """The device weights ``names`` of ``model`` (which ``source`` names), or a clear error."""
-    every = device_weights(model)
-    missing = [n for n in names if n not in every]
+    """The device weights ``names`` of ``model`` (which ``source`` names), or a clear error.
+
+    A name that is no layer weight is looked up as a parameter (``params`` mapping)."""
+    every = _layer_weights(model)
+    parameters = {n for n, _ in _plain_parameters(model)}
+    missing = [n for n in names if n not in every and n not in parameters]
     if missing:
         raise SwimkitError(
             f"{source} names weight {missing[0]!r}, which the model does not have; make "
             "it again for this model"
         )
+    extra = [n for n in names if n not in every]
+    if extra:
+        every.update(_named_params(model, extra, every))
     return {n: every[n] for n in names}
 
 
@@ -216,22 +307,23 @@ def perturbed(
     orders: dict[str, list[str]] = {}
     try:
         for name, w in weights.items():
-            fresh[name] = not parametrize.is_parametrized(w.module, "weight")
+            fresh[name] = not parametrize.is_parametrized(w.module, w.attribute)
             orders[name] = list(w.module._parameters)
             offset = _Offset()
-            parametrize.register_parametrization(w.module, "weight", offset, unsafe=True)
+            parametrize.register_parametrization(w.module, w.attribute, offset, unsafe=True)
             offsets[name] = offset
         handle = Perturbation(offsets)
         handle.set(deltas)
         yield handle
     finally:
         for name in offsets:
-            _remove_offset(weights[name].module, fresh[name], orders[name])
+            _remove_offset(weights[name], fresh[name], orders[name])
 
 
-def _remove_offset(module: nn.Module, was_plain: bool, order: list[str]) -> None:
+def _remove_offset(weight: DeviceWeight, was_plain: bool, order: list[str]) -> None:
+    module = weight.module
     if was_plain:
-        parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
+        parametrize.remove_parametrizations(module, weight.attribute, leave_parametrized=False)
         # Put the weight back where it was, so model.parameters() keeps its order.
         params = module._parameters
         ordered = {k: params[k] for k in order if k in params}
@@ -239,7 +331,7 @@ def _remove_offset(module: nn.Module, was_plain: bool, order: list[str]) -> None
         params.clear()
         params.update(ordered)
     else:
-        chain = module.parametrizations["weight"]
+        chain = module.parametrizations[weight.attribute]
         del chain[len(chain) - 1]
 
 

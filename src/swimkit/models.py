@@ -1,10 +1,12 @@
 """The SWIM reference's models as plain ``torch.nn`` modules, and a registry of their names.
 
-The models hold only standard layers (``nn.Conv2d``, ``nn.Linear``, ``nn.BatchNorm2d``);
+The models hold only standard layers (``nn.Conv2d``, ``nn.Linear``, ``nn.BatchNorm2d``,
+``nn.LayerNorm``, ``nn.MultiheadAttention``);
 quantization is attached from outside with :func:`swimkit.quantization.quantize`, so a
-quantized model keeps the same layers and state-dict names. All convolutions are 3x3 with
-padding 1 (ResNet's 1x1 shortcut convolutions aside), activations are ReLU, and the
-forward passes have no data-dependent control flow, so ``torch.fx`` can trace them.
+quantized model keeps the same layers and state-dict names. The convolutional nets use
+3x3 convolutions with padding 1 (ResNet's 1x1 shortcut convolutions aside) and ReLU; the
+ViT patches, attention and GELU. No forward pass has data-dependent control flow, so
+``torch.fx`` can trace them.
 
 Layer attribute names follow the reference checkpoints (``conv1``, ``fc1``, ...) and, for
 ResNet-18, torchvision (``layer1.0.conv1``, ``layer2.0.downsample.0``, ``fc``).
@@ -138,6 +140,54 @@ class ResNet18(nn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
+class EncoderBlock(nn.Module):
+    """A pre-norm transformer encoder block: attention and an MLP, each with a residual."""
+
+    def __init__(self, dim: int, heads: int, mlp_dim: int) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(dim)
+        self.self_attention = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.ln_2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, mlp_dim), nn.GELU(), nn.Linear(mlp_dim, dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.ln_1(x)
+        y, _ = self.self_attention(y, y, y, need_weights=False)
+        x = x + y
+        return x + self.mlp(self.ln_2(x))
+
+
+class ViT(nn.Module):
+    """A small vision transformer for 28x28 images, laid out like torchvision's ViT.
+
+    Patches of ``patch`` x ``patch`` pixels (a strided convolution, ``conv_proj``), a class
+    token and learned positional embeddings, ``depth`` pre-norm encoder blocks of width
+    ``dim`` with ``heads`` heads (``nn.MultiheadAttention``) and an MLP of ``mlp_dim``, a
+    final LayerNorm and a linear head on the class token. On a crossbar: ``conv_proj``,
+    every block's packed q, k, v projection, ``out_proj`` and MLP, and the head.
+    """
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, image_size: int = 28,
+                 patch: int = 7, dim: int = 64, depth: int = 4, heads: int = 4,
+                 mlp_dim: int = 128) -> None:
+        super().__init__()
+        require(image_size % patch == 0, f"image_size {image_size} is not a multiple of the "
+                                         f"patch size {patch}")
+        tokens = (image_size // patch) ** 2
+        self.conv_proj = nn.Conv2d(in_channels, dim, kernel_size=patch, stride=patch)
+        self.class_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embedding = nn.Parameter(torch.randn(1, tokens + 1, dim) * 0.02)
+        self.blocks = nn.Sequential(*(EncoderBlock(dim, heads, mlp_dim) for _ in range(depth)))
+        self.ln = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.conv_proj(x).flatten(2).transpose(1, 2)
+        token = self.class_token.expand(x.shape[0], -1, -1)
+        x = self.blocks(torch.cat([token, x], dim=1) + self.pos_embedding)
+        return self.head(self.ln(x[:, 0]))
+
+
 def resnet18_tiny(num_classes: int = 200) -> ResNet18:
     """ResNet-18 for Tiny ImageNet (3x64x64 inputs, 200 classes)."""
     return ResNet18(num_classes=num_classes)
@@ -218,6 +268,9 @@ register_model("resnet18_tiny", resnet18_tiny, dataset="tiny-imagenet",
                input_shape=(3, 64, 64), num_classes=200, optimizer="sgd", quantized_bits=8,
                aliases=("TIN", "resnet18-tiny"),
                help="ResNet-18 for Tiny ImageNet: 200 classes, 64x64 inputs")
+register_model("vit", ViT, dataset="fashion-mnist", input_shape=(1, 28, 28),
+               quantized_bits=8, aliases=("ViT",),
+               help="vision transformer: 7x7 patches, 4 blocks of width 64, 4 heads, MLP 128")
 
 
 def canonical_model_name(name: str) -> str:

@@ -148,7 +148,22 @@ def _quantize_output_hook(module: nn.Module, args: tuple, output: Tensor) -> Ten
     return module.output_quantizer(output)
 
 
+def _quantize_first_output_hook(module: nn.Module, args: tuple, output: tuple) -> tuple:
+    return (module.output_quantizer(output[0]), *output[1:])
+
+
 QUANTIZABLE = (nn.modules.conv._ConvNd, nn.Linear)
+#: Layers that compute with raw parameters (not a sublayer's weight), and those tensors.
+RAW_QUANTIZABLE: dict[type[nn.Module], tuple[str, ...]] = {
+    nn.MultiheadAttention: ("in_proj_weight", "in_proj_bias"),
+}
+
+
+def _raw_tensors(module: nn.Module) -> tuple[str, ...]:
+    for layer_type, names in RAW_QUANTIZABLE.items():
+        if isinstance(module, layer_type):
+            return names
+    return ()
 
 
 def quantize(
@@ -157,26 +172,29 @@ def quantize(
     output_range: OutputRange = "running",
     outputs: bool = True,
 ) -> nn.Module:
-    """Quantize weights, biases and outputs of every conv / linear layer of ``model``.
+    """Quantize weights, biases and outputs of every conv / linear layer of ``model``
+    (and of every multi-head attention: its packed projection and its output).
 
     Works in place and returns ``model``. Device noise added by swimkit lands after the
     weight quantizer (quantize first, then perturb).
     """
     _check_bits(bits)
-    layers = [m for m in model.modules() if isinstance(m, QUANTIZABLE)]
+    layers = [m for m in model.modules() if isinstance(m, QUANTIZABLE) or _raw_tensors(m)]
     if not layers:
         raise SwimkitError(f"{type(model).__name__} has no conv or linear layer to quantize")
     for layer in layers:
-        if is_quantized(layer):
+        if is_quantized(layer, deep=False):
             raise SwimkitError("model is already quantized; build a fresh model to change bits")
-        for tensor_name in ("weight", "bias"):
+        raw = _raw_tensors(layer)
+        for tensor_name in raw or ("weight", "bias"):
             if getattr(layer, tensor_name, None) is not None:
                 parametrize.register_parametrization(
                     layer, tensor_name, WeightQuantizer(bits), unsafe=True
                 )
         if outputs:
             layer.output_quantizer = OutputQuantizer(bits, output_range)
-            layer.register_forward_hook(_quantize_output_hook)
+            layer.register_forward_hook(_quantize_first_output_hook if raw
+                                        else _quantize_output_hook)
         # the new parts follow the layer's mode: quantizing an eval-mode model must not
         # leave training-mode quantizers that keep updating their range
         for child in layer.children():
@@ -184,13 +202,15 @@ def quantize(
     return model
 
 
-def is_quantized(module: nn.Module) -> bool:
-    """True if swimkit's weight quantizer is attached to ``module`` or one of its layers."""
-    for m in module.modules():
-        if parametrize.is_parametrized(m, "weight") and any(
-            isinstance(p, WeightQuantizer) for p in m.parametrizations["weight"]
-        ):
-            return True
+def is_quantized(module: nn.Module, deep: bool = True) -> bool:
+    """True if swimkit's weight quantizer is attached to ``module`` (or, ``deep``, to one
+    of its layers)."""
+    for m in module.modules() if deep else (module,):
+        for name in ("weight", *_raw_tensors(m)):
+            if parametrize.is_parametrized(m, name) and any(
+                isinstance(p, WeightQuantizer) for p in m.parametrizations[name]
+            ):
+                return True
     return False
 
 

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import grad, vjp, vmap
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..errors import SwimkitError
 from ..mapping import DeviceWeight, Perturbation, effective_weights, perturbed, require_logits
@@ -144,8 +145,10 @@ def _accumulate(
     first = {k: v.clone() for k, v in zeros.items()}
     samples = 0
     # Outer no_grad: torch.func transforms still differentiate the offsets, but no graph
-    # is recorded for the model's own parameters.
-    with perturbed(model, weights) as handle, torch.no_grad():
+    # is recorded for the model's own parameters. Attention runs as plain ops (the math
+    # kernel): the fused CPU kernels have no second derivative and no per-sample batching.
+    with perturbed(model, weights) as handle, torch.no_grad(), \
+            sdpa_kernel(SDPBackend.MATH):
         forward = _Forward(model, handle)
         for x, y in progress_bar(batches, progress, f"sensitivity ({name})"):
             x, y = x.to(device), y.to(device)

@@ -76,13 +76,13 @@ clamp_rule = mask_rule(_clamp_slope)
 leaky_rule = mask_rule(_leaky_slope)
 
 for _target in (nn.ReLU, F.relu, torch.relu, "relu"):
-    register_rule(_target, relu_rule)
+    register_rule(_target, relu_rule, writes_in_place=True)
 for _target in (nn.Hardtanh, F.relu6, F.hardtanh):  # nn.ReLU6 is a Hardtanh
-    register_rule(_target, hardtanh_rule)
+    register_rule(_target, hardtanh_rule, writes_in_place=True)
 for _target in (torch.clamp, torch.clip, "clamp", "clip"):
-    register_rule(_target, clamp_rule)
+    register_rule(_target, clamp_rule, writes_in_place=True)
 for _target in (nn.LeakyReLU, F.leaky_relu):
-    register_rule(_target, leaky_rule)
+    register_rule(_target, leaky_rule, writes_in_place=True)
 
 #: Smooth activations: layer types, functions and tensor methods, f' by autograd.
 SMOOTH = (
@@ -93,4 +93,4 @@ SMOOTH = (
     "tanh", "sigmoid",
 )
 for _target in SMOOTH:
-    register_elementwise(_target)
+    register_elementwise(_target, writes_in_place=True)

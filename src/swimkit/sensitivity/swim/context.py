@@ -45,7 +45,7 @@ class RuleContext:
     """
 
     def __init__(self, run: CurvaturePass, node: fx.Node) -> None:
-        self.run = run
+        self._run = run
         self.node = node
         self.args = fx.node.map_arg(node.args, run.value)
         self.kwargs = fx.node.map_arg(node.kwargs, run.value)
@@ -64,13 +64,22 @@ class RuleContext:
             return self.node.args[index]
         return self.node.kwargs.get(name)
 
+    def value(self, node: Any) -> Any:
+        """The recorded forward value of ``node`` (a graph node; constants as they are)."""
+        return self._run.env[node] if isinstance(node, fx.Node) else node
+
+    def scratch(self, like: Tensor) -> Tensor:
+        """A reusable buffer shaped like ``like`` for a temporary the rule consumes at once
+        (its content is overwritten by the next rule that asks for the same shape)."""
+        return self._run.scratch(like)
+
     @property
     def input_node(self) -> fx.Node:
         return self.arg_node(0, "input")
 
     def needs(self, node: Any) -> bool:
         """True if S must reach ``node`` (it depends on a device weight)."""
-        return self.run.needs(node)
+        return self._run.needs(node)
 
     def to_input(self, s_in: Tensor) -> dict[fx.Node, SValue]:
         """S for the first input."""
@@ -78,7 +87,7 @@ class RuleContext:
 
     def writable(self, s: Tensor) -> bool:
         """True when the rule may write into its ``s`` (see CurvaturePass.writable)."""
-        return self.run.writable(s)
+        return self._run.writable(s)
 
     def scaled(self, s: Tensor, factor: Tensor) -> Tensor:
         """``s * factor``, written into ``s`` when nothing else holds its memory."""
@@ -89,17 +98,27 @@ class RuleContext:
 
     def accumulate(self, weight_name: str, s_w: Tensor) -> None:
         """Add the S of device weight ``weight_name`` (summed over batches)."""
-        self.run.accumulate(weight_name, s_w)
+        self._run.accumulate(weight_name, s_w)
+
+    def device_weight_name(self, node: Any) -> str | None:
+        """The device-weight name of a ``get_attr`` node reading one, else None."""
+        if isinstance(node, fx.Node) and node.op == "get_attr" and node.target in self._run.weights:
+            return str(node.target)
+        return None
+
+    def device_weight_name_of(self, module: nn.Module, attribute: str) -> str | None:
+        """The device-weight name of ``module``'s tensor ``attribute`` (None: digital)."""
+        return self._run.device_name_of(module, attribute)
 
     def weight_of(self, index: int) -> tuple[Tensor, str | None]:
         """The weight of a conv / linear node and its device-weight name (or None)."""
         if self.module is not None:
-            return self.module.weight, self.run.device_name_of_module(self.node.target)
+            return self.module.weight, self._run.device_name_of_module(self.node.target)
         weight = self.arg(index, "weight")
         weight_node = self.arg_node(index, "weight")
         name = None
         if isinstance(weight_node, fx.Node) and weight_node.op == "get_attr":
-            name = weight_node.target if weight_node.target in self.run.weights else None
+            name = weight_node.target if weight_node.target in self._run.weights else None
         return weight, name
 
     def vjp(self, s: SValue, scale: Tensor | None = None) -> dict[fx.Node, SValue]:
@@ -111,15 +130,16 @@ class RuleContext:
         autograd graph, so the pass needs no graph of the whole model.
         """
         nodes = [n for n in dict.fromkeys(self.node.all_input_nodes)
-                 if self.needs(n) and isinstance(self.run.env[n], Tensor)]
+                 if self.needs(n) and isinstance(self._run.env[n], Tensor)
+                 and self._run.env[n].is_floating_point()]
         if not nodes:
             return {}
         recorded = self._recorded_vjp(nodes, s, scale)
         if recorded is not None:
             return recorded
         with torch.enable_grad():
-            leaves = {n: self.run.env[n].detach().requires_grad_(True) for n in nodes}
-            out = self.run.call(self.node, leaves)
+            leaves = {n: self._run.env[n].detach().requires_grad_(True) for n in nodes}
+            out = self._run.call(self.node, leaves)
             if isinstance(s, dict):
                 outputs, grads = [out[i] for i in s], list(s.values())
             else:
@@ -132,8 +152,8 @@ class RuleContext:
                       scale: Tensor | None) -> dict[fx.Node, SValue] | None:
         """The VJP through the graph autograd recorded in the forward pass, when the
         op's output and inputs are in it (no second forward of the op); else None."""
-        out = self.run.env.get(self.node)
-        inputs = [self.run.env[n] for n in nodes]
+        out = self._run.env.get(self.node)
+        inputs = [self._run.env[n] for n in nodes]
         if (not isinstance(out, Tensor) or out.grad_fn is None or isinstance(s, dict)
                 or not all(t.requires_grad for t in inputs)):
             return None
@@ -143,10 +163,10 @@ class RuleContext:
 
     def elementwise_derivative(self) -> Tensor:
         """f'(x) of an elementwise op at its recorded input, by autograd on the op itself."""
-        x = self.run.env[self.input_node]
+        x = self._run.env[self.input_node]
         with torch.enable_grad():
             leaf = x.detach().requires_grad_(True)
-            y = self.run.call(self.node, {self.input_node: leaf})
+            y = self._run.call(self.node, {self.input_node: leaf})
             (grad,) = torch.autograd.grad(y, leaf, torch.ones_like(y))
         return grad
 

@@ -30,12 +30,17 @@ from torch.nn.utils import parametrize
 from ...errors import SwimkitError, first_line
 from ...mapping import DeviceWeight, perturbed, require_logits
 from ...progress import progress_bar
-from .context import Rule, RuleContext, SValue, UnsupportedOperation
-from .registry import OUT_OF_PLACE, function_rule, leaf_types, method_rule, module_rule
+from .context import RuleContext, SValue, UnsupportedOperation
+from .registry import (
+    OUT_OF_PLACE,
+    RuleEntry,
+    function_rule,
+    leaf_types,
+    method_rule,
+    module_rule,
+)
 
 _CALLS = ("call_module", "call_function", "call_method")
-#: Modules whose rules return fresh tensors or views of their S (so S may be written).
-_OWN_RULES = "swimkit.sensitivity.swim."
 
 #: Ops whose result may share memory with their first input.
 _VIEW_METHODS = {"view", "view_as", "reshape", "reshape_as", "flatten", "squeeze",
@@ -161,7 +166,7 @@ def _is_operator(node: fx.Node) -> bool:
         "_operator", "operator")
 
 
-def rule_of(node: fx.Node, model: nn.Module) -> Rule | None:
+def rule_of(node: fx.Node, model: nn.Module) -> RuleEntry | None:
     if node.op == "call_module":
         return module_rule(model.get_submodule(str(node.target)))
     if node.op == "call_function":
@@ -169,13 +174,15 @@ def rule_of(node: fx.Node, model: nn.Module) -> Rule | None:
     return method_rule(str(node.target))
 
 
-def device_dependent(graph: fx.Graph, module_to_weight: Mapping[str, str],
+def device_dependent(graph: fx.Graph, device_modules: Iterable[str],
                      weight_names: Iterable[str]) -> set[fx.Node]:
-    """Nodes at or after a device layer or device weight."""
-    names = set(weight_names)
+    """Nodes at or after a device layer (a layer holding a device weight, itself or in a
+    sublayer it runs whole) or a device weight."""
+    names, modules = set(weight_names), tuple(device_modules)
     dependent: set[fx.Node] = set()
     for node in graph.nodes:
-        is_device_layer = node.op == "call_module" and node.target in module_to_weight
+        is_device_layer = node.op == "call_module" and any(
+            m == node.target or m.startswith(f"{node.target}.") for m in modules)
         is_device_weight = node.op == "get_attr" and node.target in names
         if is_device_layer or is_device_weight or dependent.intersection(node.all_input_nodes):
             dependent.add(node)
@@ -195,7 +202,7 @@ def feeds_output(graph: fx.Graph) -> set[fx.Node]:
     return seen
 
 
-def check_rules(nodes: Iterable[fx.Node], model: nn.Module) -> dict[fx.Node, Rule]:
+def check_rules(nodes: Iterable[fx.Node], model: nn.Module) -> dict[fx.Node, RuleEntry]:
     """The rule of every node S flows through; all missing ones in one error."""
     rules, missing = {}, []
     for node in nodes:
@@ -219,21 +226,29 @@ def check_rules(nodes: Iterable[fx.Node], model: nn.Module) -> dict[fx.Node, Rul
 
 
 class CurvaturePass:
-    """Forward values and backward S over one batch of a traced, checked model."""
+    """Forward values and backward S over one batch of a traced, checked model.
+
+    ``curvature_at_input``: S flows to the model's input too (and through every op
+    between it and the first device layer), left there by :meth:`backward`; for checking
+    rules and for studies of input noise.
+    """
 
     def __init__(self, model: nn.Module, graph: fx.Graph, weights: Mapping[str, DeviceWeight],
-                 *, every_node: bool = False):
+                 *, curvature_at_input: bool = False):
         self.model = model
         self.graph = graph
         self.weights = weights
-        self.module_to_weight = {w.module_name: name for name, w in weights.items()}
+        self.module_to_weight = {w.module_name: name for name, w in weights.items()
+                                 if w.attribute == "weight"}
+        self._by_tensor = {(id(w.module), w.attribute): name for name, w in weights.items()}
         rewire_in_place(graph, model)
         self.nodes = list(graph.nodes)
         calls = [n for n in self.nodes if n.op in _CALLS]
-        if every_node:  # tests: S everywhere, the inputs included
+        if curvature_at_input:
             self.upstream = set(self.nodes)
         else:
-            self.upstream = device_dependent(graph, self.module_to_weight, weights)
+            self.upstream = device_dependent(
+                graph, {w.module_name for w in weights.values()}, weights)
         on_path = [n for n in calls if n in self.upstream and n in feeds_output(graph)
                    and n not in metadata_nodes(graph)]
         self.rules = check_rules(on_path, model)
@@ -260,6 +275,9 @@ class CurvaturePass:
 
     def device_name_of_module(self, target: str) -> str | None:
         return self.module_to_weight.get(target)
+
+    def device_name_of(self, module: nn.Module, attribute: str) -> str | None:
+        return self._by_tensor.get((id(module), attribute))
 
     def value(self, node: fx.Node) -> Any:
         return self.env[node]
@@ -324,12 +342,12 @@ class CurvaturePass:
 
     def _apply(self, node: fx.Node, s: SValue) -> None:
         """Run ``node``'s rule on its S and pass the results on to its inputs."""
-        rule = self.rules.get(node)
-        if rule is None:
+        entry = self.rules.get(node)
+        if entry is None:
             return
-        results = rule(RuleContext(self, node), s)
-        if not getattr(rule, "__module__", "").startswith(_OWN_RULES):
-            _check_rule_result(rule, node, results)
+        results = entry.rule(RuleContext(self, node), s)
+        if not entry.writes_in_place:
+            _check_rule_result(entry.rule, node, results)
             # a rule from outside may keep what it returns: never written in place
             self._kept.update(_memory(t) for t in _tensors(results.values()))
         for target, s_in in results.items():

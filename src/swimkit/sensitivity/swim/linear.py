@@ -78,7 +78,7 @@ def conv_rule(ctx: RuleContext, s: Tensor) -> dict[fx.Node, SValue]:
     s = s.contiguous()
     if weight_name is not None:
         s_w = torch.ops.aten.convolution_backward(
-            s, torch.square(x, out=ctx.run.scratch(x)), weight, *common, [False, True, False]
+            s, torch.square(x, out=ctx.scratch(x)), weight, *common, [False, True, False]
         )[1]
         ctx.accumulate(weight_name, s_w)
     if not ctx.needs(ctx.input_node):
@@ -89,8 +89,8 @@ def conv_rule(ctx: RuleContext, s: Tensor) -> dict[fx.Node, SValue]:
     return ctx.to_input(s_x)
 
 
-register_rule(nn.Linear, linear_rule)
-register_rule(F.linear, linear_rule)
-register_rule(nn.modules.conv._ConvNd, conv_rule)
+register_rule(nn.Linear, linear_rule, writes_in_place=True)
+register_rule(F.linear, linear_rule, writes_in_place=True)
+register_rule(nn.modules.conv._ConvNd, conv_rule, writes_in_place=True)
 for _conv in (F.conv1d, F.conv2d, F.conv3d):
-    register_rule(_conv, conv_rule)
+    register_rule(_conv, conv_rule, writes_in_place=True)

@@ -70,7 +70,7 @@ def layer_norm_rule(ctx: RuleContext, s: Tensor) -> dict[fx.Node, SValue]:
     return ctx.to_input(s_x)
 
 
-register_rule(nn.modules.batchnorm._BatchNorm, batch_norm_rule)
-register_rule(F.batch_norm, batch_norm_rule)
-register_rule(nn.LayerNorm, layer_norm_rule)
-register_rule(F.layer_norm, layer_norm_rule)
+register_rule(nn.modules.batchnorm._BatchNorm, batch_norm_rule, writes_in_place=True)
+register_rule(F.batch_norm, batch_norm_rule, writes_in_place=True)
+register_rule(nn.LayerNorm, layer_norm_rule, writes_in_place=True)
+register_rule(F.layer_norm, layer_norm_rule, writes_in_place=True)

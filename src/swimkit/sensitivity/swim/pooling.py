@@ -86,9 +86,9 @@ for _target in (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d,
                 nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, F.max_pool1d, F.max_pool2d,
                 F.max_pool3d, F.adaptive_max_pool1d, F.adaptive_max_pool2d,
                 F.adaptive_max_pool3d):
-    register_rule(_target, vjp_rule)
+    register_rule(_target, vjp_rule, writes_in_place=True)
 for _target in (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, F.avg_pool1d, F.avg_pool2d,
                 F.avg_pool3d):
-    register_rule(_target, avg_pool_rule)
+    register_rule(_target, avg_pool_rule, writes_in_place=True)
 for _target in _ADAPTIVE_DIMS:
-    register_rule(_target, adaptive_avg_pool_rule)
+    register_rule(_target, adaptive_avg_pool_rule, writes_in_place=True)

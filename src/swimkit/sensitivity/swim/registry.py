@@ -5,66 +5,118 @@ subclass; the tracer then keeps such layers whole), a function (``torch.tanh``,
 ``F.gelu``, an ``operator`` function) or a tensor method name (``"tanh"``).
 ``register_elementwise(target, derivative)`` adds an elementwise op y = f(x) in one
 line: S_x = S_y * f'(x)^2, the Gauss-Newton form, f'(x) from ``derivative(x)`` or, when
-none is given, from autograd on the op itself.
+none is given, from autograd on the op itself. ``remove_rule(target)`` takes one back.
+
+Rules live in :data:`RULES`, a :class:`~swimkit.registry.Registry` like every other
+extensible part of swimkit (entry-point group ``swimkit.rules``): a target that has a
+rule keeps it unless ``replace=True``. ``writes_in_place=True`` says that the rule hands
+on only fresh tensors or views of its S, which it does not keep: the pass may then write
+into them later to save memory. Without it what the rule returns is checked and never
+written afterwards, so a rule may keep it.
 """
 
 from __future__ import annotations
 
 import operator
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch.fx as fx
 from torch import Tensor, nn
 
 from ...errors import SwimkitError, require
+from ...registry import Entry, Registry
 from .context import Rule, RuleContext, SValue
-
-_MODULE_RULES: dict[type[nn.Module], Rule] = {}
-_FUNCTION_RULES: dict[Any, Rule] = {}
-_METHOD_RULES: dict[str, Rule] = {}
 
 #: In-place operator forms and their out-of-place twins.
 OUT_OF_PLACE = {operator.iadd: operator.add, operator.isub: operator.sub,
                 operator.imul: operator.mul, operator.itruediv: operator.truediv}
 
+Target = type[nn.Module] | Callable | str
 
-def register_rule(target: type[nn.Module] | Callable | str, rule: Rule, *,
-                  replace: bool = False) -> None:
-    """Use ``rule(ctx, s)`` for ``target``: a module type, a function or a method name.
 
-    A target that has a rule already keeps it unless ``replace`` (say it, and it is done).
-    """
-    require(callable(rule), f"a curvature rule must be callable (got {rule!r})")
+@dataclass(frozen=True)
+class RuleEntry(Entry):
+    """A curvature rule and what it is for: a module type, a function or a method name."""
+
+    target: Any = None
+    rule: Rule | None = None
+    writes_in_place: bool = False
+
+    @property
+    def kind(self) -> str:
+        if isinstance(self.target, type):
+            return "layer"
+        return "method" if isinstance(self.target, str) else "function"
+
+
+RULES: Registry[RuleEntry] = Registry("curvature rule", entry_point_group="swimkit.rules")
+
+
+def _label(target: Target) -> str:
+    """A readable, unique-ish name of ``target``: ``torch.nn.Linear``, ``.softmax()``."""
+    if isinstance(target, str):
+        return f".{target}()"
+    module = getattr(target, "__module__", None) or type(target).__module__
+    name = getattr(target, "__name__", None) or repr(target)
+    return f"{module}.{name}"
+
+
+def _check_target(target: object) -> None:
     if isinstance(target, type):
         require(issubclass(target, nn.Module),
                 f"a rule's module type must be an nn.Module subclass (got {target!r})")
-        table: dict = _MODULE_RULES
     elif isinstance(target, str):
         require(bool(target) and not target.endswith("_"),
                 f"register the out-of-place method name ({target.rstrip('_')!r}); "
                 "in-place forms use it too")
-        table = _METHOD_RULES
-    elif callable(target):
-        table = _FUNCTION_RULES
-    else:
+    elif not callable(target):
         raise SwimkitError(
             f"cannot register a rule for {target!r}: give a module type, a function or a "
             "tensor method name"
         )
-    known = table.get(target)
-    require(known is None or known is rule or replace,
-            f"{getattr(target, '__name__', target)!r} has a curvature rule already; pass "
-            "replace=True to use yours instead")
-    table[target] = rule
+
+
+def register_rule(target: Target, rule: Rule, *, replace: bool = False,
+                  writes_in_place: bool = False) -> RuleEntry:
+    """Use ``rule(ctx, s)`` for ``target``: a module type, a function or a method name.
+
+    A target that has a rule already keeps it unless ``replace`` (say it, and it is done).
+    ``writes_in_place``: see the module docstring (swimkit's own rules set it).
+    """
+    require(callable(rule), f"a curvature rule must be callable (got {rule!r})")
+    _check_target(target)
+    known = entry_of(target)
+    if known is not None:
+        if known.rule is rule and known.writes_in_place == writes_in_place:
+            return known
+        require(replace, f"{_label(target)!r} has a curvature rule already; pass "
+                         "replace=True to use yours instead")
+        RULES.remove(known.name)
+    base = _label(target)
+    name, taken, suffix = base, RULES.aliases(), 2
+    while name.lower() in taken:  # two targets with one printed name
+        name, suffix = f"{base}#{suffix}", suffix + 1
+    doc = (getattr(rule, "__doc__", None) or "").strip().splitlines()
+    return RULES.add(RuleEntry(name=name, help=doc[0] if doc else "", target=target,
+                               rule=rule, writes_in_place=writes_in_place))
+
+
+def remove_rule(target: Target) -> None:
+    """Forget the rule of ``target`` (a module type, a function or a method name)."""
+    known = entry_of(target)
+    require(known is not None, f"{_label(target)!r} has no curvature rule to remove")
+    RULES.remove(known.name)
 
 
 def register_elementwise(
-    target: type[nn.Module] | Callable | str,
+    target: Target,
     derivative: Callable[[Tensor], Tensor] | None = None,
     *,
     replace: bool = False,
-) -> None:
+    writes_in_place: bool = False,
+) -> RuleEntry:
     """An elementwise op y = f(x): S_x = S_y * f'(x)^2.
 
     ``derivative(x)`` gives f'(x) at the op's input; without it f'(x) comes from autograd
@@ -72,17 +124,19 @@ def register_elementwise(
     """
     require(derivative is None or callable(derivative),
             f"derivative must be a function x -> f'(x) (got {derivative!r})")
-    register_rule(target, elementwise_rule(derivative), replace=replace)
+    return register_rule(target, elementwise_rule(derivative), replace=replace,
+                         writes_in_place=writes_in_place)
 
 
 def elementwise_rule(derivative: Callable[[Tensor], Tensor] | None = None) -> Rule:
     """The rule of an elementwise op with derivative f'."""
 
     def rule(ctx: RuleContext, s: Tensor) -> dict[fx.Node, SValue]:
+        """Elementwise op: S_x = S_y * f'(x)^2."""
         if derivative is None:
             slope = ctx.elementwise_derivative()
         else:
-            slope = derivative(ctx.run.env[ctx.input_node])
+            slope = derivative(ctx.value(ctx.input_node))
             if not isinstance(slope, Tensor):
                 raise SwimkitError(
                     f"the derivative {getattr(derivative, '__qualname__', derivative)} "
@@ -92,26 +146,40 @@ def elementwise_rule(derivative: Callable[[Tensor], Tensor] | None = None) -> Ru
     return rule
 
 
-def module_rule(module: nn.Module) -> Rule | None:
+def _by_target() -> dict[Any, RuleEntry]:
+    return {entry.target: entry for entry in RULES}
+
+
+def entry_of(target: Target) -> RuleEntry | None:
+    """The registered entry of exactly ``target``, or None."""
+    return _by_target().get(target)
+
+
+def module_rule(module: nn.Module) -> RuleEntry | None:
     """The rule of ``module``'s type or its nearest registered base class."""
+    table = _by_target()
     for cls in type(module).__mro__:
-        if cls in _MODULE_RULES:
-            return _MODULE_RULES[cls]
+        if cls in table:
+            return table[cls]
     return None
 
 
-def function_rule(function: Any) -> Rule | None:
-    return _FUNCTION_RULES.get(OUT_OF_PLACE.get(function, function))
+def function_rule(function: Any) -> RuleEntry | None:
+    try:
+        return _by_target().get(OUT_OF_PLACE.get(function, function))
+    except TypeError:  # an unhashable callable has no rule
+        return None
 
 
-def method_rule(name: str) -> Rule | None:
-    return _METHOD_RULES.get(name.rstrip("_") if not name.endswith("__") else name)
+def method_rule(name: str) -> RuleEntry | None:
+    return _by_target().get(name.rstrip("_") if not name.endswith("__") else name)
 
 
 def leaf_types() -> tuple[type[nn.Module], ...]:
     """Layer types with a rule: the tracer keeps them whole."""
-    return tuple(_MODULE_RULES)
+    return tuple(e.target for e in RULES if e.kind == "layer")
 
 
-__all__ = ["OUT_OF_PLACE", "elementwise_rule", "function_rule", "leaf_types", "method_rule",
-           "module_rule", "register_elementwise", "register_rule"]
+__all__ = ["OUT_OF_PLACE", "RULES", "RuleEntry", "elementwise_rule", "entry_of",
+           "function_rule", "leaf_types", "method_rule", "module_rule", "register_elementwise",
+           "register_rule", "remove_rule"]

@@ -6,7 +6,8 @@
   division by a constant: S_a = S / b^2;
 - reshapes, selections, concatenation, padding, sums: 0/1 Jacobians, the plain VJP;
 - a mean over k elements: 1/k entries, the VJP of S / k;
-- dropout in eval mode, identity, negation and fake quantizers (straight through).
+- dropout and torchvision's stochastic depth in eval mode, identity, negation and fake
+  quantizers (straight through).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchvision.ops import stochastic_depth
 
 from ...quantization import FakeQuantize
 from .context import RuleContext, SValue, identity_rule, unsupported, vjp_rule
@@ -54,7 +56,7 @@ def _product(ctx: RuleContext, s: Tensor, divide: bool) -> dict[fx.Node, SValue]
         factor = other.detach() if isinstance(other, Tensor) else torch.tensor(float(other))
         factor = factor.to(s).square()
         s_in = s / factor if divide else s * factor
-        result[node] = _reduce_to(s_in, ctx.run.env[node])
+        result[node] = _reduce_to(s_in, ctx.value(node))
         if divide:
             break
     return result
@@ -83,6 +85,14 @@ def dropout_rule(ctx: RuleContext, s: Tensor) -> dict[fx.Node, SValue]:
     return ctx.to_input(s)
 
 
+def stochastic_depth_rule(ctx: RuleContext, s: Tensor) -> dict[fx.Node, SValue]:
+    """torchvision's stochastic depth: the identity in eval mode (or with p = 0)."""
+    training = ctx.arg(3, "training", True)
+    if training and float(ctx.arg(1, "p", 0.0)) > 0:
+        raise unsupported(ctx.node, "stochastic depth in training mode")
+    return ctx.to_input(s)
+
+
 def mean_rule(ctx: RuleContext, s: Tensor) -> dict[fx.Node, SValue]:
     x = ctx.arg(0, "input")
     count = x.numel() // max(ctx.out.numel(), 1)
@@ -90,19 +100,20 @@ def mean_rule(ctx: RuleContext, s: Tensor) -> dict[fx.Node, SValue]:
 
 
 for _target in (operator.add, torch.add, operator.sub, torch.sub, "add", "sub"):
-    register_rule(_target, add_rule)
+    register_rule(_target, add_rule, writes_in_place=True)
 for _target in (operator.mul, torch.mul, "mul"):
-    register_rule(_target, mul_rule)
+    register_rule(_target, mul_rule, writes_in_place=True)
 for _target in (operator.truediv, torch.div, "div"):
-    register_rule(_target, div_rule)
+    register_rule(_target, div_rule, writes_in_place=True)
 for _target in (operator.neg, torch.neg, "neg", nn.Identity, FakeQuantize):
-    register_rule(_target, identity_rule)
-register_rule(operator.getitem, getitem_rule)
+    register_rule(_target, identity_rule, writes_in_place=True)
+register_rule(operator.getitem, getitem_rule, writes_in_place=True)
 for _target in (torch.mean, "mean"):
-    register_rule(_target, mean_rule)
+    register_rule(_target, mean_rule, writes_in_place=True)
 for _target in (nn.modules.dropout._DropoutNd, F.dropout, F.dropout1d, F.dropout2d,
                 F.dropout3d):
-    register_rule(_target, dropout_rule)
+    register_rule(_target, dropout_rule, writes_in_place=True)
+register_rule(stochastic_depth, stochastic_depth_rule, writes_in_place=True)
 for _target in (
     nn.Flatten, nn.Unflatten, F.pad, torch.flatten, torch.reshape, torch.cat, torch.concat,
     torch.stack, torch.squeeze, torch.unsqueeze, torch.permute, torch.transpose, torch.chunk,
@@ -111,4 +122,4 @@ for _target in (
     "contiguous", "chunk", "split", "narrow", "expand", "expand_as", "view_as",
     "reshape_as", "repeat", "flip", "sum", "clone", "unbind",
 ):
-    register_rule(_target, vjp_rule)
+    register_rule(_target, vjp_rule, writes_in_place=True)

@@ -1,0 +1,288 @@
+"""Rules of attention: products of two activations, softmax, fused attention, MHA.
+
+- a product of two tensors (``matmul``, ``@``, ``bmm``, ``mm``, a two-operand
+  ``einsum``): every Jacobian entry with respect to one operand is one entry of the
+  other, so S of an operand is the VJP of the same product with the other squared:
+  S_A = S (B^2)^T and S_B = (A^2)^T S for C = A B (cross terms dropped);
+- softmax p = softmax(x): S_x = p^2 ((1 - 2p) S + sum p^2 S) along its dim;
+  log_softmax: S_x = (1 - 2p) S + p^2 sum S;
+- ``F.scaled_dot_product_attention`` (masks, causal, a scale) and
+  ``nn.MultiheadAttention`` (its packed q, k, v projection and ``out_proj`` device
+  weights): the rules above chained through their parts, so a fused call gives what the
+  same attention written out op by op gives.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .context import RuleContext, SValue, unsupported, vjp_rule
+from .registry import register_rule
+
+# --- products of two tensors -------------------------------------------------------------------
+
+
+def _squared_product_vjp(op: Callable[..., Tensor], values: Sequence[Any], index: int,
+                         s: Tensor) -> Tensor:
+    """VJP of ``op`` at ``s`` with respect to operand ``index``, the others squared."""
+    with torch.enable_grad():
+        leaf = values[index].detach().requires_grad_(True)
+        args = [leaf if i == index else (v.detach().square() if isinstance(v, Tensor) else v)
+                for i, v in enumerate(values)]
+        (grad,) = torch.autograd.grad(op(*args), leaf, s)
+    return grad
+
+
+def _product_results(ctx: RuleContext, op: Callable[..., Tensor], nodes: Sequence[Any],
+                     values: Sequence[Any], s: Tensor) -> dict[fx.Node, SValue]:
+    """S of each operand of a product that needs one; a device weight's is accumulated."""
+    result: dict[fx.Node, SValue] = {}
+    for i, node in enumerate(nodes):
+        if not isinstance(node, fx.Node) or not isinstance(values[i], Tensor):
+            continue
+        weight_name = ctx.device_weight_name(node)
+        if weight_name is None and not ctx.needs(node):
+            continue
+        s_in = _squared_product_vjp(op, values, i, s)
+        if weight_name is not None:
+            ctx.accumulate(weight_name, s_in)
+        elif node in result:  # the same tensor on both sides: the terms add up
+            result[node] = result[node] + s_in
+        else:
+            result[node] = s_in
+    return result
+
+
+def matmul_rule(ctx: RuleContext, s: Tensor) -> dict[fx.Node, SValue]:
+    """A product of two tensors: S_A = S (B^2)^T, S_B = (A^2)^T S."""
+    op = ctx.node.target if ctx.node.op == "call_function" else (
+        lambda a, b: getattr(a, str(ctx.node.target))(b))
+    return _product_results(ctx, op, ctx.node.args[:2], ctx.args[:2], s)
+
+
+def _einsum_operands(ctx: RuleContext) -> tuple[str, list[Any], list[Any]]:
+    equation = ctx.args[0]
+    if len(ctx.args) == 2 and isinstance(ctx.args[1], (list, tuple)):
+        return equation, list(ctx.node.args[1]), list(ctx.args[1])
+    return equation, list(ctx.node.args[1:]), list(ctx.args[1:])
+
+
+def _einsum_is_bilinear(equation: str, count: int) -> bool:
+    """True when each Jacobian entry is one entry of the other operand: two operands, no
+    ellipsis, and no index of one operand summed away without touching the other."""
+    if count != 2 or "..." in equation or "->" not in equation:
+        return False
+    inputs, output = equation.replace(" ", "").split("->")
+    parts = inputs.split(",")
+    if len(parts) != 2:
+        return False
+    for mine, other in (parts, parts[::-1]):
+        if any(i not in mine and i not in output for i in other):
+            return False
+    return True
+
+
+def einsum_rule(ctx: RuleContext, s: Tensor) -> dict[fx.Node, SValue]:
+    """A two-operand einsum (the contractions attention uses), as a product."""
+    equation, nodes, values = _einsum_operands(ctx)
+    if not _einsum_is_bilinear(str(equation), len(values)):
+        raise unsupported(ctx.node, f"einsum {equation!r} (the swim engine takes two "
+                          "operands with an explicit '->' and no index summed within one)")
+    return _product_results(ctx, lambda *ops: torch.einsum(equation, *ops), nodes, values, s)
+
+
+# --- softmax -----------------------------------------------------------------------------------
+
+
+def softmax_curvature(p: Tensor, s: Tensor, dim: int) -> Tensor:
+    """S_x of p = softmax(x) along ``dim``: p^2 ((1 - 2p) S + sum p^2 S)."""
+    p2 = p.square()
+    return p2 * ((1 - 2 * p) * s + (p2 * s).sum(dim, keepdim=True))
+
+
+def _softmax_dim(ctx: RuleContext) -> int:
+    dim = ctx.module.dim if ctx.module is not None else ctx.arg(1, "dim")
+    if dim is None:
+        raise unsupported(ctx.node, "softmax without an explicit dim")
+    return int(dim)
+
+
+def softmax_rule(ctx: RuleContext, s: Tensor) -> dict[fx.Node, SValue]:
+    """Softmax: S_x = p^2 ((1 - 2p) S + sum p^2 S)."""
+    return ctx.to_input(softmax_curvature(ctx.out.to(s.dtype), s, _softmax_dim(ctx)))
+
+
+def log_softmax_rule(ctx: RuleContext, s: Tensor) -> dict[fx.Node, SValue]:
+    """Log-softmax: S_x = (1 - 2p) S + p^2 sum S."""
+    p = ctx.out.to(s.dtype).exp()
+    return ctx.to_input((1 - 2 * p) * s + p.square() * s.sum(_softmax_dim(ctx), keepdim=True))
+
+
+# --- attention ---------------------------------------------------------------------------------
+
+
+def attention_probabilities(q: Tensor, k: Tensor, scale: float, mask: Tensor | None = None,
+                            allowed: Tensor | None = None) -> Tensor:
+    """softmax(q k^T * scale + mask) with the positions where ``allowed`` is False at -inf."""
+    logits = (q @ k.transpose(-2, -1)) * scale
+    if mask is not None:
+        logits = logits + mask
+    if allowed is not None:
+        logits = logits.masked_fill(~allowed, float("-inf"))
+    return torch.softmax(logits, dim=-1)
+
+
+def attention_curvature(q: Tensor, k: Tensor, v: Tensor, p: Tensor, scale: float,
+                        s: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """S of q, k and v of out = p v, p = softmax(q k^T * scale + mask), from S of out."""
+    s_v = p.square().transpose(-2, -1) @ s
+    s_logits = softmax_curvature(p, s @ v.square().transpose(-2, -1), -1)
+    s_logits = torch.nan_to_num(s_logits) * scale**2  # rows masked everywhere carry none
+    s_q = s_logits @ k.square()
+    s_k = s_logits.transpose(-2, -1) @ q.square()
+    return s_q.sum_to_size(q.shape), s_k.sum_to_size(k.shape), s_v.sum_to_size(v.shape)
+
+
+def _causal(q: Tensor, k: Tensor) -> Tensor:
+    return torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()
+
+
+def sdpa_rule(ctx: RuleContext, s: Tensor) -> dict[fx.Node, SValue]:
+    """F.scaled_dot_product_attention: the product, softmax and product rules chained."""
+    q, k, v = ctx.arg(0, "query"), ctx.arg(1, "key"), ctx.arg(2, "value")
+    mask, causal = ctx.arg(3, "attn_mask"), bool(ctx.arg(5, "is_causal", False))
+    if float(ctx.arg(4, "dropout_p", 0.0)) > 0:
+        raise unsupported(ctx.node, "scaled_dot_product_attention with dropout_p > 0")
+    if ctx.kwargs.get("enable_gqa"):
+        raise unsupported(ctx.node, "scaled_dot_product_attention with enable_gqa")
+    scale = ctx.arg(6, "scale")
+    scale = 1 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    allowed = _causal(q, k) if causal else None
+    if mask is not None and mask.dtype == torch.bool:
+        allowed = mask if allowed is None else allowed & mask
+        mask = None
+    p = attention_probabilities(q, k, scale, mask, allowed)
+    s_q, s_k, s_v = attention_curvature(q, k, v, p, scale, s)
+    return _to_operands(ctx, [(0, "query", s_q), (1, "key", s_k), (2, "value", s_v)])
+
+
+def _to_operands(ctx: RuleContext, items: Sequence[tuple[int, str, Tensor]]
+                 ) -> dict[fx.Node, SValue]:
+    """S of each operand (argument ``index`` / ``name``) that needs one, summed per node."""
+    result: dict[fx.Node, SValue] = {}
+    for index, name, s_in in items:
+        node = ctx.arg_node(index, name)
+        if isinstance(node, fx.Node) and ctx.needs(node):
+            result[node] = result[node] + s_in if node in result else s_in
+    return result
+
+
+# --- nn.MultiheadAttention ---------------------------------------------------------------------
+
+
+def _check_mha(ctx: RuleContext, m: nn.MultiheadAttention, s: SValue) -> Tensor:
+    if not m._qkv_same_embed_dim or m.bias_k is not None or m.add_zero_attn:
+        raise unsupported(ctx.node, "MultiheadAttention with kdim / vdim, add_bias_kv or "
+                          "add_zero_attn")
+    if m.training and m.dropout > 0:
+        raise unsupported(ctx.node, "MultiheadAttention with dropout in training mode")
+    if not isinstance(s, dict) or set(s) != {0}:
+        raise unsupported(ctx.node, "MultiheadAttention whose attention weights feed the "
+                          "output")
+    return s[0]
+
+
+def _mha_masks(ctx: RuleContext, batch: int, heads: int, q_len: int, k_len: int,
+               like: Tensor) -> tuple[Tensor | None, Tensor | None]:
+    """The float mask and the allowed positions, shaped (N, H, L, S) or broadcastable."""
+    attn_mask, padding = ctx.arg(5, "attn_mask"), ctx.arg(3, "key_padding_mask")
+    mask, allowed = None, None
+    if attn_mask is None and bool(ctx.arg(7, "is_causal", False)):
+        allowed = torch.ones(q_len, k_len, dtype=torch.bool, device=like.device).tril()
+    if attn_mask is not None:
+        attn_mask = attn_mask.reshape(-1, heads, q_len, k_len) if attn_mask.dim() == 3 \
+            else attn_mask
+        if attn_mask.dtype == torch.bool:
+            allowed = ~attn_mask  # True in MultiheadAttention's masks: not attended
+        else:
+            mask = attn_mask.to(like.dtype)
+    if padding is not None:
+        padding = padding.reshape(batch, 1, 1, k_len)
+        if padding.dtype == torch.bool:
+            allowed = ~padding if allowed is None else allowed & ~padding
+        else:
+            mask = padding.to(like.dtype) if mask is None else mask + padding.to(like.dtype)
+    return mask, allowed
+
+
+def _batch_first(t: Tensor, m: nn.MultiheadAttention, unbatched: bool) -> Tensor:
+    if unbatched:
+        return t.unsqueeze(0)
+    return t if m.batch_first else t.transpose(0, 1)
+
+
+def _module_layout(t: Tensor, m: nn.MultiheadAttention, unbatched: bool) -> Tensor:
+    if unbatched:
+        return t.squeeze(0)
+    return t if m.batch_first else t.transpose(0, 1)
+
+
+def mha_rule(ctx: RuleContext, s: SValue) -> dict[fx.Node, SValue]:
+    """nn.MultiheadAttention: q, k, v projections, scaled dot-product attention, out_proj."""
+    m = ctx.module
+    assert isinstance(m, nn.MultiheadAttention)
+    s_out = _check_mha(ctx, m, s)
+    unbatched = ctx.arg(0, "query").dim() == 2
+    query, key, value = (_batch_first(ctx.arg(i, n), m, unbatched)
+                         for i, n in enumerate(("query", "key", "value")))
+    heads, embed = m.num_heads, m.embed_dim
+    head_dim = embed // heads
+    weights = m.in_proj_weight.chunk(3)
+    biases = m.in_proj_bias.chunk(3) if m.in_proj_bias is not None else (None,) * 3
+    inputs = (query, key, value)
+    projected = [F.linear(x, w, b) for x, w, b in zip(inputs, weights, biases, strict=True)]
+    batch = query.shape[0]
+    q, k, v = (t.reshape(batch, -1, heads, head_dim).transpose(1, 2) for t in projected)
+    scale = 1 / math.sqrt(head_dim)
+    mask, allowed = _mha_masks(ctx, batch, heads, q.shape[-2], k.shape[-2], q)
+    p = attention_probabilities(q, k, scale, mask, allowed)
+    merged = (p @ v).transpose(1, 2).reshape(batch, -1, embed)
+    s_y = _batch_first(s_out, m, unbatched)
+    out_name = ctx.device_weight_name_of(m.out_proj, "weight")
+    if out_name is not None:
+        ctx.accumulate(out_name, s_y.reshape(-1, embed).T @ merged.reshape(-1, embed).square())
+    s_merged = s_y @ m.out_proj.weight.square()
+    s_heads = s_merged.reshape(batch, -1, heads, head_dim).transpose(1, 2)
+    s_parts = attention_curvature(q, k, v, p, scale, s_heads)
+    s_projected = [t.transpose(1, 2).reshape(batch, -1, embed) for t in s_parts]
+    in_name = ctx.device_weight_name_of(m, "in_proj_weight")
+    if in_name is not None:
+        ctx.accumulate(in_name, torch.cat([
+            sp.reshape(-1, embed).T @ x.reshape(-1, embed).square()
+            for sp, x in zip(s_projected, inputs, strict=True)]))
+    items = [(i, n, _module_layout(sp @ w.square(), m, unbatched))
+             for i, (n, sp, w) in enumerate(zip(("query", "key", "value"), s_projected,
+                                                weights, strict=True))]
+    return _to_operands(ctx, items)
+
+
+for _target in (torch.matmul, operator.matmul, torch.bmm, torch.mm, "matmul", "bmm", "mm"):
+    register_rule(_target, matmul_rule, writes_in_place=True)
+register_rule(torch.einsum, einsum_rule, writes_in_place=True)
+for _target in (nn.Softmax, F.softmax, torch.softmax, "softmax"):
+    register_rule(_target, softmax_rule, writes_in_place=True)
+for _target in (nn.LogSoftmax, F.log_softmax, torch.log_softmax, "log_softmax"):
+    register_rule(_target, log_softmax_rule, writes_in_place=True)
+register_rule(F.scaled_dot_product_attention, sdpa_rule, writes_in_place=True)
+register_rule(nn.MultiheadAttention, mha_rule, writes_in_place=True)
+for _target in ("masked_fill", torch.masked_fill, torch.roll, "roll", "type_as", "to",
+                "float"):
+    register_rule(_target, vjp_rule, writes_in_place=True)

@@ -1,0 +1,279 @@
+"""Attention through the swim engine: every rule against its oracle, MHA's device weights,
+the rule registry, and check_rule itself."""
+
+from __future__ import annotations
+
+import operator
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import swimkit
+from swimkit.sensitivity.swim import RULES, RuleCheck, check_rule
+from swimkit.sensitivity.swim.registry import entry_of
+
+gen = torch.Generator().manual_seed(0)
+
+
+def randn(*shape):
+    return torch.randn(*shape, generator=gen)
+
+
+# --- single-term Jacobians: the squared-Jacobian oracle ------------------------------------
+
+ORACLE = {
+    "matmul": (torch.matmul, (randn(2, 3, 4), randn(2, 4, 5)), {}),
+    "matmul_broadcast": (torch.matmul, (randn(2, 1, 3, 4), randn(3, 4, 2)), {}),
+    "matmul_vector": (torch.matmul, (randn(3, 4), randn(4)), {}),
+    "operator_matmul": (operator.matmul, (randn(3, 4), randn(4, 2)), {}),
+    "method_matmul": ("matmul", (randn(3, 4), randn(4, 2)), {}),
+    "bmm": (torch.bmm, (randn(2, 3, 4), randn(2, 4, 5)), {}),
+    "mm": (torch.mm, (randn(3, 4), randn(4, 5)), {}),
+    "einsum_heads": (lambda a, b: torch.einsum("bhqd,bhkd->bhqk", a, b),
+                     (randn(2, 2, 3, 4), randn(2, 2, 5, 4)), {}),
+    "einsum_dot": (lambda a, b: torch.einsum("ij,ij->i", a, b), (randn(3, 4), randn(3, 4)), {}),
+    "softmax": (torch.softmax, (randn(3, 5),), {"dim": -1}),
+    "softmax_fn": (F.softmax, (randn(2, 3, 5),), {"dim": 1}),
+    "softmax_method": ("softmax", (randn(3, 5),), {"dim": 0}),
+    "softmax_layer": (nn.Softmax(dim=-1), (randn(4, 6),), {}),
+    "log_softmax": (F.log_softmax, (randn(3, 5),), {"dim": -1}),
+    "log_softmax_layer": (nn.LogSoftmax(dim=1), (randn(3, 5),), {}),
+    "masked_fill": (lambda x: x.masked_fill(torch.eye(4, dtype=torch.bool), 0.0),
+                    (randn(4, 4),), {}),
+    "roll": (lambda x: torch.roll(x, 1, 0), (randn(4, 3),), {}),
+    "embedding_add": (lambda x, pos: x + pos, (randn(2, 5, 4), randn(1, 5, 4)), {}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ORACLE))
+def test_rule_equals_the_squared_jacobian(name):
+    op, inputs, kwargs = ORACLE[name]
+    result = check_rule(op, *inputs, **kwargs)
+    assert result.ok, str(result)
+
+
+# --- chained rules: the op written out part by part -------------------------------------------
+
+CAUSAL = torch.ones(5, 6, dtype=torch.bool).tril()
+MASK = randn(5, 6)
+
+
+def written_attention(q, k, v, is_causal=False, attn_mask=None, scale=None):
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    logits = (q @ k.transpose(-2, -1)) * scale
+    if is_causal:
+        logits = logits.masked_fill(~CAUSAL, float("-inf"))
+    if attn_mask is not None:
+        logits = logits + attn_mask
+    return torch.softmax(logits, -1) @ v
+
+
+QKV = (randn(2, 2, 5, 4), randn(2, 2, 6, 4), randn(2, 2, 6, 3))
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"is_causal": True}, {"attn_mask": MASK},
+                                    {"scale": 0.3}], ids=["plain", "causal", "mask", "scale"])
+def test_fused_attention_equals_attention_written_out(kwargs):
+    result = check_rule(F.scaled_dot_product_attention, *QKV, against=written_attention,
+                        **kwargs)
+    assert result.ok, str(result)
+
+
+def test_a_boolean_mask_is_where_attention_may_look():
+    allowed = CAUSAL.clone()
+    result = check_rule(F.scaled_dot_product_attention, *QKV, attn_mask=allowed,
+                        against=lambda q, k, v, attn_mask: written_attention(q, k, v, True))
+    assert result.ok, str(result)
+
+
+def test_chained_rules_are_not_the_squared_jacobian_of_the_whole():
+    """The oracle of the fused op keeps cross terms the chained rules drop: check_rule says
+    where they differ instead of passing."""
+    result = check_rule(F.scaled_dot_product_attention, *QKV)
+    assert not result.ok and result.error > 1e-3
+    assert "differs" in str(result) and str(result.index) in str(result)
+
+
+class WrittenMHA(nn.Module):
+    """nn.MultiheadAttention(batch_first) written out with functional ops."""
+
+    def __init__(self, mha: nn.MultiheadAttention):
+        super().__init__()
+        self.mha = mha
+
+    def forward(self, query, key, value):
+        m, heads = self.mha, self.mha.num_heads
+        wq, wk, wv = m.in_proj_weight.chunk(3)
+        bq, bk, bv = m.in_proj_bias.chunk(3)
+        n, length, embed = query.shape
+
+        def split(t):
+            return t.reshape(n, -1, heads, embed // heads).transpose(1, 2)
+
+        q, k, v = split(F.linear(query, wq, bq)), split(F.linear(key, wk, bk)), split(
+            F.linear(value, wv, bv))
+        p = torch.softmax((q @ k.transpose(-2, -1)) * (embed // heads) ** -0.5, -1)
+        out = (p @ v).transpose(1, 2).reshape(n, length, embed)
+        return F.linear(out, m.out_proj.weight, m.out_proj.bias)
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_multihead_attention_equals_it_written_out(batch_first):
+    torch.manual_seed(1)
+    mha = nn.MultiheadAttention(8, 2, batch_first=batch_first).eval()
+    x, memory = randn(3, 5, 8), randn(3, 7, 8)
+    written = WrittenMHA(mha)
+    if batch_first:
+        result = check_rule(mha, x, memory, memory, output=0, against=written)
+    else:
+        result = check_rule(mha, x.transpose(0, 1), memory.transpose(0, 1),
+                            memory.transpose(0, 1), output=0,
+                            against=Transposed(written))
+    assert result.ok, str(result)
+
+
+class Transposed(nn.Module):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, q, k, v):
+        return self.inner(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1)).transpose(0, 1)
+
+
+class AttentionNet(nn.Module):
+    """A tiny self-attention classifier around nn.MultiheadAttention."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(3)
+        self.embed = nn.Linear(4, 8)
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = self.embed(x)
+        a, _ = self.attn(h, h, h, need_weights=False)
+        return self.head((h + a).mean(1))
+
+
+class WrittenNet(nn.Module):
+    """The same network with q, k, v and the output projection as four linear layers."""
+
+    def __init__(self, net: AttentionNet):
+        super().__init__()
+        self.embed, self.head = net.embed, net.head
+        self.q, self.k, self.v = (nn.Linear(8, 8) for _ in range(3))
+        with torch.no_grad():
+            for layer, w, b in zip((self.q, self.k, self.v), net.attn.in_proj_weight.chunk(3),
+                                   net.attn.in_proj_bias.chunk(3), strict=True):
+                layer.weight.copy_(w)
+                layer.bias.copy_(b)
+        self.out = net.attn.out_proj
+
+    def forward(self, x):
+        h = self.embed(x)
+        n, length, embed = h.shape
+
+        def split(t):
+            return t.reshape(n, length, 2, 4).transpose(1, 2)
+
+        q, k, v = split(self.q(h)), split(self.k(h)), split(self.v(h))
+        p = torch.softmax((q @ k.transpose(-2, -1)) * 0.5, -1)
+        a = self.out((p @ v).transpose(1, 2).reshape(n, length, embed))
+        return self.head((h + a).mean(1))
+
+
+def test_multihead_attention_weights_get_the_sensitivities_of_attention_written_out():
+    batches = [(randn(4, 5, 4), torch.randint(0, 3, (4,), generator=gen))]
+    net = AttentionNet().eval()
+    fused = swimkit.sensitivity(net, batches)
+    assert set(fused.names) == {"embed.weight", "attn.in_proj_weight", "attn.out_proj.weight",
+                                "head.weight"}
+    written = swimkit.sensitivity(WrittenNet(net).eval(), batches)
+
+    def raw(sens, kind, name):  # sensitivities are per normalised weight w / max|w|
+        return getattr(sens, kind)[name] / sens.scale[name] ** (2 if kind == "second" else 1)
+
+    pairs = {"embed.weight": "embed.weight", "head.weight": "head.weight",
+             "attn.out_proj.weight": "out.weight"}
+    for kind in ("second", "first"):
+        for name, other in pairs.items():
+            torch.testing.assert_close(raw(fused, kind, name), raw(written, kind, other),
+                                       rtol=1e-5, atol=1e-8)
+        packed = torch.cat([raw(written, kind, f"{p}.weight") for p in "qkv"])
+        torch.testing.assert_close(raw(fused, kind, "attn.in_proj_weight"), packed,
+                                   rtol=1e-5, atol=1e-8)
+
+
+def test_multihead_attention_ggn_agrees_on_the_last_layer():
+    batches = [(randn(4, 5, 4), torch.randint(0, 3, (4,), generator=gen))]
+    model = AttentionNet().eval()
+    swim = swimkit.sensitivity(model, batches)
+    ggn = swimkit.sensitivity(model, batches, engine="ggn")
+    assert set(swim.names) == set(ggn.names)
+    torch.testing.assert_close(swim.second["head.weight"], ggn.second["head.weight"],
+                               rtol=1e-4, atol=1e-8)
+    for name in swim.names:
+        assert bool((swim.second[name] >= 0).all())
+
+
+# --- the registry -----------------------------------------------------------------------------
+
+
+def test_rules_live_in_one_registry_with_their_flag():
+    entry = entry_of(torch.matmul)
+    assert entry is not None and entry.writes_in_place and entry.name in RULES.names()
+    assert entry_of(nn.MultiheadAttention).kind == "layer"
+    assert entry_of("softmax").kind == "method"
+    with pytest.raises(swimkit.SwimkitError, match="replace=True"):
+        swimkit.register_rule(torch.matmul, lambda ctx, s: {})
+
+
+def test_a_rule_can_be_replaced_and_removed():
+    original = entry_of(torch.softmax)
+
+    def wrong(ctx, s):
+        return ctx.to_input(s)  # the identity: not softmax's rule
+
+    swimkit.register_rule(torch.softmax, wrong, replace=True)
+    try:
+        result = check_rule(torch.softmax, randn(3, 5), dim=-1)
+        assert isinstance(result, RuleCheck) and not result.ok
+        swimkit.remove_rule(torch.softmax)
+        assert entry_of(torch.softmax) is None
+        with pytest.raises(swimkit.SwimkitError, match="no curvature rule to remove"):
+            swimkit.remove_rule(torch.softmax)
+    finally:
+        if entry_of(torch.softmax) is not None:
+            swimkit.remove_rule(torch.softmax)
+        swimkit.register_rule(torch.softmax, original.rule, writes_in_place=True)
+    assert check_rule(torch.softmax, randn(3, 5), dim=-1).ok
+
+
+def test_check_rule_refuses_what_it_cannot_check():
+    with pytest.raises(swimkit.SwimkitError, match="floating-point example input"):
+        check_rule(torch.softmax, torch.arange(4), dim=0)
+    with pytest.raises(swimkit.SwimkitError, match="output=N"):
+        check_rule(nn.MultiheadAttention(4, 1), randn(2, 4), randn(2, 4), randn(2, 4))
+
+
+def test_check_rule_leaves_the_callers_layer_alone():
+    layer = nn.Softmax(dim=-1)
+    mha = nn.MultiheadAttention(4, 1)
+    check_rule(mha, randn(2, 4), randn(2, 4), randn(2, 4), output=0)
+    assert mha.in_proj_weight.dtype == torch.float32 and layer is not None
+
+
+def test_an_einsum_that_sums_within_one_operand_is_named():
+    model = nn.Sequential(nn.Linear(4, 4), EinsumSum(), nn.Linear(1, 2))
+    batches = [(randn(3, 4), torch.randint(0, 2, (3,), generator=gen))]
+    with pytest.raises(swimkit.SwimkitError, match="einsum"):
+        swimkit.sensitivity(model, batches)
+
+
+class EinsumSum(nn.Module):
+    def forward(self, x):
+        return torch.einsum("bi,bj->b", x, x).unsqueeze(1)

@@ -1,0 +1,166 @@
+"""Transformers end to end: the zoo's ViT, torchvision's ViT and Swin, every engine, chips,
+plans and training with the attention projections on devices."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+import swimkit
+from swimkit.models import ViT, build_model
+from swimkit.sensitivity.swim import CurvaturePass, UnsupportedOperation, trace
+
+ENGINES = ("swim", "ggn", "hutchinson", "fisher")
+
+
+def batches(shape, classes=10, n=4, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return [(torch.randn(n, *shape, generator=gen), torch.randint(0, classes, (n,),
+                                                                  generator=gen))]
+
+
+def small_vit():
+    return ViT(dim=16, depth=2, heads=2, mlp_dim=32).eval()
+
+
+def test_every_attention_projection_is_a_device_weight():
+    names = list(swimkit.device_weights(build_model("vit")))
+    assert names[0] == "conv_proj.weight" and names[-1] == "head.weight"
+    for block in range(4):
+        for part in ("self_attention.in_proj_weight", "self_attention.out_proj.weight",
+                     "mlp.0.weight", "mlp.2.weight"):
+            assert f"blocks.{block}.{part}" in names
+    assert len(names) == 4 * 4 + 2
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("name", ["vit", "qvit"])
+def test_every_engine_runs_on_the_vit(name, engine):
+    model = build_model(name, seed=0).eval()
+    sens = swimkit.sensitivity(model, batches((1, 28, 28)), engine=engine,
+                               **({"probes": 4} if engine == "hutchinson" else {}))
+    weights = swimkit.device_weights(model)
+    assert sens.names == list(weights)
+    for key, h in sens.second.items():
+        assert h.shape == weights[key].value.shape and bool(torch.isfinite(h).all()), key
+    assert float(sens.second["blocks.0.self_attention.in_proj_weight"].abs().sum()) > 0
+
+
+def test_swim_and_ggn_rank_the_vit_weights_alike():
+    from scipy.stats import spearmanr
+
+    model = small_vit()
+    data = batches((1, 28, 28), n=8)
+    swim = swimkit.sensitivity(model, data)
+    ggn = swimkit.sensitivity(model, data, engine="ggn")
+    torch.testing.assert_close(swim.second["head.weight"], ggn.second["head.weight"],
+                               rtol=1e-4, atol=1e-9)
+    for name in swim.names:
+        torch.testing.assert_close(swim.first[name], ggn.first[name], rtol=1e-4, atol=1e-7)
+        rho = spearmanr(swim.second[name].flatten(), ggn.second[name].flatten())[0]
+        # the patch embedding sits under every block's dropped cross terms: weakest there
+        assert rho > (0.2 if name == "conv_proj.weight" else 0.5), (name, rho)
+
+
+def test_quantized_vit_quantizes_the_packed_projection():
+    from swimkit.quantization import fake_quantize
+
+    model = build_model("qvit")
+    attn = model.blocks[0].self_attention
+    assert swimkit.quantization.is_quantized(attn, deep=False)
+    raw = attn.parametrizations["in_proj_weight"].original
+    assert not torch.equal(attn.in_proj_weight, raw)
+    torch.testing.assert_close(attn.in_proj_weight, fake_quantize(raw, 8), rtol=0, atol=0)
+
+
+def test_chips_perturb_the_attention_projection():
+    """A chip's error on in_proj_weight alone changes the outputs; the model is untouched."""
+    model = small_vit()
+    name = "blocks.0.self_attention.in_proj_weight"
+    weights = swimkit.device_weights(model, layers=["blocks.0.self_attention*"])
+    assert set(weights) == {name, "blocks.0.self_attention.out_proj.weight"}
+    x = batches((1, 28, 28))[0][0]
+    clean = model(x)
+    before = model.blocks[0].self_attention.in_proj_weight.detach().clone()
+    delta = {name: torch.randn_like(before)}
+    with swimkit.perturbed(model, weights, delta):
+        assert not torch.allclose(model(x), clean)
+    assert torch.equal(model.blocks[0].self_attention.in_proj_weight, before)
+    torch.testing.assert_close(model(x), clean)
+
+
+def test_a_plan_and_monte_carlo_over_the_vit():
+    model = small_vit()
+    data = batches((1, 28, 28), n=16)
+    sens = swimkit.sensitivity(model, data)
+    device = swimkit.DeviceModel()
+    plan = swimkit.select(model, sens, method="allocate", device_model=device, speedup=3.0)
+    assert "blocks.1.self_attention.in_proj_weight" in plan.names
+    result = swimkit.evaluate(model, data, device, plan=plan, samples=3, seed=0)
+    again = swimkit.evaluate(model, data, device, plan=plan, samples=3, seed=0)
+    assert torch.equal(result.accuracies, again.accuracies) and result.samples == 3
+
+
+def test_noise_training_reaches_the_attention_projection():
+    from swimkit.noise_injection import NoiseInjector
+
+    model = small_vit().train()
+    attn = model.blocks[0].self_attention
+    before = attn.in_proj_weight.detach().clone()
+    x, y = batches((1, 28, 28))[0]
+    injector = NoiseInjector(model, swimkit.DeviceModel(), seed=0, scale_aware=True)
+    assert "blocks.0.self_attention.in_proj_weight" in injector.weights
+    with injector.epoch(0) as redraw:
+        redraw()
+        noisy = model(x)
+        torch.nn.functional.cross_entropy(noisy, y).backward()
+    assert attn.in_proj_weight.grad is not None and bool(attn.in_proj_weight.grad.any())
+    assert torch.equal(attn.in_proj_weight.detach(), before)
+    assert not torch.allclose(noisy, model(x))
+
+
+def test_torchvision_vit_b_16_passes_the_graph_check():
+    model = torchvision.models.vit_b_16().eval()
+    weights = swimkit.device_weights(model)
+    run = CurvaturePass(model, trace(model), weights)  # every op on the path has a rule
+    assert "encoder.layers.encoder_layer_0.self_attention.in_proj_weight" in weights
+    assert len(run.rules) > 100
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_torchvision_vision_transformer_runs_every_engine(engine):
+    """torchvision's VisionTransformer as written (vit_b_16's class, a small size)."""
+    torch.manual_seed(0)
+    model = torchvision.models.VisionTransformer(
+        image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32,
+        num_classes=10).eval()
+    sens = swimkit.sensitivity(model, batches((3, 32, 32), n=2), engine=engine,
+                               **({"probes": 2} if engine == "hutchinson" else {}))
+    assert all(bool(torch.isfinite(h).all()) for h in sens.second.values())
+    assert "encoder.layers.encoder_layer_1.self_attention.in_proj_weight" in sens.names
+
+
+def test_torchvision_swin_is_named_where_a_rule_is_missing():
+    """Swin's shifted-window attention is one fx-wrapped function of torchvision: the swim
+    engine names it before any compute; ggn runs Swin as written."""
+    model = torchvision.models.SwinTransformer(
+        patch_size=[4, 4], embed_dim=8, depths=[1, 1], num_heads=[1, 1], window_size=[2, 2],
+        num_classes=10).eval()
+    with pytest.raises(UnsupportedOperation, match="shifted_window_attention"):
+        CurvaturePass(model, trace(model), swimkit.device_weights(model))
+    sens = swimkit.sensitivity(model, batches((3, 16, 16), n=2), engine="ggn")
+    assert all(bool(torch.isfinite(h).all()) for h in sens.second.values())
+
+
+def test_stochastic_depth_is_the_identity_in_eval_mode():
+    model = nn.Sequential(nn.Linear(4, 4), torchvision.ops.StochasticDepth(0.5, "row"),
+                          nn.Linear(4, 3)).eval()
+    reference = nn.Sequential(model[0], model[2]).eval()
+    data = batches((4,), classes=3)
+    got, expected = swimkit.sensitivity(model, data), swimkit.sensitivity(reference, data)
+    torch.testing.assert_close(got.second["0.weight"], expected.second["0.weight"])
+    with pytest.raises(UnsupportedOperation, match="stochastic depth in training mode"):
+        swimkit.check_rule(torchvision.ops.stochastic_depth, torch.randn(3, 4), p=0.5,
+                           mode="row", training=True)
