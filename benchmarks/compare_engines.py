@@ -1,13 +1,16 @@
 """What SWIM's approximation costs: the `swim` engine against the exact `ggn` diagonal.
 
-For LeNet on Fashion-MNIST (a trained checkpoint if given, else trained here for a few
-epochs) and ResNet-18 on CIFAR-sized data (random images, briefly trained so the
+For LeNet and the ViT on Fashion-MNIST (trained checkpoints if given, else trained here
+for a few epochs) and ResNet-18 on CIFAR-sized data (random images, briefly trained so the
 curvature is not that of a random network), prints for the second derivative h:
 - the Spearman rank correlation between the two engines over all device weights,
 - the overlap of their top-10% sets (|A & B| / |A|),
-- and the time of each engine over the same images.
+- and the time of each engine over the same images;
+and for the ViT the Spearman correlation per layer (attention's dropped cross terms add
+up with depth, so the agreement is reported where it varies).
 
     python benchmarks/compare_engines.py [--lenet-checkpoint runs/.../best.pt]
+        [--vit-checkpoint runs/.../best.pt]
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ def flat(sens: swimkit.Sensitivity) -> torch.Tensor:
     return torch.cat([h.reshape(-1) for h in sens.second.values()])
 
 
-def compare(name: str, model: torch.nn.Module, batches) -> None:
+def compare(name: str, model: torch.nn.Module, batches, per_layer: bool = False) -> None:
     timings, results = {}, {}
     for engine in ("swim", "ggn"):
         start = time.perf_counter()
@@ -53,24 +56,40 @@ def compare(name: str, model: torch.nn.Module, batches) -> None:
           f"top-10% overlap = {100 * top_overlap(swim, ggn):.1f} %, "
           f"time swim {timings['swim']:.2f} s, ggn {timings['ggn']:.2f} s "
           f"({timings['ggn'] / timings['swim']:.1f}x)")
+    if per_layer:
+        for layer in results["swim"].names:
+            rho = spearman(results["swim"].second[layer].reshape(-1),
+                           results["ggn"].second[layer].reshape(-1))
+            print(f"  {layer:45s} Spearman {rho:.3f}")
+
+
+def trained(name: str, checkpoint: str | None, data, epochs: int) -> torch.nn.Module:
+    """The checkpoint's model, or ``name`` trained here for ``epochs``."""
+    if checkpoint:
+        return swimkit.checkpoints.load_checkpoint(checkpoint)[0]
+    model = swimkit.build_model(name, seed=0)
+    train(model, data, TrainConfig(epochs=epochs))
+    return model
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lenet-checkpoint", default=None)
+    parser.add_argument("--vit-checkpoint", default=None)
     parser.add_argument("--lenet-images", type=int, default=10_000)
+    parser.add_argument("--vit-images", type=int, default=2_000)
     parser.add_argument("--resnet-images", type=int, default=256)
     args = parser.parse_args()
     print(machine_line())
 
     fmnist = fashion_mnist_or_random()
-    if args.lenet_checkpoint:
-        lenet, _ = swimkit.checkpoints.load_checkpoint(args.lenet_checkpoint)
-    else:
-        lenet = swimkit.build_model("lenet", seed=0)
-        train(lenet, fmnist, TrainConfig(epochs=2))
+    lenet = trained("lenet", args.lenet_checkpoint, fmnist, 2)
     subset = fmnist.subset(n_train=args.lenet_images)
     compare("lenet / fashion-mnist", lenet.eval(), Batches(subset.train, subset, 128))
+    vit = trained("vit", args.vit_checkpoint, fmnist, 1)
+    subset = fmnist.subset(n_train=args.vit_images)
+    compare("vit / fashion-mnist", vit.eval(), Batches(subset.train, subset, 128),
+            per_layer=True)
 
     cifar = synthetic("cifar10-sized", (3, 32, 32), 1024, 128, 10)
     resnet = swimkit.build_model("resnet18", seed=0)
