@@ -39,6 +39,7 @@ from .registry import (
     METHODS,
     SWIM_ALPHA,
     Budget,
+    BudgetKind,
     Method,
     ScoreInputs,
     needs_sensitivity,
@@ -229,7 +230,7 @@ def cut(scores: Scores, budget: Budget | float | None = None, **budgets: float) 
         budget = make_budget(budget, budgets.get("speedup"), budgets.get("time_budget"))
     inputs = scores.inputs
     dm = inputs.device_model
-    if budget.kind == "fraction":
+    if budget.kind is BudgetKind.FRACTION:
         flat = scores.flat.top_fraction(budget.value)
     else:
         require_pricing(dm, "a time budget")
@@ -252,20 +253,20 @@ def cut(scores: Scores, budget: Budget | float | None = None, **budgets: float) 
 
 
 def finish(plan: Plan, inputs: ScoreInputs, budget: Budget, method: str) -> Plan:
-    """Record the request, and the modelled programming time when it can be modelled."""
-    plan.method = method
-    plan.requested = budget.describe()
-    if inputs.plan_time:
-        plan.meta = {**plan.meta, "plan_time_s": inputs.plan_time}
+    """A copy of ``plan`` recording the request, and the modelled programming time when
+    it can be modelled."""
+    meta = {**plan.meta, "plan_time_s": inputs.plan_time} if inputs.plan_time else plan.meta
+    plan = plan.recorded(method=method, requested=budget.describe(), meta=meta)
     if missing(inputs.device_model, PricingModel):  # a model that only draws chips
         return plan
     try:
-        plan.programming = inputs.device_model.programming_report(  # type: ignore[attr-defined]
+        report = inputs.device_model.programming_report(  # type: ignore[attr-defined]
             inputs.values, inputs.scales, plan)
     except SwimkitError:
-        if budget.kind != "fraction":
+        if budget.kind is not BudgetKind.FRACTION:
             raise
-    return plan
+        return plan
+    return plan.recorded(programming=report)
 
 
 def _chosen_weights(
@@ -294,6 +295,6 @@ def _check_shapes(sens: Sensitivity, values: Mapping[str, Tensor]) -> None:
             )
 
 
-__all__ = ["METHODS", "SWIM_ALPHA", "Budget", "Method", "ScoreInputs", "Scores", "cut",
-           "inputs_for", "make_budget", "needs_sensitivity", "register_method",
+__all__ = ["METHODS", "SWIM_ALPHA", "Budget", "BudgetKind", "Method", "ScoreInputs", "Scores",
+           "cut", "inputs_for", "make_budget", "needs_sensitivity", "register_method",
            "register_planner", "score", "select", "top_k"]
