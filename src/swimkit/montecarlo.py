@@ -49,7 +49,7 @@ def t_quantile_975(dof: int) -> float:
     return float(stats.t.ppf(0.975, dof))
 
 
-@dataclass
+@dataclass(frozen=True)
 class MCResult:
     """Accuracies (percent) of every Monte-Carlo chip, and their summary.
 
