@@ -54,7 +54,18 @@ def check_menu(menu: object) -> tuple[float, ...] | None:
     return values
 
 
-class Verify(str, Enum):
+class Spelled(str, Enum):
+    """A choice that is a str spelled as in files: it prints, formats and is written to
+    JSON as its value, and equals that string."""
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+
+class Verify(Spelled):
     """A plan without selection: verify no device (``"none"``) or every device (``"all"``).
 
     A str, so ``"none"`` and ``"all"`` are accepted wherever a ``Verify`` is.
@@ -62,12 +73,6 @@ class Verify(str, Enum):
 
     NONE = "none"
     ALL = "all"
-
-    def __str__(self) -> str:
-        return self.value
-
-    def __format__(self, spec: str) -> str:
-        return format(self.value, spec)
 
     @classmethod
     def of(cls, plan: object) -> Verify:
@@ -385,4 +390,4 @@ def _first_device(levels: Tensor) -> Tensor:
     return levels[..., 0]
 
 
-__all__ = ["Plan", "Verify", "check_menu"]
+__all__ = ["Plan", "Spelled", "Verify", "check_menu"]

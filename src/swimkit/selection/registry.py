@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any
 
 from torch import Tensor, nn
@@ -23,7 +22,7 @@ from torch import Tensor, nn
 from ..devices import NoiseModel, require_device
 from ..errors import require
 from ..mapping import DeviceWeight
-from ..plans import Plan
+from ..plans import Plan, Spelled
 from ..registry import Entry, Registry
 from ..sensitivity import Sensitivity
 
@@ -64,18 +63,12 @@ class ScoreInputs:
         return {k: self.sensitivity.second[k] for k in self.values}
 
 
-class BudgetKind(str, Enum):
+class BudgetKind(Spelled):
     """What a budget limits; a str, spelled as in files and keyword arguments."""
 
     FRACTION = "fraction"
     SPEEDUP = "speedup"
     TIME_BUDGET = "time_budget"
-
-    def __str__(self) -> str:
-        return self.value
-
-    def __format__(self, spec: str) -> str:
-        return format(self.value, spec)
 
 
 @dataclass(frozen=True)
