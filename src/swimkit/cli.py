@@ -15,7 +15,6 @@ to fix it, and exit status 2.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import warnings
@@ -38,7 +37,7 @@ from .arguments import (
     settings_of,
 )
 from .distributed import is_rank_zero
-from .errors import SwimkitError, first_line
+from .errors import SwimkitError
 from .settings import Settings
 
 
@@ -262,35 +261,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .reports import plot_sweep, sweep_text
-    from .results import SweepResult
+    from .reports import merged_report, plot_sweep
     from .storage import atomic_write_text
 
     _check_plot_suffix(args.plot)
     check_paths(args)
     _check_outputs(args, ("plot", "table"))
-    loaded = []
-    for path in args.results:
-        try:
-            loaded.append(SweepResult.from_dict(json.loads(Path(path).read_text())))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise SwimkitError(f"cannot read {path} ({exc}); give a sweep.json file") from None
-        except SwimkitError as exc:
-            raise SwimkitError(f"{path}: {exc}") from None
-    try:
-        result = SweepResult.merge(loaded).with_reference()
-        text = sweep_text(result)
-    except SwimkitError:
-        raise
-    except (TypeError, ValueError, KeyError, IndexError, AttributeError) as exc:
-        raise SwimkitError(f"a result file holds a value of the wrong kind "
-                           f"({first_line(exc, with_type=True)}); give sweep.json files as "
-                           "swimkit writes them") from None
-    print(text, end="")
+    report = merged_report(args.results)
+    print(report.text, end="")
     if args.table:
-        _log(f"written: {atomic_write_text(text, args.table)}")
+        _log(f"written: {atomic_write_text(report.text, args.table)}")
     if args.plot:
-        written = plot_sweep(result, args.plot)
+        written = plot_sweep(report.result, args.plot)
         _log(f"written: {written}" if written else "no plot: install matplotlib")
     return 0
 

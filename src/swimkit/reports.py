@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .data import DATASETS
 from .devices import DEVICE_MODELS
+from .errors import SwimkitError, first_line
 from .models import MODELS
 from .montecarlo import MCResult
 from .registry import markdown_table
@@ -394,6 +397,37 @@ def _speedup_axis(ax: Any, speeds: list[float]) -> None:
     ax.set_xlabel("modelled programming speedup over full write-verify")
 
 
+@dataclass(frozen=True)
+class MergedReport:
+    """Sweeps read back and merged: the result, yields against the best full verify of
+    all of them, and its markdown."""
+
+    result: SweepResult
+    text: str
+
+
+def merged_report(paths: Sequence[str | Path]) -> MergedReport:
+    """The sweeps written to ``paths`` (sweep.json files) as one, with one clear error
+    naming the file that cannot be read or holds a value of the wrong kind."""
+    loaded = []
+    for path in paths:
+        try:
+            loaded.append(SweepResult.from_dict(json.loads(Path(path).read_text())))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise SwimkitError(f"cannot read {path} ({exc}); give a sweep.json file") from None
+        except SwimkitError as exc:
+            raise SwimkitError(f"{path}: {exc}") from None
+    try:
+        result = SweepResult.merge(loaded).with_reference()
+        return MergedReport(result, sweep_text(result))
+    except SwimkitError:
+        raise
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError) as exc:
+        raise SwimkitError(f"a result file holds a value of the wrong kind "
+                           f"({first_line(exc, with_type=True)}); give sweep.json files as "
+                           "swimkit writes them") from None
+
+
 def sweep_text(result: SweepResult, rows: Sequence[dict[str, Any]] | None = None) -> str:
     """The markdown of a sweep (``rows``: its :func:`sweep_rows`, when already at hand):
     its points, then the searches' answers if any."""
@@ -450,6 +484,6 @@ def registry_tables() -> dict[str, str]:
     }
 
 
-__all__ = ["device_summary", "evaluation_lines", "format_mc", "format_time", "plot_over_time",
-           "plot_sweep", "time_table", "print_run", "print_sweep", "registry_tables",
-           "run_lines", "write_sweep_reports"]
+__all__ = ["MergedReport", "device_summary", "evaluation_lines", "format_mc", "format_time",
+           "merged_report", "plot_over_time", "plot_sweep", "time_table", "print_run",
+           "print_sweep", "registry_tables", "run_lines", "write_sweep_reports"]
