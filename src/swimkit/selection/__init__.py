@@ -32,6 +32,7 @@ from ..mapping import (
     weight_scales,
 )
 from ..plans import Plan, check_menu
+from ..programming import ProgrammingReport
 from ..sensitivity import Sensitivity
 from . import builtin as _builtin  # noqa: F401 - registers the built-in methods
 from .budget import FlatScores, extra_seconds, time_budget_seconds, top_k
@@ -256,17 +257,23 @@ def finish(plan: Plan, inputs: ScoreInputs, budget: Budget, method: str) -> Plan
     """A copy of ``plan`` recording the request, and the modelled programming time when
     it can be modelled."""
     meta = {**plan.meta, "plan_time_s": inputs.plan_time} if inputs.plan_time else plan.meta
-    plan = plan.recorded(method=method, requested=budget.describe(), meta=meta)
-    if missing(inputs.device_model, PricingModel):  # a model that only draws chips
-        return plan
+    report = _programming(plan, inputs, budget)
+    return plan.recorded(method=method, requested=budget.describe(), meta=meta,
+                         programming=plan.programming if report is None else report)
+
+
+def _programming(plan: Plan, inputs: ScoreInputs, budget: Budget) -> ProgrammingReport | None:
+    """The modelled programming time of ``plan``; None for a device model that only draws
+    chips, or one that cannot price a plan cut at a fraction."""
+    if missing(inputs.device_model, PricingModel):
+        return None
     try:
-        report = inputs.device_model.programming_report(  # type: ignore[attr-defined]
+        return inputs.device_model.programming_report(  # type: ignore[attr-defined]
             inputs.values, inputs.scales, plan)
     except SwimkitError:
         if budget.kind is not BudgetKind.FRACTION:
             raise
-        return plan
-    return plan.recorded(programming=report)
+        return None
 
 
 def _chosen_weights(
