@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 import torch
 from torch import nn
@@ -27,6 +26,7 @@ from .results import Evaluation
 from .selection import METHODS, Budget, select
 from .sensitivity import Sensitivity, sensitivity
 from .settings import Settings
+from .training import TrainResult, train
 
 Log = Callable[[str], None]
 
@@ -151,12 +151,9 @@ def monte_carlo(model: nn.Module, batches: list, plan: Plan | Verify, settings: 
 
 
 def train_model(settings: Settings, plan_file: str | None = None, *, resume: bool = True,
-                log: Log = quiet, progress: bool = False) -> Any:
+                log: Log = quiet, progress: bool = False) -> TrainResult:
     """Train the settings' model (into OUT/train), or with ``plan_file`` fine-tune the
-    checkpoint under that plan's device errors (into OUT/finetune); a
-    :class:`~swimkit.training.TrainResult`."""
-    from .training import train
-
+    checkpoint under that plan's device errors (into OUT/finetune)."""
     model = None
     if settings.model.checkpoint:
         model, settings = open_model(settings)
