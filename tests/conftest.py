@@ -11,11 +11,8 @@ from formats import make_learnable_mnist
 import swimkit
 from swimkit import data
 
-# A copy of shared/fixtures/reference_lenet.pt travels with the tests.
-FIXTURE_CANDIDATES = [
-    Path(__file__).resolve().parent / "fixtures" / "reference_lenet.pt",
-    Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "reference_lenet.pt",
-]
+# The SWIM reference run on LeNet, stored with the tests.
+FIXTURE_CANDIDATES = [Path(__file__).resolve().parent / "fixtures" / "reference_lenet.pt"]
 
 
 @pytest.fixture(scope="session")

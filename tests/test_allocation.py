@@ -28,7 +28,7 @@ def test_hull_drops_dominated_and_non_convex_points():
     assert float(ratio[0]) > float(ratio[1])  # efficiency falls along the hull
 
 
-def test_default_menu_is_the_design_hull():
+def test_default_menu_lies_on_the_hull():
     """At sigma 0.3 every menu tolerance is on the hull, loose to tight."""
     dm = swimkit.DeviceModel()
     menu = dm.default_menu()

@@ -1,7 +1,7 @@
 """Extending swimkit from outside the package: a method, a model, a dataset, a plugin.
 
 Each is one registration in this file; select(), the workflows and the command line then
-offer it like a built-in (see the README's "How to add ..." section).
+offer it like a built-in (see "How to add ..." in docs/architecture.md).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The models match the design's layer shapes exactly, and the registry resolves names."""
+"""The models match the SWIM reference's layer shapes exactly, and the registry resolves names."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def weight_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
     }
 
 
-# --- expected shapes, written out from the design (section 5) ---------------------------
+# --- expected shapes: the SWIM reference's LeNet, ConvNet and ResNet-18 -----------------
 
 LENET_SHAPES = {
     "conv1": (6, 1, 3, 3),

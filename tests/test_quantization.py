@@ -11,7 +11,7 @@ import swimkit
 from swimkit.quantization import OutputQuantizer, fake_quantize, is_quantized, quantization_bits
 
 
-def test_values_lie_on_the_grid_of_the_design():
+def test_values_lie_on_the_grid_round_x_over_d_times_d():
     x = torch.randn(1000)
     q = fake_quantize(x, 4)
     step = x.abs().max() / 16

@@ -118,3 +118,76 @@ def test_the_evaluation_batch_is_chosen_per_model_and_kept(model, shape, chosen)
     given = Settings(model=swimkit.settings.ModelSettings(name=model),
                      data=DataSettings(test_batch_size=3))
     assert Context(given, _tiny_dataset(shape), print, False).settings.data.test_batch_size == 3
+
+
+def test_each_settings_group_checks_itself_and_settings_never_edit_a_given_group():
+    with pytest.raises(swimkit.SwimkitError, match="samples must be >= 1"):
+        EvaluationSettings(samples=0)
+    with pytest.raises(swimkit.SwimkitError, match="test_batch_size"):
+        DataSettings(test_batch_size=0)
+    with pytest.raises(swimkit.SwimkitError, match="fractions repeat"):
+        SelectionSettings(fractions=[0.1, 0.1])
+    with pytest.raises(swimkit.SwimkitError, match="judge_time"):
+        EvaluationSettings(times=[1.0], judge_time=2.0)
+    data, selection = DataSettings(), SelectionSettings(methods=["SM"])
+    settings = Settings(data=data, selection=selection)
+    assert settings.data.dataset == "fashion-mnist" and data.dataset is None  # a copy
+    assert selection.methods == ["swim"] and settings.selection is selection
+
+
+def test_one_budget_default_and_the_budget_kinds_are_stated_once():
+    from swimkit.arguments import settings_of
+    from swimkit.cli import build_parser
+    from swimkit.selection import Budget, BudgetKind
+    from swimkit.settings import DEFAULT_FRACTION, SWEEP_FRACTIONS, SWEEP_METHODS
+
+    def budgets(*argv: str) -> list[Budget]:
+        return settings_of(build_parser().parse_args(argv)).selection.budgets()
+
+    assert budgets("run") == [Budget(BudgetKind.FRACTION, DEFAULT_FRACTION)]
+    assert budgets("run", "--speedup", "4") == [Budget("speedup", 4.0)]
+    swept = settings_of(build_parser().parse_args(["sweep"])).selection
+    assert swept.methods == list(SWEEP_METHODS) and swept.fractions == list(SWEEP_FRACTIONS)
+    kind = Budget("time_budget", 1.0).kind
+    assert kind is BudgetKind.TIME_BUDGET and f"{kind}" == str(kind) == "time_budget"
+    assert Budget("speedup", 2.0).describe() == {"speedup": 2.0}
+
+
+def test_results_are_frozen_and_a_later_step_adds_to_a_copy():
+    import dataclasses
+
+    p, full = point(50.0), point(52.0)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        p.mc.reference = 52.0  # type: ignore[misc]
+    paired = p.paired_with(full.mc)
+    assert p.gap is None and paired.gap is not None and paired.gap.mean == -2.0
+    referenced = p.referenced(52.0, 1.0)
+    assert p.mc.chip_yield is None and referenced.mc.chip_yield == 0.5  # the chip at 51
+
+
+def test_verify_is_the_plan_of_no_device_or_every_device():
+    from swimkit.plans import Verify
+
+    assert Verify.of(None) is Verify.NONE and Verify.of("ALL") is Verify.ALL
+    assert Verify.ALL == "all" and f"{Verify.NONE}" == "none"
+    with pytest.raises(swimkit.SwimkitError, match="plan must be a Plan, 'none' or 'all'"):
+        Verify.of("some")
+
+
+def test_the_steps_monte_carlo_is_the_keyword_evaluate_with_the_evaluation_settings():
+    from toys import toy_problem
+
+    from swimkit.plans import Verify
+    from swimkit.steps import monte_carlo
+
+    model, batches = toy_problem()
+    settings = Settings(evaluation=EvaluationSettings(samples=12, seed=3, ci_target=0.5,
+                                                      min_samples=4))
+    dm = settings.device_model
+    stepped = monte_carlo(model, batches, Verify.NONE, settings)
+    keyword = swimkit.evaluate(model, batches, dm, "none", samples=12, seed=3, ci_target=0.5,
+                               min_samples=4)
+    assert len(stepped) == 1 and torch.equal(stepped[0].accuracies, keyword.accuracies)
+    assert stepped[0].ci_reached == keyword.ci_reached
+    full = monte_carlo(model, batches, Verify.ALL, settings, adaptive=False)[0]
+    assert full.samples == 12 and full.ci_target is None

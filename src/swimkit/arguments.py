@@ -21,6 +21,10 @@ from .selection import METHODS
 from .selection.learned import LearnOptions
 from .sensitivity import ENGINES
 from .settings import (
+    DEFAULT_FRACTION,
+    DEFAULT_MODEL,
+    SWEEP_FRACTIONS,
+    SWEEP_METHODS,
     DataSettings,
     EvaluationSettings,
     ModelSettings,
@@ -113,7 +117,7 @@ def add_model(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--model", default=None,
                    help=f"{_names(MODELS)} (aliases such as LeNet, QLeNet, Res18); default: "
-                        "the checkpoint's model, else lenet")
+                        f"the checkpoint's model, else {DEFAULT_MODEL}")
     g.add_argument("--bits", type=positive_int, default=None,
                    help="bit width of a quantized model (default 4 LeNet, 6 ConvNet, 8 ResNet)")
     g.add_argument("--checkpoint", default=None,
@@ -228,7 +232,8 @@ def add_sensitivity(p: argparse.ArgumentParser) -> None:
     g.add_argument("--sens-limit", type=positive_int, default=None,
                    help="use only the first N training images for the sensitivity pass")
     g.add_argument("--probes", type=positive_int, default=None,
-                   help="hutchinson: Rademacher probes per batch (default 100)")
+                   help="hutchinson: Rademacher probes per batch (default "
+                        f"{ENGINES.get('hutchinson').options['probes']})")
     g.add_argument("--probe-seed", type=int, default=None, help="hutchinson: probe seed")
 
 
@@ -237,20 +242,23 @@ def add_selection(p: argparse.ArgumentParser, several: bool) -> None:
     helps = "; ".join(f"{m.name}: {m.help}" for m in METHODS)
     if several:
         g.add_argument("--methods", type=_list_of(_method), default=None,
-                       help=f"comma-separated methods (default swim,magnitude,random). {helps}")
+                       help=f"comma-separated methods (default {_joined(SWEEP_METHODS)}). "
+                            f"{helps}")
         g.add_argument("--fractions", type=_list_of(_fraction), default=None,
                        help="comma-separated fractions of weights (of devices for device-level "
-                            "methods); default 0.01,0.03,0.1,0.3 unless speedups are given")
+                            f"methods); default {_joined(SWEEP_FRACTIONS)} unless speedups or "
+                            "time budgets are given")
         g.add_argument("--speedups", type=_list_of(_speedup), default=None,
                        help="comma-separated programming speedups over full verify")
         g.add_argument("--time-budgets", type=_list_of(nonnegative), default=None,
                        help="comma-separated programming-time budgets in seconds")
     else:
-        g.add_argument("--method", type=_method, default="swim",
-                       help=f"one method (default swim; SM = swim). {helps}")
+        first = default(SelectionSettings, "methods")[0]
+        g.add_argument("--method", type=_method, default=first,
+                       help=f"one method (default {first}; SM = swim). {helps}")
         g.add_argument("--fraction", "--mask_p", dest="fraction", type=_fraction, default=None,
                        help="fraction of weights to verify (of devices for device-level "
-                            "methods); default 0.1")
+                            f"methods); default {DEFAULT_FRACTION:g}")
         g.add_argument("--speedup", type=_speedup, default=None,
                        help="instead of a fraction: a programming speedup over full verify")
         g.add_argument("--time-budget", type=nonnegative, default=None,
@@ -262,7 +270,8 @@ def add_selection(p: argparse.ArgumentParser, several: bool) -> None:
                    help="layers kept digital, comma separated (e.g. conv1,fc3)")
     g.add_argument("--plan-time", type=nonnegative, default=None, metavar="SECONDS",
                    help="plan against the device error this long after programming (for "
-                        "devices that change with time, e.g. 86400; default 0: right after)")
+                        "devices that change with time, e.g. 86400; default "
+                        f"{default(SelectionSettings, 'plan_time'):g}: right after)")
     g.add_argument("--learn-epochs", type=positive_int, default=None,
                    help=f"learned: epochs of learning (default {default(LearnOptions, 'epochs')})")
     g.add_argument("--learn-lr", type=nonnegative, default=None,
@@ -281,7 +290,8 @@ def add_monte_carlo(p: argparse.ArgumentParser, search: bool) -> None:
     g.add_argument("--min-samples", type=_at_least_two, default=None,
                    help="chips before --ci-target may stop (default "
                         f"{default(EvaluationSettings, 'min_samples')})")
-    g.add_argument("--seed", type=int, default=None, help="seed of training and chips (default 0)")
+    g.add_argument("--seed", type=int, default=None,
+                   help=f"seed of training and chips (default {default(TrainConfig, 'seed')})")
     g.add_argument("--times", type=_list_of(nonnegative), default=None, metavar="T1,T2,...",
                    help="read every chip at these seconds after programming (one result per "
                         "time, the same chips), e.g. 1,3600,86400,31536000")
@@ -346,17 +356,41 @@ def device_model_of(args: argparse.Namespace) -> Device:
         "variation": "variation", "verified_variation": "verified_variation"}))
 
 
-def settings_of(args: argparse.Namespace, **selection: Any) -> Settings:
-    """The :class:`Settings` of parsed arguments (``selection`` overrides that group)."""
+def _joined(values: tuple) -> str:
+    return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
+
+
+def selection_of(args: argparse.Namespace) -> dict[str, Any]:
+    """The methods and budgets of the arguments: a sweep's lists (by default
+    :data:`~swimkit.settings.SWEEP_METHODS` at :data:`~swimkit.settings.SWEEP_FRACTIONS`),
+    or one method at one budget (by default :data:`~swimkit.settings.DEFAULT_FRACTION`)."""
+    if hasattr(args, "methods"):
+        speedups, budgets = args.speedups or [], args.time_budgets or []
+        fractions = args.fractions if args.fractions is not None else (
+            [] if speedups or budgets else list(SWEEP_FRACTIONS))
+        return {"methods": args.methods or list(SWEEP_METHODS), "fractions": fractions,
+                "speedups": speedups, "time_budgets": budgets}
+    if not hasattr(args, "method"):
+        return {}
+    given = {k: [v] for k, v in (("fractions", args.fraction), ("speedups", args.speedup),
+                                 ("time_budgets", args.time_budget)) if v is not None}
+    if len(given) > 1:
+        raise SwimkitError("give one budget: --fraction, --speedup or --time-budget")
+    return {"methods": [args.method], **(given or {"fractions": [DEFAULT_FRACTION]})}
+
+
+def settings_of(args: argparse.Namespace) -> Settings:
+    """The :class:`Settings` of parsed arguments."""
     if getattr(args, "yield_target", None) is not None and args.within is None:
         raise SwimkitError("--yield needs --within P: the points a chip may lose and count")
+    selection = selection_of(args)
     engine = getattr(args, "engine", None) or default(SensitivitySettings, "engine")
     _refuse_idle_options(args, selection, engine)
     options = (_given(args, {"probes": "probes", "probe_seed": "seed"})
                if engine == "hutchinson" else {})
     seed = {"seed": args.seed} if getattr(args, "seed", None) is not None else {}
     return Settings(
-        model=ModelSettings(name=_model_name(args), checkpoint=args.checkpoint,
+        model=ModelSettings(name=getattr(args, "model", None), checkpoint=args.checkpoint,
                             bits=getattr(args, "bits", None),
                             trusted=getattr(args, "trusted", False)),
         data=DataSettings(**_given(args, {"dataset": "dataset", "data_dir": "data_dir",
@@ -414,31 +448,6 @@ def _refuse_idle_options(args: argparse.Namespace, selection: dict[str, Any],
             raise SwimkitError(f"{flags} would have no effect here: they {fix}, or drop them")
 
 
-def _model_name(args: argparse.Namespace) -> str:
-    """--model, else the model a --checkpoint was saved for, else lenet."""
-    if getattr(args, "model", None):
-        return args.model
-    if getattr(args, "checkpoint", None):
-        return load_model(args)[1]
-    return "lenet"
-
-
-def load_model(args: argparse.Namespace):
-    """(model in eval mode, its canonical name) from --checkpoint (and --model)."""
-    from .checkpoints import load_checkpoint
-
-    if not args.checkpoint:
-        raise SwimkitError("--checkpoint is required: the trained model to work on")
-    model, info = load_checkpoint(args.checkpoint, model_name=args.model,
-                                  trusted=getattr(args, "trusted", False))
-    name = args.model or info.get("model_name")
-    if not name:
-        raise SwimkitError(f"cannot tell which model {args.checkpoint} holds; give --model")
-    return model.eval(), name
-
-
-
-
 __all__ = ["add_data", "add_device_model", "add_model", "add_monte_carlo", "add_output",
            "add_selection", "add_sensitivity", "add_training", "device_model_of", "layer_list",
-           "load_model", "nonnegative", "positive_int", "settings_of"]
+           "nonnegative", "positive_int", "selection_of", "settings_of"]

@@ -15,7 +15,6 @@ to fix it, and exit status 2.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import warnings
@@ -34,13 +33,11 @@ from .arguments import (
     add_sensitivity,
     add_training,
     layer_list,
-    load_model,
     nonnegative,
     settings_of,
 )
 from .distributed import is_rank_zero
-from .errors import SwimkitError, first_line
-from .selection import METHODS
+from .errors import SwimkitError
 from .settings import Settings
 
 
@@ -136,34 +133,39 @@ def _version() -> str:
     return f"swimkit {__version__}"
 
 
-def _dataset_for(settings: Settings):
-    """The dataset of the settings, checked against the model."""
-    from .workflows import prepare
-
-    return prepare(settings).dataset
-
-
-# --- commands ----------------------------------------------------------------------------
+# --- commands: the settings of the arguments, one step, its result printed or written ---
 
 
 def _log(line: str) -> None:
     print(line, flush=True)
 
 
+class _Outputs:
+    """The files run and sweep write, checked (and named) once the settings name the
+    model and so the output folder."""
+
+    def __init__(self, args: argparse.Namespace, result_name: str) -> None:
+        self.args, self.result_name = args, result_name
+        self.out_dir = Path()
+
+    def check(self, settings: Settings) -> None:
+        check_paths(self.args, settings.out_dir)
+        _check_outputs(self.args, settings=settings)
+        self.out_dir = settings.out_dir
+
+    @property
+    def result(self) -> str:
+        return str(self.args.json or self.out_dir / self.result_name)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .reports import print_run
     from .workflows import quiet, sweep, write_result
 
-    given = {k: [v] for k, v in (("fractions", args.fraction), ("speedups", args.speedup),
-                                 ("time_budgets", args.time_budget)) if v is not None}
-    if len(given) > 1:
-        raise SwimkitError("give one budget: --fraction, --speedup or --time-budget")
-    settings = settings_of(args, methods=[args.method], **(given or {"fractions": [0.1]}))
-    check_paths(args, settings.out_dir)
-    _check_outputs(args, settings=settings)
-    result = sweep(settings, log=quiet, progress=not args.no_progress)
-    result.files["result"] = str(args.json or settings.out_dir / "result.json")
-    write_result(result, result.files["result"])
+    outputs = _Outputs(args, "result.json")
+    result = sweep(settings_of(args), log=quiet, progress=not args.no_progress,
+                   before=outputs.check).with_files(result=outputs.result)
+    write_result(result, outputs.result)
     if is_rank_zero():
         print_run(result)
     return 0
@@ -174,20 +176,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from .workflows import quiet, sweep, write_result
 
     _check_plot_suffix(args.plot)
-    speedups, budgets = args.speedups or [], args.time_budgets or []
-    fractions = args.fractions if args.fractions is not None else (
-        [] if speedups or budgets else [0.01, 0.03, 0.1, 0.3])
-    methods = args.methods or ["swim", "magnitude", "random"]
-    settings = settings_of(args, methods=methods, fractions=fractions, speedups=speedups,
-                           time_budgets=budgets)
-    check_paths(args, settings.out_dir)
-    _check_outputs(args, settings=settings)
-    result = sweep(settings, log=quiet, progress=not args.no_progress)
-    result.files["result"] = str(args.json or settings.out_dir / "sweep.json")
+    outputs = _Outputs(args, "sweep.json")
+    result = sweep(settings_of(args), log=quiet, progress=not args.no_progress,
+                   before=outputs.check).with_files(result=outputs.result)
     if is_rank_zero():
-        result.files.update(write_sweep_reports(result, settings.out_dir, args.plot))
+        result = result.with_files(**write_sweep_reports(result, outputs.out_dir, args.plot))
         print_sweep(result)
-    write_result(result, result.files["result"])
+    write_result(result, outputs.result)
     return 0
 
 
@@ -204,30 +199,10 @@ def _check_outputs(args: argparse.Namespace, options: tuple[str, ...] = ("json",
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .models import build_model
-    from .plans import Plan
-    from .training import train
+    from .steps import train_model
 
-    settings = settings_of(args)
-    dataset = _dataset_for(settings)  # cut to --train-limit / --test-limit already
-    if settings.model.checkpoint:
-        model = load_model(args)[0]
-    else:
-        model = build_model(settings.model.name, bits=settings.model.bits,
-                            seed=settings.train.seed)
-    plan = Plan.load(args.plan) if args.plan else None
-    if plan is not None and not settings.model.checkpoint:
-        raise SwimkitError("--plan fine-tunes a trained model: give its --checkpoint")
-    if plan is None and not settings.train.sigma_train and (
-            settings.train.scale_aware or settings.train.noise_time):
-        raise SwimkitError("--scale-aware and --noise-time shape noise-injection training: "
-                           "give --sigma-train > 0 (or --plan), or drop them")
-    noise = settings.device_model if plan is not None or settings.train.sigma_train else None
-    out = settings.out_dir / ("finetune" if plan is not None else "train")
-    result = train(model, dataset, settings.train, model_name=settings.model.name,
-                   checkpoint_dir=out, resume=not args.no_resume,
-                   progress=not args.no_progress, log=_log, device=settings.torch_device(),
-                   noise_model=noise, plan=plan)
+    result = train_model(settings_of(args), args.plan, resume=not args.no_resume, log=_log,
+                         progress=not args.no_progress)
     if result.best_accuracy is not None:
         _log(f"best clean accuracy {result.best_accuracy:.2f} % (epoch {result.best_epoch})")
     _log(f"written: {result.best_path} (best), {result.last_path} (last)")
@@ -235,49 +210,23 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_sensitivity(args: argparse.Namespace) -> int:
-    from .sensitivity import sensitivity
-    from .workflows import Context
+    from .steps import sensitivity_of_checkpoint
 
-    model, name = load_model(args)
-    args.model = name
-    settings = settings_of(args)
-    ctx = Context(settings, _dataset_for(settings), _log, not args.no_progress)
-    s = settings.sensitivity
-    model.to(settings.torch_device())
-    sens = sensitivity(model, ctx.train_batches(s.batch_size, s.limit), s.engine,
-                       exclude=settings.selection.exclude or None,
-                       progress=not args.no_progress, **s.options)
+    sens = sensitivity_of_checkpoint(settings_of(args), log=_log,
+                                     progress=not args.no_progress)
     sens.save(args.output)
-    _log(f"{s.engine} sensitivities of {sens.numel:,} weights over {sens.samples:,} images")
+    _log(f"{sens.engine} sensitivities of {sens.numel:,} weights over {sens.samples:,} images")
     _log(f"written: {args.output}")
     return 0
 
 
 def cmd_select(args: argparse.Namespace) -> int:
-    from .selection import select
-    from .sensitivity import Sensitivity
-    from .workflows import Context
+    from .steps import select_plan
 
     if args.summary and Path(args.summary).suffix.lower() not in (".json", ".csv"):
         raise SwimkitError(f"--summary must end in .json or .csv (got {args.summary!r})")
-    model, name = load_model(args)
-    args.model = name
-    if args.fraction is None and args.speedup is None and args.time_budget is None:
-        args.fraction = 0.1
-    settings = settings_of(args, methods=[args.method])
-    entry = METHODS.get(args.method)
-    sens = Sensitivity.load(args.sensitivity) if args.sensitivity else None
-    data = None
-    if entry.needs_data:
-        ctx = Context(settings, _dataset_for(settings), _log, not args.no_progress)
-        data = ctx.train_batches(settings.train.batch_size, settings.data.train_limit, True)
-    model.to(settings.torch_device())
-    plan = select(model, sens, args.fraction, args.method, speedup=args.speedup,
-                  time_budget=args.time_budget, device_model=settings.device_model,
-                  tolerances=settings.selection.tolerances, data=data,
-                  seed=settings.evaluation.seed, exclude=settings.selection.exclude or None,
-                  options=settings.selection.learn if entry.needs_data else None,
-                  plan_time=settings.selection.plan_time)
+    plan = select_plan(settings_of(args), args.sensitivity, log=_log,
+                       progress=not args.no_progress)
     plan.save(args.output)
     written = [args.output]
     if args.npz:
@@ -293,81 +242,37 @@ def cmd_select(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .montecarlo import accuracy, evaluate
-    from .plans import Plan
-    from .reports import format_time
+    from .plans import Verify
+    from .reports import evaluation_lines
+    from .steps import evaluate_plan
     from .storage import atomic_write_json
-    from .workflows import Context
 
-    model, name = load_model(args)
-    args.model = name
     if args.plan and args.verify:
         raise SwimkitError("give --plan or --verify, not both")
-    plan = Plan.load(args.plan) if args.plan else (args.verify or "none")
-    settings = settings_of(args)
-    ctx = Context(settings, _dataset_for(settings), _log, not args.no_progress)
-    model.to(settings.torch_device())
-    clean = accuracy(model, ctx.test_batches)
-    ev = settings.evaluation
-    found = evaluate(model, ctx.test_batches, settings.device_model, plan, samples=ev.samples,
-                     seed=ev.seed, ci_target=ev.ci_target or None, min_samples=ev.min_samples,
-                     chips_per_pass=ev.chips_per_pass, compile=ev.compile, threads=ev.threads,
-                     exclude=settings.selection.exclude or None, progress=not args.no_progress,
-                     times=ev.times)
-    results = found if ev.times is not None else [found]
-    for res in results:
-        if args.reference is not None:
-            res.reference, res.within = args.reference, ev.within
-    result = {"clean_accuracy_percent": clean, "accuracy": results[0].to_dict(),
-              "plan": args.plan or plan, "device_model": settings.device_model.describe()}
-    if ev.times is not None:
-        result["over_time"] = [{"time_s": t, **r.to_dict()}
-                               for t, r in zip(ev.times, results, strict=True)]
+    evaluation = evaluate_plan(settings_of(args), args.plan, Verify.of(args.verify),
+                               args.reference, log=_log, progress=not args.no_progress)
     if is_rank_zero():
-        _log(f"clean accuracy {clean:.2f} %")
-        for time, res in zip(ev.times or [None], results, strict=True):
-            when = "" if time is None else f" {format_time(time)} after programming"
-            _log(f"under variation{when}: {res}")
-            if res.chip_yield is not None:
-                _log(f"yield: {100 * res.chip_yield:.1f} % of chips within {ev.within:g} "
-                     f"points of {args.reference:.2f} %")
+        for line in evaluation_lines(evaluation):
+            _log(line)
         if args.json:
-            atomic_write_json(result, args.json)
+            atomic_write_json(evaluation.to_dict(), args.json)
             _log(f"written: {args.json}")
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .reports import plot_sweep, sweep_text
-    from .results import SweepResult
+    from .reports import merged_report, plot_sweep
     from .storage import atomic_write_text
 
     _check_plot_suffix(args.plot)
     check_paths(args)
     _check_outputs(args, ("plot", "table"))
-    loaded = []
-    for path in args.results:
-        try:
-            loaded.append(SweepResult.from_dict(json.loads(Path(path).read_text())))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise SwimkitError(f"cannot read {path} ({exc}); give a sweep.json file") from None
-        except SwimkitError as exc:
-            raise SwimkitError(f"{path}: {exc}") from None
-    try:
-        result = SweepResult.merge(loaded)
-        result.set_reference()
-        text = sweep_text(result)
-    except SwimkitError:
-        raise
-    except (TypeError, ValueError, KeyError, IndexError, AttributeError) as exc:
-        raise SwimkitError(f"a result file holds a value of the wrong kind "
-                           f"({first_line(exc, with_type=True)}); give sweep.json files as "
-                           "swimkit writes them") from None
-    print(text, end="")
+    report = merged_report(args.results)
+    print(report.text, end="")
     if args.table:
-        _log(f"written: {atomic_write_text(text, args.table)}")
+        _log(f"written: {atomic_write_text(report.text, args.table)}")
     if args.plot:
-        written = plot_sweep(result, args.plot)
+        written = plot_sweep(report.result, args.plot)
         _log(f"written: {written}" if written else "no plot: install matplotlib")
     return 0
 

@@ -36,7 +36,7 @@ from .mapping import (
     require_logits,
     weight_scales,
 )
-from .plans import Plan
+from .plans import Plan, Verify
 from .progress import progress_bar
 from .threads import check_threads, torch_threads
 
@@ -49,7 +49,7 @@ def t_quantile_975(dof: int) -> float:
     return float(stats.t.ppf(0.975, dof))
 
 
-@dataclass
+@dataclass(frozen=True)
 class MCResult:
     """Accuracies (percent) of every Monte-Carlo chip, and their summary.
 
@@ -196,7 +196,7 @@ def evaluate(
     model: nn.Module,
     batches: Batches,
     device_model: NoiseModel,
-    plan: Plan | str | None = None,
+    plan: Plan | Verify | str | None = None,
     samples: int = 100,
     seed: int = 0,
     *,
@@ -219,9 +219,9 @@ def evaluate(
     next is not sampling noise.
 
     ``device_model`` is any :class:`~swimkit.devices.NoiseModel`. ``plan`` says how the
-    devices are programmed: a :class:`~swimkit.plans.Plan`, ``"none"`` (or None: nothing
-    verified) or ``"all"``. The test batches are held in memory once and every chip
-    evaluates all of them.
+    devices are programmed: a :class:`~swimkit.plans.Plan`, ``Verify.NONE`` (``"none"``,
+    or None: nothing verified) or ``Verify.ALL`` (``"all"``). The test batches are held in
+    memory once and every chip evaluates all of them.
 
     With ``ci_target`` (points) chips are evaluated in rounds (see :func:`round_ends`) and
     the run stops after the first round at which the 95 % confidence interval's
@@ -259,17 +259,21 @@ def evaluate(
                                      len(at))
     finally:
         model.train(was_training)
-    meta = {"plan": plan.method if isinstance(plan, Plan) else (plan or "none"),
+    meta = {"plan": plan.method if isinstance(plan, Plan) else str(plan or "none"),
             "chips_per_pass": runner.chips_per_pass, "compiled": runner.compiled}
-    results = []
-    for column, time in enumerate(at):
-        result = MCResult(accuracies=accuracies[:, column].clone(), seed=seed,
-                          meta=meta if times is None else {**meta, "time_s": time})
-        if stop is not None:
-            result.ci_target, result.ci_of = stop.target, stop.of
-            result.ci_reached = stop.half_width(accuracies[:, column : column + 1])
-        results.append(result)
+    results = [MCResult(accuracies=accuracies[:, column].clone(), seed=seed,
+                        meta=meta if times is None else {**meta, "time_s": time},
+                        **_stopped(stop, accuracies[:, column : column + 1]))
+               for column, time in enumerate(at)]
     return results[0] if times is None else results
+
+
+def _stopped(stop: Stopping | None, accuracies: Tensor) -> dict[str, Any]:
+    """The fields of an adaptive run's result: the CI asked for, of what, and reached."""
+    if stop is None:
+        return {}
+    return {"ci_target": stop.target, "ci_of": stop.of,
+            "ci_reached": stop.half_width(accuracies)}
 
 
 @dataclass(frozen=True)
@@ -383,9 +387,7 @@ def _as_plan(plan: Plan | str | None, weights: Mapping[str, DeviceWeight],
     """The plan to draw with: a Plan, None for "none", a full-verify plan for "all"."""
     if isinstance(plan, Plan):
         return plan
-    choice = (plan or "none").lower()
-    require(choice in ("none", "all"), f"plan must be a Plan, 'none' or 'all' (got {plan!r})")
-    if choice == "none":
+    if Verify.of(plan) is Verify.NONE:
         return None
     return Plan.uniform(effective_weights(weights), verify=True,
                         devices_per_weight=device_model.slicing.devices)

@@ -11,9 +11,11 @@ written by the first release (bool masks) load as such.
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
 from collections.abc import Mapping
+from enum import Enum
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -50,6 +52,34 @@ def check_menu(menu: object) -> tuple[float, ...] | None:
     require(len(set(values)) == len(values),
             f"the tolerance menu {list(values)} repeats a tolerance; give each once")
     return values
+
+
+class Spelled(str, Enum):
+    """A choice that is a str spelled as in files: it prints, formats and is written to
+    JSON as its value, and equals that string."""
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+
+class Verify(Spelled):
+    """A plan without selection: verify no device (``"none"``) or every device (``"all"``).
+
+    A str, so ``"none"`` and ``"all"`` are accepted wherever a ``Verify`` is.
+    """
+
+    NONE = "none"
+    ALL = "all"
+
+    @classmethod
+    def of(cls, plan: object) -> Verify:
+        """``plan`` (None, "none", "all", in any case) as a ``Verify``, else a clear error."""
+        text = "none" if plan is None else plan.lower() if isinstance(plan, str) else None
+        require(text in ("none", "all"), f"plan must be a Plan, 'none' or 'all' (got {plan!r})")
+        return cls(text)
 
 
 class Plan:
@@ -95,6 +125,17 @@ class Plan:
                 require(ks <= {devices_per_weight},
                         f"levels have {ks} devices per weight, not {devices_per_weight}")
             self._check_menu_covers_levels()
+
+    #: What :meth:`recorded` may set: the record of how a plan was made, not its levels.
+    RECORD = ("method", "requested", "programming", "meta")
+
+    def recorded(self, **fields: Any) -> Plan:
+        """A copy of this plan with ``fields`` of :data:`RECORD` set (the levels shared)."""
+        unknown = sorted(set(fields) - set(self.RECORD))
+        require(not unknown, f"a plan records only {', '.join(self.RECORD)} (got {unknown})")
+        out = copy.copy(self)
+        out.__dict__.update(fields)
+        return out
 
     # --- construction helpers ------------------------------------------------------------
 
@@ -349,4 +390,4 @@ def _first_device(levels: Tensor) -> Tensor:
     return levels[..., 0]
 
 
-__all__ = ["Plan", "check_menu"]
+__all__ = ["Plan", "Spelled", "Verify", "check_menu"]

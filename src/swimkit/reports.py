@@ -10,17 +10,20 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .data import DATASETS
 from .devices import DEVICE_MODELS
+from .errors import SwimkitError, first_line
 from .models import MODELS
 from .montecarlo import MCResult
 from .registry import markdown_table
-from .results import Point, Search, SweepResult
+from .results import Evaluation, Point, Search, SweepResult
 from .selection import METHODS
 from .sensitivity import ENGINES
 from .storage import atomic_write, atomic_write_text
@@ -74,7 +77,7 @@ def _percent(value: float) -> str:
 
 def run_lines(result: SweepResult) -> list[str]:
     """The summary of a run: one model, its baselines and its points."""
-    result.set_reference()
+    result = result.with_reference()
     s = result.settings
     dm, ev = s["device_model"], s["evaluation"]
     chips = (f"up to {ev['samples']} Monte-Carlo chips, until the 95% CI is +-"
@@ -140,6 +143,18 @@ def file_lines(files: dict[str, str]) -> list[str]:
     return [f"  {name:<{width}} {path}" for name, path in files.items()]
 
 
+def evaluation_lines(evaluation: Evaluation) -> list[str]:
+    """The summary of an evaluation: clean accuracy, then each time's chips and yield."""
+    lines = [f"clean accuracy {evaluation.clean_accuracy_percent:.2f} %"]
+    for time, mc in zip(evaluation.times or [None], evaluation.results, strict=True):
+        when = "" if time is None else f" {format_time(time)} after programming"
+        lines.append(f"under variation{when}: {mc}")
+        if mc.chip_yield is not None:
+            lines.append(f"yield: {100 * mc.chip_yield:.1f} % of chips within {mc.within:g} "
+                         f"points of {mc.reference:.2f} %")
+    return lines
+
+
 def print_run(result: SweepResult) -> None:
     print("\n".join(run_lines(result)), flush=True)
 
@@ -151,7 +166,7 @@ COLUMNS = ("model", "method", "budget", "fraction_verified", "devices_fraction_v
 
 def sweep_rows(result: SweepResult) -> list[dict[str, Any]]:
     """One row per evaluated point, each model's baselines first."""
-    result.set_reference()
+    result = result.with_reference()
     rows = []
     for model in result.models:
         for point in (model.no_verify, model.full_verify, *model.points):
@@ -242,7 +257,7 @@ def plot_sweep(result: SweepResult, path: str | Path) -> Path | None:
         from matplotlib.figure import Figure
     except ImportError:
         return None
-    result.set_reference()
+    result = result.with_reference()
     lines = _plot_lines(result)
     methods = list(dict.fromkeys(method for _, method in lines))
     labels = list(dict.fromkeys(label for label, _ in lines))
@@ -382,6 +397,37 @@ def _speedup_axis(ax: Any, speeds: list[float]) -> None:
     ax.set_xlabel("modelled programming speedup over full write-verify")
 
 
+@dataclass(frozen=True)
+class MergedReport:
+    """Sweeps read back and merged: the result, yields against the best full verify of
+    all of them, and its markdown."""
+
+    result: SweepResult
+    text: str
+
+
+def merged_report(paths: Sequence[str | Path]) -> MergedReport:
+    """The sweeps written to ``paths`` (sweep.json files) as one, with one clear error
+    naming the file that cannot be read or holds a value of the wrong kind."""
+    loaded = []
+    for path in paths:
+        try:
+            loaded.append(SweepResult.from_dict(json.loads(Path(path).read_text())))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise SwimkitError(f"cannot read {path} ({exc}); give a sweep.json file") from None
+        except SwimkitError as exc:
+            raise SwimkitError(f"{path}: {exc}") from None
+    try:
+        result = SweepResult.merge(loaded).with_reference()
+        return MergedReport(result, sweep_text(result))
+    except SwimkitError:
+        raise
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError) as exc:
+        raise SwimkitError(f"a result file holds a value of the wrong kind "
+                           f"({first_line(exc, with_type=True)}); give sweep.json files as "
+                           "swimkit writes them") from None
+
+
 def sweep_text(result: SweepResult, rows: Sequence[dict[str, Any]] | None = None) -> str:
     """The markdown of a sweep (``rows``: its :func:`sweep_rows`, when already at hand):
     its points, then the searches' answers if any."""
@@ -438,6 +484,6 @@ def registry_tables() -> dict[str, str]:
     }
 
 
-__all__ = ["device_summary", "format_mc", "format_time", "plot_over_time", "plot_sweep",
-           "time_table", "print_run", "print_sweep", "registry_tables",
-           "run_lines", "write_sweep_reports"]
+__all__ = ["MergedReport", "device_summary", "evaluation_lines", "format_mc", "format_time",
+           "merged_report", "plot_over_time", "plot_sweep", "time_table", "print_run",
+           "print_sweep", "registry_tables", "run_lines", "write_sweep_reports"]

@@ -17,7 +17,7 @@ from .plans import Plan
 from .programming import ProgrammingReport
 
 
-@dataclass
+@dataclass(frozen=True)
 class PlanCounts:
     """How much of the model a plan verifies."""
 
@@ -51,7 +51,7 @@ class PlanCounts:
                    data["devices_total"])
 
 
-@dataclass
+@dataclass(frozen=True)
 class Point:
     """One evaluated plan: its method, budget, counts, modelled time and accuracy."""
 
@@ -107,8 +107,18 @@ class Point:
                                 for mc in self.over_time]
         return out
 
+    def referenced(self, reference: float, within: float) -> Point:
+        """This point with its chip yield measured against ``reference`` (percent)."""
+        return replace(self, mc=replace(self.mc, reference=reference, within=within))
+
+    def paired_with(self, full_verify: MCResult) -> Point:
+        """This point with its paired per-chip gap to ``full_verify``."""
+        return replace(self, gap=self.mc.paired_difference(full_verify))
+
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Point:
+    def from_dict(cls, data: dict[str, Any], full_verify: MCResult | None = None) -> Point:
+        """A point as written by :meth:`to_dict`; given ``full_verify``, the gap to it is
+        computed again from the per-chip accuracies where the point had one."""
         _check_types(data, {"method": str, "model": str, "budget": (dict, type(None)),
                             "meta": dict, "programming": (dict, type(None)),
                             "plan_path": (str, type(None))})
@@ -120,12 +130,15 @@ class Point:
         if budget:
             _check_types(budget, {"kind": str, "value": (int, float)})
         programming = data.get("programming")
+        mc = MCResult.from_dict(data["accuracy"])
+        paired = full_verify is not None and "gap_to_full_verify" in data
         return cls(
             method=data["method"], model=data["model"], budget_kind=budget.get("kind"),
             budget_value=budget.get("value"), counts=PlanCounts.from_dict(data),
             programming=ProgrammingReport.from_dict(programming) if programming else None,
-            mc=MCResult.from_dict(data["accuracy"]), plan_path=data.get("plan_path"),
-            meta=data.get("meta", {}), over_time=_over_time(data.get("over_time")),
+            mc=mc, plan_path=data.get("plan_path"), meta=data.get("meta", {}),
+            gap=mc.paired_difference(full_verify) if paired else None,
+            over_time=_over_time(data.get("over_time")),
         )
 
 
@@ -142,12 +155,11 @@ def _over_time(rows: Any) -> list[MCResult] | None:
         require(isinstance(time, (int, float)) and not isinstance(time, bool),
                 f"over_time entry without a time (got {time!r})")
         mc = MCResult.from_dict(row)
-        mc.meta = {**mc.meta, "time_s": float(time)}
-        out.append(mc)
+        out.append(replace(mc, meta={**mc.meta, "time_s": float(time)}))
     return out
 
 
-@dataclass
+@dataclass(frozen=True)
 class Search:
     """The largest speedup at which a method meets the target, and the point there."""
 
@@ -161,15 +173,22 @@ class Search:
                 "speedup": self.point.speedup if self.point else None,
                 "point": self.point.to_dict() if self.point else None}
 
+    def referenced(self, reference: float, within: float) -> Search:
+        """This search with its point's yield measured against ``reference``."""
+        if self.point is None:
+            return self
+        return replace(self, point=self.point.referenced(reference, within))
+
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Search:
+    def from_dict(cls, data: dict[str, Any], full_verify: MCResult | None = None) -> Search:
+        """A search as written by :meth:`to_dict` (``full_verify``: see Point.from_dict)."""
         _check_types(data, {"method": str, "model": str, "target": str})
         point = data.get("point")
         return cls(data["method"], data["model"], data["target"],
-                   Point.from_dict(point) if point else None)
+                   Point.from_dict(point, full_verify) if point else None)
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelReport:
     """One model of a comparison: its baselines, evaluated plans and searches."""
 
@@ -204,21 +223,22 @@ class ModelReport:
                     and math.isfinite(value) and value >= 0,
                     f"{key} must be a number >= 0 (got {value!r})")
         require(data["clean_accuracy_percent"] <= 100, "clean_accuracy_percent must be <= 100")
-        report = cls(data["label"], data["sigma_train"], data["scale_aware"],
-                     data["checkpoint"], data["clean_accuracy_percent"],
-                     Point.from_dict(data["no_verify"]), Point.from_dict(data["full_verify"]),
-                     [Point.from_dict(p) for p in data["points"]],
-                     [Search.from_dict(s) for s in data["searches"]])
-        found = [s.point for s in report.searches if s.point is not None]
-        for point, saved in zip([*report.points, *found],
-                                [*data["points"], *(s["point"] for s in data["searches"]
-                                                    if s.get("point"))], strict=True):
-            if "gap_to_full_verify" in saved:
-                point.gap = point.mc.paired_difference(report.full_verify.mc)
-        return report
+        full = Point.from_dict(data["full_verify"])
+        return cls(data["label"], data["sigma_train"], data["scale_aware"],
+                   data["checkpoint"], data["clean_accuracy_percent"],
+                   Point.from_dict(data["no_verify"]), full,
+                   [Point.from_dict(p, full.mc) for p in data["points"]],
+                   [Search.from_dict(s, full.mc) for s in data["searches"]])
+
+    def referenced(self, reference: float, within: float) -> ModelReport:
+        """This model with every chip yield measured against ``reference``."""
+        return replace(self, no_verify=self.no_verify.referenced(reference, within),
+                       full_verify=self.full_verify.referenced(reference, within),
+                       points=[p.referenced(reference, within) for p in self.points],
+                       searches=[s.referenced(reference, within) for s in self.searches])
 
 
-@dataclass
+@dataclass(frozen=True)
 class SweepResult:
     """Every model compared, and the reference the yields and searches are measured by."""
 
@@ -235,23 +255,21 @@ class SweepResult:
     def all_points(self) -> list[Point]:
         return [p for m in self.models for p in (m.no_verify, m.full_verify, *m.points)]
 
-    def set_reference(self) -> None:
-        """Measure every chip yield against the best full verify."""
+    def with_reference(self) -> SweepResult:
+        """This result with every chip yield measured against the best full verify."""
         reference = self.reference_percent
-        for point in self.all_points():
-            point.mc.reference, point.mc.within = reference, self.within_points
-        for model in self.models:
-            for search in model.searches:
-                if search.point is not None:
-                    search.point.mc.reference = reference
-                    search.point.mc.within = self.within_points
+        return replace(self, models=[m.referenced(reference, self.within_points)
+                                     for m in self.models])
+
+    def with_files(self, **files: str) -> SweepResult:
+        """This result listing ``files`` (name: path) among the files written."""
+        return replace(self, files={**self.files, **files})
 
     def to_dict(self) -> dict[str, Any]:
-        self.set_reference()
         out: dict[str, Any] = {
             "reference_full_verify_percent": self.reference_percent,
             "within_points": self.within_points,
-            "models": [m.to_dict() for m in self.models],
+            "models": [m.to_dict() for m in self.with_reference().models],
         }
         if len(self.models) == 1:  # one model: its parts at the top as well
             only = out["models"][0]
@@ -293,7 +311,7 @@ class SweepResult:
         verify of all of them."""
         require(bool(results), "give at least one sweep result")
         first = results[0]
-        models: dict[str, ModelReport] = {}
+        models: dict[str, tuple[ModelReport, list[Point], list[Search]]] = {}
         for result in results:
             require(result.settings.get("device_model") == first.settings.get("device_model")
                     and result.within_points == first.within_points,
@@ -306,17 +324,37 @@ class SweepResult:
                         "points were not measured on the same chips and test set; merge only "
                         "sweeps that agree")
             for model in result.models:
-                known = models.get(model.label)
-                if known is None:
-                    models[model.label] = replace(model, points=list(model.points),
-                                                  searches=list(model.searches))
-                    continue
+                known, points, searches = models.setdefault(model.label, (model, [], []))
                 require(known.checkpoint == model.checkpoint,
                         f"model {model.label!r} comes from different checkpoints "
                         f"({known.checkpoint}, {model.checkpoint})")
-                known.points += model.points
-                known.searches += model.searches
-        return cls(list(models.values()), first.within_points, first.settings, {})
+                points += model.points
+                searches += model.searches
+        merged = [replace(model, points=points, searches=searches)
+                  for model, points, searches in models.values()]
+        return cls(merged, first.within_points, first.settings, {})
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One model's clean accuracy and its accuracy under variation: one result per time
+    read (the same chips), or one without times. ``plan`` is the plan file, or ``"none"``
+    / ``"all"``; ``device_model`` the device model's description."""
+
+    clean_accuracy_percent: float
+    results: tuple[MCResult, ...]
+    times: list[float] | None
+    plan: str
+    device_model: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"clean_accuracy_percent": self.clean_accuracy_percent,
+                               "accuracy": self.results[0].to_dict(), "plan": self.plan,
+                               "device_model": self.device_model}
+        if self.times is not None:
+            out["over_time"] = [{"time_s": t, **r.to_dict()}
+                                for t, r in zip(self.times, self.results, strict=True)]
+        return out
 
 
 def _check_types(data: Any, types: dict[str, Any]) -> None:
@@ -339,4 +377,4 @@ def _setting(result: SweepResult, key: tuple[str, str]) -> Any:
     return group.get(key[1]) if isinstance(group, dict) else None
 
 
-__all__ = ["ModelReport", "PlanCounts", "Point", "Search", "SweepResult"]
+__all__ = ["Evaluation", "ModelReport", "PlanCounts", "Point", "Search", "SweepResult"]

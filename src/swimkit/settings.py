@@ -4,7 +4,9 @@ The groups are the settings classes of the concepts themselves where they exist
 (:class:`~swimkit.training.TrainConfig`, :class:`~swimkit.devices.DeviceModel` with its
 :class:`~swimkit.programming.WriteVerify` loop) and small dataclasses here for the rest.
 The command line fills them; its defaults and help text are read from these classes.
-Everything is checked when a :class:`Settings` is made, before any training or pass.
+Each group checks itself when it is made, and :class:`Settings` what ties the groups
+together, before any training or pass; none changes a group it was given (a group it
+completes, such as the dataset a model implies, it replaces with a completed copy).
 """
 
 from __future__ import annotations
@@ -20,21 +22,36 @@ from .devices import Device, DeviceModel, check_times, require_device
 from .errors import SwimkitError, check_fraction, check_speedup, is_number, repeated, require
 from .models import canonical_model_name, model_info
 from .plans import check_menu
-from .selection import METHODS
+from .selection import METHODS, Budget, BudgetKind
 from .selection.learned import LearnOptions
 from .sensitivity import ENGINES
 from .training import TrainConfig
 
+#: The model without --model or a checkpoint.
+DEFAULT_MODEL = "lenet"
+#: The budget of a single run or selection without one given: this fraction.
+DEFAULT_FRACTION = 0.1
+#: What a sweep compares without --methods, --fractions, --speedups or --time-budgets.
+SWEEP_METHODS = ("swim", "magnitude", "random")
+SWEEP_FRACTIONS = (0.01, 0.03, 0.1, 0.3)
+
 
 @dataclass
 class ModelSettings:
-    """Which model: a registered ``name``, a trained ``checkpoint``, quantization ``bits``;
+    """Which model: a registered ``name`` (None: the one ``checkpoint`` was saved for,
+    else :data:`DEFAULT_MODEL`), a trained ``checkpoint``, quantization ``bits``;
     ``trusted`` allows a checkpoint holding pickled Python objects (it can run code)."""
 
-    name: str = "lenet"
+    name: str | None = None
     checkpoint: str | None = None
     bits: int | None = None
     trusted: bool = False
+
+    def __post_init__(self) -> None:
+        if self.name is None and not self.checkpoint:
+            self.name = DEFAULT_MODEL
+        if self.name is not None:
+            self.name = canonical_model_name(self.name)
 
 
 @dataclass
@@ -49,6 +66,13 @@ class DataSettings:
     test_limit: int | None = None
     test_batch_size: int | None = None
 
+    def __post_init__(self) -> None:
+        batch = self.test_batch_size
+        require(batch is None or (isinstance(batch, int) and not isinstance(batch, bool)
+                                  and batch >= 1),
+                f"test_batch_size must be an integer >= 1, or None to choose it per model "
+                f"and device (got {batch!r})")
+
 
 @dataclass
 class SensitivitySettings:
@@ -59,6 +83,13 @@ class SensitivitySettings:
     batch_size: int = 128
     limit: int | None = None
     options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.engine = ENGINES.canonical(self.engine)
+        engine = ENGINES.get(self.engine)
+        unknown = sorted(set(self.options) - set(engine.options))
+        require(not unknown, f"option {unknown[:1]} is not one of engine "
+                             f"{engine.name!r}'s ({', '.join(engine.options) or 'none'})")
 
 
 @dataclass
@@ -80,6 +111,34 @@ class SelectionSettings:
     exclude: list[str] = field(default_factory=list)
     learn: dict[str, Any] = field(default_factory=dict)
     plan_time: float = 0.0
+
+    def __post_init__(self) -> None:
+        require(bool(self.methods), "give at least one selection method")
+        self.methods = [METHODS.canonical(m) for m in self.methods]
+        for what, values in (("methods", self.methods), ("fractions", self.fractions),
+                             ("speedups", self.speedups), ("time budgets", self.time_budgets)):
+            _once(what, values)
+        for fraction in self.fractions:
+            check_fraction(fraction)
+        for speedup in self.speedups:
+            check_speedup(speedup)
+        for seconds in self.time_budgets:
+            require(is_number(seconds, finite=True) and seconds > 0,
+                    f"time budget must be a number of seconds > 0 (got {seconds!r})")
+        check_menu(self.tolerances)
+        LearnOptions.from_options(self.learn)
+        planners = [m for m in self.methods if METHODS.get(m).needs_data]
+        require(not (planners and self.fractions),
+                f"method {planners[:1]} learns under a time budget: give speedups or time "
+                "budgets, not fractions")
+        require(is_number(self.plan_time, finite=True) and self.plan_time >= 0,
+                f"plan_time must be seconds >= 0 after programming (got {self.plan_time!r})")
+
+    def budgets(self) -> list[Budget]:
+        """Every budget, fractions first, then speedups, then time budgets."""
+        return ([Budget(BudgetKind.FRACTION, f) for f in self.fractions]
+                + [Budget(BudgetKind.SPEEDUP, x) for x in self.speedups]
+                + [Budget(BudgetKind.TIME_BUDGET, t) for t in self.time_budgets])
 
 
 @dataclass
@@ -112,6 +171,25 @@ class EvaluationSettings:
     times: list[float] | None = None
     judge_time: float | None = None
 
+    def __post_init__(self) -> None:
+        require(isinstance(self.samples, int) and self.samples >= 1,
+                f"samples must be >= 1 (got {self.samples})")
+        require(self.ci_target is None or (is_number(self.ci_target, finite=True)
+                                           and self.ci_target >= 0),
+                f"ci_target must be a number of points >= 0 (got {self.ci_target!r})")
+        require(isinstance(self.min_samples, int) and self.min_samples >= 2,
+                f"min_samples must be an integer >= 2 (got {self.min_samples!r})")
+        require(is_number(self.within, finite=True) and self.within >= 0,
+                f"within must be a number of accuracy points >= 0 (got {self.within!r})")
+        require(self.yield_target is None or 0 < self.yield_target <= 1,
+                f"the yield target must be a fraction in (0, 1] (got {self.yield_target!r})")
+        if self.times is not None:
+            _once("times", self.times)
+            self.times = list(check_times(self.times))
+        require(self.judge_time is None or (self.times is not None
+                                            and self.judge_time in self.times),
+                f"judge_time {self.judge_time!r} must be one of the times ({self.times})")
+
     @property
     def judged(self) -> int:
         """Index in ``times`` of the time points are judged at (0 without times)."""
@@ -142,54 +220,11 @@ class Settings:
     out: str | None = None
 
     def __post_init__(self) -> None:
-        """Check everything up front, before any training or sensitivity pass."""
-        self.model.name = canonical_model_name(self.model.name)
-        self.data.dataset = self.data.dataset or model_info(self.model.name).dataset
-        sel = self.selection
-        require(bool(sel.methods), "give at least one selection method")
-        sel.methods = [METHODS.canonical(m) for m in sel.methods]
-        for what, values in (("methods", sel.methods), ("fractions", sel.fractions),
-                             ("speedups", sel.speedups), ("time budgets", sel.time_budgets),
-                             ("sigma_trains", self.sigma_trains or []),
-                             ("times", self.evaluation.times or [])):
-            twice = repeated(values)
-            require(not twice, f"{what} repeat {', '.join(twice)}: each would be run "
-                               "twice; give each once")
-        for fraction in sel.fractions:
-            check_fraction(fraction)
-        for speedup in sel.speedups:
-            check_speedup(speedup)
-        for seconds in sel.time_budgets:
-            require(is_number(seconds, finite=True) and seconds > 0,
-                    f"time budget must be a number of seconds > 0 (got {seconds!r})")
-        check_menu(sel.tolerances)
-        LearnOptions.from_options(sel.learn)
-        planners = [m for m in sel.methods if METHODS.get(m).needs_data]
-        require(not (planners and sel.fractions),
-                f"method {planners[:1]} learns under a time budget: give speedups or time "
-                "budgets, not fractions")
-        self.sensitivity.engine = ENGINES.canonical(self.sensitivity.engine)
-        engine = ENGINES.get(self.sensitivity.engine)
-        unknown = sorted(set(self.sensitivity.options) - set(engine.options))
-        require(not unknown, f"option {unknown[:1]} is not one of engine "
-                             f"{engine.name!r}'s ({', '.join(engine.options) or 'none'})")
-        batch = self.data.test_batch_size
-        require(batch is None or (isinstance(batch, int) and not isinstance(batch, bool)
-                                  and batch >= 1),
-                f"test_batch_size must be an integer >= 1, or None to choose it per model "
-                f"and device (got {batch!r})")
-        ev = self.evaluation
-        require(isinstance(ev.samples, int) and ev.samples >= 1,
-                f"samples must be >= 1 (got {ev.samples})")
-        require(ev.ci_target is None or (is_number(ev.ci_target, finite=True)
-                                         and ev.ci_target >= 0),
-                f"ci_target must be a number of points >= 0 (got {ev.ci_target!r})")
-        require(isinstance(ev.min_samples, int) and ev.min_samples >= 2,
-                f"min_samples must be an integer >= 2 (got {ev.min_samples!r})")
-        require(is_number(ev.within, finite=True) and ev.within >= 0,
-                f"within must be a number of accuracy points >= 0 (got {ev.within!r})")
-        require(ev.yield_target is None or 0 < ev.yield_target <= 1,
-                f"the yield target must be a fraction in (0, 1] (got {ev.yield_target!r})")
+        """Check what ties the groups together, before any training or sensitivity pass."""
+        if self.model.name is not None and self.data.dataset is None:
+            self.data = dataclasses.replace(self.data,
+                                            dataset=model_info(self.model.name).dataset)
+        _once("sigma_trains", self.sigma_trains or [])
         self.train.validate()
         noisy = any(sigma > 0 for sigma in self.sigma_train_values)
         if not noisy and not self.model.checkpoint:
@@ -204,12 +239,6 @@ class Settings:
                     f"sigma_train must be a number >= 0 (got {sigma!r})")
         require_device(self.device_model)
         self.device_model.loop  # noqa: B018 - solves (and so checks) the write-verify loop
-        require(is_number(sel.plan_time, finite=True) and sel.plan_time >= 0,
-                f"plan_time must be seconds >= 0 after programming (got {sel.plan_time!r})")
-        if ev.times is not None:
-            ev.times = list(check_times(ev.times))
-        require(ev.judge_time is None or (ev.times is not None and ev.judge_time in ev.times),
-                f"judge_time {ev.judge_time!r} must be one of the times ({ev.times})")
         resolve_device(self.device)
 
     @property
@@ -246,6 +275,13 @@ class Settings:
         out = {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
         out["device_model"] = self.device_model.describe()
         return out
+
+
+def _once(what: str, values: list) -> None:
+    """Refuse a list that repeats a value: each would be run twice."""
+    twice = repeated(values)
+    require(not twice, f"{what} repeat {', '.join(twice)}: each would be run twice; give "
+                       "each once")
 
 
 def _plain(value: Any) -> Any:
@@ -300,5 +336,6 @@ def _device_count(module: object) -> int:
         return 0
 
 
-__all__ = ["DataSettings", "EvaluationSettings", "ModelSettings", "SelectionSettings",
+__all__ = ["DEFAULT_FRACTION", "DEFAULT_MODEL", "SWEEP_FRACTIONS", "SWEEP_METHODS",
+           "DataSettings", "EvaluationSettings", "ModelSettings", "SelectionSettings",
            "SensitivitySettings", "Settings", "default", "resolve_device"]

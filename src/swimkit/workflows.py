@@ -23,91 +23,34 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
-from . import data as data_mod
 from . import distributed
 from .caches import PointCache, evaluation_key, file_digest, find_sensitivity
 from .checkpoints import load_checkpoint
-from .chips import evaluation_batch_size
 from .errors import SwimkitError
 from .mapping import device_weights, effective_weights, weight_scales
-from .models import build_model, model_info
-from .montecarlo import MCResult, accuracy, evaluate
-from .plans import Plan
+from .models import build_model
+from .montecarlo import MCResult, accuracy
+from .plans import Plan, Verify
 from .results import ModelReport, PlanCounts, Point, Search, SweepResult
-from .selection import METHODS, Budget, Scores, cut, needs_sensitivity, score, select
-from .sensitivity import Sensitivity, sensitivity
+from .selection import METHODS, Budget, BudgetKind, Scores, cut, needs_sensitivity, score
+from .sensitivity import Sensitivity
 from .settings import Settings
+from .steps import (
+    Context,
+    Log,
+    check_fits,
+    monte_carlo,
+    open_model,
+    plan_with,
+    prepare,
+    quiet,
+    sensitivity_pass,
+)
 from .storage import atomic_write_json, folder_lock
 
-Log = Callable[[str], None]
-
-
-def quiet(_: str) -> None:
-    """A log that drops every line."""
-
-
-@dataclass
-class Context:
-    """What the steps share: settings, data, log and the files written."""
-
-    settings: Settings
-    dataset: data_mod.Dataset
-    log: Log
-    progress: bool
-    files: dict[str, str] = field(default_factory=dict)
-    _test: list | None = field(default=None, init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        s = self.settings
-        if s.data.test_batch_size is None:  # chosen per model and device, then fixed
-            check_fits(s.model.name, self.dataset)
-            chosen = evaluation_batch_size(build_model(s.model.name, seed=0),
-                                           self.dataset.image_shape, s.torch_device())
-            # a copy: the caller's settings stay as given
-            self.settings = replace(s, data=replace(s.data, test_batch_size=chosen))
-
-    @property
-    def test_batches(self) -> list:
-        """The test set, normalised once and held in memory as batches."""
-        if self._test is None:
-            s = self.settings
-            self._test = data_mod.preload(self.dataset.test, self.dataset,
-                                          s.data.test_batch_size, s.torch_device())
-        return self._test
-
-    def train_batches(self, batch_size: int, limit: int | None = None, shuffle: bool = False
-                      ) -> data_mod.Batches:
-        split = self.dataset.train.head(limit) if limit else self.dataset.train
-        generator = torch.Generator().manual_seed(self.settings.evaluation.seed)
-        return data_mod.Batches(split, self.dataset, batch_size, shuffle=shuffle,
-                                generator=generator if shuffle else None,
-                                device=self.settings.torch_device())
-
-
 # --- data and models ---------------------------------------------------------------------
-
-
-def check_fits(model_name: str, dataset: data_mod.Dataset) -> None:
-    """Raise a clear error when the model's input shape is not the dataset's."""
-    info = model_info(model_name)
-    if tuple(dataset.image_shape) != tuple(info.input_shape):
-        raise SwimkitError(
-            f"model {info.name} takes {info.input_shape} inputs but {dataset.name} has "
-            f"{tuple(dataset.image_shape)} images; pick a matching --model or --dataset"
-        )
-
-
-def prepare(settings: Settings, log: Log = quiet, progress: bool = False) -> Context:
-    """Load the dataset (and check it fits the model)."""
-    d = settings.data
-    dataset = data_mod.load_dataset(d.dataset, d.data_dir)
-    if d.train_limit or d.test_limit:
-        dataset = dataset.subset(d.train_limit, d.test_limit)
-    check_fits(settings.model.name, dataset)
-    return Context(settings, dataset, log, progress)
 
 
 @dataclass
@@ -164,13 +107,14 @@ def check_before_work(settings: Settings, model: nn.Module, trained: bool = True
                 f"{none:.4g} s on this model; ask for at least that (full verify: {full:.4g} s)")
 
 
-def obtain_model(ctx: Context, sigma_train: float, scale_aware: bool = False) -> Candidate:
-    """The model of one noise setting: from --checkpoint, an earlier run, or trained now."""
+def obtain_model(ctx: Context, sigma_train: float, scale_aware: bool = False,
+                 opened: nn.Module | None = None) -> Candidate:
+    """The model of one noise setting: the ``opened`` checkpoint, one of an earlier run,
+    or trained now."""
     s = ctx.settings
     if s.model.checkpoint:
-        model, _ = load_checkpoint(s.model.checkpoint, model_name=s.model.name,
-                                   trusted=s.model.trusted)
-        path = Path(s.model.checkpoint)
+        assert opened is not None, "sweep opens the checkpoint once and hands it on"
+        model, path = opened, Path(s.model.checkpoint)
     else:
         folder = s.out_dir / train_folder(sigma_train, scale_aware)
         distributed.rank_zero_first(lambda: _train(ctx, folder, sigma_train, scale_aware))
@@ -235,10 +179,7 @@ def obtain_sensitivity(ctx: Context, candidate: Candidate) -> Sensitivity:
     computed: list[Sensitivity] = []
 
     def compute() -> None:
-        batches = ctx.train_batches(sens_settings.batch_size, sens_settings.limit)
-        sens = sensitivity(candidate.model, batches, sens_settings.engine,
-                           exclude=s.selection.exclude or None, progress=ctx.progress,
-                           **sens_settings.options)
+        sens = sensitivity_pass(candidate.model, ctx)
         sens.meta = {**sens.meta, "key": key}
         sens.save(path)
         computed.append(sens)
@@ -262,44 +203,39 @@ class Evaluator:
     def settings(self) -> Settings:
         return self.ctx.settings
 
-    def _mc(self, plan: Plan | str) -> tuple[MCResult, list[MCResult] | None]:
+    def _mc(self, plan: Plan | Verify) -> tuple[MCResult, list[MCResult] | None]:
         """Chips of ``plan``: all ``samples`` for full verify (every plan pairs with it),
         else until the CI target (the gap to full verify's, or the mean's) is met. With
         times: the result at the judged time, and the results at every time."""
-        s = self.settings
-        ev = s.evaluation
-        adaptive = bool(ev.ci_target) and plan != "all"
+        ev = self.settings.evaluation
+        adaptive = plan is not Verify.ALL
         full = self.full_verify
         against = None
-        if adaptive and full is not None:
+        if adaptive and ev.ci_target and full is not None:
             against = full.over_time if full.over_time is not None else full.mc
-        result = evaluate(self.candidate.model, self.ctx.test_batches, s.device_model, plan,
-                          samples=ev.samples, seed=ev.seed,
-                          ci_target=ev.ci_target if adaptive else None,
-                          min_samples=ev.min_samples, against=against,
-                          chips_per_pass=ev.chips_per_pass, compile=ev.compile,
-                          threads=ev.threads, exclude=s.selection.exclude or None,
-                          progress=self.ctx.progress, times=ev.times)
+        results = monte_carlo(self.candidate.model, self.ctx.test_batches, plan,
+                              self.settings, adaptive=adaptive, against=against,
+                              progress=self.ctx.progress)
         if ev.times is None:
-            return result, None
-        return result[ev.judged], result
+            return results[0], None
+        return results[ev.judged], results
 
-    def baseline(self, verify: str) -> Point:
-        """No device verified ("none") or every device verified ("all")."""
+    def baseline(self, verify: Verify) -> Point:
+        """No device verified (``Verify.NONE``) or every device verified (``Verify.ALL``)."""
         point_id = f"{self.candidate.digest}-{verify}"
         found = self.cache.get(point_id)
         if found is None:
             s = self.settings
             weights = device_weights(self.candidate.model, exclude=s.selection.exclude or None)
             values = effective_weights(weights)
-            plan = Plan.uniform(values, verify == "all", s.device_model.slicing.devices)
+            plan = Plan.uniform(values, verify is Verify.ALL, s.device_model.slicing.devices)
             report = s.device_model.programming_report(values, weight_scales(values), plan)
-            name = "full verify" if verify == "all" else "no verify"
+            name = "full verify" if verify is Verify.ALL else "no verify"
             mc, over_time = self._mc(verify)
             found = Point(name, self.candidate.label, None, None, PlanCounts.of(plan), report,
                           mc, over_time=over_time)
             self.cache.put(point_id, found)
-        if verify == "all":
+        if verify is Verify.ALL:
             self.full_verify = found
         self.ctx.log(f"[{self.candidate.label}] {found.method}: {found.mc}")
         return found
@@ -309,13 +245,7 @@ class Evaluator:
         entry = METHODS.get(method)
         sens = self.candidate.sens if entry.needs_sensitivity else None
         if entry.planner is not None:
-            data = (self.ctx.train_batches(s.train.batch_size, s.data.train_limit, True)
-                    if entry.needs_data else None)
-            return select(self.candidate.model, sens, method=method, device_model=s.device_model,
-                          tolerances=s.selection.tolerances, data=data, seed=s.evaluation.seed,
-                          plan_time=s.selection.plan_time,
-                          exclude=s.selection.exclude or None, options=s.selection.learn
-                          if entry.needs_data else None, **budget.describe())
+            return plan_with(self.candidate.model, sens, method, budget, s, self.ctx)
         if method not in self.scores:
             tolerances = s.selection.tolerances
             self.scores[method] = score(
@@ -324,9 +254,9 @@ class Evaluator:
                 exclude=s.selection.exclude or None, plan_time=s.selection.plan_time)
         return cut(self.scores[method], budget)
 
-    def point(self, method: str, kind: str, value: float) -> Point:
-        """Select with ``method`` under one budget and evaluate (or reuse) the plan."""
-        value = float(value)
+    def point(self, method: str, budget: Budget) -> Point:
+        """Select with ``method`` under ``budget`` and evaluate (or reuse) the plan."""
+        kind, value = budget.kind.value, float(budget.value)
         stem = f"{method}-{kind}-{value:g}"
         point_id = f"{self.candidate.digest}-{stem}"
         found = self.cache.get(point_id)
@@ -344,7 +274,7 @@ class Evaluator:
                           plan.programming, mc, str(path), plan.meta, over_time=over_time)
             self.cache.put(point_id, found)
         if self.full_verify is not None:
-            found.gap = found.mc.paired_difference(self.full_verify.mc)
+            found = found.paired_with(self.full_verify.mc)
         self.evaluated.append(found)
         speed = f", speedup {found.speedup:.2f}x" if found.speedup else ""
         self.ctx.log(f"[{self.candidate.label}] {found.label}: {found.mc} "
@@ -359,7 +289,7 @@ class Evaluator:
         if not meets(full):
             return Search(method, self.candidate.label, target, None)
         cap = full.programming.max_speedup
-        top = self.point(method, "speedup", _floor3(cap))
+        top = self.point(method, _speedup(_floor3(cap)))
         if meets(top):
             return Search(method, self.candidate.label, target, top)
         low, high, best = self._bracket(method, meets, top.speedup or cap)
@@ -367,13 +297,13 @@ class Evaluator:
             middle = _round3(math.sqrt(low * high))
             if not low < middle < high:
                 break
-            point = self.point(method, "speedup", middle)
+            point = self.point(method, _speedup(middle))
             if meets(point):
                 low, best = middle, point
             else:
                 high = middle
         if best is None:
-            best = self.point(method, "speedup", 1.0)
+            best = self.point(method, _speedup(1.0))
         return Search(method, self.candidate.label, target, best)
 
     def _bracket(self, method: str, meets: Callable[[Point], bool], top: float
@@ -387,6 +317,10 @@ class Evaluator:
         low = best.speedup if best is not None else 1.0
         above = [p.speedup for p in known if not meets(p) and p.speedup > low]
         return low, min([top, *above]), best
+
+
+def _speedup(value: float) -> Budget:
+    return Budget(BudgetKind.SPEEDUP, value)
 
 
 def _round3(value: float) -> float:
@@ -404,60 +338,61 @@ def _safe(label: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
 
 
-def budgets(settings: Settings) -> list[tuple[str, float]]:
-    sel = settings.selection
-    return ([("fraction", f) for f in sel.fractions] + [("speedup", x) for x in sel.speedups]
-            + [("time_budget", t) for t in sel.time_budgets])
-
-
 # --- the flow ------------------------------------------------------------------------------------
 
 
-def sweep(settings: Settings, log: Log = quiet, progress: bool = False) -> SweepResult:
-    """Run the flow for every model, method and budget of ``settings``."""
-    ctx = prepare(settings, log, progress)
+def sweep(settings: Settings, log: Log = quiet, progress: bool = False, *,
+          before: Callable[[Settings], None] | None = None) -> SweepResult:
+    """Run the flow for every model, method and budget of ``settings``. ``before`` is
+    called with the settings, the model named, before any work (the command line checks
+    there that every file it will write can be written)."""
     s = settings
     if s.model.checkpoint and (len(s.trainings()) > 1 or s.trainings()[0][0] > 0
                                or s.trainings()[0][1] or s.train.noise_time):
         raise SwimkitError("--checkpoint gives a trained model, so --sigma-train, "
                            "--scale-aware and --noise-time would not act: drop them, or drop "
                            "--checkpoint to train the models compared")
-    if not s.model.checkpoint:  # a checkpoint is checked as it loads, training or not
+    opened = None
+    if s.model.checkpoint:  # a checkpoint is checked as it loads, training or not
+        opened, s = open_model(s)
+    if before is not None:
+        before(s)
+    ctx = prepare(s, log, progress)
+    if opened is None:
         check_before_work(s, build_model(s.model.name, bits=s.model.bits, seed=s.train.seed),
                           trained=False)
     lock = folder_lock(s.out_dir) if distributed.is_rank_zero() else contextlib.nullcontext()
     with lock:  # a second run in this folder waits, then reuses what this one wrote
-        return _sweep(ctx)
+        return _sweep(ctx, opened)
 
 
-def _sweep(ctx: Context) -> SweepResult:
+def _sweep(ctx: Context, opened: nn.Module | None) -> SweepResult:
     s = ctx.settings
     log = ctx.log
     cache = PointCache(s.out_dir / "points.json", evaluation_key(s))
     evaluators, reports = [], []
     for sigma_train, scale_aware in s.trainings():
-        candidate = obtain_model(ctx, sigma_train, scale_aware)
+        candidate = obtain_model(ctx, sigma_train, scale_aware, opened)
         check_before_work(s, candidate.model)
         clean = accuracy(candidate.model, ctx.test_batches)
         log(f"[{candidate.label}] clean accuracy: {clean:.2f} %")
         if needs_sensitivity(s.selection.methods):
             candidate.sens = obtain_sensitivity(ctx, candidate)
         ev = Evaluator(ctx, candidate, cache)
-        report = ModelReport(candidate.label, sigma_train, scale_aware, str(candidate.path), clean,
-                             ev.baseline("none"), ev.baseline("all"))
-        report.points = [ev.point(m, kind, value) for m in s.selection.methods
-                         for kind, value in budgets(s)]
+        no_verify, full_verify = ev.baseline(Verify.NONE), ev.baseline(Verify.ALL)
+        points = [ev.point(m, budget) for m in s.selection.methods
+                  for budget in s.selection.budgets()]
         evaluators.append(ev)
-        reports.append(report)
+        reports.append(ModelReport(candidate.label, sigma_train, scale_aware,
+                                   str(candidate.path), clean, no_verify, full_verify, points))
     result = SweepResult(reports, s.evaluation.within, settings=s.describe(),
                          files=ctx.files)
     if s.evaluation.search:
-        _searches(result, evaluators)
-    result.set_reference()
-    return result
+        result = _searches(result, evaluators)
+    return result.with_reference()
 
 
-def _searches(result: SweepResult, evaluators: list[Evaluator]) -> None:
+def _searches(result: SweepResult, evaluators: list[Evaluator]) -> SweepResult:
     """Per model and method: the largest speedup meeting the target. A point's mean is
     judged through its paired chips (:meth:`~swimkit.results.Point.mean_estimate`)."""
     s = evaluators[0].settings.evaluation
@@ -475,10 +410,13 @@ def _searches(result: SweepResult, evaluators: list[Evaluator]) -> None:
         return lambda point: (point.mc.yield_within(reference, s.within)
                               >= s.yield_target - 1e-12)
 
+    models = []
     for report, ev in zip(result.models, evaluators, strict=True):
         assert ev.full_verify is not None
         meets = judge(ev.full_verify.mc)
-        report.searches = [ev.search(m, meets, target) for m in ev.settings.selection.methods]
+        models.append(replace(report, searches=[ev.search(m, meets, target)
+                                                for m in ev.settings.selection.methods]))
+    return replace(result, models=models)
 
 
 def write_result(result: SweepResult | dict[str, Any], path: str | Path) -> Path:

@@ -32,6 +32,7 @@ from ..mapping import (
     weight_scales,
 )
 from ..plans import Plan, check_menu
+from ..programming import ProgrammingReport
 from ..sensitivity import Sensitivity
 from . import builtin as _builtin  # noqa: F401 - registers the built-in methods
 from .budget import FlatScores, extra_seconds, time_budget_seconds, top_k
@@ -39,6 +40,7 @@ from .registry import (
     METHODS,
     SWIM_ALPHA,
     Budget,
+    BudgetKind,
     Method,
     ScoreInputs,
     needs_sensitivity,
@@ -229,7 +231,7 @@ def cut(scores: Scores, budget: Budget | float | None = None, **budgets: float) 
         budget = make_budget(budget, budgets.get("speedup"), budgets.get("time_budget"))
     inputs = scores.inputs
     dm = inputs.device_model
-    if budget.kind == "fraction":
+    if budget.kind is BudgetKind.FRACTION:
         flat = scores.flat.top_fraction(budget.value)
     else:
         require_pricing(dm, "a time budget")
@@ -252,20 +254,26 @@ def cut(scores: Scores, budget: Budget | float | None = None, **budgets: float) 
 
 
 def finish(plan: Plan, inputs: ScoreInputs, budget: Budget, method: str) -> Plan:
-    """Record the request, and the modelled programming time when it can be modelled."""
-    plan.method = method
-    plan.requested = budget.describe()
-    if inputs.plan_time:
-        plan.meta = {**plan.meta, "plan_time_s": inputs.plan_time}
-    if missing(inputs.device_model, PricingModel):  # a model that only draws chips
-        return plan
+    """A copy of ``plan`` recording the request, and the modelled programming time when
+    it can be modelled."""
+    meta = {**plan.meta, "plan_time_s": inputs.plan_time} if inputs.plan_time else plan.meta
+    report = _programming(plan, inputs, budget)
+    return plan.recorded(method=method, requested=budget.describe(), meta=meta,
+                         programming=plan.programming if report is None else report)
+
+
+def _programming(plan: Plan, inputs: ScoreInputs, budget: Budget) -> ProgrammingReport | None:
+    """The modelled programming time of ``plan``; None for a device model that only draws
+    chips, or one that cannot price a plan cut at a fraction."""
+    if missing(inputs.device_model, PricingModel):
+        return None
     try:
-        plan.programming = inputs.device_model.programming_report(  # type: ignore[attr-defined]
+        return inputs.device_model.programming_report(  # type: ignore[attr-defined]
             inputs.values, inputs.scales, plan)
     except SwimkitError:
-        if budget.kind != "fraction":
+        if budget.kind is not BudgetKind.FRACTION:
             raise
-    return plan
+        return None
 
 
 def _chosen_weights(
@@ -294,6 +302,6 @@ def _check_shapes(sens: Sensitivity, values: Mapping[str, Tensor]) -> None:
             )
 
 
-__all__ = ["METHODS", "SWIM_ALPHA", "Budget", "Method", "ScoreInputs", "Scores", "cut",
-           "inputs_for", "make_budget", "needs_sensitivity", "register_method",
+__all__ = ["METHODS", "SWIM_ALPHA", "Budget", "BudgetKind", "Method", "ScoreInputs", "Scores",
+           "cut", "inputs_for", "make_budget", "needs_sensitivity", "register_method",
            "register_planner", "score", "select", "top_k"]

@@ -16,17 +16,17 @@ import torch
 from torch import Tensor
 
 from ..errors import SwimkitError, check_fraction, check_speedup, is_number, require
-from .registry import Budget
+from .registry import Budget, BudgetKind
 
 
 def time_budget_seconds(budget: Budget, base: float, full: float) -> float:
     """Seconds a time budget allows (checked against writing every device once)."""
-    speedup = budget.kind == "speedup"
+    speedup = budget.kind is BudgetKind.SPEEDUP
     seconds = full / check_speedup(budget.value) if speedup else budget.value
     require(is_number(seconds, finite=True) and seconds >= 0,
             f"the time budget must be a number of seconds >= 0 (got {seconds!r})")
     if seconds < base * (1 - 1e-12):
-        ask = "a smaller speedup" if budget.kind == "speedup" else "a larger time budget"
+        ask = "a smaller speedup" if speedup else "a larger time budget"
         raise SwimkitError(
             f"the budget {seconds:.4g} s is below the time of writing every weight once "
             f"({base:.4g} s, a speedup of {full / base:.3g}x): ask for {ask}"

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from ..devices import NoiseModel, require_device
 from ..errors import require
 from ..mapping import DeviceWeight
-from ..plans import Plan
+from ..plans import Plan, Spelled
 from ..registry import Entry, Registry
 from ..sensitivity import Sensitivity
 
@@ -63,16 +63,28 @@ class ScoreInputs:
         return {k: self.sensitivity.second[k] for k in self.values}
 
 
+class BudgetKind(Spelled):
+    """What a budget limits; a str, spelled as in files and keyword arguments."""
+
+    FRACTION = "fraction"
+    SPEEDUP = "speedup"
+    TIME_BUDGET = "time_budget"
+
+
 @dataclass(frozen=True)
 class Budget:
     """One budget: a ``fraction`` (of weights, or of devices for planners), a ``speedup``
     over verifying everything, or a ``time_budget`` in seconds."""
 
-    kind: str
+    kind: BudgetKind
     value: float
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", BudgetKind(self.kind))  # "fraction" works too
+
     def describe(self) -> dict[str, float]:
-        return {self.kind: self.value}
+        """The budget as the keyword argument of :func:`~swimkit.select` it stands for."""
+        return {self.kind.value: self.value}
 
 
 Score = Callable[[ScoreInputs], Mapping[str, Tensor]]
@@ -148,5 +160,5 @@ def needs_sensitivity(methods: Iterable[str]) -> bool:
     return any(METHODS.get(m).needs_sensitivity for m in methods)
 
 
-__all__ = ["METHODS", "SWIM_ALPHA", "Budget", "Method", "ScoreInputs",
+__all__ = ["METHODS", "SWIM_ALPHA", "Budget", "BudgetKind", "Method", "ScoreInputs",
            "needs_sensitivity", "register_method", "register_planner", "require_pricing"]

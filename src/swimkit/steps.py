@@ -1,0 +1,219 @@
+"""The steps of the flow, one function each: the settings in, a result type out.
+
+``train_model``, ``sensitivity_of_checkpoint``, ``select_plan`` and ``evaluate_plan``
+are the separate steps the command line runs (``swimkit train``, ``sensitivity``,
+``select``, ``evaluate``); :mod:`swimkit.workflows` runs the same pieces for a whole
+sweep. What both need stands here once: the shared :class:`Context` (data and settings),
+opening a checkpoint, a sensitivity pass, a selection and a Monte-Carlo evaluation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+import torch
+from torch import nn
+
+from . import data as data_mod
+from .checkpoints import load_checkpoint
+from .chips import evaluation_batch_size
+from .errors import SwimkitError
+from .models import build_model, model_info
+from .montecarlo import MCResult, accuracy, evaluate
+from .plans import Plan, Verify
+from .results import Evaluation
+from .selection import METHODS, Budget, select
+from .sensitivity import Sensitivity, sensitivity
+from .settings import Settings
+from .training import TrainResult, train
+
+Log = Callable[[str], None]
+
+
+def quiet(_: str) -> None:
+    """A log that drops every line."""
+
+
+@dataclass
+class Context:
+    """What the steps share: settings, data, log and the files written."""
+
+    settings: Settings
+    dataset: data_mod.Dataset
+    log: Log
+    progress: bool
+    files: dict[str, str] = field(default_factory=dict)
+    _test: list | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        s = self.settings
+        if s.data.test_batch_size is None:  # chosen per model and device, then fixed
+            check_fits(s.model.name, self.dataset)
+            chosen = evaluation_batch_size(build_model(s.model.name, seed=0),
+                                           self.dataset.image_shape, s.torch_device())
+            # a copy: the caller's settings stay as given
+            self.settings = replace(s, data=replace(s.data, test_batch_size=chosen))
+
+    @property
+    def test_batches(self) -> list:
+        """The test set, normalised once and held in memory as batches."""
+        if self._test is None:
+            s = self.settings
+            self._test = data_mod.preload(self.dataset.test, self.dataset,
+                                          s.data.test_batch_size, s.torch_device())
+        return self._test
+
+    def train_batches(self, batch_size: int, limit: int | None = None, shuffle: bool = False
+                      ) -> data_mod.Batches:
+        split = self.dataset.train.head(limit) if limit else self.dataset.train
+        generator = torch.Generator().manual_seed(self.settings.evaluation.seed)
+        return data_mod.Batches(split, self.dataset, batch_size, shuffle=shuffle,
+                                generator=generator if shuffle else None,
+                                device=self.settings.torch_device())
+
+
+def check_fits(model_name: str, dataset: data_mod.Dataset) -> None:
+    """Raise a clear error when the model's input shape is not the dataset's."""
+    info = model_info(model_name)
+    if tuple(dataset.image_shape) != tuple(info.input_shape):
+        raise SwimkitError(
+            f"model {info.name} takes {info.input_shape} inputs but {dataset.name} has "
+            f"{tuple(dataset.image_shape)} images; pick a matching --model or --dataset"
+        )
+
+
+def prepare(settings: Settings, log: Log = quiet, progress: bool = False) -> Context:
+    """Load the dataset (and check it fits the model)."""
+    d = settings.data
+    dataset = data_mod.load_dataset(d.dataset, d.data_dir)
+    if d.train_limit or d.test_limit:
+        dataset = dataset.subset(d.train_limit, d.test_limit)
+    check_fits(settings.model.name, dataset)
+    return Context(settings, dataset, log, progress)
+
+
+def open_model(settings: Settings) -> tuple[nn.Module, Settings]:
+    """The model of the settings' checkpoint in eval mode, the file read once, and the
+    settings naming that model (the one it was saved for, unless a name was given)."""
+    m = settings.model
+    if not m.checkpoint:
+        raise SwimkitError("--checkpoint is required: the trained model to work on")
+    model, info = load_checkpoint(m.checkpoint, model_name=m.name, trusted=m.trusted)
+    name = m.name or info.get("model_name")
+    if not name:
+        raise SwimkitError(f"cannot tell which model {m.checkpoint} holds; give --model")
+    return model.eval(), replace(settings, model=replace(m, name=name))
+
+
+# --- the shared pieces ---------------------------------------------------------------------
+
+
+def sensitivity_pass(model: nn.Module, ctx: Context) -> Sensitivity:
+    """The sensitivity pass of the settings over the training set."""
+    s = ctx.settings
+    batches = ctx.train_batches(s.sensitivity.batch_size, s.sensitivity.limit)
+    return sensitivity(model, batches, s.sensitivity.engine,
+                       exclude=s.selection.exclude or None, progress=ctx.progress,
+                       **s.sensitivity.options)
+
+
+def plan_with(model: nn.Module, sens: Sensitivity | None, method: str, budget: Budget,
+              settings: Settings, ctx: Context | None) -> Plan:
+    """The plan of ``method`` under ``budget``, with the selection settings; a method
+    that learns on data draws shuffled training batches from ``ctx``."""
+    sel = settings.selection
+    learns = METHODS.get(method).needs_data
+    data = (ctx.train_batches(settings.train.batch_size, settings.data.train_limit, True)
+            if learns and ctx is not None else None)
+    return select(model, sens, method=method, device_model=settings.device_model,
+                  tolerances=sel.tolerances, data=data, seed=settings.evaluation.seed,
+                  plan_time=sel.plan_time, exclude=sel.exclude or None,
+                  options=sel.learn if learns else None, **budget.describe())
+
+
+def monte_carlo(model: nn.Module, batches: list, plan: Plan | Verify, settings: Settings, *,
+                adaptive: bool = True, against: MCResult | list[MCResult] | None = None,
+                progress: bool = False) -> list[MCResult]:
+    """Chips of ``plan`` with the evaluation settings: one result per time read (one
+    without times); ``adaptive`` stops at the CI target where one is set."""
+    ev = settings.evaluation
+    found = evaluate(model, batches, settings.device_model, plan, samples=ev.samples,
+                     seed=ev.seed, ci_target=(ev.ci_target or None) if adaptive else None,
+                     min_samples=ev.min_samples, against=against,
+                     chips_per_pass=ev.chips_per_pass, compile=ev.compile, threads=ev.threads,
+                     exclude=settings.selection.exclude or None, progress=progress,
+                     times=ev.times)
+    return found if ev.times is not None else [found]
+
+
+# --- the separate steps ---------------------------------------------------------------------
+
+
+def train_model(settings: Settings, plan_file: str | None = None, *, resume: bool = True,
+                log: Log = quiet, progress: bool = False) -> TrainResult:
+    """Train the settings' model (into OUT/train), or with ``plan_file`` fine-tune the
+    checkpoint under that plan's device errors (into OUT/finetune)."""
+    model = None
+    if settings.model.checkpoint:
+        model, settings = open_model(settings)
+    dataset = prepare(settings).dataset  # cut to the train / test limits already
+    if model is None:
+        model = build_model(settings.model.name, bits=settings.model.bits,
+                            seed=settings.train.seed)
+    plan = Plan.load(plan_file) if plan_file else None
+    if plan is not None and not settings.model.checkpoint:
+        raise SwimkitError("--plan fine-tunes a trained model: give its --checkpoint")
+    t = settings.train
+    if plan is None and not t.sigma_train and (t.scale_aware or t.noise_time):
+        raise SwimkitError("--scale-aware and --noise-time shape noise-injection training: "
+                           "give --sigma-train > 0 (or --plan), or drop them")
+    noise = settings.device_model if plan is not None or t.sigma_train else None
+    out = settings.out_dir / ("finetune" if plan is not None else "train")
+    return train(model, dataset, t, model_name=settings.model.name, checkpoint_dir=out,
+                 resume=resume, progress=progress, log=log, device=settings.torch_device(),
+                 noise_model=noise, plan=plan)
+
+
+def sensitivity_of_checkpoint(settings: Settings, *, log: Log = quiet,
+                              progress: bool = False) -> Sensitivity:
+    """The sensitivities of the settings' checkpoint over its training set."""
+    model, settings = open_model(settings)
+    ctx = prepare(settings, log, progress)
+    return sensitivity_pass(model.to(settings.torch_device()), ctx)
+
+
+def select_plan(settings: Settings, sensitivity_file: str | None = None, *,
+                log: Log = quiet, progress: bool = False) -> Plan:
+    """The plan of the settings' one method and budget for their checkpoint (the data
+    is read only for a method that learns on it)."""
+    model, settings = open_model(settings)
+    sel = settings.selection
+    method, (budget,) = sel.methods[0], sel.budgets()
+    sens = Sensitivity.load(sensitivity_file) if sensitivity_file else None
+    ctx = prepare(settings, log, progress) if METHODS.get(method).needs_data else None
+    return plan_with(model.to(settings.torch_device()), sens, method, budget, settings, ctx)
+
+
+def evaluate_plan(settings: Settings, plan_file: str | None = None,
+                  verify: Verify = Verify.NONE, reference: float | None = None, *,
+                  log: Log = quiet, progress: bool = False) -> Evaluation:
+    """Clean accuracy and Monte-Carlo accuracy of the settings' checkpoint programmed
+    by ``plan_file`` (else verifying no device or every one); chip yields are measured
+    against ``reference`` (percent) when it is given."""
+    model, settings = open_model(settings)
+    plan = Plan.load(plan_file) if plan_file else verify
+    ctx = prepare(settings, log, progress)
+    model.to(settings.torch_device())
+    clean = accuracy(model, ctx.test_batches)
+    results = monte_carlo(model, ctx.test_batches, plan, settings, progress=progress)
+    if reference is not None:
+        within = settings.evaluation.within
+        results = [replace(r, reference=reference, within=within) for r in results]
+    return Evaluation(clean, tuple(results), settings.evaluation.times,
+                      plan_file or verify.value, settings.device_model.describe())
+
+
+__all__ = ["Context", "check_fits", "evaluate_plan", "monte_carlo", "open_model",
+           "plan_with", "prepare", "quiet", "select_plan", "sensitivity_of_checkpoint",
+           "sensitivity_pass", "train_model"]
