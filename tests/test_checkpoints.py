@@ -92,7 +92,11 @@ def one_line_error(excinfo: pytest.ExceptionInfo[SwimkitError]) -> str:
 # --- reference checkpoints --------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", MODELS.names())
+#: The models the original SWIM code trained (the ViT is swimkit's own: no reference file).
+REFERENCE_MODELS = [n for n in MODELS.names() if MODELS.get(n).architecture != "vit"]
+
+
+@pytest.mark.parametrize("name", REFERENCE_MODELS)
 def test_reference_checkpoint_loads_exactly(name: str, tmp_path: Path) -> None:
     source = fresh(name, seed=1)
     path = tmp_path / f"saved_B_{REFERENCE_ALIASES[name]}.pt"
