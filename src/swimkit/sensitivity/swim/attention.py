@@ -151,8 +151,9 @@ def attention_curvature(q: Tensor, k: Tensor, v: Tensor, p: Tensor, scale: float
     return s_q.sum_to_size(q.shape), s_k.sum_to_size(k.shape), s_v.sum_to_size(v.shape)
 
 
-def _causal(q: Tensor, k: Tensor) -> Tensor:
-    return torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()
+def _causal(q_len: int, k_len: int, device: torch.device) -> Tensor:
+    """Where a causal attention may look: query i at keys up to i."""
+    return torch.ones(q_len, k_len, dtype=torch.bool, device=device).tril()
 
 
 def sdpa_rule(ctx: RuleContext, s: Tensor) -> dict[fx.Node, SValue]:
@@ -165,7 +166,7 @@ def sdpa_rule(ctx: RuleContext, s: Tensor) -> dict[fx.Node, SValue]:
         raise unsupported(ctx.node, "scaled_dot_product_attention with enable_gqa")
     scale = ctx.arg(6, "scale")
     scale = 1 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    allowed = _causal(q, k) if causal else None
+    allowed = _causal(q.shape[-2], k.shape[-2], q.device) if causal else None
     if mask is not None and mask.dtype == torch.bool:
         allowed = mask if allowed is None else allowed & mask
         mask = None
@@ -206,7 +207,7 @@ def _mha_masks(ctx: RuleContext, batch: int, heads: int, q_len: int, k_len: int,
     attn_mask, padding = ctx.arg(5, "attn_mask"), ctx.arg(3, "key_padding_mask")
     mask, allowed = None, None
     if attn_mask is None and bool(ctx.arg(7, "is_causal", False)):
-        allowed = torch.ones(q_len, k_len, dtype=torch.bool, device=like.device).tril()
+        allowed = _causal(q_len, k_len, like.device)
     if attn_mask is not None:
         attn_mask = attn_mask.reshape(-1, heads, q_len, k_len) if attn_mask.dim() == 3 \
             else attn_mask

@@ -50,6 +50,16 @@ class RuleCheck:
                 f"element {self.index}")
 
 
+def _spans(shapes: Sequence[Sequence[int]]) -> list[tuple[int, int, tuple[int, ...]]]:
+    """(start, stop, shape) of each example input within the one flat input."""
+    spans, start = [], 0
+    for shape in shapes:
+        size = math.prod(shape)
+        spans.append((start, start + size, tuple(shape)))
+        start += size
+    return spans
+
+
 class _Probe(nn.Module):
     """y = op(*inputs) on one flat input, so S reaches every input through one node."""
 
@@ -60,16 +70,12 @@ class _Probe(nn.Module):
             self.layer = copy.deepcopy(op)  # made double here: the caller's stays as it is
         else:
             self.function = op
-        self.shapes = [tuple(s) for s in shapes]
-        self.sizes = [math.prod(s) for s in shapes]
+        self.spans = _spans(shapes)
         self.options = kwargs
         self.output = output
 
     def forward(self, z: Tensor) -> Tensor:
-        parts, start = [], 0
-        for size, shape in zip(self.sizes, self.shapes, strict=True):
-            parts.append(z[start:start + size].reshape(shape))
-            start += size
+        parts = [z[start:stop].reshape(shape) for start, stop, shape in self.spans]
         op = self.layer if "layer" in self._modules else self.function
         if isinstance(op, str):
             out = getattr(parts[0], op)(*parts[1:], **self.options)
@@ -92,12 +98,10 @@ def _one_node(op: Any, shapes: Sequence[torch.Size], kwargs: dict[str, Any],
     for a function fx would trace into."""
     graph, root = fx.Graph(), nn.Module()
     z = graph.placeholder("z")
-    parts, start = [], 0
-    for shape in shapes:
-        size = math.prod(shape)
-        piece = graph.call_function(operator.getitem, (z, slice(start, start + size)))
-        parts.append(graph.call_method("reshape", (piece, tuple(shape))))
-        start += size
+    parts = []
+    for start, stop, shape in _spans(shapes):
+        piece = graph.call_function(operator.getitem, (z, slice(start, stop)))
+        parts.append(graph.call_method("reshape", (piece, shape)))
     for i, (key, value) in enumerate(list(kwargs.items())):
         if isinstance(value, Tensor):  # tensors enter a graph as attributes
             root.register_buffer(f"constant_{i}", value.detach().clone())
@@ -192,12 +196,10 @@ def _compare(label: str, got: Tensor, expected: Tensor, shapes: Sequence[torch.S
     diff = (got - expected).abs()
     flat = int(diff.argmax())
     error = float(diff[flat] / expected.abs().max().clamp_min(1e-300))
-    for i, shape in enumerate(shapes):
-        size = math.prod(shape)
-        if flat < size:
-            index = tuple(int(v) for v in torch.unravel_index(torch.tensor(flat), shape))
-            return RuleCheck(label, error, i, index, tolerance)
-        flat -= size
+    for i, (start, stop, shape) in enumerate(_spans(shapes)):
+        if flat < stop:
+            where = torch.unravel_index(torch.tensor(flat - start), shape)
+            return RuleCheck(label, error, i, tuple(int(v) for v in where), tolerance)
     raise AssertionError("unreachable: the index lies within the inputs")
 
 
