@@ -56,7 +56,7 @@ def chip_timing(samples: int) -> None:
     test = data_mod.preload(dataset.test, dataset, 256)
     sens = synthetic_sensitivity(model)
     dm = swimkit.DeviceModel()
-    plans = {"weight-level (swim 10%)": swimkit.select(model, sens, 0.1),
+    plans = {"weight-level (swim 10%)": swimkit.select(model, sens, fraction=0.1),
              "device-level (allocate 10x)": swimkit.select(model, sens, method="allocate",
                                                            speedup=10.0)}
     for label, plan in plans.items():

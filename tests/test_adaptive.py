@@ -78,7 +78,7 @@ def test_the_paired_rule_stops_on_the_gap_to_the_reference():
 
 @pytest.mark.parametrize("kwargs,message", [
     (dict(ci_target=0), "ci_target must be a number of points > 0"),
-    (dict(ci_target=float("nan")), "ci_target must be a number of points > 0"),
+    (dict(ci_target=float("nan")), "ci_target must be a number of points >= 0"),
     (dict(ci_target=0.5, min_samples=1), "min_samples must be an integer >= 2"),
     (dict(against="all"), "give ci_target as well"),
 ])

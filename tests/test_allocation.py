@@ -137,7 +137,7 @@ def test_exact_budget_and_a_menu_beats_one_tolerance(reference):
 
 def test_fraction_of_devices_verifies_that_many_devices_at_the_tightest_option(reference):
     model, sens = lenet_problem(reference)
-    plan = swimkit.select(model, sens, 0.05, method="allocate")
+    plan = swimkit.select(model, sens, fraction=0.05, method="allocate")
     assert plan.devices_verified == round(0.05 * plan.devices_total)
     top = len(plan.menu)
     assert all(set(v.unique().tolist()) <= {0, top} for v in plan.levels.values())
@@ -182,7 +182,7 @@ def test_bad_menus_are_clear_errors(reference):
     with pytest.raises(swimkit.SwimkitError, match="tolerance"):
         swimkit.select(model, sens, method="allocate", speedup=2.0, tolerances=[0.1, -1])
     with pytest.raises(swimkit.SwimkitError, match="one tolerance"):
-        swimkit.select(model, sens, 0.1, method="swim", tolerances=[0.3, 0.1])
+        swimkit.select(model, sens, fraction=0.1, method="swim", tolerances=[0.3, 0.1])
     with pytest.raises(swimkit.SwimkitError, match="below the time"):
         swimkit.select(model, sens, method="allocate", speedup=50.0)
 

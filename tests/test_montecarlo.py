@@ -279,7 +279,7 @@ def test_a_device_model_from_outside_works_in_evaluate_and_select():
     assert always.accuracies.tolist() == [swimkit.accuracy(zeroed, batches)] * 2
     noisy = StuckAt(0.3, p_verified=0.0)
     sens = swimkit.sensitivity(model, batches)
-    plan = swimkit.select(model, sens, 0.5, method="variance", device_model=noisy)
+    plan = swimkit.select(model, sens, fraction=0.5, method="variance", device_model=noisy)
     assert plan.programming is None  # a stuck-at model prices no programming time
     protected = swimkit.evaluate(model, batches, noisy, plan, samples=20, seed=1)
     exposed = swimkit.evaluate(model, batches, noisy, samples=20, seed=1)

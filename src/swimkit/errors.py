@@ -27,6 +27,13 @@ def repeated(values: object) -> list[str]:
     return sorted({str(v) for v in items if items.count(v) > 1})
 
 
+def check_once(what: str, values: object) -> None:
+    """Refuse a list that repeats a value: each would be run twice."""
+    twice = repeated(values)
+    require(not twice, f"{what} repeat {', '.join(twice)}: each would be run twice; give "
+                       "each once")
+
+
 def first_line(exc: BaseException, *, with_type: bool = False) -> str:
     """The first line of ``exc``'s message (its type's name when it has none), to quote
     a library's error inside a one-line SwimkitError."""

@@ -17,18 +17,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 import torch.distributed as dist
-from scipy import stats
 from torch import Tensor, nn
 
 from . import distributed
 from .chips import ChipRunner, auto_chips_per_pass, check_chips_fit, check_chips_per_pass
+from .chipstats import MCResult, ci_half_width, t_quantile_975
 from .devices import NoiseModel, Sampler, check_times, generator_for, require_noise_model
-from .errors import SwimkitError, is_number, require
+from .errors import SwimkitError, check_once, is_number, require
 from .mapping import (
     DeviceWeight,
     device_weights,
@@ -43,131 +43,62 @@ from .threads import check_threads, torch_threads
 Batches = Iterable[tuple[Tensor, Tensor]]
 
 
-def t_quantile_975(dof: int) -> float:
-    """The 97.5% quantile of Student's t with ``dof`` degrees of freedom."""
-    require(dof >= 1, "a confidence interval needs at least two samples")
-    return float(stats.t.ppf(0.975, dof))
+@dataclass
+class EvaluationSettings:
+    """Monte-Carlo: ``samples`` chips from ``seed``; ``within`` points of the best full
+    verify count a chip as good (yield) and, when searching, a method as good enough;
+    ``search`` finds per method the largest speedup whose mean (or, with
+    ``yield_target``, whose yield) meets it, in ``search_steps`` bisection steps.
 
-
-@dataclass(frozen=True)
-class MCResult:
-    """Accuracies (percent) of every Monte-Carlo chip, and their summary.
-
-    ``reference`` (percent, optional) is the accuracy the yield is measured against,
-    ``within`` the points a chip may fall below it and still count.
+    ``ci_target`` (points; None or 0: always ``samples`` chips) stops a plan's chips once
+    the 95 % CI of its gap to full verify (of its mean, for the baselines) is that
+    narrow, after at least ``min_samples``; full verify, which every plan is paired
+    with, always gets ``samples`` chips. ``chips_per_pass`` (None: chosen),
+    ``compile`` and ``threads`` (None: this process's share of the cores) only change
+    the speed. ``times`` (seconds after programming; None: right after only) reads every
+    chip at each time; a point is judged at ``judge_time`` (default the first time).
     """
 
-    accuracies: Tensor
+    samples: int = 100
     seed: int = 0
-    meta: dict[str, Any] = field(default_factory=dict)
-    reference: float | None = None
+    ci_target: float | None = 0.5
+    min_samples: int = 10
+    chips_per_pass: int | None = None
+    compile: bool = False
+    threads: int | None = None
     within: float = 1.0
-    ci_target: float | None = None   # adaptive runs: the CI half-width asked for (points)
-    ci_of: str = "mean"              # ... of the mean or of the paired difference
-    ci_reached: float | None = None  # ... and the half-width reached when it stopped
+    search: bool = False
+    yield_target: float | None = None
+    search_steps: int = 8
+    times: list[float] | None = None
+    judge_time: float | None = None
+
+    def __post_init__(self) -> None:
+        require(isinstance(self.samples, int) and self.samples >= 1,
+                f"samples must be >= 1 (got {self.samples})")
+        require(self.ci_target is None or (is_number(self.ci_target, finite=True)
+                                           and self.ci_target >= 0),
+                f"ci_target must be a number of points >= 0 (got {self.ci_target!r})")
+        require(isinstance(self.min_samples, int) and self.min_samples >= 2,
+                f"min_samples must be an integer >= 2 (got {self.min_samples!r})")
+        require(is_number(self.within, finite=True) and self.within >= 0,
+                f"within must be a number of accuracy points >= 0 (got {self.within!r})")
+        require(self.yield_target is None or 0 < self.yield_target <= 1,
+                f"the yield target must be a fraction in (0, 1] (got {self.yield_target!r})")
+        if self.times is not None:
+            check_once("times", self.times)
+            self.times = list(check_times(self.times))
+        require(self.judge_time is None or (self.times is not None
+                                            and self.judge_time in self.times),
+                f"judge_time {self.judge_time!r} must be one of the times ({self.times})")
 
     @property
-    def samples(self) -> int:
-        return int(self.accuracies.numel())
+    def judged(self) -> int:
+        """Index in ``times`` of the time points are judged at (0 without times)."""
+        if not self.times:
+            return 0
+        return 0 if self.judge_time is None else list(self.times).index(self.judge_time)
 
-    @property
-    def mean(self) -> float:
-        return float(self.accuracies.double().mean())
-
-    @property
-    def std(self) -> float:
-        """Sample standard deviation (NaN for a single chip: one chip has no spread)."""
-        if self.samples < 2:
-            return math.nan
-        return float(self.accuracies.double().std(unbiased=True))
-
-    @property
-    def ci95(self) -> tuple[float, float]:
-        """95% confidence interval of the mean accuracy (NaN for a single chip: no CI)."""
-        if self.samples < 2:
-            return (math.nan, math.nan)
-        half = ci_half_width(self.accuracies)
-        return (self.mean - half, self.mean + half)
-
-    @property
-    def p05(self) -> float:
-        """The 5th-percentile chip accuracy (linear interpolation between chips)."""
-        return float(torch.quantile(self.accuracies.double(), 0.05))
-
-    def yield_within(self, reference: float, within: float = 1.0) -> float:
-        """Share of chips whose accuracy is at least ``reference - within``."""
-        return float((self.accuracies.double() >= reference - within - 1e-9).double().mean())
-
-    @property
-    def chip_yield(self) -> float | None:
-        """Share of chips within ``within`` points of ``reference`` (None without one)."""
-        if self.reference is None:
-            return None
-        return self.yield_within(self.reference, self.within)
-
-    @property
-    def ci_stop(self) -> str | None:
-        """Where an adaptive run stopped ("a mean CI of +-0.47"); None for a fixed run."""
-        if self.ci_target is None:
-            return None
-        return f"a {self.ci_of} CI of +-{self.ci_reached:.2f}"
-
-    def paired_difference(self, other: MCResult) -> MCResult:
-        """Per-chip differences self - other over the chips both have (chip k is the same
-        draw in both when the seeds agree: common random numbers)."""
-        require(self.seed == other.seed,
-                f"a paired difference needs two results of the same seed (got {self.seed} and "
-                f"{other.seed})")
-        n = min(self.samples, other.samples)
-        return MCResult(self.accuracies[:n] - other.accuracies[:n], seed=self.seed)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: accuracies in percent (keys end in ``_percent``), yield a fraction."""
-        low, high = self.ci95
-        out = {
-            "mean_percent": self.mean,
-            "std_percent": self.std,
-            "ci95_percent": [low, high],
-            "p05_percent": self.p05,
-            "yield_fraction": self.chip_yield,
-            "yield_reference_percent": self.reference,
-            "yield_within_points": self.within if self.reference is not None else None,
-            "samples": self.samples,
-            "seed": self.seed,
-            "accuracies_percent": [float(a) for a in self.accuracies],
-        }
-        if self.ci_target is not None:
-            out.update({"ci_target_points": self.ci_target, "ci_of": self.ci_of,
-                        "ci_reached_points": self.ci_reached})
-        return out
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> MCResult:
-        """The result written by :meth:`to_dict`."""
-        accuracies = torch.tensor(data["accuracies_percent"], dtype=torch.float64)
-        require(accuracies.dim() == 1 and accuracies.numel() > 0
-                and bool(((accuracies >= 0) & (accuracies <= 100)).all()),
-                "accuracies_percent must be a non-empty list of numbers between 0 and 100")
-        return cls(
-            accuracies,
-            seed=int(data.get("seed", 0)),
-            reference=data.get("yield_reference_percent"),
-            within=1.0 if data.get("yield_within_points") is None
-            else data["yield_within_points"],
-            ci_target=data.get("ci_target_points"),
-            ci_of=data.get("ci_of", "mean"),
-            ci_reached=data.get("ci_reached_points"),
-        )
-
-    def __str__(self) -> str:
-        low, high = self.ci95
-        if self.samples < 2:
-            return f"{self.mean:.2f} % (one chip: no spread, no CI; give --samples 2 or more)"
-        return (
-            f"{self.mean:.2f} +- {self.std:.2f} % "
-            f"(95% CI {low:.2f}-{high:.2f}, p05 {self.p05:.2f}, n={self.samples}"
-            + ("" if self.ci_stop is None else f", stopped at {self.ci_stop}") + ")"
-        )
 
 
 @torch.inference_mode()
@@ -197,21 +128,26 @@ def evaluate(
     batches: Batches,
     device_model: NoiseModel,
     plan: Plan | Verify | str | None = None,
+    settings: EvaluationSettings | None = None,
+    *,
     samples: int = 100,
     seed: int = 0,
-    *,
     ci_target: float | None = None,
     min_samples: int = 10,
-    against: MCResult | None = None,
     chips_per_pass: int | None = None,
     compile: bool = False,
     threads: int | None = None,
+    times: Sequence[float] | None = None,
+    against: MCResult | Sequence[MCResult] | None = None,
     layers: Sequence[str] | None = None,
     exclude: Sequence[str] | None = None,
     progress: bool = False,
-    times: Sequence[float] | None = None,
 ) -> Any:
     """Accuracy of ``model`` under device variation over up to ``samples`` chips.
+
+    The chips are set by an :class:`EvaluationSettings` group (``settings``), or by the
+    keywords ``samples`` to ``times``, which build that group (``ci_target`` None here:
+    a fixed number of chips); the two forms run the same code.
 
     Returns one :class:`MCResult`; with ``times`` (seconds after programming) a list of
     them, one per time, from the same chips: each chip is programmed once and read at
@@ -239,11 +175,31 @@ def evaluate(
     the ranks and every rank returns the full result; the numbers do not depend on the
     number of processes.
     """
-    require(isinstance(samples, int) and samples >= 1, f"samples must be >= 1 (got {samples!r})")
-    at = (0.0,) if times is None else check_times(times)
-    stop = _check_stopping(ci_target, min_samples, against, samples, seed, len(at))
+    if settings is None:
+        settings = EvaluationSettings(
+            samples=samples, seed=seed, ci_target=ci_target, min_samples=min_samples,
+            chips_per_pass=chips_per_pass, compile=compile, threads=threads,
+            times=None if times is None else list(times))
+    elif not isinstance(settings, EvaluationSettings):
+        raise SwimkitError(f"settings must be an EvaluationSettings (got "
+                           f"{type(settings).__name__}); give samples= and seed= by keyword")
+    elif not settings.ci_target:  # a group's 0 means a fixed number of chips
+        settings = replace(settings, ci_target=None)
+    return _evaluate(model, batches, device_model, plan, settings, against, layers, exclude,
+                     progress)
+
+
+def _evaluate(model: nn.Module, batches: Batches, device_model: NoiseModel,
+              plan: Plan | Verify | str | None, ev: EvaluationSettings,
+              against: MCResult | Sequence[MCResult] | None, layers: Sequence[str] | None,
+              exclude: Sequence[str] | None, progress: bool) -> Any:
+    """:func:`evaluate` with its chips' settings ``ev``."""
+    samples, seed, times = ev.samples, ev.seed, ev.times
+    at = (0.0,) if times is None else tuple(times)
+    stop = _check_stopping(ev.ci_target, ev.min_samples, against, samples, seed,
+                           len(at))
     require_noise_model(device_model)
-    chips_per_pass = check_chips_per_pass(chips_per_pass)
+    chips_per_pass = check_chips_per_pass(ev.chips_per_pass)
     weights = _plan_weights(model, plan, layers, exclude)
     chosen = _as_plan(plan, weights, device_model)
     data = batches if isinstance(batches, (list, tuple)) else list(batches)
@@ -253,8 +209,8 @@ def evaluate(
     try:
         values = effective_weights(weights)  # read before the runner swaps its own in
         sample = device_model.sampler(values, weight_scales(values), chosen, at)
-        with (torch_threads(check_threads(threads)),
-              _runner(model, data, values, chips_per_pass, compile) as runner):
+        with (torch_threads(check_threads(ev.threads)),
+              _runner(model, data, values, chips_per_pass, ev.compile) as runner):
             accuracies = _run_rounds(runner, values, sample, seed, samples, stop, progress,
                                      len(at))
     finally:
@@ -296,14 +252,6 @@ class Stopping:
         values = accuracies if self.against is None else (
             accuracies - self.against[: accuracies.shape[0], : accuracies.shape[1]])
         return max(ci_half_width(values[:, c]) for c in range(values.shape[1]))
-
-
-def ci_half_width(values: Tensor) -> float:
-    """Half-width (points) of the 95 % Student-t interval of the mean of ``values``."""
-    n = int(values.numel())
-    if n < 2:
-        return math.inf
-    return t_quantile_975(n - 1) * float(values.double().std(unbiased=True)) / math.sqrt(n)
 
 
 ROUND_GROWTH = 1.5  # a round at most adds half the chips already evaluated ...

@@ -126,6 +126,12 @@ class Plan:
                         f"levels have {ks} devices per weight, not {devices_per_weight}")
             self._check_menu_covers_levels()
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        if "levels" in self.__dict__:  # built: a plan is frozen, copies record changes
+            raise AttributeError(f"a Plan is frozen: use plan.recorded({name}=...) for a "
+                                 "copy that records it")
+        object.__setattr__(self, name, value)
+
     #: What :meth:`recorded` may set: the record of how a plan was made, not its levels.
     RECORD = ("method", "requested", "programming", "meta")
 

@@ -15,6 +15,7 @@ from .errors import SwimkitError, require
 from .montecarlo import MCResult
 from .plans import Plan
 from .programming import ProgrammingReport
+from .selection import BudgetKind
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ class Point:
 
     method: str
     model: str
-    budget_kind: str | None
+    budget_kind: BudgetKind | None  # None for the baselines (no verify, full verify)
     budget_value: float | None
     counts: PlanCounts
     programming: ProgrammingReport | None
@@ -66,6 +67,14 @@ class Point:
     meta: dict[str, Any] = field(default_factory=dict)
     gap: MCResult | None = None  # paired per-chip difference to the model's full verify
     over_time: list[MCResult] | None = None  # with times: one result per time (same chips)
+
+    def __post_init__(self) -> None:
+        kind = self.budget_kind
+        if kind is not None and not isinstance(kind, BudgetKind):
+            kinds = ", ".join(k.value for k in BudgetKind)
+            require(kind in {k.value for k in BudgetKind},
+                    f"budget kind {kind!r} is not one of {kinds}")
+            object.__setattr__(self, "budget_kind", BudgetKind(kind))
 
     @property
     def speedup(self) -> float | None:

@@ -18,13 +18,12 @@ from typing import Any
 
 import torch
 
-from .devices import Device, DeviceModel, check_times, require_device
-from .errors import SwimkitError, check_fraction, check_speedup, is_number, repeated, require
+from .devices import Device, DeviceModel, require_device
+from .errors import SwimkitError, check_once, is_number, require
 from .models import canonical_model_name, model_info
-from .plans import check_menu
-from .selection import METHODS, Budget, BudgetKind
-from .selection.learned import LearnOptions
-from .sensitivity import ENGINES
+from .montecarlo import EvaluationSettings
+from .selection import SelectionSettings
+from .sensitivity import SensitivitySettings
 from .training import TrainConfig
 
 #: The model without --model or a checkpoint.
@@ -75,130 +74,6 @@ class DataSettings:
 
 
 @dataclass
-class SensitivitySettings:
-    """The sensitivity pass: ``engine``, its batch size, how many training images, and
-    the engine's ``options`` (``probes`` and ``seed`` for hutchinson)."""
-
-    engine: str = "swim"
-    batch_size: int = 128
-    limit: int | None = None
-    options: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self.engine = ENGINES.canonical(self.engine)
-        engine = ENGINES.get(self.engine)
-        unknown = sorted(set(self.options) - set(engine.options))
-        require(not unknown, f"option {unknown[:1]} is not one of engine "
-                             f"{engine.name!r}'s ({', '.join(engine.options) or 'none'})")
-
-
-@dataclass
-class SelectionSettings:
-    """Methods and budgets: every method is run at every budget.
-
-    ``fractions`` (of weights; of devices for device-level methods), ``speedups`` over
-    full verify, ``time_budgets`` in seconds; ``tolerances`` the menu of device-level
-    methods (None: the default menu); ``exclude`` layers kept digital; ``learn`` the
-    options of method ``learned`` (epochs, lr, price_step); ``plan_time`` the seconds
-    after programming whose error the methods plan against (0: right after).
-    """
-
-    methods: list[str] = field(default_factory=lambda: ["swim"])
-    fractions: list[float] = field(default_factory=list)
-    speedups: list[float] = field(default_factory=list)
-    time_budgets: list[float] = field(default_factory=list)
-    tolerances: list[float] | None = None
-    exclude: list[str] = field(default_factory=list)
-    learn: dict[str, Any] = field(default_factory=dict)
-    plan_time: float = 0.0
-
-    def __post_init__(self) -> None:
-        require(bool(self.methods), "give at least one selection method")
-        self.methods = [METHODS.canonical(m) for m in self.methods]
-        for what, values in (("methods", self.methods), ("fractions", self.fractions),
-                             ("speedups", self.speedups), ("time budgets", self.time_budgets)):
-            _once(what, values)
-        for fraction in self.fractions:
-            check_fraction(fraction)
-        for speedup in self.speedups:
-            check_speedup(speedup)
-        for seconds in self.time_budgets:
-            require(is_number(seconds, finite=True) and seconds > 0,
-                    f"time budget must be a number of seconds > 0 (got {seconds!r})")
-        check_menu(self.tolerances)
-        LearnOptions.from_options(self.learn)
-        planners = [m for m in self.methods if METHODS.get(m).needs_data]
-        require(not (planners and self.fractions),
-                f"method {planners[:1]} learns under a time budget: give speedups or time "
-                "budgets, not fractions")
-        require(is_number(self.plan_time, finite=True) and self.plan_time >= 0,
-                f"plan_time must be seconds >= 0 after programming (got {self.plan_time!r})")
-
-    def budgets(self) -> list[Budget]:
-        """Every budget, fractions first, then speedups, then time budgets."""
-        return ([Budget(BudgetKind.FRACTION, f) for f in self.fractions]
-                + [Budget(BudgetKind.SPEEDUP, x) for x in self.speedups]
-                + [Budget(BudgetKind.TIME_BUDGET, t) for t in self.time_budgets])
-
-
-@dataclass
-class EvaluationSettings:
-    """Monte-Carlo: ``samples`` chips from ``seed``; ``within`` points of the best full
-    verify count a chip as good (yield) and, when searching, a method as good enough;
-    ``search`` finds per method the largest speedup whose mean (or, with
-    ``yield_target``, whose yield) meets it, in ``search_steps`` bisection steps.
-
-    ``ci_target`` (points; None or 0: always ``samples`` chips) stops a plan's chips once
-    the 95 % CI of its gap to full verify (of its mean, for the baselines) is that
-    narrow, after at least ``min_samples``; full verify, which every plan is paired
-    with, always gets ``samples`` chips. ``chips_per_pass`` (None: chosen),
-    ``compile`` and ``threads`` (None: this process's share of the cores) only change
-    the speed. ``times`` (seconds after programming; None: right after only) reads every
-    chip at each time; a point is judged at ``judge_time`` (default the first time).
-    """
-
-    samples: int = 100
-    seed: int = 0
-    ci_target: float | None = 0.5
-    min_samples: int = 10
-    chips_per_pass: int | None = None
-    compile: bool = False
-    threads: int | None = None
-    within: float = 1.0
-    search: bool = False
-    yield_target: float | None = None
-    search_steps: int = 8
-    times: list[float] | None = None
-    judge_time: float | None = None
-
-    def __post_init__(self) -> None:
-        require(isinstance(self.samples, int) and self.samples >= 1,
-                f"samples must be >= 1 (got {self.samples})")
-        require(self.ci_target is None or (is_number(self.ci_target, finite=True)
-                                           and self.ci_target >= 0),
-                f"ci_target must be a number of points >= 0 (got {self.ci_target!r})")
-        require(isinstance(self.min_samples, int) and self.min_samples >= 2,
-                f"min_samples must be an integer >= 2 (got {self.min_samples!r})")
-        require(is_number(self.within, finite=True) and self.within >= 0,
-                f"within must be a number of accuracy points >= 0 (got {self.within!r})")
-        require(self.yield_target is None or 0 < self.yield_target <= 1,
-                f"the yield target must be a fraction in (0, 1] (got {self.yield_target!r})")
-        if self.times is not None:
-            _once("times", self.times)
-            self.times = list(check_times(self.times))
-        require(self.judge_time is None or (self.times is not None
-                                            and self.judge_time in self.times),
-                f"judge_time {self.judge_time!r} must be one of the times ({self.times})")
-
-    @property
-    def judged(self) -> int:
-        """Index in ``times`` of the time points are judged at (0 without times)."""
-        if not self.times:
-            return 0
-        return 0 if self.judge_time is None else list(self.times).index(self.judge_time)
-
-
-@dataclass
 class Settings:
     """Every setting of a run or a sweep (see the groups).
 
@@ -224,7 +99,7 @@ class Settings:
         if self.model.name is not None and self.data.dataset is None:
             self.data = dataclasses.replace(self.data,
                                             dataset=model_info(self.model.name).dataset)
-        _once("sigma_trains", self.sigma_trains or [])
+        check_once("sigma_trains", self.sigma_trains or [])
         self.train.validate()
         noisy = any(sigma > 0 for sigma in self.sigma_train_values)
         if not noisy and not self.model.checkpoint:
@@ -275,13 +150,6 @@ class Settings:
         out = {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
         out["device_model"] = self.device_model.describe()
         return out
-
-
-def _once(what: str, values: list) -> None:
-    """Refuse a list that repeats a value: each would be run twice."""
-    twice = repeated(values)
-    require(not twice, f"{what} repeat {', '.join(twice)}: each would be run twice; give "
-                       "each once")
 
 
 def _plain(value: Any) -> Any:

@@ -113,9 +113,8 @@ def sensitivity_pass(model: nn.Module, ctx: Context) -> Sensitivity:
     """The sensitivity pass of the settings over the training set."""
     s = ctx.settings
     batches = ctx.train_batches(s.sensitivity.batch_size, s.sensitivity.limit)
-    return sensitivity(model, batches, s.sensitivity.engine,
-                       exclude=s.selection.exclude or None, progress=ctx.progress,
-                       **s.sensitivity.options)
+    return sensitivity(model, batches, s.sensitivity, exclude=s.selection.exclude or None,
+                       progress=ctx.progress)
 
 
 def plan_with(model: nn.Module, sens: Sensitivity | None, method: str, budget: Budget,
@@ -126,10 +125,8 @@ def plan_with(model: nn.Module, sens: Sensitivity | None, method: str, budget: B
     learns = METHODS.get(method).needs_data
     data = (ctx.train_batches(settings.train.batch_size, settings.data.train_limit, True)
             if learns and ctx is not None else None)
-    return select(model, sens, method=method, device_model=settings.device_model,
-                  tolerances=sel.tolerances, data=data, seed=settings.evaluation.seed,
-                  plan_time=sel.plan_time, exclude=sel.exclude or None,
-                  options=sel.learn if learns else None, **budget.describe())
+    return select(model, sens, sel, budget, method=method, device_model=settings.device_model,
+                  data=data, seed=settings.evaluation.seed)
 
 
 def monte_carlo(model: nn.Module, batches: list, plan: Plan | Verify, settings: Settings, *,
@@ -137,13 +134,9 @@ def monte_carlo(model: nn.Module, batches: list, plan: Plan | Verify, settings: 
                 progress: bool = False) -> list[MCResult]:
     """Chips of ``plan`` with the evaluation settings: one result per time read (one
     without times); ``adaptive`` stops at the CI target where one is set."""
-    ev = settings.evaluation
-    found = evaluate(model, batches, settings.device_model, plan, samples=ev.samples,
-                     seed=ev.seed, ci_target=(ev.ci_target or None) if adaptive else None,
-                     min_samples=ev.min_samples, against=against,
-                     chips_per_pass=ev.chips_per_pass, compile=ev.compile, threads=ev.threads,
-                     exclude=settings.selection.exclude or None, progress=progress,
-                     times=ev.times)
+    ev = settings.evaluation if adaptive else replace(settings.evaluation, ci_target=None)
+    found = evaluate(model, batches, settings.device_model, plan, ev, against=against,
+                     exclude=settings.selection.exclude or None, progress=progress)
     return found if ev.times is not None else [found]
 
 

@@ -48,6 +48,7 @@ from .registry import (
     register_planner,
     require_pricing,
 )
+from .settings import SelectionSettings
 
 
 @dataclass
@@ -166,39 +167,86 @@ def checked_scores(method: str, raw: object, inputs: ScoreInputs) -> dict[str, T
 def select(
     model: nn.Module,
     sens: Sensitivity | None,
-    fraction: float | None = None,
-    method: str = "swim",
+    settings: SelectionSettings | None = None,
+    budget: Budget | None = None,
     *,
+    method: str | None = None,
+    fraction: float | None = None,
     speedup: float | None = None,
     time_budget: float | None = None,
-    device_model: NoiseModel | None = None,
     tolerances: Sequence[float] | None = None,
-    data: Iterable[tuple[Tensor, Tensor]] | None = None,
-    seed: int = 0,
-    alpha: float = SWIM_ALPHA,
-    layers: Sequence[str] | None = None,
     exclude: Sequence[str] | None = None,
     options: Mapping[str, Any] | None = None,
     plan_time: float = 0.0,
+    device_model: NoiseModel | None = None,
+    data: Iterable[tuple[Tensor, Tensor]] | None = None,
+    seed: int = 0,
+    layers: Sequence[str] | None = None,
 ) -> Plan:
     """Choose how to program the devices of ``model``.
 
-    Give exactly one budget: ``fraction`` (of the weights; of the devices for the
-    device-level methods ``allocate`` and ``learned``), a ``speedup`` over verifying every
-    weight, or a ``time_budget`` in seconds. ``device_model`` (default
-    :class:`~swimkit.DeviceModel`) prices the plan (its ``write_verify`` is the loop);
-    ``plan_time`` (seconds after programming) is when the error variance planned
-    against is taken, for devices that change with time; ``tolerances`` is the menu of
-    tolerances (device steps) a device may be verified to (weight-level methods take
-    one). ``sens`` may be None for methods that need none;
-    ``data`` (training batches) is for ``learned``. ``layers`` / ``exclude`` choose the
-    layers on devices (default: those of ``sens``).
+    Two forms, one path. With a :class:`SelectionSettings` group and a :class:`Budget`
+    (or a group of one method and one budget): ``select(model, sens, settings.selection,
+    budget, device_model=...)``. Or by keywords, which build that group:
+    ``method`` (default ``"swim"``) and exactly one budget, ``fraction`` (of the weights;
+    of the devices for the device-level methods ``allocate`` and ``learned``), a
+    ``speedup`` over verifying every weight, or a ``time_budget`` in seconds;
+    ``tolerances`` the menu a device may be verified to (weight-level methods take one),
+    ``exclude`` layers kept digital, ``options`` those of ``learned``, ``plan_time`` the
+    seconds after programming whose error is planned against.
+
+    Either way: ``device_model`` (default :class:`~swimkit.DeviceModel`) prices the plan
+    (its ``write_verify`` is the loop); ``sens`` may be None for methods that need none;
+    ``data`` (training batches) is for ``learned``, drawn from ``seed``; ``layers``
+    chooses the layers on devices (default: those of ``sens``).
     """
-    budget = make_budget(fraction, speedup, time_budget)
+    if settings is None:
+        settings = SelectionSettings(
+            methods=[method or "swim"], exclude=list(exclude or []),
+            tolerances=None if tolerances is None else list(tolerances),
+            learn=dict(options or {}), plan_time=plan_time)
+        budget = budget or make_budget(fraction, speedup, time_budget)
+    else:
+        require(isinstance(settings, SelectionSettings),
+                f"the third argument of select() is a SelectionSettings (got "
+                f"{type(settings).__name__}): give a budget by keyword, e.g. fraction=0.1")
+        given = {"fraction": fraction, "speedup": speedup, "time_budget": time_budget,
+                 "tolerances": tolerances, "exclude": exclude, "options": options,
+                 "plan_time": plan_time or None}
+        both = [k for k, v in given.items() if v is not None]
+        require(not both, f"give {', '.join(both)} in the SelectionSettings, or as keywords "
+                          "without settings, not both")
+    return _select(model, sens, settings, _one_method(settings, method),
+                   _one_budget(settings, budget), device_model=device_model, data=data,
+                   seed=seed, layers=layers)
+
+
+def _one_method(settings: SelectionSettings, method: str | None) -> str:
+    if method is not None:
+        return METHODS.canonical(method)
+    require(len(settings.methods) == 1,
+            f"the selection settings list {len(settings.methods)} methods: give method=")
+    return settings.methods[0]
+
+
+def _one_budget(settings: SelectionSettings, budget: Budget | None) -> Budget:
+    if budget is not None:
+        require(isinstance(budget, Budget),
+                f"budget must be a swimkit.selection.Budget (got {type(budget).__name__}); "
+                "or give fraction=, speedup= or time_budget=")
+        return budget
+    budgets = settings.budgets()
+    require(len(budgets) == 1, f"the selection settings hold {len(budgets)} budgets: give "
+                               "the one to plan for as budget=")
+    return budgets[0]
+
+
+def _select(model: nn.Module, sens: Sensitivity | None, sel: SelectionSettings, method: str,
+            budget: Budget, **given: Any) -> Plan:
+    """The plan of ``method`` under ``budget`` with the selection settings ``sel``."""
     entry = METHODS.get(method)
-    settings = {"device_model": device_model, "plan_time": plan_time,
-                "tolerances": tolerances, "data": data, "seed": seed, "alpha": alpha,
-                "layers": layers, "exclude": exclude, "options": options}
+    settings = {"plan_time": sel.plan_time, "tolerances": sel.tolerances,
+                "exclude": sel.exclude or None, "options": sel.learn, **given}
     if entry.planner is not None:
         inputs = inputs_for(model, sens, entry, **settings)
         plan = entry.planner(private_copy(inputs), budget)
@@ -206,7 +254,7 @@ def select(
             raise SwimkitError(f"planner {entry.name!r} returned {type(plan).__name__}, "
                                "not a swimkit.Plan")
         return finish(plan, inputs, budget, entry.name)
-    require(tolerances is None or len(tolerances) == 1,
+    require(sel.tolerances is None or len(sel.tolerances) == 1,
             f"method {entry.name!r} verifies whole weights at one tolerance; give one "
             "tolerance, or use method='allocate' for a menu")
     return cut(score(model, sens, entry.name, **settings), budget)
@@ -304,4 +352,4 @@ def _check_shapes(sens: Sensitivity, values: Mapping[str, Tensor]) -> None:
 
 __all__ = ["METHODS", "SWIM_ALPHA", "Budget", "BudgetKind", "Method", "ScoreInputs", "Scores",
            "cut", "inputs_for", "make_budget", "needs_sensitivity", "register_method",
-           "register_planner", "score", "select", "top_k"]
+           "register_planner", "score", "select", "SelectionSettings", "top_k"]

@@ -373,8 +373,7 @@ def allocate_one(inputs: ScoreInputs, budget: Budget) -> Plan:
     sensitive first, no menu (the ablation that shows what the menu adds)."""
     require_pricing(inputs.device_model, "allocate-one")
     plan = allocate(replace(inputs, menu=(inputs.device_model.loop.tolerance,)), budget)
-    plan.method = "allocate-one"
-    return plan
+    return plan.recorded(method="allocate-one")
 
 
 

@@ -136,11 +136,10 @@ def learned(inputs: ScoreInputs, budget: Budget) -> Plan:
     relaxed = _Relaxed(problem, problem.spend(seconds))  # allocate's plan to start from
     batches = _train(inputs, problem, relaxed, seconds, opts)
     levels = _round(problem, relaxed, seconds)
-    plan = Plan(levels={k: v.to(inputs.values[k].device) for k, v in levels.items()},
-                menu=menu, method="learned")
-    plan.meta = {"menu": list(menu), "learn_seconds": time.perf_counter() - started,
-                 "learn_epochs": opts.epochs, "learn_batches": batches, "learn_lr": opts.lr}
-    return plan
+    meta = {"menu": list(menu), "learn_seconds": time.perf_counter() - started,
+            "learn_epochs": opts.epochs, "learn_batches": batches, "learn_lr": opts.lr}
+    return Plan(levels={k: v.to(inputs.values[k].device) for k, v in levels.items()},
+                menu=menu, method="learned", meta=meta)
 
 
 def _train(inputs: ScoreInputs, problem: Problem, relaxed: _Relaxed, seconds: float,

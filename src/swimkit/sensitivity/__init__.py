@@ -91,10 +91,31 @@ register_engine("fisher", _exact("fisher"), options={"sample_chunk": None},
                 help="empirical Fisher diagonal (squared per-sample gradients)")
 
 
+@dataclass
+class SensitivitySettings:
+    """The sensitivity pass: ``engine``, its batch size, how many training images, and
+    the engine's ``options`` (``probes`` and ``seed`` for hutchinson)."""
+
+    engine: str = "swim"
+    batch_size: int = 128
+    limit: int | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.engine = ENGINES.canonical(self.engine)
+        entry = ENGINES.get(self.engine)
+        unknown = sorted(set(self.options) - set(entry.options))
+        if unknown:
+            raise SwimkitError(
+                f"unknown option {unknown[0]!r} for sensitivity engine {entry.name!r}; "
+                f"valid options: {', '.join(entry.options) or 'none'}"
+            )
+
+
 def sensitivity(
     model: nn.Module,
     batches: Iterable[tuple[Tensor, Tensor]],
-    engine: str = "swim",
+    engine: str | SensitivitySettings = "swim",
     *,
     layers: Sequence[str] | None = None,
     exclude: Sequence[str] | None = None,
@@ -103,19 +124,21 @@ def sensitivity(
 ) -> Sensitivity:
     """Sensitivity of every device weight of ``model`` over ``batches`` of (x, y).
 
-    ``layers`` / ``exclude`` choose which conv / linear layers are mapped to devices
-    (see :func:`swimkit.device_weights`). Engine options: ``probes`` and ``seed`` for
-    ``hutchinson``, chunk sizes for ``ggn`` / ``fisher``. The model is evaluated in eval
-    mode and left as it was.
+    ``engine`` names the engine, its ``options`` given as keywords (``probes`` and
+    ``seed`` for ``hutchinson``, chunk sizes for ``ggn`` / ``fisher``), or is a
+    :class:`SensitivitySettings` holding both (the batches are already drawn, so its batch
+    size and limit are not used here). ``layers`` / ``exclude`` choose which layers are
+    mapped to devices (see :func:`swimkit.device_weights`). The model is evaluated in
+    eval mode and left as it was.
     """
+    if isinstance(engine, SensitivitySettings):
+        if options:
+            raise SwimkitError("give the engine's options in its SensitivitySettings or as "
+                               "keywords with an engine name, not both")
+        engine, options = engine.engine, dict(engine.options)
+    else:
+        engine = SensitivitySettings(engine=engine, options=options).engine
     entry = ENGINES.get(engine)
-    unknown = sorted(set(options) - set(entry.options))
-    if unknown:
-        valid = ", ".join(entry.options) or "none"
-        raise SwimkitError(
-            f"unknown option {unknown[0]!r} for sensitivity engine {entry.name!r}; valid "
-            f"options: {valid}"
-        )
     weights = device_weights(model, layers=layers, exclude=exclude)
     was_training = model.training
     model.eval()
@@ -158,4 +181,5 @@ def _checked(engine: str, computed: object, weights) -> tuple[dict, dict, int]:
     return second, first, samples
 
 
-__all__ = ["ENGINES", "Engine", "Sensitivity", "register_engine", "sensitivity"]
+__all__ = ["ENGINES", "Engine", "Sensitivity", "SensitivitySettings", "register_engine",
+           "sensitivity"]
