@@ -164,3 +164,50 @@ def test_stochastic_depth_is_the_identity_in_eval_mode():
     with pytest.raises(UnsupportedOperation, match="stochastic depth in training mode"):
         swimkit.check_rule(torchvision.ops.stochastic_depth, torch.randn(3, 4), p=0.5,
                            mode="row", training=True)
+
+
+class RawProjection(nn.Module):
+    """A model whose first weight is a raw parameter used through ``@``."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.proj = nn.Parameter(torch.randn(8, 16) * 0.3)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x):
+        return self.head(torch.relu(x @ self.proj))
+
+
+@pytest.mark.parametrize("engine", ["swim", "ggn"])
+def test_a_named_parameter_is_mapped_planned_and_sampled(engine):
+    model = RawProjection().eval()
+    data = batches((8,), classes=3)
+    sens = swimkit.sensitivity(model, data, engine, params=["proj"])
+    assert set(sens.second) == {"proj", "head.weight"}
+    assert float(sens.second["proj"].abs().sum()) > 0
+    dm = swimkit.DeviceModel(sigma=0.3, sigma_verified=0.03)
+    plan = swimkit.select(model, sens, method="allocate", speedup=2.0, device_model=dm)
+    assert int(plan.levels["proj"].gt(0).sum()) > 0  # planned and priced like a weight
+    none = swimkit.evaluate(model, data, dm, "none", samples=6, params=["proj"])
+    with pytest.warns(UserWarning, match=r"proj.*map them with params"):
+        digital = swimkit.evaluate(model, data, dm, "none", samples=6)
+    assert not torch.equal(none.accuracies, digital.accuracies)  # its errors are drawn
+    assert swimkit.evaluate(model, data, dm, plan, samples=6).samples == 6
+    magnitude = swimkit.select(model, None, method="magnitude", fraction=0.5, params=["proj"])
+    assert "proj" in magnitude.levels
+
+
+def test_map_params_reaches_the_settings_and_only_then_the_cache_keys():
+    from swimkit.arguments import settings_of
+    from swimkit.caches import evaluation_key
+    from swimkit.cli import build_parser
+
+    def settings(*extra):
+        return settings_of(build_parser().parse_args(["sweep", "--model", "lenet", *extra]))
+
+    plain, mapped = settings(), settings("--map-params", "blocks.*.qkv,pos")
+    assert mapped.selection.map_params == ["blocks.*.qkv", "pos"]
+    assert mapped.selection.mapping() == {"exclude": None, "params": ["blocks.*.qkv", "pos"]}
+    assert plain.selection.mapping() == {"exclude": None, "params": None}
+    assert evaluation_key(plain) != evaluation_key(mapped)

@@ -237,6 +237,16 @@ def add_sensitivity(p: argparse.ArgumentParser) -> None:
     g.add_argument("--probe-seed", type=int, default=None, help="hutchinson: probe seed")
 
 
+def add_mapping(g: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """Which weights are on devices: --exclude and --map-params."""
+    g.add_argument("--exclude", type=layer_list, default=None,
+                   help="layers kept digital, comma separated (e.g. conv1,fc3)")
+    g.add_argument("--map-params", type=layer_list, default=None, metavar="PATTERNS",
+                   help="also map these parameters to devices, comma separated shell "
+                        "patterns of parameter names (e.g. 'blocks.*.qkv'); conv, linear "
+                        "and attention weights are mapped without it")
+
+
 def add_selection(p: argparse.ArgumentParser, several: bool) -> None:
     g = p.add_argument_group("selection")
     helps = "; ".join(f"{m.name}: {m.help}" for m in METHODS)
@@ -266,8 +276,7 @@ def add_selection(p: argparse.ArgumentParser, several: bool) -> None:
     g.add_argument("--tolerances", type=_list_of(nonnegative), default=None,
                    help="menu of tolerances (device steps) for allocate / learned (default: "
                         "1.5, 1, 2/3, 1/2, 1/3 sigma and the default loop's)")
-    g.add_argument("--exclude", type=layer_list, default=None,
-                   help="layers kept digital, comma separated (e.g. conv1,fc3)")
+    add_mapping(g)
     g.add_argument("--plan-time", type=nonnegative, default=None, metavar="SECONDS",
                    help="plan against the device error this long after programming (for "
                         "devices that change with time, e.g. 86400; default "
@@ -408,6 +417,7 @@ def settings_of(args: argparse.Namespace) -> Settings:
             args, {"sens_batch_size": "batch_size", "sens_limit": "limit"})),
         selection=SelectionSettings(
             exclude=getattr(args, "exclude", None) or [],
+            map_params=getattr(args, "map_params", None) or [],
             tolerances=getattr(args, "tolerances", None),
             learn=_given(args, {"learn_epochs": "epochs", "learn_lr": "lr"}),
             **_given(args, {"plan_time": "plan_time"}), **selection),
@@ -448,6 +458,7 @@ def _refuse_idle_options(args: argparse.Namespace, selection: dict[str, Any],
             raise SwimkitError(f"{flags} would have no effect here: they {fix}, or drop them")
 
 
-__all__ = ["add_data", "add_device_model", "add_model", "add_monte_carlo", "add_output",
+__all__ = ["add_data", "add_device_model", "add_mapping", "add_model", "add_monte_carlo",
+           "add_output",
            "add_selection", "add_sensitivity", "add_training", "device_model_of", "layer_list",
            "nonnegative", "positive_int", "selection_of", "settings_of"]

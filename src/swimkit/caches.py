@@ -108,13 +108,20 @@ class PointCache:
                               self.path)
 
 
+def mapped_params(settings: Settings) -> dict[str, list[str]]:
+    """The key entry of ``--map-params``: none without it, so keys made before it read
+    the same."""
+    params = settings.selection.map_params
+    return {"map_params": list(params)} if params else {}
+
+
 def evaluation_key(settings: Settings) -> str:
     """Everything besides the model that decides an evaluated point."""
     s = settings
     return digest({
         "version": CACHE_VERSION, "device_model": s.device_model.describe(),
         "samples": s.evaluation.samples, "seed": s.evaluation.seed,
-        "exclude": s.selection.exclude, "tolerances": s.selection.tolerances,
+        "exclude": s.selection.exclude, **mapped_params(s), "tolerances": s.selection.tolerances,
         "learn": asdict(LearnOptions.from_options(s.selection.learn)),
         "learn_batch_size": s.train.batch_size, "sensitivity": [s.sensitivity.engine,
                                                     s.sensitivity.batch_size,

@@ -26,13 +26,13 @@ from . import distributed
 from .arguments import (
     add_data,
     add_device_model,
+    add_mapping,
     add_model,
     add_monte_carlo,
     add_output,
     add_selection,
     add_sensitivity,
     add_training,
-    layer_list,
     nonnegative,
     settings_of,
 )
@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_model(sens)
     add_data(sens)
     add_sensitivity(sens)
-    sens.add_argument("--exclude", type=layer_list, default=None, help="layers kept digital")
+    add_mapping(sens)
     sens.add_argument("--output", "-o", required=True, help="sensitivity file to write (.pt)")
     add_output(sens, out=False, json_help=None)
 
@@ -112,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_data(ev)
     add_device_model(ev)
     add_monte_carlo(ev, search=False)
-    ev.add_argument("--exclude", type=layer_list, default=None, help="layers kept digital")
+    add_mapping(ev)
     ev.add_argument("--plan", default=None, help="plan file from 'swimkit select'")
     ev.add_argument("--verify", choices=["none", "all"], default=None,
                     help="without --plan: verify no device or every device")

@@ -141,6 +141,7 @@ def evaluate(
     against: MCResult | Sequence[MCResult] | None = None,
     layers: Sequence[str] | None = None,
     exclude: Sequence[str] | None = None,
+    params: Sequence[str] | None = None,
     progress: bool = False,
 ) -> Any:
     """Accuracy of ``model`` under device variation over up to ``samples`` chips.
@@ -156,8 +157,10 @@ def evaluate(
 
     ``device_model`` is any :class:`~swimkit.devices.NoiseModel`. ``plan`` says how the
     devices are programmed: a :class:`~swimkit.plans.Plan`, ``Verify.NONE`` (``"none"``,
-    or None: nothing verified) or ``Verify.ALL`` (``"all"``). The test batches are held in
-    memory once and every chip evaluates all of them.
+    or None: nothing verified) or ``Verify.ALL`` (``"all"``); ``layers`` / ``exclude`` /
+    ``params`` choose the weights on devices as :func:`~swimkit.device_weights` does (a
+    plan names its own). The test batches are held in memory once and every chip
+    evaluates all of them.
 
     With ``ci_target`` (points) chips are evaluated in rounds (see :func:`round_ends`) and
     the run stops after the first round at which the 95 % confidence interval's
@@ -185,14 +188,14 @@ def evaluate(
                            f"{type(settings).__name__}); give samples= and seed= by keyword")
     elif not settings.ci_target:  # a group's 0 means a fixed number of chips
         settings = replace(settings, ci_target=None)
-    return _evaluate(model, batches, device_model, plan, settings, against, layers, exclude,
-                     progress)
+    return _evaluate(model, batches, device_model, plan, settings, against,
+                     {"layers": layers, "exclude": exclude, "params": params}, progress)
 
 
 def _evaluate(model: nn.Module, batches: Batches, device_model: NoiseModel,
               plan: Plan | Verify | str | None, ev: EvaluationSettings,
-              against: MCResult | Sequence[MCResult] | None, layers: Sequence[str] | None,
-              exclude: Sequence[str] | None, progress: bool) -> Any:
+              against: MCResult | Sequence[MCResult] | None,
+              mapped: Mapping[str, Sequence[str] | None], progress: bool) -> Any:
     """:func:`evaluate` with its chips' settings ``ev``."""
     samples, seed, times = ev.samples, ev.seed, ev.times
     at = (0.0,) if times is None else tuple(times)
@@ -200,7 +203,7 @@ def _evaluate(model: nn.Module, batches: Batches, device_model: NoiseModel,
                            len(at))
     require_noise_model(device_model)
     chips_per_pass = check_chips_per_pass(ev.chips_per_pass)
-    weights = _plan_weights(model, plan, layers, exclude)
+    weights = _plan_weights(model, plan, **mapped)
     chosen = _as_plan(plan, weights, device_model)
     data = batches if isinstance(batches, (list, tuple)) else list(batches)
     require(len(data) > 0, "no test batches: give a non-empty loader")
@@ -308,13 +311,16 @@ def _runner(model: nn.Module, data: Sequence[tuple[Tensor, Tensor]],
 
 
 def _plan_weights(
-    model: nn.Module, plan: Plan | str | None, layers, exclude
+    model: nn.Module, plan: Plan | str | None, layers: Sequence[str] | None,
+    exclude: Sequence[str] | None, params: Sequence[str] | None,
 ) -> dict[str, DeviceWeight]:
+    """The device weights a run draws errors for: those of ``plan`` (which must agree
+    with the layers chosen), or for "none" / "all" the chosen ones."""
+    kept = device_weights(model, layers=layers, exclude=exclude, params=params)
     if not isinstance(plan, Plan):
         require(plan is None or isinstance(plan, str),
                 f"plan must be a Plan, 'none' or 'all' (got {type(plan).__name__})")
-        return device_weights(model, layers=layers, exclude=exclude)
-    kept = device_weights(model, layers=layers, exclude=exclude)
+        return kept
     outside = [name for name in plan.names if name not in kept]
     if outside and (layers or exclude):  # a plan names its weights: they must agree
         raise SwimkitError(f"the plan programs {outside[0]!r}, which the excluded layers "

@@ -113,8 +113,8 @@ def sensitivity_pass(model: nn.Module, ctx: Context) -> Sensitivity:
     """The sensitivity pass of the settings over the training set."""
     s = ctx.settings
     batches = ctx.train_batches(s.sensitivity.batch_size, s.sensitivity.limit)
-    return sensitivity(model, batches, s.sensitivity, exclude=s.selection.exclude or None,
-                       progress=ctx.progress)
+    return sensitivity(model, batches, s.sensitivity, progress=ctx.progress,
+                       **s.selection.mapping())
 
 
 def plan_with(model: nn.Module, sens: Sensitivity | None, method: str, budget: Budget,
@@ -136,7 +136,7 @@ def monte_carlo(model: nn.Module, batches: list, plan: Plan | Verify, settings: 
     without times); ``adaptive`` stops at the CI target where one is set."""
     ev = settings.evaluation if adaptive else replace(settings.evaluation, ci_target=None)
     found = evaluate(model, batches, settings.device_model, plan, ev, against=against,
-                     exclude=settings.selection.exclude or None, progress=progress)
+                     progress=progress, **settings.selection.mapping())
     return found if ev.times is not None else [found]
 
 

@@ -26,7 +26,7 @@ from typing import Any
 from torch import nn
 
 from . import distributed
-from .caches import PointCache, evaluation_key, file_digest, find_sensitivity
+from .caches import PointCache, evaluation_key, file_digest, find_sensitivity, mapped_params
 from .checkpoints import load_checkpoint
 from .errors import SwimkitError
 from .mapping import device_weights, effective_weights, weight_scales
@@ -87,7 +87,7 @@ def check_before_work(settings: Settings, model: nn.Module, trained: bool = True
     value-dependent device model prices devices by their weights, so for it the budgets
     are checked on the ``trained`` model only (still before the sensitivity pass)."""
     sel = settings.selection
-    weights = device_weights(model, exclude=sel.exclude or None)
+    weights = device_weights(model, **sel.mapping())
     by_weights = settings.device_model.prices_by_value
     if not (sel.speedups or sel.time_budgets) or (by_weights and not trained):
         return
@@ -167,7 +167,8 @@ def obtain_sensitivity(ctx: Context, candidate: Candidate) -> Sensitivity:
     sens_settings = s.sensitivity
     key = {"model": candidate.digest, "engine": sens_settings.engine,
            "batch_size": sens_settings.batch_size, "limit": sens_settings.limit,
-           "options": sens_settings.options, "exclude": s.selection.exclude, **s.data_key()}
+           "options": sens_settings.options, "exclude": s.selection.exclude, **s.data_key(),
+           **mapped_params(s)}
     suffix = train_folder(candidate.sigma_train, candidate.scale_aware).removeprefix("train")
     if s.model.checkpoint:
         suffix = f"-{candidate.digest[:8]}"
@@ -226,7 +227,7 @@ class Evaluator:
         found = self.cache.get(point_id)
         if found is None:
             s = self.settings
-            weights = device_weights(self.candidate.model, exclude=s.selection.exclude or None)
+            weights = device_weights(self.candidate.model, **s.selection.mapping())
             values = effective_weights(weights)
             plan = Plan.uniform(values, verify is Verify.ALL, s.device_model.slicing.devices)
             report = s.device_model.programming_report(values, weight_scales(values), plan)
@@ -251,7 +252,7 @@ class Evaluator:
             self.scores[method] = score(
                 self.candidate.model, sens, method, device_model=s.device_model,
                 tolerances=tolerances[-1:] if tolerances else None, seed=s.evaluation.seed,
-                exclude=s.selection.exclude or None, plan_time=s.selection.plan_time)
+                plan_time=s.selection.plan_time, **s.selection.mapping())
         return cut(self.scores[method], budget)
 
     def point(self, method: str, budget: Budget) -> Point:

@@ -82,6 +82,7 @@ def inputs_for(
     options: Mapping[str, Any] | None = None,
     layers: Sequence[str] | None = None,
     exclude: Sequence[str] | None = None,
+    params: Sequence[str] | None = None,
     plan_time: float = 0.0,
     **fields: Any,
 ) -> ScoreInputs:
@@ -93,7 +94,7 @@ def inputs_for(
     if method.needs_data and fields.get("data") is None:
         raise SwimkitError(f"method {method.name!r} learns on data: pass data= (training "
                            "batches of (x, y))")
-    weights = _chosen_weights(model, sens, layers, exclude)
+    weights = _chosen_weights(model, sens, layers, exclude, params)
     values = effective_weights(weights)
     scales = weight_scales(values)
     if sens is not None and method.needs_sensitivity:
@@ -176,6 +177,7 @@ def select(
     time_budget: float | None = None,
     tolerances: Sequence[float] | None = None,
     exclude: Sequence[str] | None = None,
+    params: Sequence[str] | None = None,
     options: Mapping[str, Any] | None = None,
     plan_time: float = 0.0,
     device_model: NoiseModel | None = None,
@@ -192,7 +194,8 @@ def select(
     of the devices for the device-level methods ``allocate`` and ``learned``), a
     ``speedup`` over verifying every weight, or a ``time_budget`` in seconds;
     ``tolerances`` the menu a device may be verified to (weight-level methods take one),
-    ``exclude`` layers kept digital, ``options`` those of ``learned``, ``plan_time`` the
+    ``exclude`` layers kept digital, ``params`` parameters mapped to devices besides the
+    conv, linear and attention weights, ``options`` those of ``learned``, ``plan_time`` the
     seconds after programming whose error is planned against.
 
     Either way: ``device_model`` (default :class:`~swimkit.DeviceModel`) prices the plan
@@ -203,6 +206,7 @@ def select(
     if settings is None:
         settings = SelectionSettings(
             methods=[method or "swim"], exclude=list(exclude or []),
+            map_params=list(params or []),
             tolerances=None if tolerances is None else list(tolerances),
             learn=dict(options or {}), plan_time=plan_time)
         budget = budget or make_budget(fraction, speedup, time_budget)
@@ -211,7 +215,8 @@ def select(
                 f"the third argument of select() is a SelectionSettings (got "
                 f"{type(settings).__name__}): give a budget by keyword, e.g. fraction=0.1")
         given = {"fraction": fraction, "speedup": speedup, "time_budget": time_budget,
-                 "tolerances": tolerances, "exclude": exclude, "options": options,
+                 "tolerances": tolerances, "exclude": exclude, "params": params,
+                 "options": options,
                  "plan_time": plan_time or None}
         both = [k for k, v in given.items() if v is not None]
         require(not both, f"give {', '.join(both)} in the SelectionSettings, or as keywords "
@@ -246,7 +251,7 @@ def _select(model: nn.Module, sens: Sensitivity | None, sel: SelectionSettings, 
     """The plan of ``method`` under ``budget`` with the selection settings ``sel``."""
     entry = METHODS.get(method)
     settings = {"plan_time": sel.plan_time, "tolerances": sel.tolerances,
-                "exclude": sel.exclude or None, "options": sel.learn, **given}
+                "options": sel.learn, **sel.mapping(), **given}
     if entry.planner is not None:
         inputs = inputs_for(model, sens, entry, **settings)
         plan = entry.planner(private_copy(inputs), budget)
@@ -329,9 +334,10 @@ def _chosen_weights(
     sens: Sensitivity | None,
     layers: Sequence[str] | None,
     exclude: Sequence[str] | None,
+    params: Sequence[str] | None,
 ) -> dict[str, DeviceWeight]:
-    if sens is None or layers or exclude:
-        weights = device_weights(model, layers=layers, exclude=exclude)
+    if sens is None or layers or exclude or params:
+        weights = device_weights(model, layers=layers, exclude=exclude, params=params)
         missing = [n for n in weights if sens is not None and n not in sens.second]
         if missing:
             raise SwimkitError(

@@ -17,7 +17,9 @@ class SelectionSettings:
 
     ``fractions`` (of weights; of devices for device-level methods), ``speedups`` over
     full verify, ``time_budgets`` in seconds; ``tolerances`` the menu of device-level
-    methods (None: the default menu); ``exclude`` layers kept digital; ``learn`` the
+    methods (None: the default menu); ``exclude`` layers kept digital; ``map_params``
+    patterns of parameters mapped to devices besides the conv, linear and attention
+    weights (see :func:`swimkit.device_weights`); ``learn`` the
     options of method ``learned`` (epochs, lr, price_step); ``plan_time`` the seconds
     after programming whose error the methods plan against (0: right after).
     """
@@ -28,6 +30,7 @@ class SelectionSettings:
     time_budgets: list[float] = field(default_factory=list)
     tolerances: list[float] | None = None
     exclude: list[str] = field(default_factory=list)
+    map_params: list[str] = field(default_factory=list)
     learn: dict[str, Any] = field(default_factory=dict)
     plan_time: float = 0.0
 
@@ -37,6 +40,7 @@ class SelectionSettings:
         for what, values in (("methods", self.methods), ("fractions", self.fractions),
                              ("speedups", self.speedups), ("time budgets", self.time_budgets)):
             check_once(what, values)
+        check_once("map_params", self.map_params)
         for fraction in self.fractions:
             check_fraction(fraction)
         for speedup in self.speedups:
@@ -52,6 +56,11 @@ class SelectionSettings:
                 "budgets, not fractions")
         require(is_number(self.plan_time, finite=True) and self.plan_time >= 0,
                 f"plan_time must be seconds >= 0 after programming (got {self.plan_time!r})")
+
+    def mapping(self) -> dict[str, list[str] | None]:
+        """Which weights are on devices, as the keywords of the steps (``exclude``,
+        ``params``)."""
+        return {"exclude": self.exclude or None, "params": self.map_params or None}
 
     def budgets(self) -> list[Budget]:
         """Every budget, fractions first, then speedups, then time budgets."""

@@ -119,6 +119,7 @@ def sensitivity(
     *,
     layers: Sequence[str] | None = None,
     exclude: Sequence[str] | None = None,
+    params: Sequence[str] | None = None,
     progress: bool = False,
     **options,
 ) -> Sensitivity:
@@ -127,8 +128,8 @@ def sensitivity(
     ``engine`` names the engine, its ``options`` given as keywords (``probes`` and
     ``seed`` for ``hutchinson``, chunk sizes for ``ggn`` / ``fisher``), or is a
     :class:`SensitivitySettings` holding both (the batches are already drawn, so its batch
-    size and limit are not used here). ``layers`` / ``exclude`` choose which layers are
-    mapped to devices (see :func:`swimkit.device_weights`). The model is evaluated in
+    size and limit are not used here). ``layers`` / ``exclude`` / ``params`` choose which
+    weights are mapped to devices (see :func:`swimkit.device_weights`). The model is evaluated in
     eval mode and left as it was.
     """
     if isinstance(engine, SensitivitySettings):
@@ -139,7 +140,7 @@ def sensitivity(
     else:
         engine = SensitivitySettings(engine=engine, options=options).engine
     entry = ENGINES.get(engine)
-    weights = device_weights(model, layers=layers, exclude=exclude)
+    weights = device_weights(model, layers=layers, exclude=exclude, params=params)
     was_training = model.training
     model.eval()
     try:
