@@ -27,7 +27,7 @@ from common import machine_line, peak_memory, timed
 
 import swimkit
 
-SHAPES = {"lenet": (1, 28, 28), "resnet18": (3, 32, 32)}
+SHAPES = {"lenet": (1, 28, 28), "vit": (1, 28, 28), "resnet18": (3, 32, 32)}
 
 
 def batches(model_name: str, images: int, batch: int, device: torch.device) -> list:
@@ -78,12 +78,18 @@ def child(args: argparse.Namespace, model_name: str, what: str, images: int) -> 
     return json.loads(out.strip().splitlines()[-1])
 
 
+#: Images per pass of each model unless --images is given.
+DEFAULT_IMAGES = {"lenet": 10240, "vit": 2048, "resnet18": 1024}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--images", type=int, default=None,
                         help="images per pass (default 10240 LeNet, 1024 ResNet-18)")
     parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--models", default="lenet,resnet18",
+                        help="comma-separated, of: " + ", ".join(DEFAULT_IMAGES))
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -91,8 +97,8 @@ def main() -> None:
                                  args.device)))
         return
     print(machine_line())
-    for model_name, default_images in (("lenet", 10240), ("resnet18", 1024)):
-        images = args.images or default_images
+    for model_name in args.models.split(","):
+        images = args.images or DEFAULT_IMAGES[model_name]
         got = child(args, model_name, "time", images)
         for kind in ("plain", "swim"):
             got.update(child(args, model_name, f"{kind}-memory", images))

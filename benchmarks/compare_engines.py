@@ -79,18 +79,24 @@ def main() -> None:
     parser.add_argument("--lenet-images", type=int, default=10_000)
     parser.add_argument("--vit-images", type=int, default=2_000)
     parser.add_argument("--resnet-images", type=int, default=256)
+    parser.add_argument("--models", default="lenet,vit,resnet18",
+                        help="comma-separated, of: lenet, vit, resnet18")
     args = parser.parse_args()
+    models = args.models.split(",")
     print(machine_line())
 
     fmnist = fashion_mnist_or_random()
-    lenet = trained("lenet", args.lenet_checkpoint, fmnist, 2)
-    subset = fmnist.subset(n_train=args.lenet_images)
-    compare("lenet / fashion-mnist", lenet.eval(), Batches(subset.train, subset, 128))
-    vit = trained("vit", args.vit_checkpoint, fmnist, 1)
-    subset = fmnist.subset(n_train=args.vit_images)
-    compare("vit / fashion-mnist", vit.eval(), Batches(subset.train, subset, 128),
-            per_layer=True)
-
+    if "lenet" in models:
+        lenet = trained("lenet", args.lenet_checkpoint, fmnist, 2)
+        subset = fmnist.subset(n_train=args.lenet_images)
+        compare("lenet / fashion-mnist", lenet.eval(), Batches(subset.train, subset, 128))
+    if "vit" in models:
+        vit = trained("vit", args.vit_checkpoint, fmnist, 1)
+        subset = fmnist.subset(n_train=args.vit_images)
+        compare("vit / fashion-mnist", vit.eval(), Batches(subset.train, subset, 128),
+                per_layer=True)
+    if "resnet18" not in models:
+        return
     cifar = synthetic("cifar10-sized", (3, 32, 32), 1024, 128, 10)
     resnet = swimkit.build_model("resnet18", seed=0)
     train(resnet, cifar, TrainConfig(epochs=1, batch_size=64))
