@@ -8,7 +8,8 @@ import torch
 from toys import toy_problem
 
 import swimkit
-from swimkit.montecarlo import ROUND_GROWTH, ROUND_MIN, ci_half_width, round_ends
+from swimkit.chipstats import ci_half_width
+from swimkit.montecarlo import ROUND_GROWTH, ROUND_MIN, round_ends
 
 
 def test_round_ends_grow_within_bounds():

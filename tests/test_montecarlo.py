@@ -14,7 +14,7 @@ from torch import nn
 from toys import toy_problem
 
 import swimkit
-from swimkit.montecarlo import t_quantile_975
+from swimkit.chipstats import t_quantile_975
 
 
 def test_statistics_and_ci():

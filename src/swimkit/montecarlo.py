@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from . import distributed
 from .chips import ChipRunner, auto_chips_per_pass, check_chips_fit, check_chips_per_pass
-from .chipstats import MCResult, ci_half_width, t_quantile_975
+from .chipstats import MCResult, ci_half_width
 from .devices import NoiseModel, Sampler, check_times, generator_for, require_noise_model
 from .errors import SwimkitError, check_once, is_number, require
 from .mapping import (
@@ -390,5 +390,4 @@ def _gather(local: Tensor, mine: Sequence[int], chips: range, world: int) -> Ten
     return result
 
 
-__all__ = ["MCResult", "Stopping", "accuracy", "ci_half_width", "evaluate", "round_ends",
-           "t_quantile_975"]
+__all__ = ["EvaluationSettings", "MCResult", "Stopping", "accuracy", "evaluate", "round_ends"]

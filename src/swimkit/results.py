@@ -70,11 +70,13 @@ class Point:
 
     def __post_init__(self) -> None:
         kind = self.budget_kind
-        if kind is not None and not isinstance(kind, BudgetKind):
-            kinds = ", ".join(k.value for k in BudgetKind)
-            require(kind in {k.value for k in BudgetKind},
-                    f"budget kind {kind!r} is not one of {kinds}")
+        if kind is None or isinstance(kind, BudgetKind):
+            return
+        try:
             object.__setattr__(self, "budget_kind", BudgetKind(kind))
+        except ValueError:
+            kinds = ", ".join(k.value for k in BudgetKind)
+            raise SwimkitError(f"budget kind {kind!r} is not one of {kinds}") from None
 
     @property
     def speedup(self) -> float | None:
