@@ -12,6 +12,8 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+from .clipping import CLIP_PER
+from .crossbar import RANGES, SIGNED, Crossbar
 from .data import DATASETS
 from .devices import DEVICE_MODELS, Device, DeviceModel, build_device_model, parse_option
 from .errors import SwimkitError, check_fraction, repeated
@@ -64,6 +66,7 @@ def _bounded(kind: type, minimum: float, expected: str) -> Callable[[str], Any]:
 
 nonnegative = _bounded(float, 0.0, "a number >= 0")
 positive_int = _bounded(int, 1, "a whole number >= 1")
+positive = _bounded(float, 1e-300, "a number > 0")
 _at_least_two = _bounded(int, 2, "a whole number >= 2")
 _speedup = _bounded(float, 1.0, "a speedup >= 1 (1 verifies every device; e.g. 10)")
 _epochs = _bounded(int, 1, "a whole number of epochs >= 1 (to use a trained model, give "
@@ -168,6 +171,13 @@ def add_training(p: argparse.ArgumentParser, several: bool = False) -> None:
     g.add_argument("--noise-time", type=nonnegative, default=None, metavar="SECONDS",
                    help="noise-injection training reads the device this long after "
                         "programming (train for the drifted device; default 0)")
+    g.add_argument("--clip-sigma", type=positive, default=None, metavar="K",
+                   help="clamp every device weight to +-K standard deviations after each "
+                        "step (e.g. 2.5; with --learn-ranges: where the learned ranges start)")
+    g.add_argument("--clip-per", choices=CLIP_PER, default=None,
+                   help="clip per tensor (default) or per output channel")
+    g.add_argument("--learn-ranges", action="store_true", default=None,
+                   help="learn a clipping range per tensor (or channel) with the model")
     g.add_argument("--train-limit", type=positive_int, default=None,
                    help="use only the first N training images (quick runs)")
 
@@ -220,6 +230,52 @@ def add_device_model(p: argparse.ArgumentParser) -> None:
                    help=f"seconds per program pulse (default {default(WriteVerify, 't_program')})")
     g.add_argument("--t-read", type=nonnegative, default=None,
                    help=f"seconds per verify read (default {default(WriteVerify, 't_read')})")
+    add_crossbar(p)
+
+
+def _tile(text: str) -> tuple[int, int]:
+    rows, _, columns = text.lower().partition("x")
+    try:
+        shape = (int(rows), int(columns or rows))
+    except ValueError:
+        shape = (0, 0)
+    if min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"expected ROWSxCOLUMNS cells, e.g. 256x256 (got "
+                                         f"{text!r})")
+    return shape
+
+
+def add_crossbar(p: argparse.ArgumentParser) -> None:
+    """How weights sit on arrays and are read (:class:`~swimkit.crossbar.Crossbar`)."""
+    g = p.add_argument_group("crossbar mapping")
+    g.add_argument("--tile", type=_tile, default=None, metavar="ROWSxCOLUMNS",
+                   help="array tiles, e.g. 256x256 (default: one array per matrix)")
+    g.add_argument("--ranges", choices=RANGES, default=None,
+                   help="what maps to a device's full range: max|W| per layer (default), per "
+                        "tile (per matrix without --tile) or per output column of each tile")
+    g.add_argument("--signed", choices=SIGNED, default=None,
+                   help="signed weights: magnitude (sign exact, default), pair (a "
+                        "differential pair, both devices programmed) or offset (w + s on one "
+                        "device set over [0, 2s])")
+    g.add_argument("--dac-bits", type=positive_int, default=None,
+                   help="input DAC bits (inputs scaled by their absolute maximum; default "
+                        "exact)")
+    g.add_argument("--adc-bits", type=positive_int, default=None,
+                   help="ADC bits of each column's partial sum (default exact)")
+    g.add_argument("--adc-range", type=positive, default=None,
+                   help="ADC full scale in normalised units (weights / range times inputs / "
+                        f"their maximum; default {default(Crossbar, 'adc_range'):g})")
+    g.add_argument("--output-noise", type=nonnegative, default=None,
+                   help="Gaussian noise of each column's partial sum at every read, in "
+                        "normalised units (default 0)")
+
+
+def crossbar_of_args(args: argparse.Namespace) -> Crossbar:
+    """The :class:`~swimkit.crossbar.Crossbar` of the crossbar options."""
+    tile = getattr(args, "tile", None) or (None, None)
+    return Crossbar(tile_rows=tile[0], tile_columns=tile[1], **_given(args, {
+        "ranges": "ranges", "signed": "signed", "dac_bits": "dac_bits",
+        "adc_bits": "adc_bits", "adc_range": "adc_range", "output_noise": "output_noise"}))
 
 
 def add_sensitivity(p: argparse.ArgumentParser) -> None:
@@ -359,10 +415,11 @@ def device_model_of(args: argparse.Namespace) -> Device:
         if key in options:
             raise SwimkitError(f"--device-option {key} is given twice; give it once")
         options[key] = parse_option(name, key, text)
-    return build_device_model(name, write_verify=loop, **options, **_given(args, {
+    device = build_device_model(name, write_verify=loop, **options, **_given(args, {
         "sigma": "sigma", "sigma_verified": "sigma_verified",
         "bits_per_weight": "bits_per_weight", "bits_per_device": "bits_per_device",
         "variation": "variation", "verified_variation": "verified_variation"}))
+    return crossbar_of_args(args).wrap(device)
 
 
 def _joined(values: tuple) -> str:
@@ -408,7 +465,9 @@ def settings_of(args: argparse.Namespace) -> Settings:
                                           "test_batch_size": "test_batch_size"})),
         train=TrainConfig(**_given(args, {"epochs": "epochs", "batch_size": "batch_size",
                                           "sigma_train": "sigma_train",
-                                          "noise_time": "noise_time"}),
+                                          "noise_time": "noise_time",
+                                          "clip_sigma": "clip_sigma", "clip_per": "clip_per",
+                                          "learn_ranges": "learn_ranges"}),
                           scale_aware=getattr(args, "scale_aware", None) in (True, "on"), **seed),
         sigma_trains=getattr(args, "sigma_trains", None),
         compare_scale_aware=getattr(args, "scale_aware", None) == "both",
@@ -458,7 +517,7 @@ def _refuse_idle_options(args: argparse.Namespace, selection: dict[str, Any],
             raise SwimkitError(f"{flags} would have no effect here: they {fix}, or drop them")
 
 
-__all__ = ["add_data", "add_device_model", "add_mapping", "add_model", "add_monte_carlo",
-           "add_output",
-           "add_selection", "add_sensitivity", "add_training", "device_model_of", "layer_list",
-           "nonnegative", "positive_int", "selection_of", "settings_of"]
+__all__ = ["add_crossbar", "add_data", "add_device_model", "add_mapping", "add_model",
+           "add_monte_carlo", "add_output", "add_selection", "add_sensitivity", "add_training",
+           "crossbar_of_args", "device_model_of", "layer_list", "nonnegative", "positive",
+           "positive_int", "selection_of", "settings_of"]

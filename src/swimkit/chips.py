@@ -209,6 +209,12 @@ class ChipRunner:
         self._forward = self._make_forward()
         self._want_compile = compile
 
+    @property
+    def inputs(self) -> dict[str, Tensor]:
+        """The tensors the layers compute with while open: one per device weight,
+        written in place for every chip."""
+        return self._inputs
+
     def __enter__(self) -> ChipRunner:
         self._slots.__enter__()
         if self._want_compile:

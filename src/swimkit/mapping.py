@@ -15,14 +15,16 @@ from __future__ import annotations
 
 import fnmatch
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from .crossbar import crossbar_of
 from .errors import SwimkitError
 
 DEVICE_LAYER_TYPES: tuple[type[nn.Module], ...] = (nn.modules.conv._ConvNd, nn.Linear)
@@ -234,9 +236,15 @@ def effective_weights(weights: Mapping[str, DeviceWeight]) -> dict[str, Tensor]:
         return {name: w.value.detach() for name, w in weights.items()}
 
 
-def weight_scales(values: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Per-layer scale s_l = max |W_l| (0-dim tensors), used to normalise w / s_l."""
-    return {name: v.detach().abs().amax() for name, v in values.items()}
+def weight_scales(values: Mapping[str, Tensor], device_model: object = None
+                  ) -> dict[str, Tensor]:
+    """The range s of every weight, which maps it as w / s into [-1, 1]: per layer,
+    s_l = max |W_l| (0-dim tensors), or as the crossbar ``device_model`` is mapped on sets
+    it (per tile or per column: tensors broadcastable to the weight)."""
+    crossbar = crossbar_of(device_model)
+    if crossbar.ranges == "layer":
+        return {name: v.detach().abs().amax() for name, v in values.items()}
+    return crossbar.scales(values)
 
 
 def safe_scale(scale: Tensor) -> Tensor:
@@ -247,22 +255,33 @@ def safe_scale(scale: Tensor) -> Tensor:
 class _Offset(nn.Module):
     """Parametrization that adds ``delta`` (if set) to the effective weight.
 
-    With ``scale`` set, the offset follows the layer's range: ``delta * max|w| / scale``,
-    the same value at the weights it was drawn for, but with the gradient of max|w|
-    (device errors are proportional to the layer's range, s_l = max|W_l|).
+    With ``scale`` set, the offset follows the weight's range: ``delta * r(w) / scale``
+    with ``r`` the range function (default max|w| over the layer), the same value at the
+    weights it was drawn for, but with the gradient of the range (device errors are
+    proportional to the range their weight is mapped with). ``seen``, if set, is told
+    every weight the layer computes with (the crossbar's converters mark it).
     """
 
     def __init__(self) -> None:
         super().__init__()
         self.delta: Tensor | None = None
         self.scale: Tensor | None = None
+        self.range: Callable[[Tensor], Tensor] = _layer_range
+        self.seen: Callable[[Tensor], None] | None = None
 
     def forward(self, weight: Tensor) -> Tensor:
-        if self.delta is None:
-            return weight
-        if self.scale is None:
-            return weight + self.delta
-        return weight + self.delta * (weight.abs().amax() / safe_scale(self.scale))
+        out = weight
+        if self.delta is not None and self.scale is None:
+            out = weight + self.delta
+        elif self.delta is not None:
+            out = weight + self.delta * (self.range(weight) / safe_scale(self.scale))
+        if self.seen is not None:
+            self.seen(out)
+        return out
+
+
+def _layer_range(weight: Tensor) -> Tensor:
+    return weight.abs().amax()
 
 
 class Perturbation:
@@ -276,11 +295,13 @@ class Perturbation:
         return list(self._offsets)
 
     def set(self, deltas: Mapping[str, Tensor] | None,
-            scales: Mapping[str, Tensor] | None = None) -> None:
+            scales: Mapping[str, Tensor] | None = None,
+            ranges: Callable[[str, Tensor], Tensor] | None = None) -> None:
         """Use ``deltas`` (name -> tensor shaped like the weight); None clears them all.
 
-        With ``scales`` (the s_l the deltas were drawn at) each offset scales with its
-        layer's max|w|, gradient included (see :class:`_Offset`).
+        With ``scales`` (the ranges the deltas were drawn at) each offset scales with its
+        weight's range, gradient included (see :class:`_Offset`): ``ranges(name, w)``, by
+        default max|w| over the layer.
         """
         deltas = deltas or {}
         unknown = set(deltas) - set(self._offsets)
@@ -289,6 +310,12 @@ class Perturbation:
         for name, offset in self._offsets.items():
             offset.delta = deltas.get(name)
             offset.scale = scales.get(name) if scales is not None else None
+            offset.range = _layer_range if ranges is None else partial(ranges, name)
+
+    def watch(self, seen: Callable[[str, Tensor], None] | None) -> None:
+        """Tell ``seen(name, tensor)`` every effective weight the layers compute with."""
+        for name, offset in self._offsets.items():
+            offset.seen = None if seen is None else partial(seen, name)
 
 
 @contextmanager
@@ -302,22 +329,30 @@ def perturbed(
     Nothing stored in ``model`` is written: the offsets live in temporary
     parametrizations that are removed on exit, whatever happens inside.
     """
-    offsets: dict[str, _Offset] = {}
-    fresh: dict[str, bool] = {}
-    orders: dict[str, list[str]] = {}
-    try:
-        for name, w in weights.items():
-            fresh[name] = not parametrize.is_parametrized(w.module, w.attribute)
-            orders[name] = list(w.module._parameters)
-            offset = _Offset()
-            parametrize.register_parametrization(w.module, w.attribute, offset, unsafe=True)
-            offsets[name] = offset
+    offsets = {name: _Offset() for name in weights}
+    with attached(weights, offsets):
         handle = Perturbation(offsets)
         handle.set(deltas)
         yield handle
+
+
+@contextmanager
+def attached(weights: Mapping[str, DeviceWeight],
+             parametrizations: Mapping[str, nn.Module]) -> Iterator[None]:
+    """Each module of ``parametrizations`` applied last to its device weight inside the
+    block, removed on exit whatever happens (the parameters keep their order)."""
+    done: list[tuple[str, bool, list[str]]] = []
+    try:
+        for name, module in parametrizations.items():
+            w = weights[name]
+            fresh = not parametrize.is_parametrized(w.module, w.attribute)
+            order = list(w.module._parameters)
+            parametrize.register_parametrization(w.module, w.attribute, module, unsafe=True)
+            done.append((name, fresh, order))
+        yield
     finally:
-        for name in offsets:
-            _remove_offset(weights[name], fresh[name], orders[name])
+        for name, fresh, order in reversed(done):
+            _remove_offset(weights[name], fresh, order)
 
 
 def _remove_offset(weight: DeviceWeight, was_plain: bool, order: list[str]) -> None:

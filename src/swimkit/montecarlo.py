@@ -15,8 +15,10 @@ Chip k is drawn from a generator seeded by (seed, k) alone, so:
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Iterable, Mapping, Sequence
+import warnings
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -27,6 +29,7 @@ from torch import Tensor, nn
 from . import distributed
 from .chips import ChipRunner, auto_chips_per_pass, check_chips_fit, check_chips_per_pass
 from .chipstats import MCResult, ci_half_width
+from .crossbar import AnalogReads, Crossbar, crossbar_of, mark_weights
 from .devices import NoiseModel, Sampler, check_times, generator_for, require_noise_model
 from .errors import SwimkitError, check_once, is_number, require
 from .mapping import (
@@ -38,6 +41,7 @@ from .mapping import (
 )
 from .plans import Plan, Verify
 from .progress import progress_bar
+from .seeding import seeded_generator
 from .threads import check_threads, torch_threads
 
 Batches = Iterable[tuple[Tensor, Tensor]]
@@ -209,13 +213,20 @@ def _evaluate(model: nn.Module, batches: Batches, device_model: NoiseModel,
     require(len(data) > 0, "no test batches: give a non-empty loader")
     was_training = model.training
     model.eval()
+    crossbar = crossbar_of(device_model)
+    if crossbar.converts:
+        chips_per_pass, compile_ = _one_chip_eager(chips_per_pass, ev.compile)
+    else:
+        compile_ = ev.compile
     try:
         values = effective_weights(weights)  # read before the runner swaps its own in
-        sample = device_model.sampler(values, weight_scales(values), chosen, at)
+        sample = device_model.sampler(values, weight_scales(values, device_model), chosen,
+                                      at)
         with (torch_threads(check_threads(ev.threads)),
-              _runner(model, data, values, chips_per_pass, ev.compile) as runner):
+              _runner(model, data, values, chips_per_pass, compile_) as runner,
+              _converters(crossbar, runner, values) as reads):
             accuracies = _run_rounds(runner, values, sample, seed, samples, stop, progress,
-                                     len(at))
+                                     len(at), reads)
     finally:
         model.train(was_training)
     meta = {"plan": plan.method if isinstance(plan, Plan) else str(plan or "none"),
@@ -348,7 +359,8 @@ def _as_plan(plan: Plan | str | None, weights: Mapping[str, DeviceWeight],
 
 
 def _run_rounds(runner: ChipRunner, values: Mapping[str, Tensor], sample: Sampler, seed: int,
-                samples: int, stop: Stopping | None, progress: bool, times: int = 1) -> Tensor:
+                samples: int, stop: Stopping | None, progress: bool, times: int = 1,
+                reads: AnalogReads | None = None) -> Tensor:
     """Chip accuracies ``(chips, times)``, round by round, until the stopping rule holds
     (or ``samples``)."""
     seen = sum(int(y.shape[0]) for _, y in runner.data)
@@ -359,9 +371,7 @@ def _run_rounds(runner: ChipRunner, values: Mapping[str, Tensor], sample: Sample
     count, end = 0, samples if stop is None else stop.minimum
     while True:
         mine = list(range(count + rank, end, world))
-        chips = ({name: values[name] + delta for name, delta in read.items()}
-                 for index in mine
-                 for read in sample(generator_for(seed, index, where)))  # drawn as evaluated
+        chips = _chips(values, sample, seed, mine, where, reads)  # drawn as evaluated
         local = torch.tensor([100.0 * c / seen for c in runner.correct(chips)],
                              dtype=torch.float64).reshape(len(mine), times)
         done.append(_gather(local, mine, range(count, end), world))
@@ -375,6 +385,41 @@ def _run_rounds(runner: ChipRunner, values: Mapping[str, Tensor], sample: Sample
         if half <= stop.target:
             return accuracies
         end = round_ends(count, half, stop.target, samples)
+
+
+def _chips(values: Mapping[str, Tensor], sample: Sampler, seed: int, indices: Sequence[int],
+           where: torch.device, reads: AnalogReads | None) -> Iterator[dict[str, Tensor]]:
+    """The chips ``indices``, each read at every time, drawn as they are evaluated; with
+    converters, each read's output noise from a generator of its own (chip, read)."""
+    for index in indices:
+        for read, deltas in enumerate(sample(generator_for(seed, index, where))):
+            if reads is not None:
+                reads.generator = seeded_generator("swimkit-output-noise", int(seed), index,
+                                                   read, device=where)
+            yield {name: values[name] + delta for name, delta in deltas.items()}
+
+
+def _one_chip_eager(chips_per_pass: int | None, compile: bool) -> tuple[int, bool]:
+    """Chips read through converters are evaluated one a pass, uncompiled (the
+    converters intercept the layers' calls on the chip's own weight tensors)."""
+    if chips_per_pass not in (None, 1) or compile:
+        warnings.warn("a crossbar with converters or output noise is evaluated one chip a "
+                      "pass, without compiling", stacklevel=4)
+    return 1, False
+
+
+@contextlib.contextmanager
+def _converters(crossbar: Crossbar, runner: ChipRunner, values: Mapping[str, Tensor]
+                ) -> Iterator[AnalogReads | None]:
+    """The crossbar's converters on the runner's weights while the block runs (None
+    when it has none)."""
+    if not crossbar.converts:
+        yield None
+        return
+    reads = AnalogReads(crossbar)
+    mark_weights(reads, runner.inputs, values)
+    with reads:
+        yield reads
 
 
 def _gather(local: Tensor, mine: Sequence[int], chips: range, world: int) -> Tensor:

@@ -15,10 +15,18 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
+from .crossbar import AnalogReads, Crossbar, crossbar_of
 from .devices import DeviceModel, NoiseModel, require_noise_model
-from .mapping import DeviceWeight, device_weights, effective_weights, perturbed, weight_scales
+from .mapping import (
+    DeviceWeight,
+    Perturbation,
+    device_weights,
+    effective_weights,
+    perturbed,
+    weight_scales,
+)
 from .plans import Plan
 from .seeding import epoch_generator
 
@@ -79,21 +87,55 @@ class NoiseInjector:
 
     @contextlib.contextmanager
     def epoch(self, epoch: int) -> Iterator[Callable[[], None]]:
-        """Attach the offsets for one epoch; yield the function that redraws the noise."""
+        """Attach the offsets for one epoch; yield the function that redraws the noise.
+
+        On a crossbar the noise follows its ranges (scale-aware: with their gradient),
+        and with converters or output noise the layers compute through them."""
         where = next(iter(self.weights.values())).value.device
         generator = epoch_generator(self.seed, "noise", epoch, where)
-        with perturbed(self.model, self.weights) as offsets:
+        crossbar = crossbar_of(self.noise_model)
+        ranges = None if crossbar.ranges == "layer" else crossbar.weight_ranges
+        with (perturbed(self.model, self.weights) as offsets,
+              _converters(crossbar, offsets, epoch_generator(self.seed, "output", epoch,
+                                                             where)) as columns):
 
             def redraw() -> None:
                 offsets.set(None)
+                columns.clear()
                 values = effective_weights(self.weights)
-                scales = weight_scales(values)
+                scales = weight_scales(values, self.noise_model)
                 with torch.no_grad():
                     deltas = self.noise_model.sampler(values, scales, self.plan,
                                                       (self.noise_time,))(generator)[0]
-                offsets.set(deltas, scales if self.scale_aware else None)
+                    columns.update({k: crossbar.column_ranges(k, v) for k, v in values.items()}
+                                   if crossbar.converts else {})
+                offsets.set(deltas, scales if self.scale_aware else None, ranges)
 
             yield redraw
+
+
+@contextlib.contextmanager
+def _converters(crossbar: Crossbar, offsets: Perturbation, generator: torch.Generator
+                ) -> Iterator[dict[str, Tensor]]:
+    """While the block runs, the perturbed weights go through the crossbar's converters
+    and output noise (if it has any); yields the column ranges to fill per batch."""
+    columns: dict[str, Tensor] = {}
+    if not crossbar.converts:
+        yield columns
+        return
+    reads = AnalogReads(crossbar)
+    reads.generator = generator
+
+    def seen(name: str, tensor: Tensor) -> None:
+        if name in columns:  # not while the clean weights are read for the next draw
+            reads.mark(tensor, name, columns[name])
+
+    offsets.watch(seen)
+    try:
+        with reads:
+            yield columns
+    finally:
+        offsets.watch(None)
 
 
 __all__ = ["NoiseInjector"]

@@ -102,6 +102,7 @@ class Plan:
         requested: dict[str, Any] | None = None,
         programming: ProgrammingReport | None = None,
         meta: dict[str, Any] | None = None,
+        ranges: Mapping[str, Tensor] | None = None,
     ) -> None:
         require((masks is None) != (levels is None),
                 "a plan needs either masks (one bool per weight) or levels (one per device)")
@@ -110,6 +111,7 @@ class Plan:
         self.requested = dict(requested or {})
         self.programming = programming
         self.meta = dict(meta or {})
+        self.ranges = None if ranges is None else _check_ranges(ranges)
         if masks is not None:
             k = 8 if devices_per_weight is None else int(devices_per_weight)
             require(k >= 1, f"devices_per_weight must be >= 1 (got {devices_per_weight!r})")
@@ -133,7 +135,7 @@ class Plan:
         object.__setattr__(self, name, value)
 
     #: What :meth:`recorded` may set: the record of how a plan was made, not its levels.
-    RECORD = ("method", "requested", "programming", "meta")
+    RECORD = ("method", "requested", "programming", "meta", "ranges")
 
     def recorded(self, **fields: Any) -> Plan:
         """A copy of this plan with ``fields`` of :data:`RECORD` set (the levels shared)."""
@@ -290,6 +292,8 @@ class Plan:
             "programming": self.programming.to_dict() if self.programming else None,
             "meta": self.meta,
         }
+        if self.ranges is not None:
+            payload["ranges"] = {k: v.cpu() for k, v in self.ranges.items()}
         if self.weight_level and self.options == 1:
             payload["masks"] = {k: v.cpu() for k, v in self.masks.items()}
         else:
@@ -326,6 +330,7 @@ class Plan:
             "requested": data.get("requested", {}),
             "programming": ProgrammingReport.from_dict(report) if report else None,
             "meta": data.get("meta", {}),
+            "ranges": data.get("ranges"),
         }
         if "levels" in data:
             return cls(levels=data["levels"], **common)
@@ -337,16 +342,38 @@ class Plan:
         One uint8 array per layer, shaped ``(*weight.shape, K)``: 0 = plain write, k =
         write-verify to ``menu[k - 1]`` device steps. The array ``menu`` holds the
         tolerances (empty when the plan uses the device model's own loop; its tolerance
-        is then in the summary).
+        is then in the summary). A plan made on a crossbar other than one range per layer
+        adds, per layer, ``NAME:range`` (float32, shaped like the weight: the weight that
+        maps to its devices' full range, its column's or its tile's) and, with tiles,
+        ``NAME:tile_row`` (the row tile of each input unit) and ``NAME:tile_column`` (the
+        column tile of each output).
         """
         arrays = {k: v.cpu().contiguous().numpy() for k, v in self.levels.items()}
         arrays["menu"] = np.asarray(self.menu if self.menu is not None else [], dtype=np.float64)
+        arrays.update(self._crossbar_arrays())
 
         def write(tmp: Path) -> None:
             with open(tmp, "wb") as fh:
                 np.savez_compressed(fh, **arrays)
 
         return atomic_write(path, write)
+
+    def _crossbar_arrays(self) -> dict[str, np.ndarray]:
+        """The ranges and tile indices of a plan made on a crossbar (none otherwise)."""
+        if self.ranges is None:
+            return {}
+        from .crossbar import Crossbar
+
+        crossbar = Crossbar(**self.meta.get("crossbar", {}))
+        arrays = {}
+        for name, levels in self.levels.items():
+            shape = levels.shape[:-1]
+            arrays[f"{name}:range"] = self.ranges[name].expand(shape).float().numpy()
+            if crossbar.tile_rows is not None or crossbar.tile_columns is not None:
+                rows, columns = crossbar.tile_indices(name, shape)
+                arrays[f"{name}:tile_row"] = rows.numpy()
+                arrays[f"{name}:tile_column"] = columns.numpy()
+        return arrays
 
     def export_summary(self, path: str | Path) -> Path:
         """The per-layer summary as JSON (``.json``) or CSV (``.csv``), atomically."""
@@ -379,6 +406,13 @@ def _levels_of_mask(name: str, mask: Tensor, devices: int) -> Tensor:
     require(isinstance(mask, Tensor) and mask.dtype == torch.bool,
             f"the verify mask of {name} must be a bool tensor (True = write-verify)")
     return mask.to(torch.uint8).unsqueeze(-1).expand(*mask.shape, devices)
+
+
+def _check_ranges(ranges: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    require(isinstance(ranges, Mapping) and all(
+        isinstance(v, Tensor) and v.is_floating_point() and bool((v >= 0).all())
+        for v in ranges.values()), "a plan's ranges must map weight names to tensors >= 0")
+    return {k: v.detach().cpu() for k, v in ranges.items()}
 
 
 def _check_levels(name: str, levels: Tensor) -> Tensor:

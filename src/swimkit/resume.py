@@ -18,6 +18,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
 from .checkpoints import load_checkpoint
+from .clipping import WeightClipping
 from .errors import SwimkitError, first_line
 
 #: Resolved settings a resumed run must share with the stored one (epochs may grow).
@@ -33,10 +34,11 @@ MUST_MATCH = (
     "seed",
     "augment",
     "noise",
+    "ranges",
 )
 
 #: Settings the first release's checkpoints do not hold, and the value they trained with.
-FIRST_RELEASE = {"noise": None, "scale_aware": False}
+FIRST_RELEASE = {"noise": None, "scale_aware": False, "ranges": None}
 
 def cannot_resume(problem: str) -> SwimkitError:
     """The error for a folder training cannot continue in, with the way out for the API
@@ -69,8 +71,10 @@ def checkpoint_extra(
     config: Mapping[str, Any],
     settings: Mapping[str, Any],
     device: torch.device,
+    clipping: WeightClipping | None = None,
 ) -> dict[str, Any]:
-    """The checkpoint's ``extra``: everything needed to continue after this epoch."""
+    """The checkpoint's ``extra``: everything needed to continue after this epoch (the
+    learned clipping ranges too)."""
     rng: dict[str, Tensor] = {"torch": torch.get_rng_state()}
     if device.type == "cuda":
         rng["cuda"] = torch.cuda.get_rng_state(device)
@@ -84,6 +88,7 @@ def checkpoint_extra(
         "best_epoch": state.best_epoch,
         "config": dict(config),
         "settings": dict(settings),
+        "ranges": clipping.state_dict() if clipping is not None else None,
     }
 
 
@@ -94,8 +99,10 @@ def resume_from(
     scheduler: LRScheduler | None,
     settings: Mapping[str, Any],
     device: torch.device,
+    clipping: WeightClipping | None = None,
 ) -> Progress:
-    """Load ``path`` into the model, optimizer, scheduler and RNG; return the progress."""
+    """Load ``path`` into the model, optimizer, scheduler, RNG and learned clipping
+    ranges; return the progress."""
     backup = {k: v.detach().clone() for k, v in model.state_dict().items()}
     try:
         _, info = load_checkpoint(path, model)
@@ -104,6 +111,8 @@ def resume_from(
     extra = info["extra"]
     try:
         _check_settings(path, extra["settings"], settings)
+        if clipping is not None:
+            clipping.load_state_dict(extra.get("ranges") or {})
         optimizer.load_state_dict(extra["optimizer"])
         if scheduler is not None:
             scheduler.load_state_dict(extra["scheduler"])

@@ -31,10 +31,11 @@ from torch.optim import SGD, Adam, Optimizer
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
 from .checkpoints import save_checkpoint
+from .clipping import CLIP_PER, WeightClipping
 from .data import Batches, Dataset, Split, preload
 from .devices import NoiseModel
 from .errors import SwimkitError, is_number, require
-from .mapping import require_logits
+from .mapping import device_weights, require_logits
 from .models import ResNet18, canonical_model_name, model_info
 from .montecarlo import accuracy
 from .noise_injection import NoiseInjector
@@ -79,8 +80,11 @@ class TrainConfig:
     ``epochs`` (``momentum`` applies to SGD only). ``sigma_train`` > 0 turns on
     noise-injection training with that device sigma. ``scale_aware`` lets the injected
     noise follow each layer's range max|W| with its gradient, as device errors do: the
-    model then learns to keep its ranges, and so its device errors, small. ``augment``
-    uses the dataset's augmentation if it has one.
+    model then learns to keep its ranges, and so its device errors, small. ``clip_sigma``
+    clamps every device weight to +-k standard deviations after each step (``clip_per``
+    tensor or output channel); ``learn_ranges`` learns a clipping range per tensor or
+    channel instead (started at ``clip_sigma`` std, else at max|W|; see
+    :mod:`swimkit.clipping`). ``augment`` uses the dataset's augmentation if it has one.
     """
 
     epochs: int = 10
@@ -92,6 +96,9 @@ class TrainConfig:
     sigma_train: float = 0.0
     scale_aware: bool = False
     noise_time: float = 0.0
+    clip_sigma: float | None = None
+    clip_per: str = "tensor"
+    learn_ranges: bool = False
     seed: int = 0
     augment: bool = True
 
@@ -127,7 +134,21 @@ class TrainConfig:
                 _bad("scale_aware", self.scale_aware, "True or False"))
         require(_nonnegative(self.noise_time),
                 _bad("noise_time", self.noise_time, "seconds >= 0 after programming"))
+        require(self.clip_sigma is None or _positive(self.clip_sigma),
+                _bad("clip_sigma", self.clip_sigma, "a number of standard deviations > 0"))
+        require(self.clip_per in CLIP_PER,
+                _bad("clip_per", self.clip_per, f"one of {', '.join(CLIP_PER)}"))
+        require(isinstance(self.learn_ranges, bool),
+                _bad("learn_ranges", self.learn_ranges, "True or False"))
+        require(self.clip_per == "tensor" or self.clips,
+                "clip_per says how weights are clipped: give clip_sigma (--clip-sigma) or "
+                "learn_ranges (--learn-ranges), or drop it")
         require(_is_int(self.seed), f"seed must be an integer (got {self.seed!r})")
+
+    @property
+    def clips(self) -> bool:
+        """True when training clips weights (at k std, or to learned ranges)."""
+        return self.clip_sigma is not None or self.learn_ranges
 
 
 def _is_int(value: Any) -> bool:
@@ -170,27 +191,32 @@ def _resolve(config: TrainConfig, model: nn.Module, model_name: str | None) -> d
 
 
 def make_optimizer(
-    model: nn.Module, config: TrainConfig, model_name: str | None = None
+    model: nn.Module, config: TrainConfig, model_name: str | None = None,
+    ranges: list[nn.Parameter] | None = None,
 ) -> tuple[Optimizer, LRScheduler | None]:
     """The optimizer and lr scheduler (None for a constant lr) for ``config``.
 
     The cosine schedule is ``lr * (1 + cos(pi * e / epochs)) / 2`` at epoch e (0-based),
     as ``CosineAnnealingLR(T_max=epochs)``, but in closed form, so a finished run
     resumed with more epochs follows the longer schedule from where it stands.
+    Learned clipping ``ranges`` train in a group of their own, without weight decay.
     """
     config.validate()
     settings = _resolve(config, model, model_name)
     params = [p for p in model.parameters() if p.requires_grad]
     require(len(params) > 0, f"{type(model).__name__} has no trainable parameters")
+    groups: list[dict[str, Any]] = [{"params": params}]
+    if ranges:
+        groups.append({"params": ranges, "weight_decay": 0.0})
     if settings["optimizer"] == "sgd":
         optimizer: Optimizer = SGD(
-            params,
+            groups,
             lr=settings["lr"],
             momentum=settings["momentum"],
             weight_decay=settings["weight_decay"],
         )
     else:
-        optimizer = Adam(params, lr=settings["lr"], weight_decay=settings["weight_decay"])
+        optimizer = Adam(groups, lr=settings["lr"], weight_decay=settings["weight_decay"])
     if settings["schedule"] == "constant":
         return optimizer, None
     return optimizer, LambdaLR(optimizer, _cosine(max(config.epochs, 1)))
@@ -267,6 +293,7 @@ def train(
     name = model_name or type(model).__name__
     settings = {"model_name": _canonical(name), **_resolve(config, model, model_name)}
     noise = NoiseInjector.create(model, config, noise_model, plan)
+    clipping = _clipping(model, config, noise, plan)
     settings.update(
         batch_size=config.batch_size,
         sigma_train=float(config.sigma_train),
@@ -274,16 +301,18 @@ def train(
         seed=config.seed,
         augment=bool(config.augment and dataset.augment),
         noise=noise.describe() if noise is not None else None,
+        ranges=clipping.describe() if clipping is not None else None,
         threads=threads,
     )
-    optimizer, scheduler = make_optimizer(model, config, model_name)
+    optimizer, scheduler = make_optimizer(
+        model, config, model_name, clipping.parameters() if clipping is not None else None)
     folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
     say = log or (lambda _line: None)
 
     state = Progress()
     last = folder / LAST if folder is not None else None
     if resume and last is not None and last.is_file():
-        state = resume_from(last, model, optimizer, scheduler, settings, where)
+        state = resume_from(last, model, optimizer, scheduler, settings, where, clipping)
         if state.epoch >= config.epochs:
             say(f"{last} already holds {state.epoch} epochs (asked for {config.epochs}): done")
             return _result(state, model, folder)
@@ -306,7 +335,8 @@ def train(
             )
             lr = float(optimizer.param_groups[0]["lr"])
             desc = f"epoch {epoch}/{config.epochs}"
-            loss, train_acc = _train_epoch(model, data, optimizer, noise, epoch, progress, desc)
+            loss, train_acc = _train_epoch(model, data, optimizer, noise, epoch, progress, desc,
+                                           clipping)
             if scheduler is not None:
                 scheduler.step()
             test_acc = accuracy(model, test_batches)
@@ -321,7 +351,7 @@ def train(
             improved = _record(state, row)
             if folder is not None:
                 extra = checkpoint_extra(state, optimizer, scheduler, asdict(config),
-                                         settings, where)
+                                         settings, where, clipping)
                 if improved:
                     save_checkpoint(folder / BEST, model, model_name=name, extra=extra)
                 save_checkpoint(folder / LAST, model, model_name=name, extra=extra)
@@ -340,6 +370,7 @@ def _train_epoch(
     epoch: int,
     progress: bool,
     desc: str,
+    clipping: WeightClipping | None = None,
 ) -> tuple[float, float]:
     """One pass over ``data`` in train mode; return the mean loss and accuracy (percent)."""
     model.train()
@@ -348,7 +379,8 @@ def _train_epoch(
     correct = torch.zeros((), dtype=torch.int64, device=where)
     seen = 0
     noisy = noise.epoch(epoch) if noise is not None else contextlib.nullcontext()
-    with noisy as redraw:
+    clipped = clipping.epoch() if clipping is not None else contextlib.nullcontext()
+    with clipped, noisy as redraw:
         for x, y in progress_bar(data, progress, desc):
             if redraw is not None:
                 redraw()
@@ -357,11 +389,24 @@ def _train_epoch(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if clipping is not None:
+                clipping.clip()
             n = int(y.shape[0])
             loss_sum += loss.detach().double() * n
             correct += (logits.detach().argmax(dim=-1) == y).sum()
             seen += n
     return float(loss_sum) / seen, 100.0 * int(correct) / seen
+
+
+def _clipping(model: nn.Module, config: TrainConfig, noise: NoiseInjector | None,
+              plan: Plan | None) -> WeightClipping | None:
+    """The weight clipping of ``config`` on the device weights noise training perturbs
+    (None without clipping)."""
+    if not config.clips:
+        return None
+    weights = noise.weights if noise is not None else (
+        plan.weights_in(model) if plan is not None else device_weights(model))
+    return WeightClipping(weights, config.clip_sigma, config.clip_per, config.learn_ranges)
 
 
 def _record(state: Progress, row: dict[str, Any]) -> bool:

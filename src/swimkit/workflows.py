@@ -16,6 +16,7 @@ rank takes a share of the Monte-Carlo chips. Only rank 0 writes results.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 from collections.abc import Callable
@@ -28,6 +29,7 @@ from torch import nn
 from . import distributed
 from .caches import PointCache, evaluation_key, file_digest, find_sensitivity, mapped_params
 from .checkpoints import load_checkpoint
+from .crossbar import crossbar_of
 from .errors import SwimkitError
 from .mapping import device_weights, effective_weights, weight_scales
 from .models import build_model
@@ -73,11 +75,26 @@ def model_label(settings: Settings, sigma_train: float, scale_aware: bool) -> st
     return f"sigma_train {sigma_train:g}{scaled}"
 
 
-def train_folder(sigma_train: float, scale_aware: bool) -> str:
-    """The training folder of one noise setting (``train`` for clean training)."""
+def train_folder(sigma_train: float, scale_aware: bool, tag: str = "") -> str:
+    """The training folder of one noise setting (``train`` for clean training), with the
+    ``tag`` of the other settings that decide the model (:func:`training_tag`)."""
     if sigma_train == 0:
-        return "train"
-    return f"train-sigma{sigma_train:g}" + ("-scale-aware" if scale_aware else "")
+        return "train" + tag
+    return f"train-sigma{sigma_train:g}" + ("-scale-aware" if scale_aware else "") + tag
+
+
+def training_tag(settings: Settings, sigma_train: float) -> str:
+    """What else decides a trained model: clipping, learned ranges and, for noise
+    training, a crossbar other than the idealised one (as a short digest)."""
+    t = settings.train
+    parts = [f"clip{t.clip_sigma:g}"] if t.clip_sigma is not None else []
+    parts += ["learned-ranges"] if t.learn_ranges else []
+    parts += ["per-channel"] if t.clips and t.clip_per == "channel" else []
+    crossbar = crossbar_of(settings.device_model)
+    if sigma_train > 0 and not crossbar.is_default:
+        text = json.dumps(crossbar.describe(), sort_keys=True)
+        parts.append("crossbar-" + hashlib.sha256(text.encode()).hexdigest()[:8])
+    return "".join(f"-{p}" for p in parts)
 
 
 def check_before_work(settings: Settings, model: nn.Module, trained: bool = True) -> None:
@@ -92,7 +109,8 @@ def check_before_work(settings: Settings, model: nn.Module, trained: bool = True
     if not (sel.speedups or sel.time_budgets) or (by_weights and not trained):
         return
     values = effective_weights(weights)
-    full, none = settings.device_model.reference_times(values, weight_scales(values))
+    full, none = settings.device_model.reference_times(
+        values, weight_scales(values, settings.device_model))
     top = full / none
     for speedup in sel.speedups:
         if speedup > top * (1 + 1e-9):
@@ -116,13 +134,15 @@ def obtain_model(ctx: Context, sigma_train: float, scale_aware: bool = False,
         assert opened is not None, "sweep opens the checkpoint once and hands it on"
         model, path = opened, Path(s.model.checkpoint)
     else:
-        folder = s.out_dir / train_folder(sigma_train, scale_aware)
+        folder = s.out_dir / train_folder(sigma_train, scale_aware,
+                                          training_tag(s, sigma_train))
         distributed.rank_zero_first(lambda: _train(ctx, folder, sigma_train, scale_aware))
         path = folder / ("best.pt" if (folder / "best.pt").is_file() else "last.pt")
         model, _ = load_checkpoint(path)
     model = model.to(s.torch_device()).eval()
     first = (sigma_train, scale_aware) == s.trainings()[0]
-    ctx.files["model" if first else f"model {train_folder(sigma_train, scale_aware)}"] = str(path)
+    folder_name = train_folder(sigma_train, scale_aware, training_tag(s, sigma_train))
+    ctx.files["model" if first else f"model {folder_name}"] = str(path)
     return Candidate(model_label(s, sigma_train, scale_aware), sigma_train, scale_aware, model,
                      path, file_digest(path))
 
@@ -169,7 +189,8 @@ def obtain_sensitivity(ctx: Context, candidate: Candidate) -> Sensitivity:
            "batch_size": sens_settings.batch_size, "limit": sens_settings.limit,
            "options": sens_settings.options, "exclude": s.selection.exclude, **s.data_key(),
            **mapped_params(s)}
-    suffix = train_folder(candidate.sigma_train, candidate.scale_aware).removeprefix("train")
+    suffix = train_folder(candidate.sigma_train, candidate.scale_aware,
+                          training_tag(s, candidate.sigma_train)).removeprefix("train")
     if s.model.checkpoint:
         suffix = f"-{candidate.digest[:8]}"
     path, found = find_sensitivity(s.out_dir, f"sensitivity-{sens_settings.engine}{suffix}",
@@ -230,7 +251,8 @@ class Evaluator:
             weights = device_weights(self.candidate.model, **s.selection.mapping())
             values = effective_weights(weights)
             plan = Plan.uniform(values, verify is Verify.ALL, s.device_model.slicing.devices)
-            report = s.device_model.programming_report(values, weight_scales(values), plan)
+            report = s.device_model.programming_report(
+                values, weight_scales(values, s.device_model), plan)
             name = "full verify" if verify is Verify.ALL else "no verify"
             mc, over_time = self._mc(verify)
             found = Point(name, self.candidate.label, None, None, PlanCounts.of(plan), report,

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..crossbar import crossbar_of
 from ..devices import DeviceModel, NoiseModel, PricingModel, require_noise_model
 from ..devices.protocol import missing
 from ..errors import SwimkitError, is_number, require
@@ -96,9 +97,10 @@ def inputs_for(
                            "batches of (x, y))")
     weights = _chosen_weights(model, sens, layers, exclude, params)
     values = effective_weights(weights)
-    scales = weight_scales(values)
+    scales = weight_scales(values, device_model)
     if sens is not None and method.needs_sensitivity:
         _check_shapes(sens, values)
+        sens = sens.rescaled(scales)
     device_model = require_noise_model(
         device_model if device_model is not None else DeviceModel())
     return ScoreInputs(
@@ -311,8 +313,12 @@ def finish(plan: Plan, inputs: ScoreInputs, budget: Budget, method: str) -> Plan
     it can be modelled."""
     meta = {**plan.meta, "plan_time_s": inputs.plan_time} if inputs.plan_time else plan.meta
     report = _programming(plan, inputs, budget)
+    crossbar = crossbar_of(inputs.device_model)
+    if not crossbar.is_default:  # a programming flow needs each device's range and tile
+        meta = {**meta, "crossbar": crossbar.describe()}
     return plan.recorded(method=method, requested=budget.describe(), meta=meta,
-                         programming=plan.programming if report is None else report)
+                         programming=plan.programming if report is None else report,
+                         ranges=None if crossbar.is_default else inputs.scales)
 
 
 def _programming(plan: Plan, inputs: ScoreInputs, budget: Budget) -> ProgrammingReport | None:

@@ -40,6 +40,20 @@ class Sensitivity:
     def combined(self) -> dict[str, Tensor]:
         return {k: self.second[k] + 2 * self.first[k] for k in self.second}
 
+    def rescaled(self, scales: dict[str, Tensor]) -> Sensitivity:
+        """The same sensitivities in units of other ranges ``scales`` (per tile or per
+        column, broadcastable to each weight): h scales as s^2, g as s. Itself when the
+        ranges are those it was computed with."""
+        if all(_same_range(scales[k], self.scale[k]) for k in self.second):
+            return self
+        ratio = {k: scales[k].to(self.second[k].dtype) / _nonzero(self.scale[k])
+                 for k in self.second}
+        return Sensitivity(
+            second={k: v * ratio[k].square() for k, v in self.second.items()},
+            first={k: v * ratio[k] for k, v in self.first.items()},
+            scale={k: scales[k].expand_as(v).clone() for k, v in self.second.items()},
+            engine=self.engine, samples=self.samples, meta=dict(self.meta))
+
     @property
     def numel(self) -> int:
         return sum(v.numel() for v in self.second.values())
@@ -73,6 +87,14 @@ class Sensitivity:
             )
         except SwimkitError as exc:
             raise SwimkitError(f"{path}: {exc}") from None
+
+
+def _same_range(a: Tensor, b: Tensor) -> bool:
+    return a.shape == b.shape and bool(torch.equal(a.to(b.dtype), b))
+
+
+def _nonzero(scale: Tensor) -> Tensor:
+    return torch.where(scale > 0, scale, torch.ones_like(scale))
 
 
 def _check_tensors(label: str, tensors: object, reference: dict) -> None:

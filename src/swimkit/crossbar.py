@@ -1,0 +1,591 @@
+"""Crossbar mapping: how a weight matrix sits on a chip's arrays and is read through them.
+
+A device weight is a matrix of ``out`` columns (one per output) and rows (one per input):
+a linear layer's ``(out, in)``; a convolution's ``(out, in_channels / groups x kernel)``,
+where a tile holds whole input channels; ``nn.MultiheadAttention``'s packed
+``in_proj_weight`` is three matrices (q, k, v) stacked, each on arrays of its own.
+A :class:`Crossbar` says:
+
+- **tiles**: ``tile_rows`` x ``tile_columns`` cells (None: one array as large as the
+  matrix). A matrix with more rows than a tile is split along its inputs; each row tile's
+  columns give partial sums that are converted and added digitally.
+- **ranges**: the weight that maps to a device's full range, per ``layer`` (s = max|W|
+  over the tensor: the idealised one-range chip), per ``tile`` (max|W| over each tile;
+  without tile shapes, per matrix: q, k and v each have their own) or per ``column``
+  (each output column of each row tile, read through its own converter gain).
+- **signed** weights: ``magnitude`` (the devices hold |w|, the sign is exact: the
+  idealised chip), ``pair`` (a differential pair: one set of devices holds max(w, 0), the
+  other max(-w, 0), both programmed, both with errors, both priced; a plan programs the
+  two devices of a pair alike) or ``offset`` (w + s stored on one set of devices over
+  [0, 2 s], the offset subtracted exactly: half the resolution, so every device error
+  costs twice as much in weight units).
+- **converters**: inputs scaled by their absolute maximum (per input vector; per image
+  for a convolution) and quantized to ``dac_bits`` (signed); each column's partial sum,
+  in units of the normalised weights and inputs, gets Gaussian ``output_noise`` (fresh at
+  every read) and is quantized by an ADC of ``adc_bits`` over [-``adc_range``,
+  ``adc_range``], clipping outside. These follow the forward model of IBM's aihwkit
+  (noise management "abs max"; its defaults: 7-bit DAC, 9-bit ADC over +-12, output
+  noise 0.06; ``aihwkit.simulator.parameters.io.IOParameters``), without its iterative
+  bound management.
+
+The default crossbar is the idealised chip swimkit always modelled (one range per layer,
+magnitudes, exact converters): its numbers are bit for bit those of the earlier releases.
+Products of two activations (attention's q k^T and p v) and everything else stay digital.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .errors import SwimkitError, is_number, require
+from .programming import ProgrammingReport
+
+if TYPE_CHECKING:
+    from .plans import Plan
+    from .slicing import BitSlicing
+
+RANGES = ("layer", "tile", "column")
+SIGNED = ("magnitude", "pair", "offset")
+
+#: Parameters that hold several matrices stacked along their first dimension.
+PACKED = {"in_proj_weight": 3}
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """One device weight as a matrix on arrays: ``out`` columns in ``parts`` matrices,
+    ``units`` input units of ``unit`` rows each (input channels x kernel for a
+    convolution, single inputs for a linear layer), ``per_tile`` units a row tile."""
+
+    shape: tuple[int, ...]
+    parts: int
+    units: int
+    unit: int
+    per_tile: int
+    columns: int | None
+
+    @property
+    def out(self) -> int:
+        return self.shape[0]
+
+    @property
+    def row_tiles(self) -> int:
+        """Row tiles (T): how many partial sums each output column is read as."""
+        return -(-self.units // self.per_tile)
+
+
+@dataclass(frozen=True)
+class Crossbar:
+    """How device weights are mapped onto arrays and read (see the module doc).
+
+    ``tile_rows`` / ``tile_columns`` (None: unbounded), ``ranges`` (``layer``, ``tile``,
+    ``column``), ``signed`` (``magnitude``, ``pair``, ``offset``), ``dac_bits`` /
+    ``adc_bits`` (None: exact), ``adc_range`` (the ADC's full scale in normalised units),
+    ``output_noise`` (standard deviation in normalised units, per column and read).
+    """
+
+    tile_rows: int | None = None
+    tile_columns: int | None = None
+    ranges: str = "layer"
+    signed: str = "magnitude"
+    dac_bits: int | None = None
+    adc_bits: int | None = None
+    adc_range: float = 12.0
+    output_noise: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("tile_rows", "tile_columns"):
+            value = getattr(self, name)
+            require(value is None or (_is_int(value) and value >= 1),
+                    f"{name} must be an integer >= 1 or None (got {value!r}); e.g. 256")
+        for name, low in (("dac_bits", 2), ("adc_bits", 2)):
+            value = getattr(self, name)
+            require(value is None or (_is_int(value) and low <= value <= 24),
+                    f"{name} must be an integer from {low} to 24, or None for an exact "
+                    f"converter (got {value!r}); e.g. 8")
+        require(self.ranges in RANGES, f"ranges must be one of {', '.join(RANGES)} "
+                f"(got {self.ranges!r})")
+        require(self.signed in SIGNED, f"signed must be one of {', '.join(SIGNED)} "
+                f"(got {self.signed!r})")
+        require(is_number(self.adc_range, finite=True) and self.adc_range > 0,
+                f"adc_range must be a number > 0 in normalised units (got {self.adc_range!r})")
+        require(is_number(self.output_noise, finite=True) and self.output_noise >= 0,
+                f"output_noise must be a number >= 0 (got {self.output_noise!r})")
+
+    # --- what the crossbar changes ------------------------------------------------------
+
+    @property
+    def is_default(self) -> bool:
+        """The idealised chip: one range per layer, magnitudes, exact converters."""
+        return self == Crossbar()
+
+    @property
+    def converts(self) -> bool:
+        """True when reading a chip goes through converters or output noise."""
+        return (self.dac_bits is not None or self.adc_bits is not None
+                or self.output_noise > 0)
+
+    def describe(self) -> dict[str, Any]:
+        """The settings, JSON-ready (for result files, plans and cache keys)."""
+        return asdict(self)
+
+    # --- geometry and ranges ------------------------------------------------------------
+
+    def geometry(self, name: str, shape: Sequence[int], packed: bool = True) -> Geometry:
+        """Where the weight ``name`` of ``shape`` sits (see :class:`Geometry`); with
+        ``packed`` False a parameter of :data:`PACKED` counts as one matrix."""
+        shape = tuple(int(n) for n in shape)
+        require(len(shape) >= 2, f"{name}: a device weight has at least two dimensions")
+        parts = PACKED.get(name.rpartition(".")[2], 1) if packed else 1
+        if shape[0] % parts:
+            parts = 1
+        unit, units = math.prod(shape[2:]), shape[1]
+        if self.tile_rows is None:
+            per_tile = units
+        else:
+            per_tile = max(1, self.tile_rows // unit)
+            require(self.tile_rows >= unit,
+                    f"{name}: a tile of {self.tile_rows} rows cannot hold one input channel "
+                    f"of a {tuple(shape[2:])} kernel ({unit} rows); use tile_rows >= {unit}")
+        return Geometry(shape, parts, units, unit, per_tile, self.tile_columns)
+
+    def column_ranges(self, name: str, value: Tensor) -> Tensor:
+        """The range of every column of every row tile, ``(out, T)``, as this crossbar's
+        ``ranges`` set it (differentiable in ``value``)."""
+        geo = self.geometry(name, value.shape)
+        if self.ranges == "layer":
+            return value.abs().amax().expand(geo.out, geo.row_tiles)
+        per_column = _column_maxima(value, geo)
+        if self.ranges == "column":
+            return per_column
+        return _tile_maxima(per_column, geo)
+
+    def weight_ranges(self, name: str, value: Tensor) -> Tensor:
+        """The range of every weight, broadcastable to ``value`` (0-dim per layer)."""
+        if self.ranges == "layer":
+            return value.abs().amax()
+        geo = self.geometry(name, value.shape)
+        if self.ranges == "tile" and geo.parts == 1 and geo.row_tiles == 1 and (
+                geo.columns is None or geo.columns >= geo.out):
+            return value.abs().amax()
+        return expand_ranges(self.column_ranges(name, value), geo)
+
+    def tile_indices(self, name: str, shape: Sequence[int]) -> tuple[Tensor, Tensor]:
+        """The row tile of every input unit and the column tile of every output of the
+        weight ``name`` (int32; column tiles numbered across the matrices of a packed
+        weight)."""
+        geo = self.geometry(name, shape)
+        rows = torch.arange(geo.units, dtype=torch.int32) // geo.per_tile
+        part = geo.out // geo.parts
+        width = part if geo.columns is None else min(geo.columns, part)
+        per_part = -(-part // width)
+        outputs = torch.arange(geo.out, dtype=torch.int32)
+        columns = (outputs // part) * per_part + (outputs % part) // width
+        return rows, columns
+
+    def scales(self, values: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Detached ranges of every weight (what device errors are measured against)."""
+        with torch.no_grad():
+            return {name: self.weight_ranges(name, v.detach()) for name, v in values.items()}
+
+    # --- devices ------------------------------------------------------------------------
+
+    def wrap(self, device: Any) -> Any:
+        """``device`` on this crossbar: itself for the default one, else a
+        :class:`MappedDevice` (which the rest of swimkit reads the crossbar from)."""
+        if isinstance(device, MappedDevice):
+            device = device.base
+        return device if self.is_default else MappedDevice(device, self)
+
+
+def crossbar_of(device: Any) -> Crossbar:
+    """The crossbar a device model is mapped on (the default one unless wrapped)."""
+    return device.crossbar if isinstance(device, MappedDevice) else Crossbar()
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _column_maxima(value: Tensor, geo: Geometry) -> Tensor:
+    """max |w| over each column's rows of each row tile: ``(out, T)``."""
+    rows = value.abs().reshape(geo.out, geo.units, geo.unit)
+    padded = geo.row_tiles * geo.per_tile
+    if padded != geo.units:
+        rows = F.pad(rows, (0, 0, 0, padded - geo.units))
+    return rows.reshape(geo.out, geo.row_tiles, geo.per_tile * geo.unit).amax(-1)
+
+
+def _tile_maxima(per_column: Tensor, geo: Geometry) -> Tensor:
+    """``per_column`` maxima reduced over the columns of each tile, shape kept."""
+    part = geo.out // geo.parts
+    width = part if geo.columns is None else min(geo.columns, part)
+    groups = -(-part // width)
+    blocks = per_column.reshape(geo.parts, part, geo.row_tiles)
+    if groups * width != part:
+        blocks = F.pad(blocks, (0, 0, 0, groups * width - part))
+    blocks = blocks.reshape(geo.parts, groups, width, geo.row_tiles)
+    tiled = blocks.amax(2, keepdim=True).expand_as(blocks)
+    return tiled.reshape(geo.parts, groups * width, geo.row_tiles)[:, :part].reshape(
+        geo.out, geo.row_tiles)
+
+
+def expand_ranges(ranges: Tensor, geo: Geometry) -> Tensor:
+    """``(out, T)`` ranges as one per weight, broadcastable to the weight's shape."""
+    trailing = (1,) * (len(geo.shape) - 2)
+    if geo.row_tiles == 1:
+        return ranges.reshape(geo.out, 1, *trailing)
+    rows = ranges.unsqueeze(-1).expand(geo.out, geo.row_tiles, geo.per_tile)
+    rows = rows.reshape(geo.out, -1)[:, :geo.units]
+    return rows.reshape(geo.out, geo.units, *trailing)
+
+
+# --- signed weights on devices -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MappedDevice:
+    """A device model on a :class:`Crossbar`: its ranges, and signed weights as a pair
+    of device sets or with an offset, priced and drawn device by device.
+
+    It follows both device protocols; every variance it returns is of ``dW / s`` with
+    ``s`` the crossbar's range of the weight, like the base model's.
+    """
+
+    base: Any
+    crossbar: Crossbar = field(default_factory=Crossbar)
+
+    # --- settings -------------------------------------------------------------------------
+
+    @property
+    def slicing(self) -> BitSlicing:
+        return self.base.slicing
+
+    @property
+    def sigma(self) -> float:
+        return self.base.sigma
+
+    @property
+    def loop(self) -> Any:
+        return self.base.loop
+
+    @property
+    def prices_by_value(self) -> bool:
+        return bool(self.base.prices_by_value)
+
+    def default_menu(self) -> tuple[float, ...]:
+        return self.base.default_menu()
+
+    def with_sigma(self, sigma: float) -> MappedDevice:
+        return MappedDevice(self.base.with_sigma(sigma), self.crossbar)
+
+    def describe(self) -> dict[str, Any]:
+        return {**self.base.describe(), "crossbar": self.crossbar.describe()}
+
+    # --- the weight as devices hold it ----------------------------------------------------
+
+    def _sides(self, values: Mapping[str, Tensor], scales: Mapping[str, Tensor]
+               ) -> list[tuple[dict[str, Tensor], dict[str, Tensor], float]]:
+        """The device sets holding ``values``: (values, scales, sign) of each, in the
+        base model's terms."""
+        signed = self.crossbar.signed
+        if signed == "pair":
+            plus = {k: v.clamp(min=0) for k, v in values.items()}
+            minus = {k: (-v).clamp(min=0) for k, v in values.items()}
+            return [(plus, dict(scales), 1.0), (minus, dict(scales), -1.0)]
+        if signed == "offset":
+            return [({k: v + scales[k] for k, v in values.items()},
+                     {k: 2 * s for k, s in scales.items()}, 1.0)]
+        return [(dict(values), dict(scales), 1.0)]
+
+    @property
+    def _variance_factor(self) -> float:
+        """Base variances are of dW over the scale they were given: 2 s for an offset."""
+        return 4.0 if self.crossbar.signed == "offset" else 1.0
+
+    def _one(self, value: Tensor, scale: Tensor) -> list[tuple[Tensor, Tensor]]:
+        sides = self._sides({"w": value}, {"w": scale})
+        return [(v["w"], s["w"]) for v, s, _ in sides]
+
+    # --- the noise protocol -----------------------------------------------------------
+
+    def sampler(self, values: Mapping[str, Tensor], scales: Mapping[str, Tensor],
+                plan: Plan | None = None, times: Sequence[float] = (0.0,)) -> Any:
+        parts = [(self.base.sampler(v, s, plan, times), sign)
+                 for v, s, sign in self._sides(values, scales)]
+        if len(parts) == 1:
+            return parts[0][0]
+
+        def draw(generator: torch.Generator | None) -> list[dict[str, Tensor]]:
+            reads = [(sample(generator), sign) for sample, sign in parts]
+            chips = []
+            for index in range(len(reads[0][0])):
+                chips.append({name: sum(sign * read[index][name] for read, sign in reads)
+                              for name in values})
+            return chips
+
+        return draw
+
+    def variance(self, values: Mapping[str, Tensor], scales: Mapping[str, Tensor],
+                 plan: Plan | None = None, time: float = 0.0) -> dict[str, Tensor]:
+        total: dict[str, Tensor] = {}
+        for v, s, _ in self._sides(values, scales):
+            for name, var in self.base.variance(v, s, plan, time).items():
+                total[name] = var if name not in total else total[name] + var
+        return {k: v * self._variance_factor for k, v in total.items()}
+
+    # --- the pricing protocol ---------------------------------------------------------
+
+    def option_variances(self, value: Tensor, scale: Tensor, menu: tuple[float, ...] | None,
+                         time: float = 0.0) -> Tensor:
+        tables = [self.base.option_variances(v, s, menu, time) for v, s in self._one(value, scale)]
+        return _sum_tables(tables) * self._variance_factor
+
+    def option_times(self, value: Tensor, scale: Tensor,
+                     menu: tuple[float, ...] | None) -> Tensor:
+        return _sum_tables([self.base.option_times(v, s, menu)
+                            for v, s in self._one(value, scale)])
+
+    def reference_times(self, values: Mapping[str, Tensor],
+                        scales: Mapping[str, Tensor]) -> tuple[float, float]:
+        full = none = 0.0
+        for v, s, _ in self._sides(values, scales):
+            side_full, side_none = self.base.reference_times(v, s)
+            full, none = full + side_full, none + side_none
+        return full, none
+
+    def programming_report(self, values: Mapping[str, Tensor], scales: Mapping[str, Tensor],
+                           plan: Plan) -> ProgrammingReport:
+        reports = [self.base.programming_report(v, s, plan)
+                   for v, s, _ in self._sides(values, scales)]
+        if len(reports) == 1:
+            return reports[0]
+        spent = sum(r.time_plan_s for r in reports)
+        full = sum(r.time_full_verify_s for r in reports)
+        stuck = [r.stuck_devices_verified for r in reports if r.stuck_devices_verified is not None]
+        lost = [r.time_stuck_s for r in reports if r.time_stuck_s is not None]
+        return ProgrammingReport(
+            time_plan_s=spent, time_full_verify_s=full,
+            time_no_verify_s=sum(r.time_no_verify_s for r in reports), speedup=full / spent,
+            fraction_verified=plan.fraction_verified,
+            devices_fraction_verified=plan.devices_fraction_verified,
+            stuck_devices_verified=sum(stuck) if stuck else None,
+            time_stuck_s=sum(lost) if lost else None)
+
+
+def _sum_tables(tables: list[Tensor]) -> Tensor:
+    """Option tables of the device sets of one weight, added (broadcast to one shape)."""
+    if len(tables) == 1:
+        return tables[0]
+    return torch.stack(torch.broadcast_tensors(*tables)).sum(0)
+
+
+# --- reading a chip through its converters -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Marked:
+    """A device weight tensor the converters know: its geometry and column ranges."""
+
+    name: str
+    geometry: Geometry
+    ranges: Tensor
+    tensor: weakref.ref
+
+
+#: The functional calls the converters take over, by name in torch.nn.functional (with
+#: the number of spatial dimensions of a convolution), and the functions themselves.
+_CALLS = {"linear": 0, "conv1d": 1, "conv2d": 2, "conv3d": 3}
+_PLAIN = {name: getattr(F, name) for name in _CALLS}
+
+
+class AnalogReads:
+    """While open, every linear or convolution call on a marked device weight runs as
+    the crossbar computes it: inputs scaled and through the DAC, partial sums per row
+    tile with output noise and through the ADC, added digitally with each column's range.
+
+    Mark the tensors the layers compute with (:meth:`mark`); output noise comes from
+    :attr:`generator` (set per chip for common random numbers). With gradients enabled,
+    rounding passes gradients straight through (converter-aware training). The calls
+    are taken over where layers make them (``torch.nn.functional.linear`` and
+    ``conv1d/2d/3d``, also inside ``nn.MultiheadAttention``); any other tensor goes to the
+    function as before, and everything is put back on exit.
+    """
+
+    def __init__(self, crossbar: Crossbar) -> None:
+        self.crossbar = crossbar
+        self.generator: torch.Generator | None = None
+        self._marked: dict[int, _Marked] = {}
+        self._saved: dict[str, Any] = {}
+        self._fastpath = True
+
+    def __enter__(self) -> AnalogReads:
+        # nn.MultiheadAttention's fused inference kernel would bypass the projections'
+        # linear calls: its composite path lets their converters act
+        self._fastpath = torch.backends.mha.get_fastpath_enabled()
+        torch.backends.mha.set_fastpath_enabled(False)
+        for name, dims in _CALLS.items():
+            self._saved[name] = getattr(F, name)
+            setattr(F, name, self._takeover(name, dims, self._saved[name]))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for name, function in self._saved.items():
+            setattr(F, name, function)
+        self._saved.clear()
+        torch.backends.mha.set_fastpath_enabled(self._fastpath)
+
+    def _takeover(self, name: str, dims: int, before: Any) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Tensor:
+            weight = args[1] if len(args) > 1 else kwargs.get("weight")
+            hit = self._lookup(weight)
+            if hit is None:
+                return before(*args, **kwargs)
+            return self._analog(dims, hit[0], hit[1], args, kwargs)
+
+        call.__name__ = name
+        return call
+
+    def mark(self, tensor: Tensor, name: str, ranges: Tensor) -> None:
+        """Compute with ``tensor`` (device weight ``name``, column ranges ``(out, T)``)
+        through the crossbar."""
+        geometry = self.crossbar.geometry(name, tensor.shape)
+        self._marked[id(tensor)] = _Marked(name, geometry, ranges, weakref.ref(tensor))
+
+    def clear(self) -> None:
+        self._marked.clear()
+
+    def _lookup(self, weight: Any) -> tuple[_Marked, Tensor] | None:
+        """The marked weight ``weight`` is (or is a block of rows of), with its ranges."""
+        if not isinstance(weight, Tensor):
+            return None
+        found = self._marked.get(id(weight))
+        if found is not None and found.tensor() is weight:
+            return found, found.ranges
+        base = weight._base
+        found = self._marked.get(id(base)) if base is not None else None
+        if found is None or found.tensor() is not base or weight.dim() != base.dim():
+            return None
+        stride = base.stride(0)
+        first = (weight.storage_offset() - base.storage_offset()) // max(stride, 1)
+        if weight.shape[1:] != base.shape[1:] or weight.stride() != base.stride():
+            return None
+        rows = found.ranges[first:first + weight.shape[0]]
+        geometry = self.crossbar.geometry(found.name, weight.shape, packed=False)
+        return _Marked(found.name, geometry, rows, found.tensor), rows
+
+    def _analog(self, dims: int, marked: _Marked, ranges: Tensor, args: tuple,
+                kwargs: dict) -> Tensor:
+        names = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
+        call = dict(zip(names, args, strict=False))
+        call.update(kwargs)
+        x, weight, bias = call.pop("input"), call.pop("weight"), call.pop("bias", None)
+        if dims == 0:
+            return analog_linear(x, weight, bias, marked.geometry, ranges, self)
+        return analog_conv(x, weight, bias, marked.geometry, ranges, self, dims, call)
+
+    # --- the converters ---------------------------------------------------------------
+
+    def dac(self, x: Tensor) -> Tensor:
+        """Inputs in [-1, 1] through the DAC (signed, ``dac_bits``)."""
+        bits = self.crossbar.dac_bits
+        if bits is None:
+            return x
+        steps = 2 ** (bits - 1) - 1
+        return _rounded(x.clamp(-1.0, 1.0) * steps) / steps
+
+    def adc(self, y: Tensor) -> Tensor:
+        """Partial sums with output noise, then through the ADC (``adc_bits`` over
+        +-``adc_range``, clipping)."""
+        xbar = self.crossbar
+        if xbar.output_noise > 0:
+            noise = torch.randn(y.shape, generator=self.generator, device=y.device,
+                                dtype=y.dtype)
+            y = y + xbar.output_noise * noise
+        if xbar.adc_bits is None:
+            return y
+        step = 2 * xbar.adc_range / (2 ** xbar.adc_bits - 2)
+        return (_rounded(y / step) * step).clamp(-xbar.adc_range, xbar.adc_range)
+
+
+def _rounded(x: Tensor) -> Tensor:
+    """round(x); with gradients, passed straight through."""
+    if not x.requires_grad:
+        return torch.round(x)
+    return x + (torch.round(x) - x).detach()
+
+
+_TINY = 1e-30
+
+
+def analog_linear(x: Tensor, weight: Tensor, bias: Tensor | None, geo: Geometry,
+                  ranges: Tensor, reads: AnalogReads) -> Tensor:
+    """``F.linear`` as the crossbar computes it (see :class:`AnalogReads`)."""
+    gain = x.abs().amax(-1, keepdim=True).clamp_min(_TINY)
+    xn = reads.dac(x / gain)
+    wn = weight / expand_ranges(ranges, geo).clamp_min(_TINY)
+    tiles, width = geo.row_tiles, geo.per_tile
+    if tiles == 1:
+        partial = _PLAIN["linear"](xn, wn).unsqueeze(-2)
+    else:
+        pad = tiles * width - geo.units
+        xs = F.pad(xn, (0, pad)).reshape(*xn.shape[:-1], tiles, width)
+        ws = F.pad(wn, (0, pad)).reshape(geo.out, tiles, width)
+        partial = torch.einsum("...tr,otr->...to", xs, ws)
+    y = (reads.adc(partial) * ranges.transpose(0, 1)).sum(-2) * gain
+    return y if bias is None else y + bias
+
+
+def analog_conv(x: Tensor, weight: Tensor, bias: Tensor | None, geo: Geometry,
+                ranges: Tensor, reads: AnalogReads, dims: int, options: dict) -> Tensor:
+    """A convolution as the crossbar computes it, row tiles as groups of input channels."""
+    conv = _PLAIN[f"conv{dims}d"]
+    unbatched = x.dim() == dims + 1
+    if unbatched:
+        x = x.unsqueeze(0)
+    gain = x.abs().flatten(1).amax(1).clamp_min(_TINY).reshape(-1, *([1] * (dims + 1)))
+    xn = reads.dac(x / gain)
+    wn = weight / expand_ranges(ranges, geo).clamp_min(_TINY)
+    tiles, width = geo.row_tiles, geo.per_tile
+    groups = int(options.get("groups", 1))
+    if tiles == 1:
+        partial = conv(xn, wn, None, **options).unsqueeze(1)
+    else:
+        if groups != 1:
+            raise SwimkitError("row tiles of a grouped convolution are not modelled: use "
+                               "tile_rows large enough for one group's inputs")
+        pad = tiles * width - geo.units
+        xs = F.pad(xn, (0,) * (2 * dims) + (0, pad))
+        ws = F.pad(wn, (0,) * (2 * dims) + (0, pad))
+        ws = ws.reshape(geo.out, tiles, width, *ws.shape[2:]).transpose(0, 1)
+        ws = ws.reshape(tiles * geo.out, width, *ws.shape[3:])
+        out = conv(xs, ws, None, **{**options, "groups": tiles})
+        partial = out.reshape(out.shape[0], tiles, geo.out, *out.shape[2:])
+    scale = ranges.transpose(0, 1).reshape(1, tiles, geo.out, *([1] * dims))
+    y = (reads.adc(partial) * scale).sum(1) * gain
+    if bias is not None:
+        y = y + bias.reshape(1, -1, *([1] * dims))
+    return y.squeeze(0) if unbatched else y
+
+
+def mark_weights(reads: AnalogReads, tensors: Mapping[str, Tensor],
+                 clean: Mapping[str, Tensor]) -> None:
+    """Mark ``tensors`` (what the layers compute with) with the column ranges of their
+    ``clean`` values (the ranges the chip was programmed with)."""
+    with torch.no_grad():
+        for name, tensor in tensors.items():
+            ranges = reads.crossbar.column_ranges(name, clean[name].detach())
+            reads.mark(tensor, name, ranges)
+
+
+__all__ = ["PACKED", "RANGES", "SIGNED", "AnalogReads", "Crossbar", "Geometry",
+           "MappedDevice", "analog_conv", "analog_linear", "crossbar_of", "expand_ranges",
+           "mark_weights"]
