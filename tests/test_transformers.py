@@ -211,3 +211,23 @@ def test_map_params_reaches_the_settings_and_only_then_the_cache_keys():
     assert mapped.selection.mapping() == {"exclude": None, "params": ["blocks.*.qkv", "pos"]}
     assert plain.selection.mapping() == {"exclude": None, "params": None}
     assert evaluation_key(plain) != evaluation_key(mapped)
+
+
+def test_noise_training_perturbs_the_weights_on_devices_only():
+    """--exclude keeps a layer digital in training too; --map-params adds a raw parameter."""
+    from swimkit.noise_injection import NoiseInjector
+    from swimkit.training import TrainConfig
+
+    model = RawProjection()
+    config = TrainConfig(sigma_train=0.1)
+    default = NoiseInjector.create(model, config, None)
+    assert set(default.weights) == {"head.weight"}
+    mapped = NoiseInjector.create(model, config, None, params=["proj"], exclude=["head"])
+    assert set(mapped.weights) == {"proj"}
+    assert mapped.describe()["weights"] == {"exclude": ["head"], "params": ["proj"]}
+    with mapped.epoch(1) as redraw:
+        redraw()
+        noisy = model.proj.detach().clone()
+        head = model.head.weight.detach().clone()
+    assert not torch.equal(noisy, model.proj.detach())  # the raw parameter got noise
+    assert torch.equal(head, model.head.weight.detach())  # the excluded layer did not

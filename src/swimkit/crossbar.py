@@ -426,6 +426,7 @@ class AnalogReads:
         self._marked: dict[int, _Marked] = {}
         self._saved: dict[str, Any] = {}
         self._fastpath = True
+        self._normalised: dict[int, tuple[Any, Tensor]] = {}
 
     def __enter__(self) -> AnalogReads:
         # nn.MultiheadAttention's fused inference kernel would bypass the projections'
@@ -462,6 +463,7 @@ class AnalogReads:
 
     def clear(self) -> None:
         self._marked.clear()
+        self._normalised.clear()
 
     def _lookup(self, weight: Any) -> tuple[_Marked, Tensor] | None:
         """The marked weight ``weight`` is (or is a block of rows of), with its ranges."""
@@ -495,25 +497,43 @@ class AnalogReads:
     # --- the converters ---------------------------------------------------------------
 
     def dac(self, x: Tensor) -> Tensor:
-        """Inputs in [-1, 1] through the DAC (signed, ``dac_bits``)."""
+        """Inputs in [-1, 1] through the DAC (signed, ``dac_bits``); ``x`` is the
+        caller's own tensor (written in place when no gradient is taken)."""
         bits = self.crossbar.dac_bits
         if bits is None:
             return x
         steps = 2 ** (bits - 1) - 1
+        if not torch.is_grad_enabled():
+            return x.clamp_(-1.0, 1.0).mul_(steps).round_().div_(steps)
         return _rounded(x.clamp(-1.0, 1.0) * steps) / steps
 
     def adc(self, y: Tensor) -> Tensor:
         """Partial sums with output noise, then through the ADC (``adc_bits`` over
-        +-``adc_range``, clipping)."""
+        +-``adc_range``, clipping); ``y`` is the caller's own tensor."""
         xbar = self.crossbar
+        inplace = not torch.is_grad_enabled()
         if xbar.output_noise > 0:
             noise = torch.randn(y.shape, generator=self.generator, device=y.device,
-                                dtype=y.dtype)
-            y = y + xbar.output_noise * noise
+                                dtype=y.dtype).mul_(xbar.output_noise)
+            y = y.add_(noise) if inplace else y + noise
         if xbar.adc_bits is None:
             return y
         step = 2 * xbar.adc_range / (2 ** xbar.adc_bits - 2)
+        if inplace:
+            return y.div_(step).round_().mul_(step).clamp_(-xbar.adc_range, xbar.adc_range)
         return (_rounded(y / step) * step).clamp(-xbar.adc_range, xbar.adc_range)
+
+    def normalised(self, weight: Tensor, geo: Geometry, ranges: Tensor) -> Tensor:
+        """``weight`` over its ranges (in [-1, 1]); kept while the tensor is unchanged,
+        so a chip's weights are divided once, not once per batch."""
+        if torch.is_grad_enabled() and weight.requires_grad:
+            return weight / expand_ranges(ranges, geo).clamp_min(_TINY)
+        key = (weakref.ref(weight), weight._version, id(ranges))
+        kept = self._normalised.get(id(weight))
+        if kept is None or kept[0] != key:
+            kept = (key, weight / expand_ranges(ranges, geo).clamp_min(_TINY))
+            self._normalised[id(weight)] = kept
+        return kept[1]
 
 
 def _rounded(x: Tensor) -> Tensor:
@@ -526,12 +546,36 @@ def _rounded(x: Tensor) -> Tensor:
 _TINY = 1e-30
 
 
+def _digital(partial: Tensor, ranges: Tensor, gain: Tensor, bias: Tensor | None,
+             dims: int) -> Tensor:
+    """Converted partial sums ``(batch, T, out, *spatial)`` (``dims`` spatial dimensions;
+    a linear layer's are ``(*batch, T, out)``) added over the row tiles with each
+    column's range, times the input gain, plus the bias: the digital periphery."""
+    tiles, out = ranges.shape[1], ranges.shape[0]
+    inplace = not torch.is_grad_enabled()
+    if dims == 0:
+        scale, axis = ranges.transpose(0, 1), -2
+    else:
+        scale, axis = ranges.transpose(0, 1).reshape(1, tiles, out, *([1] * dims)), 1
+    if tiles == 1:
+        y = partial.squeeze(axis)
+        scale = scale.squeeze(axis if dims else 0)
+        y = y.mul_(scale) if inplace else y * scale
+    else:
+        y = (partial.mul_(scale) if inplace else partial * scale).sum(axis)
+    y = y.mul_(gain) if inplace else y * gain
+    if bias is None:
+        return y
+    bias = bias if dims == 0 else bias.reshape(1, -1, *([1] * dims))
+    return y.add_(bias) if inplace else y + bias
+
+
 def analog_linear(x: Tensor, weight: Tensor, bias: Tensor | None, geo: Geometry,
                   ranges: Tensor, reads: AnalogReads) -> Tensor:
     """``F.linear`` as the crossbar computes it (see :class:`AnalogReads`)."""
-    gain = x.abs().amax(-1, keepdim=True).clamp_min(_TINY)
+    gain = x.abs().amax(-1, keepdim=True).clamp_min_(_TINY)
     xn = reads.dac(x / gain)
-    wn = weight / expand_ranges(ranges, geo).clamp_min(_TINY)
+    wn = reads.normalised(weight, geo, ranges)
     tiles, width = geo.row_tiles, geo.per_tile
     if tiles == 1:
         partial = _PLAIN["linear"](xn, wn).unsqueeze(-2)
@@ -540,8 +584,7 @@ def analog_linear(x: Tensor, weight: Tensor, bias: Tensor | None, geo: Geometry,
         xs = F.pad(xn, (0, pad)).reshape(*xn.shape[:-1], tiles, width)
         ws = F.pad(wn, (0, pad)).reshape(geo.out, tiles, width)
         partial = torch.einsum("...tr,otr->...to", xs, ws)
-    y = (reads.adc(partial) * ranges.transpose(0, 1)).sum(-2) * gain
-    return y if bias is None else y + bias
+    return _digital(reads.adc(partial), ranges, gain, bias, 0)
 
 
 def analog_conv(x: Tensor, weight: Tensor, bias: Tensor | None, geo: Geometry,
@@ -551,15 +594,14 @@ def analog_conv(x: Tensor, weight: Tensor, bias: Tensor | None, geo: Geometry,
     unbatched = x.dim() == dims + 1
     if unbatched:
         x = x.unsqueeze(0)
-    gain = x.abs().flatten(1).amax(1).clamp_min(_TINY).reshape(-1, *([1] * (dims + 1)))
+    gain = x.abs().flatten(1).amax(1).clamp_min_(_TINY).reshape(-1, *([1] * (dims + 1)))
     xn = reads.dac(x / gain)
-    wn = weight / expand_ranges(ranges, geo).clamp_min(_TINY)
+    wn = reads.normalised(weight, geo, ranges)
     tiles, width = geo.row_tiles, geo.per_tile
-    groups = int(options.get("groups", 1))
     if tiles == 1:
         partial = conv(xn, wn, None, **options).unsqueeze(1)
     else:
-        if groups != 1:
+        if int(options.get("groups", 1)) != 1:
             raise SwimkitError("row tiles of a grouped convolution are not modelled: use "
                                "tile_rows large enough for one group's inputs")
         pad = tiles * width - geo.units
@@ -569,10 +611,7 @@ def analog_conv(x: Tensor, weight: Tensor, bias: Tensor | None, geo: Geometry,
         ws = ws.reshape(tiles * geo.out, width, *ws.shape[3:])
         out = conv(xs, ws, None, **{**options, "groups": tiles})
         partial = out.reshape(out.shape[0], tiles, geo.out, *out.shape[2:])
-    scale = ranges.transpose(0, 1).reshape(1, tiles, geo.out, *([1] * dims))
-    y = (reads.adc(partial) * scale).sum(1) * gain
-    if bias is not None:
-        y = y + bias.reshape(1, -1, *([1] * dims))
+    y = _digital(reads.adc(partial), ranges, gain, bias, dims)
     return y.squeeze(0) if unbatched else y
 
 

@@ -11,7 +11,7 @@ model trained for the drifted device). Epoch e's noise comes from a generator se
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -44,7 +44,8 @@ class NoiseInjector:
 
     def __init__(self, model: nn.Module, noise_model: NoiseModel, seed: int,
                  plan: Plan | None = None, scale_aware: bool = False,
-                 noise_time: float = 0.0) -> None:
+                 noise_time: float = 0.0, exclude: Sequence[str] | None = None,
+                 params: Sequence[str] | None = None) -> None:
         self.model = model
         self.noise_model = noise_model
         self.seed = seed
@@ -52,18 +53,23 @@ class NoiseInjector:
         self.scale_aware = scale_aware
         self.noise_time = float(noise_time)
         self.weights: dict[str, DeviceWeight] = (
-            plan.weights_in(model) if plan is not None else device_weights(model))
+            plan.weights_in(model) if plan is not None
+            else device_weights(model, exclude=exclude, params=params))
+        self.mapped = {"exclude": list(exclude or []), "params": list(params or [])}
 
     @classmethod
     def create(
         cls, model: nn.Module, config: TrainConfig, noise_model: NoiseModel | None,
-        plan: Plan | None = None,
+        plan: Plan | None = None, exclude: Sequence[str] | None = None,
+        params: Sequence[str] | None = None,
     ) -> NoiseInjector | None:
         """The injector of ``config`` / ``noise_model``, or None for clean training.
 
         ``sigma_train`` > 0 trains with ``noise_model`` (default: the Gaussian model) at
         plain-write sigma ``sigma_train`` (its ``with_sigma``); a ``noise_model`` with
-        ``sigma_train`` 0 is used as it is. The noise is read at ``config.noise_time``.
+        ``sigma_train`` 0 is used as it is. The noise is read at ``config.noise_time``,
+        on the device weights ``exclude`` / ``params`` choose (as
+        :func:`~swimkit.device_weights` does; a plan names its own).
         """
         if noise_model is None and config.sigma_train <= 0:
             return None
@@ -71,7 +77,8 @@ class NoiseInjector:
                                    "noise_model")
         if config.sigma_train > 0:
             base = base.with_sigma(float(config.sigma_train))
-        return cls(model, base, config.seed, plan, config.scale_aware, config.noise_time)
+        return cls(model, base, config.seed, plan, config.scale_aware, config.noise_time,
+                   exclude, params)
 
     def describe(self) -> dict[str, Any]:
         """The noise, for the checkpoint (a resumed run must train under the same noise)."""
@@ -83,6 +90,8 @@ class NoiseInjector:
                "scale_aware": self.scale_aware}
         if self.noise_time:
             out["time_s"] = self.noise_time
+        if any(self.mapped.values()):
+            out["weights"] = self.mapped
         return out
 
     @contextlib.contextmanager

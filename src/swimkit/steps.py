@@ -165,7 +165,7 @@ def train_model(settings: Settings, plan_file: str | None = None, *, resume: boo
     out = settings.out_dir / ("finetune" if plan is not None else "train")
     return train(model, dataset, t, model_name=settings.model.name, checkpoint_dir=out,
                  resume=resume, progress=progress, log=log, device=settings.torch_device(),
-                 noise_model=noise, plan=plan)
+                 noise_model=noise, plan=plan, **settings.selection.mapping())
 
 
 def sensitivity_of_checkpoint(settings: Settings, *, log: Log = quiet,

@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -266,6 +266,8 @@ def train(
     noise_model: NoiseModel | None = None,
     plan: Plan | None = None,
     threads: int | None = None,
+    exclude: Sequence[str] | None = None,
+    params: Sequence[str] | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``dataset`` with ``config``; checkpoint and resume in a folder.
 
@@ -278,6 +280,8 @@ def train(
     with sigma_train 0, any ``noise_model`` (:class:`~swimkit.devices.NoiseModel`) is
     used as it is. ``plan`` draws the noise of
     that write-verify plan (plan-aware fine-tuning: verified devices get their residual).
+    ``exclude`` / ``params`` choose the weights on devices, which noise injection and
+    clipping act on (as :func:`~swimkit.device_weights` does; a plan names its own).
     Training runs on ``threads`` torch threads (default :func:`machine_threads`, whatever
     the environment set, e.g. torchrun's one thread per process), since CPU arithmetic
     depends on the thread count: the trained model is the same on any number of
@@ -292,8 +296,8 @@ def train(
     model.to(where)
     name = model_name or type(model).__name__
     settings = {"model_name": _canonical(name), **_resolve(config, model, model_name)}
-    noise = NoiseInjector.create(model, config, noise_model, plan)
-    clipping = _clipping(model, config, noise, plan)
+    noise = NoiseInjector.create(model, config, noise_model, plan, exclude, params)
+    clipping = _clipping(model, config, noise, plan, exclude, params)
     settings.update(
         batch_size=config.batch_size,
         sigma_train=float(config.sigma_train),
@@ -399,13 +403,15 @@ def _train_epoch(
 
 
 def _clipping(model: nn.Module, config: TrainConfig, noise: NoiseInjector | None,
-              plan: Plan | None) -> WeightClipping | None:
+              plan: Plan | None, exclude: Sequence[str] | None,
+              params: Sequence[str] | None) -> WeightClipping | None:
     """The weight clipping of ``config`` on the device weights noise training perturbs
     (None without clipping)."""
     if not config.clips:
         return None
     weights = noise.weights if noise is not None else (
-        plan.weights_in(model) if plan is not None else device_weights(model))
+        plan.weights_in(model) if plan is not None
+        else device_weights(model, exclude=exclude, params=params))
     return WeightClipping(weights, config.clip_sigma, config.clip_per, config.learn_ranges)
 
 

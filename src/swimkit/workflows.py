@@ -85,11 +85,15 @@ def train_folder(sigma_train: float, scale_aware: bool, tag: str = "") -> str:
 
 def training_tag(settings: Settings, sigma_train: float) -> str:
     """What else decides a trained model: clipping, learned ranges and, for noise
-    training, a crossbar other than the idealised one (as a short digest)."""
+    training or clipping, the weights on devices (--exclude, --map-params) and a
+    crossbar other than the idealised one (each as a short digest)."""
     t = settings.train
     parts = [f"clip{t.clip_sigma:g}"] if t.clip_sigma is not None else []
     parts += ["learned-ranges"] if t.learn_ranges else []
     parts += ["per-channel"] if t.clips and t.clip_per == "channel" else []
+    if (sigma_train > 0 or t.clips) and any(settings.selection.mapping().values()):
+        text = json.dumps(settings.selection.mapping(), sort_keys=True)
+        parts.append("weights-" + hashlib.sha256(text.encode()).hexdigest()[:8])
     crossbar = crossbar_of(settings.device_model)
     if sigma_train > 0 and not crossbar.is_default:
         text = json.dumps(crossbar.describe(), sort_keys=True)
@@ -157,7 +161,7 @@ def _train(ctx: Context, folder: Path, sigma_train: float, scale_aware: bool) ->
     config = replace(s.train, sigma_train=sigma_train, scale_aware=scale_aware)
     train(model, ctx.dataset, config, model_name=s.model.name, checkpoint_dir=folder,
           progress=ctx.progress, log=ctx.log, device=s.torch_device(),
-          noise_model=s.device_model if sigma_train > 0 else None)
+          noise_model=s.device_model if sigma_train > 0 else None, **s.selection.mapping())
 
 
 def _check_training_folder(folder: Path, key: dict[str, Any]) -> None:
