@@ -30,6 +30,7 @@ def _tiles_by_loops(w: torch.Tensor, rows: int, columns: int) -> torch.Tensor:
 
 
 def test_default_crossbar_is_the_idealised_chip_bit_for_bit():
+    assert swimkit.Crossbar is Crossbar
     device = swimkit.DeviceModel()
     assert Crossbar().wrap(device) is device
     values = {"a": torch.randn(5, 7), "b": torch.randn(3, 2, 3, 3)}

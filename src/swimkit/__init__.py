@@ -11,6 +11,7 @@ and device models (:func:`register_device_model`), which follow the protocols of
 """
 
 from . import data, devices, models, programming, variation
+from .crossbar import Crossbar
 from .data import load_dataset, register_dataset
 from .devices import DeviceModel, NoiseModel, build_device_model, register_device_model
 from .errors import SwimkitError
@@ -31,6 +32,7 @@ __version__ = "0.2.0"
 __all__ = [
     "BandVariation",
     "BitSlicing",
+    "Crossbar",
     "DeviceModel",
     "DeviceWeight",
     "FakeQuantize",
