@@ -13,7 +13,10 @@ Two ways to train ranges down, alone or with scale-aware noise injection:
   PACT), and after every step the weights are clamped to +-a, so the trained model is
   a plain model whose range is at most a. Started at k std with ``clip_sigma``,
   else at max|W|. With scale-aware noise the injected error grows with a, which pulls a
-  down while the clipped weights pull it up.
+  down while the clipped weights pull it up. a is learned as log a, at a tenth of the
+  weights' learning rate (:data:`RANGE_LR_FACTOR`): an adaptive optimizer moves every
+  parameter by about its learning rate per step, which would move a range far faster
+  than the weights it bounds.
 
 The ranges a are saved with each checkpoint, so a resumed run goes on bit for bit.
 """
@@ -32,6 +35,9 @@ from .errors import require
 from .mapping import DeviceWeight, attached
 
 CLIP_PER = ("tensor", "channel")
+
+#: Learning rate of the log ranges, as a share of the weights' learning rate.
+RANGE_LR_FACTOR = 0.1
 
 
 def _stored(weight: DeviceWeight) -> Tensor:
@@ -69,7 +75,7 @@ class _Clamp(nn.Module):
         self.bound = bound
 
     def forward(self, weight: Tensor) -> Tensor:
-        bound = self.bound.abs()
+        bound = self.bound.exp()
         over = (weight.abs() >= bound).detach()
         clipped = torch.sign(weight).detach() * bound + (weight - weight.detach())
         return torch.where(over, clipped, weight)
@@ -93,12 +99,16 @@ class WeightClipping:
                 for name, w in self.weights.items():
                     value = w.value.detach()
                     start = sigmas * _spread(value, per) if sigmas else _maximum(value, per)
-                    self.bounds[name] = nn.Parameter(start.clone())
+                    self.bounds[name] = nn.Parameter(start.clamp_min(1e-12).log())
             self.clip()
 
     def parameters(self) -> list[nn.Parameter]:
-        """The learnable ranges, for the optimizer."""
+        """The learnable ranges (their logarithms), for the optimizer."""
         return list(self.bounds.values())
+
+    def ranges(self) -> dict[str, Tensor]:
+        """The learned ranges a."""
+        return {name: bound.detach().exp() for name, bound in self.bounds.items()}
 
     def describe(self) -> dict[str, Any]:
         return {"clip_sigma": self.sigmas, "clip_per": self.per, "learn_ranges": self.learn}
@@ -109,7 +119,7 @@ class WeightClipping:
         for name, w in self.weights.items():
             stored = _stored(w)
             if self.learn:
-                bound = self.bounds[name].abs()
+                bound = self.bounds[name].exp()
             else:
                 bound = self.sigmas * _spread(stored, self.per)
             stored.copy_(torch.maximum(torch.minimum(stored, bound), -bound))
@@ -125,14 +135,15 @@ class WeightClipping:
             yield
 
     def state_dict(self) -> dict[str, Tensor]:
-        return {name: bound.detach().clone() for name, bound in self.bounds.items()}
+        """The learned ranges a, for a checkpoint."""
+        return self.ranges()
 
     def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
         require(set(state) == set(self.bounds), "the checkpoint's learned ranges name other "
                 "weights than this run's")
         with torch.no_grad():
             for name, bound in self.bounds.items():
-                bound.copy_(state[name])
+                bound.copy_(state[name].clamp_min(1e-12).log())
 
 
-__all__ = ["CLIP_PER", "WeightClipping"]
+__all__ = ["CLIP_PER", "RANGE_LR_FACTOR", "WeightClipping"]

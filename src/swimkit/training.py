@@ -31,7 +31,7 @@ from torch.optim import SGD, Adam, Optimizer
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
 from .checkpoints import save_checkpoint
-from .clipping import CLIP_PER, WeightClipping
+from .clipping import CLIP_PER, RANGE_LR_FACTOR, WeightClipping
 from .data import Batches, Dataset, Split, preload
 from .devices import NoiseModel
 from .errors import SwimkitError, is_number, require
@@ -199,7 +199,8 @@ def make_optimizer(
     The cosine schedule is ``lr * (1 + cos(pi * e / epochs)) / 2`` at epoch e (0-based),
     as ``CosineAnnealingLR(T_max=epochs)``, but in closed form, so a finished run
     resumed with more epochs follows the longer schedule from where it stands.
-    Learned clipping ``ranges`` train in a group of their own, without weight decay.
+    Learned clipping ``ranges`` train in a group of their own, without weight decay, at
+    :data:`~swimkit.clipping.RANGE_LR_FACTOR` times the learning rate.
     """
     config.validate()
     settings = _resolve(config, model, model_name)
@@ -207,7 +208,8 @@ def make_optimizer(
     require(len(params) > 0, f"{type(model).__name__} has no trainable parameters")
     groups: list[dict[str, Any]] = [{"params": params}]
     if ranges:
-        groups.append({"params": ranges, "weight_decay": 0.0})
+        groups.append({"params": ranges, "weight_decay": 0.0,
+                       "lr": settings["lr"] * RANGE_LR_FACTOR})
     if settings["optimizer"] == "sgd":
         optimizer: Optimizer = SGD(
             groups,
