@@ -573,7 +573,7 @@ def _digital(partial: Tensor, ranges: Tensor, gain: Tensor, bias: Tensor | None,
 def analog_linear(x: Tensor, weight: Tensor, bias: Tensor | None, geo: Geometry,
                   ranges: Tensor, reads: AnalogReads) -> Tensor:
     """``F.linear`` as the crossbar computes it (see :class:`AnalogReads`)."""
-    gain = x.abs().amax(-1, keepdim=True).clamp_min_(_TINY)
+    gain = x.abs().amax(-1, keepdim=True).clamp_min(_TINY)
     xn = reads.dac(x / gain)
     wn = reads.normalised(weight, geo, ranges)
     tiles, width = geo.row_tiles, geo.per_tile
@@ -594,7 +594,7 @@ def analog_conv(x: Tensor, weight: Tensor, bias: Tensor | None, geo: Geometry,
     unbatched = x.dim() == dims + 1
     if unbatched:
         x = x.unsqueeze(0)
-    gain = x.abs().flatten(1).amax(1).clamp_min_(_TINY).reshape(-1, *([1] * (dims + 1)))
+    gain = x.abs().flatten(1).amax(1).clamp_min(_TINY).reshape(-1, *([1] * (dims + 1)))
     xn = reads.dac(x / gain)
     wn = reads.normalised(weight, geo, ranges)
     tiles, width = geo.row_tiles, geo.per_tile
