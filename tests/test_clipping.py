@@ -83,3 +83,17 @@ def test_clip_options_that_would_not_act_are_refused():
         TrainConfig(clip_per="channel")
     with pytest.raises(SwimkitError, match="clip_sigma must be"):
         TrainConfig(clip_sigma=0.0)
+
+
+def test_clean_training_on_a_crossbar_with_converters_trains_through_them():
+    from swimkit.steps import training_noise
+
+    device = swimkit.DeviceModel()
+    assert training_noise(device, 0.0) is None
+    assert training_noise(Crossbar(ranges="column").wrap(device), 0.0) is None
+    converting = Crossbar(adc_bits=3, adc_range=1.0).wrap(device)
+    through = training_noise(converting, 0.0)
+    assert through.sigma == 0.0 and through.crossbar == converting.crossbar
+    clean = fit(epochs=1)
+    quantized = fit(epochs=1, noise_model=through)
+    assert quantized.history[0]["train_loss"] != clean.history[0]["train_loss"]

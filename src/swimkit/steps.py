@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 from torch import nn
@@ -18,6 +19,7 @@ from torch import nn
 from . import data as data_mod
 from .checkpoints import load_checkpoint
 from .chips import evaluation_batch_size
+from .crossbar import crossbar_of
 from .errors import SwimkitError
 from .models import build_model, model_info
 from .montecarlo import MCResult, accuracy, evaluate
@@ -143,6 +145,17 @@ def monte_carlo(model: nn.Module, batches: list, plan: Plan | Verify, settings: 
 # --- the separate steps ---------------------------------------------------------------------
 
 
+def training_noise(device_model: Any, sigma_train: float, plan: Plan | None = None) -> Any:
+    """What training draws its device errors from: the device model for noise training
+    (or a plan's noise); without, on a crossbar with converters or output noise, the same
+    crossbar at sigma 0 (trained through them, without weight errors); else nothing."""
+    if plan is not None or sigma_train > 0:
+        return device_model
+    if crossbar_of(device_model).converts:
+        return device_model.with_sigma(0.0)
+    return None
+
+
 def train_model(settings: Settings, plan_file: str | None = None, *, resume: bool = True,
                 log: Log = quiet, progress: bool = False) -> TrainResult:
     """Train the settings' model (into OUT/train), or with ``plan_file`` fine-tune the
@@ -161,7 +174,11 @@ def train_model(settings: Settings, plan_file: str | None = None, *, resume: boo
     if plan is None and not t.sigma_train and (t.scale_aware or t.noise_time):
         raise SwimkitError("--scale-aware and --noise-time shape noise-injection training: "
                            "give --sigma-train > 0 (or --plan), or drop them")
-    noise = settings.device_model if plan is not None or t.sigma_train else None
+    crossbar = crossbar_of(settings.device_model)
+    if plan is None and not t.sigma_train and not crossbar.is_default and not crossbar.converts:
+        raise SwimkitError("--tile, --ranges and --signed shape the device errors of "
+                           "noise-injection training: give --sigma-train > 0, or drop them")
+    noise = training_noise(settings.device_model, t.sigma_train, plan)
     out = settings.out_dir / ("finetune" if plan is not None else "train")
     return train(model, dataset, t, model_name=settings.model.name, checkpoint_dir=out,
                  resume=resume, progress=progress, log=log, device=settings.torch_device(),

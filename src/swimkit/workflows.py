@@ -49,6 +49,7 @@ from .steps import (
     prepare,
     quiet,
     sensitivity_pass,
+    training_noise,
 )
 from .storage import atomic_write_json, folder_lock
 
@@ -95,7 +96,7 @@ def training_tag(settings: Settings, sigma_train: float) -> str:
         text = json.dumps(settings.selection.mapping(), sort_keys=True)
         parts.append("weights-" + hashlib.sha256(text.encode()).hexdigest()[:8])
     crossbar = crossbar_of(settings.device_model)
-    if sigma_train > 0 and not crossbar.is_default:
+    if (sigma_train > 0 or crossbar.converts) and not crossbar.is_default:
         text = json.dumps(crossbar.describe(), sort_keys=True)
         parts.append("crossbar-" + hashlib.sha256(text.encode()).hexdigest()[:8])
     return "".join(f"-{p}" for p in parts)
@@ -161,7 +162,7 @@ def _train(ctx: Context, folder: Path, sigma_train: float, scale_aware: bool) ->
     config = replace(s.train, sigma_train=sigma_train, scale_aware=scale_aware)
     train(model, ctx.dataset, config, model_name=s.model.name, checkpoint_dir=folder,
           progress=ctx.progress, log=ctx.log, device=s.torch_device(),
-          noise_model=s.device_model if sigma_train > 0 else None, **s.selection.mapping())
+          noise_model=training_noise(s.device_model, sigma_train), **s.selection.mapping())
 
 
 def _check_training_folder(folder: Path, key: dict[str, Any]) -> None:
