@@ -1,7 +1,7 @@
 """Rules of normalisation layers in eval mode.
 
 batch norm: y = (x - mean) * gamma / sqrt(var + eps) + beta, a per-channel scale, so
-S_x = S_y * (gamma / sqrt(var + eps))^2.
+S_x = S_y * (gamma / sqrt(var + eps))^2 (and g_x = g_y * gamma / sqrt(var + eps)).
 
 layer norm over the last n features: y_k = gamma_k (x_k - mu) / sigma + beta_k has the
 dense Jacobian J_ki = gamma_k / sigma (delta_ki - 1/n - xh_k xh_i / n), xh = (x - mu) /
@@ -10,6 +10,8 @@ with u_k = gamma_k^2 S_y,k / sigma^2,
 
     S_x,i = u_i (1 - 2/n - 2 xh_i^2 / n)
             + (sum_k u_k + 2 xh_i sum_k u_k xh_k + xh_i^2 sum_k u_k xh_k^2) / n^2.
+
+Its gradient, with d = gamma g_y: g_x = (d - mean(d) - xh mean(d xh)) / sigma.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .context import RuleContext, SValue, unsupported
-from .registry import register_rule
+from .registry import register_own
 
 
 def _batch_norm_scale(ctx: RuleContext) -> Tensor:
@@ -42,9 +44,10 @@ def _batch_norm_scale(ctx: RuleContext) -> Tensor:
 
 
 def batch_norm_rule(ctx: RuleContext, s: Tensor) -> dict[fx.Node, SValue]:
-    scale = _batch_norm_scale(ctx).detach()
-    shape = [1, -1] + [1] * (s.dim() - 2)
-    return ctx.to_input(ctx.scaled(s, scale.square().reshape(shape)))
+    scale = _batch_norm_scale(ctx).detach().reshape([1, -1] + [1] * (s.dim() - 2))
+    if ctx.grad is not None:
+        ctx.send_grad(ctx.to_input(ctx.scaled(ctx.grad, scale)))
+    return ctx.to_input(ctx.scaled(s, scale.square()))
 
 
 def layer_norm_rule(ctx: RuleContext, s: Tensor) -> dict[fx.Node, SValue]:
@@ -67,10 +70,13 @@ def layer_norm_rule(ctx: RuleContext, s: Tensor) -> dict[fx.Node, SValue]:
     second = (u * xh.square()).sum(dim=dims, keepdim=True)
     s_x = u * (1 - 2 / n - 2 * xh.square() / n) + (total + 2 * xh * first
                                                     + xh.square() * second) / n**2
+    if ctx.grad is not None:
+        d = ctx.grad * weight.detach() if weight is not None else ctx.grad
+        g_x = (d - d.mean(dim=dims, keepdim=True)
+               - xh * (d * xh).mean(dim=dims, keepdim=True)) * inv
+        ctx.send_grad(ctx.to_input(g_x))
     return ctx.to_input(s_x)
 
 
-register_rule(nn.modules.batchnorm._BatchNorm, batch_norm_rule, writes_in_place=True)
-register_rule(F.batch_norm, batch_norm_rule, writes_in_place=True)
-register_rule(nn.LayerNorm, layer_norm_rule, writes_in_place=True)
-register_rule(F.layer_norm, layer_norm_rule, writes_in_place=True)
+register_own(batch_norm_rule, nn.modules.batchnorm._BatchNorm, F.batch_norm)
+register_own(layer_norm_rule, nn.LayerNorm, F.layer_norm)
