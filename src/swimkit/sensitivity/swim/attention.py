@@ -355,4 +355,4 @@ register_own(log_softmax_rule, nn.LogSoftmax, F.log_softmax, torch.log_softmax, 
 register_own(sdpa_rule, F.scaled_dot_product_attention)
 register_own(mha_rule, nn.MultiheadAttention)
 register_own(vjp_rule, "masked_fill", torch.masked_fill, torch.roll, "roll", "type_as", "to",
-             "float")
+             "float", local_graph=True)

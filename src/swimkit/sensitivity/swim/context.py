@@ -147,17 +147,20 @@ class RuleContext:
 
         Exact as a squared-Jacobian backward for ops whose Jacobian entries are 0 or 1
         (reshapes, selections, max-pooling) or a constant c (give ``scale`` = c^2 / c = c
-        of the VJP input). The op is re-executed on its recorded inputs under a local
-        autograd graph, so the pass needs no graph of the whole model. When the sweep
+        of the VJP input). It runs through the op's own autograd graph: recorded in the
+        forward for a rule registered with ``local_graph=True`` (or part of the whole
+        forward's, when autograd recorded that), else made by running the op again on
+        its recorded inputs; the pass needs no graph of the whole model. When the sweep
         carries the gradient, the gradient's VJP (without ``scale``) is sent on from the
-        same local graph.
+        same graph.
         """
-        nodes = [n for n in dict.fromkeys(self.node.all_input_nodes)
-                 if self.needs(n) and isinstance(self._run.env[n], Tensor)
-                 and self._run.env[n].is_floating_point()]
+        s_scaled = s if scale is None or isinstance(s, dict) else s * scale
+        leaves = self._run.leaves.get(self.node)
+        if leaves is not None:  # the op's own graph, recorded in the forward
+            return self._pull_both(self._run.env[self.node], leaves, s_scaled, retain=True)
+        nodes = self._run.vjp_inputs(self.node)
         if not nodes:
             return {}
-        s_scaled = s if scale is None or isinstance(s, dict) else s * scale
         recorded = self._recorded_vjp(nodes, s_scaled)
         if recorded is not None:
             if self.grad is not None:
@@ -166,9 +169,14 @@ class RuleContext:
         with torch.enable_grad():
             leaves = {n: self._run.env[n].detach().requires_grad_(True) for n in nodes}
             out = self._run.call(self.node, leaves)
-            result = _pull(out, leaves, s_scaled, retain=self.grad is not None)
-            if self.grad is not None:
-                self.send_grad(_pull(out, leaves, self.grad, retain=False))
+            return self._pull_both(out, leaves, s_scaled, retain=False)
+
+    def _pull_both(self, out: Any, leaves: dict[fx.Node, Tensor], s: SValue,
+                   retain: bool) -> dict[fx.Node, SValue]:
+        """The VJP of ``s`` from ``out`` to ``leaves``; the gradient's sent on too."""
+        result = _pull(out, leaves, s, retain=retain or self.grad is not None)
+        if self.grad is not None:
+            self.send_grad(_pull(out, leaves, self.grad, retain=retain))
         return result
 
     def _recorded_vjp(self, nodes: list[fx.Node], flow: SValue) -> dict[fx.Node, SValue] | None:

@@ -260,13 +260,17 @@ class CurvaturePass:
         self.rules = check_rules(on_path, model)
         #: every rule on the path carries the gradient: one sweep gives S and g
         self.carries_gradient = all(entry.gradient for entry in self.rules.values())
+        self._local = {node for node, entry in self.rules.items() if entry.local_graph}
         self.env: dict[fx.Node, Any] = {}
+        #: the leaves of the local autograd graphs recorded in the forward, by node
+        self.leaves: dict[fx.Node, dict[fx.Node, Tensor]] = {}
         self.h: dict[str, Tensor] = {}
         self.g: dict[str, Tensor] = {}
         self._scratch: dict[tuple, Tensor] = {}
         self._squares: dict[int, tuple[Tensor, int, Tensor]] = {}
         self.pending: dict[fx.Node, SValue] = {}
         self.pending_grad: dict[fx.Node, SValue] = {}
+        self.grad_left: dict[fx.Node, SValue] = {}
         # memory this pass must not write: the seeds', and S from rules registered outside
         self._kept: set[int] = set()
         self.output_node = graph.output_node().args[0]
@@ -312,7 +316,7 @@ class CurvaturePass:
         return found[2]
 
     def forward(self, x: Tensor) -> Tensor:
-        self.env = {}
+        self.env, self.leaves = {}, {}
         self._squares = {k: v for k, v in self._squares.items()
                          if isinstance(v[0], nn.Parameter)}
         output = None
@@ -323,9 +327,29 @@ class CurvaturePass:
                 self.env[node] = _fetch_attr(self.model, str(node.target))
             elif node.op == "output":
                 output = fx.node.map_arg(node.args[0], self.value)
+            elif node in self._local and not torch.is_grad_enabled():
+                self.env[node] = self._recorded(node)
             else:
                 self.env[node] = self.call(node)
         return require_logits(output)
+
+    def vjp_inputs(self, node: fx.Node) -> list[fx.Node]:
+        """The inputs of ``node`` a VJP reaches: floating tensors that need S."""
+        return [n for n in dict.fromkeys(node.all_input_nodes)
+                if self.needs(n) and isinstance(self.env[n], Tensor)
+                and self.env[n].is_floating_point()]
+
+    def _recorded(self, node: fx.Node) -> Any:
+        """Run ``node`` under an autograd graph of its own, from leaves of the inputs its
+        VJP reaches (kept in :attr:`leaves` until the backward is past it)."""
+        inputs = self.vjp_inputs(node)
+        if not inputs:
+            return self.call(node)
+        with torch.enable_grad():
+            leaves = {n: self.env[n].detach().requires_grad_(True) for n in inputs}
+            out = self.call(node, leaves)
+        self.leaves[node] = leaves
+        return out
 
     def call(self, node: fx.Node, replace: Mapping[fx.Node, Tensor] | None = None) -> Any:
         """Execute ``node`` on the recorded values (or on ``replace`` for some inputs),
@@ -349,9 +373,10 @@ class CurvaturePass:
         """Propagate S (and the gradient ``g_logits``, when given) from the logits,
         freeing each value once no rule needs it.
 
-        Returns the S left at inputs and attributes; the gradient reaching a device
-        weight's attribute is added to its g. The seeds are the caller's: never written
-        into; nor is what a rule registered from outside swimkit returns (it may keep it).
+        Returns the S left at inputs and attributes (the gradient left there is in
+        :attr:`grad_left`); the gradient reaching a device weight's attribute is added to
+        its g. The seeds are the caller's: never written into; nor is what a rule
+        registered from outside swimkit returns (it may keep it).
         """
         if g_logits is not None and not self.carries_gradient:
             raise SwimkitError("a rule of this graph does not carry the gradient: take g "
@@ -367,8 +392,10 @@ class CurvaturePass:
                             self._apply(node, self.pending.pop(node),
                                         self.pending_grad.pop(node, None))
                         self.env.pop(node, None)
+                        self.leaves.pop(node, None)
                     elif node.op == "get_attr" and node in self.pending_grad:
                         self._weight_grad(node, self.pending_grad.pop(node))
+            self.grad_left = self.pending_grad
             return self.pending
         finally:
             self.pending, self.pending_grad, self._kept = {}, {}, set()

@@ -85,7 +85,8 @@ def _pool_nd(dims: int, x: Tensor, params: dict, divisor: int | None) -> Tensor:
 
 register_own(vjp_rule, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d,
              nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, F.max_pool1d, F.max_pool2d,
-             F.max_pool3d, F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d)
+             F.max_pool3d, F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d,
+             local_graph=True)
 register_own(avg_pool_rule, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, F.avg_pool1d,
-             F.avg_pool2d, F.avg_pool3d)
-register_own(adaptive_avg_pool_rule, *_ADAPTIVE_DIMS)
+             F.avg_pool2d, F.avg_pool3d, local_graph=True)
+register_own(adaptive_avg_pool_rule, *_ADAPTIVE_DIMS, local_graph=True)

@@ -16,6 +16,9 @@ written afterwards, so a rule may keep it. ``gradient=True`` says that the rule 
 the gradient too (``ctx.grad``, ``ctx.send_grad``, ``ctx.accumulate_grad``; swimkit's own
 rules and every ``register_elementwise`` rule do): when every rule of a model's graph
 does, g comes from the same sweep as S; else from autograd, as a separate backward.
+``local_graph=True`` says that the rule takes the op's VJP (``ctx.vjp``): the forward
+then records the op's own autograd graph, so the VJP reuses what the op saved (a
+max-pool's indices) instead of running the op again.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ class RuleEntry(Entry):
     rule: Rule | None = None
     writes_in_place: bool = False
     gradient: bool = False
+    local_graph: bool = False
 
     @property
     def kind(self) -> str:
@@ -83,19 +87,21 @@ def _check_target(target: object) -> None:
 
 
 def register_rule(target: Target, rule: Rule, *, replace: bool = False,
-                  writes_in_place: bool = False, gradient: bool = False) -> RuleEntry:
+                  writes_in_place: bool = False, gradient: bool = False,
+                  local_graph: bool = False) -> RuleEntry:
     """Use ``rule(ctx, s)`` for ``target``: a module type, a function or a method name.
 
     A target that has a rule already keeps it unless ``replace`` (say it, and it is done).
-    ``writes_in_place`` and ``gradient``: see the module docstring (swimkit's own rules
-    set both).
+    ``writes_in_place``, ``gradient`` and ``local_graph``: see the module docstring
+    (swimkit's own rules set the first two).
     """
     require(callable(rule), f"a curvature rule must be callable (got {rule!r})")
     _check_target(target)
     known = entry_of(target)
+    flags = {"writes_in_place": writes_in_place, "gradient": gradient,
+             "local_graph": local_graph}
     if known is not None:
-        if (known.rule is rule and known.writes_in_place == writes_in_place
-                and known.gradient == gradient):
+        if known.rule is rule and all(getattr(known, k) == v for k, v in flags.items()):
             return known
         require(replace, f"{_label(target)!r} has a curvature rule already; pass "
                          "replace=True to use yours instead")
@@ -106,14 +112,15 @@ def register_rule(target: Target, rule: Rule, *, replace: bool = False,
         name, suffix = f"{base}#{suffix}", suffix + 1
     doc = (getattr(rule, "__doc__", None) or "").strip().splitlines()
     return RULES.add(RuleEntry(name=name, help=doc[0] if doc else "", target=target,
-                               rule=rule, writes_in_place=writes_in_place, gradient=gradient))
+                               rule=rule, **flags))
 
 
-def register_own(rule: Rule, *targets: Target) -> None:
+def register_own(rule: Rule, *targets: Target, local_graph: bool = False) -> None:
     """Register one of swimkit's own rules for ``targets``: it writes S in place and
     carries the gradient."""
     for target in targets:
-        register_rule(target, rule, writes_in_place=True, gradient=True)
+        register_rule(target, rule, writes_in_place=True, gradient=True,
+                      local_graph=local_graph)
 
 
 def remove_rule(target: Target) -> None:

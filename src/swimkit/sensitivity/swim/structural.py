@@ -129,8 +129,8 @@ register_own(mul_rule, operator.mul, torch.mul, "mul")
 register_own(div_rule, operator.truediv, torch.div, "div")
 register_own(negation_rule, operator.neg, torch.neg, "neg")
 register_own(identity_rule, nn.Identity, FakeQuantize)
-register_own(getitem_rule, operator.getitem)
-register_own(mean_rule, torch.mean, "mean")
+register_own(getitem_rule, operator.getitem, local_graph=True)
+register_own(mean_rule, torch.mean, "mean", local_graph=True)
 register_own(dropout_rule, nn.modules.dropout._DropoutNd, F.dropout, F.dropout1d, F.dropout2d,
              F.dropout3d)
 register_own(stochastic_depth_rule, stochastic_depth)
@@ -142,4 +142,5 @@ register_own(
     "view", "reshape", "flatten", "squeeze", "unsqueeze", "permute", "transpose",
     "contiguous", "chunk", "split", "narrow", "expand", "expand_as", "view_as",
     "reshape_as", "repeat", "flip", "sum", "clone", "unbind",
+    local_graph=True,
 )
