@@ -31,6 +31,7 @@ from common import machine_line, peak_memory, timed
 
 import swimkit
 from swimkit.quantization import quantization_bits
+from swimkit.sensitivity.batching import pass_batch_size
 
 #: Images per pass of each model unless --images is given.
 DEFAULT_IMAGES = {"lenet": 10240, "qlenet": 10240, "convnet": 1024, "resnet18": 1024,
@@ -74,8 +75,9 @@ def plain_pass(model: torch.nn.Module, data: list) -> None:
 
 def pass_batch(model: torch.nn.Module, model_name: str, given: int | None,
                device: torch.device) -> int:
-    """The batch the sensitivity pass runs at (``given``, else 128)."""
-    return given or LOADER_BATCH
+    """The batch the sensitivity pass runs at: ``given``, else its own choice."""
+    shape = swimkit.models.model_info(model_name).input_shape
+    return given or pass_batch_size(model, shape, device)
 
 
 def measure(model_name: str, what: str, images: int, batch: int | None,
@@ -87,7 +89,7 @@ def measure(model_name: str, what: str, images: int, batch: int | None,
     size = pass_batch(model, model_name, batch, device)
     plain_data = rebatched(data, size)
     passes = {"plain": lambda: plain_pass(model, plain_data),
-              "swim": lambda: swimkit.sensitivity(model, data)}
+              "swim": lambda: swimkit.sensitivity(model, data, batch_size=size)}
     if what == "time":
         for run in passes.values():
             run()

@@ -201,6 +201,14 @@ class RuleContext:
         return grad
 
 
+def layout(t: Tensor) -> torch.memory_format:
+    """The memory format ``t`` is dense in: channels-last, or the contiguous default."""
+    if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(
+            memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
 def _pull(out: Any, leaves: dict[fx.Node, Tensor], flow: SValue,
           retain: bool) -> dict[fx.Node, SValue]:
     """The VJP of ``flow`` (a tensor, or {tuple item: tensor}) from ``out`` to ``leaves``."""
@@ -232,5 +240,5 @@ def negation_rule(ctx: RuleContext, s: Tensor) -> dict[fx.Node, SValue]:
     return ctx.to_input(s)
 
 
-__all__ = ["Rule", "RuleContext", "SValue", "UnsupportedOperation", "identity_rule",
+__all__ = ["Rule", "RuleContext", "SValue", "UnsupportedOperation", "identity_rule", "layout",
            "negation_rule", "unsupported", "vjp_rule"]

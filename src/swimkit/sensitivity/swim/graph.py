@@ -36,7 +36,7 @@ from ...errors import SwimkitError, first_line
 from ...mapping import DeviceWeight, perturbed, require_logits
 from ...progress import progress_bar
 from ..batching import Chunk, depends_on_batch, pass_batch_size, regrouped, weighted
-from .context import RuleContext, SValue, UnsupportedOperation
+from .context import RuleContext, SValue, UnsupportedOperation, layout
 from .registry import (
     OUT_OF_PLACE,
     RuleEntry,
@@ -281,10 +281,10 @@ class CurvaturePass:
     def scratch(self, like: Tensor) -> Tensor:
         """A reusable buffer shaped like ``like``, for a temporary a rule consumes at once
         (fresh memory costs page faults on every batch)."""
-        key = (tuple(like.shape), like.dtype, like.device)
+        key = (tuple(like.shape), like.dtype, like.device, layout(like))
         buffer = self._scratch.get(key)
         if buffer is None:
-            buffer = torch.empty_like(like, memory_format=torch.contiguous_format)
+            buffer = torch.empty_like(like, memory_format=layout(like))
             self._scratch[key] = buffer
         return buffer
 
@@ -576,12 +576,14 @@ def _pass_chunks(model: nn.Module, chunks: Iterator[Chunk], batch_size: int | No
     """The samples in the pass's batches: ``batch_size``, else the model's own (see
     :mod:`swimkit.sensitivity.batching`); as given where the forward depends on them."""
     first = next(chunks, None)
-    if first is None or depends_on_batch(model):
-        yield from () if first is None else itertools.chain([first], chunks)
+    if first is None:
+        return
+    every = itertools.chain([first], chunks)
+    if depends_on_batch(model):
+        yield from every
         return
     x = first[0]
-    size = batch_size or pass_batch_size(model, tuple(x.shape[1:]), x.device)
-    yield from regrouped(itertools.chain([first], chunks), size)
+    yield from regrouped(every, batch_size or pass_batch_size(model, x.shape[1:], x.device))
 
 
 def swim_curvature(

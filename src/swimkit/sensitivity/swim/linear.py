@@ -15,7 +15,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .context import RuleContext, SValue, unsupported
+from .context import RuleContext, SValue, layout, unsupported
 from .registry import register_own
 
 
@@ -91,14 +91,14 @@ def conv_rule(ctx: RuleContext, s: Tensor) -> dict[fx.Node, SValue]:
         return {}
     if ctx.grad is not None:
         g_x, g_w, _ = torch.ops.aten.convolution_backward(
-            ctx.grad.contiguous(), x, weight, *common, mask)
+            ctx.grad.contiguous(memory_format=layout(x)), x, weight, *common, mask)
         if weight_name is not None:
             ctx.accumulate_grad(weight_name, g_w)
         if g_x is not None:
             ctx.send_grad(ctx.to_input(g_x))
     x2 = torch.square(x, out=ctx.scratch(x)) if weight_name is not None else x
     s_x, s_w, _ = torch.ops.aten.convolution_backward(
-        s.contiguous(), x2, ctx.squared(weight), *common, mask)
+        s.contiguous(memory_format=layout(x)), x2, ctx.squared(weight), *common, mask)
     if weight_name is not None:
         ctx.accumulate(weight_name, s_w)
     return ctx.to_input(s_x) if s_x is not None else {}
