@@ -236,3 +236,16 @@ def test_the_images_are_drawn_in_g_s_batch_whatever_the_pass_runs_at():
         SensitivitySettings(batch_size=0)
     with pytest.raises(swimkit.SwimkitError, match="not both"):
         swimkit.sensitivity(nn.Linear(2, 2), [], SensitivitySettings(), batch_size=4)
+
+
+def test_the_pass_batch_enters_no_cache_key():
+    """It changes no result, so points and sensitivity files of any pass batch are reused."""
+    from swimkit.caches import evaluation_key
+    from swimkit.settings import Settings
+
+    default = Settings()
+    given = Settings(sensitivity=SensitivitySettings(batch_size=16))
+    assert evaluation_key(given) == evaluation_key(default)
+    exact = Settings(sensitivity=SensitivitySettings(engine="ggn", batch_size=16))
+    assert evaluation_key(exact) != evaluation_key(Settings(sensitivity=SensitivitySettings(
+        engine="ggn")))
