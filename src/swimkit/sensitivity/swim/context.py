@@ -117,6 +117,12 @@ class RuleContext:
         """Add the gradient of device weight ``weight_name`` (summed over batches)."""
         self._run.accumulate_grad(weight_name, g_w)
 
+    def accumulate_product(self, weight_name: str, a: Tensor, b: Tensor,
+                           gradient: bool = False) -> None:
+        """Add the matrix product ``a @ b`` to the S (or, ``gradient``, the gradient) of
+        ``weight_name``, with no temporary the size of the weight."""
+        self._run.accumulate_product(weight_name, a.detach(), b.detach(), gradient)
+
     def squared(self, weight: Tensor) -> Tensor:
         """``weight ** 2``, computed once per pass for a weight that does not change."""
         return self._run.squared(weight)

@@ -306,6 +306,15 @@ class CurvaturePass:
     def accumulate_grad(self, name: str, g_w: Tensor) -> None:
         _add_to(self.g, name, g_w)
 
+    def accumulate_product(self, name: str, a: Tensor, b: Tensor, gradient: bool) -> None:
+        """Add ``a @ b`` to the S (or, ``gradient``, the g) of ``name``, in place: no
+        temporary the size of the weight."""
+        sums = self.g if gradient else self.h
+        if name in sums:
+            sums[name].addmm_(a, b)
+        else:
+            sums[name] = a @ b
+
     def squared(self, weight: Tensor) -> Tensor:
         """``weight ** 2``: a parameter's once per pass (the model does not change during
         it), a computed weight's (quantized, say) once per batch."""

@@ -24,10 +24,10 @@ def linear_rule(ctx: RuleContext, s: Tensor) -> dict[fx.Node, SValue]:
     weight, weight_name = ctx.weight_of(1)
     g = ctx.grad
     if weight_name is not None:
-        x2 = x.reshape(-1, x.shape[-1])
-        ctx.accumulate(weight_name, _rows(s).T @ x2.square())
+        rows = _rows(x)
+        ctx.accumulate_product(weight_name, _rows(s).T, rows.square())
         if g is not None:
-            ctx.accumulate_grad(weight_name, _rows(g).T @ x2)
+            ctx.accumulate_product(weight_name, _rows(g).T, rows, gradient=True)
     if not ctx.needs(ctx.input_node):
         return {}
     if g is not None:
