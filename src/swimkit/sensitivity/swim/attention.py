@@ -214,12 +214,15 @@ def sdpa_rule(ctx: RuleContext, s: Tensor) -> dict[fx.Node, SValue]:
         allowed = mask if allowed is None else allowed & mask
         mask = None
     p = attention_probabilities(q, k, scale, mask, allowed)
-    names = ((0, "query"), (1, "key"), (2, "value"))
     if ctx.grad is not None:
-        parts = attention_gradient(q, k, v, p, scale, ctx.grad)
-        ctx.send_grad(_to_operands(ctx, [(*n, t) for n, t in zip(names, parts, strict=True)]))
-    parts = attention_curvature(q, k, v, p, scale, s)
-    return _to_operands(ctx, [(*n, t) for n, t in zip(names, parts, strict=True)])
+        ctx.send_grad(_to_qkv(ctx, attention_gradient(q, k, v, p, scale, ctx.grad)))
+    return _to_qkv(ctx, attention_curvature(q, k, v, p, scale, s))
+
+
+def _to_qkv(ctx: RuleContext, parts: Sequence[Tensor]) -> dict[fx.Node, SValue]:
+    """Query, key and value parts to the operands that need them."""
+    names = ((0, "query"), (1, "key"), (2, "value"))
+    return _to_operands(ctx, [(i, n, t) for (i, n), t in zip(names, parts, strict=True)])
 
 
 def _to_operands(ctx: RuleContext, items: Sequence[tuple[int, str, Tensor]]
@@ -332,7 +335,8 @@ class _MhaParts:
         y = _batch_first(flow, m, self.unbatched)
         out_name = ctx.device_weight_name_of(m.out_proj, "weight")
         if out_name is not None:
-            accumulate(out_name, y.reshape(-1, embed).T @ power(self.merged.reshape(-1, embed)))
+            ctx.accumulate_product(out_name, y.reshape(-1, embed).T,
+                                   power(self.merged.reshape(-1, embed)), gradient=not squared)
         heads = self._heads(y @ power(m.out_proj.weight))
         projected = [self._merge(t) for t in attention(self.q, self.k, self.v, self.p,
                                                        self.scale, heads)]
