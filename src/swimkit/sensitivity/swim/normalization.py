@@ -57,25 +57,33 @@ def layer_norm_rule(ctx: RuleContext, s: Tensor) -> dict[fx.Node, SValue]:
     else:
         shape, weight, eps = ctx.arg(1, "normalized_shape"), ctx.arg(2, "weight"), ctx.arg(
             4, "eps", 1e-5)
-    dims = tuple(range(-len(tuple(shape)), 0))
-    n = math.prod(tuple(shape))
-    mean = x.mean(dim=dims, keepdim=True)
-    var = x.var(dim=dims, unbiased=False, keepdim=True)
-    inv = torch.rsqrt(var + eps)
-    xh = (x - mean) * inv
-    gamma2 = weight.detach().square() if weight is not None else 1.0
-    u = gamma2 * s * inv.square()
+    shape = tuple(shape)
+    xh, _, inv = torch.native_layer_norm(x, shape, None, None, eps)  # one fused kernel
+    gamma = weight.detach() if weight is not None else None
+    dims = tuple(range(-len(shape), 0))
+    if ctx.grad is not None:
+        ctx.send_grad(ctx.to_input(_layer_norm_gradient(xh, inv, gamma, ctx.grad, dims)))
+    return ctx.to_input(_layer_norm_curvature(xh, inv, gamma, s, dims))
+
+
+def _layer_norm_curvature(xh: Tensor, inv: Tensor, gamma: Tensor | None, s: Tensor,
+                          dims: tuple[int, ...]) -> Tensor:
+    """S_x of layer norm in O(n) (see the module docstring)."""
+    n = math.prod(xh.shape[d] for d in dims)
+    u = s * inv.square() if gamma is None else gamma.square() * s * inv.square()
+    xh2 = xh.square()
     total = u.sum(dim=dims, keepdim=True)
     first = (u * xh).sum(dim=dims, keepdim=True)
-    second = (u * xh.square()).sum(dim=dims, keepdim=True)
-    s_x = u * (1 - 2 / n - 2 * xh.square() / n) + (total + 2 * xh * first
-                                                    + xh.square() * second) / n**2
-    if ctx.grad is not None:
-        d = ctx.grad * weight.detach() if weight is not None else ctx.grad
-        g_x = (d - d.mean(dim=dims, keepdim=True)
-               - xh * (d * xh).mean(dim=dims, keepdim=True)) * inv
-        ctx.send_grad(ctx.to_input(g_x))
-    return ctx.to_input(s_x)
+    second = (u * xh2).sum(dim=dims, keepdim=True)
+    return u * (1 - 2 / n - 2 * xh2 / n) + (total + 2 * xh * first + xh2 * second) / n**2
+
+
+def _layer_norm_gradient(xh: Tensor, inv: Tensor, gamma: Tensor | None, g: Tensor,
+                         dims: tuple[int, ...]) -> Tensor:
+    """g_x of layer norm: (d - mean d - xh mean(d xh)) / sigma, d = gamma g."""
+    d = g if gamma is None else g * gamma
+    return (d - d.mean(dim=dims, keepdim=True)
+            - xh * (d * xh).mean(dim=dims, keepdim=True)) * inv
 
 
 register_own(batch_norm_rule, nn.modules.batchnorm._BatchNorm, F.batch_norm)
