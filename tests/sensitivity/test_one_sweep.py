@@ -1,7 +1,7 @@
 """The swim pass's one sweep (S and g together) and its own batch.
 
 The one sweep is checked against the two-sweep pass (curvature sweep, then g by
-autograd: what a graph with an S-only rule still runs) and g against autograd itself; the
+autograd: what a graph with an S-only rule runs) and g against autograd itself; the
 results against the pass's batch.
 """
 
