@@ -227,6 +227,13 @@ def test_regrouping_keeps_every_sample_in_order_with_its_batch_weight():
                                            dtype=torch.float64))
 
 
+def test_samples_of_another_shape_start_a_new_batch():
+    batches = [(torch.zeros(3, 5), torch.zeros(3)), (torch.zeros(2, 5), torch.zeros(2)),
+               (torch.zeros(4, 7), torch.zeros(4))]
+    got = [tuple(x.shape) for x, _, _ in regrouped(weighted(batches), 4)]
+    assert got == [(4, 5), (1, 5), (4, 7)]
+
+
 def test_the_images_are_drawn_in_g_s_batch_whatever_the_pass_runs_at():
     assert SensitivitySettings().loader_batch == GRADIENT_BATCH
     assert SensitivitySettings(batch_size=32).loader_batch == GRADIENT_BATCH

@@ -65,10 +65,14 @@ def weighted(batches: Iterable[tuple[Tensor, Tensor]]) -> Iterator[Chunk]:
 
 def regrouped(chunks: Iterable[Chunk], size: int) -> Iterator[Chunk]:
     """The same samples, in order, in batches of ``size`` (the last one may be short):
-    slices where a batch holds several, joined where several make one."""
+    slices where a batch holds several, joined where several make one. Samples of
+    another shape than those held (sequences of another length) start a new batch."""
     held: list[Chunk] = []
     count = 0
     for chunk in chunks:
+        if held and _shapes(chunk) != _shapes(held[-1]):
+            yield _take(held, count)[0]
+            held, count = [], 0
         held.append(chunk)
         count += len(chunk[1])
         while count >= size:
@@ -77,6 +81,11 @@ def regrouped(chunks: Iterable[Chunk], size: int) -> Iterator[Chunk]:
             yield out
     if count:
         yield _take(held, count)[0]
+
+
+def _shapes(chunk: Chunk) -> tuple[tuple[int, ...], ...]:
+    """A sample's shapes: what two chunks must share to be joined."""
+    return tuple(tuple(t.shape[1:]) for t in chunk)
 
 
 def _take(held: list[Chunk], size: int) -> tuple[Chunk, list[Chunk]]:
