@@ -5,16 +5,18 @@ forward + backward pass over the same images at the same batch, their ratio (tar
 at most 1.3x), and optionally (--memory) the peak memory of each and its ratio.
 
     python benchmarks/bench_engine_cost.py [--models lenet,qlenet,convnet,resnet18,vit]
-        [--device cuda] [--images N] [--batch B] [--memory]
+        [--device cuda] [--images N] [--batch B] [--memory] [--clock cpu]
 
 The images are random (the time does not depend on the pixels) and reach the pass in
 batches of 128, as the command line draws them; the pass runs at its batch (--batch),
 and so does the plain pass. The two times are measured in one process, interleaved (best
-of three each); each memory reading runs in a fresh process of its own, so that
-peak-memory readings do not mix. On the CPU the peak is the resident set's high-water
-mark above the level before the pass, with glibc told to map every block over 64 KiB on
-its own (MALLOC_MMAP_THRESHOLD_), so freed tensors leave the resident set at once and
-the mark follows the live tensors.
+of three each), by the wall clock or (--clock cpu) by the CPU time the process spent,
+which a shared machine's other jobs disturb less (with one thread: OMP_NUM_THREADS=1).
+Each memory reading runs in a fresh process of its own, so that peak-memory readings do
+not mix. On the CPU the peak is the resident set's high-water mark above the level
+before the pass, with glibc told to map every block over 64 KiB on its own
+(MALLOC_MMAP_THRESHOLD_), so freed tensors leave the resident set at once and the mark
+follows the live tensors.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ import json
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -80,8 +84,17 @@ def pass_batch(model: torch.nn.Module, model_name: str, given: int | None,
     return given or pass_batch_size(model, shape, device)
 
 
+def seconds(run: Callable[[], object], clock: str) -> float:
+    """One call's seconds: by the wall clock, or the CPU time this process spent."""
+    if clock == "wall":
+        return timed(run)
+    start = time.process_time()
+    run()
+    return time.process_time() - start
+
+
 def measure(model_name: str, what: str, images: int, batch: int | None,
-            device_name: str) -> dict:
+            device_name: str, clock: str) -> dict:
     """Seconds (best of three after a warm-up, interleaved) or peak extra bytes."""
     device = torch.device(device_name)
     data = random_images(model_name, images, LOADER_BATCH, device)
@@ -96,7 +109,7 @@ def measure(model_name: str, what: str, images: int, batch: int | None,
         best = {kind: float("inf") for kind in passes}
         for _ in range(3):
             for kind, run in passes.items():
-                best[kind] = min(best[kind], timed(run))
+                best[kind] = min(best[kind], seconds(run, clock))
         return {"batch": size, **{f"{kind}_seconds": s for kind, s in best.items()}}
     kind = what.split("-")[0]
     passes[kind]()  # warm-up: one-time allocations (thread pools, kernels) are not the pass's
@@ -106,7 +119,7 @@ def measure(model_name: str, what: str, images: int, batch: int | None,
 def child(args: argparse.Namespace, model_name: str, what: str, images: int) -> dict:
     """Run one measurement in a fresh process (memory ones with mmap'd blocks)."""
     cmd = [sys.executable, __file__, "--child", model_name, what, "--images", str(images),
-           "--device", args.device]
+           "--device", args.device, "--clock", args.clock]
     if args.batch:
         cmd += ["--batch", str(args.batch)]
     env = dict(os.environ)
@@ -140,13 +153,15 @@ def main() -> None:
     parser.add_argument("--models", default="lenet,qlenet,convnet,resnet18,vit",
                         help="comma-separated, of: " + ", ".join(DEFAULT_IMAGES))
     parser.add_argument("--memory", action="store_true", help="peak memory too")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="time by the wall clock or by the process's CPU time")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(measure(args.child[0], args.child[1], args.images, args.batch,
-                                 args.device)))
+                                 args.device, args.clock)))
         return
-    print(machine_line())
+    print(machine_line() + ("" if args.clock == "wall" else "; CPU time"))
     for model_name in args.models.split(","):
         images = args.images or DEFAULT_IMAGES[model_name]
         got = child(args, model_name, "time", images)
