@@ -21,7 +21,7 @@ from .models import MODELS
 from .programming import WriteVerify
 from .selection import METHODS
 from .selection.learned import LearnOptions
-from .sensitivity import ENGINES
+from .sensitivity import ENGINES, GRADIENT_BATCH
 from .settings import (
     DEFAULT_FRACTION,
     DEFAULT_MODEL,
@@ -283,8 +283,10 @@ def add_sensitivity(p: argparse.ArgumentParser) -> None:
     g.add_argument("--engine", type=_engine, default=None,
                    help=f"{_names(ENGINES)} (default {default(SensitivitySettings, 'engine')})")
     g.add_argument("--sens-batch-size", "--div", dest="sens_batch_size", type=positive_int,
-                   default=None, help="batch size of the sensitivity pass (default "
-                                      f"{default(SensitivitySettings, 'batch_size')})")
+                   default=None, help="batch size of the sensitivity pass (default: swim "
+                                      "chooses one per model, which changes none of its "
+                                      "results; the exact engines take "
+                                      f"{GRADIENT_BATCH})")
     g.add_argument("--sens-limit", type=positive_int, default=None,
                    help="use only the first N training images for the sensitivity pass")
     g.add_argument("--probes", type=positive_int, default=None,

@@ -124,7 +124,7 @@ def evaluation_key(settings: Settings) -> str:
         "exclude": s.selection.exclude, **mapped_params(s), "tolerances": s.selection.tolerances,
         "learn": asdict(LearnOptions.from_options(s.selection.learn)),
         "learn_batch_size": s.train.batch_size, "sensitivity": [s.sensitivity.engine,
-                                                    s.sensitivity.batch_size,
+                                                    s.sensitivity.loader_batch,
                                                     s.sensitivity.limit, s.sensitivity.options],
         "test_batch_size": s.data.test_batch_size, **s.data_key(),
         # adaptive chip counts change what is stored; off, the key stays the first release's

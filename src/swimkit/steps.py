@@ -114,7 +114,7 @@ def open_model(settings: Settings) -> tuple[nn.Module, Settings]:
 def sensitivity_pass(model: nn.Module, ctx: Context) -> Sensitivity:
     """The sensitivity pass of the settings over the training set."""
     s = ctx.settings
-    batches = ctx.train_batches(s.sensitivity.batch_size, s.sensitivity.limit)
+    batches = ctx.train_batches(s.sensitivity.loader_batch, s.sensitivity.limit)
     return sensitivity(model, batches, s.sensitivity, progress=ctx.progress,
                        **s.selection.mapping())
 

@@ -191,7 +191,7 @@ def obtain_sensitivity(ctx: Context, candidate: Candidate) -> Sensitivity:
     s = ctx.settings
     sens_settings = s.sensitivity
     key = {"model": candidate.digest, "engine": sens_settings.engine,
-           "batch_size": sens_settings.batch_size, "limit": sens_settings.limit,
+           "batch_size": sens_settings.loader_batch, "limit": sens_settings.limit,
            "options": sens_settings.options, "exclude": s.selection.exclude, **s.data_key(),
            **mapped_params(s)}
     suffix = train_folder(candidate.sigma_train, candidate.scale_aware,

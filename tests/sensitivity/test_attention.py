@@ -249,7 +249,8 @@ def test_a_rule_can_be_replaced_and_removed():
     finally:
         if entry_of(torch.softmax) is not None:
             swimkit.remove_rule(torch.softmax)
-        swimkit.register_rule(torch.softmax, original.rule, writes_in_place=True)
+        swimkit.register_rule(torch.softmax, original.rule, writes_in_place=True,
+                              gradient=original.gradient)
     assert check_rule(torch.softmax, randn(3, 5), dim=-1).ok
 
 

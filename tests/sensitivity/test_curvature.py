@@ -136,6 +136,43 @@ def test_rule_equals_squared_jacobian(name):
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
 
 
+def rule_gradients(model: nn.Module, x: torch.Tensor, g_out: torch.Tensor,
+                   weights: dict | None = None) -> tuple[torch.Tensor, dict]:
+    """The gradient the rules carry beside S to the input and to the device weights of a
+    small model, in the sweep the pass runs (the forward without autograd)."""
+    run = CurvaturePass(model, trace(model), weights or {}, curvature_at_input=True)
+    assert run.carries_gradient
+    with out_of_place_layers(model), torch.no_grad():
+        y = run.forward(x.clone())
+        run.backward(torch.rand(y.shape), g_out)
+    return run.grad_left[next(n for n in run.nodes if n.op == "placeholder")], run.g
+
+
+def autograd_gradient(fn, x: torch.Tensor, g_out: torch.Tensor) -> torch.Tensor:
+    leaf = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(fn(leaf), leaf, g_out)
+    return grad
+
+
+@pytest.mark.parametrize("name", sorted(OPS))
+def test_rule_carries_the_gradient(name):
+    module, shape = OPS[name]
+    x = torch.randn(shape)
+    g_out = torch.randn(module(x.clone()).shape)
+    expected = autograd_gradient(lambda t: module(t.clone()), x, g_out)
+    torch.testing.assert_close(rule_gradients(module, x, g_out)[0], expected, rtol=1e-5,
+                               atol=1e-6)
+
+
+@pytest.mark.parametrize("model_cls", [ViewModel, ChunkModel, BinaryModel])
+def test_structural_ops_carry_the_gradient(model_cls):
+    model = model_cls()
+    x = torch.randn(2, 3, 4, 4)
+    g_out = torch.randn(model(x).shape)
+    torch.testing.assert_close(rule_gradients(model, x, g_out)[0],
+                               autograd_gradient(model, x, g_out), rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("model_cls", [ViewModel, ChunkModel])
 def test_single_path_structural_ops_are_exact(model_cls):
     model = model_cls()
@@ -186,7 +223,8 @@ def batch_norm_model(channels: int = 3):
     ids=["conv", "conv_strided_dilated_grouped", "depthwise", "same", "conv1d", "convT", "linear"],
 )
 def test_weight_layers_match_squared_jacobian(layer):
-    """S_W and S_x of conv / linear layers equal the squared-Jacobian contractions."""
+    """S_W and S_x of conv / linear layers equal the squared-Jacobian contractions, and the
+    gradients they carry autograd's."""
     if isinstance(layer, nn.Linear):
         x = torch.randn(3, 4)
     elif isinstance(layer, nn.Conv1d):
@@ -208,6 +246,13 @@ def test_weight_layers_match_squared_jacobian(layer):
     run.backward(s_out)
     torch.testing.assert_close(run.h["0.weight"], expected_w, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(got_x, expected_x, rtol=1e-5, atol=1e-6)
+    g_out = torch.randn(y.shape)
+    got_x, got_w = rule_gradients(model, x, g_out, weights)
+    leaves = (x.clone().requires_grad_(True), layer.weight.detach().clone().requires_grad_(True))
+    out = torch.func.functional_call(layer, {"weight": leaves[1]}, (leaves[0],))
+    expected_x, expected_w = torch.autograd.grad(out, leaves, g_out)
+    torch.testing.assert_close(got_x, expected_x, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got_w["0.weight"], expected_w, rtol=1e-5, atol=1e-6)
 
 
 def test_batch_norm_1d_rule():

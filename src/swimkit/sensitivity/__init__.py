@@ -8,7 +8,8 @@ to w_hat = w / s_l, s_l = max |W_l|, so h_hat = s_l^2 h and g_hat = s_l g.
 Engines are registered in :data:`ENGINES` with their options and a one-line help:
 
 - ``swim``: the one-pass diagonal curvature backpropagation of the SWIM paper, over the
-  traced graph of the model as written (:mod:`swimkit.sensitivity.swim`);
+  traced graph of the model as written (:mod:`swimkit.sensitivity.swim`), at a batch of
+  its own (:mod:`swimkit.sensitivity.batching`);
 - ``ggn``: the exact diagonal of the generalised Gauss-Newton matrix for cross-entropy;
 - ``hutchinson``: an unbiased Hessian-diagonal estimate from Hessian-vector products;
 - ``fisher``: the empirical Fisher diagonal (per-sample squared gradients).
@@ -30,14 +31,21 @@ from .result import Sensitivity
 Compute = Callable[..., tuple[dict[str, Tensor], dict[str, Tensor], int]]
 
 
+#: Images per batch of g's mean loss where the images are drawn for the pass (SWIM's).
+GRADIENT_BATCH = 128
+
+
 @dataclass(frozen=True)
 class Engine(Entry):
     """A sensitivity engine: ``compute(model, weights, batches, progress=, **options)``
     returns raw (second, first, samples); ``options`` are the options it takes, with
-    their defaults."""
+    their defaults. ``own_batch``: it also takes ``batch_size=`` and runs the batches
+    it is given at that batch (None: its own choice), which changes its results only by
+    float rounding."""
 
     compute: Compute | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    own_batch: bool = False
 
     @property
     def option_names(self) -> tuple[str, ...]:
@@ -48,10 +56,11 @@ ENGINES: Registry[Engine] = Registry("sensitivity engine", entry_point_group="sw
 
 
 def register_engine(name: str, compute: Compute, *, options: dict[str, Any] | None = None,
-                    aliases: Sequence[str] = (), help: str = "") -> Engine:
+                    aliases: Sequence[str] = (), help: str = "",
+                    own_batch: bool = False) -> Engine:
     """Add a sensitivity engine (see :class:`Engine`)."""
     return ENGINES.add(Engine(name=name, aliases=tuple(aliases), help=help, compute=compute,
-                              options=dict(options or {})))
+                              options=dict(options or {}), own_batch=own_batch))
 
 
 def _swim(model: nn.Module, weights: dict[str, DeviceWeight], batches, **kwargs):
@@ -79,8 +88,9 @@ def _exact(name: str) -> Compute:
     return compute
 
 
-register_engine("swim", _swim, help="SWIM's one-pass diagonal curvature backpropagation "
-                                    "over the traced graph (fast)")
+register_engine("swim", _swim, own_batch=True,
+                help="SWIM's one-pass diagonal curvature backpropagation over the traced "
+                     "graph (fast)")
 register_engine("ggn", _exact("ggn"), options={"class_chunk": None, "sample_chunk": None},
                 help="exact generalised Gauss-Newton diagonal (= Hessian diagonal for "
                      "piecewise-linear nets)")
@@ -94,22 +104,43 @@ register_engine("fisher", _exact("fisher"), options={"sample_chunk": None},
 @dataclass
 class SensitivitySettings:
     """The sensitivity pass: ``engine``, its batch size, how many training images, and
-    the engine's ``options`` (``probes`` and ``seed`` for hutchinson)."""
+    the engine's ``options`` (``probes`` and ``seed`` for hutchinson).
+
+    ``batch_size``: the batch the pass runs at. None: the swim engine chooses one per
+    model (:func:`swimkit.sensitivity.batching.pass_batch_size`), the exact engines take
+    128. The swim engine's results do not depend on it (beyond float rounding): its
+    images are drawn in batches of :data:`GRADIENT_BATCH`, whose mean-loss gradients g
+    sums, and regrouped; the exact engines run their batches as drawn, so for them it
+    is g's batch too.
+    """
 
     engine: str = "swim"
-    batch_size: int = 128
+    batch_size: int | None = None
     limit: int | None = None
     options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.engine = ENGINES.canonical(self.engine)
         entry = ENGINES.get(self.engine)
+        if self.batch_size is not None and (isinstance(self.batch_size, bool) or not
+                                            isinstance(self.batch_size, int)
+                                            or self.batch_size < 1):
+            raise SwimkitError(f"the sensitivity batch_size must be an integer >= 1, or None "
+                               f"to choose it per model (got {self.batch_size!r})")
         unknown = sorted(set(self.options) - set(entry.options))
         if unknown:
             raise SwimkitError(
                 f"unknown option {unknown[0]!r} for sensitivity engine {entry.name!r}; "
                 f"valid options: {', '.join(entry.options) or 'none'}"
             )
+
+    @property
+    def loader_batch(self) -> int:
+        """Images per batch drawn for the pass, whose mean-loss gradients g sums: what
+        decides the results (and enters cache keys)."""
+        if ENGINES.get(self.engine).own_batch or self.batch_size is None:
+            return GRADIENT_BATCH
+        return self.batch_size
 
 
 def sensitivity(
@@ -121,30 +152,36 @@ def sensitivity(
     exclude: Sequence[str] | None = None,
     params: Sequence[str] | None = None,
     progress: bool = False,
+    batch_size: int | None = None,
     **options,
 ) -> Sensitivity:
     """Sensitivity of every device weight of ``model`` over ``batches`` of (x, y).
 
     ``engine`` names the engine, its ``options`` given as keywords (``probes`` and
-    ``seed`` for ``hutchinson``, chunk sizes for ``ggn`` / ``fisher``), or is a
-    :class:`SensitivitySettings` holding both (the batches are already drawn, so its batch
-    size and limit are not used here). ``layers`` / ``exclude`` / ``params`` choose which
-    weights are mapped to devices (see :func:`swimkit.device_weights`). The model is evaluated in
-    eval mode and left as it was.
+    ``seed`` for ``hutchinson``, chunk sizes for ``ggn`` / ``fisher``) and the pass's
+    ``batch_size``, or is a :class:`SensitivitySettings` holding them (the batches are
+    already drawn, so its limit is not used here). g sums the mean-loss gradient of each
+    batch given; the swim engine runs them at its ``batch_size`` (None: chosen per
+    model), the others as given. ``layers`` / ``exclude`` / ``params`` choose which
+    weights are mapped to devices (see :func:`swimkit.device_weights`). The model is
+    evaluated in eval mode and left as it was.
     """
     if isinstance(engine, SensitivitySettings):
-        if options:
-            raise SwimkitError("give the engine's options in its SensitivitySettings or as "
-                               "keywords with an engine name, not both")
-        engine, options = engine.engine, dict(engine.options)
+        if options or batch_size is not None:
+            raise SwimkitError("give the engine's options and batch size in its "
+                               "SensitivitySettings or as keywords with an engine name, not "
+                               "both")
+        settings = engine
     else:
-        engine = SensitivitySettings(engine=engine, options=options).engine
-    entry = ENGINES.get(engine)
+        settings = SensitivitySettings(engine=engine, batch_size=batch_size, options=options)
+    entry = ENGINES.get(settings.engine)
+    options = dict(settings.options)
+    own = {"batch_size": settings.batch_size} if entry.own_batch else {}
     weights = device_weights(model, layers=layers, exclude=exclude, params=params)
     was_training = model.training
     model.eval()
     try:
-        computed = entry.compute(model, weights, batches, progress=progress, **options)
+        computed = entry.compute(model, weights, batches, progress=progress, **options, **own)
     finally:
         model.train(was_training)
     second, first, samples = _checked(entry.name, computed, weights)
@@ -182,5 +219,5 @@ def _checked(engine: str, computed: object, weights) -> tuple[dict, dict, int]:
     return second, first, samples
 
 
-__all__ = ["ENGINES", "Engine", "Sensitivity", "SensitivitySettings", "register_engine",
-           "sensitivity"]
+__all__ = ["ENGINES", "GRADIENT_BATCH", "Engine", "Sensitivity", "SensitivitySettings",
+           "register_engine", "sensitivity"]

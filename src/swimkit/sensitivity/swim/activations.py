@@ -1,4 +1,4 @@
-"""Rules of activations: S_x = S_y * f'(x)^2 for an elementwise f.
+"""Rules of activations: S_x = S_y * f'(x)^2 (and g_x = g_y * f'(x)) for an elementwise f.
 
 Piecewise-linear activations (ReLU, ReLU6, Hardtanh, LeakyReLU, clamp) have derivatives
 0, 1 or a slope, read off the op's output: y = f(x) is strictly monotone on each piece,
@@ -17,25 +17,35 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .context import Rule, RuleContext, SValue, unsupported
-from .registry import register_elementwise, register_rule
+from .registry import register_elementwise, register_own
 
 
 def mask_rule(derivative: Callable[[RuleContext, Tensor], Tensor]) -> Rule:
-    """Piecewise-linear op with slope ``derivative(ctx, y)``: S_x = S_y * slope^2."""
+    """Piecewise-linear op with slope ``derivative(ctx, y)``: S_x = S_y * slope^2,
+    g_x = g_y * slope."""
 
     def rule(ctx: RuleContext, s: Tensor) -> dict[fx.Node, SValue]:
-        return ctx.to_input(ctx.scaled(s, derivative(ctx, ctx.out).square()))
+        slope = derivative(ctx, ctx.out)
+        if ctx.grad is not None:
+            ctx.send_grad(ctx.to_input(ctx.scaled(ctx.grad, slope)))
+        return ctx.to_input(ctx.scaled(s, slope.square()))
 
     return rule
 
 
 def relu_rule(ctx: RuleContext, s: Tensor) -> dict[fx.Node, SValue]:
-    """ReLU: S_x = S_y where y > 0, else 0 (the slope's square is the slope), one kernel,
-    written into S_y when the pass holds it alone."""
-    if ctx.writable(s) and s.shape == ctx.out.shape:
-        return ctx.to_input(
-            torch.ops.aten.threshold_backward.grad_input(s, ctx.out, 0.0, grad_input=s))
-    return ctx.to_input(torch.ops.aten.threshold_backward(s, ctx.out, 0.0))
+    """ReLU: S_x = S_y and g_x = g_y where y > 0, else 0 (the slope's square is the
+    slope), one kernel each, written into S_y / g_y when the pass holds it alone."""
+    if ctx.grad is not None:
+        ctx.send_grad(ctx.to_input(_where_positive(ctx, ctx.grad)))
+    return ctx.to_input(_where_positive(ctx, s))
+
+
+def _where_positive(ctx: RuleContext, t: Tensor) -> Tensor:
+    """``t`` where the ReLU's output is positive, else 0 (in place when it may be)."""
+    if ctx.writable(t) and t.shape == ctx.out.shape:
+        return torch.ops.aten.threshold_backward.grad_input(t, ctx.out, 0.0, grad_input=t)
+    return torch.ops.aten.threshold_backward(t, ctx.out, 0.0)
 
 
 def _inside(low: float | None, high: float | None, y: Tensor) -> Tensor:
@@ -75,14 +85,10 @@ hardtanh_rule = mask_rule(_hardtanh_slope)
 clamp_rule = mask_rule(_clamp_slope)
 leaky_rule = mask_rule(_leaky_slope)
 
-for _target in (nn.ReLU, F.relu, torch.relu, "relu"):
-    register_rule(_target, relu_rule, writes_in_place=True)
-for _target in (nn.Hardtanh, F.relu6, F.hardtanh):  # nn.ReLU6 is a Hardtanh
-    register_rule(_target, hardtanh_rule, writes_in_place=True)
-for _target in (torch.clamp, torch.clip, "clamp", "clip"):
-    register_rule(_target, clamp_rule, writes_in_place=True)
-for _target in (nn.LeakyReLU, F.leaky_relu):
-    register_rule(_target, leaky_rule, writes_in_place=True)
+register_own(relu_rule, nn.ReLU, F.relu, torch.relu, "relu")
+register_own(hardtanh_rule, nn.Hardtanh, F.relu6, F.hardtanh)  # nn.ReLU6 is a Hardtanh
+register_own(clamp_rule, torch.clamp, torch.clip, "clamp", "clip")
+register_own(leaky_rule, nn.LeakyReLU, F.leaky_relu)
 
 #: Smooth activations: layer types, functions and tensor methods, f' by autograd.
 SMOOTH = (

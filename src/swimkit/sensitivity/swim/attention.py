@@ -10,6 +10,9 @@
   ``nn.MultiheadAttention`` (its packed q, k, v projection and ``out_proj`` device
   weights): the rules above chained through their parts, so a fused call gives what the
   same attention written out op by op gives.
+
+Each rule carries the gradient too: the same backward with the operands unsquared and
+softmax's own Jacobian (g_x = p (g - sum p g)).
 """
 
 from __future__ import annotations
@@ -25,40 +28,54 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .context import RuleContext, SValue, unsupported, vjp_rule
-from .registry import register_rule
+from .registry import register_own
 
 # --- products of two tensors -------------------------------------------------------------------
 
 
-def _squared_product_vjp(op: Callable[..., Tensor], values: Sequence[Any], index: int,
-                         s: Tensor) -> Tensor:
-    """VJP of ``op`` at ``s`` with respect to operand ``index``, the others squared."""
+def _product_vjp(op: Callable[..., Tensor], values: Sequence[Any], index: int, flow: Tensor,
+                 squared: bool) -> Tensor:
+    """VJP of ``op`` at ``flow`` with respect to operand ``index``, the other operands
+    squared (``squared``: S) or as they are (the gradient)."""
     with torch.enable_grad():
         leaf = values[index].detach().requires_grad_(True)
-        args = [leaf if i == index else (v.detach().square() if isinstance(v, Tensor) else v)
-                for i, v in enumerate(values)]
-        (grad,) = torch.autograd.grad(op(*args), leaf, s)
+        args = [leaf if i == index else _power(v, squared) for i, v in enumerate(values)]
+        (grad,) = torch.autograd.grad(op(*args), leaf, flow)
     return grad
+
+
+def _power(value: Any, squared: bool) -> Any:
+    """A tensor operand squared (for S) or as it is, detached; constants as they are."""
+    if not isinstance(value, Tensor):
+        return value
+    return value.detach().square() if squared else value.detach()
 
 
 def _product_results(ctx: RuleContext, op: Callable[..., Tensor], nodes: Sequence[Any],
                      values: Sequence[Any], s: Tensor) -> dict[fx.Node, SValue]:
-    """S of each operand of a product that needs one; a device weight's is accumulated."""
+    """S of each operand of a product that needs one (a device weight's accumulated),
+    and its gradient sent on (a device weight's reaches its attribute node)."""
     result: dict[fx.Node, SValue] = {}
+    grads: dict[fx.Node, SValue] = {}
     for i, node in enumerate(nodes):
         if not isinstance(node, fx.Node) or not isinstance(values[i], Tensor):
             continue
         weight_name = ctx.device_weight_name(node)
         if weight_name is None and not ctx.needs(node):
             continue
-        s_in = _squared_product_vjp(op, values, i, s)
+        if ctx.grad is not None:
+            _add_into(grads, node, _product_vjp(op, values, i, ctx.grad, squared=False))
+        s_in = _product_vjp(op, values, i, s, squared=True)
         if weight_name is not None:
             ctx.accumulate(weight_name, s_in)
-        elif node in result:  # the same tensor on both sides: the terms add up
-            result[node] = result[node] + s_in
         else:
-            result[node] = s_in
+            _add_into(result, node, s_in)  # the same tensor on both sides: terms add up
+    ctx.send_grad(grads)
     return result
+
+
+def _add_into(found: dict[fx.Node, SValue], node: fx.Node, part: Tensor) -> None:
+    found[node] = found[node] + part if node in found else part
 
 
 def matmul_rule(ctx: RuleContext, s: Tensor) -> dict[fx.Node, SValue]:
@@ -108,6 +125,11 @@ def softmax_curvature(p: Tensor, s: Tensor, dim: int) -> Tensor:
     return p2 * ((1 - 2 * p) * s + (p2 * s).sum(dim, keepdim=True))
 
 
+def softmax_gradient(p: Tensor, g: Tensor, dim: int) -> Tensor:
+    """g_x of p = softmax(x) along ``dim``: p (g - sum p g)."""
+    return p * (g - (p * g).sum(dim, keepdim=True))
+
+
 def _softmax_dim(ctx: RuleContext) -> int:
     dim = ctx.module.dim if ctx.module is not None else ctx.arg(1, "dim")
     if dim is None:
@@ -116,14 +138,19 @@ def _softmax_dim(ctx: RuleContext) -> int:
 
 
 def softmax_rule(ctx: RuleContext, s: Tensor) -> dict[fx.Node, SValue]:
-    """Softmax: S_x = p^2 ((1 - 2p) S + sum p^2 S)."""
-    return ctx.to_input(softmax_curvature(ctx.out.to(s.dtype), s, _softmax_dim(ctx)))
+    """Softmax: S_x = p^2 ((1 - 2p) S + sum p^2 S), g_x = p (g - sum p g)."""
+    p, dim = ctx.out.to(s.dtype), _softmax_dim(ctx)
+    if ctx.grad is not None:
+        ctx.send_grad(ctx.to_input(softmax_gradient(p, ctx.grad, dim)))
+    return ctx.to_input(softmax_curvature(p, s, dim))
 
 
 def log_softmax_rule(ctx: RuleContext, s: Tensor) -> dict[fx.Node, SValue]:
-    """Log-softmax: S_x = (1 - 2p) S + p^2 sum S."""
-    p = ctx.out.to(s.dtype).exp()
-    return ctx.to_input((1 - 2 * p) * s + p.square() * s.sum(_softmax_dim(ctx), keepdim=True))
+    """Log-softmax: S_x = (1 - 2p) S + p^2 sum S, g_x = g - p sum g."""
+    p, dim = ctx.out.to(s.dtype).exp(), _softmax_dim(ctx)
+    if ctx.grad is not None:
+        ctx.send_grad(ctx.to_input(ctx.grad - p * ctx.grad.sum(dim, keepdim=True)))
+    return ctx.to_input((1 - 2 * p) * s + p.square() * s.sum(dim, keepdim=True))
 
 
 # --- attention ---------------------------------------------------------------------------------
@@ -151,6 +178,22 @@ def attention_curvature(q: Tensor, k: Tensor, v: Tensor, p: Tensor, scale: float
     return s_q.sum_to_size(q.shape), s_k.sum_to_size(k.shape), s_v.sum_to_size(v.shape)
 
 
+def attention_gradient(q: Tensor, k: Tensor, v: Tensor, p: Tensor, scale: float,
+                       g: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The gradient of q, k and v of the same attention, from the gradient of out."""
+    g_v = p.transpose(-2, -1) @ g
+    g_logits = softmax_gradient(p, g @ v.transpose(-2, -1), -1)
+    g_logits = torch.nan_to_num(g_logits) * scale
+    g_q = g_logits @ k
+    g_k = g_logits.transpose(-2, -1) @ q
+    return g_q.sum_to_size(q.shape), g_k.sum_to_size(k.shape), g_v.sum_to_size(v.shape)
+
+
+#: What S and the gradient take: the operands' power and the attention's backward.
+_FLOWS = {True: (attention_curvature, lambda t: t.square()),
+          False: (attention_gradient, lambda t: t)}
+
+
 def _causal(q_len: int, k_len: int, device: torch.device) -> Tensor:
     """Where a causal attention may look: query i at keys up to i."""
     return torch.ones(q_len, k_len, dtype=torch.bool, device=device).tril()
@@ -171,8 +214,15 @@ def sdpa_rule(ctx: RuleContext, s: Tensor) -> dict[fx.Node, SValue]:
         allowed = mask if allowed is None else allowed & mask
         mask = None
     p = attention_probabilities(q, k, scale, mask, allowed)
-    s_q, s_k, s_v = attention_curvature(q, k, v, p, scale, s)
-    return _to_operands(ctx, [(0, "query", s_q), (1, "key", s_k), (2, "value", s_v)])
+    if ctx.grad is not None:
+        ctx.send_grad(_to_qkv(ctx, attention_gradient(q, k, v, p, scale, ctx.grad)))
+    return _to_qkv(ctx, attention_curvature(q, k, v, p, scale, s))
+
+
+def _to_qkv(ctx: RuleContext, parts: Sequence[Tensor]) -> dict[fx.Node, SValue]:
+    """Query, key and value parts to the operands that need them."""
+    names = ((0, "query"), (1, "key"), (2, "value"))
+    return _to_operands(ctx, [(i, n, t) for (i, n), t in zip(names, parts, strict=True)])
 
 
 def _to_operands(ctx: RuleContext, items: Sequence[tuple[int, str, Tensor]]
@@ -241,49 +291,72 @@ def mha_rule(ctx: RuleContext, s: SValue) -> dict[fx.Node, SValue]:
     m = ctx.module
     assert isinstance(m, nn.MultiheadAttention)
     s_out = _check_mha(ctx, m, s)
-    unbatched = ctx.arg(0, "query").dim() == 2
-    query, key, value = (_batch_first(ctx.arg(i, n), m, unbatched)
-                         for i, n in enumerate(("query", "key", "value")))
-    heads, embed = m.num_heads, m.embed_dim
-    head_dim = embed // heads
-    weights = m.in_proj_weight.chunk(3)
-    biases = m.in_proj_bias.chunk(3) if m.in_proj_bias is not None else (None,) * 3
-    inputs = (query, key, value)
-    projected = [F.linear(x, w, b) for x, w, b in zip(inputs, weights, biases, strict=True)]
-    batch = query.shape[0]
-    q, k, v = (t.reshape(batch, -1, heads, head_dim).transpose(1, 2) for t in projected)
-    scale = 1 / math.sqrt(head_dim)
-    mask, allowed = _mha_masks(ctx, batch, heads, q.shape[-2], k.shape[-2], q)
-    p = attention_probabilities(q, k, scale, mask, allowed)
-    merged = (p @ v).transpose(1, 2).reshape(batch, -1, embed)
-    s_y = _batch_first(s_out, m, unbatched)
-    out_name = ctx.device_weight_name_of(m.out_proj, "weight")
-    if out_name is not None:
-        ctx.accumulate(out_name, s_y.reshape(-1, embed).T @ merged.reshape(-1, embed).square())
-    s_merged = s_y @ m.out_proj.weight.square()
-    s_heads = s_merged.reshape(batch, -1, heads, head_dim).transpose(1, 2)
-    s_parts = attention_curvature(q, k, v, p, scale, s_heads)
-    s_projected = [t.transpose(1, 2).reshape(batch, -1, embed) for t in s_parts]
-    in_name = ctx.device_weight_name_of(m, "in_proj_weight")
-    if in_name is not None:
-        ctx.accumulate(in_name, torch.cat([
-            sp.reshape(-1, embed).T @ x.reshape(-1, embed).square()
-            for sp, x in zip(s_projected, inputs, strict=True)]))
-    items = [(i, n, _module_layout(sp @ w.square(), m, unbatched))
-             for i, (n, sp, w) in enumerate(zip(("query", "key", "value"), s_projected,
-                                                weights, strict=True))]
-    return _to_operands(ctx, items)
+    parts = _MhaParts(ctx, m)
+    if ctx.grad is not None:
+        ctx.send_grad(parts.backward(ctx.grad[0], squared=False))
+    return parts.backward(s_out, squared=True)
 
 
-for _target in (torch.matmul, operator.matmul, torch.bmm, torch.mm, "matmul", "bmm", "mm"):
-    register_rule(_target, matmul_rule, writes_in_place=True)
-register_rule(torch.einsum, einsum_rule, writes_in_place=True)
-for _target in (nn.Softmax, F.softmax, torch.softmax, "softmax"):
-    register_rule(_target, softmax_rule, writes_in_place=True)
-for _target in (nn.LogSoftmax, F.log_softmax, torch.log_softmax, "log_softmax"):
-    register_rule(_target, log_softmax_rule, writes_in_place=True)
-register_rule(F.scaled_dot_product_attention, sdpa_rule, writes_in_place=True)
-register_rule(nn.MultiheadAttention, mha_rule, writes_in_place=True)
-for _target in ("masked_fill", torch.masked_fill, torch.roll, "roll", "type_as", "to",
-                "float"):
-    register_rule(_target, vjp_rule, writes_in_place=True)
+class _MhaParts:
+    """An nn.MultiheadAttention call's parts, recomputed once from its recorded inputs,
+    for the backward of S and of the gradient."""
+
+    def __init__(self, ctx: RuleContext, m: nn.MultiheadAttention) -> None:
+        self.ctx, self.m = ctx, m
+        self.unbatched = ctx.arg(0, "query").dim() == 2
+        self.inputs = tuple(_batch_first(ctx.arg(i, n), m, self.unbatched)
+                            for i, n in enumerate(("query", "key", "value")))
+        heads, embed = m.num_heads, m.embed_dim
+        self.weights = m.in_proj_weight.chunk(3)
+        biases = m.in_proj_bias.chunk(3) if m.in_proj_bias is not None else (None,) * 3
+        projected = [F.linear(x, w, b)
+                     for x, w, b in zip(self.inputs, self.weights, biases, strict=True)]
+        self.batch = self.inputs[0].shape[0]
+        self.q, self.k, self.v = (self._heads(t) for t in projected)
+        self.scale = 1 / math.sqrt(embed // heads)
+        mask, allowed = _mha_masks(ctx, self.batch, heads, self.q.shape[-2], self.k.shape[-2],
+                                   self.q)
+        self.p = attention_probabilities(self.q, self.k, self.scale, mask, allowed)
+        self.merged = self._merge(self.p @ self.v)
+
+    def _heads(self, t: Tensor) -> Tensor:
+        m = self.m
+        return t.reshape(self.batch, -1, m.num_heads, m.embed_dim // m.num_heads).transpose(1, 2)
+
+    def _merge(self, t: Tensor) -> Tensor:
+        return t.transpose(1, 2).reshape(self.batch, -1, self.m.embed_dim)
+
+    def backward(self, flow: Tensor, squared: bool) -> dict[fx.Node, SValue]:
+        """S (``squared``) or the gradient of the inputs from that of the output; the
+        device weights' parts are accumulated."""
+        ctx, m, embed = self.ctx, self.m, self.m.embed_dim
+        attention, power = _FLOWS[squared]
+        accumulate = ctx.accumulate if squared else ctx.accumulate_grad
+        y = _batch_first(flow, m, self.unbatched)
+        out_name = ctx.device_weight_name_of(m.out_proj, "weight")
+        if out_name is not None:
+            ctx.accumulate_product(out_name, y.reshape(-1, embed).T,
+                                   power(self.merged.reshape(-1, embed)), gradient=not squared)
+        heads = self._heads(y @ power(m.out_proj.weight))
+        projected = [self._merge(t) for t in attention(self.q, self.k, self.v, self.p,
+                                                       self.scale, heads)]
+        in_name = ctx.device_weight_name_of(m, "in_proj_weight")
+        if in_name is not None:
+            accumulate(in_name, torch.cat([
+                part.reshape(-1, embed).T @ power(x.reshape(-1, embed))
+                for part, x in zip(projected, self.inputs, strict=True)]))
+        items = [(i, n, _module_layout(part @ power(w), m, self.unbatched))
+                 for i, (n, part, w) in enumerate(zip(("query", "key", "value"), projected,
+                                                      self.weights, strict=True))]
+        return _to_operands(ctx, items)
+
+
+register_own(matmul_rule, torch.matmul, operator.matmul, torch.bmm, torch.mm, "matmul", "bmm",
+             "mm")
+register_own(einsum_rule, torch.einsum)
+register_own(softmax_rule, nn.Softmax, F.softmax, torch.softmax, "softmax")
+register_own(log_softmax_rule, nn.LogSoftmax, F.log_softmax, torch.log_softmax, "log_softmax")
+register_own(sdpa_rule, F.scaled_dot_product_attention)
+register_own(mha_rule, nn.MultiheadAttention)
+register_own(vjp_rule, "masked_fill", torch.masked_fill, torch.roll, "roll", "type_as", "to",
+             "float", local_graph=True)

@@ -5,6 +5,8 @@ Jacobian from autograd: exactly what a rule computes for an op whose Jacobian en
 single terms (elementwise ops, reshapes, products of two tensors, softmax). An op built
 from several (attention) chains its parts' rules; give it ``against=`` the same op written
 out part by part, and the rules of the parts (each checked on its own) are the reference.
+The gradient a rule carries (``gradient=True``) is checked against autograd's VJP of the
+op, which is exact in every case.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ class RuleCheck:
 
     ``error``: the largest |rule - reference| over every input, relative to the largest
     |reference|; ``input`` and ``index``: where it is (which example input, which element).
+    ``gradient_error``: the same for the gradient the rule carries, against autograd's
+    (None for a rule that carries S alone).
     """
 
     op: str
@@ -38,16 +42,20 @@ class RuleCheck:
     input: int
     index: tuple[int, ...]
     tolerance: float
+    gradient_error: float | None = None
 
     @property
     def ok(self) -> bool:
-        return self.error <= self.tolerance
+        return self.error <= self.tolerance and (self.gradient_error is None
+                                                 or self.gradient_error <= self.tolerance)
 
     def __str__(self) -> str:
         verdict = "agrees with" if self.ok else "differs from"
+        gradient = ("" if self.gradient_error is None
+                    else f"; its gradient's largest relative difference {self.gradient_error:.2e}")
         return (f"the rule of {self.op} {verdict} the reference: largest relative difference "
                 f"{self.error:.2e} (tolerance {self.tolerance:.0e}) at input {self.input}, "
-                f"element {self.index}")
+                f"element {self.index}{gradient}")
 
 
 def _spans(shapes: Sequence[Sequence[int]]) -> list[tuple[int, int, tuple[int, ...]]]:
@@ -135,16 +143,26 @@ def _label(op: Any) -> str:
     return getattr(op, "__name__", repr(op))
 
 
-def _engine_s(probe: nn.Module, z: Tensor, s_out: Tensor) -> Tensor:
+def _engine(probe: nn.Module, z: Tensor, s_out: Tensor,
+            g_out: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    """S at the input from the rules, and the gradient where they all carry it."""
     graph = probe.graph if isinstance(probe, fx.GraphModule) else trace(probe)
     run = CurvaturePass(probe, graph, {}, curvature_at_input=True)
+    g_out = g_out if run.carries_gradient else None
     with out_of_place_layers(probe), torch.no_grad():
         run.forward(z.clone())
-        left = run.backward(s_out)
+        left = run.backward(s_out, g_out)
     placeholder = next(n for n in run.nodes if n.op == "placeholder")
     require(placeholder in left, "no S reached the inputs: the op's output does not depend on "
                                  "them")
-    return left[placeholder]
+    return left[placeholder], None if g_out is None else run.grad_left[placeholder]
+
+
+def _oracle_grad(probe: nn.Module, z: Tensor, g_out: Tensor) -> Tensor:
+    with out_of_place_layers(probe), torch.enable_grad():
+        leaf = z.clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(probe(leaf), leaf, g_out)
+    return grad
 
 
 def _oracle_s(probe: nn.Module, z: Tensor, s_out: Tensor) -> Tensor:
@@ -164,8 +182,9 @@ def check_rule(op: Any, *example_inputs: Tensor, against: Callable | None = None
     item of a tuple it returns carries S. ``against``: a reference written out op by op,
     called like ``op`` and returning that one tensor (its rules are then the reference, see
     the module docstring). ``s_out``: S at the
-    output (default: uniform in [0, 1), seeded). Returns a :class:`RuleCheck`; its ``ok``
-    says whether the largest relative difference is within ``tolerance``.
+    output (default: uniform in [0, 1), seeded); the gradient at the output is normal,
+    seeded. Returns a :class:`RuleCheck`; its ``ok`` says whether the largest relative
+    differences of S and of the gradient are within ``tolerance``.
     """
     require(bool(example_inputs) and all(isinstance(x, Tensor) and x.is_floating_point()
                                          for x in example_inputs),
@@ -182,24 +201,33 @@ def check_rule(op: Any, *example_inputs: Tensor, against: Callable | None = None
         s_out = torch.rand(y.shape, generator=torch.Generator().manual_seed(seed),
                            dtype=torch.float64)
     s_out = s_out.to(torch.float64)
-    got = _engine_s(probe, z, s_out)
+    g_out = torch.randn(y.shape, generator=torch.Generator().manual_seed(seed + 1),
+                        dtype=torch.float64)
+    got, got_grad = _engine(probe, z, s_out, g_out)
     if against is None:
         expected = _oracle_s(probe, z, s_out)
     else:
         reference = _Probe(against, shapes, kwargs, None).double()  # traced: its parts
-        expected = _engine_s(reference, z, s_out)
-    return _compare(_label(op), got.reshape(-1), expected.reshape(-1), shapes, tolerance)
+        expected = _engine(reference, z, s_out)[0]
+    error, flat = _largest_difference(got, expected)
+    gradient_error = None if got_grad is None else _largest_difference(
+        got_grad, _oracle_grad(probe, z, g_out))[0]
+    return RuleCheck(_label(op), error, *_where(flat, shapes), tolerance, gradient_error)
 
 
-def _compare(label: str, got: Tensor, expected: Tensor, shapes: Sequence[torch.Size],
-             tolerance: float) -> RuleCheck:
-    diff = (got - expected).abs()
+def _largest_difference(got: Tensor, expected: Tensor) -> tuple[float, int]:
+    """The largest |got - expected| relative to the largest |expected|, and where."""
+    diff = (got.reshape(-1) - expected.reshape(-1)).abs()
     flat = int(diff.argmax())
-    error = float(diff[flat] / expected.abs().max().clamp_min(1e-300))
+    return float(diff[flat] / expected.abs().max().clamp_min(1e-300)), flat
+
+
+def _where(flat: int, shapes: Sequence[torch.Size]) -> tuple[int, tuple[int, ...]]:
+    """Which example input and which element of it a flat index is."""
     for i, (start, stop, shape) in enumerate(_spans(shapes)):
         if flat < stop:
             where = torch.unravel_index(torch.tensor(flat - start), shape)
-            return RuleCheck(label, error, i, tuple(int(v) for v in where), tolerance)
+            return i, tuple(int(v) for v in where)
     raise AssertionError("unreachable: the index lies within the inputs")
 
 

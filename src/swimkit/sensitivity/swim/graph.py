@@ -11,14 +11,19 @@ layers with a registered rule stay whole). Before any compute the graph is check
   view whose base is used afterwards, cannot be rewired and is refused.
 
 Then, per batch: one forward pass records every node's value; S flows backwards from
-the logits, each node applying its rule and freeing values no rule needs any more.
+the logits, each node applying its rule and freeing values no rule needs any more. When
+every rule on the path carries the gradient too (swimkit's own do), the same reverse walk
+carries g beside S and the forward runs without autograd; else the forward is recorded
+by autograd and g comes from its backward after the curvature sweep.
 """
 
 from __future__ import annotations
 
+import itertools
 import operator
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 import torch
@@ -30,7 +35,8 @@ from torch.nn.utils import parametrize
 from ...errors import SwimkitError, first_line
 from ...mapping import DeviceWeight, perturbed, require_logits
 from ...progress import progress_bar
-from .context import RuleContext, SValue, UnsupportedOperation
+from ..batching import Chunk, depends_on_batch, pass_batch_size, regrouped, weighted
+from .context import RuleContext, SValue, UnsupportedOperation, layout
 from .registry import (
     OUT_OF_PLACE,
     RuleEntry,
@@ -252,11 +258,20 @@ class CurvaturePass:
         on_path = [n for n in calls if n in self.upstream and n in feeds_output(graph)
                    and n not in metadata_nodes(graph)]
         self.rules = check_rules(on_path, model)
+        #: every rule on the path carries the gradient: one sweep gives S and g
+        self.carries_gradient = all(entry.gradient for entry in self.rules.values())
+        self._local = {node for node, entry in self.rules.items() if entry.local_graph}
         self.env: dict[fx.Node, Any] = {}
+        #: the leaves of the local autograd graphs recorded in the forward, by node
+        self.leaves: dict[fx.Node, dict[fx.Node, Tensor]] = {}
         self.h: dict[str, Tensor] = {}
+        self.g: dict[str, Tensor] = {}
         self._scratch: dict[tuple, Tensor] = {}
+        self._squares: dict[int, tuple[Tensor, int, Tensor]] = {}
         self.pending: dict[fx.Node, SValue] = {}
-        # memory this pass must not write: the seed's, and S from rules registered outside
+        self.pending_grad: dict[fx.Node, SValue] = {}
+        self.grad_left: dict[fx.Node, SValue] = {}
+        # memory this pass must not write: the seeds', and S from rules registered outside
         self._kept: set[int] = set()
         self.output_node = graph.output_node().args[0]
 
@@ -266,10 +281,10 @@ class CurvaturePass:
     def scratch(self, like: Tensor) -> Tensor:
         """A reusable buffer shaped like ``like``, for a temporary a rule consumes at once
         (fresh memory costs page faults on every batch)."""
-        key = (tuple(like.shape), like.dtype, like.device)
+        key = (tuple(like.shape), like.dtype, like.device, layout(like))
         buffer = self._scratch.get(key)
         if buffer is None:
-            buffer = torch.empty_like(like, memory_format=torch.contiguous_format)
+            buffer = torch.empty_like(like, memory_format=layout(like))
             self._scratch[key] = buffer
         return buffer
 
@@ -286,11 +301,33 @@ class CurvaturePass:
         return isinstance(node, fx.Node) and node in self.upstream
 
     def accumulate(self, name: str, s_w: Tensor) -> None:
-        s_w = s_w.detach()
-        self.h[name] = self.h[name] + s_w if name in self.h else s_w
+        _add_to(self.h, name, s_w)
+
+    def accumulate_grad(self, name: str, g_w: Tensor) -> None:
+        _add_to(self.g, name, g_w)
+
+    def accumulate_product(self, name: str, a: Tensor, b: Tensor, gradient: bool) -> None:
+        """Add ``a @ b`` to the S (or, ``gradient``, the g) of ``name``, in place: no
+        temporary the size of the weight."""
+        sums = self.g if gradient else self.h
+        if name in sums:
+            sums[name].addmm_(a, b)
+        else:
+            sums[name] = a @ b
+
+    def squared(self, weight: Tensor) -> Tensor:
+        """``weight ** 2``: a parameter's once per pass (the model does not change during
+        it), a computed weight's (quantized, say) once per batch."""
+        found = self._squares.get(id(weight))
+        if found is None or found[0] is not weight or found[1] != weight._version:
+            found = (weight, weight._version, weight.detach().square())
+            self._squares[id(weight)] = found
+        return found[2]
 
     def forward(self, x: Tensor) -> Tensor:
-        self.env = {}
+        self.env, self.leaves = {}, {}
+        self._squares = {k: v for k, v in self._squares.items()
+                         if isinstance(v[0], nn.Parameter)}
         output = None
         for node in self.nodes:
             if node.op == "placeholder":
@@ -299,9 +336,29 @@ class CurvaturePass:
                 self.env[node] = _fetch_attr(self.model, str(node.target))
             elif node.op == "output":
                 output = fx.node.map_arg(node.args[0], self.value)
+            elif node in self._local and not torch.is_grad_enabled():
+                self.env[node] = self._recorded(node)
             else:
                 self.env[node] = self.call(node)
         return require_logits(output)
+
+    def vjp_inputs(self, node: fx.Node) -> list[fx.Node]:
+        """The inputs of ``node`` a VJP reaches: floating tensors that need S."""
+        return [n for n in dict.fromkeys(node.all_input_nodes)
+                if self.needs(n) and isinstance(self.env[n], Tensor)
+                and self.env[n].is_floating_point()]
+
+    def _recorded(self, node: fx.Node) -> Any:
+        """Run ``node`` under an autograd graph of its own, from leaves of the inputs its
+        VJP reaches (kept in :attr:`leaves` until the backward is past it)."""
+        inputs = self.vjp_inputs(node)
+        if not inputs:
+            return self.call(node)
+        with torch.enable_grad():
+            leaves = {n: self.env[n].detach().requires_grad_(True) for n in inputs}
+            out = self.call(node, leaves)
+        self.leaves[node] = leaves
+        return out
 
     def call(self, node: fx.Node, replace: Mapping[fx.Node, Tensor] | None = None) -> Any:
         """Execute ``node`` on the recorded values (or on ``replace`` for some inputs),
@@ -320,39 +377,63 @@ class CurvaturePass:
             method = method[:-1]
         return getattr(args[0], method)(*args[1:], **kwargs)
 
-    def backward(self, s_logits: Tensor) -> dict[fx.Node, SValue]:
-        """Propagate S from the logits, freeing each value once no rule needs it.
+    def backward(self, s_logits: Tensor, g_logits: Tensor | None = None
+                 ) -> dict[fx.Node, SValue]:
+        """Propagate S (and the gradient ``g_logits``, when given) from the logits,
+        freeing each value once no rule needs it.
 
-        Returns the S left at inputs and attributes. ``s_logits`` is the caller's: never
-        written into; nor is what a rule registered from outside swimkit returns (it may
-        keep it).
+        Returns the S left at inputs and attributes (the gradient left there is in
+        :attr:`grad_left`); the gradient reaching a device weight's attribute is added to
+        its g. The seeds are the caller's: never written into; nor is what a rule
+        registered from outside swimkit returns (it may keep it).
         """
+        if g_logits is not None and not self.carries_gradient:
+            raise SwimkitError("a rule of this graph does not carry the gradient: take g "
+                               "from autograd")
         self.pending = {self.output_node: s_logits}
-        self._kept = {_memory(s_logits)}
+        self.pending_grad = {} if g_logits is None else {self.output_node: g_logits}
+        self._kept = {_memory(t) for t in (s_logits, g_logits) if t is not None}
         try:
             with torch.no_grad():
                 for node in reversed(self.nodes):
-                    if node.op in _CALLS and node in self.pending:
-                        self._apply(node, self.pending.pop(node))
                     if node.op in _CALLS:
+                        if node in self.pending:
+                            self._apply(node, self.pending.pop(node),
+                                        self.pending_grad.pop(node, None))
                         self.env.pop(node, None)
+                        self.leaves.pop(node, None)
+                    elif node.op == "get_attr" and node in self.pending_grad:
+                        self._weight_grad(node, self.pending_grad.pop(node))
+            self.grad_left = self.pending_grad
             return self.pending
         finally:
-            self.pending, self._kept = {}, set()
+            self.pending, self.pending_grad, self._kept = {}, {}, set()
 
-    def _apply(self, node: fx.Node, s: SValue) -> None:
-        """Run ``node``'s rule on its S and pass the results on to its inputs."""
+    def _weight_grad(self, node: fx.Node, g: SValue) -> None:
+        """The gradient reaching a device weight read as an attribute is its g."""
+        name = str(node.target)
+        if name in self.weights and isinstance(g, Tensor):
+            self.accumulate_grad(name, g)
+
+    def _apply(self, node: fx.Node, s: SValue, g: SValue | None) -> None:
+        """Run ``node``'s rule on its S (and gradient) and pass the results on."""
         entry = self.rules.get(node)
         if entry is None:
             return
-        results = entry.rule(RuleContext(self, node), s)
+        results = entry.rule(RuleContext(self, node, g), s)
         if not entry.writes_in_place:
             _check_rule_result(entry.rule, node, results)
             # a rule from outside may keep what it returns: never written in place
             self._kept.update(_memory(t) for t in _tensors(results.values()))
         for target, s_in in results.items():
             if self.needs(target):
-                self._merge_into(target, s_in)
+                self._merge_into(self.pending, target, s_in)
+
+    def merge_grads(self, grads: Mapping[fx.Node, SValue]) -> None:
+        """Add each input's gradient to the one waiting there."""
+        for target, g_in in grads.items():
+            if self.needs(target):
+                self._merge_into(self.pending_grad, target, g_in)
 
     def writable(self, s: Tensor, *others: Tensor) -> bool:
         """True when a rule may write into ``s``: it is dense, no S waiting in the pass (nor
@@ -362,13 +443,14 @@ class CurvaturePass:
         if not (s.is_contiguous() or s.is_contiguous(memory_format=torch.channels_last)):
             return False
         memory = _memory(s)
-        held = [*_tensors(self.pending.values()), *others]
+        held = [*_tensors(self.pending.values()), *_tensors(self.pending_grad.values()),
+                *others]
         return memory not in self._kept and all(_memory(t) != memory for t in held)
 
-    def _merge_into(self, target: fx.Node, new: SValue) -> None:
-        """Add ``new`` to the S waiting at ``target`` (in place when that S is the pass's
-        alone; tuple outputs item by item)."""
-        old = self.pending.pop(target, None)
+    def _merge_into(self, store: dict[fx.Node, SValue], target: fx.Node, new: SValue) -> None:
+        """Add ``new`` to the S (or gradient) waiting at ``target`` in ``store`` (in place
+        when that tensor is the pass's alone; tuple outputs item by item)."""
+        old = store.pop(target, None)
         if old is None:
             merged = new
         elif isinstance(old, dict):
@@ -380,7 +462,16 @@ class CurvaturePass:
             merged = old.add_(new)
         else:
             merged = old + new
-        self.pending[target] = merged
+        store[target] = merged
+
+
+def _add_to(sums: dict[str, Tensor], name: str, value: Tensor) -> None:
+    """Add ``value`` to the sum of ``name``, in place after a first copy of its own (a
+    sum over batches then costs no fresh memory per batch)."""
+    if name in sums:
+        sums[name].add_(value.detach())
+    else:
+        sums[name] = value.detach().clone(memory_format=torch.contiguous_format)
 
 
 def _memory(t: Tensor) -> int:
@@ -436,26 +527,72 @@ def _fetch_attr(model: nn.Module, target: str) -> Any:
     return value
 
 
-def _batch(
-    run: CurvaturePass, x: Tensor, y: Tensor, deltas: dict[str, Tensor], first: dict[str, Tensor]
-) -> None:
-    """One batch: h by the curvature pass, then g by autograd.
+def _loss_gradient(logits: Tensor, y: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
+    """S and the gradient of the weighted cross-entropy sum_n w_n CE(z_n, y_n) at the
+    logits: S = p (1 - p), unweighted (h sums over samples); g = w (p - target)."""
+    p = torch.softmax(logits, dim=-1)
+    if y.is_floating_point():  # class probabilities
+        g = p * y.sum(-1, keepdim=True) - y
+    else:
+        g = p.clone()
+        g[torch.arange(len(y), device=y.device), y] -= 1
+    return p * (1 - p), g.mul_(weight.to(g.dtype)[:, None])
 
-    The curvature pass runs first, while autograd's graph of the forward is alive: ops
-    whose S flows like the gradient (pooling, reshapes) use it instead of running their
-    forward again, and the gradient pass after it frees the graph as it goes.
-    """
+
+def _one_sweep(run: CurvaturePass, x: Tensor, y: Tensor, weight: Tensor) -> None:
+    """One batch: a forward without autograd, then S and g in one reverse sweep."""
+    with torch.no_grad():
+        s, g = _loss_gradient(run.forward(x), y, weight)
+    run.backward(s, g)
+
+
+def _autograd_batch(run: CurvaturePass, deltas: dict[str, Tensor], x: Tensor, y: Tensor,
+                    weight: Tensor) -> None:
+    """One batch for a graph with a rule that carries S alone: the curvature sweep while
+    autograd's graph of the forward is alive (ops whose S flows like the gradient use
+    it), then g by autograd's backward, which frees the graph as it goes."""
     logits = run.forward(x)
     with torch.no_grad():
-        p = torch.softmax(logits.detach(), dim=-1)
-    run.backward(p * (1 - p))
+        s, _ = _loss_gradient(logits.detach(), y, weight)
+    run.backward(s)
     run.env = {}
-    loss = F.cross_entropy(logits, y)
+    loss = (F.cross_entropy(logits, y, reduction="none") * weight.to(logits.dtype)).sum()
     del logits
     grads = torch.autograd.grad(loss, list(deltas.values()), allow_unused=True)
     for name, grad in zip(deltas, grads, strict=True):
         if grad is not None:
-            first[name] = first[name] + grad if name in first else grad
+            run.accumulate_grad(name, grad)
+
+
+@contextmanager
+def _batch_step(run: CurvaturePass, model: nn.Module, weights: Mapping[str, DeviceWeight]
+                ) -> Iterator[Callable[[Tensor, Tensor, Tensor], None]]:
+    """What one batch runs: one sweep where every rule carries the gradient, else the
+    curvature sweep and autograd's gradient (the weights offset by zero deltas, so
+    autograd reaches the effective device weights)."""
+    if run.carries_gradient:
+        yield partial(_one_sweep, run)
+        return
+    with perturbed(model, weights) as offsets:
+        deltas = {name: torch.zeros_like(w.value, requires_grad=True)
+                  for name, w in weights.items()}
+        offsets.set(deltas)
+        yield partial(_autograd_batch, run, deltas)
+
+
+def _pass_chunks(model: nn.Module, chunks: Iterator[Chunk], batch_size: int | None
+                 ) -> Iterator[Chunk]:
+    """The samples in the pass's batches: ``batch_size``, else the model's own (see
+    :mod:`swimkit.sensitivity.batching`); as given where the forward depends on them."""
+    first = next(chunks, None)
+    if first is None:
+        return
+    every = itertools.chain([first], chunks)
+    if depends_on_batch(model):
+        yield from every
+        return
+    x = first[0]
+    yield from regrouped(every, batch_size or pass_batch_size(model, x.shape[1:], x.device))
 
 
 def swim_curvature(
@@ -463,29 +600,28 @@ def swim_curvature(
     weights: dict[str, DeviceWeight],
     batches: Iterable[tuple[Tensor, Tensor]],
     *,
+    batch_size: int | None = None,
     progress: bool = False,
 ) -> tuple[dict[str, Tensor], dict[str, Tensor], int]:
-    """SWIM's h (summed over samples) and g (mean-loss gradient summed over batches).
+    """SWIM's h (summed over samples) and g (the mean-loss gradient of each batch given,
+    summed over batches); the pass runs at ``batch_size`` (None: chosen per model),
+    which changes the results only by float rounding.
 
     Raw units: derivatives with respect to the effective device weights.
     """
     run = CurvaturePass(model, trace(model), weights)
-    first: dict[str, Tensor] = {}
     samples = 0
-    with perturbed(model, weights) as offsets, out_of_place_layers(model):
-        deltas = {
-            name: torch.zeros_like(w.value, requires_grad=True) for name, w in weights.items()
-        }
-        offsets.set(deltas)
-        for x, y in progress_bar(batches, progress, "sensitivity (swim)"):
+    given = weighted(progress_bar(batches, progress, "sensitivity (swim)"))
+    with out_of_place_layers(model), _batch_step(run, model, weights) as step:
+        for x, y, weight in _pass_chunks(model, given, batch_size):
             with parametrize.cached():  # effective weights computed once per batch
-                _batch(run, x, y, deltas, first)
+                step(x, y, weight)
             samples += int(y.shape[0])
     if samples == 0:
         raise SwimkitError("the sensitivity pass got no batches: pass a non-empty loader")
     zeros = {name: torch.zeros_like(w.value.detach()) for name, w in weights.items()}
     second = {name: run.h.get(name, zeros[name]) for name in weights}
-    first = {name: first.get(name, zeros[name]) for name in weights}
+    first = {name: run.g.get(name, zeros[name]) for name in weights}
     return second, first, samples
 
 

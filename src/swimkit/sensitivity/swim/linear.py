@@ -2,7 +2,8 @@
 
 linear y = x W^T + b:  S_W = S_y^T x^2 (summed over the batch),  S_x = S_y W^2.
 conv: S_W is the conv's weight gradient with x^2 for x and S_y for the output gradient;
-S_x its input gradient with W^2 for W.
+S_x its input gradient with W^2 for W: one ``convolution_backward`` gives both.
+The gradient beside S is the layer's ordinary backward (g_W = g_y^T x, g_x = g_y W).
 """
 
 from __future__ import annotations
@@ -14,19 +15,29 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .context import RuleContext, SValue, unsupported
-from .registry import register_rule
+from .context import RuleContext, SValue, layout, unsupported
+from .registry import register_own
 
 
 def linear_rule(ctx: RuleContext, s: Tensor) -> dict[fx.Node, SValue]:
     x = ctx.arg(0, "input")
     weight, weight_name = ctx.weight_of(1)
-    s2 = s.reshape(-1, s.shape[-1])
+    g = ctx.grad
     if weight_name is not None:
-        ctx.accumulate(weight_name, s2.T @ x.reshape(-1, x.shape[-1]).square())
+        rows = _rows(x)
+        ctx.accumulate_product(weight_name, _rows(s).T, rows.square())
+        if g is not None:
+            ctx.accumulate_product(weight_name, _rows(g).T, rows, gradient=True)
     if not ctx.needs(ctx.input_node):
         return {}
-    return ctx.to_input(s @ weight.square())
+    if g is not None:
+        ctx.send_grad(ctx.to_input(g @ weight))
+    return ctx.to_input(s @ ctx.squared(weight))
+
+
+def _rows(t: Tensor) -> Tensor:
+    """``t`` as a matrix of its last dimension's rows."""
+    return t.reshape(-1, t.shape[-1])
 
 
 def _ntuple(value: Any, n: int) -> tuple[int, ...]:
@@ -75,22 +86,23 @@ def conv_rule(ctx: RuleContext, s: Tensor) -> dict[fx.Node, SValue]:
         None, p["stride"], padding, p["dilation"], p["transposed"], p["output_padding"],
         p["groups"],
     )
-    s = s.contiguous()
-    if weight_name is not None:
-        s_w = torch.ops.aten.convolution_backward(
-            s, torch.square(x, out=ctx.scratch(x)), weight, *common, [False, True, False]
-        )[1]
-        ctx.accumulate(weight_name, s_w)
-    if not ctx.needs(ctx.input_node):
+    mask = [ctx.needs(ctx.input_node), weight_name is not None, False]
+    if not any(mask):
         return {}
-    s_x = torch.ops.aten.convolution_backward(
-        s, x, weight.square(), *common, [True, False, False]
-    )[0]
-    return ctx.to_input(s_x)
+    if ctx.grad is not None:
+        g_x, g_w, _ = torch.ops.aten.convolution_backward(
+            ctx.grad.contiguous(memory_format=layout(x)), x, weight, *common, mask)
+        if weight_name is not None:
+            ctx.accumulate_grad(weight_name, g_w)
+        if g_x is not None:
+            ctx.send_grad(ctx.to_input(g_x))
+    x2 = torch.square(x, out=ctx.scratch(x)) if weight_name is not None else x
+    s_x, s_w, _ = torch.ops.aten.convolution_backward(
+        s.contiguous(memory_format=layout(x)), x2, ctx.squared(weight), *common, mask)
+    if weight_name is not None:
+        ctx.accumulate(weight_name, s_w)
+    return ctx.to_input(s_x) if s_x is not None else {}
 
 
-register_rule(nn.Linear, linear_rule, writes_in_place=True)
-register_rule(F.linear, linear_rule, writes_in_place=True)
-register_rule(nn.modules.conv._ConvNd, conv_rule, writes_in_place=True)
-for _conv in (F.conv1d, F.conv2d, F.conv3d):
-    register_rule(_conv, conv_rule, writes_in_place=True)
+register_own(linear_rule, nn.Linear, F.linear)
+register_own(conv_rule, nn.modules.conv._ConvNd, F.conv1d, F.conv2d, F.conv3d)

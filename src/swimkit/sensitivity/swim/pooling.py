@@ -3,6 +3,7 @@
 Max-pooling routes S like the gradient (a 0/1 Jacobian). Average pooling over a window
 of D inputs has Jacobian entries 1/D, squared 1/D^2: S_x is the VJP of S_y / D_j, with
 each window's own divisor (ceil mode, padding counted or not, uneven adaptive windows).
+The gradient is the plain VJP, from the same local graph (``RuleContext.vjp``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from torch import Tensor, nn
 
 from .context import RuleContext, SValue, vjp_rule
 from .linear import _ntuple
-from .registry import register_rule
+from .registry import register_own
 
 
 def _window_sizes(length: int, out: int) -> Tensor:
@@ -82,13 +83,10 @@ def _pool_nd(dims: int, x: Tensor, params: dict, divisor: int | None) -> Tensor:
     return pool(x, **params, divisor_override=divisor)
 
 
-for _target in (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d,
-                nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, F.max_pool1d, F.max_pool2d,
-                F.max_pool3d, F.adaptive_max_pool1d, F.adaptive_max_pool2d,
-                F.adaptive_max_pool3d):
-    register_rule(_target, vjp_rule, writes_in_place=True)
-for _target in (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, F.avg_pool1d, F.avg_pool2d,
-                F.avg_pool3d):
-    register_rule(_target, avg_pool_rule, writes_in_place=True)
-for _target in _ADAPTIVE_DIMS:
-    register_rule(_target, adaptive_avg_pool_rule, writes_in_place=True)
+register_own(vjp_rule, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d,
+             nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, F.max_pool1d, F.max_pool2d,
+             F.max_pool3d, F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d,
+             local_graph=True)
+register_own(avg_pool_rule, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, F.avg_pool1d,
+             F.avg_pool2d, F.avg_pool3d, local_graph=True)
+register_own(adaptive_avg_pool_rule, *_ADAPTIVE_DIMS, local_graph=True)

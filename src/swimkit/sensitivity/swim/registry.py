@@ -12,7 +12,13 @@ extensible part of swimkit (entry-point group ``swimkit.rules``): a target that 
 rule keeps it unless ``replace=True``. ``writes_in_place=True`` says that the rule hands
 on only fresh tensors or views of its S, which it does not keep: the pass may then write
 into them later to save memory. Without it what the rule returns is checked and never
-written afterwards, so a rule may keep it.
+written afterwards, so a rule may keep it. ``gradient=True`` says that the rule carries
+the gradient too (``ctx.grad``, ``ctx.send_grad``, ``ctx.accumulate_grad``; swimkit's own
+rules and every ``register_elementwise`` rule do): when every rule of a model's graph
+does, g comes from the same sweep as S; else from autograd, as a separate backward.
+``local_graph=True`` says that the rule takes the op's VJP (``ctx.vjp``): the forward
+then records the op's own autograd graph, so the VJP reuses what the op saved (a
+max-pool's indices) instead of running the op again.
 """
 
 from __future__ import annotations
@@ -43,6 +49,8 @@ class RuleEntry(Entry):
     target: Any = None
     rule: Rule | None = None
     writes_in_place: bool = False
+    gradient: bool = False
+    local_graph: bool = False
 
     @property
     def kind(self) -> str:
@@ -79,17 +87,21 @@ def _check_target(target: object) -> None:
 
 
 def register_rule(target: Target, rule: Rule, *, replace: bool = False,
-                  writes_in_place: bool = False) -> RuleEntry:
+                  writes_in_place: bool = False, gradient: bool = False,
+                  local_graph: bool = False) -> RuleEntry:
     """Use ``rule(ctx, s)`` for ``target``: a module type, a function or a method name.
 
     A target that has a rule already keeps it unless ``replace`` (say it, and it is done).
-    ``writes_in_place``: see the module docstring (swimkit's own rules set it).
+    ``writes_in_place``, ``gradient`` and ``local_graph``: see the module docstring
+    (swimkit's own rules set the first two).
     """
     require(callable(rule), f"a curvature rule must be callable (got {rule!r})")
     _check_target(target)
     known = entry_of(target)
+    flags = {"writes_in_place": writes_in_place, "gradient": gradient,
+             "local_graph": local_graph}
     if known is not None:
-        if known.rule is rule and known.writes_in_place == writes_in_place:
+        if known.rule is rule and all(getattr(known, k) == v for k, v in flags.items()):
             return known
         require(replace, f"{_label(target)!r} has a curvature rule already; pass "
                          "replace=True to use yours instead")
@@ -100,7 +112,15 @@ def register_rule(target: Target, rule: Rule, *, replace: bool = False,
         name, suffix = f"{base}#{suffix}", suffix + 1
     doc = (getattr(rule, "__doc__", None) or "").strip().splitlines()
     return RULES.add(RuleEntry(name=name, help=doc[0] if doc else "", target=target,
-                               rule=rule, writes_in_place=writes_in_place))
+                               rule=rule, **flags))
+
+
+def register_own(rule: Rule, *targets: Target, local_graph: bool = False) -> None:
+    """Register one of swimkit's own rules for ``targets``: it writes S in place and
+    carries the gradient."""
+    for target in targets:
+        register_rule(target, rule, writes_in_place=True, gradient=True,
+                      local_graph=local_graph)
 
 
 def remove_rule(target: Target) -> None:
@@ -117,7 +137,7 @@ def register_elementwise(
     replace: bool = False,
     writes_in_place: bool = False,
 ) -> RuleEntry:
-    """An elementwise op y = f(x): S_x = S_y * f'(x)^2.
+    """An elementwise op y = f(x): S_x = S_y * f'(x)^2 (and the gradient g_x = g_y f'(x)).
 
     ``derivative(x)`` gives f'(x) at the op's input; without it f'(x) comes from autograd
     on the op itself (exact for any elementwise op, its settings included).
@@ -125,14 +145,14 @@ def register_elementwise(
     require(derivative is None or callable(derivative),
             f"derivative must be a function x -> f'(x) (got {derivative!r})")
     return register_rule(target, elementwise_rule(derivative), replace=replace,
-                         writes_in_place=writes_in_place)
+                         writes_in_place=writes_in_place, gradient=True)
 
 
 def elementwise_rule(derivative: Callable[[Tensor], Tensor] | None = None) -> Rule:
     """The rule of an elementwise op with derivative f'."""
 
     def rule(ctx: RuleContext, s: Tensor) -> dict[fx.Node, SValue]:
-        """Elementwise op: S_x = S_y * f'(x)^2."""
+        """Elementwise op: S_x = S_y * f'(x)^2, g_x = g_y * f'(x)."""
         if derivative is None:
             slope = ctx.elementwise_derivative()
         else:
@@ -141,6 +161,8 @@ def elementwise_rule(derivative: Callable[[Tensor], Tensor] | None = None) -> Ru
                 raise SwimkitError(
                     f"the derivative {getattr(derivative, '__qualname__', derivative)} "
                     f"returned {type(slope).__name__}, not a tensor f'(x) shaped like x")
+        if ctx.grad is not None:
+            ctx.send_grad(ctx.to_input(ctx.scaled(ctx.grad, slope)))
         return ctx.to_input(ctx.scaled(s, slope.square()))
 
     return rule
@@ -182,4 +204,4 @@ def leaf_types() -> tuple[type[nn.Module], ...]:
 
 __all__ = ["OUT_OF_PLACE", "RULES", "RuleEntry", "elementwise_rule", "entry_of",
            "function_rule", "leaf_types", "method_rule", "module_rule", "register_elementwise",
-           "register_rule", "remove_rule"]
+           "register_own", "register_rule", "remove_rule"]
