@@ -251,6 +251,24 @@ def test_learned_injects_the_variance_of_the_plan_it_stands_for(device):
                                    rtol=1e-12, atol=0.0)
 
 
+def test_learned_epochs_may_end_in_a_share_of_an_epoch():
+    """A share of an epoch is its first batches (rounded up): what bounds the cost of
+    learning on a large training set."""
+    model, batches = toy_problem()
+    sens = swimkit.sensitivity(model, batches)
+    for epochs, seen in ((0.5, 2), (0.01, 1), (1.34, 5), (1, 3)):
+        plan = swimkit.select(model, sens, method="learned", speedup=4.0, data=batches,
+                              options={"epochs": epochs})
+        assert plan.meta["learn_batches"] == seen and plan.meta["learn_epochs"] == epochs
+        assert plan.programming.speedup >= 4.0 * (1 - 1e-12)
+    with pytest.raises(swimkit.SwimkitError, match="can be counted"):
+        swimkit.select(model, sens, method="learned", speedup=4.0, data=iter(batches),
+                       options={"epochs": 0.5})
+    with pytest.raises(swimkit.SwimkitError, match="epochs must be a number > 0"):
+        swimkit.select(model, sens, method="learned", speedup=4.0, data=batches,
+                       options={"epochs": 0})
+
+
 def test_quantized_models_allocate_on_their_quantized_weights():
     model = swimkit.build_model("qlenet", seed=0).eval()
     batches = [(torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,)))]

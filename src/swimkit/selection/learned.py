@@ -20,13 +20,15 @@ but chooses among them by the model's actual loss:
 Its cost, a few epochs of noisy forward and backward passes, is recorded in the plan's
 ``meta`` (seconds, epochs, batches): epochs times batches times a batch's cost, a plain
 forward and backward of the model plus a few passes over the devices' positions (held
-in float64, with Adam's two moments).
+in float64, with Adam's two moments). Fewer epochs or batches (the data given) bound it.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -45,11 +47,23 @@ from .registry import Budget, ScoreInputs
 @dataclass(frozen=True)
 class LearnOptions:
     """Settings of the learned plan: epochs over the data, Adam's learning rate on the
-    hull positions, and the step of the time price (relative, per batch)."""
+    hull positions, and the step of the time price (relative, per batch).
 
-    epochs: int = 2
+    ``epochs`` may end in a fraction of an epoch (0.25: the first quarter of the batches,
+    at least one), the knob that bounds the cost of learning on a large training set."""
+
+    epochs: float = 2
     lr: float = 0.02
     price_step: float = 0.05
+
+    def batches_per_epoch(self, data: Iterable) -> list[int | None]:
+        """How many batches of ``data`` each epoch takes (None: all of them)."""
+        whole = math.floor(self.epochs)
+        if whole == self.epochs:
+            return [None] * whole
+        require(hasattr(data, "__len__"), f"learned epochs {self.epochs:g} take a share "
+                "of an epoch: give training data whose batches can be counted (a list)")
+        return [None] * whole + [max(1, math.ceil((self.epochs - whole) * len(data)))]
 
     @classmethod
     def from_options(cls, options: dict) -> LearnOptions:
@@ -59,9 +73,7 @@ class LearnOptions:
             raise SwimkitError(f"unknown option {unknown[0]!r} for method 'learned'; valid "
                                f"options: {', '.join(sorted(known))}")
         made = cls(**options)
-        require(isinstance(made.epochs, int) and made.epochs >= 1,
-                f"learned epochs must be an integer >= 1 (got {made.epochs!r})")
-        for name in ("lr", "price_step"):
+        for name in ("epochs", "lr", "price_step"):
             value = getattr(made, name)
             require(is_number(value, finite=True) and value > 0,
                     f"learned {name} must be a number > 0 (got {value!r})")
@@ -177,8 +189,8 @@ def _train(inputs: ScoreInputs, problem: Problem, relaxed: _Relaxed, seconds: fl
     model.eval()
     try:
         with perturbed(model, inputs.weights) as offsets:
-            for _ in range(opts.epochs):
-                for x, y in inputs.data:
+            for count in opts.batches_per_epoch(inputs.data):
+                for x, y in itertools.islice(inputs.data, count):
                     variance, spent = relaxed.variance_and_time(base_var)
                     if batches:  # the time the last step left
                         over = float(spent.detach()) / scale - 1.0
