@@ -227,7 +227,8 @@ def print_allocate(name: str, device: str, got: dict, floors: dict) -> None:
 def print_learned(name: str, device: str, got: dict, floors: dict,
                   args: argparse.Namespace) -> None:
     if "error" in got:
-        print(f"{name} {device}: learned at {SPEEDUPS[device]:g}x did not finish: {got['error']}")
+        print(f"{name} {device}: learned at {SPEEDUPS[device]:g}x did not finish: "
+              f"{got['error']}")
         return
     seconds = {int(k): v for k, v in got["seconds"].items()}
     low, high = min(seconds), max(seconds)
@@ -238,12 +239,14 @@ def print_learned(name: str, device: str, got: dict, floors: dict,
     epoch_batches = -(-images // args.batch)
     epoch = epoch_batches * per_batch
     sens = floors["swim_per_image"] * images
+    fits = max(0.0, (sens - fixed) / per_batch)
     runs = ", ".join(f"{k} batches {v:.2f} s" for k, v in sorted(seconds.items()))
     print(f"{name} {device}: learned at {SPEEDUPS[device]:g}x, one epoch of {runs}, peak "
           f"+{got['peak'] / MIB:.0f} MiB; per batch of {args.batch} {per_batch:.3f} s / plain "
           f"forward+backward {plain:.3f} s = {per_batch / plain:.2f}; fixed {fixed:.2f} s; "
           f"an epoch of {epoch_batches} batches {epoch:.0f} s + {fixed:.0f} s / sensitivity "
-          f"pass {sens:.0f} s = {(epoch + fixed) / sens:.2f}")
+          f"pass {sens:.0f} s = {(epoch + fixed) / sens:.2f}; below the pass up to "
+          f"{fits:.0f} batches (epochs {fits / epoch_batches:.2f})")
 
 
 def print_chips(got: dict) -> None:
