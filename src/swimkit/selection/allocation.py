@@ -143,8 +143,9 @@ class Problem:
     """The allocation problem of one model: hulls per device kind and h per weight.
 
     A hull step of device j of weight i has the efficiency h_i * ratio * 4^(-j m); its
-    key (:meth:`steps`) is the bit pattern of h_i * ratio less j m exponent steps, the
-    same order without the product, so no step is ever held but in a piece of a pass.
+    key (:meth:`keys`) is the bit pattern of h_i * ratio less 2 j m exponent steps, in
+    the same order. Steps are made piece by piece on every pass (:meth:`pieces`) and
+    never held all at once.
     """
 
     layers: list[Layer]
@@ -296,8 +297,8 @@ _NONE = torch.zeros(0, dtype=torch.long)
 
 
 def _exponent_offsets(weights: Tensor) -> Tensor:
-    """j m exponent steps of float64 bits per device: the key of x * 4^(-j m) is the bit
-    pattern of x less this (4^(-j m) is a power of two)."""
+    """Per device, 2 j m exponent steps in float64 bits: 4^(-j m) is a power of two, so
+    the bit pattern of x * 4^(-j m) is that of x less this (for normal numbers)."""
     mantissa, exponent = torch.frexp(weights.double())
     if not bool((mantissa == 0.5).all()):
         raise SwimkitError(f"device weights {weights.tolist()} are not powers of two")

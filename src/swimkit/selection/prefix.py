@@ -146,17 +146,20 @@ def _cut_below(span: _Range, bound: int, chosen: Tensor, total: float, count: in
 
 
 def _histogram(stream: Stream, span: _Range) -> tuple[Tensor, Tensor]:
-    """Entries and their cost per bin of the keys in ``span``."""
+    """Entries and their cost per bin of the keys in ``span``: bins 1 to ``bins`` of a
+    count that puts the keys below the span into bin 0 and those above into the last."""
     shift = span.shift
-    bins = (span.high >> shift) - (span.low >> shift) + 1
-    counts = torch.zeros(bins, dtype=torch.long)
-    costs = torch.zeros(bins, dtype=torch.float64)
+    base = span.low >> shift
+    bins = (span.high >> shift) - base + 1
+    counts = torch.zeros(bins + 2, dtype=torch.long)
+    costs = torch.zeros(bins + 2, dtype=torch.float64)
     for piece in stream():
-        mask = span.inside(piece)
-        index = (span.key(piece)[mask] >> shift) - (span.low >> shift)
-        counts += torch.bincount(index, minlength=bins)
-        costs += torch.bincount(index, weights=piece.cost[mask], minlength=bins)
-    return counts, costs
+        index = (span.key(piece) >> shift).sub_(base).clamp_(-1, bins).add_(1)
+        if span.tie is not None:
+            index.masked_fill_(piece.primary != span.tie, 0)
+        counts += torch.bincount(index, minlength=bins + 2)
+        costs += torch.bincount(index, weights=piece.cost, minlength=bins + 2)
+    return counts[1:-1], costs[1:-1]
 
 
 def _collect(stream: Stream, span: _Range) -> Tensor:
