@@ -91,6 +91,7 @@ class _Relaxed:
         zeros = torch.zeros(hulls.cost.shape[0], 1, dtype=torch.float64)
         self.point_time = torch.cat([zeros, hulls.cost.cumsum(1)], 1)
         self.point_var = torch.cat([zeros, -hulls.gain.cumsum(1)], 1)  # relative to point 0
+        self.step_time, self.step_var = _steps(self.point_time), _steps(self.point_var)
         index = _hull_index(hulls.options, problem.option_variance.shape[1])
         self.positions: dict[str, Tensor] = {}
         for layer in problem.layers:
@@ -110,16 +111,15 @@ class _Relaxed:
         interpolate their hull tables at the same points, found once; each has positions
         of its own in the graph, so their gradients reach the positions as two paths."""
         w = self.problem.weights
+        points = self.point_var.shape[1]
         variance, total = {}, torch.zeros((), dtype=torch.float64)
         for layer in self.problem.layers:
             t_var, t_time = self.position(layer), self.position(layer)
-            low = t_var.detach().floor().long().clamp_max(self.point_var.shape[1] - 2)
-            low = low.clamp_min(0)
-            index = layer.kind.long() * self.point_var.shape[1] + low
-            low = low.double()
-            dv = _between(self.point_var.view(-1), index, t_var - low)
+            low = t_var.detach().floor().clamp_(0, points - 2)
+            index = low.long().add_(layer.kind.long() * points).view(-1)
+            dv = _between(self.point_var, self.step_var, index, t_var - low)
             variance[layer.name] = base_var[layer.name] + (dv * w).sum(1)
-            total = total + _between(self.point_time.view(-1), index, t_time - low).sum()
+            total = total + _between(self.point_time, self.step_time, index, t_time - low).sum()
         return variance, total
 
     def base_variance(self, option_variance: Tensor) -> dict[str, Tensor]:
@@ -139,10 +139,17 @@ class _Relaxed:
         return list(self.positions.values())
 
 
-def _between(table: Tensor, index: Tensor, fraction: Tensor) -> Tensor:
-    """``table[index]`` moved ``fraction`` of the way to ``table[index + 1]``."""
-    a, b = table[index], table[index + 1]
-    return a + fraction * (b - a)
+def _steps(points: Tensor) -> Tensor:
+    """From each hull point to the next (0 after the last), shaped like ``points``."""
+    return torch.cat([points[:, 1:] - points[:, :-1], torch.zeros_like(points[:, :1])], 1)
+
+
+def _between(points: Tensor, steps: Tensor, index: Tensor, fraction: Tensor) -> Tensor:
+    """The hull points at the flat ``index`` moved ``fraction`` of a step to the next."""
+    def at(table: Tensor) -> Tensor:
+        return table.view(-1).index_select(0, index).view(fraction.shape)
+
+    return at(points) + fraction * at(steps)
 
 
 def _hull_index(options: Tensor, count: int) -> Tensor:
