@@ -28,12 +28,12 @@ def random_entries(seed: int, count: int, keys: int, secondary: bool):
     return primary, second, cost, pieces
 
 
-def brute_force(primary, second, cost, budget: float) -> torch.Tensor:
-    """Sort every entry (primary, then secondary descending, then position) and take
-    the longest prefix that fits."""
+def brute_force(primary, second, cost, budget: float, low: int) -> torch.Tensor:
+    """Sort every entry with a primary key from ``low`` up (then by secondary key, then
+    position) and take the longest prefix that fits."""
     order = sorted(range(len(primary)), key=lambda i: (
         -int(primary[i]), -int(second[i]) if second is not None else 0, i))
-    order = [i for i in order if int(primary[i]) != NEVER]
+    order = [i for i in order if int(primary[i]) >= low]
     taken = torch.zeros(len(primary), dtype=torch.bool)
     spent = 0.0
     for i in order:
@@ -48,21 +48,24 @@ def brute_force(primary, second, cost, budget: float) -> torch.Tensor:
 @pytest.mark.parametrize("collect", [2**20, 3])
 def test_the_prefix_is_that_of_sorting_every_entry(monkeypatch, secondary, collect):
     """Whatever the bins, the pieces or the collection size, the cut takes exactly the
-    entries a full sort takes (ties by position), for budgets from none to all."""
+    entries a full sort takes (ties by position), for budgets from none to all; keys
+    below the lower bound are never taken."""
     monkeypatch.setattr(prefix, "COLLECT", collect)
     monkeypatch.setattr(prefix, "BIN_BITS", 3)
     for seed in range(6):
         primary, second, cost, pieces = random_entries(seed, 500, 20 if seed % 2 else 3,
                                                        secondary)
         real = primary[primary != NEVER]
-        bounds = (int(real.min()), int(real.max()))
-        total = float(cost[primary != NEVER].sum())
+        low = int(real.min()) if seed < 3 else int(real.median()) + 2**39  # keys cut off
+        bounds = (low, int(real.max()))
+        total = float(cost[primary >= low].sum())
         for budget in (0.0, 1.0, 17.5, total / 3, total - 1, total, total + 5):
             cut = fit_prefix(lambda p=pieces: iter(p), budget, bounds,
                              (0, 2) if secondary else None)
             got = torch.cat([cut.taken(piece) for piece in pieces])
-            assert torch.equal(got, brute_force(primary, second, cost, budget)), (seed, budget)
-            assert cut.total == total and cut.count == int((primary != NEVER).sum())
+            want = brute_force(primary, second, cost, budget, low)
+            assert torch.equal(got, want), (seed, budget)
+            assert cut.total == total and cut.count == int((primary >= low).sum())
 
 
 def test_float_keys_keep_the_order_of_the_floats():

@@ -103,11 +103,14 @@ class _Range:
 
     @property
     def shift(self) -> int:
-        """Bits dropped so that [low, high] falls into at most 2^BIN_BITS bins."""
-        shift = 0
-        while (self.high >> shift) - (self.low >> shift) >= 2**BIN_BITS:
-            shift += 1
-        return shift
+        """Bits dropped from key - low so that [low, high] falls into at most 2^BIN_BITS
+        bins."""
+        return max(0, (self.high - self.low).bit_length() - BIN_BITS)
+
+    def narrowed(self, bin_: int, shift: int) -> None:
+        """Keep only the keys of bin ``bin_`` (of bins 2^``shift`` keys wide from low)."""
+        low = self.low + (bin_ << shift)
+        self.low, self.high = low, min(self.high, low + (1 << shift) - 1)
 
 
 def fit_prefix(stream: Stream, budget: float, primary: tuple[int, int],
@@ -126,11 +129,8 @@ def fit_prefix(stream: Stream, budget: float, primary: tuple[int, int],
             return _cut_below(span, span.low - 1, torch.zeros(0, dtype=torch.long),
                               total, count)
         crossing = int(torch.nonzero(above > span.left).max())
-        shift = span.shift
-        base = (span.low >> shift) + crossing
         span.left -= float(above[crossing + 1]) if crossing + 1 < len(above) else 0.0
-        span.low, span.high = max(span.low, base << shift), min(span.high,
-                                                                ((base + 1) << shift) - 1)
+        span.narrowed(crossing, span.shift)
         if int(counts[crossing]) <= COLLECT or (span.low == span.high and (
                 span.tie is not None or secondary is None)):
             return _cut_below(span, span.high, _collect(stream, span), total, count)
@@ -149,12 +149,13 @@ def _histogram(stream: Stream, span: _Range) -> tuple[Tensor, Tensor]:
     """Entries and their cost per bin of the keys in ``span``: bins 1 to ``bins`` of a
     count that puts the keys below the span into bin 0 and those above into the last."""
     shift = span.shift
-    base = span.low >> shift
-    bins = (span.high >> shift) - base + 1
+    bins = ((span.high - span.low) >> shift) + 1
     counts = torch.zeros(bins + 2, dtype=torch.long)
     costs = torch.zeros(bins + 2, dtype=torch.float64)
     for piece in stream():
-        index = (span.key(piece) >> shift).sub_(base).clamp_(-1, bins).add_(1)
+        below = span.key(piece) < span.low  # key - low may wrap around: bin those 0
+        index = (span.key(piece) - span.low).bitwise_right_shift_(shift)
+        index.clamp_(-1, bins).masked_fill_(below, -1).add_(1)
         if span.tie is not None:
             index.masked_fill_(piece.primary != span.tie, 0)
         counts += torch.bincount(index, minlength=bins + 2)
