@@ -1,8 +1,18 @@
-"""Method allocate: convex hulls, the greedy optimum, exact budgets, menus; and learned."""
+"""Method allocate: convex hulls, the greedy optimum, exact budgets, menus; and learned.
+
+``python tests/test_allocation.py`` records the plans of :func:`recorded_cases` into
+``fixtures/allocate_plans.json`` (a digest of every level, the time spent, the devices
+verified); the tests then hold every later planner to them, also when it works in pieces.
+"""
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import itertools
+import json
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,10 +21,12 @@ from toys import toy_problem
 
 import swimkit
 from swimkit.plans import Plan
+from swimkit.selection import allocation, prefix
 from swimkit.selection.allocation import lower_hulls
 from swimkit.sensitivity import Sensitivity
 
 T_P, T_R = 100e-9, 50e-9
+RECORDED = Path(__file__).parent / "fixtures" / "allocate_plans.json"
 
 
 def test_hull_drops_dominated_and_non_convex_points():
@@ -213,6 +225,50 @@ def test_learned_plan_meets_the_budget_and_records_its_cost():
                        options={"steps": 3})
 
 
+@pytest.mark.parametrize("device", ["band", "pcm", "multilevel"])
+def test_learned_injects_the_variance_of_the_plan_it_stands_for(device):
+    """At hull points the relaxed plan's variance per weight is the device model's
+    variance of that plan: each device's variance weighted by 4^(-j m)."""
+    from swimkit.selection import METHODS, inputs_for
+    from swimkit.selection.learned import _Relaxed
+
+    model, batches = toy_problem()
+    dm = recorded_devices()[device][0]
+    inputs = inputs_for(model, swimkit.sensitivity(model, batches), METHODS.get("learned"),
+                        device_model=dm, data=batches)
+    problem = allocation.Problem.build(inputs, dm.default_menu())
+    levels = problem.best_devices(1000)  # every device at its first or its last hull point
+    relaxed = _Relaxed(problem, levels)
+    with torch.no_grad():
+        for name, position in relaxed.positions.items():
+            position.copy_(torch.where(levels[name].reshape(position.shape) > 0, torch.inf,
+                                       -torch.inf))
+        variance, _ = relaxed.variance_and_time(relaxed.base_variance(problem.option_variance))
+    plan = Plan(levels=levels, menu=dm.default_menu())
+    expected = dm.variance(inputs.values, inputs.scales, plan)
+    for name, value in inputs.values.items():
+        torch.testing.assert_close(variance[name].reshape(value.shape), expected[name],
+                                   rtol=1e-12, atol=0.0)
+
+
+def test_learned_epochs_may_end_in_a_share_of_an_epoch():
+    """A share of an epoch is its first batches (rounded up): what bounds the cost of
+    learning on a large training set."""
+    model, batches = toy_problem()
+    sens = swimkit.sensitivity(model, batches)
+    for epochs, seen in ((0.5, 2), (0.01, 1), (1.34, 5), (1, 3)):
+        plan = swimkit.select(model, sens, method="learned", speedup=4.0, data=batches,
+                              options={"epochs": epochs})
+        assert plan.meta["learn_batches"] == seen and plan.meta["learn_epochs"] == epochs
+        assert plan.programming.speedup >= 4.0 * (1 - 1e-12)
+    with pytest.raises(swimkit.SwimkitError, match="can be counted"):
+        swimkit.select(model, sens, method="learned", speedup=4.0, data=iter(batches),
+                       options={"epochs": 0.5})
+    with pytest.raises(swimkit.SwimkitError, match="epochs must be a number > 0"):
+        swimkit.select(model, sens, method="learned", speedup=4.0, data=batches,
+                       options={"epochs": 0})
+
+
 def test_quantized_models_allocate_on_their_quantized_weights():
     model = swimkit.build_model("qlenet", seed=0).eval()
     batches = [(torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,)))]
@@ -226,11 +282,18 @@ def test_quantized_models_allocate_on_their_quantized_weights():
     assert res.samples == 2
 
 
-def test_a_speedup_of_one_verifies_every_device(reference):
+@pytest.mark.parametrize("device", ["uniform", "pcm", "stuck-pcm-1d"])
+def test_a_speedup_of_one_verifies_every_device_by_the_own_loop(reference, device):
+    """Every device at the tightest option, the own loop's: full verify's time exactly
+    (the sum of every step, spent whole, also with a kind per device)."""
     model, sens = lenet_problem(reference)
+    dm, plan_time = recorded_devices()[device]
     for method in ("allocate", "allocate-one"):
-        plan = swimkit.select(model, sens, method=method, speedup=1.0)
+        plan = swimkit.select(model, sens, method=method, speedup=1.0, device_model=dm,
+                              plan_time=plan_time)
         assert plan.devices_verified == plan.devices_total, method
+        assert all(bool((v == len(plan.menu)).all()) for v in plan.levels.values()), method
+        assert plan.programming.speedup == pytest.approx(1.0, rel=1e-12), method
 
 
 def test_first_release_plan_files_load(tmp_path):
@@ -243,3 +306,98 @@ def test_first_release_plan_files_load(tmp_path):
     assert plan.masks["w"].tolist() == [True, False] and plan.menu is None
     assert plan.programming.time_plan_s == 1e-6
     assert plan.programming.devices_fraction_verified == 0.5
+
+
+# --- plans as recorded, whole or in pieces ---------------------------------------------------
+
+
+def synthetic_sensitivity(model: nn.Module, zeros: float, seed: int) -> Sensitivity:
+    """Log-normal h with a share ``zeros`` of exact zeros (floored alike: many ties)."""
+    gen = torch.Generator().manual_seed(seed)
+    weights = swimkit.device_weights(model)
+    second = {}
+    for name, w in weights.items():
+        h = torch.exp(2 * torch.randn(w.value.shape, generator=gen))
+        second[name] = torch.where(torch.rand(w.value.shape, generator=gen) < zeros, 0.0, h)
+    return Sensitivity(second, {k: torch.zeros_like(v) for k, v in second.items()},
+                       {k: w.value.detach().abs().amax() for k, w in weights.items()},
+                       engine="synthetic", samples=1)
+
+
+def recorded_devices() -> dict[str, tuple[object, float]]:
+    """Device models (alike, by weight, by device, in time) with the time planned for."""
+    build = swimkit.build_device_model
+    return {"uniform": (swimkit.DeviceModel(), 0.0),
+            "band": (build("band", r=3.0), 0.0),
+            "curve": (swimkit.DeviceModel(variation="pcm"), 0.0),  # a kind per weight
+            "pcm": (build("pcm"), 0.0),
+            "pcm-compensated-1d": (build("pcm", compensation=True), 86400.0),
+            "stuck-pcm-1d": (build("stuck", base="pcm", compensation=True), 86400.0),
+            "multilevel": (build("gaussian", levels="pcm", bits_per_device=2), 0.0)}
+
+
+def recorded_cases() -> dict[str, Callable[[], Plan]]:
+    """Small planning problems of every kind: name -> the plan's maker."""
+    toy, batches = toy_problem()
+    lenet = swimkit.build_model("lenet", seed=0).eval()
+    sensitivities = {"toy-real": (toy, swimkit.sensitivity(toy, batches)),
+                     "toy-zeros": (toy, synthetic_sensitivity(toy, 0.5, 1)),
+                     "lenet-zeros": (lenet, synthetic_sensitivity(lenet, 0.3, 2))}
+    budgets = {"3x": {"speedup": 3.0}, "1.7x": {"speedup": 1.7}, "5x": {"speedup": 5.0},
+               "7%": {"fraction": 0.07},
+               "one-3x": {"speedup": 3.0, "method": "allocate-one"},
+               "close-menu-4x": {"speedup": 4.0, "tolerances": [0.3, 0.2999, 0.1, 0.05]}}
+    devices = recorded_devices()
+    cases = {}
+    for sname, (model, sens) in sensitivities.items():
+        chosen = budgets if sname.startswith("toy") else {"3x": budgets["3x"]}
+        for dname, (dm, plan_time) in devices.items():
+            for bname, budget in chosen.items():
+                cases[f"{sname} {dname} {bname}"] = functools.partial(
+                    swimkit.select, model, sens, **{"method": "allocate", **budget},
+                    device_model=dm, plan_time=plan_time)
+    toy_sens = sensitivities["toy-real"][1]
+    for dname in ("uniform", "band"):
+        for speedup in (3.0, 6.0):
+            cases[f"toy-real {dname} learned-{speedup:g}x"] = functools.partial(
+                swimkit.select, toy, toy_sens, method="learned", speedup=speedup,
+                device_model=devices[dname][0], data=batches, options={"epochs": 2}, seed=3)
+    return cases
+
+
+def plan_digest(plan: Plan) -> dict:
+    """What a recorded plan is held to: every level (a digest), the time, the devices."""
+    digest = hashlib.sha256()
+    for name, levels in plan.levels.items():
+        digest.update(f"{name}{tuple(levels.shape)}".encode())
+        digest.update(levels.cpu().contiguous().numpy().tobytes())
+    return {"levels": digest.hexdigest(), "time_plan_s": plan.programming.time_plan_s.hex(),
+            "devices_verified": plan.devices_verified}
+
+
+#: Pieces far smaller than a pass reads (a toy: four weights' steps, five weights of
+#: option tables), rows of option tables told apart by whole rows, not hashes.
+SMALL_PIECES = {"toy": {"STEP_PIECE": 200, "TABLE_ROWS": 5, "COLLECT": 8, "BIN_BITS": 8},
+                "lenet": {"STEP_PIECE": 2**16, "TABLE_ROWS": 2**13, "COLLECT": 2**10,
+                          "BIN_BITS": 10}}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pieces", ["default", "small"])
+def test_plans_are_the_recorded_ones_whole_or_in_pieces(monkeypatch, pieces):
+    """The same levels and time to the bit, whatever the pieces a pass reads."""
+    recorded = json.loads(RECORDED.read_text())
+    cases = recorded_cases()
+    assert sorted(cases) == sorted(recorded)
+    for name, make in cases.items():
+        if pieces == "small":
+            monkeypatch.setattr(allocation, "_HASH", torch.zeros(64, dtype=torch.long))
+            for setting, value in SMALL_PIECES[name.split("-")[0]].items():
+                monkeypatch.setattr(prefix if setting in ("COLLECT", "BIN_BITS") else
+                                    allocation, setting, value)
+        assert plan_digest(make()) == recorded[name], name
+
+
+if __name__ == "__main__":
+    RECORDED.write_text(json.dumps({name: plan_digest(make())
+                                    for name, make in recorded_cases().items()}, indent=1))

@@ -380,3 +380,28 @@ def test_a_device_model_from_a_plugin_package_runs_through_the_cli(plugin_packag
     with pytest.raises(SystemExit):
         main(["run", "--help"])
     assert "halving: a plug-in's toy" in " ".join(capsys.readouterr().out.split())
+
+
+@pytest.mark.parametrize("build", [
+    lambda: swimkit.DeviceModel(),
+    lambda: swimkit.build_device_model("band", r=3.0),
+    lambda: swimkit.build_device_model("pcm", compensation=True),
+    lambda: swimkit.build_device_model("stuck", base="pcm", compensation=True),
+    lambda: swimkit.build_device_model("gaussian", levels="pcm", bits_per_device=2),
+])
+def test_option_tables_in_pieces_are_the_rows_of_the_whole_tables(build):
+    """A planner reads a layer's options in pieces of weights: the pieces, stacked, are
+    the whole layer's tables to the bit (a compensation gain is the whole layer's)."""
+    dm = build()
+    value = torch.randn(7, 5, 3, generator=torch.Generator().manual_seed(0))
+    scale = value.abs().amax()
+    menu = dm.default_menu()
+    for time in (0.0, 86400.0):
+        whole = (dm.option_variances(value, scale, menu, time), dm.option_times(value, scale,
+                                                                                 menu))
+        pieces = list(dm.option_tables(value, scale, menu, time, 4))
+        for got, want in zip(zip(*pieces, strict=True), whole, strict=True):
+            if want.dim() == 1:  # every device alike: one piece stands for all
+                assert len(got) == 1 and torch.equal(got[0], want)
+            else:
+                assert torch.equal(torch.cat(got), want.reshape(value.numel(), *want.shape[3:]))

@@ -21,7 +21,7 @@ devices do not differ by level and do not change, done per weight for speed.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,6 +59,19 @@ class Cells:
     sign: Tensor
     scale: Tensor
     slicing: BitSlicing
+    whole: Cells | None = None
+
+    @property
+    def layer(self) -> Cells:
+        """The cells of the whole layer: these, unless they are rows of a layer (``whole``).
+        Layer-wide quantities (a compensation gain) are taken over them."""
+        return self if self.whole is None else self.whole
+
+    def rows(self, start: int, stop: int) -> Cells:
+        """The devices of weights ``start`` to ``stop`` of a flattened layer, which know
+        their layer."""
+        return Cells(self.digits[start:stop], self.levels[start:stop], self.unit[start:stop],
+                     self.sign[start:stop], self.scale, self.slicing, whole=self.layer)
 
     @property
     def top(self) -> int:
@@ -203,6 +216,16 @@ class CellModel(ABC):
     def option_times(self, value: Tensor, scale: Tensor,
                      menu: tuple[float, ...] | None) -> Tensor:
         return self.device_times(cells_of(value, scale, self.slicing), menu)
+
+    def option_tables(self, value: Tensor, scale: Tensor, menu: tuple[float, ...] | None,
+                      time: float, rows: int) -> Iterator[tuple[Tensor, Tensor]]:
+        """:meth:`option_variances` and :meth:`option_times` of ``value`` flattened, in
+        pieces of ``rows`` weights, ``(rows, K, 1 + O)`` each: what a planner reads of a
+        large layer without holding its whole tables (the pieces are those tables' rows)."""
+        cells = cells_of(value.reshape(-1), scale, self.slicing)
+        for start in range(0, cells.unit.numel(), rows):
+            part = cells.rows(start, start + rows)
+            yield self.device_variances(part, menu, float(time)), self.device_times(part, menu)
 
     # --- the noise protocol -----------------------------------------------------------
 

@@ -16,7 +16,7 @@ normalised level |w| / s_l (U-SWIM's value-dependent setting, or a measured curv
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -163,6 +163,21 @@ class DeviceModel:
                          menu: tuple[float, ...] | None = None, time: float = 0.0) -> Tensor:
         """Squares of :meth:`option_sigmas` (the error does not change with time)."""
         return self.option_sigmas(value, scale, menu).square()
+
+    def option_tables(self, value: Tensor, scale: Tensor, menu: tuple[float, ...] | None,
+                      time: float, rows: int) -> Iterator[tuple[Tensor, Tensor]]:
+        """:meth:`option_variances` and :meth:`option_times` of ``value`` flattened, in
+        pieces of ``rows`` weights (one ``(1 + O,)`` pair when every device is alike):
+        what a planner reads of a large layer without holding its whole tables."""
+        if not self.value_dependent:
+            yield self.option_variances(value, scale, menu, time), self.option_times(
+                value, scale, menu)
+            return
+        flat = value.reshape(-1)
+        for start in range(0, flat.numel(), rows):
+            part = flat[start : start + rows]
+            yield self.option_variances(part, scale, menu, time), self.option_times(
+                part, scale, menu)
 
     def _verified_sigma(self, value: Tensor, scale: Tensor) -> Tensor:
         """sigma_verified (times its curve): where the default loop lands a device."""

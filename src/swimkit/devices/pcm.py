@@ -128,17 +128,24 @@ class PCM(CellModel):
 
     def _moments(self, cells: Cells, time: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """E[D], E[D^2], the relative read noise q and the layer gain c at ``time``."""
+        first, second = self._drift_moments(cells, time)
+        gain = torch.ones((), dtype=torch.float64, device=first.device)
+        if self.compensation:
+            layer = cells.layer
+            d = layer.digits.double()
+            layer_first = first if layer is cells else self._drift_moments(layer, time)[0]
+            target, expected = layer.weighted_sum(d), layer.weighted_sum(d * layer_first)
+            if float(expected) > 0:
+                gain = target / expected
+        return first, second, self.read_noise(cells.levels, time), gain
+
+    def _drift_moments(self, cells: Cells, time: float) -> tuple[Tensor, Tensor]:
+        """E[D] and E[D^2] of every device, D = ((t + t0) / t0)^(-nu)."""
         mean, spread = self.drift_exponent(cells.levels)
         log_t = self._log_time(time)
         first = torch.exp(-mean * log_t + 0.5 * (spread * log_t) ** 2)
         second = torch.exp(-2 * mean * log_t + 2 * (spread * log_t) ** 2)
-        d = cells.digits.double()
-        gain = torch.ones((), dtype=torch.float64, device=d.device)
-        if self.compensation:
-            target, expected = cells.weighted_sum(d), cells.weighted_sum(d * first)
-            if float(expected) > 0:
-                gain = target / expected
-        return first, second, self.read_noise(cells.levels, time), gain
+        return first, second
 
     def device_means(self, cells: Cells, time: float) -> Tensor:
         """E[c v - d] = d (c E[D] - 1): drift biases every device toward 0."""

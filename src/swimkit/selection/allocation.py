@@ -15,24 +15,26 @@ until the budget is spent is the optimum of the relaxed problem, and the efficie
 a device's steps falls along its hull, so each device climbs its own hull in order. The
 most significant devices, with the largest 4^(-j m), get the tightest tolerances first.
 
-The greedy is done without listing the steps: the time of all steps above an efficiency
-threshold is a sum of counts over sorted h (one sort per hull step), so the threshold
-that spends the budget is found by bisection, and the few steps at the threshold are
-taken in order until the budget is exactly spent (to within one device step).
+The greedy is done without listing the steps: devices with the same options share a
+hull (a device kind), and a pass over the devices, piece by piece, gives each step its
+efficiency from h and its kind's hull. A few passes find where the budget runs out
+(:func:`~swimkit.selection.prefix.fit_prefix`: histograms of the efficiencies, then the
+steps of the last bin in order), so the budget is exactly spent to within one device
+step, and memory stays at a piece of the steps, h per weight and a kind per device.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
 
-from ..errors import check_fraction, require
+from ..errors import SwimkitError, check_fraction, require
 from ..plans import Plan, check_menu
 from .budget import time_budget_seconds, top_k
+from .prefix import Cut, Entries, fit_prefix, float_key
 from .registry import Budget, ScoreInputs, require_pricing
 
 # --- convex hulls of the options ---------------------------------------------------------
@@ -114,186 +116,156 @@ def _by_time_then_variance(times: Tensor, variances: Tensor) -> Tensor:
 
 # --- the problem: device kinds, sensitivities, hull steps ---------------------------------
 
+#: Weights per piece of a layer's option tables (their memory is this times K times 1 + O).
+TABLE_ROWS = 2**16
+#: Hull steps per piece of a pass over every device's steps.
+STEP_PIECE = 2**21
+
 
 @dataclass
-class _Layer:
-    """One layer's rows: a row per weight, or per device when devices differ (``devices``
-    K, the rows then weight i's device j at i * K + j, h already times 4^(-j m))."""
+class Layer:
+    """One layer's weights: h per weight (float64, > 0) and the hull row (device kind) of
+    every device, ``(n, K)``, or ``(n, 1)`` where a weight's devices are alike (an
+    expanded view where one kind serves the whole layer)."""
 
     name: str
     shape: torch.Size
-    h: Tensor        # (rows,) float64, >= 0
-    kind: Tensor     # (rows,) long: row of the hull table
-    devices: int = 1
+    h: Tensor
+    kind: Tensor
 
     @property
     def weights(self) -> int:
-        return self.h.numel() // self.devices
+        return self.h.numel()
 
 
 @dataclass
 class Problem:
-    """The allocation problem of one model: hulls per device kind and h per weight."""
+    """The allocation problem of one model: hulls per device kind and h per weight.
 
-    layers: list[_Layer]
+    A hull step of device j of weight i has the efficiency h_i * ratio * 4^(-j m); its
+    key (:meth:`keys`) is the bit pattern of h_i * ratio less 2 j m exponent steps, in
+    the same order. Steps are made piece by piece on every pass (:meth:`pieces`) and
+    never held all at once.
+    """
+
+    layers: list[Layer]
     hulls: Hulls
     weights: Tensor          # (K,) 4^(-j m)
     base_time: float         # every device at its first hull point
     menu: tuple[float, ...]
     option_variance: Tensor  # (U, 1 + O) per device kind
 
+    def __post_init__(self) -> None:
+        self.ratio = self.hulls.ratio
+        self.offsets = _exponent_offsets(self.weights)
+
     @classmethod
     def build(cls, inputs: ScoreInputs, menu: tuple[float, ...]) -> Problem:
-        """The hulls of the options at the plan time. Where devices of one weight differ
-        (multi-level cells, drift by level), every device is a row of its own."""
+        """The hulls of the options at the plan time, read layer by layer in pieces: the
+        distinct option rows become the device kinds."""
         dm = inputs.device_model
-        k = dm.slicing.devices
-        variances, times = [], []
-        for name, value in inputs.values.items():
-            scale = inputs.scales[name]
-            variances.append(dm.option_variances(value, scale, menu, inputs.plan_time).cpu())
-            times.append(dm.option_times(value, scale, menu).cpu())
-        per_device = any(v.dim() == inputs.values[n].dim() + 2
-                         for n, v in zip(inputs.values, variances, strict=True))
-        rows = [_rows(v, inputs.values[n], per_device, k)
-                for n, v in zip(inputs.values, variances, strict=True)]
-        row_times = [_rows(t, inputs.values[n], per_device, k)
-                     for n, t in zip(inputs.values, times, strict=True)]
-        table = torch.cat([torch.cat([v, t], 1) for v, t in zip(rows, row_times, strict=True)])
-        unique, inverse = torch.unique(table, dim=0, return_inverse=True)
-        options = rows[0].shape[-1]
+        kinds = _Kinds()
+        pieces = {name: [kinds.add(v, t) for v, t in option_pieces(
+                      dm, value, inputs.scales[name], menu, inputs.plan_time)]
+                  for name, value in inputs.values.items()}
+        unique, kind_of = kinds.finish()
+        options = unique.shape[1] // 2
         hulls = lower_hulls(unique[:, options:], unique[:, :options])
-        weights = dm.slicing.variance_weights()
-        layers, start = [], 0
         h = _floored(inputs.h)
-        for (name, value), part in zip(inputs.values.items(), rows, strict=True):
-            n = value.numel()
-            kind = inverse[start : start + part.shape[0]]
-            start += part.shape[0]
+        layers = []
+        for name, value in inputs.values.items():
             h_layer = h[name].detach().double().reshape(-1).cpu().clamp_min(0.0).nan_to_num(0.0)
-            if per_device:
-                layers.append(_Layer(name, value.shape, (h_layer[:, None] * weights).reshape(-1),
-                                     kind.expand(n * k) if part.shape[0] == 1 else kind, k))
-            else:
-                layers.append(_Layer(name, value.shape, h_layer,
-                                     kind.expand(n) if part.shape[0] == 1 else kind))
+            layers.append(Layer(name, value.shape, h_layer,
+                                 _layer_kinds([kind_of[p] for p in pieces[name]], value.numel())))
         first = torch.gather(unique[:, options:], 1, hulls.options[:, :1]).squeeze(1)
-        per_row = 1 if per_device else k
-        base = sum(per_row * float(first[layer.kind].sum()) for layer in layers)
-        return cls(layers, hulls, torch.ones(1, dtype=torch.float64) if per_device else weights,
-                   base, menu, unique[:, :options])
+        k = dm.slicing.devices
+        base = sum(k // layer.kind.shape[1] * float(first[layer.kind.long()].sum())
+                   for layer in layers)
+        return cls(layers, hulls, dm.slicing.variance_weights(), base, menu,
+                   unique[:, :options])
 
-    # --- greedy by threshold ---------------------------------------------------------------
+    # --- the hull steps, piece by piece ----------------------------------------------------
 
-    def _sorted_steps(self) -> list[tuple[Tensor, Tensor]]:
-        """Per hull step s: h_i * ratio ascending, and the suffix sums of the step's time."""
-        ratio, cost = self.hulls.ratio, self.hulls.cost
-        kind = torch.cat([layer.kind for layer in self.layers])
-        h = torch.cat([layer.h for layer in self.layers])
-        out = []
-        for s in range(self.hulls.steps):
-            key = h * ratio[kind, s]
-            order = torch.argsort(key)
-            step_cost = cost[kind, s][order]
-            suffix = torch.flip(torch.cumsum(torch.flip(step_cost, [0]), 0), [0])
-            out.append((key[order], torch.cat([suffix, suffix.new_zeros(1)])))
-        return out
-
-    def time_above(self, threshold: float, table: list[tuple[Tensor, Tensor]]) -> float:
-        """Seconds of every step whose efficiency is >= ``threshold``."""
-        total = 0.0
-        for w in self.weights.tolist():
-            bound = torch.tensor(threshold / w, dtype=torch.float64)
-            for keys, suffix in table:
-                total += float(suffix[int(torch.searchsorted(keys, bound))])
-        return total
-
-    def _keys(self, layer: _Layer) -> Tensor:
-        """h_i * ratio of each hull step: (n, S), the efficiency before the 4^(-j m)."""
-        return layer.h[:, None] * self.hulls.ratio[layer.kind]
-
-    def _bounds(self, threshold: float) -> Tensor:
-        """threshold / 4^(-j m) per device: a step is taken if its key reaches it."""
-        return torch.tensor([threshold / w for w in self.weights.tolist()], dtype=torch.float64)
-
-    def steps_taken(self, layer: _Layer, threshold: float) -> Tensor:
-        """Hull steps taken by every device of ``layer`` at ``threshold``: (n, K) long."""
-        keys = self._keys(layer)
-        return (keys[:, None, :] >= self._bounds(threshold)[None, :, None]).sum(-1)
-
-    def plan_levels(self, threshold: float, extra: dict[str, Tensor] | None = None
-                    ) -> dict[str, Tensor]:
-        """Option levels of every device at ``threshold`` (plus ``extra`` steps)."""
-        levels = {}
+    def pieces(self) -> Iterator[tuple[Layer, slice, int]]:
+        """(layer, rows, position of its first step) of every piece, in position order:
+        steps are numbered by layer, weight, device, hull step."""
+        per_weight = len(self.weights) * self.hulls.steps
+        rows = max(1, STEP_PIECE // per_weight)
+        start = 0
         for layer in self.layers:
-            steps = self.steps_taken(layer, threshold)
-            if extra and layer.name in extra:
-                steps = steps + extra[layer.name]
-            opts = torch.gather(self.hulls.options[layer.kind], 1, steps)
-            levels[layer.name] = opts.to(torch.uint8).reshape(*layer.shape, -1)
-        return levels
+            for first in range(0, layer.weights, rows):
+                last = min(first + rows, layer.weights)
+                yield layer, slice(first, last), start + first * per_weight
+            start += layer.weights * per_weight
+
+    def keys(self, layer: Layer, rows: slice) -> Tensor:
+        """The efficiency keys of the devices' steps: int64 ``(rows, K, S)``, below
+        :meth:`key_bounds` where there is no step."""
+        product = layer.h[rows, None, None] * self.ratio[layer.kind[rows].long()]
+        product.masked_fill_(product <= 0, -1.0)                      # (n, K or 1, S)
+        return product.view(torch.int64) - self.offsets[:, None]
+
+    def costs(self, layer: Layer, rows: slice) -> Tensor:
+        """Seconds of each step: float64 ``(rows, K, S)`` (0 where there is none)."""
+        kind = layer.kind[rows].long()
+        shape = (kind.shape[0], len(self.weights), self.hulls.steps)
+        return self.hulls.cost[kind].expand(shape)
+
+    def steps(self) -> Iterator[Entries]:
+        """Every device's hull steps, keyed by efficiency."""
+        for layer, rows, start in self.pieces():
+            yield Entries(self.keys(layer, rows).reshape(-1),
+                          self.costs(layer, rows).reshape(-1), start)
+
+    def key_bounds(self) -> tuple[int, int]:
+        """The lowest and highest key a step can have."""
+        ratio = self.ratio[self.ratio > 0]
+        h = [layer.h for layer in self.layers if layer.weights]
+        if not ratio.numel() or not h:
+            return 0, 0
+        low = min(float(v.min()) for v in h) * float(ratio.min())
+        high = max(float(v.max()) for v in h) * float(ratio.max())
+        return (float_key(low) - int(self.offsets.max()), float_key(high) - int(self.offsets.min()))
+
+    def levels(self, cut: Cut, entries: Callable[[Layer, slice, int], Entries],
+               climbed: Callable[[Tensor], Tensor]) -> dict[str, Tensor]:
+        """Option levels of every device: the steps ``cut`` takes of the ``entries`` of
+        each piece, counted per device by ``climbed`` (``(n, K, S)`` bool -> ``(n, K)``)."""
+        out = {layer.name: torch.empty(layer.weights, len(self.weights), dtype=torch.uint8)
+               for layer in self.layers}
+        for layer, rows, start in self.pieces():
+            taken = cut.taken(entries(layer, rows, start))
+            steps = climbed(taken.view(rows.stop - rows.start, len(self.weights), -1))
+            out[layer.name][rows] = self.options_at(layer.kind[rows], steps)
+        return {layer.name: out[layer.name].reshape(*layer.shape, -1) for layer in self.layers}
+
+    def options_at(self, kind: Tensor, steps: Tensor) -> Tensor:
+        """The option (uint8) of devices of kinds ``kind`` after ``steps`` hull steps."""
+        points = self.hulls.options.shape[1]
+        return self.hulls.options.view(-1)[kind.long() * points + steps].to(torch.uint8)
+
+    # --- the greedy ------------------------------------------------------------------------
 
     def spend(self, seconds: float) -> dict[str, Tensor]:
         """Levels of the greedy that spends ``seconds`` above the base time."""
-        table = self._sorted_steps()
-        positive = [keys[keys > 0] for keys, _ in table]
-        if not any(p.numel() for p in positive):
+        low, high = self.key_bounds()
+        cut = fit_prefix(self.steps, seconds, (low, high))
+        if not cut.count:
             require(seconds <= 1e-15, "no option of the menu lowers a device's variance, so "
                     "no verify time can be spent: give tolerances below the plain-write sigma")
-            return self.plan_levels(math.inf)
-        low = min(float(p.min()) for p in positive if p.numel()) * float(self.weights.min())
-        high = max(float(p.max()) for p in positive if p.numel()) * float(self.weights.max())
-        most = self.time_above(low, table)
-        if most <= seconds * (1 + 1e-12):  # sums' rounding aside
-            require(most >= seconds * (1 - 1e-9) - 1e-15,
-                    f"the menu's options can spend at most {most:.4g} s above writing every "
-                    f"device once, not the {seconds:.4g} s asked for: ask for a larger "
+            return self._counted(Cut(high, None, _NONE, 0.0, 0))
+        if cut.total <= seconds * (1 + 1e-12):  # sums' rounding aside
+            require(cut.total >= seconds * (1 - 1e-9) - 1e-15,
+                    f"the menu's options can spend at most {cut.total:.4g} s above writing "
+                    f"every device once, not the {seconds:.4g} s asked for: ask for a larger "
                     "speedup (a smaller time budget), or add tighter tolerances to the menu")
-            return self.plan_levels(low)
-        high *= 1 + 1e-9
-        for _ in range(200):  # bisection in log space
-            middle = math.sqrt(low * high)
-            if self.time_above(middle, table) <= seconds:
-                high = middle
-            else:
-                low = middle
-            if high <= low * (1 + 1e-13):
-                break
-        left = seconds - self.time_above(high, table)
-        return self.plan_levels(high, self._boundary(high, low, left))
+            return self._counted(Cut(low - 1, None, _NONE, cut.total, cut.count))
+        return self._counted(cut)
 
-    def _boundary(self, high: float, low: float, left: float) -> dict[str, Tensor]:
-        """The next steps with efficiency in [low, high), taken best first while they fit."""
-        upper, lower = self._bounds(high), self._bounds(low)
-        found = []
-        for layer in self.layers:
-            keys = self._keys(layer)
-            steps = (keys[:, None, :] >= upper[None, :, None]).sum(-1)
-            room = steps < keys.shape[1]
-            nxt = torch.gather(keys, 1, steps.clamp_max(keys.shape[1] - 1))
-            hit = room & (nxt >= lower) & (nxt < upper) & (nxt > 0)
-            idx = torch.nonzero(hit)
-            if idx.numel():
-                cost = self.hulls.cost[layer.kind[idx[:, 0]], steps[idx[:, 0], idx[:, 1]]]
-                eff = nxt[hit] * self.weights[idx[:, 1]]
-                found.append((layer.name, idx, eff, cost, steps.shape))
-        extra: dict[str, Tensor] = {}
-        if not found:
-            return extra
-        effs = torch.cat([f[2] for f in found])
-        costs = torch.cat([f[3] for f in found])
-        order = torch.argsort(effs, descending=True, stable=True)
-        fits = torch.cumsum(costs[order], 0) <= left
-        chosen = torch.zeros(effs.numel(), dtype=torch.bool)
-        chosen[order[fits]] = True
-        start = 0
-        for name, idx, eff, _, shape in found:
-            pick = chosen[start : start + eff.numel()]
-            start += eff.numel()
-            add = torch.zeros(shape, dtype=torch.long)
-            add[idx[pick, 0], idx[pick, 1]] = 1
-            extra[name] = add
-        return extra
+    def _counted(self, cut: Cut) -> dict[str, Tensor]:
+        """Levels with as many hull steps per device as ``cut`` takes of its steps."""
+        return self.levels(cut, lambda layer, rows, start: Entries(
+            self.keys(layer, rows).reshape(-1), _NONE, start), lambda taken: taken.sum(-1))
 
     def best_devices(self, count: int) -> dict[str, Tensor]:
         """Verify the ``count`` devices with the largest gain at their tightest option."""
@@ -301,27 +273,123 @@ class Problem:
         removed = torch.cat([torch.zeros(len(top), 1, dtype=torch.float64),
                              self.hulls.gain.cumsum(1)], 1)
         whole = torch.gather(removed, 1, top[:, None]).squeeze(1)
-        gains = [(layer.h * whole[layer.kind])[:, None] * self.weights[None, :]
-                 for layer in self.layers]
-        chosen = top_k(torch.cat([g.reshape(-1) for g in gains]), count)
+        k = len(self.weights)
+        gains = torch.empty(sum(layer.weights for layer in self.layers) * k,
+                            dtype=torch.float64)
+        start = 0
+        for layer in self.layers:
+            size = layer.weights * k
+            part = gains[start : start + size].view(layer.weights, k)
+            torch.mul(layer.h[:, None] * whole[layer.kind.long()], self.weights, out=part)
+            start += size
+        chosen = top_k(gains, count)
+        del gains
         levels, start = {}, 0
-        for layer, gain in zip(self.layers, gains, strict=True):
-            pick = chosen[start : start + gain.numel()].reshape(gain.shape)
-            start += gain.numel()
-            steps = torch.where(pick, top[layer.kind][:, None].expand(gain.shape), 0)
-            opts = torch.gather(self.hulls.options[layer.kind], 1, steps)
-            levels[layer.name] = opts.to(torch.uint8).reshape(*layer.shape, -1)
+        for layer in self.layers:
+            pick = chosen[start : start + layer.weights * k].view(layer.weights, k)
+            start += pick.numel()
+            steps = torch.where(pick, top[layer.kind.long()], 0)
+            levels[layer.name] = self.options_at(layer.kind, steps).reshape(*layer.shape, -1)
         return levels
 
 
-def _rows(table: Tensor, value: Tensor, per_device: bool, devices: int) -> Tensor:
-    """An option table as rows: one row (all alike), a row per weight, or per device."""
-    options = table.shape[-1]
+_NONE = torch.zeros(0, dtype=torch.long)
+
+
+def _exponent_offsets(weights: Tensor) -> Tensor:
+    """Per device, 2 j m exponent steps in float64 bits: 4^(-j m) is a power of two, so
+    the bit pattern of x * 4^(-j m) is that of x less this (for normal numbers)."""
+    mantissa, exponent = torch.frexp(weights.double())
+    if not bool((mantissa == 0.5).all()):
+        raise SwimkitError(f"device weights {weights.tolist()} are not powers of two")
+    return (1 - exponent.long()) << 52
+
+
+class _Kinds:
+    """The distinct option rows (variances, then times) of pieces of option tables, and
+    which of them each device of each piece has."""
+
+    def __init__(self) -> None:
+        self.rows: list[Tensor] = []
+        self.inverse: list[Tensor] = []
+
+    def add(self, variances: Tensor, times: Tensor) -> int:
+        """Take one piece's tables; return its number."""
+        table = torch.cat([variances.cpu(), times.cpu()], -1)
+        rows, inverse = _distinct_rows(table.reshape(-1, table.shape[-1]).double())
+        shape = (1, 1) if table.dim() == 1 else (table.shape[0], -1)
+        self.rows.append(rows)
+        self.inverse.append(inverse.to(_index_dtype(len(rows))).reshape(shape))
+        return len(self.rows) - 1
+
+    def finish(self) -> tuple[Tensor, list[Tensor]]:
+        """The distinct rows of every piece, sorted, and each piece's devices' rows."""
+        unique, where = torch.unique(torch.cat(self.rows), dim=0, return_inverse=True)
+        dtype = _index_dtype(len(unique))
+        kinds, start = [], 0
+        for rows, inverse in zip(self.rows, self.inverse, strict=True):
+            kinds.append(where[start : start + len(rows)].to(dtype)[inverse.long()])
+            start += len(rows)
+        return unique, kinds
+
+
+#: Odd multipliers of a row's bit patterns, summed into one hash per row.
+_HASH = torch.randint(1, 2**62, (64,), generator=torch.Generator().manual_seed(0)) | 1
+
+
+def _distinct_rows(table: Tensor) -> tuple[Tensor, Tensor]:
+    """The distinct rows of ``table`` (float64) in any order, and each row's index among
+    them: rows are told apart by a hash of their bits, checked against every row (a
+    collision falls back to comparing whole rows)."""
+    columns = table.shape[1]
+    if columns > len(_HASH):
+        return torch.unique(table, dim=0, return_inverse=True)
+    hashes = (table.view(torch.int64) * _HASH[:columns]).sum(1)
+    keys, inverse = torch.unique(hashes, return_inverse=True)
+    first = torch.empty(len(keys), dtype=torch.long).scatter_(0, inverse,
+                                                              torch.arange(len(table)))
+    rows = table[first]
+    if torch.equal(rows[inverse], table):
+        return rows, inverse
+    return torch.unique(table, dim=0, return_inverse=True)
+
+
+def _index_dtype(count: int) -> torch.dtype:
+    """The smallest signed integer type that numbers ``count`` rows."""
+    for dtype in (torch.int8, torch.int16, torch.int32):
+        if count <= torch.iinfo(dtype).max + 1:
+            return dtype
+    return torch.int64
+
+
+def _layer_kinds(pieces: list[Tensor], weights: int) -> Tensor:
+    """A layer's device kinds from its pieces: ``(n, K)`` or ``(n, 1)``."""
+    if len(pieces) == 1 and pieces[0].shape[0] == 1 and weights != 1:
+        return pieces[0].expand(weights, pieces[0].shape[1])  # one kind for the layer
+    devices = max(p.shape[1] for p in pieces)
+    return torch.cat([p.expand(p.shape[0], devices) for p in pieces])
+
+
+def option_pieces(dm: object, value: Tensor, scale: Tensor, menu: tuple[float, ...],
+                  time: float) -> Iterator[tuple[Tensor, Tensor]]:
+    """A layer's option tables (variances, times), its weights flattened, in pieces:
+    ``(1 + O,)`` for devices all alike, ``(rows, 1 + O)`` per weight or ``(rows, K, 1 + O)``
+    per device. A device model with ``option_tables`` gives them piece by piece (never the
+    whole layer's tables at once); any other, whole."""
+    pieces = getattr(dm, "option_tables", None)
+    if pieces is not None:
+        yield from pieces(value, scale, menu, time, TABLE_ROWS)
+        return
+    variances = dm.option_variances(value, scale, menu, time)
+    times = dm.option_times(value, scale, menu)
+    yield _flattened(variances, value), _flattened(times, value)
+
+
+def _flattened(table: Tensor, value: Tensor) -> Tensor:
     if table.dim() == 1:
-        return table.reshape(1, options)
-    if per_device and table.dim() == value.dim() + 1:  # per weight: every device alike
-        return table.reshape(-1, 1, options).expand(-1, devices, options).reshape(-1, options)
-    return table.reshape(-1, options)
+        return table
+    per_device = table.dim() == value.dim() + 2
+    return table.reshape(value.numel(), *table.shape[-2 if per_device else -1:])
 
 
 #: h below this share of the mean h counts as this share: every device then has a positive
@@ -360,7 +428,7 @@ def allocate(inputs: ScoreInputs, budget: Budget) -> Plan:
     problem = Problem.build(inputs, menu)
     if budget.kind == "fraction":
         check_fraction(budget.value)
-        devices = sum(layer.h.numel() for layer in problem.layers) * len(problem.weights)
+        devices = sum(layer.weights for layer in problem.layers) * len(problem.weights)
         levels = problem.best_devices(round(budget.value * devices))
     else:
         levels = problem.spend(seconds_above_base(problem, inputs, budget))

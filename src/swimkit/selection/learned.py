@@ -6,23 +6,29 @@ already costs tens of accuracy points, far outside a quadratic model. ``learned`
 but chooses among them by the model's actual loss:
 
 - every device gets a relaxed position t on its hull, between two adjacent options;
-  its variance and time follow the hull linearly (the convex relaxation);
+  its variance and time follow the hull linearly (the convex relaxation), and a weight's
+  variance is its devices' weighted by 4^(-j m), as the device model's is;
 - t is trained on the training set by minimising the cross-entropy of the model under
   reparameterised Gaussian device errors whose variance follows t (a fresh draw per
   batch), plus a price on the modelled programming time; the price is a Lagrange
   multiplier raised or lowered after every batch so the relaxed plan spends the budget;
 - training starts from ``allocate``'s plan; at the end the hull steps are ranked by how
   far the relaxed plan took them (then by ``allocate``'s efficiency) and taken in that
-  order until the budget is spent, so the budget holds exactly.
+  order until the budget is spent, so the budget holds exactly (found in passes over the
+  devices, :func:`~swimkit.selection.prefix.fit_prefix`, never every step at once).
 
 Its cost, a few epochs of noisy forward and backward passes, is recorded in the plan's
-``meta`` (seconds, epochs, batches).
+``meta`` (seconds, epochs, batches): epochs times batches times a batch's cost, a plain
+forward and backward of the model plus a few passes over the devices' positions (held
+in float64, with Adam's two moments). Fewer epochs or batches (the data given) bound it.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -33,18 +39,31 @@ from ..errors import SwimkitError, is_number, require
 from ..mapping import perturbed, require_logits
 from ..plans import Plan
 from ..seeding import seeded_generator
-from .allocation import Problem, menu_of, seconds_above_base
+from .allocation import Layer, Problem, menu_of, seconds_above_base
+from .prefix import Entries, fit_prefix, float_key
 from .registry import Budget, ScoreInputs
 
 
 @dataclass(frozen=True)
 class LearnOptions:
     """Settings of the learned plan: epochs over the data, Adam's learning rate on the
-    hull positions, and the step of the time price (relative, per batch)."""
+    hull positions, and the step of the time price (relative, per batch).
 
-    epochs: int = 2
+    ``epochs`` may end in a fraction of an epoch (0.25: the first quarter of the batches,
+    at least one), the knob that bounds the cost of learning on a large training set."""
+
+    epochs: float = 2
     lr: float = 0.02
     price_step: float = 0.05
+
+    def batches_per_epoch(self, data: Iterable) -> list[int | None]:
+        """How many batches of ``data`` each epoch takes (None: all of them)."""
+        whole = math.floor(self.epochs)
+        if whole == self.epochs:
+            return [None] * whole
+        require(hasattr(data, "__len__"), f"learned epochs {self.epochs:g} take a share "
+                "of an epoch: give training data whose batches can be counted (a list)")
+        return [None] * whole + [max(1, math.ceil((self.epochs - whole) * len(data)))]
 
     @classmethod
     def from_options(cls, options: dict) -> LearnOptions:
@@ -54,9 +73,7 @@ class LearnOptions:
             raise SwimkitError(f"unknown option {unknown[0]!r} for method 'learned'; valid "
                                f"options: {', '.join(sorted(known))}")
         made = cls(**options)
-        require(isinstance(made.epochs, int) and made.epochs >= 1,
-                f"learned epochs must be an integer >= 1 (got {made.epochs!r})")
-        for name in ("lr", "price_step"):
+        for name in ("epochs", "lr", "price_step"):
             value = getattr(made, name)
             require(is_number(value, finite=True) and value > 0,
                     f"learned {name} must be a number > 0 (got {value!r})")
@@ -74,52 +91,74 @@ class _Relaxed:
         zeros = torch.zeros(hulls.cost.shape[0], 1, dtype=torch.float64)
         self.point_time = torch.cat([zeros, hulls.cost.cumsum(1)], 1)
         self.point_var = torch.cat([zeros, -hulls.gain.cumsum(1)], 1)  # relative to point 0
+        self.step_time, self.step_var = _steps(self.point_time), _steps(self.point_var)
+        index = _hull_index(hulls.options, problem.option_variance.shape[1])
         self.positions: dict[str, Tensor] = {}
         for layer in problem.layers:
-            steps = _steps_of(hulls.options[layer.kind], start[layer.name].reshape(
-                layer.h.numel(), -1))
-            top = self.top[layer.kind][:, None].clamp_min(1.0)
-            share = (steps.double() / top).clamp(0.02, 0.98)
+            kind = layer.kind.long()
+            levels = start[layer.name].reshape(layer.weights, -1).long()
+            steps = index.view(-1)[kind * index.shape[1] + levels]
+            share = (steps.double() / self.top[kind].clamp_min(1.0)).clamp(0.02, 0.98)
             self.positions[layer.name] = torch.logit(share).requires_grad_(True)
 
-    def position(self, name: str, kind: Tensor) -> Tensor:
-        return torch.sigmoid(self.positions[name]) * self.top[kind][:, None]
+    def position(self, layer: Layer, rows: slice = slice(None)) -> Tensor:
+        """Hull positions of the devices of ``rows`` of ``layer``: ``(n, K)`` float64."""
+        return torch.sigmoid(self.positions[layer.name][rows]) * self.top[layer.kind[rows].long()]
 
-    def interpolate(self, table: Tensor, kind: Tensor, t: Tensor) -> Tensor:
-        """table[kind, t] with linear interpolation between integer positions."""
-        low = t.detach().floor().long().clamp_max(table.shape[1] - 2).clamp_min(0)
-        rows = table[kind]
-        a = torch.gather(rows, 1, low)
-        b = torch.gather(rows, 1, low + 1)
-        return a + (t - low.double()) * (b - a)
-
-    def weight_variance(self, base_var: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Var(dW / s) per weight: sum_j 4^(-j m) v_j(t_j), differentiable in t."""
-        out = {}
+    def variance_and_time(self, base_var: dict[str, Tensor]) -> tuple[dict[str, Tensor], Tensor]:
+        """Var(dW / s) per weight, sum_j 4^(-j m) v_j(t_j), and the seconds above the base
+        time of the relaxed plan, both differentiable in the positions. Variance and time
+        interpolate their hull tables at the same points, found once; each has positions
+        of its own in the graph, so their gradients reach the positions as two paths."""
         w = self.problem.weights
+        points = self.point_var.shape[1]
+        variance, total = {}, torch.zeros((), dtype=torch.float64)
         for layer in self.problem.layers:
-            t = self.position(layer.name, layer.kind)
-            dv = self.interpolate(self.point_var, layer.kind, t)
-            rows = base_var[layer.name] + (dv * w).sum(1)
-            out[layer.name] = rows.reshape(-1, layer.devices).sum(1)  # per weight
-        return out
+            t_var, t_time = self.position(layer), self.position(layer)
+            low = t_var.detach().floor().clamp_(0, points - 2)
+            index = low.long().add_(layer.kind.long() * points).view(-1)
+            dv = _between(self.point_var, self.step_var, index, t_var - low)
+            variance[layer.name] = base_var[layer.name] + (dv * w).sum(1)
+            total = total + _between(self.point_time, self.step_time, index, t_time - low).sum()
+        return variance, total
 
-    def time(self) -> Tensor:
-        """Seconds above the base time of the relaxed plan."""
-        total = torch.zeros((), dtype=torch.float64)
+    def base_variance(self, option_variance: Tensor) -> dict[str, Tensor]:
+        """Var(dW / s) per weight with every device at its first hull point."""
+        first = torch.gather(option_variance, 1, self.problem.hulls.options[:, :1]).squeeze(1)
+        w = self.problem.weights
+        out = {}
         for layer in self.problem.layers:
-            t = self.position(layer.name, layer.kind)
-            total = total + self.interpolate(self.point_time, layer.kind, t).sum()
-        return total
+            kind = layer.kind.long()
+            if kind.shape[1] == 1:  # a weight's devices alike
+                out[layer.name] = first[kind[:, 0]] * float(w.sum())
+            else:
+                out[layer.name] = (first[kind] * w).sum(1)
+        return out
 
     def parameters(self) -> list[Tensor]:
         return list(self.positions.values())
 
 
-def _steps_of(options: Tensor, levels: Tensor) -> Tensor:
-    """Hull index of each device's option (its number of hull steps): (n, K) long."""
-    match = options[:, None, :] == levels.long()[:, :, None]   # (n, K, P)
-    return match.long().argmax(-1)
+def _steps(points: Tensor) -> Tensor:
+    """From each hull point to the next (0 after the last), shaped like ``points``."""
+    return torch.cat([points[:, 1:] - points[:, :-1], torch.zeros_like(points[:, :1])], 1)
+
+
+def _between(points: Tensor, steps: Tensor, index: Tensor, fraction: Tensor) -> Tensor:
+    """The hull points at the flat ``index`` moved ``fraction`` of a step to the next."""
+    def at(table: Tensor) -> Tensor:
+        return table.view(-1).index_select(0, index).view(fraction.shape)
+
+    return at(points) + fraction * at(steps)
+
+
+def _hull_index(options: Tensor, count: int) -> Tensor:
+    """Per device kind, the hull point of each of the ``count`` options (its number of
+    hull steps; 0 for an option off the hull)."""
+    index = torch.zeros(options.shape[0], count, dtype=torch.long)
+    for point in reversed(range(options.shape[1])):  # the first point holding an option wins
+        index.scatter_(1, options[:, point : point + 1], point)
+    return index
 
 
 def learned(inputs: ScoreInputs, budget: Budget) -> Plan:
@@ -144,15 +183,10 @@ def learned(inputs: ScoreInputs, budget: Budget) -> Plan:
 
 def _train(inputs: ScoreInputs, problem: Problem, relaxed: _Relaxed, seconds: float,
            opts: LearnOptions) -> int:
-    """Adam on the hull positions; the time price follows the budget (dual ascent)."""
-    model, weights = inputs.model, inputs.weights
-    hulls = problem.hulls
-    base_var = {layer.name: torch.zeros(layer.h.numel(), dtype=torch.float64)
-                for layer in problem.layers}
-    first = torch.gather(problem.option_variance, 1, hulls.options[:, :1]).squeeze(1)
-    w_sum = float(problem.weights.sum())
-    for layer in problem.layers:
-        base_var[layer.name] += first[layer.kind] * w_sum
+    """Adam on the hull positions; the time price follows the budget (dual ascent): after
+    every step it is raised or lowered by how far the relaxed plan's time is off."""
+    model = inputs.model
+    base_var = relaxed.base_variance(problem.option_variance)
     optimizer = torch.optim.Adam(relaxed.parameters(), lr=opts.lr)
     where = next(iter(inputs.values.values())).device
     generator = seeded_generator("swimkit-learned", inputs.seed, device=where)
@@ -161,27 +195,20 @@ def _train(inputs: ScoreInputs, problem: Problem, relaxed: _Relaxed, seconds: fl
     was_training = model.training
     model.eval()
     try:
-        with perturbed(model, weights) as offsets:
-            for _ in range(opts.epochs):
-                for x, y in inputs.data:
-                    variance = relaxed.weight_variance(base_var)
-                    noise = {}
-                    for name, var in variance.items():
-                        shape = inputs.values[name].shape
-                        eps = torch.randn(shape, generator=generator, device=where)
-                        std = var.clamp_min(0).sqrt().reshape(shape).to(where, torch.float32)
-                        noise[name] = eps * std * inputs.scales[name]
-                    offsets.set(noise)
+        with perturbed(model, inputs.weights) as offsets:
+            for count in opts.batches_per_epoch(inputs.data):
+                for x, y in itertools.islice(inputs.data, count):
+                    variance, spent = relaxed.variance_and_time(base_var)
+                    if batches:  # the time the last step left
+                        over = float(spent.detach()) / scale - 1.0
+                        price = max(price * math.exp(opts.price_step * over), 1e-6)
+                    offsets.set(_noise(inputs, variance, generator))
                     loss = F.cross_entropy(require_logits(model(x)), y)
-                    spent = relaxed.time()
                     objective = loss + price * (spent / scale).to(loss.dtype)
                     grads = torch.autograd.grad(objective, relaxed.parameters())
                     for param, grad in zip(relaxed.parameters(), grads, strict=True):
                         param.grad = grad
                     optimizer.step()
-                    with torch.no_grad():
-                        over = float(relaxed.time()) / scale - 1.0
-                    price = max(price * math.exp(opts.price_step * over), 1e-6)
                     batches += 1
                     offsets.set(None)
     finally:
@@ -191,39 +218,32 @@ def _train(inputs: ScoreInputs, problem: Problem, relaxed: _Relaxed, seconds: fl
     return batches
 
 
+def _noise(inputs: ScoreInputs, variance: dict[str, Tensor],
+           generator: torch.Generator) -> dict[str, Tensor]:
+    """One draw of the weight errors (weight units) of the variances, differentiable."""
+    noise = {}
+    for name, var in variance.items():
+        shape = inputs.values[name].shape
+        eps = torch.randn(shape, generator=generator, device=generator.device)
+        std = var.clamp_min(0).sqrt().reshape(shape).to(generator.device, torch.float32)
+        noise[name] = eps * std * inputs.scales[name]
+    return noise
+
+
 def _round(problem: Problem, relaxed: _Relaxed, seconds: float) -> dict[str, Tensor]:
-    """Take hull steps by the relaxed plan's fill, then allocate's efficiency, to budget."""
-    fills, effs, costs, shapes = [], [], [], []
-    steps = problem.hulls.steps
-    with torch.no_grad():
-        for layer in problem.layers:
-            t = relaxed.position(layer.name, layer.kind)                     # (n, K)
-            s = torch.arange(steps, dtype=torch.float64)
-            fill = (t[:, :, None] - s).clamp(0.0, 1.0)                       # (n, K, S)
-            key = layer.h[:, None, None] * problem.weights[None, :, None] * (
-                problem.hulls.ratio[layer.kind][:, None, :])
-            cost = problem.hulls.cost[layer.kind][:, None, :].expand_as(fill)
-            fill = torch.where(cost > 0, fill, torch.full_like(fill, -1.0))
-            fills.append(fill.reshape(-1))
-            effs.append(key.reshape(-1))
-            costs.append(cost.reshape(-1))
-            shapes.append(fill.shape)
-    fill, eff, cost = torch.cat(fills), torch.cat(effs), torch.cat(costs)
-    by_eff = torch.argsort(eff, descending=True, stable=True)
-    order = by_eff[torch.argsort(fill[by_eff], descending=True, stable=True)]
-    usable = fill[order] >= 0
-    spent = torch.cumsum(torch.where(usable, cost[order], torch.zeros_like(cost[order])), 0)
-    take = usable & (spent <= seconds)
-    # a device climbs its hull in order: stop each device at its first skipped step
-    chosen = torch.zeros(fill.numel(), dtype=torch.bool)
-    chosen[order[take]] = True
-    levels, start = {}, 0
-    for layer, shape in zip(problem.layers, shapes, strict=True):
-        part = chosen[start : start + shape.numel()].reshape(shape)
-        start += shape.numel()
-        climbed = part.long().cumprod(-1).sum(-1)                             # (n, K)
-        opts = torch.gather(problem.hulls.options[layer.kind], 1, climbed)
-        levels[layer.name] = opts.to(torch.uint8).reshape(*layer.shape, -1)
-    return levels
+    """Take hull steps by the relaxed plan's fill, then allocate's efficiency, to budget;
+    a device climbs its hull in order, so it stops at its first step not taken."""
 
+    def entries(layer: Layer, rows: slice, start: int) -> Entries:
+        costs = problem.costs(layer, rows)
+        with torch.no_grad():
+            t = relaxed.position(layer, rows)
+        steps = torch.arange(costs.shape[-1], dtype=torch.float64)
+        fill = (t[:, :, None] - steps).clamp_(0.0, 1.0).add_(0.0)  # no -0.0: keys by bits
+        fill.masked_fill_(costs <= 0, -1.0)  # no step there: below every key
+        return Entries(fill.view(torch.int64).reshape(-1), costs.reshape(-1), start,
+                       problem.keys(layer, rows).reshape(-1))
 
+    cut = fit_prefix(lambda: (entries(*piece) for piece in problem.pieces()), seconds,
+                     (0, float_key(1.0)), problem.key_bounds())
+    return problem.levels(cut, entries, lambda taken: taken.long().cumprod(-1).sum(-1))
