@@ -9,7 +9,9 @@ weights), so one function serves every chip:
   bias, say) computed once instead of once per batch;
 - with exact fast paths for ops whose ATen kernel is slow on the CPU (a max-pool whose
   kernel equals its stride is the maximum of its strided views: the same numbers, about
-  ten times faster here);
+  ten times faster here), taken only by a model that has such an op;
+- multi-head attention on its plain path, the one it takes under the fast paths, so a
+  chip's count does not depend on which model has them;
 - ``chips_per_pass`` chips at once: their weights stacked and the model mapped over
   them with :func:`torch.func.vmap` (batched matmuls, grouped convolutions);
 - optionally compiled once with :func:`torch.compile` and reused for every chip.
@@ -21,7 +23,7 @@ import contextlib
 import itertools
 import math
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -88,17 +90,46 @@ def _maximum_of(views: Iterable[Tensor]) -> Tensor:
 
 
 class ExactFastOps(TorchFunctionMode):
-    """Routes ops with a faster exact equivalent to it (see :func:`pool_by_maxima`)."""
+    """Routes ops with a faster exact equivalent to it (see :func:`pool_by_maxima`);
+    ``routed`` counts the calls it routed."""
 
     POOLS = (F.max_pool2d, torch.max_pool2d)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.routed = 0
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func in self.POOLS and args and not torch.is_grad_enabled():
             fast = pool_by_maxima(*args, **kwargs)
             if fast is not None:
+                self.routed += 1
                 return fast
         return func(*args, **kwargs)
+
+
+def fast_ops_apply(forward: Callable[[Tensor], Any], x: Tensor) -> bool:
+    """Whether :class:`ExactFastOps` routes any op of ``forward(x)`` (run once): the
+    mode is worth its cost only then (while it is active every torch call passes
+    through Python)."""
+    mode = ExactFastOps()
+    with torch.inference_mode(), unfused_attention(), mode:
+        forward(x)
+    return mode.routed > 0
+
+
+@contextlib.contextmanager
+def unfused_attention() -> Iterator[None]:
+    """Multi-head attention on its plain path (projections, scaled dot-product attention)
+    while open, as under :class:`ExactFastOps`: its fused inference path rounds
+    differently, so a chip's count would depend on whether the mode is active."""
+    enabled = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(enabled)
 
 
 # --- swapping tensors in ---------------------------------------------------------------------
@@ -190,7 +221,9 @@ class ChipRunner:
     Use it as a context manager: while open, the device weights of ``model`` are read
     from slots. ``chips_per_pass`` chips are evaluated per forward pass (vmap over
     their stacked weights); ``compile`` compiles the forward once, falling back to eager
-    with a warning where torch.compile cannot run. The model must be in eval mode.
+    with a warning where torch.compile cannot run. ``fast_ops`` allows
+    :class:`ExactFastOps`, which the runner then uses if a probe forward shows that it
+    routes an op (``routes_ops``). The model must be in eval mode.
     """
 
     def __init__(self, model: nn.Module, data: Sequence[Batch], values: Weights, *,
@@ -202,6 +235,7 @@ class ChipRunner:
         self.fast_ops = fast_ops
         self.compiled = False
         self._passed = False
+        self.routes_ops = False
         # one tensor per device weight, written in place for every chip: a compiled
         # forward sees the same tensors every time and is reused
         self._inputs = {n: v.detach().clone() for n, v in values.items()}
@@ -213,6 +247,8 @@ class ChipRunner:
         self._slots.__enter__()
         if self._want_compile:
             self._compile()
+        self.routes_ops = self.fast_ops and not self.compiled and fast_ops_apply(
+            self.model, self.data[0][0])
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -271,8 +307,8 @@ class ChipRunner:
         """Correct predictions over ``data`` (one count, or one per stacked chip), on the
         data's device: nothing is read back until the chip is done."""
         total: Tensor | int = 0
-        mode = ExactFastOps() if self.fast_ops and not self.compiled else contextlib.nullcontext()
-        with mode:
+        fast = ExactFastOps() if self.routes_ops else contextlib.nullcontext()
+        with unfused_attention(), fast:
             for x, y in self.data:
                 total = total + (self._forward(weights, x).argmax(dim=-1) == y).sum(dim=-1)
         return torch.as_tensor(total)
