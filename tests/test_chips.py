@@ -262,6 +262,9 @@ def test_the_evaluation_batch_follows_the_largest_activation():
         6 * 28 * 28 * 4
     assert evaluation_batch_size(lenet, (1, 28, 28), "cpu") == 256  # 4 MiB / 18.4 KiB = 223
     assert evaluation_batch_size(lenet, (1, 28, 28), "cuda") == BATCH_RANGE["cuda"][1]
+    vit = swimkit.build_model("vit", seed=0)  # attention's q, k, v projection: no layer's output
+    assert largest_activation_bytes(vit, (1, 28, 28)) == 17 * 3 * 64 * 4
+    assert evaluation_batch_size(vit, (1, 28, 28), "cpu") == 256  # 4 MiB / 12.75 KiB = 321
     wide = nn.Sequential(nn.Conv2d(3, 512, 3, padding=1))
     assert evaluation_batch_size(wide, (3, 64, 64), "cpu") == BATCH_RANGE["cpu"][0]
     narrow = nn.Linear(4, 2)

@@ -23,6 +23,7 @@ import contextlib
 import itertools
 import math
 import warnings
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,8 @@ from torch import Tensor, nn
 from torch.func import vmap
 from torch.nn.utils import parametrize
 from torch.overrides import TorchFunctionMode
+from torch.utils import _pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from .errors import SwimkitError, first_line
 from .mapping import require_logits
@@ -328,37 +331,60 @@ def auto_chips_per_pass(device: torch.device, data: Sequence[Batch], parameters:
 
 #: Evaluation batch sizes: a batch's largest activation about this many bytes. On the CPU
 #: a batch that stays in the caches is fastest (measured: benchmarks/bench_montecarlo.py,
-#: 2-core EPYC, 2 MiB L2 a core: LeNet best at 256, ConvNet and ResNet-18 at 16-32,
-#: 1.7-1.8x faster than at 256); on a GPU large batches keep it busy (not measured here).
+#: 2-core EPYC, 1 MiB L2 a core, 32 MiB L3: LeNet best at 256, ConvNet and ResNet-18 at
+#: 16-32, 1.7-1.8x faster than at 256; the ViT at 128-256, 1.3-1.4x faster than at 512);
+#: on a GPU large batches keep it busy (not measured here).
 ACTIVATION_BUDGET = {"cpu": 4 * 2**20, "cuda": 256 * 2**20}
 BATCH_RANGE = {"cpu": (16, 512), "cuda": (256, 4096)}
 
 
 def largest_activation_bytes(model: nn.Module, image_shape: Sequence[int]) -> int:
-    """Bytes of the largest activation any layer of ``model`` outputs for one image
-    (parametrizations' outputs are weights, not activations: left out)."""
-    sizes = [0]
-    weight_makers = {id(p) for m in model.modules() if parametrize.is_parametrized(m)
-                     for p in m.parametrizations.modules()}
+    """Bytes per image of the largest tensor an op of ``model``'s forward makes, inside
+    layers too (attention's packed q, k, v projection is no layer's output).
 
-    def record(module: nn.Module, _inputs: Any, output: Any) -> None:
-        if isinstance(output, Tensor) and id(module) not in weight_makers:
-            sizes.append(output.numel() * output.element_size())
+    Measured as the growth of each op's output from a batch of two images to four (a
+    batch of one takes other paths in some ops), counting the memory behind a tensor, so
+    weights (a parametrization's output, an expanded or transposed matrix) and anything
+    else that does not grow with the batch are left out. The forward runs as chips run
+    it (eval mode, attention on its plain path); the model's modes are restored.
+    """
+    two, four = (_op_output_bytes(model, image_shape, images) for images in (2, 4))
+    return max([(size - two.get(key, 0)) // 2 for key, size in four.items()] + [0])
 
+
+class _OutputBytes(TorchDispatchMode):
+    """Records the bytes of the largest storage behind a tensor each ATen op call
+    returns, keyed by the op and how many calls of it came before."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: Counter = Counter()
+        self.sizes: dict[tuple[Any, int], int] = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        tensors = [t for t in pytree.tree_leaves(out) if isinstance(t, Tensor)]
+        self.sizes[(func, self.calls[func])] = max(
+            [t.untyped_storage().nbytes() for t in tensors] + [0])
+        self.calls[func] += 1
+        return out
+
+
+def _op_output_bytes(model: nn.Module, image_shape: Sequence[int], images: int
+                     ) -> dict[tuple[Any, int], int]:
+    """:class:`_OutputBytes`' record of a forward of ``images`` zero images."""
     reference = next(itertools.chain(model.parameters(), model.buffers()), None)
-    example = torch.zeros(1, *image_shape, device=None if reference is None else
+    example = torch.zeros(images, *image_shape, device=None if reference is None else
                           reference.device)
-    hooks = [m.register_forward_hook(record) for m in model.modules()]
     modes = [(m, m.training) for m in model.modules()]
+    recorder = _OutputBytes()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), unfused_attention(), recorder:
             model.eval()(example)
     finally:
         for m, training in modes:
             m.training = training
-        for hook in hooks:
-            hook.remove()
-    return max(sizes)
+    return recorder.sizes
 
 
 def evaluation_batch_size(model: nn.Module, image_shape: Sequence[int],
