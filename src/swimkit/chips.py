@@ -445,4 +445,5 @@ def check_chips_per_pass(value: int | None) -> int | None:
 
 __all__ = ["ACTIVATION_BUDGET", "BATCH_RANGE", "ChipRunner", "ExactFastOps", "Slots",
            "auto_chips_per_pass", "check_chips_per_pass", "evaluation_batch_size",
-           "fixed_values", "largest_activation_bytes", "pool_by_maxima"]
+           "fast_ops_apply", "fixed_values", "largest_activation_bytes", "pool_by_maxima",
+           "unfused_attention"]
