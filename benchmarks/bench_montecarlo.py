@@ -1,21 +1,30 @@
-"""Monte-Carlo speed: chips per second, against a plain forward, per pass, compiled, ranks.
+"""Monte-Carlo speed: a chip against its floor, a plain eager forward of the same model.
 
-Prints, per model:
-- a chip (``swimkit.evaluate`` with its defaults) against a plain eager forward of the same
-  model over the same test images (batch 256, inference mode), measured in the same
-  process: the ratio (target for LeNet and QLeNet: at most 0.6);
-- chips per second with C = 1, 2, 4, 8 chips per pass (stacked weights, vmap), and with
-  ``compile=True`` (or the message that says why it fell back to eager);
-- chips per second at evaluation batch sizes 16 ... 512, marking the one the command line
-  chooses by default (``swimkit.chips.evaluation_batch_size``);
-and for LeNet, chips per second on 1 and 2 processes under torchrun (each process with
-its share of the cores), with a check that both give the same per-chip accuracies.
+Prints the machine line and the load, then per model (section ``floor``, the default):
+a chip's seconds (``swimkit.evaluate`` of a few chips, divided: drawing the weight errors
+included) at the evaluation batch the command line chooses
+(``swimkit.chips.evaluation_batch_size``) and at the floor's batch, the floor's seconds
+(``model.eval()``, then ``model(x)`` under ``torch.no_grad()`` over the same images at
+batch 256), and their ratios (target: at most 0.6). The floor and the chips are timed in
+turn in the same process, best of ``--repeat`` each.
 
-LeNet and QLeNet run on the real Fashion-MNIST test set (10,000 images) when it is
-installed. ConvNet and ResNet-18 run on random CIFAR-sized images, a part of the test set
-on a CPU (--cifar-images), and say so: chips per second scale inversely with the images.
+Further sections (``--sections``):
+- ``per-pass``: chips per second with C = 1, 2, 4, 8 chips per pass (stacked weights,
+  vmap), checked against C = 1;
+- ``compile``: chips per second with ``compile=True`` (or the message that says why it
+  fell back to eager);
+- ``batches``: chips per second at evaluation batch sizes 16 ... 512, marking the one the
+  command line chooses by default;
+- ``ranks``: LeNet chips per second on 1 and 2 processes under torchrun (each process
+  with its share of the cores), with a check that both give the same per-chip accuracies.
+
+LeNet, QLeNet, the ViT and QViT run on the real Fashion-MNIST test set (10,000 images)
+when it is installed. ConvNet, ResNet-18 and their quantized forms run on random
+CIFAR-sized images, a part of a test set on a CPU (--cifar-images), and say so: seconds
+scale with the images.
 
     python benchmarks/bench_montecarlo.py [--device cuda] [--models lenet,qlenet,...]
+        [--sections floor,per-pass,compile,batches,ranks]
 """
 
 from __future__ import annotations
@@ -27,6 +36,8 @@ import subprocess
 import sys
 import time
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -39,6 +50,16 @@ from swimkit.chips import evaluation_batch_size
 
 DEVICE_MODEL = swimkit.DeviceModel(sigma=0.3, sigma_verified=0.03)
 HERE = Path(__file__).resolve().parent
+ZOO = "lenet,qlenet,vit,qvit,convnet,qconvnet,resnet18,qresnet18"
+FLOOR_BATCH = 256
+SECTIONS = ("floor", "per-pass", "compile", "batches", "ranks")
+
+
+def load_line() -> str:
+    """The machine's load averages (1, 5, 15 minutes): timings on a shared machine move
+    with them."""
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.2f}, {five:.2f}, {fifteen:.2f} ({os.cpu_count()} CPUs)"
 
 
 def test_batches(name: str, args: argparse.Namespace, device: torch.device):
@@ -62,9 +83,50 @@ def test_batches(name: str, args: argparse.Namespace, device: torch.device):
 
 
 def plain_forward(model: torch.nn.Module, batches) -> None:
-    with torch.inference_mode():
+    """The floor: a plain eager forward (eval mode, no autograd) over ``batches``."""
+    model.eval()
+    with torch.no_grad():
         for x, _ in batches:
-            model(x).argmax(dim=-1)
+            model(x)
+
+
+@dataclass(frozen=True)
+class Versus:
+    """Seconds of a chip and of its floor over the same images."""
+
+    chip_s: float
+    plain_s: float
+
+    @property
+    def ratio(self) -> float:
+        return self.chip_s / self.plain_s
+
+
+def clocked(fn: Callable[[], object], clock: str) -> float:
+    """Seconds of one call of ``fn``: wall-clock, or (``"cpu"``) this process's CPU time,
+    which other processes on a busy machine do not lengthen (with one thread)."""
+    if clock == "wall":
+        return timed(fn)
+    start = time.process_time()
+    fn()
+    return time.process_time() - start
+
+
+def chip_against_floor(model: torch.nn.Module, chip_batches, floor_batches, chips: int,
+                       repeat: int = 3, plan=None, clock: str = "wall") -> Versus:
+    """Seconds a chip costs (``swimkit.evaluate`` of ``chips`` chips over
+    ``chip_batches``, divided) and a plain eager forward over ``floor_batches``: timed in
+    turn ``repeat`` times after a warm-up of each, best of each."""
+    def evaluate(samples: int) -> None:
+        swimkit.evaluate(model, chip_batches, DEVICE_MODEL, plan, samples=samples)
+
+    evaluate(1)
+    plain_forward(model, floor_batches)
+    chip_s = plain_s = float("inf")
+    for _ in range(repeat):
+        plain_s = min(plain_s, clocked(lambda: plain_forward(model, floor_batches), clock))
+        chip_s = min(chip_s, clocked(lambda: evaluate(chips), clock) / chips)
+    return Versus(chip_s, plain_s)
 
 
 def chip_seconds(model, batches, chips: int, **options) -> tuple[float, list[float]]:
@@ -81,28 +143,53 @@ def chip_seconds(model, batches, chips: int, **options) -> tuple[float, list[flo
 
 def bench_model(name: str, args: argparse.Namespace, device: torch.device) -> None:
     model, dataset, note = test_batches(name, args, device)
-    batches = data_mod.preload(dataset.test, dataset, 256, device)
+    batches = data_mod.preload(dataset.test, dataset, FLOOR_BATCH, device)
     chips = args.chips if "lenet" in name else max(2, args.chips // 4)
     print(f"\n{name} ({note}), {chips} chips per figure")
-    plain = timed(lambda: plain_forward(model, batches), repeat=3, warmup=1)
-    chip, _ = chip_seconds(model, batches, chips)
-    target = " (target <= 0.6)" if name in ("lenet", "qlenet") else ""
-    print(f"  plain eager forward {plain:.3f} s; chip {chip:.3f} s: ratio {chip / plain:.2f}"
-          f"{target}")
+    if "floor" in args.sections:
+        against_floor(model, dataset, batches, chips, args, device)
+    if "per-pass" in args.sections:
+        per_pass(model, batches, chips)
+    if "compile" in args.sections:
+        compiled(model, batches, chips)
+    if "batches" in args.sections:
+        batch_sizes(model, dataset, chips, args, device)
+
+
+def against_floor(model, dataset, floor_batches, chips: int, args: argparse.Namespace,
+                  device: torch.device) -> None:
+    """A chip at the default evaluation batch and at the floor's, against the floor."""
+    chosen = evaluation_batch_size(model, dataset.image_shape, device)
+    for size in dict.fromkeys((chosen, FLOOR_BATCH)):
+        batches = (floor_batches if size == FLOOR_BATCH else
+                   data_mod.preload(dataset.test, dataset, size, device))
+        versus = chip_against_floor(model, batches, floor_batches, chips, args.repeat,
+                                    clock=args.clock)
+        which = "default" if size == chosen else "floor's"
+        print(f"  chip at batch {size:3d} ({which}) {versus.chip_s:.3f} s, plain eager forward "
+              f"(batch {FLOOR_BATCH}) {versus.plain_s:.3f} s: {versus.ratio:.2f} "
+              f"(target <= 0.6)", flush=True)
+
+
+def per_pass(model, batches, chips: int) -> None:
+    """Chips per second at C = 1, 2, 4, 8 chips per pass, checked against C = 1."""
     one_at_a_time = None
-    for per_pass in (1, 2, 4, 8):
-        seconds, accuracies = chip_seconds(model, batches, chips, chips_per_pass=per_pass)
+    for count in (1, 2, 4, 8):
+        seconds, accuracies = chip_seconds(model, batches, chips, chips_per_pass=count)
         one_at_a_time = one_at_a_time or accuracies
         same = "same accuracies as C=1" if accuracies == one_at_a_time else "ACCURACIES DIFFER"
-        print(f"  chips per pass {per_pass}: {1 / seconds:6.2f} chips/s ({seconds:.3f} s a chip; "
+        print(f"  chips per pass {count}: {1 / seconds:6.2f} chips/s ({seconds:.3f} s a chip; "
               f"{same})")
+
+
+def compiled(model, batches, chips: int) -> None:
+    """Chips per second with ``compile=True``, or why it fell back to eager."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         seconds, _ = chip_seconds(model, batches, chips, compile=True)
     fell_back = [str(w.message) for w in caught if "torch.compile" in str(w.message)]
     label = "compiled" if not fell_back else f"compile fell back to eager ({fell_back[0]})"
     print(f"  {label}: {1 / seconds:6.2f} chips/s ({seconds:.3f} s a chip)")
-    batch_sizes(model, dataset, chips, args, device)
 
 
 def batch_sizes(model, dataset, chips: int, args: argparse.Namespace,
@@ -160,8 +247,16 @@ def worker(path: str, chips: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--models", default="lenet,qlenet,convnet,resnet18")
-    parser.add_argument("--chips", type=int, default=8, help="chips per LeNet figure")
+    parser.add_argument("--models", default=ZOO)
+    parser.add_argument("--sections", default="floor",
+                        help=f"comma-separated, of: {', '.join(SECTIONS)}")
+    parser.add_argument("--chips", type=int, default=8,
+                        help="chips per LeNet figure (a quarter, at least 2, for the others)")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="chip and floor timings taken in turn (best of each)")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="floor section: wall-clock, or this process's CPU time (for a "
+                             "busy machine, with OMP_NUM_THREADS=1)")
     parser.add_argument("--cifar-images", type=int, default=512,
                         help="random CIFAR-sized test images for ConvNet / ResNet-18")
     parser.add_argument("--rank-chips", type=int, default=40)
@@ -173,12 +268,20 @@ def main() -> None:
     if args.worker:
         worker(args.worker, args.chips)
         return
+    args.sections = set(filter(None, args.sections.split(",")))
+    unknown = args.sections - set(SECTIONS)
+    if unknown:
+        parser.error(f"unknown sections {sorted(unknown)}; choose from {', '.join(SECTIONS)}")
     device = torch.device(args.device)
     print(machine_line())
+    print(load_line())
+    print(f"floor: plain eager forward, batch {FLOOR_BATCH}, torch.no_grad(); {args.clock} "
+          f"seconds, best of {args.repeat}")
     for name in filter(None, args.models.split(",")):
         bench_model(name, args, device)
-    if device.type == "cpu":
+    if "ranks" in args.sections and device.type == "cpu":
         ranks(args)
+    print(load_line())
 
 
 if __name__ == "__main__":

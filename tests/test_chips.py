@@ -12,7 +12,13 @@ from torch import nn
 from toys import toy_problem
 
 import swimkit
-from swimkit.chips import ChipRunner, ExactFastOps, Slots, pool_by_maxima
+from swimkit.chips import (
+    ChipRunner,
+    ExactFastOps,
+    Slots,
+    pool_by_maxima,
+    unfused_attention,
+)
 from swimkit.threads import check_threads
 
 
@@ -109,6 +115,78 @@ def test_several_chips_per_pass_count_exactly_as_one_at_a_time(model_name):
     assert results[0] == results[1]
 
 
+class _Residual(nn.Module):
+    """A small conv net with batch norm, a residual block and a pool the fast ops take."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1, bias=False)
+        self.bn0 = nn.BatchNorm2d(16)
+        self.conv1 = nn.Conv2d(16, 16, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.conv2 = nn.Conv2d(16, 16, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(16)
+        self.head = nn.Linear(16 * 4 * 4, 10)
+        gen = torch.Generator().manual_seed(2)
+        for bn in (self.bn0, self.bn1, self.bn2):  # eval statistics that are not 0 and 1
+            bn.running_mean.normal_(0, 0.2, generator=gen)
+            bn.running_var.uniform_(0.5, 2.0, generator=gen)
+            bn.weight.data.uniform_(0.5, 1.5, generator=gen)
+            bn.bias.data.normal_(0, 0.1, generator=gen)
+
+    def forward(self, x):
+        x = F.relu(self.bn0(self.stem(x)))
+        y = F.relu(self.bn1(self.conv1(x)))
+        x = F.relu(x + self.bn2(self.conv2(y)))
+        return self.head(torch.flatten(F.max_pool2d(x, 2), 1))
+
+
+def _model_and_data(name: str):
+    """An eval-mode model of the zoo (or the residual net) and random batches for it."""
+    if name in ("residual", "qresidual"):
+        model = _Residual()
+        model = swimkit.quantize(model, 6) if name == "qresidual" else model
+        shape = (3, 8, 8)
+    else:
+        model = swimkit.build_model(name, seed=0)
+        shape = swimkit.models.model_info(name).input_shape
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(96, *shape, generator=gen)
+    y = torch.randint(0, 10, (96,), generator=gen)
+    data = [(x[i:i + 32], y[i:i + 32]) for i in range(0, 96, 32)]
+    if swimkit.quantization.quantization_bits(model):  # calibrate the output ranges
+        model.train()
+        with torch.no_grad():
+            model(x)
+    return model.eval(), data
+
+
+@pytest.mark.parametrize("name", ["lenet", "qlenet", "residual", "qresidual", "vit", "qvit"])
+def test_fast_chips_count_exactly_as_plain_chips(name):
+    """The fast ops only where they route an op, attention on its plain path either way:
+    every chip's count is the one of the plain run (no fast ops)."""
+    model, data = _model_and_data(name)
+    values = {n: w.value.detach() for n, w in swimkit.device_weights(model).items()}
+    chips = _chips(values, 8, scale=0.15)
+    with ChipRunner(model, data, values, fast_ops=False) as plain:
+        expected = plain.correct(chips)
+    with ChipRunner(model, data, values) as fast:
+        counts = fast.correct(chips)
+    assert counts == expected and len(set(counts)) > 1  # the chips differ, and match
+    assert fast.routes_ops == (not name.endswith("vit"))  # the ViT does not pool
+    assert not plain.routes_ops
+
+
+def test_attention_runs_its_plain_path_and_the_switch_is_restored():
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    with unfused_attention():
+        assert not torch.backends.mha.get_fastpath_enabled()
+    assert torch.backends.mha.get_fastpath_enabled() == fastpath
+    with pytest.raises(RuntimeError), unfused_attention():
+        raise RuntimeError("inside")
+    assert torch.backends.mha.get_fastpath_enabled() == fastpath
+
+
 def test_slots_restore_the_class_even_when_the_forward_raises():
     model = swimkit.quantize(swimkit.build_model("lenet"), 4).eval()
     original = type(model.fc1)
@@ -184,6 +262,9 @@ def test_the_evaluation_batch_follows_the_largest_activation():
         6 * 28 * 28 * 4
     assert evaluation_batch_size(lenet, (1, 28, 28), "cpu") == 256  # 4 MiB / 18.4 KiB = 223
     assert evaluation_batch_size(lenet, (1, 28, 28), "cuda") == BATCH_RANGE["cuda"][1]
+    vit = swimkit.build_model("vit", seed=0)  # attention's q, k, v projection: no layer's output
+    assert largest_activation_bytes(vit, (1, 28, 28)) == 17 * 3 * 64 * 4
+    assert evaluation_batch_size(vit, (1, 28, 28), "cpu") == 256  # 4 MiB / 12.75 KiB = 321
     wide = nn.Sequential(nn.Conv2d(3, 512, 3, padding=1))
     assert evaluation_batch_size(wide, (3, 64, 64), "cpu") == BATCH_RANGE["cpu"][0]
     narrow = nn.Linear(4, 2)

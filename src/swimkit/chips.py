@@ -9,7 +9,9 @@ weights), so one function serves every chip:
   bias, say) computed once instead of once per batch;
 - with exact fast paths for ops whose ATen kernel is slow on the CPU (a max-pool whose
   kernel equals its stride is the maximum of its strided views: the same numbers, about
-  ten times faster here);
+  ten times faster here), taken only by a model that has such an op;
+- multi-head attention on its plain path, the one it takes under the fast paths, so a
+  chip's count does not depend on which model has them;
 - ``chips_per_pass`` chips at once: their weights stacked and the model mapped over
   them with :func:`torch.func.vmap` (batched matmuls, grouped convolutions);
 - optionally compiled once with :func:`torch.compile` and reused for every chip.
@@ -21,7 +23,8 @@ import contextlib
 import itertools
 import math
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +34,8 @@ from torch import Tensor, nn
 from torch.func import vmap
 from torch.nn.utils import parametrize
 from torch.overrides import TorchFunctionMode
+from torch.utils import _pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from .errors import SwimkitError, first_line
 from .mapping import require_logits
@@ -88,17 +93,46 @@ def _maximum_of(views: Iterable[Tensor]) -> Tensor:
 
 
 class ExactFastOps(TorchFunctionMode):
-    """Routes ops with a faster exact equivalent to it (see :func:`pool_by_maxima`)."""
+    """Routes ops with a faster exact equivalent to it (see :func:`pool_by_maxima`);
+    ``routed`` counts the calls it routed."""
 
     POOLS = (F.max_pool2d, torch.max_pool2d)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.routed = 0
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func in self.POOLS and args and not torch.is_grad_enabled():
             fast = pool_by_maxima(*args, **kwargs)
             if fast is not None:
+                self.routed += 1
                 return fast
         return func(*args, **kwargs)
+
+
+def fast_ops_apply(forward: Callable[[Tensor], Any], x: Tensor) -> bool:
+    """Whether :class:`ExactFastOps` routes any op of ``forward(x)`` (run once): the
+    mode is worth its cost only then (while it is active every torch call passes
+    through Python)."""
+    mode = ExactFastOps()
+    with torch.inference_mode(), unfused_attention(), mode:
+        forward(x)
+    return mode.routed > 0
+
+
+@contextlib.contextmanager
+def unfused_attention() -> Iterator[None]:
+    """Multi-head attention on its plain path (projections, scaled dot-product attention)
+    while open, as under :class:`ExactFastOps`: its fused inference path rounds
+    differently, so a chip's count would depend on whether the mode is active."""
+    enabled = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(enabled)
 
 
 # --- swapping tensors in ---------------------------------------------------------------------
@@ -190,7 +224,9 @@ class ChipRunner:
     Use it as a context manager: while open, the device weights of ``model`` are read
     from slots. ``chips_per_pass`` chips are evaluated per forward pass (vmap over
     their stacked weights); ``compile`` compiles the forward once, falling back to eager
-    with a warning where torch.compile cannot run. The model must be in eval mode.
+    with a warning where torch.compile cannot run. ``fast_ops`` allows
+    :class:`ExactFastOps`, which the runner then uses if a probe forward shows that it
+    routes an op (``routes_ops``). The model must be in eval mode.
     """
 
     def __init__(self, model: nn.Module, data: Sequence[Batch], values: Weights, *,
@@ -202,6 +238,7 @@ class ChipRunner:
         self.fast_ops = fast_ops
         self.compiled = False
         self._passed = False
+        self.routes_ops = False
         # one tensor per device weight, written in place for every chip: a compiled
         # forward sees the same tensors every time and is reused
         self._inputs = {n: v.detach().clone() for n, v in values.items()}
@@ -219,6 +256,8 @@ class ChipRunner:
         self._slots.__enter__()
         if self._want_compile:
             self._compile()
+        self.routes_ops = self.fast_ops and not self.compiled and fast_ops_apply(
+            self.model, self.data[0][0])
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -277,8 +316,8 @@ class ChipRunner:
         """Correct predictions over ``data`` (one count, or one per stacked chip), on the
         data's device: nothing is read back until the chip is done."""
         total: Tensor | int = 0
-        mode = ExactFastOps() if self.fast_ops and not self.compiled else contextlib.nullcontext()
-        with mode:
+        fast = ExactFastOps() if self.routes_ops else contextlib.nullcontext()
+        with unfused_attention(), fast:
             for x, y in self.data:
                 total = total + (self._forward(weights, x).argmax(dim=-1) == y).sum(dim=-1)
         return torch.as_tensor(total)
@@ -298,37 +337,60 @@ def auto_chips_per_pass(device: torch.device, data: Sequence[Batch], parameters:
 
 #: Evaluation batch sizes: a batch's largest activation about this many bytes. On the CPU
 #: a batch that stays in the caches is fastest (measured: benchmarks/bench_montecarlo.py,
-#: 2-core EPYC, 2 MiB L2 a core: LeNet best at 256, ConvNet and ResNet-18 at 16-32,
-#: 1.7-1.8x faster than at 256); on a GPU large batches keep it busy (not measured here).
+#: 2-core EPYC, 1 MiB L2 a core, 32 MiB L3: LeNet best at 256, ConvNet and ResNet-18 at
+#: 16-32, 1.7-1.8x faster than at 256; the ViT at 128-256, 1.3-1.4x faster than at 512);
+#: on a GPU large batches keep it busy (not measured here).
 ACTIVATION_BUDGET = {"cpu": 4 * 2**20, "cuda": 256 * 2**20}
 BATCH_RANGE = {"cpu": (16, 512), "cuda": (256, 4096)}
 
 
 def largest_activation_bytes(model: nn.Module, image_shape: Sequence[int]) -> int:
-    """Bytes of the largest activation any layer of ``model`` outputs for one image
-    (parametrizations' outputs are weights, not activations: left out)."""
-    sizes = [0]
-    weight_makers = {id(p) for m in model.modules() if parametrize.is_parametrized(m)
-                     for p in m.parametrizations.modules()}
+    """Bytes per image of the largest tensor an op of ``model``'s forward makes, inside
+    layers too (attention's packed q, k, v projection is no layer's output).
 
-    def record(module: nn.Module, _inputs: Any, output: Any) -> None:
-        if isinstance(output, Tensor) and id(module) not in weight_makers:
-            sizes.append(output.numel() * output.element_size())
+    Measured as the growth of each op's output from a batch of two images to four (a
+    batch of one takes other paths in some ops), counting the memory behind a tensor, so
+    weights (a parametrization's output, an expanded or transposed matrix) and anything
+    else that does not grow with the batch are left out. The forward runs as chips run
+    it (eval mode, attention on its plain path); the model's modes are restored.
+    """
+    two, four = (_op_output_bytes(model, image_shape, images) for images in (2, 4))
+    return max([(size - two.get(key, 0)) // 2 for key, size in four.items()] + [0])
 
+
+class _OutputBytes(TorchDispatchMode):
+    """Records the bytes of the largest storage behind a tensor each ATen op call
+    returns, keyed by the op and how many calls of it came before."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: Counter = Counter()
+        self.sizes: dict[tuple[Any, int], int] = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        tensors = [t for t in pytree.tree_leaves(out) if isinstance(t, Tensor)]
+        self.sizes[(func, self.calls[func])] = max(
+            [t.untyped_storage().nbytes() for t in tensors] + [0])
+        self.calls[func] += 1
+        return out
+
+
+def _op_output_bytes(model: nn.Module, image_shape: Sequence[int], images: int
+                     ) -> dict[tuple[Any, int], int]:
+    """:class:`_OutputBytes`' record of a forward of ``images`` zero images."""
     reference = next(itertools.chain(model.parameters(), model.buffers()), None)
-    example = torch.zeros(1, *image_shape, device=None if reference is None else
+    example = torch.zeros(images, *image_shape, device=None if reference is None else
                           reference.device)
-    hooks = [m.register_forward_hook(record) for m in model.modules()]
     modes = [(m, m.training) for m in model.modules()]
+    recorder = _OutputBytes()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), unfused_attention(), recorder:
             model.eval()(example)
     finally:
         for m, training in modes:
             m.training = training
-        for hook in hooks:
-            hook.remove()
-    return max(sizes)
+    return recorder.sizes
 
 
 def evaluation_batch_size(model: nn.Module, image_shape: Sequence[int],
@@ -389,4 +451,5 @@ def check_chips_per_pass(value: int | None) -> int | None:
 
 __all__ = ["ACTIVATION_BUDGET", "BATCH_RANGE", "ChipRunner", "ExactFastOps", "Slots",
            "auto_chips_per_pass", "check_chips_per_pass", "evaluation_batch_size",
-           "fixed_values", "largest_activation_bytes", "pool_by_maxima"]
+           "fast_ops_apply", "fixed_values", "largest_activation_bytes", "pool_by_maxima",
+           "unfused_attention"]
