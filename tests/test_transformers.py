@@ -142,16 +142,25 @@ def test_torchvision_vision_transformer_runs_every_engine(engine):
     assert "encoder.layers.encoder_layer_1.self_attention.in_proj_weight" in sens.names
 
 
-def test_torchvision_swin_is_named_where_a_rule_is_missing():
-    """Swin's shifted-window attention is one fx-wrapped function of torchvision: the swim
-    engine names it before any compute; ggn runs Swin as written."""
+def test_torchvision_swin_t_passes_the_graph_check():
+    model = torchvision.models.swin_t().eval()
+    weights = swimkit.device_weights(model)
+    run = CurvaturePass(model, trace(model), weights)
+    assert "features.1.0.attn.qkv.weight" in weights and len(run.rules) > 100
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_torchvision_swin_runs_every_engine(engine):
+    """torchvision's SwinTransformer as written (swin_t's class, a small size, shifted
+    windows and a patch merging that pads)."""
+    torch.manual_seed(0)
     model = torchvision.models.SwinTransformer(
-        patch_size=[4, 4], embed_dim=8, depths=[1, 1], num_heads=[1, 1], window_size=[2, 2],
+        patch_size=[4, 4], embed_dim=8, depths=[2, 2], num_heads=[2, 2], window_size=[2, 2],
         num_classes=10).eval()
-    with pytest.raises(UnsupportedOperation, match="shifted_window_attention"):
-        CurvaturePass(model, trace(model), swimkit.device_weights(model))
-    sens = swimkit.sensitivity(model, batches((3, 16, 16), n=2), engine="ggn")
+    sens = swimkit.sensitivity(model, batches((3, 20, 20), n=2), engine=engine,
+                               **({"probes": 2} if engine == "hutchinson" else {}))
     assert all(bool(torch.isfinite(h).all()) for h in sens.second.values())
+    assert bool(sens.second["features.1.1.attn.qkv.weight"].any())
 
 
 def test_stochastic_depth_is_the_identity_in_eval_mode():

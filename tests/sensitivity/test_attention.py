@@ -278,3 +278,74 @@ def test_an_einsum_that_sums_within_one_operand_is_named():
 class EinsumSum(nn.Module):
     def forward(self, x):
         return torch.einsum("bi,bj->b", x, x).unsqueeze(1)
+
+
+# --- torchvision's Swin: shifted-window attention --------------------------------------------
+
+
+def shift_mask(height: int, width: int, window: list[int], shift: list[int]) -> torch.Tensor:
+    """Swin's mask of a shifted window: -100 between positions from different regions."""
+    region = torch.zeros(height, width)
+    spans = [(slice(0, -w), slice(-w, -s), slice(-s, None))
+             for w, s in zip(window, shift, strict=True)]
+    for count, (rows, cols) in enumerate((r, c) for r in spans[0] for c in spans[1]):
+        region[rows, cols] = count
+    windows = region.view(height // window[0], window[0], width // window[1], window[1])
+    windows = windows.permute(0, 2, 1, 3).reshape(-1, window[0] * window[1])
+    mask = windows.unsqueeze(1) - windows.unsqueeze(2)
+    return mask.masked_fill(mask != 0, -100.0)
+
+
+def written_swin(x, qkv_weight, proj_weight, relative_position_bias, window_size, num_heads,
+                 shift_size, training, size, padded):
+    """shifted_window_attention written op by op for inputs of ``size`` padded to
+    ``padded`` (the shapes given, so it traces)."""
+    (batch, height, width, channels), (pad_h, pad_w) = size, padded
+    (wh, ww), (sh, sw) = window_size, shift_size
+    x = F.pad(x, (0, 0, 0, pad_w - width, 0, pad_h - height))
+    x = torch.roll(x, shifts=(-sh, -sw), dims=(1, 2))
+    count = (pad_h // wh) * (pad_w // ww)
+    x = x.view(batch, pad_h // wh, wh, pad_w // ww, ww, channels).permute(0, 1, 3, 2, 4, 5)
+    x = x.reshape(batch * count, wh * ww, channels)
+    qkv = (x @ qkv_weight.transpose(0, 1)).reshape(batch * count, wh * ww, 3, num_heads, -1)
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+    logits = (q * (channels // num_heads) ** -0.5) @ k.transpose(-2, -1)
+    logits = logits + relative_position_bias
+    mask = shift_mask(pad_h, pad_w, window_size, shift_size)
+    logits = (logits.view(batch, count, num_heads, wh * ww, wh * ww)
+              + mask.unsqueeze(1).unsqueeze(0)).view(-1, num_heads, wh * ww, wh * ww)
+    x = (torch.softmax(logits, -1) @ v).transpose(1, 2).reshape(batch * count, wh * ww, channels)
+    x = (x @ proj_weight.transpose(0, 1)).view(batch, pad_h // wh, pad_w // ww, wh, ww, channels)
+    x = x.permute(0, 1, 3, 2, 4, 5).reshape(batch, pad_h, pad_w, channels)
+    x = torch.roll(x, shifts=(sh, sw), dims=(1, 2))
+    return x[:, :height, :width, :].contiguous()
+
+
+@pytest.mark.parametrize("size", [(2, 4, 4), (1, 5, 3)], ids=["even", "padded"])
+def test_swin_window_attention_equals_it_written_out(size):
+    """Pad, shift, windows, projections, biased and masked attention and the way back:
+    the rule of the one fx-wrapped function gives what its parts' rules give, and its
+    gradient is autograd's."""
+    from torchvision.models.swin_transformer import shifted_window_attention
+
+    batch, height, width = size
+    channels, heads, window = 4, 2, [2, 2]
+    padded = (-(-height // 2) * 2, -(-width // 2) * 2)
+    inputs = (randn(batch, height, width, channels), randn(3 * channels, channels),
+              randn(channels, channels))
+    kwargs = {"relative_position_bias": randn(1, heads, 4, 4), "window_size": window,
+              "num_heads": heads, "shift_size": [1, 1], "training": False}
+    result = check_rule(shifted_window_attention, *inputs, **kwargs, against=lambda *a, **k:
+                        written_swin(*a, **k, size=(batch, height, width, channels),
+                                     padded=padded))
+    assert result.ok and result.gradient_error is not None, str(result)
+
+
+def test_swin_v2_cosine_attention_is_refused():
+    from torchvision.models.swin_transformer import shifted_window_attention
+
+    with pytest.raises(swimkit.SwimkitError, match="cosine attention"):
+        check_rule(shifted_window_attention, randn(1, 2, 2, 4), randn(12, 4), randn(4, 4),
+                   relative_position_bias=torch.zeros(1, 1, 4, 4), window_size=[2, 2],
+                   num_heads=1, shift_size=[0, 0], logit_scale=torch.ones(1, 1, 1),
+                   training=False)

@@ -9,7 +9,9 @@
 - ``F.scaled_dot_product_attention`` (masks, causal, a scale) and
   ``nn.MultiheadAttention`` (its packed q, k, v projection and ``out_proj`` device
   weights): the rules above chained through their parts, so a fused call gives what the
-  same attention written out op by op gives.
+  same attention written out op by op gives;
+- torchvision's Swin ``shifted_window_attention``: its moves of pixels into windows and
+  back by their VJP, its projections and the windows' attention by the rules above.
 
 Each rule carries the gradient too: the same backward with the operands unsquared and
 softmax's own Jacobian (g_x = p (g - sum p g)).
@@ -26,6 +28,7 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchvision.models import swin_transformer as swin
 
 from .context import RuleContext, SValue, unsupported, vjp_rule
 from .registry import register_own
@@ -351,6 +354,105 @@ class _MhaParts:
         return _to_operands(ctx, items)
 
 
+# --- torchvision's Swin: shifted-window attention ---------------------------------------------
+
+
+def swin_attention_rule(ctx: RuleContext, s: Tensor) -> dict[fx.Node, SValue]:
+    """torchvision's ``shifted_window_attention`` (Swin v1): the moves of pixels into
+    windows and back (pad, roll, permute, crop: Jacobian entries 0 or 1, so S takes their
+    VJP), the qkv and proj projections (device weights) and the windows' attention (the
+    product and softmax rules; the relative position bias, the shift's mask and the
+    projections' biases are constants, as the attention mask of the fused call)."""
+    parts = _SwinParts(ctx)
+    if ctx.grad is not None:
+        ctx.send_grad(parts.backward(ctx.grad, squared=False))
+    return parts.backward(s, squared=True)
+
+
+class _SwinParts:
+    """One ``shifted_window_attention`` call run again on its recorded inputs, its two
+    linear calls and its softmax taken over: the windows' input (with the autograd graph
+    of the moves from the input), the attention probabilities, the heads' merged output,
+    and the projection's output as a leaf of the moves back."""
+
+    WEIGHTS = ((1, "qkv_weight"), (2, "proj_weight"))
+
+    def __init__(self, ctx: RuleContext) -> None:
+        self.ctx = ctx
+        self._check(ctx)
+        self.heads = int(ctx.arg(5, "num_heads"))
+        self.qkv_weight, self.proj_weight = (ctx.arg(i, n) for i, n in self.WEIGHTS)
+        linears: list[tuple[Tensor, Tensor]] = []
+        probabilities: list[Tensor] = []
+        linear, softmax = F.linear, F.softmax
+
+        def take_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+            out = linear(x.detach(), weight.detach(), None if bias is None else bias.detach())
+            if linears:  # the projection: the moves back start from a leaf
+                out = out.requires_grad_()
+            linears.append((x, out))
+            return out
+
+        def take_softmax(x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+            probabilities.append(softmax(x, *args, **kwargs))
+            return probabilities[-1]
+
+        self.input = ctx.arg(0, "input").detach().requires_grad_()
+        args = [self.input, *ctx.args[1:]]
+        try:
+            F.linear, F.softmax = take_linear, take_softmax
+            with torch.enable_grad():
+                self.output = ctx.node.target(*args, **ctx.kwargs)
+        finally:
+            F.linear, F.softmax = linear, softmax
+        (self.windows, qkv), (merged, self.projected) = linears
+        self.merged = merged.detach()
+        self.p = probabilities[0]
+        windows, tokens, channels = qkv.shape
+        self.q, self.k, self.v = qkv.reshape(windows, tokens, 3, self.heads, -1).permute(
+            2, 0, 3, 1, 4)
+        self.scale = (channels // 3 // self.heads) ** -0.5
+
+    @staticmethod
+    def _check(ctx: RuleContext) -> None:
+        if ctx.arg(11, "logit_scale") is not None:
+            raise unsupported(ctx.node, "Swin v2's cosine attention (logit_scale)")
+        dropping = float(ctx.arg(7, "attention_dropout", 0.0)) > 0 or float(
+            ctx.arg(8, "dropout", 0.0)) > 0
+        if dropping and bool(ctx.arg(12, "training", True)):
+            raise unsupported(ctx.node, "shifted_window_attention with dropout in training")
+
+    def backward(self, flow: Tensor, squared: bool) -> dict[fx.Node, SValue]:
+        """S (``squared``) or the gradient of the input and of the weights that need one,
+        from that of the output."""
+        attention, power = _FLOWS[squared]
+        (projected,) = torch.autograd.grad(self.output, self.projected, flow, retain_graph=True)
+        found = self._weight(2, "proj_weight", projected, self.merged, squared)
+        merged = projected @ power(self.proj_weight)
+        windows, tokens, channels = merged.shape
+        heads = merged.reshape(windows, tokens, self.heads, -1).transpose(1, 2)
+        q, k, v = attention(self.q, self.k, self.v, self.p, self.scale, heads)
+        qkv = torch.stack([q, k, v]).permute(1, 3, 0, 2, 4).reshape(windows, tokens, -1)
+        found.update(self._weight(1, "qkv_weight", qkv, self.windows.detach(), squared))
+        if self.ctx.needs(self.ctx.input_node):
+            (found[self.ctx.input_node],) = torch.autograd.grad(
+                self.windows, self.input, qkv @ power(self.qkv_weight), retain_graph=True)
+        return found
+
+    def _weight(self, index: int, name: str, flow: Tensor, x: Tensor,
+                squared: bool) -> dict[fx.Node, SValue]:
+        """A projection weight's part: added to a device weight's sums, else handed to
+        the node it comes from (a weight computed from device weights)."""
+        ctx, node = self.ctx, self.ctx.arg_node(index, name)
+        rows, inputs = flow.reshape(-1, flow.shape[-1]).T, x.reshape(-1, x.shape[-1])
+        inputs = inputs.square() if squared else inputs
+        weight_name = ctx.device_weight_name(node)
+        if weight_name is not None:
+            ctx.accumulate_product(weight_name, rows, inputs, gradient=not squared)
+            return {}
+        return {node: rows @ inputs} if ctx.needs(node) else {}
+
+
 register_own(matmul_rule, torch.matmul, operator.matmul, torch.bmm, torch.mm, "matmul", "bmm",
              "mm")
 register_own(einsum_rule, torch.einsum)
@@ -359,4 +461,5 @@ register_own(log_softmax_rule, nn.LogSoftmax, F.log_softmax, torch.log_softmax, 
 register_own(sdpa_rule, F.scaled_dot_product_attention)
 register_own(mha_rule, nn.MultiheadAttention)
 register_own(vjp_rule, "masked_fill", torch.masked_fill, torch.roll, "roll", "type_as", "to",
-             "float", local_graph=True)
+             "float", swin._patch_merging_pad, local_graph=True)
+register_own(swin_attention_rule, swin.shifted_window_attention)
