@@ -12,6 +12,7 @@ import torch
 
 import swimkit
 from swimkit.cli import main
+from swimkit.threads import machine_threads
 
 
 def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
@@ -110,13 +111,14 @@ def test_separate_steps_chain_through_files(fmnist, tmp_path, capsys):
     assert code == 0, err
     result = json.loads((tmp_path / "e.json").read_text())
     assert len(result["accuracy"]["accuracies_percent"]) == 3
-    # adaptive chips, and a warning as one line
+    # adaptive chips, and a warning as one line (threads: more than this process's CPUs)
+    threads = 2 * machine_threads()
     code, stdout, err = run_cli(["evaluate", "--checkpoint", str(ckpt), *base, "--plan",
                                  str(plan), "--samples", "12", "--ci-target", "50",
-                                 "--min-samples", "3", "--threads", "64", "--json",
+                                 "--min-samples", "3", "--threads", str(threads), "--json",
                                  str(tmp_path / "a.json"), "--no-progress"], capsys)
     assert code == 0, err
-    assert err.count("swimkit: warning: 64 threads x 1 process(es)") == 1
+    assert err.count(f"swimkit: warning: {threads} threads x 1 process(es)") == 1
     assert len(err.strip().splitlines()) == 1
     accuracy = json.loads((tmp_path / "a.json").read_text())["accuracy"]
     assert accuracy["samples"] == 3 and accuracy["ci_of"] == "mean"
