@@ -45,7 +45,7 @@ def main() -> None:
     plan = swimkit.select(model, sens, fraction=0.1)
     versus = chip_against_floor(model, test, test, args.samples, repeat=2, plan=plan)
     print(f"{args.model}: swim sensitivity pass over {sum(len(y) for _, y in train):,} "
-          f"training images (batch {args.sens_batch_size}): {sens_seconds:.2f} s "
+          f"training images (loader batch {args.sens_batch_size}): {sens_seconds:.2f} s "
           f"(target <= 10 s)")
     print(f"{args.model}: Monte-Carlo sample over {sum(len(y) for _, y in test):,} test images "
           f"(batch {args.test_batch_size}): {versus.chip_s:.3f} s per sample (target <= 0.25 s); "
