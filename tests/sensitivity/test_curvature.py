@@ -734,3 +734,18 @@ def test_what_an_outside_rule_returns_is_never_written(clean_rules):
                           nn.ReLU(), nn.Linear(6, 3)).eval()
     swimkit.sensitivity(model, [(torch.randn(5, 4), torch.randint(0, 3, (5,)))])
     assert handed and all(torch.equal(returned, copy) for returned, copy in handed)
+
+
+@pytest.mark.parametrize("op, kwargs, shape", [
+    (F.max_pool2d, {"kernel_size": 2}, (2, 3, 6, 6)),
+    (F.max_pool2d, {"kernel_size": 2}, (2, 3, 5, 7)),  # floor mode drops the last row
+    (F.max_pool2d, {"kernel_size": (2, 3), "stride": (2, 3)}, (1, 2, 4, 6)),
+    (nn.MaxPool2d(2), {}, (2, 3, 4, 4)),
+    (F.max_pool2d, {"kernel_size": 3, "stride": 1, "padding": 1}, (1, 2, 5, 5)),  # VJP path
+], ids=["tiles", "floor", "rectangular", "module", "overlapping"])
+def test_max_pool_routes_to_the_first_maximum_with_ties(op, kwargs, shape):
+    """Windows full of equal values (as after a ReLU): S and the gradient go where
+    autograd's max-pool backward sends them, one position per window."""
+    x = torch.randint(0, 3, shape, generator=torch.Generator().manual_seed(0)).double()
+    result = swimkit.check_rule(op, x, tolerance=1e-12, **kwargs)
+    assert result.ok and result.gradient_error is not None, str(result)
