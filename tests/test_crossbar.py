@@ -306,3 +306,18 @@ def test_bad_crossbar_settings_are_one_line_errors():
                           ({"output_noise": -1.0}, "output_noise must be a number >= 0")):
         with pytest.raises(SwimkitError, match=words):
             Crossbar(**kwargs)
+
+
+def test_reports_name_the_crossbar_and_the_adaptive_chips():
+    """A plot title or run summary says which mapping the chips were on, and that
+    adaptive chips stop before their maximum."""
+    from swimkit.reports import chips_summary, device_summary
+
+    device = Crossbar(tile_rows=256, tile_columns=256, ranges="column", signed="pair",
+                      dac_bits=8, adc_bits=8).wrap(swimkit.DeviceModel(sigma=0.3))
+    text = device_summary(device.describe())
+    assert text.startswith("sigma 0.3")
+    assert text.endswith("256x256 tiles, column ranges, pairs, DAC 8 / ADC 8 bits")
+    assert "tiles" not in device_summary(swimkit.DeviceModel(sigma=0.3).describe())
+    assert chips_summary({"samples": 100, "ci_target": 0.5}).startswith("up to 100")
+    assert chips_summary({"samples": 100, "ci_target": None}) == "100 Monte-Carlo chips"

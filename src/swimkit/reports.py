@@ -68,7 +68,33 @@ def device_summary(described: dict[str, Any]) -> str:
                 f"{described['high']:g} high, " + text)
     elif kind != "gaussian":
         text = f"{kind}, " + text
-    return text
+    crossbar = described.get("crossbar")
+    return text if not crossbar else f"{text}; {crossbar_summary(crossbar)}"
+
+
+def crossbar_summary(crossbar: dict[str, Any]) -> str:
+    """'256x256 tiles, column ranges, pairs, DAC 8 / ADC 8 bits' of a crossbar's settings."""
+    parts = []
+    if crossbar.get("tile_rows"):
+        parts.append(f"{crossbar['tile_rows']}x{crossbar['tile_columns']} tiles")
+    parts.append(f"{crossbar.get('ranges', 'layer')} ranges")
+    parts.append({"pair": "pairs", "offset": "offset"}.get(crossbar.get("signed"), "magnitude"))
+    converters = [f"{name} {crossbar[key]}" for name, key in (("DAC", "dac_bits"),
+                                                              ("ADC", "adc_bits"))
+                  if crossbar.get(key)]
+    if converters:
+        parts.append(" / ".join(converters) + " bits")
+    if crossbar.get("output_noise"):
+        parts.append(f"output noise {crossbar['output_noise']:g}")
+    return ", ".join(parts)
+
+
+def chips_summary(evaluation: dict[str, Any]) -> str:
+    """'100 Monte-Carlo chips' or 'up to 100 ..., until the 95% CI is +-0.5 points'."""
+    if evaluation.get("ci_target"):
+        return (f"up to {evaluation['samples']} Monte-Carlo chips, until the 95% CI is +-"
+                f"{evaluation['ci_target']:g} points")
+    return f"{evaluation['samples']} Monte-Carlo chips"
 
 
 def _percent(value: float) -> str:
@@ -80,12 +106,9 @@ def run_lines(result: SweepResult) -> list[str]:
     result = result.with_reference()
     s = result.settings
     dm, ev = s["device_model"], s["evaluation"]
-    chips = (f"up to {ev['samples']} Monte-Carlo chips, until the 95% CI is +-"
-             f"{ev['ci_target']:g} points" if ev.get("ci_target")
-             else f"{ev['samples']} Monte-Carlo chips")
     lines = [
         f"model {s['model']['name']} on {s['data']['dataset']}; {device_summary(dm)}, "
-        f"{chips} (seed {ev['seed']}); yield = chips "
+        f"{chips_summary(ev)} (seed {ev['seed']}); yield = chips "
         f"within {result.within_points:g} point(s) of {result.reference_percent:.2f} %",
     ]
     for model in result.models:
@@ -289,7 +312,7 @@ def plot_sweep(result: SweepResult, path: str | Path) -> Path | None:
     when = "" if not s["evaluation"].get("times") else (
         f", judged at {format_time(_judged_time(s['evaluation']))}")
     ax.set_title(f"{s['model']['name']} / {s['data']['dataset']}, "
-                 f"{device_summary(s['device_model'])}, {s['evaluation']['samples']} chips"
+                 f"{device_summary(s['device_model'])}\n{chips_summary(s['evaluation'])}"
                  f"{when}", fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     if several:
