@@ -13,7 +13,8 @@ from torch import nn
 from toys import toy_problem
 
 import swimkit
-from swimkit.crossbar import AnalogReads, Crossbar, MappedDevice, analog_conv, analog_linear
+from swimkit.converters import AnalogReads, analog_conv, analog_linear
+from swimkit.crossbar import Crossbar, MappedDevice
 from swimkit.devices import build_device_model
 from swimkit.errors import SwimkitError
 from swimkit.mapping import effective_weights, weight_scales
@@ -226,7 +227,7 @@ def test_converters_reach_attention_projections():
     crossbar = Crossbar(output_noise=0.5)
     reads = _reads(crossbar)
     from swimkit.chips import Slots
-    from swimkit.crossbar import mark_weights
+    from swimkit.converters import mark_weights
 
     slots = {k: v.clone() for k, v in values.items()}
     with torch.no_grad(), Slots(model, slots):

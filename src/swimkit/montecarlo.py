@@ -29,7 +29,8 @@ from torch import Tensor, nn
 from . import distributed
 from .chips import ChipRunner, auto_chips_per_pass, check_chips_fit, check_chips_per_pass
 from .chipstats import MCResult, ci_half_width
-from .crossbar import AnalogReads, Crossbar, crossbar_of, mark_weights
+from .converters import AnalogReads, mark_weights
+from .crossbar import Crossbar, crossbar_of
 from .devices import NoiseModel, Sampler, check_times, generator_for, require_noise_model
 from .errors import SwimkitError, check_once, is_number, require
 from .mapping import (

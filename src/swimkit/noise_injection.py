@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from .crossbar import AnalogReads, Crossbar, crossbar_of
+from .converters import AnalogReads
+from .crossbar import Crossbar, crossbar_of
 from .devices import DeviceModel, NoiseModel, require_noise_model
 from .mapping import (
     DeviceWeight,
