@@ -261,7 +261,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .reports import merged_report, plot_sweep
+    from .plots import plot_sweep
+    from .reports import merged_report
     from .storage import atomic_write_text
 
     _check_plot_suffix(args.plot)
