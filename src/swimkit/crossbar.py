@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .errors import is_number, require
+from .errors import is_integer, is_number, require
 from .programming import ProgrammingReport
 
 if TYPE_CHECKING:
@@ -103,11 +103,11 @@ class Crossbar:
     def __post_init__(self) -> None:
         for name in ("tile_rows", "tile_columns"):
             value = getattr(self, name)
-            require(value is None or (_is_int(value) and value >= 1),
+            require(value is None or (is_integer(value) and value >= 1),
                     f"{name} must be an integer >= 1 or None (got {value!r}); e.g. 256")
         for name, low in (("dac_bits", 2), ("adc_bits", 2)):
             value = getattr(self, name)
-            require(value is None or (_is_int(value) and low <= value <= 24),
+            require(value is None or (is_integer(value) and low <= value <= 24),
                     f"{name} must be an integer from {low} to 24, or None for an exact "
                     f"converter (got {value!r}); e.g. 8")
         require(self.ranges in RANGES, f"ranges must be one of {', '.join(RANGES)} "
@@ -209,9 +209,6 @@ def crossbar_of(device: Any) -> Crossbar:
     """The crossbar a device model is mapped on (the default one unless wrapped)."""
     return device.crossbar if isinstance(device, MappedDevice) else Crossbar()
 
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _column_maxima(value: Tensor, geo: Geometry) -> Tensor:

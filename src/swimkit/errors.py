@@ -68,6 +68,11 @@ def check_speedup(value: float) -> float:
     return float(value)
 
 
+def is_integer(value: object) -> bool:
+    """True for an int that is not a bool."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def is_number(value: object, finite: bool = False) -> bool:
     """True for an int or float (not a bool); with ``finite``, also not inf or nan."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):

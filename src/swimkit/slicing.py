@@ -14,11 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .errors import require
-
-
-def _whole(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+from .errors import is_integer, require
 
 
 @dataclass(frozen=True)
@@ -30,11 +26,11 @@ class BitSlicing:
 
     def __post_init__(self) -> None:
         require(
-            _whole(self.bits_per_weight) and self.bits_per_weight >= 1,
+            is_integer(self.bits_per_weight) and self.bits_per_weight >= 1,
             f"bits_per_weight must be an integer >= 1 (got {self.bits_per_weight!r})",
         )
         require(
-            _whole(self.bits_per_device)
+            is_integer(self.bits_per_device)
             and self.bits_per_device >= 1
             and self.bits_per_weight % self.bits_per_device == 0,
             f"bits_per_device must divide bits_per_weight ({self.bits_per_weight}); "

@@ -34,7 +34,7 @@ from .checkpoints import save_checkpoint
 from .clipping import CLIP_PER, RANGE_LR_FACTOR, WeightClipping
 from .data import Batches, Dataset, Split, preload
 from .devices import NoiseModel
-from .errors import SwimkitError, is_number, require
+from .errors import SwimkitError, is_integer, is_number, require
 from .mapping import device_weights, require_logits
 from .models import ResNet18, canonical_model_name, model_info
 from .montecarlo import accuracy
@@ -108,11 +108,11 @@ class TrainConfig:
     def validate(self) -> None:
         """Raise a one-line :class:`SwimkitError` for a setting out of range."""
         require(
-            _is_int(self.epochs) and self.epochs >= 0,
+            is_integer(self.epochs) and self.epochs >= 0,
             _bad("epochs", self.epochs, "an integer >= 0"),
         )
         require(
-            _is_int(self.batch_size) and self.batch_size >= 1,
+            is_integer(self.batch_size) and self.batch_size >= 1,
             _bad("batch_size", self.batch_size, "an integer >= 1"),
         )
         if self.optimizer is not None:
@@ -143,16 +143,13 @@ class TrainConfig:
         require(self.clip_per == "tensor" or self.clips,
                 "clip_per says how weights are clipped: give clip_sigma (--clip-sigma) or "
                 "learn_ranges (--learn-ranges), or drop it")
-        require(_is_int(self.seed), f"seed must be an integer (got {self.seed!r})")
+        require(is_integer(self.seed), f"seed must be an integer (got {self.seed!r})")
 
     @property
     def clips(self) -> bool:
         """True when training clips weights (at k std, or to learned ranges)."""
         return self.clip_sigma is not None or self.learn_ranges
 
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _positive(value: Any) -> bool:
