@@ -2,7 +2,10 @@
 
 Per model prints the time of one `swim` sensitivity pass and of a plain training-style
 forward + backward pass over the same images at the same batch, their ratio (target:
-at most 1.3x), and optionally (--memory) the peak memory of each and its ratio.
+at most 1.3x), the ratio of their matrix-product and convolution FLOPs (the time
+ratio's floor where arithmetic dominates: S and g each need the products of a
+backward, so a pass does about 5/3 of the plain pass's arithmetic), and optionally
+(--memory) the peak memory of each and its ratio.
 
     python benchmarks/bench_engine_cost.py [--models lenet,qlenet,convnet,resnet18,vit]
         [--device cuda] [--images N] [--batch B] [--memory] [--clock cpu]
@@ -31,7 +34,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from common import machine_line, peak_memory, timed
+from common import flops, machine_line, peak_memory, timed
 
 import swimkit
 from swimkit.quantization import quantization_bits
@@ -110,10 +113,18 @@ def measure(model_name: str, what: str, images: int, batch: int | None,
         for _ in range(3):
             for kind, run in passes.items():
                 best[kind] = min(best[kind], seconds(run, clock))
-        return {"batch": size, **{f"{kind}_seconds": s for kind, s in best.items()}}
+        return {"batch": size, **{f"{kind}_seconds": s for kind, s in best.items()},
+                **flop_counts(model, plain_data[0], size)}
     kind = what.split("-")[0]
     passes[kind]()  # warm-up: one-time allocations (thread pools, kernels) are not the pass's
     return {f"{kind}_peak_bytes": peak_memory(passes[kind], device)[1]}
+
+
+def flop_counts(model: torch.nn.Module, batch: tuple, size: int) -> dict:
+    """Matrix-product and convolution FLOPs of both passes over one batch of the pass's
+    size: their ratio is the floor of the time ratio where arithmetic dominates."""
+    return {"plain_flops": flops(lambda: plain_pass(model, [batch])),
+            "swim_flops": flops(lambda: swimkit.sensitivity(model, [batch], batch_size=size))}
 
 
 def child(args: argparse.Namespace, model_name: str, what: str, images: int) -> dict:
@@ -133,7 +144,8 @@ def report(model_name: str, images: int, got: dict) -> str:
     """One line: both times, their ratio, and the memory ratio where measured."""
     line = (f"{model_name}: {images} images, batch {got['batch']}: swim "
             f"{got['swim_seconds']:.2f} s / forward+backward {got['plain_seconds']:.2f} s = "
-            f"{got['swim_seconds'] / got['plain_seconds']:.2f}x (target <= 1.3x)")
+            f"{got['swim_seconds'] / got['plain_seconds']:.2f}x (target <= 1.3x); FLOPs "
+            f"{got['swim_flops'] / got['plain_flops']:.2f}x")
     if "swim_peak_bytes" in got:
         mib = 2**20
         line += (f"; peak {got['swim_peak_bytes'] / mib:.0f} / "

@@ -6,7 +6,10 @@ included) at the evaluation batch the command line chooses
 (``swimkit.chips.evaluation_batch_size``) and at the floor's batch, the floor's seconds
 (``model.eval()``, then ``model(x)`` under ``torch.no_grad()`` over the same images at
 batch 256), and their ratios (target: at most 0.6). The floor and the chips are timed in
-turn in the same process, best of ``--repeat`` each.
+turn in the same process, best of ``--repeat`` each. Below each ratio: the FLOPs of an
+image, the chip's and the floor's FLOP rates against this machine's measured peak (the
+least ratio a chip can reach where arithmetic dominates), and at the default batch the
+ops that take a chip's time (profiled).
 
 Further sections (``--sections``):
 - ``per-pass``: chips per second with C = 1, 2, 4, 8 chips per pass (stacked weights,
@@ -41,7 +44,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from common import fashion_mnist_or_random, machine_line, synthetic, timed
+from common import fashion_mnist_or_random, flops, machine_line, peak_gflops, synthetic, timed
+from torch.profiler import ProfilerActivity, profile
 
 import swimkit
 from swimkit import data as data_mod
@@ -169,6 +173,35 @@ def against_floor(model, dataset, floor_batches, chips: int, args: argparse.Name
         print(f"  chip at batch {size:3d} ({which}) {versus.chip_s:.3f} s, plain eager forward "
               f"(batch {FLOOR_BATCH}) {versus.plain_s:.3f} s: {versus.ratio:.2f} "
               f"(target <= 0.6)", flush=True)
+        print(arithmetic(model, floor_batches, versus, args.peak))
+        if size == chosen:
+            print(time_shares(model, batches))
+
+
+def arithmetic(model, batches, versus: Versus, peak: float) -> str:
+    """A chip's and the floor's FLOP rates against the machine's peak, and the ratio a
+    chip would have at that peak: the least any chip can reach where arithmetic
+    dominates (a chip does the floor's arithmetic, with other weights)."""
+    per_image = flops(lambda: plain_forward(model, batches[:1])) / len(batches[0][0])
+    total = per_image * sum(len(x) for x, _ in batches)
+    at_peak = total / (peak * 1e9) / versus.plain_s
+    return (f"    arithmetic: {per_image / 1e6:.2f} MFLOP an image; chip "
+            f"{total / versus.chip_s / 1e9:.1f}, floor {total / versus.plain_s / 1e9:.1f} GFLOP/s "
+            f"(peak {peak:.0f}): at the peak a chip would take {at_peak:.2f} of the floor")
+
+
+def time_shares(model, batches, shown: int = 4) -> str:
+    """Where a chip's time goes: the ops with the largest shares of its CPU time (one chip
+    under the profiler, weight errors drawn included)."""
+    os.environ.setdefault("KINETO_LOG_LEVEL", "6")  # no profiler log lines in the output
+    with profile(activities=[ProfilerActivity.CPU]) as profiled:
+        swimkit.evaluate(model, batches, DEVICE_MODEL, samples=1)
+    ops = sorted(profiled.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in ops) or 1
+    parts = [f"{e.key.removeprefix('aten::')} {100 * e.self_cpu_time_total / total:.0f}%"
+             for e in ops[:shown]]
+    rest = sum(e.self_cpu_time_total for e in ops[shown:])
+    return f"    a chip's time (profiled): {', '.join(parts)}, other {100 * rest / total:.0f}%"
 
 
 def per_pass(model, batches, chips: int) -> None:
@@ -277,6 +310,9 @@ def main() -> None:
     print(load_line())
     print(f"floor: plain eager forward, batch {FLOOR_BATCH}, torch.no_grad(); {args.clock} "
           f"seconds, best of {args.repeat}")
+    args.peak = peak_gflops(device)
+    print(f"this machine's measured peak: {args.peak:.0f} GFLOP/s (the fastest of 3x3 "
+          "convolutions of 128-512 channels and a 2048-square matrix product)")
     for name in filter(None, args.models.split(",")):
         bench_model(name, args, device)
     if "ranks" in args.sections and device.type == "cpu":

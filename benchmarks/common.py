@@ -9,6 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry
 
 from swimkit import data as data_mod
 
@@ -92,3 +94,46 @@ def synthetic(name: str, shape: tuple[int, int, int], n_train: int, n_test: int,
 
     mean = (0.5,) * shape[0]
     return data_mod.Dataset(name, split(n_train), split(n_test), classes, mean, mean, None)
+
+
+class _FlopCount(TorchDispatchMode):
+    """Sums the FLOPs of every ATen op that :mod:`torch.utils.flop_counter` knows
+    (matrix products, convolutions and their backward), without module hooks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.flops = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        count = flop_registry.get(func.overloadpacket)
+        if count is not None:
+            self.flops += int(count(*args, **kwargs, out_val=out))
+        return out
+
+
+def flops(fn: Callable[[], object]) -> int:
+    """The matrix-product and convolution FLOPs of one call of ``fn`` (the arithmetic
+    that bounds its time; element-wise ops are not counted)."""
+    with _FlopCount() as counter:
+        fn()
+    return counter.flops
+
+
+def peak_gflops(device: torch.device) -> float:
+    """This machine's measured arithmetic peak (GFLOP/s, the current thread count): the
+    fastest of 3x3 convolutions of ResNet-18's widths (batch 16: 128 channels at 16x16,
+    256 at 8x8, 512 at 4x4; best of 30 each) and a 2048-square matrix product (best of 5).
+    Convolution speed grows with the channels here, so no one shape stands for all."""
+    gen = torch.Generator().manual_seed(0)
+    rates = []
+    with torch.inference_mode():
+        for channels, size in ((128, 16), (256, 8), (512, 4)):
+            x = torch.randn(16, channels, size, size, generator=gen).to(device)
+            w = torch.randn(channels, channels, 3, 3, generator=gen).to(device)
+            seconds = timed(lambda x=x, w=w: torch.conv2d(x, w, padding=1), repeat=30, warmup=3)
+            rates.append(2 * 16 * size * size * channels * channels * 9 / seconds)
+        a, b = (torch.randn(2048, 2048, generator=gen).to(device) for _ in range(2))
+        rates.append(2 * 2048**3 / timed(lambda: a @ b, repeat=5, warmup=1))
+    return max(rates) / 1e9

@@ -251,6 +251,62 @@ def test_learned_injects_the_variance_of_the_plan_it_stands_for(device):
                                    rtol=1e-12, atol=0.0)
 
 
+def _autograd_variance_and_time(relaxed, base_var):
+    """The relaxed plan's variance and time written as plain autograd over whole tensors:
+    the oracle for the piecewise :class:`_HullFill`."""
+    from swimkit.selection.learned import _between
+
+    w, points = relaxed.problem.weights, relaxed.point_var.shape[1]
+    variance, total = {}, torch.zeros((), dtype=torch.float64)
+    for layer in relaxed.problem.layers:
+        t = relaxed.position(layer)
+        low = t.detach().floor().clamp_(0, points - 2)
+        index = low.long().add_(layer.kind.long() * points).view(-1)
+        fraction = t - low
+        added = (_between(relaxed.point_var, relaxed.step_var, index, fraction) * w).sum(1)
+        variance[layer.name] = base_var[layer.name] + added
+        total = total + _between(relaxed.point_time, relaxed.step_time, index, fraction).sum()
+    return variance, total
+
+
+@pytest.mark.parametrize("device", ["uniform", "curve", "pcm", "multilevel"])
+def test_learned_relaxation_in_pieces_matches_autograd(device, monkeypatch):
+    """The relaxed variance, time and their gradient, computed in pieces of a few devices
+    with a hand-written backward, equal plain autograd's to float64 rounding, at positions
+    spread over the whole hull."""
+    from swimkit.selection import METHODS, inputs_for, learned
+    from swimkit.selection.registry import Budget
+
+    monkeypatch.setattr(learned, "PIECE_DEVICES", 7)  # many pieces, some partial
+    model, batches = toy_problem()
+    dm = recorded_devices()[device][0]
+    inputs = inputs_for(model, swimkit.sensitivity(model, batches), METHODS.get("learned"),
+                        device_model=dm, data=batches)
+    problem = allocation.Problem.build(inputs, dm.default_menu())
+    seconds = allocation.seconds_above_base(problem, inputs, Budget("speedup", 4.0))
+    relaxed = learned._Relaxed(problem, problem.spend(seconds))
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for position in relaxed.positions.values():
+            position.add_(3 * torch.randn(position.shape, generator=gen, dtype=torch.float64))
+    base = relaxed.base_variance(problem.option_variance)
+    upstream = {k: torch.randn(v.shape, generator=gen, dtype=torch.float64)
+                for k, v in base.items()}
+
+    def objective(variance, total):
+        return sum((v * upstream[k]).sum() for k, v in variance.items()) + 0.7 * total
+
+    pieces, oracle = relaxed.variance_and_time(base), _autograd_variance_and_time(relaxed, base)
+    for name in base:
+        torch.testing.assert_close(pieces[0][name], oracle[0][name], rtol=1e-13, atol=0.0)
+    torch.testing.assert_close(pieces[1], oracle[1], rtol=1e-13, atol=0.0)
+    got = torch.autograd.grad(objective(*pieces), relaxed.parameters())
+    want = torch.autograd.grad(objective(*oracle), relaxed.parameters())
+    assert any(bool(g.abs().gt(0).any()) for g in want)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-15 * float(b.abs().max()))
+
+
 def test_learned_epochs_may_end_in_a_share_of_an_epoch():
     """A share of an epoch is its first batches (rounded up): what bounds the cost of
     learning on a large training set."""

@@ -107,20 +107,23 @@ class _Relaxed:
 
     def variance_and_time(self, base_var: dict[str, Tensor]) -> tuple[dict[str, Tensor], Tensor]:
         """Var(dW / s) per weight, sum_j 4^(-j m) v_j(t_j), and the seconds above the base
-        time of the relaxed plan, both differentiable in the positions. Variance and time
-        interpolate their hull tables at the same points, found once; each has positions
-        of its own in the graph, so their gradients reach the positions as two paths."""
-        w = self.problem.weights
-        points = self.point_var.shape[1]
+        time of the relaxed plan, both differentiable in the positions (one
+        :class:`_HullFill` per layer: in pieces of rows, nothing device-sized kept)."""
         variance, total = {}, torch.zeros((), dtype=torch.float64)
         for layer in self.problem.layers:
-            t_var, t_time = self.position(layer), self.position(layer)
-            low = t_var.detach().floor().clamp_(0, points - 2)
-            index = low.long().add_(layer.kind.long() * points).view(-1)
-            dv = _between(self.point_var, self.step_var, index, t_var - low)
-            variance[layer.name] = base_var[layer.name] + (dv * w).sum(1)
-            total = total + _between(self.point_time, self.step_time, index, t_time - low).sum()
+            added, seconds = _HullFill.apply(self.positions[layer.name], self, layer)
+            variance[layer.name] = base_var[layer.name] + added
+            total = total + seconds
         return variance, total
+
+    def interpolate(self, layer: Layer, rows: slice) -> tuple[Tensor, Tensor, Tensor]:
+        """For the devices of ``rows``: the sigmoid of their positions, the flat table
+        index of the hull point below their hull position t, and how far t is past it."""
+        sigmoid = torch.sigmoid(self.positions[layer.name][rows].detach())
+        t = sigmoid * self.top[layer.kind[rows].long()]
+        low = t.floor().clamp_(0, self.point_var.shape[1] - 2)
+        index = low.long().add_(layer.kind[rows].long() * self.point_var.shape[1])
+        return sigmoid, index.view(-1), t.sub_(low)
 
     def base_variance(self, option_variance: Tensor) -> dict[str, Tensor]:
         """Var(dW / s) per weight with every device at its first hull point."""
@@ -137,6 +140,61 @@ class _Relaxed:
 
     def parameters(self) -> list[Tensor]:
         return list(self.positions.values())
+
+
+#: Where torch's fused Adam runs.
+FUSED_ADAM_DEVICES = ("cpu", "cuda")
+#: Devices per piece of :class:`_HullFill`: its temporaries stay in the CPU's caches.
+PIECE_DEVICES = 1 << 16
+
+
+class _HullFill(torch.autograd.Function):
+    """One layer's relaxed variance per weight and seconds from its hull positions.
+
+    Forward and backward each make one pass over the layer in pieces of rows (about
+    :data:`PIECE_DEVICES` devices), recomputing the interpolation in the backward, so no
+    device-sized tensor is made or kept: on ResNet-18's 89 M devices this is several
+    times faster than autograd over the whole tensors and saves gigabytes. The gradient
+    is the interpolation's: d/dt of a hull table is its step at t, times dt/dposition.
+    """
+
+    @staticmethod
+    def forward(ctx, positions: Tensor, relaxed: _Relaxed, layer: Layer
+                ) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+        ctx.relaxed, ctx.layer = relaxed, layer
+        w = relaxed.problem.weights
+        added = positions.new_empty(positions.shape[0])
+        seconds = positions.new_zeros(())
+        for rows in _row_pieces(positions):
+            _, index, fraction = relaxed.interpolate(layer, rows)
+            added[rows] = (_between(relaxed.point_var, relaxed.step_var, index, fraction)
+                           * w).sum(1)
+            seconds += _between(relaxed.point_time, relaxed.step_time, index, fraction).sum()
+        return added, seconds
+
+    @staticmethod
+    def backward(ctx, grad_added: Tensor, grad_seconds: Tensor
+                 ) -> tuple[Tensor, None, None]:  # type: ignore[override]
+        relaxed, layer = ctx.relaxed, ctx.layer
+        positions = relaxed.positions[layer.name]
+        w = relaxed.problem.weights
+        grad = torch.empty_like(positions)
+        for rows in _row_pieces(positions):
+            sigmoid, index, _ = relaxed.interpolate(layer, rows)
+            shape = sigmoid.shape
+            step_var = relaxed.step_var.view(-1).index_select(0, index).view(shape)
+            step_time = relaxed.step_time.view(-1).index_select(0, index).view(shape)
+            d_t = grad_added[rows, None] * w * step_var + grad_seconds * step_time
+            d_sigmoid = d_t * relaxed.top[layer.kind[rows].long()]
+            grad[rows] = torch.ops.aten.sigmoid_backward(d_sigmoid, sigmoid)
+        return grad, None, None
+
+
+def _row_pieces(positions: Tensor) -> Iterable[slice]:
+    """Slices of rows of ``positions`` holding about :data:`PIECE_DEVICES` devices."""
+    rows = max(1, PIECE_DEVICES // max(positions.shape[1], 1))
+    return (slice(first, min(first + rows, positions.shape[0]))
+            for first in range(0, positions.shape[0], rows))
 
 
 def _steps(points: Tensor) -> Tensor:
@@ -187,8 +245,10 @@ def _train(inputs: ScoreInputs, problem: Problem, relaxed: _Relaxed, seconds: fl
     every step it is raised or lowered by how far the relaxed plan's time is off."""
     model = inputs.model
     base_var = relaxed.base_variance(problem.option_variance)
-    optimizer = torch.optim.Adam(relaxed.parameters(), lr=opts.lr)
     where = next(iter(inputs.values.values())).device
+    # fused: one pass over the positions per step (on 89 M devices, 8x the default's speed)
+    optimizer = torch.optim.Adam(relaxed.parameters(), lr=opts.lr,
+                                 fused=relaxed.parameters()[0].device.type in FUSED_ADAM_DEVICES)
     generator = seeded_generator("swimkit-learned", inputs.seed, device=where)
     price, batches = 1.0, 0
     scale = max(seconds, 1e-30)
