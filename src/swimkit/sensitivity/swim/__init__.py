@@ -23,7 +23,7 @@ from . import (  # noqa: F401 - rules
 )
 from .check import RuleCheck, check_rule
 from .context import Rule, RuleContext, SValue, UnsupportedOperation, identity_rule, vjp_rule
-from .graph import CurvaturePass, out_of_place_layers, swim_curvature, trace
+from .graph import CurvaturePass, swim_curvature
 from .registry import (
     RULES,
     elementwise_rule,
@@ -32,6 +32,7 @@ from .registry import (
     register_rule,
     remove_rule,
 )
+from .tracing import out_of_place_layers, trace
 
 __all__ = ["RULES", "CurvaturePass", "Rule", "RuleCheck", "RuleContext", "SValue",
            "UnsupportedOperation", "check_rule", "elementwise_rule", "identity_rule",

@@ -23,8 +23,9 @@ import torch.fx as fx
 from torch import Tensor, nn
 
 from ...errors import SwimkitError, require
-from .graph import CurvaturePass, out_of_place_layers, trace
+from .graph import CurvaturePass
 from .registry import function_rule, method_rule, module_rule
+from .tracing import out_of_place_layers, trace
 
 
 @dataclass(frozen=True)
