@@ -12,9 +12,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from swimkit.arguments import settings_of
 from swimkit.caches import PointCache, evaluation_key
 from swimkit.cli import build_parser
+from swimkit.command_settings import settings_of
 from swimkit.results import SweepResult
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "sweep-0.2.0"

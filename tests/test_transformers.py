@@ -208,9 +208,9 @@ def test_a_named_parameter_is_mapped_planned_and_sampled(engine):
 
 
 def test_map_params_reaches_the_settings_and_only_then_the_cache_keys():
-    from swimkit.arguments import settings_of
     from swimkit.caches import evaluation_key
     from swimkit.cli import build_parser
+    from swimkit.command_settings import settings_of
 
     def settings(*extra):
         return settings_of(build_parser().parse_args(["sweep", "--model", "lenet", *extra]))

@@ -136,8 +136,8 @@ def test_each_settings_group_checks_itself_and_settings_never_edit_a_given_group
 
 
 def test_one_budget_default_and_the_budget_kinds_are_stated_once():
-    from swimkit.arguments import settings_of
     from swimkit.cli import build_parser
+    from swimkit.command_settings import settings_of
     from swimkit.selection import Budget, BudgetKind
     from swimkit.settings import DEFAULT_FRACTION, SWEEP_FRACTIONS, SWEEP_METHODS
 

@@ -34,8 +34,8 @@ from .arguments import (
     add_sensitivity,
     add_training,
     nonnegative,
-    settings_of,
 )
+from .command_settings import settings_of
 from .distributed import is_rank_zero
 from .errors import SwimkitError
 from .settings import Settings
