@@ -116,10 +116,12 @@ class _Relaxed:
             total = total + seconds
         return variance, total
 
-    def interpolate(self, layer: Layer, rows: slice) -> tuple[Tensor, Tensor, Tensor]:
-        """For the devices of ``rows``: the sigmoid of their positions, the flat table
-        index of the hull point below their hull position t, and how far t is past it."""
-        sigmoid = torch.sigmoid(self.positions[layer.name][rows].detach())
+    def interpolate(self, layer: Layer, positions: Tensor, rows: slice
+                    ) -> tuple[Tensor, Tensor, Tensor]:
+        """For the devices of ``rows`` (``positions``: the layer's): the sigmoid of their
+        positions, the flat table index of the hull point below their hull position t, and
+        how far t is past it."""
+        sigmoid = torch.sigmoid(positions[rows].detach())
         t = sigmoid * self.top[layer.kind[rows].long()]
         low = t.floor().clamp_(0, self.point_var.shape[1] - 2)
         index = low.long().add_(layer.kind[rows].long() * self.point_var.shape[1])
@@ -162,11 +164,12 @@ class _HullFill(torch.autograd.Function):
     def forward(ctx, positions: Tensor, relaxed: _Relaxed, layer: Layer
                 ) -> tuple[Tensor, Tensor]:  # type: ignore[override]
         ctx.relaxed, ctx.layer = relaxed, layer
+        ctx.save_for_backward(positions)
         w = relaxed.problem.weights
         added = positions.new_empty(positions.shape[0])
         seconds = positions.new_zeros(())
         for rows in _row_pieces(positions):
-            _, index, fraction = relaxed.interpolate(layer, rows)
+            _, index, fraction = relaxed.interpolate(layer, positions, rows)
             added[rows] = (_between(relaxed.point_var, relaxed.step_var, index, fraction)
                            * w).sum(1)
             seconds += _between(relaxed.point_time, relaxed.step_time, index, fraction).sum()
@@ -176,11 +179,11 @@ class _HullFill(torch.autograd.Function):
     def backward(ctx, grad_added: Tensor, grad_seconds: Tensor
                  ) -> tuple[Tensor, None, None]:  # type: ignore[override]
         relaxed, layer = ctx.relaxed, ctx.layer
-        positions = relaxed.positions[layer.name]
+        (positions,) = ctx.saved_tensors
         w = relaxed.problem.weights
         grad = torch.empty_like(positions)
         for rows in _row_pieces(positions):
-            sigmoid, index, _ = relaxed.interpolate(layer, rows)
+            sigmoid, index, _ = relaxed.interpolate(layer, positions, rows)
             shape = sigmoid.shape
             step_var = relaxed.step_var.view(-1).index_select(0, index).view(shape)
             step_time = relaxed.step_time.view(-1).index_select(0, index).view(shape)
