@@ -117,15 +117,17 @@ class _Relaxed:
         return variance, total
 
     def interpolate(self, layer: Layer, positions: Tensor, rows: slice
-                    ) -> tuple[Tensor, Tensor, Tensor]:
+                    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """For the devices of ``rows`` (``positions``: the layer's): the sigmoid of their
-        positions, the flat table index of the hull point below their hull position t, and
-        how far t is past it."""
+        positions, their hull's last position (t = sigmoid * that), the flat table index
+        of the hull point below t, and how far t is past it."""
+        kind = layer.kind[rows].long()
         sigmoid = torch.sigmoid(positions[rows].detach())
-        t = sigmoid * self.top[layer.kind[rows].long()]
+        top = self.top[kind]
+        t = sigmoid * top
         low = t.floor().clamp_(0, self.point_var.shape[1] - 2)
-        index = low.long().add_(layer.kind[rows].long() * self.point_var.shape[1])
-        return sigmoid, index.view(-1), t.sub_(low)
+        index = low.long().add_(kind * self.point_var.shape[1])
+        return sigmoid, top, index.view(-1), t.sub_(low)
 
     def base_variance(self, option_variance: Tensor) -> dict[str, Tensor]:
         """Var(dW / s) per weight with every device at its first hull point."""
@@ -169,7 +171,7 @@ class _HullFill(torch.autograd.Function):
         added = positions.new_empty(positions.shape[0])
         seconds = positions.new_zeros(())
         for rows in _row_pieces(positions):
-            _, index, fraction = relaxed.interpolate(layer, positions, rows)
+            _, _, index, fraction = relaxed.interpolate(layer, positions, rows)
             added[rows] = (_between(relaxed.point_var, relaxed.step_var, index, fraction)
                            * w).sum(1)
             seconds += _between(relaxed.point_time, relaxed.step_time, index, fraction).sum()
@@ -183,13 +185,12 @@ class _HullFill(torch.autograd.Function):
         w = relaxed.problem.weights
         grad = torch.empty_like(positions)
         for rows in _row_pieces(positions):
-            sigmoid, index, _ = relaxed.interpolate(layer, positions, rows)
+            sigmoid, top, index, _ = relaxed.interpolate(layer, positions, rows)
             shape = sigmoid.shape
             step_var = relaxed.step_var.view(-1).index_select(0, index).view(shape)
             step_time = relaxed.step_time.view(-1).index_select(0, index).view(shape)
             d_t = grad_added[rows, None] * w * step_var + grad_seconds * step_time
-            d_sigmoid = d_t * relaxed.top[layer.kind[rows].long()]
-            grad[rows] = torch.ops.aten.sigmoid_backward(d_sigmoid, sigmoid)
+            grad[rows] = torch.ops.aten.sigmoid_backward(d_t * top, sigmoid)
         return grad, None, None
 
 
