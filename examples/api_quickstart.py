@@ -27,9 +27,9 @@ batches = Batches(dataset.train, dataset, batch_size=128)   # any iterable of (x
 sens = swimkit.sensitivity(model, batches, engine="ggn")     # or "swim" (SWIM's one pass)
 print("h, g of fc1:", sens.second["fc1.weight"].shape, sens.first["fc1.weight"].shape)
 
-device = swimkit.DeviceModel(sigma=0.3, sigma_verified=0.03)
-swim = swimkit.select(model, sens, fraction=0.1, method="swim", device_model=device)
-plan = swimkit.select(model, sens, method="allocate", speedup=10.0, device_model=device)
+device = swimkit.GaussianDevice(sigma=0.3, sigma_verified=0.03)
+swim = swimkit.select(model, sens, fraction=0.1, method="swim", chip=device)
+plan = swimkit.select(model, sens, method="allocate", speedup=10.0, chip=device)
 print(f"allocate: {plan.devices_verified:,} of {plan.devices_total:,} devices verified, "
       f"menu {[round(t, 3) for t in plan.menu]}, speedup {plan.programming.speedup:.2f}x")
 plan.levels["fc1.weight"]            # uint8 (120, 784, 8): 0 = plain write, k = menu[k-1]

@@ -9,7 +9,8 @@ import torch
 from loop_simulation import simulate
 
 import swimkit
-from swimkit.devices import DeviceModel, NoiseModel, generator_for
+from swimkit.devices import DeviceModel, NoiseModel
+from swimkit.seeding import generator_for
 from swimkit.plans import Plan
 from swimkit.programming import WriteVerify
 from swimkit.seeding import derive_seed

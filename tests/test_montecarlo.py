@@ -75,7 +75,7 @@ def test_each_instance_holds_one_draw_over_the_whole_test_set():
     values = swimkit.mapping.effective_weights(weights)
     scales = swimkit.mapping.weight_scales(values)
     for k in range(3):
-        deltas = device.sample(values, scales, None, swimkit.devices.generator_for(5, k))
+        deltas = device.sample(values, scales, None, swimkit.seeding.generator_for(5, k))
         state = {n: p.clone() for n, p in model.state_dict().items()}
         for name, delta in deltas.items():
             state[name] = state[name] + delta

@@ -318,3 +318,20 @@ def build_model(
             )
         return model
     return quantize(model, info.default_bits if bits is None else bits, output_range)
+
+
+# --- what swimkit needs of any model ------------------------------------------------------
+
+
+def require_logits(output: object) -> Tensor:
+    """``output`` if it is one tensor of logits; else the one error every engine,
+    evaluation and training give for a model returning a tuple, a dict or anything else."""
+    if isinstance(output, Tensor):
+        return output
+    kind = type(output).__name__
+    hint = " (e.g. out[0])" if isinstance(output, (tuple, list)) else (
+        " (e.g. out['logits'])" if isinstance(output, dict) else "")
+    raise SwimkitError(
+        f"the model returns a {kind}, not one tensor of logits shaped (batch, classes): "
+        f"swimkit's sensitivity engines, Monte-Carlo and training all need that; wrap the "
+        f"model so that forward returns the logits{hint}")

@@ -35,10 +35,13 @@ MUST_MATCH = (
     "augment",
     "noise",
     "ranges",
+    "data",
 )
 
 #: Settings the first release's checkpoints do not hold, and the value they trained with.
 FIRST_RELEASE = {"noise": None, "scale_aware": False, "ranges": None}
+#: Settings earlier checkpoints do not hold and nothing can tell: not compared there.
+UNRECORDED = ("data",)
 
 def cannot_resume(problem: str) -> SwimkitError:
     """The error for a folder training cannot continue in, with the way out for the API
@@ -139,6 +142,8 @@ def resume_from(
 def _check_settings(path: Path, stored: Mapping[str, Any], current: Mapping[str, Any]) -> None:
     """Refuse to continue a run whose stored settings differ from the requested ones."""
     for key in MUST_MATCH:
+        if key in UNRECORDED and key not in stored:
+            continue
         if stored.get(key, FIRST_RELEASE.get(key)) != current.get(key):
             raise cannot_resume(
                 f"{path} holds a run with {key}={stored.get(key)!r}, but this run asks for "

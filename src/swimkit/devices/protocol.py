@@ -149,6 +149,24 @@ def require_device(obj: object, what: str = "device_model") -> Device:
     return obj
 
 
+def changes_with_time(device: object) -> bool:
+    """True unless ``device`` says its devices stay as programmed (``changes_with_time``
+    False: gaussian, multi-level cells); a model that does not say is taken to change."""
+    return bool(getattr(device, "changes_with_time", True))
+
+
+def require_time_acts(device: object, what: str, seconds: object) -> None:
+    """Refuse a setting that reads the device at a time after programming (``what``,
+    e.g. "--times") on a device model whose devices do not change with time."""
+    if changes_with_time(device):
+        return
+    kind = device.describe().get("kind", type(device).__name__) if hasattr(
+        device, "describe") else type(device).__name__
+    raise SwimkitError(f"{what} {seconds} would have no effect: device model {kind!r} stays "
+                       "as programmed at every time; drop it, or use a model that changes "
+                       "with time (pcm)")
+
+
 def check_times(times: object) -> tuple[float, ...]:
     """``times`` as a non-empty tuple of seconds >= 0, without repeats, in the given order."""
     if isinstance(times, (int, float)) and not isinstance(times, bool):
@@ -167,5 +185,6 @@ def check_times(times: object) -> tuple[float, ...]:
     return floats
 
 
-__all__ = ["Device", "NoiseModel", "PricingModel", "Sampler", "check_times", "missing",
-           "require_device", "require_noise_model"]
+__all__ = ["Device", "NoiseModel", "PricingModel", "Sampler", "changes_with_time",
+           "check_times", "missing", "require_device", "require_noise_model",
+           "require_time_acts"]
