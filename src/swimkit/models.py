@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -215,24 +216,25 @@ MODELS: Registry[ModelInfo] = Registry("model", entry_point_group="swimkit.model
 """Every registered model by canonical name (aliases, case-insensitive, included)."""
 
 
-def register_model(
-    name: str,
-    builder: Callable[[], nn.Module],
-    *,
-    dataset: str,
-    input_shape: tuple[int, ...],
-    num_classes: int = 10,
-    optimizer: str = "adam",
-    quantized_bits: int | None = None,
-    aliases: Sequence[str] = (),
-    help: str = "",
-) -> ModelInfo:
+def register_model(name: str, builder: Callable[[], nn.Module], *,
+                   quantized_bits: int | None = None, **described: Any) -> ModelInfo:
     """Register a model: ``builder()`` returns a fresh ``nn.Module``.
 
-    ``dataset`` is the one it is trained on by default, ``optimizer`` "adam" or "sgd".
-    With ``quantized_bits`` the quantized variant ``"q" + name`` is registered too (its
-    aliases are "Q" + each alias).
+    ``described`` are the :class:`ModelInfo` fields: ``dataset`` (the one it is trained on
+    by default) and ``input_shape`` (both required), ``num_classes`` (10), ``optimizer``
+    ("adam" or "sgd"), ``aliases``, ``help``. With ``quantized_bits`` the quantized
+    variant ``"q" + name`` is registered too (its aliases are "Q" + each alias).
     """
+    known = {"dataset", "input_shape", "num_classes", "optimizer", "aliases", "help"}
+    unknown = sorted(set(described) - known)
+    require(not unknown, f"model {name!r}: unknown field {unknown[:1]}; give "
+                         f"{', '.join(sorted(known))}")
+    require("dataset" in described and "input_shape" in described,
+            f"model {name!r}: give its dataset= and input_shape=")
+    dataset, input_shape = described["dataset"], described["input_shape"]
+    num_classes = described.get("num_classes", 10)
+    optimizer = described.get("optimizer", "adam")
+    aliases, help = tuple(described.get("aliases", ())), described.get("help", "")
     require(callable(builder), f"the builder of model {name!r} must be callable")
     require(isinstance(num_classes, int) and not isinstance(num_classes, bool)
             and num_classes >= 2, f"model {name!r}: num_classes must be an integer >= 2 "

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -25,8 +25,15 @@ from .mapping import DeviceWeight, Perturbation, effective_weights, perturbed
 from .plans import Plan
 from .seeding import epoch_generator
 
-if TYPE_CHECKING:
-    from .training import TrainConfig
+
+class NoiseSettings(Protocol):
+    """What noise injection reads of the training settings (a
+    :class:`~swimkit.training.TrainConfig`)."""
+
+    sigma_train: float
+    scale_aware: bool
+    noise_time: float
+    seed: int
 
 
 class NoiseInjector:
@@ -51,7 +58,7 @@ class NoiseInjector:
             plan.weights_in(model) if plan is not None else chip.weights(model))
 
     @classmethod
-    def create(cls, model: nn.Module, config: TrainConfig, chip: ChipSpec | None = None,
+    def create(cls, model: nn.Module, config: NoiseSettings, chip: ChipSpec | None = None,
                plan: Plan | None = None) -> NoiseInjector | None:
         """The injector training with ``config`` for ``chip`` draws from, or None for
         clean training.
@@ -150,4 +157,4 @@ def _converters(crossbar: Crossbar, offsets: Perturbation, generator: torch.Gene
         offsets.watch(None)
 
 
-__all__ = ["NoiseInjector"]
+__all__ = ["NoiseInjector", "NoiseSettings"]

@@ -11,9 +11,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-from .reports import chips_summary, device_summary, format_time
 from .results import Point, SweepResult
 from .storage import atomic_write
+from .summaries import chips_summary, device_summary, format_time
 
 _STYLES = ("-", "--", ":", "-.")
 _MARKERS = ("o", "s", "^", "D", "v", "P")
