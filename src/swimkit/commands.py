@@ -217,13 +217,12 @@ def _one_point(args: argparse.Namespace, values: dict[Target, Any]) -> None:
     budgets = [values.get(("grid", k)) for k in ("fractions", "speedups", "time_budgets")]
     if not any(budgets):
         values["grid", "fractions"] = [DEFAULT_FRACTION]
-    methods = values.get(("grid", "methods"), ["swim"])
+    methods = values["grid", "methods"]
     count = sum(len(b or []) for b in budgets) or 1
     if len(methods) > 1 or count > 1:
         raise SwimkitError(f"'swimkit {args.command}' makes one plan: give one method and "
                            f"one budget (got {len(methods)} method(s) and {count} "
                            "budget(s)); a sweep compares several")
-    values["grid", "methods"] = methods
 
 
 def _searches(args: argparse.Namespace, values: dict[Target, Any]) -> None:
@@ -239,6 +238,8 @@ _FLOW = {"model": None, "data": None, "train": _TRAINING, "device_model": None,
          "crossbar": None, "placement": None, "sensitivity": None, "selection": None,
          "evaluation": None, "settings": None}
 _CHIP = {"device_model": None, "crossbar": None, "placement": None}
+#: A run or a selection plans with swim unless told otherwise.
+_ONE_METHOD: dict[Target, Any] = {("grid", "methods"): ["swim"]}
 
 
 @dataclass(frozen=True)
@@ -309,7 +310,7 @@ def _report_args(p: argparse.ArgumentParser) -> None:
 
 COMMANDS: dict[str, Command] = {c.name: c for c in (
     Command("run", "train, sensitivity, select and Monte-Carlo in one go", cmd_run,
-            {**_FLOW, "grid": None}, derive=_one_point, own=_run_args),
+            {**_FLOW, "grid": None}, _ONE_METHOD, derive=_one_point, own=_run_args),
     Command("sweep", "the whole flow over models, methods and budgets", cmd_sweep,
             {**_FLOW, "grid": None}, derive=_searches, own=_sweep_args),
     Command("train", "train a model (checkpoints best.pt and last.pt); with --plan, "
@@ -321,7 +322,7 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
              "settings": ("torch_device",)}, own=_sensitivity_args),
     Command("select", "choose what to write-verify, device by device", cmd_select,
             {"model": None, "data": None, **_CHIP, "selection": None, "grid": _POINT,
-             "settings": ("torch_device",)}, derive=_one_point, own=_select_args),
+             "settings": ("torch_device",)}, _ONE_METHOD, derive=_one_point, own=_select_args),
     Command("evaluate", "Monte-Carlo accuracy under device variation", cmd_evaluate,
             {"model": None, "data": None, **_CHIP, "evaluation": None, "grid": ("within",),
              "settings": ("torch_device",)}, own=_evaluate_args),

@@ -16,9 +16,12 @@ cuts), :mod:`.methods` (the score methods), :mod:`.allocation` and :mod:`.learne
 planners), :mod:`.budget` and :mod:`.prefix` (budgets and cuts at scale).
 """
 
+# The methods register in this order, the order the command line lists them.
+# isort: off
+from . import methods as _methods  # noqa: F401 - the score methods first
 from . import allocation as _allocation  # noqa: F401 - then allocate, allocate-one
 from . import learned as _learned  # noqa: F401 - then learned
-from . import methods as _methods  # noqa: F401 - registers the score methods first
+# isort: on
 from .budget import top_k
 from .registry import (
     METHODS,

@@ -20,8 +20,11 @@ one-line help, each beside its definition:
 (:mod:`.settings`); :class:`Sensitivity` (:mod:`.result`) holds and stores the result.
 """
 
+# The engines register in this order, the order the command line lists them.
+# isort: off
+from . import swim as _swim  # noqa: F401 - the swim engine first
 from . import exact as _exact  # noqa: F401 - then ggn, hutchinson, fisher
-from . import swim as _swim  # noqa: F401,I001 - registers the swim engine first
+# isort: on
 from .engines import ENGINES, GRADIENT_BATCH, Engine, register_engine
 from .estimate import sensitivity
 from .result import Sensitivity
