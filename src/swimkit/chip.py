@@ -8,7 +8,8 @@ converters side by side in one ``rpu_config``:
 - the **crossbar** (:class:`~swimkit.crossbar.Crossbar`): tiles, the ranges weights are
   mapped with, signed weights as pairs or offsets, the converters;
 - the **placement** (:class:`Placement`): which weights of the network are on devices
-  (by default every convolution, linear and attention weight).
+  (by default every convolution, linear and attention weight) and how BatchNorm is held
+  (digital, or folded into the convolution before it: :mod:`swimkit.folding`).
 
 ``sensitivity``, ``select``, ``evaluate``, ``train`` and the sweep take a
 :class:`ChipSpec` as it is. Where a step draws or prices devices it asks
@@ -32,6 +33,7 @@ from .devices.gaussian import GaussianDevice
 from .devices.mapped import MappedDevice
 from .devices.protocol import NoiseModel, require_noise_model
 from .errors import SwimkitError, check_once, require
+from .folding import BATCHNORM, fold_batchnorm
 from .groups import flag, pattern
 from .mapping import DeviceWeight, device_weights, effective_weights, layer_ranges
 from .plans import Plan
@@ -75,25 +77,39 @@ class Placement:
         "--layers", kind=pattern, several=True, metavar="PATTERNS",
         help="only these layers on devices, comma separated shell patterns of layer names "
              "(e.g. 'layer*.conv*'; default all)"))
+    batchnorm: str = field(default="digital", metadata=flag(
+        "--batchnorm", choices=BATCHNORM,
+        help="how the chip holds BatchNorm: digital (exact, after the array) or folded into "
+             "the convolution before it (the folded weights on devices)"))
 
     def __post_init__(self) -> None:
         for name in ("exclude", "params", "layers"):
             object.__setattr__(self, name, _patterns(name, getattr(self, name)))
+        require(self.batchnorm in BATCHNORM, f"batchnorm must be one of "
+                f"{', '.join(BATCHNORM)} (got {self.batchnorm!r})")
 
     @property
     def is_default(self) -> bool:
         """Every conv, linear and attention weight, nothing else."""
-        return not (self.exclude or self.params or self.layers)
+        return not (self.exclude or self.params or self.layers) and self.batchnorm == "digital"
+
+    def held(self, model: nn.Module) -> nn.Module:
+        """``model`` as the chip holds it: itself, or with BatchNorm folded (a copy)."""
+        return fold_batchnorm(model) if self.batchnorm == "folded" else model
 
     def weights(self, model: nn.Module) -> dict[str, DeviceWeight]:
-        """The device weights of ``model``, in definition order."""
+        """The device weights of ``model`` (as given: fold it first with :meth:`held`),
+        in definition order."""
         return device_weights(model, layers=self.layers or None, exclude=self.exclude or None,
                               params=self.params or None)
 
-    def describe(self) -> dict[str, list[str]]:
-        """The patterns given (none: an empty dict), JSON-ready."""
-        return {name: list(getattr(self, name)) for name in ("exclude", "params", "layers")
-                if getattr(self, name)}
+    def describe(self) -> dict[str, Any]:
+        """What differs from the default (none: an empty dict), JSON-ready."""
+        out: dict[str, Any] = {name: list(getattr(self, name))
+                               for name in ("exclude", "params", "layers") if getattr(self, name)}
+        if self.batchnorm != "digital":
+            out["batchnorm"] = self.batchnorm
+        return out
 
 
 @dataclass(frozen=True)
@@ -128,14 +144,19 @@ class ChipSpec:
             return device
         return MappedDevice(device, self.crossbar)
 
+    def held(self, model: nn.Module) -> nn.Module:
+        """``model`` as this chip holds it (BatchNorm folded where the placement says so):
+        what every step computes on."""
+        return self.placement.held(model)
+
     def weights(self, model: nn.Module) -> dict[str, DeviceWeight]:
-        """The device weights of ``model`` (:attr:`placement`)."""
+        """The device weights of ``model`` (:attr:`placement`; give the held model)."""
         return self.placement.weights(model)
 
     def fit(self, model: nn.Module) -> dict[str, DeviceWeight]:
         """The device weights of ``model``, each checked to fit the crossbar (a tile holds
         whole kernels): what a step checks before any work."""
-        weights = self.weights(model)
+        weights = self.weights(self.held(model))
         if self.crossbar.tile_rows is not None:
             for name, weight in weights.items():
                 self.crossbar.geometry(name, weight.value.shape)
@@ -147,6 +168,13 @@ class ChipSpec:
         if self.crossbar.ranges == "layer":
             return layer_ranges(values)
         return self.crossbar.scales(values)
+
+    def trained(self) -> ChipSpec:
+        """The chip a model is trained for: BatchNorm digital (a model trains with it; a
+        chip that folds it folds the trained model)."""
+        if self.placement.batchnorm == "digital":
+            return self
+        return replace(self, placement=replace(self.placement, batchnorm="digital"))
 
     def with_sigma(self, sigma: float) -> ChipSpec:
         """The same chip with plain-write variation ``sigma`` (noise-injection training)."""
@@ -186,7 +214,7 @@ class ChipSpec:
         require(plan.devices_per_weight == self.device.slicing.devices,
                 f"the plan has {plan.devices_per_weight} devices per weight and this chip "
                 f"{self.device.slicing.devices}: select again for this chip")
-        values = effective_weights(plan.weights_in(model))
+        values = effective_weights(plan.weights_in(self.held(model)))
         scales = self.scales(values)
         report = self.device.programming_report(values, scales, plan)
         mapped = not self.crossbar.is_default

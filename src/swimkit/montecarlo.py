@@ -198,6 +198,7 @@ def _evaluate(model: nn.Module, batches: Batches, chip: ChipSpec,
     stop = _check_stopping(ev.ci_target, ev.min_samples, against, samples, seed,
                            len(at))
     device = chip.device
+    model = chip.held(model)  # BatchNorm folded where the chip folds it
     if times is not None and at != (0.0,):
         require_time_acts(device, "times", list(at))
     weights = _plan_weights(model, plan, chip)

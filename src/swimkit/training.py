@@ -331,9 +331,14 @@ def train(
     """
     config = with_overrides(TrainConfig, settings, overrides, "train")
     config.validate()
+    chip = as_chip(chip)
+    require(chip.placement.batchnorm == "digital",
+            "a model trains with its BatchNorm (folding is how a chip holds the trained "
+            "model): train for the chip with BatchNorm digital (chip.trained(); drop "
+            "--batchnorm folded), then select and evaluate with it folded")
     require(len(dataset.train) > 0, "the training set is empty; give a dataset with examples")
     require(len(dataset.test) > 0, "the test set is empty; give a dataset with test examples")
-    run = _Run.start(model, dataset, config, as_chip(chip), plan, checkpoint_dir)
+    run = _Run.start(model, dataset, config, chip, plan, checkpoint_dir)
     say = log or (lambda _line: None)
     last = run.folder / LAST if run.folder is not None else None
     if config.resume and last is not None and last.is_file():

@@ -168,7 +168,7 @@ def _train(ctx: Context, folder: Path, sigma_train: float, scale_aware: bool) ->
     _check_training_folder(folder, {"model": s.model.name, "bits": s.model.bits,
                                     **s.data_key()})
     model = build_model(s.model.name, bits=s.model.bits, seed=s.train.seed).to(s.where())
-    train(model, ctx.dataset, s.train, chip=s.chip, checkpoint_dir=folder, log=ctx.log,
+    train(model, ctx.dataset, s.train, chip=s.chip.trained(), checkpoint_dir=folder, log=ctx.log,
           sigma_train=sigma_train, scale_aware=scale_aware, model_name=s.model.name)
 
 
@@ -256,7 +256,7 @@ class Evaluator:
         found = self.cache.get(point_id)
         if found is None:
             chip = self.settings.chip
-            values = effective_weights(chip.weights(self.candidate.model))
+            values = effective_weights(chip.weights(chip.held(self.candidate.model)))
             plan = Plan.uniform(values, verify is Verify.ALL, chip.device.slicing.devices)
             report = chip.device.programming_report(values, chip.scales(values), plan)
             name = "full verify" if verify is Verify.ALL else "no verify"

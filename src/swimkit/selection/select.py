@@ -117,6 +117,7 @@ def inputs_for(model: nn.Module, sens: Sensitivity | None, method: Method,
                            "batches of (x, y))")
     if sel.plan_time:
         require_time_acts(chip.device, "plan_time", f"{sel.plan_time:g} s")
+    model = chip.held(model)  # BatchNorm folded where the chip folds it
     weights = _chosen_weights(model, sens, chip)
     values = effective_weights(weights)
     scales = chip.scales(values)

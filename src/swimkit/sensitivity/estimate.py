@@ -43,7 +43,9 @@ def sensitivity(
     entry = ENGINES.get(sens.engine)
     options = sens.engine_options
     own = {"batch_size": sens.batch_size} if entry.own_batch else {}
-    weights = as_chip(chip).weights(model)
+    chip = as_chip(chip)
+    model = chip.held(model)  # BatchNorm folded where the chip folds it
+    weights = chip.weights(model)
     was_training = model.training
     model.eval()
     try:
