@@ -174,6 +174,7 @@ def test_quantized_models_allocate_on_their_quantized_weights():
     assert res.samples == 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("device", ["uniform", "pcm", "stuck-pcm-1d"])
 def test_a_speedup_of_one_verifies_every_device_by_the_own_loop(reference, device):
     """Every device at the tightest option, the own loop's: full verify's time exactly
