@@ -227,9 +227,10 @@ class ChipSpec:
 
 def _first_difference(planned: Any, here: Any, where: str = "chip"
                       ) -> tuple[str, Any, Any] | None:
-    """The first setting where two chip descriptions differ: (path, planned, here)."""
+    """The first setting where two chip descriptions differ: (path, planned, here); a
+    device model's ``kind`` is compared before its settings."""
     if isinstance(planned, dict) and isinstance(here, dict):
-        for key in sorted(set(planned) | set(here)):
+        for key in sorted(set(planned) | set(here), key=lambda k: (k != "kind", k)):
             found = _first_difference(planned.get(key), here.get(key), f"{where}.{key}")
             if found is not None:
                 return found

@@ -131,6 +131,10 @@ class CheckedDevice(WrappedDevice):
         if not all(_finite(t) and t > 0 for t in times):
             raise self._bad("programming_report", f"times or a speedup that are not numbers "
                                                   f"> 0 ({times})")
+        try:
+            out.check()  # shares in [0, 1], a speedup that follows from the times
+        except SwimkitError as exc:
+            raise self._bad("programming_report", str(exc).removeprefix("a ")) from None
         return out
 
     # --- checks ---------------------------------------------------------------------------

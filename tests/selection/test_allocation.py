@@ -1,8 +1,10 @@
-"""Method allocate: convex hulls, the greedy optimum, exact budgets, menus; and learned.
+"""Method allocate: convex hulls, the greedy optimum, exact budgets, menus, and the plans
+recorded whole or in pieces.
 
-``python tests/test_allocation.py`` records the plans of :func:`recorded_cases` into
-``fixtures/allocate_plans.json`` (a digest of every level, the time spent, the devices
-verified); the tests then hold every later planner to them, also when it works in pieces.
+``PYTHONPATH=tests python tests/selection/test_allocation.py`` records the plans of
+:func:`recorded_cases` into ``fixtures/allocate_plans.json`` (a digest of every level, the
+time spent, the devices verified); the tests then hold every later planner to them, also
+when it works in pieces.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from plan_problems import T_P, lenet_problem, recorded_devices, tiny_problem
 from torch import nn
 from toys import toy_problem
 
@@ -25,8 +28,7 @@ from swimkit.selection import allocation, prefix
 from swimkit.selection.allocation import lower_hulls
 from swimkit.sensitivity import Sensitivity
 
-T_P, T_R = 100e-9, 50e-9
-RECORDED = Path(__file__).parent / "fixtures" / "allocate_plans.json"
+RECORDED = Path(__file__).resolve().parent.parent / "fixtures" / "allocate_plans.json"
 
 
 def test_hull_drops_dominated_and_non_convex_points():
@@ -42,7 +44,7 @@ def test_hull_drops_dominated_and_non_convex_points():
 
 def test_default_menu_lies_on_the_hull():
     """At sigma 0.3 every menu tolerance is on the hull, loose to tight."""
-    dm = swimkit.DeviceModel()
+    dm = swimkit.GaussianDevice()
     menu = dm.default_menu()
     assert [round(t, 3) for t in menu] == [0.45, 0.3, 0.2, 0.15, 0.1, round(dm.loop.tolerance, 3)]
     sig = dm.option_sigmas(torch.ones(1), torch.tensor(1.0), menu)
@@ -51,18 +53,6 @@ def test_default_menu_lies_on_the_hull():
     assert int(hull.size[0]) == len(menu) + 1
     expected = [100, 173, 220, 303, 392, 574, 1090]
     assert [float(t) * 1e9 for t in tim] == pytest.approx(expected, abs=2.0)
-
-
-def tiny_problem(h: list[float]):
-    """A 1 x len(h) linear layer, 2 devices per weight, with h given per weight."""
-    model = nn.Sequential(nn.Linear(len(h), 1, bias=False))
-    with torch.no_grad():
-        model[0].weight.copy_(torch.linspace(0.5, 1.0, len(h))[None])
-    second = {"0.weight": torch.tensor([h])}
-    sens = Sensitivity(second=second, first={"0.weight": torch.zeros(1, len(h))},
-                       scale={"0.weight": torch.tensor(1.0)}, engine="test", samples=1)
-    dm = swimkit.DeviceModel(bits_per_weight=2, bits_per_device=1)
-    return model, sens, dm
 
 
 def objective(plan: Plan, dm, model, h: list[float]) -> float:
@@ -101,8 +91,8 @@ def test_greedy_is_the_optimum_where_its_steps_fit_the_budget(menu):
     spent = 6 * T_P
     for _, cost in sorted(steps, reverse=True)[:8]:
         spent += cost
-        plan = swimkit.select(model, sens, method="allocate", time_budget=spent,
-                              device_model=dm, tolerances=menu)
+        plan = swimkit.select(model, sens, method="allocate", time_budget=spent, chip=dm,
+                              tolerances=menu)
         assert plan.programming.time_plan_s == pytest.approx(spent, rel=1e-12)
         got = objective(plan, dm, model, h)
         assert got == pytest.approx(brute_force(dm, menu, h, spent), rel=1e-9)
@@ -110,22 +100,17 @@ def test_greedy_is_the_optimum_where_its_steps_fit_the_budget(menu):
 
 def test_most_significant_devices_get_the_tightest_tolerances():
     model, sens, dm = tiny_problem([3.0, 3.0, 3.0])
-    plan = swimkit.select(model, sens, method="allocate", speedup=4.0, device_model=dm)
+    plan = swimkit.select(model, sens, method="allocate", speedup=4.0, chip=dm)
     levels = plan.levels["0.weight"][0]
     assert bool((levels[:, 0] >= levels[:, 1]).all())  # device 1 (MSB) at least as tight
     assert int(levels[:, 0].max()) > 0
 
 
-def lenet_problem(reference):
-    model = swimkit.models.LeNet()
-    model.load_state_dict(reference["state_dict"])
-    sens = swimkit.sensitivity(model, [(reference["x"], reference["y"])])
-    return model, sens
-
-
 def test_exact_budget_and_a_menu_beats_one_tolerance(reference):
+    """allocate-one is allocate with the own loop's tolerance; both spend the budget to
+    within one step, and the menu predicts a clearly lower loss."""
     model, sens = lenet_problem(reference)
-    dm = swimkit.DeviceModel()
+    dm = swimkit.GaussianDevice()
     one = swimkit.select(model, sens, method="allocate-one", speedup=8.0)
     same = swimkit.select(model, sens, method="allocate", speedup=8.0,
                           tolerances=[dm.loop.tolerance])
@@ -155,34 +140,11 @@ def test_fraction_of_devices_verifies_that_many_devices_at_the_tightest_option(r
     assert all(set(v.unique().tolist()) <= {0, top} for v in plan.levels.values())
 
 
-def test_plan_files_for_a_programming_flow(reference, tmp_path):
-    import json
-
-    import numpy as np
-
-    model, sens = lenet_problem(reference)
-    plan = swimkit.select(model, sens, method="allocate", speedup=6.0)
-    back = Plan.load(plan.save(tmp_path / "plan.pt"))
-    assert back.menu == plan.menu and back.programming == plan.programming
-    assert all(torch.equal(back.levels[k], plan.levels[k]) for k in plan.levels)
-    arrays = np.load(plan.export_npz(tmp_path / "plan.npz"))
-    assert arrays["menu"].tolist() == list(plan.menu)
-    assert arrays["fc1.weight"].shape == (120, 784, 8) and arrays["fc1.weight"].dtype == np.uint8
-    summary = json.loads(plan.export_summary(tmp_path / "plan.json").read_text())
-    layer = summary["layers"]["fc1.weight"]
-    assert sum(layer["devices_per_option"]) == 120 * 784 * 8
-    assert summary["devices_verified"] == plan.devices_verified
-    rows = plan.export_summary(tmp_path / "plan.csv").read_text().splitlines()
-    assert rows[0].startswith("layer,weights,weights_verified,devices,devices_plain")
-    assert len(rows) == 1 + len(plan.levels)
-    with pytest.raises(swimkit.SwimkitError, match=".json or .csv"):
-        plan.export_summary(tmp_path / "plan.txt")
-
-
 def test_value_dependent_devices_get_their_own_hulls(reference):
+    """On the band model the plan reaches its speedup, priced as the model prices it."""
     model, sens = lenet_problem(reference)
-    band = swimkit.DeviceModel(variation="band:3")
-    plan = swimkit.select(model, sens, method="allocate", speedup=5.0, device_model=band)
+    band = swimkit.GaussianDevice(variation="band:3")
+    plan = swimkit.select(model, sens, method="allocate", speedup=5.0, chip=band)
     assert plan.programming.speedup >= 5.0 * (1 - 1e-9)
     values = {k: model.get_parameter(k).detach() for k in sens.names}
     report = band.programming_report(values, sens.scale, plan)
@@ -199,132 +161,6 @@ def test_bad_menus_are_clear_errors(reference):
         swimkit.select(model, sens, method="allocate", speedup=50.0)
 
 
-# --- learned ----------------------------------------------------------------------------
-
-
-def test_learned_plan_meets_the_budget_and_records_its_cost():
-    model, batches = toy_problem()
-    sens = swimkit.sensitivity(model, batches)
-    dm = swimkit.DeviceModel(sigma=0.5, sigma_verified=0.05)
-    kwargs = {"speedup": 6.0, "device_model": dm, "data": batches,
-              "options": {"epochs": 2}, "seed": 3}
-    plan = swimkit.select(model, sens, method="learned", **kwargs)
-    again = swimkit.select(model, sens, method="learned", **kwargs)
-    assert all(torch.equal(plan.levels[k], again.levels[k]) for k in plan.levels)
-    prog = plan.programming
-    assert prog.time_plan_s <= prog.time_full_verify_s / 6.0 * (1 + 1e-12)
-    assert plan.meta["learn_epochs"] == 2 and plan.meta["learn_batches"] == 6
-    assert plan.meta["learn_seconds"] > 0
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    swimkit.select(model, sens, method="learned", **kwargs)
-    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
-    with pytest.raises(swimkit.SwimkitError, match="learns on data"):
-        swimkit.select(model, sens, method="learned", speedup=6.0)
-    with pytest.raises(swimkit.SwimkitError, match="unknown option 'steps'"):
-        swimkit.select(model, sens, method="learned", speedup=6.0, data=batches,
-                       options={"steps": 3})
-
-
-@pytest.mark.parametrize("device", ["band", "pcm", "multilevel"])
-def test_learned_injects_the_variance_of_the_plan_it_stands_for(device):
-    """At hull points the relaxed plan's variance per weight is the device model's
-    variance of that plan: each device's variance weighted by 4^(-j m)."""
-    from swimkit.selection import METHODS, inputs_for
-    from swimkit.selection.learned import _Relaxed
-
-    model, batches = toy_problem()
-    dm = recorded_devices()[device][0]
-    inputs = inputs_for(model, swimkit.sensitivity(model, batches), METHODS.get("learned"),
-                        device_model=dm, data=batches)
-    problem = allocation.Problem.build(inputs, dm.default_menu())
-    levels = problem.best_devices(1000)  # every device at its first or its last hull point
-    relaxed = _Relaxed(problem, levels)
-    with torch.no_grad():
-        for name, position in relaxed.positions.items():
-            position.copy_(torch.where(levels[name].reshape(position.shape) > 0, torch.inf,
-                                       -torch.inf))
-        variance, _ = relaxed.variance_and_time(relaxed.base_variance(problem.option_variance))
-    plan = Plan(levels=levels, menu=dm.default_menu())
-    expected = dm.variance(inputs.values, inputs.scales, plan)
-    for name, value in inputs.values.items():
-        torch.testing.assert_close(variance[name].reshape(value.shape), expected[name],
-                                   rtol=1e-12, atol=0.0)
-
-
-def _autograd_variance_and_time(relaxed, base_var):
-    """The relaxed plan's variance and time written as plain autograd over whole tensors:
-    the oracle for the piecewise :class:`_HullFill`."""
-    from swimkit.selection.learned import _between
-
-    w, points = relaxed.problem.weights, relaxed.point_var.shape[1]
-    variance, total = {}, torch.zeros((), dtype=torch.float64)
-    for layer in relaxed.problem.layers:
-        t = relaxed.position(layer)
-        low = t.detach().floor().clamp_(0, points - 2)
-        index = low.long().add_(layer.kind.long() * points).view(-1)
-        fraction = t - low
-        added = (_between(relaxed.point_var, relaxed.step_var, index, fraction) * w).sum(1)
-        variance[layer.name] = base_var[layer.name] + added
-        total = total + _between(relaxed.point_time, relaxed.step_time, index, fraction).sum()
-    return variance, total
-
-
-@pytest.mark.parametrize("device", ["uniform", "curve", "pcm", "multilevel"])
-def test_learned_relaxation_in_pieces_matches_autograd(device, monkeypatch):
-    """The relaxed variance, time and their gradient, computed in pieces of a few devices
-    with a hand-written backward, equal plain autograd's to float64 rounding, at positions
-    spread over the whole hull."""
-    from swimkit.selection import METHODS, inputs_for, learned
-    from swimkit.selection.registry import Budget
-
-    monkeypatch.setattr(learned, "PIECE_DEVICES", 7)  # many pieces, some partial
-    model, batches = toy_problem()
-    dm = recorded_devices()[device][0]
-    inputs = inputs_for(model, swimkit.sensitivity(model, batches), METHODS.get("learned"),
-                        device_model=dm, data=batches)
-    problem = allocation.Problem.build(inputs, dm.default_menu())
-    seconds = allocation.seconds_above_base(problem, inputs, Budget("speedup", 4.0))
-    relaxed = learned._Relaxed(problem, problem.spend(seconds))
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for position in relaxed.positions.values():
-            position.add_(3 * torch.randn(position.shape, generator=gen, dtype=torch.float64))
-    base = relaxed.base_variance(problem.option_variance)
-    upstream = {k: torch.randn(v.shape, generator=gen, dtype=torch.float64)
-                for k, v in base.items()}
-
-    def objective(variance, total):
-        return sum((v * upstream[k]).sum() for k, v in variance.items()) + 0.7 * total
-
-    pieces, oracle = relaxed.variance_and_time(base), _autograd_variance_and_time(relaxed, base)
-    for name in base:
-        torch.testing.assert_close(pieces[0][name], oracle[0][name], rtol=1e-13, atol=0.0)
-    torch.testing.assert_close(pieces[1], oracle[1], rtol=1e-13, atol=0.0)
-    got = torch.autograd.grad(objective(*pieces), relaxed.parameters())
-    want = torch.autograd.grad(objective(*oracle), relaxed.parameters())
-    assert any(bool(g.abs().gt(0).any()) for g in want)
-    for a, b in zip(got, want, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-15 * float(b.abs().max()))
-
-
-def test_learned_epochs_may_end_in_a_share_of_an_epoch():
-    """A share of an epoch is its first batches (rounded up): what bounds the cost of
-    learning on a large training set."""
-    model, batches = toy_problem()
-    sens = swimkit.sensitivity(model, batches)
-    for epochs, seen in ((0.5, 2), (0.01, 1), (1.34, 5), (1, 3)):
-        plan = swimkit.select(model, sens, method="learned", speedup=4.0, data=batches,
-                              options={"epochs": epochs})
-        assert plan.meta["learn_batches"] == seen and plan.meta["learn_epochs"] == epochs
-        assert plan.programming.speedup >= 4.0 * (1 - 1e-12)
-    with pytest.raises(swimkit.SwimkitError, match="can be counted"):
-        swimkit.select(model, sens, method="learned", speedup=4.0, data=iter(batches),
-                       options={"epochs": 0.5})
-    with pytest.raises(swimkit.SwimkitError, match="epochs must be a number > 0"):
-        swimkit.select(model, sens, method="learned", speedup=4.0, data=batches,
-                       options={"epochs": 0})
-
-
 def test_quantized_models_allocate_on_their_quantized_weights():
     model = swimkit.build_model("qlenet", seed=0).eval()
     batches = [(torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,)))]
@@ -334,10 +170,11 @@ def test_quantized_models_allocate_on_their_quantized_weights():
     sens = swimkit.sensitivity(model, batches)
     plan = swimkit.select(model, sens, method="allocate", speedup=5.0)
     assert plan.programming.speedup >= 5.0 * (1 - 1e-9)
-    res = swimkit.evaluate(model, batches, swimkit.DeviceModel(), plan, samples=2)
+    res = swimkit.evaluate(model, batches, swimkit.GaussianDevice(), plan, samples=2)
     assert res.samples == 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("device", ["uniform", "pcm", "stuck-pcm-1d"])
 def test_a_speedup_of_one_verifies_every_device_by_the_own_loop(reference, device):
     """Every device at the tightest option, the own loop's: full verify's time exactly
@@ -345,23 +182,11 @@ def test_a_speedup_of_one_verifies_every_device_by_the_own_loop(reference, devic
     model, sens = lenet_problem(reference)
     dm, plan_time = recorded_devices()[device]
     for method in ("allocate", "allocate-one"):
-        plan = swimkit.select(model, sens, method=method, speedup=1.0, device_model=dm,
+        plan = swimkit.select(model, sens, method=method, speedup=1.0, chip=dm,
                               plan_time=plan_time)
         assert plan.devices_verified == plan.devices_total, method
         assert all(bool((v == len(plan.menu)).all()) for v in plan.levels.values()), method
         assert plan.programming.speedup == pytest.approx(1.0, rel=1e-12), method
-
-
-def test_first_release_plan_files_load(tmp_path):
-    torch.save({"kind": "swimkit.plan", "masks": {"w": torch.tensor([True, False])},
-                "method": "swim", "requested": {"fraction": 0.5},
-                "programming": {"time_plan": 1e-6, "time_full_verify": 2e-6,
-                                "time_no_verify": 5e-7, "speedup": 2.0,
-                                "fraction_verified": 0.5}}, tmp_path / "old.pt")
-    plan = Plan.load(tmp_path / "old.pt")
-    assert plan.masks["w"].tolist() == [True, False] and plan.menu is None
-    assert plan.programming.time_plan_s == 1e-6
-    assert plan.programming.devices_fraction_verified == 0.5
 
 
 # --- plans as recorded, whole or in pieces ---------------------------------------------------
@@ -378,18 +203,6 @@ def synthetic_sensitivity(model: nn.Module, zeros: float, seed: int) -> Sensitiv
     return Sensitivity(second, {k: torch.zeros_like(v) for k, v in second.items()},
                        {k: w.value.detach().abs().amax() for k, w in weights.items()},
                        engine="synthetic", samples=1)
-
-
-def recorded_devices() -> dict[str, tuple[object, float]]:
-    """Device models (alike, by weight, by device, in time) with the time planned for."""
-    build = swimkit.build_device_model
-    return {"uniform": (swimkit.DeviceModel(), 0.0),
-            "band": (build("band", r=3.0), 0.0),
-            "curve": (swimkit.DeviceModel(variation="pcm"), 0.0),  # a kind per weight
-            "pcm": (build("pcm"), 0.0),
-            "pcm-compensated-1d": (build("pcm", compensation=True), 86400.0),
-            "stuck-pcm-1d": (build("stuck", base="pcm", compensation=True), 86400.0),
-            "multilevel": (build("gaussian", levels="pcm", bits_per_device=2), 0.0)}
 
 
 def recorded_cases() -> dict[str, Callable[[], Plan]]:
@@ -411,13 +224,13 @@ def recorded_cases() -> dict[str, Callable[[], Plan]]:
             for bname, budget in chosen.items():
                 cases[f"{sname} {dname} {bname}"] = functools.partial(
                     swimkit.select, model, sens, **{"method": "allocate", **budget},
-                    device_model=dm, plan_time=plan_time)
+                    chip=dm, plan_time=plan_time)
     toy_sens = sensitivities["toy-real"][1]
     for dname in ("uniform", "band"):
         for speedup in (3.0, 6.0):
             cases[f"toy-real {dname} learned-{speedup:g}x"] = functools.partial(
                 swimkit.select, toy, toy_sens, method="learned", speedup=speedup,
-                device_model=devices[dname][0], data=batches, options={"epochs": 2}, seed=3)
+                chip=devices[dname][0], data=batches, options={"epochs": 2}, seed=3)
     return cases
 
 
@@ -441,9 +254,8 @@ SMALL_PIECES = {"toy": {"STEP_PIECE": 200, "TABLE_ROWS": 5, "COLLECT": 8, "BIN_B
 @pytest.mark.slow
 @pytest.mark.parametrize("pieces", ["default", "small"])
 def test_plans_are_the_recorded_ones_whole_or_in_pieces(monkeypatch, pieces):
-    """The same levels to the bit and the same time (to float rounding: the sum of the
-    devices' times depends on the threads' share of it), whatever the pieces a pass
-    reads."""
+    """The same levels to the bit, whatever the pieces a pass reads, and the same time
+    to float rounding."""
     recorded = json.loads(RECORDED.read_text())
     cases = recorded_cases()
     assert sorted(cases) == sorted(recorded)
@@ -456,7 +268,10 @@ def test_plans_are_the_recorded_ones_whole_or_in_pieces(monkeypatch, pieces):
         got, want = plan_digest(make()), dict(recorded[name])
         time_s, want_s = (float.fromhex(d.pop("time_plan_s")) for d in (got, want))
         assert got == want, name
-        assert time_s == pytest.approx(want_s, rel=1e-12), name
+        # The levels are held bit for bit; the time is a sum of float32 verify times whose
+        # rounding differs between CPUs (the fixture was recorded on another vendor's CPU,
+        # off by 5e-8 here with every level identical), so it is held to 1e-6.
+        assert time_s == pytest.approx(want_s, rel=1e-6), name
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Device models: the protocol, the bit-sliced Gaussian and what a plan does to it."""
+"""The Gaussian model of bit-sliced weights: its spread, what a plan does to it, its
+write-verify options, and that it stays as programmed."""
 
 from __future__ import annotations
 
@@ -7,34 +8,25 @@ import math
 import pytest
 import torch
 from loop_simulation import simulate
+from toys import toy_problem
 
 import swimkit
-from swimkit.devices import DeviceModel, NoiseModel
-from swimkit.seeding import generator_for
+from swimkit.devices import DeviceModel, GaussianDevice, NoiseModel
+from swimkit.mapping import layer_ranges
 from swimkit.plans import Plan
 from swimkit.programming import WriteVerify
-from swimkit.seeding import derive_seed
+from swimkit.seeding import generator_for
 from swimkit.slicing import BitSlicing
 
 
-def test_slicing_shares_and_slice_factor():
-    assert DeviceModel().slice_factor == pytest.approx(sum(4.0**-j for j in range(1, 9)))
-    assert DeviceModel().slice_factor == pytest.approx(0.33333, abs=1e-5)
-    two_bit = DeviceModel(bits_per_weight=8, bits_per_device=2)
-    assert two_bit.devices_per_weight == 4
-    assert two_bit.slice_factor == pytest.approx(sum(16.0**-j for j in range(1, 5)))
-    shares = BitSlicing().variance_weights() / BitSlicing().slice_factor
-    assert float(shares[0]) == pytest.approx(0.75, abs=1e-4)  # the MSB holds 75 %
-    assert float(BitSlicing(4, 2).significances()[1]) == 1 / 16
-
-
-def test_device_model_is_a_noise_model():
-    assert isinstance(DeviceModel(), NoiseModel)
+def test_the_old_name_is_the_gaussian_model_and_follows_the_protocol():
+    assert DeviceModel is GaussianDevice
+    assert isinstance(GaussianDevice(), NoiseModel)
 
 
 def test_sampled_std_matches_bit_sliced_sum():
     """One draw per weight has the variance of K independent device errors summed."""
-    device = DeviceModel(sigma=0.3, sigma_verified=0.03)
+    device = GaussianDevice(sigma=0.3, sigma_verified=0.03)
     value = torch.linspace(-0.5, 0.5, 400_000)
     scale = value.abs().amax()
     gen = torch.Generator().manual_seed(1)
@@ -47,7 +39,7 @@ def test_sampled_std_matches_bit_sliced_sum():
 
 
 def test_verified_weights_get_the_residual_sigma():
-    device = DeviceModel(sigma=0.3, sigma_verified=0.03)
+    device = GaussianDevice(sigma=0.3, sigma_verified=0.03)
     value = torch.ones(200_000)
     mask = torch.zeros(200_000, dtype=torch.bool)
     mask[:100_000] = True
@@ -69,10 +61,10 @@ def legacy_std(device, value, scale, verified):
 
 @pytest.mark.parametrize("variation", [None, "band:3"])
 def test_bool_mask_plans_keep_the_first_release_numbers_bit_for_bit(variation):
-    device = DeviceModel(variation=variation)
+    device = GaussianDevice(variation=variation)
     gen = torch.Generator().manual_seed(5)
     values = {"a": torch.randn(40, 30, generator=gen), "b": torch.randn(7, generator=gen)}
-    scales = swimkit.mapping.weight_scales(values)
+    scales = layer_ranges(values)
     masks = {k: torch.rand(v.shape, generator=gen) < 0.3 for k, v in values.items()}
     stds = device.noise_stds(values, scales, Plan(masks=masks))
     for k, v in values.items():
@@ -80,9 +72,9 @@ def test_bool_mask_plans_keep_the_first_release_numbers_bit_for_bit(variation):
 
 
 def test_draw_follows_device_and_dtype_and_seed():
-    device = DeviceModel()
+    device = GaussianDevice()
     values = {"a": torch.randn(3, 4, dtype=torch.float64), "b": torch.randn(5)}
-    scales = swimkit.mapping.weight_scales(values)
+    scales = layer_ranges(values)
     one = device.sample(values, scales, generator=generator_for(7, 3))
     two = device.sample(values, scales, generator=generator_for(7, 3))
     other = device.sample(values, scales, generator=generator_for(7, 4))
@@ -93,7 +85,7 @@ def test_draw_follows_device_and_dtype_and_seed():
 
 def test_common_random_numbers_across_plans():
     """Two plans with the same seed share the standard-normal draws (scaled differently)."""
-    device = DeviceModel(sigma=0.3, sigma_verified=0.03)
+    device = GaussianDevice(sigma=0.3, sigma_verified=0.03)
     values = {"w": torch.ones(1000)}
     scales = {"w": torch.tensor(1.0)}
     mask = torch.rand(1000) < 0.5
@@ -101,17 +93,6 @@ def test_common_random_numbers_across_plans():
     mixed = device.sample(values, scales, Plan(masks={"w": mask}), generator_for(0, 0))["w"]
     torch.testing.assert_close(mixed[~mask], plain[~mask])
     torch.testing.assert_close(mixed[mask], plain[mask] * 0.1)
-
-
-def test_seeds_are_stable_and_distinct():
-    assert derive_seed("swimkit", 0, 0) == derive_seed("swimkit", 0, 0)
-    assert len({derive_seed("swimkit", s, i) for s in range(5) for i in range(50)}) == 250
-    assert 0 <= derive_seed("swimkit", 123, 456) < 2**63
-    # the chip seeds of the first release: the low 63 bits of sha256("swimkit:SEED:INDEX")
-    import hashlib
-
-    digest = hashlib.sha256(b"swimkit:3:7").digest()
-    assert derive_seed("swimkit", 3, 7) == int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
 @pytest.mark.parametrize(
@@ -122,22 +103,11 @@ def test_seeds_are_stable_and_distinct():
 )
 def test_bad_settings_are_clear_errors(kwargs):
     with pytest.raises(swimkit.SwimkitError):
-        DeviceModel(**kwargs)
-
-
-def test_value_dependent_band_sigma():
-    device = DeviceModel(sigma=0.3, variation="band:3")
-    value = torch.tensor([0.1, 0.5, 0.9, 1.0])
-    sigma = device.weight_sigma(value, torch.tensor(1.0))
-    norm = math.sqrt(0.4 * 9 + 0.6)
-    torch.testing.assert_close(sigma, torch.tensor([0.3, 0.9, 0.3, 0.3]) / norm)
-    assert device.value_dependent and not DeviceModel().value_dependent
-    verified = device.weight_sigma(value, torch.tensor(1.0), torch.tensor([1, 1, 0, 0]).bool())
-    torch.testing.assert_close(verified[:2], torch.tensor([0.03, 0.03]))
+        GaussianDevice(**kwargs)
 
 
 def test_options_default_loop_lands_at_sigma_verified_others_at_the_closed_form():
-    device = DeviceModel()
+    device = GaussianDevice()
     tight = device.loop.tolerance
     assert tight == pytest.approx(0.052, abs=1e-3)
     sigmas = device.option_sigmas(torch.ones(3), torch.tensor(1.0), (0.45, 0.2, tight))
@@ -153,7 +123,7 @@ def test_options_default_loop_lands_at_sigma_verified_others_at_the_closed_form(
 def test_plan_variance_matches_a_direct_simulation_of_the_devices():
     """Per-device tolerances: the plan's Var(dw/s) against bit-sliced devices each run
     through the write-verify loop (the loop's own Monte-Carlo)."""
-    device = DeviceModel(bits_per_weight=4, bits_per_device=1)
+    device = GaussianDevice(bits_per_weight=4, bits_per_device=1)
     menu = (0.45, 0.2, 0.1)
     levels = torch.tensor([[0, 0, 0, 0], [1, 0, 0, 0], [3, 2, 1, 0], [3, 3, 3, 3],
                            [2, 1, 0, 3]], dtype=torch.uint8)
@@ -181,7 +151,7 @@ def test_plan_variance_matches_a_direct_simulation_of_the_devices():
 
 
 def test_a_plan_must_fit_the_device_model():
-    device = DeviceModel()  # K = 8
+    device = GaussianDevice()  # K = 8
     levels = torch.ones(3, 4, dtype=torch.uint8)
     levels[0, 1] = 0
     with pytest.raises(swimkit.SwimkitError, match="devices per weight"):
@@ -190,3 +160,22 @@ def test_a_plan_must_fit_the_device_model():
     with pytest.raises(swimkit.SwimkitError, match="no levels for"):
         device.variance({"v": torch.ones(3)}, {"v": torch.tensor(1.0)},
                         Plan(masks={"w": torch.ones(3, dtype=torch.bool)}))
+
+
+def test_the_gaussian_chip_stays_as_programmed():
+    """Every time reads the same chip, so reading it at other times is refused rather
+    than recorded as if it mattered; time 0 alone is the chip as programmed."""
+    model, batches = toy_problem()
+    device = GaussianDevice(sigma=0.5)
+    assert not device.changes_with_time
+    values = {"w": torch.randn(30, 4)}
+    both = device.sampler(values, layer_ranges(values), None, (0.0, 3600.0))(
+        torch.Generator().manual_seed(2))
+    assert torch.equal(both[0]["w"], both[1]["w"])
+    at_zero = swimkit.evaluate(model, batches, device, samples=4, times=[0])
+    assert [r.meta["time_s"] for r in at_zero] == [0.0]
+    assert torch.equal(at_zero[0].accuracies,
+                       swimkit.evaluate(model, batches, device, samples=4).accuracies)
+    with pytest.raises(swimkit.SwimkitError, match="times \\[0.0, 3600.0\\] would have no "
+                                                   "effect: device model 'gaussian'"):
+        swimkit.evaluate(model, batches, device, samples=4, times=[0, 3600])
