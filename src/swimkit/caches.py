@@ -133,7 +133,8 @@ def evaluation_key(settings: Settings) -> str:
 
 def sensitivity_key(settings: Settings, model_digest: str) -> dict[str, Any]:
     """What decides a sensitivity file: the model, the pass's settings, the weights on
-    devices and the data (a crossbar's ranges rescale it later, so it is not here)."""
+    devices and the data (a crossbar's ranges rescale it later, so it is not here). The
+    settings added after 0.2 enter only where set, so 0.2's files are found again."""
     s = settings
     placement = s.chip.placement
     return {"model": model_digest, "engine": s.sensitivity.engine,
@@ -141,7 +142,10 @@ def sensitivity_key(settings: Settings, model_digest: str) -> dict[str, Any]:
             "options": s.sensitivity.options, "exclude": list(placement.exclude),
             **s.data_key(),
             **({"map_params": list(placement.params)} if placement.params else {}),
-            **({"layers": list(placement.layers)} if placement.layers else {})}
+            **({"layers": list(placement.layers)} if placement.layers else {}),
+            **({"batchnorm": placement.batchnorm} if placement.batchnorm != "digital" else {}),
+            **({"stop": [s.sensitivity.stop_tolerance, s.sensitivity.min_images]}
+               if s.sensitivity.stop_tolerance is not None else {})}
 
 
 def key_of_0_2(settings: Settings) -> str:

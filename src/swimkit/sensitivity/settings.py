@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import SwimkitError, is_integer
-from ..groups import flag, key_value, positive_int, registered, results_of
+from ..errors import SwimkitError, is_integer, is_number, require
+from ..groups import flag, key_value, positive, positive_int, registered, results_of
 from ..options import typed_options
 from .engines import ENGINES, GRADIENT_BATCH
 
@@ -38,6 +38,14 @@ class SensitivitySettings:
         "--engine-option", kind=key_value, repeat=True, metavar="KEY=VALUE",
         help="an option of the sensitivity engine (repeat for several), e.g. "
              "--engine-option probes=50 for hutchinson"))
+    stop_tolerance: float | None = field(default=None, metadata=flag(
+        "--sens-tolerance", kind=positive, metavar="T",
+        help="stop the pass once the estimates of n and 2n images agree: the predicted loss "
+             "of a chip written once changes by less than T (relative) and its top 10%% "
+             "weights overlap in at least 1 - T (e.g. 0.02; default: every image)"))
+    min_images: int = field(default=1024, metadata=flag(
+        "--sens-min-images", kind=positive_int,
+        help="with --sens-tolerance: images before the first check (then doubled)"))
     progress: bool = field(default=False, metadata=flag(
         "--no-progress", kind=None, invert=True, results=False, command_default=True,
         help="no progress bars"))
@@ -54,6 +62,15 @@ class SensitivitySettings:
                                f"None for all (got {self.limit!r})")
         self.options = typed_options(f"sensitivity engine {entry.name!r}", entry.options,
                                      self.options)
+        require(self.stop_tolerance is None or (is_number(self.stop_tolerance, finite=True)
+                                                and 0 < self.stop_tolerance < 1),
+                f"stop_tolerance must be a number between 0 and 1, or None for every image "
+                f"(got {self.stop_tolerance!r})")
+        require(is_integer(self.min_images) and self.min_images >= 1,
+                f"min_images must be an integer >= 1 (got {self.min_images!r})")
+        require(self.stop_tolerance is not None or self.min_images == 1024,
+                "min_images would have no effect: it sets when stop_tolerance first checks; "
+                "give stop_tolerance (--sens-tolerance), or drop min_images")
 
     @property
     def loader_batch(self) -> int:
