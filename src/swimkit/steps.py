@@ -49,7 +49,8 @@ class Context:
         s = self.settings
         if s.data.test_batch_size is None:  # chosen per model and device, then fixed
             check_fits(s.model.name, self.dataset)
-            chosen = evaluation_batch_size(build_model(s.model.name, seed=0),
+            model = build_model(s.model.name, seed=0, input_shape=self.dataset.image_shape)
+            chosen = evaluation_batch_size(model,
                                            self.dataset.image_shape, s.where())
             # a copy: the caller's settings stay as given
             self.settings = replace(s, data=replace(s.data, test_batch_size=chosen))
@@ -73,9 +74,10 @@ class Context:
 
 
 def check_fits(model_name: str, dataset: data_mod.Dataset) -> None:
-    """Raise a clear error when the model's input shape is not the dataset's."""
+    """Raise a clear error when the model neither takes the dataset's images nor adapts to
+    them (a one-channel stem for Fashion-MNIST: :func:`~swimkit.build_model`)."""
     info = model_info(model_name)
-    if tuple(dataset.image_shape) != tuple(info.input_shape):
+    if tuple(dataset.image_shape) != tuple(info.input_shape) and not info.adapts:
         raise SwimkitError(
             f"model {info.name} takes {info.input_shape} inputs but {dataset.name} has "
             f"{tuple(dataset.image_shape)} images; pick a matching --model or --dataset"
@@ -160,6 +162,7 @@ def train_model(settings: Settings, plan_file: str | None = None, *, reprice: bo
     dataset = prepare(settings).dataset  # cut to the train / test limits already
     if model is None:
         model = build_model(settings.model.name, bits=settings.model.bits,
+                            input_shape=dataset.image_shape,
                             seed=settings.train.seed)
     if plan_file and not settings.model.checkpoint:
         raise SwimkitError("--plan fine-tunes a trained model: give its --checkpoint")

@@ -446,9 +446,12 @@ class _Run:
         extra = checkpoint_extra(self.state, self.optimizer, self.scheduler, stored,
                                  self.settings, self.where, self.clipping)
         assert self.folder is not None
+        shape = self.dataset.image_shape
         if improved:
-            save_checkpoint(self.folder / BEST, self.model, model_name=self.name, extra=extra)
-        save_checkpoint(self.folder / LAST, self.model, model_name=self.name, extra=extra)
+            save_checkpoint(self.folder / BEST, self.model, model_name=self.name, extra=extra,
+                            input_shape=shape)
+        save_checkpoint(self.folder / LAST, self.model, model_name=self.name, extra=extra,
+                        input_shape=shape)
 
     def result(self) -> TrainResult:
         return _result(self.state, self.model, self.folder)

@@ -167,7 +167,8 @@ def _train(ctx: Context, folder: Path, sigma_train: float, scale_aware: bool) ->
     s = ctx.settings
     _check_training_folder(folder, {"model": s.model.name, "bits": s.model.bits,
                                     **s.data_key()})
-    model = build_model(s.model.name, bits=s.model.bits, seed=s.train.seed).to(s.where())
+    model = build_model(s.model.name, bits=s.model.bits, seed=s.train.seed,
+                        input_shape=ctx.dataset.image_shape).to(s.where())
     train(model, ctx.dataset, s.train, chip=s.chip.trained(), checkpoint_dir=folder, log=ctx.log,
           sigma_train=sigma_train, scale_aware=scale_aware, model_name=s.model.name)
 
@@ -384,7 +385,8 @@ def sweep(settings: Settings, log: Log = quiet, *,
         before(s)
     ctx = prepare(s, log)
     if opened is None:
-        check_before_work(s, build_model(s.model.name, bits=s.model.bits, seed=s.train.seed),
+        check_before_work(s, build_model(s.model.name, bits=s.model.bits, seed=s.train.seed,
+                                         input_shape=ctx.dataset.image_shape),
                           trained=False)
     lock = folder_lock(s.out_dir) if distributed.is_rank_zero() else contextlib.nullcontext()
     with lock:  # a second run in this folder waits, then reuses what this one wrote
