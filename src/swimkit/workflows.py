@@ -38,6 +38,7 @@ from .caches import (
 )
 from .checkpoints import load_checkpoint
 from .errors import SwimkitError
+from .groups import flag_of
 from .mapping import effective_weights
 from .models import build_model
 from .montecarlo import MCResult, accuracy
@@ -399,15 +400,21 @@ _USED_WITH_A_CHECKPOINT = ("seed", "batch_size", "model_name", "threads", "resum
 
 def _refuse_training(s: Settings) -> None:
     """With --checkpoint nothing is trained: a training setting given would not act."""
-    given = [f.name for f in dataclasses.fields(TrainConfig)
+    given = [_named(f) for f in dataclasses.fields(TrainConfig)
              if f.name not in _USED_WITH_A_CHECKPOINT
              and getattr(s.train, f.name) != getattr(TrainConfig(), f.name)]
     if len(s.trainings()) > 1 or s.trainings()[0] != (0.0, False):
-        given = ["sigma_train / scale_aware", *given]
+        given = ["--sigma-train / --scale-aware", *given]
     if given:
         raise SwimkitError(f"--checkpoint gives a trained model, so the training settings "
                            f"({', '.join(given)}) would not act: drop them, or drop "
                            "--checkpoint to train the models compared")
+
+
+def _named(field: dataclasses.Field) -> str:
+    """A training setting by its flag (by its name where it has none)."""
+    declared = flag_of(field)
+    return declared.name if declared is not None and declared.names else field.name
 
 
 def _sweep(ctx: Context, opened: nn.Module | None) -> SweepResult:
