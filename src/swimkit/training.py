@@ -36,7 +36,16 @@ from .clipping import CLIP_PER, RANGE_LR_FACTOR, WeightClipping
 from .data import Batches, Dataset, Split, preload
 from .errors import SwimkitError, is_integer, is_number, require
 from .groups import epochs as epochs_type
-from .groups import flag, integer, internal, nonnegative, positive, positive_int, with_overrides
+from .groups import (
+    flag,
+    integer,
+    internal,
+    nonnegative,
+    positive,
+    positive_int,
+    results_of,
+    with_overrides,
+)
 from .models import ResNet18, canonical_model_name, model_info, require_logits
 from .montecarlo import accuracy
 from .noise_injection import NoiseInjector
@@ -396,7 +405,9 @@ class _Run:
                     "augment": bool(config.augment and dataset.augment),
                     "noise": noise.describe() if noise is not None else None,
                     "ranges": clipping.describe() if clipping is not None else None,
-                    "threads": threads, "data": data_identity(dataset)}
+                    "threads": threads, "data": data_identity(dataset),
+                    "train": {k: v for k, v in results_of(config).items()
+                              if k not in _MAY_CHANGE_ON_RESUME}}
         optimizer, scheduler = make_optimizer(
             model, config, config.model_name,
             clipping.parameters() if clipping is not None else None)
@@ -502,6 +513,11 @@ def _clipping(model: nn.Module, config: TrainConfig, noise: NoiseInjector | None
     weights = noise.weights if noise is not None else (
         plan.weights_in(model) if plan is not None else chip.weights(model))
     return WeightClipping(weights, config.clip_sigma, config.clip_per, config.learn_ranges)
+
+
+#: Training settings a resumed run may change: the epochs grow, the threads are recorded
+#: as resolved, the name apart.
+_MAY_CHANGE_ON_RESUME = ("epochs", "threads", "model_name")
 
 
 def data_identity(dataset: Dataset) -> dict[str, Any]:
