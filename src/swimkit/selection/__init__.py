@@ -16,9 +16,17 @@ cuts), :mod:`.methods` (the score methods), :mod:`.allocation` and :mod:`.learne
 planners), :mod:`.budget` and :mod:`.prefix` (budgets and cuts at scale).
 """
 
-from . import allocation as _allocation  # noqa: F401 - then allocate, allocate-one
-from . import learned as _learned  # noqa: F401 - then learned
-from . import methods as _methods  # noqa: F401 - registers the score methods first
+# The built-in methods register in this order (the help's and the README's): the score
+# methods first, then allocate and allocate-one, then learned.
+from . import methods as _methods  # noqa: F401
+
+# isort: split
+from . import allocation as _allocation  # noqa: F401
+
+# isort: split
+from . import learned as _learned  # noqa: F401
+
+# isort: split
 from .budget import top_k
 from .registry import (
     METHODS,

@@ -20,8 +20,14 @@ one-line help, each beside its definition:
 (:mod:`.settings`); :class:`Sensitivity` (:mod:`.result`) holds and stores the result.
 """
 
-from . import exact as _exact  # noqa: F401 - then ggn, hutchinson, fisher
-from . import swim as _swim  # noqa: F401,I001 - registers the swim engine first
+# The built-in engines register in this order (the help's and the README's): swim first,
+# then ggn, hutchinson and fisher.
+from . import swim as _swim  # noqa: F401
+
+# isort: split
+from . import exact as _exact  # noqa: F401
+
+# isort: split
 from .engines import ENGINES, GRADIENT_BATCH, Engine, register_engine
 from .estimate import sensitivity
 from .result import Sensitivity
