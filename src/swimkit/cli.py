@@ -33,7 +33,7 @@ from .distributed import is_rank_zero
 from .errors import SwimkitError
 from .groups import nonnegative
 from .selection import DEFAULT_FRACTION
-from .settings import Settings
+from .settings import SWEEP_FRACTIONS, Settings
 
 
 class _Parser(argparse.ArgumentParser):
@@ -239,9 +239,17 @@ def cmd_report(call: Invocation) -> int:
 # --- what each command takes -----------------------------------------------------------
 
 
+def _budgets_given(args: argparse.Namespace, values: dict[Target, Any]) -> None:
+    """The command's default fractions give way to speedups or time budgets given."""
+    if getattr(args, "fractions", None) is None and (values.get(("grid", "speedups"))
+                                                     or values.get(("grid", "time_budgets"))):
+        values["grid", "fractions"] = None  # and the configuration records none
+
+
 def _one_point(args: argparse.Namespace, values: dict[Target, Any]) -> None:
     """A run or a selection is one point: one method (default swim) at one budget
     (default a fraction of :data:`~swimkit.selection.DEFAULT_FRACTION`)."""
+    _budgets_given(args, values)
     budgets = [values.get(("grid", k)) for k in ("fractions", "speedups", "time_budgets")]
     if not any(budgets):
         values["grid", "fractions"] = [DEFAULT_FRACTION]
@@ -256,6 +264,7 @@ def _one_point(args: argparse.Namespace, values: dict[Target, Any]) -> None:
 
 def _searches(args: argparse.Namespace, values: dict[Target, Any]) -> None:
     """A sweep given --within also searches, per method, the largest speedup within it."""
+    _budgets_given(args, values)
     values["grid", "search"] = ("grid", "within") in values
 
 
@@ -267,6 +276,10 @@ _FLOW = {"model": None, "data": None, "train": _TRAINING, "device_model": None,
          "crossbar": None, "placement": None, "sensitivity": None, "selection": None,
          "evaluation": None, "settings": None}
 _CHIP = {"device_model": None, "crossbar": None, "placement": None}
+#: The method and budget of one point (run, select) and the budgets of a sweep, when none
+#: is given (fractions give way to speedups or time budgets given).
+_ONE_POINT = {("grid", "methods"): ("swim",), ("grid", "fractions"): (DEFAULT_FRACTION,)}
+_SWEPT = {("grid", "fractions"): SWEEP_FRACTIONS}
 
 
 @dataclass(frozen=True)
@@ -337,9 +350,9 @@ def _report_args(p: argparse.ArgumentParser) -> None:
 
 COMMANDS: dict[str, Command] = {c.name: c for c in (
     Command("run", "train, sensitivity, select and Monte-Carlo in one go", cmd_run,
-            {**_FLOW, "grid": None}, derive=_one_point, own=_run_args),
+            {**_FLOW, "grid": None}, _ONE_POINT, derive=_one_point, own=_run_args),
     Command("sweep", "the whole flow over models, methods and budgets", cmd_sweep,
-            {**_FLOW, "grid": None}, derive=_searches, own=_sweep_args),
+            {**_FLOW, "grid": None}, _SWEPT, derive=_searches, own=_sweep_args),
     Command("train", "train a model (checkpoints best.pt and last.pt); with --plan, "
                      "fine-tune under that plan's noise", cmd_train,
             {"model": None, "data": None, "train": None, **_CHIP,
@@ -349,7 +362,7 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
              "settings": ("torch_device",)}, own=_sensitivity_args),
     Command("select", "choose what to write-verify, device by device", cmd_select,
             {"model": None, "data": None, **_CHIP, "selection": None, "grid": _POINT,
-             "settings": ("torch_device",)}, derive=_one_point, own=_select_args),
+             "settings": ("torch_device",)}, _ONE_POINT, derive=_one_point, own=_select_args),
     Command("evaluate", "Monte-Carlo accuracy under device variation", cmd_evaluate,
             {"model": None, "data": None, **_CHIP, "evaluation": None, "grid": ("within",),
              "settings": ("torch_device",)}, own=_evaluate_args),
