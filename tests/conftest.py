@@ -60,3 +60,33 @@ def fmnist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setattr(data.locate, "DEFAULT_CACHE_DIR", tmp_path / "cache")
     monkeypatch.setattr(data.locate, "SYSTEM_DATA_DIRS", (tmp_path / "system",))
     return folder
+
+
+@pytest.fixture()
+def cli(capsys: pytest.CaptureFixture):
+    """The command line run in this process: ``cli(*args)`` -> (exit status, stdout,
+    stderr); argparse's own exits (--help, a bad value) give their status too."""
+    from swimkit.cli import main
+
+    def run(*args) -> tuple[int, str, str]:
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as ended:
+            code = ended.code
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return run
+
+
+@pytest.fixture()
+def flow_args(fmnist: Path):
+    """The flags of a quick flow on the small Fashion-MNIST:
+    ``flow_args(out, epochs=2, samples=4)``."""
+
+    def args(out: Path, epochs: int = 2, samples: int = 4) -> list[str]:
+        return ["--dataset", "fashion-mnist", "--data-dir", str(fmnist), "--epochs",
+                str(epochs), "--samples", str(samples), "--out", str(out), "--no-progress",
+                "--sigma", "0.5"]
+
+    return args
