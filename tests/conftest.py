@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import math
+import types
 from pathlib import Path
 
 import pytest
@@ -90,3 +93,67 @@ def flow_args(fmnist: Path):
                 "--sigma", "0.5"]
 
     return args
+
+
+# --- damaged files: every field of a file swimkit reads, damaged five ways ---------------
+
+DAMAGES = {"wrong type": lambda v: "x" if not isinstance(v, str) else 12345,
+           "missing": None, "NaN": lambda v: math.nan, "empty": lambda v: [] if not isinstance(
+               v, list) else {}, "out of range": lambda v: -1e9}
+
+
+def field_paths(obj, prefix=()):
+    """Every field path of a JSON-like object (lists: their first item)."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield (*prefix, k)
+            yield from field_paths(v, (*prefix, k))
+    elif isinstance(obj, list) and obj and isinstance(obj[0], (dict, list)):
+        yield from field_paths(obj[0], (*prefix, 0))
+
+
+def damaged(obj, path, damage):
+    """A copy of ``obj`` with the field at ``path`` damaged (a key of :data:`DAMAGES`)."""
+    out = copy.deepcopy(obj)
+    node = out
+    for key in path[:-1]:
+        node = node[key]
+    if damage == "missing":
+        if isinstance(node, dict):
+            del node[path[-1]]
+        else:
+            node.pop(path[-1])
+    else:
+        node[path[-1]] = DAMAGES[damage](node[path[-1]])
+    return out
+
+
+@pytest.fixture()
+def damages():
+    """The ways a field is damaged, every field path of a file, and a damaged copy."""
+    return types.SimpleNamespace(kinds=DAMAGES, paths=field_paths, damaged=damaged)
+
+
+def fuzz_sweep(folder: Path, out: Path) -> list[str]:
+    """The toy sweep whose files the damage tests start from."""
+    return ["sweep", "--model", "lenet", "--dataset", "fashion-mnist", "--data-dir",
+            str(folder / "data"), "--epochs", "1", "--samples", "3", "--out", str(out),
+            "--no-progress", "--methods", "magnitude", "--fractions", "0.1", "--sigma", "0.5"]
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    """A real sweep's files (sweep.json, points.json, the training folder) to damage:
+    (folder, output folder, the sweep's arguments)."""
+    from swimkit.cli import main
+
+    folder = tmp_path_factory.mktemp("swept")
+    make_learnable_mnist(folder / "data", n_train=600, n_test=100)
+    out = folder / "o"
+    saved = data.locate.SYSTEM_DATA_DIRS
+    data.locate.SYSTEM_DATA_DIRS = (folder / "system",)
+    try:
+        assert main(fuzz_sweep(folder, out)) == 0
+    finally:
+        data.locate.SYSTEM_DATA_DIRS = saved
+    return folder, out, fuzz_sweep(folder, out)
