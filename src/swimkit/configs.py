@@ -107,8 +107,8 @@ def apply_config(ns: argparse.Namespace, parser: argparse.ArgumentParser,
                             for a in actions.values()})
             raise SwimkitError(f"{source}: this command has no setting {key!r}; its keys "
                                f"are its flags' names: {', '.join(known)}")
-        if getattr(ns, action.dest, None) not in (None, False):
-            continue  # the command line wins
+        if getattr(ns, action.dest, None) not in (None, False, []):
+            continue  # the command line wins (an empty list: a positional not given)
         setattr(ns, action.dest, _read(action, value, f"{source}: {key}"))
 
 
@@ -139,7 +139,7 @@ def _read(action: argparse.Action, value: Any, where: str) -> Any:
                 [p.split("=", 1) for p in value] if isinstance(value, list) else None)
             if pairs is None:
                 raise argparse.ArgumentTypeError("expected a table of KEY = VALUE")
-            return [action.type(f"{k}={_text(v)}") for k, v in pairs]
+            return [_pair(action, k, v) for k, v in pairs]
         if action.nargs in ("+", "*"):
             items = value if isinstance(value, list) else [value]
             return [_one(action, _text(v)) for v in items]
@@ -147,6 +147,15 @@ def _read(action: argparse.Action, value: Any, where: str) -> Any:
         return _one(action, text)
     except argparse.ArgumentTypeError as err:
         raise SwimkitError(f"{where}: {err}") from None
+
+
+def _pair(action: argparse.Action, key: Any, value: Any) -> tuple[str, Any]:
+    """An option of a file's table, checked as the command line checks ``KEY=VALUE``; a
+    number or a switch keeps its type (``probes = 7`` is 7, as ``--probes 7`` is)."""
+    name, text = action.type(f"{key}={_text(value)}")
+    kept = isinstance(value, (bool, int, float)) and not (isinstance(value, float)
+                                                          and not math.isfinite(value))
+    return name, value if kept else text
 
 
 def _one(action: argparse.Action, text: str) -> Any:

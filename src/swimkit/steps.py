@@ -20,7 +20,7 @@ from .checkpoints import load_checkpoint
 from .chips import evaluation_batch_size
 from .errors import SwimkitError, require
 from .models import build_model, model_info
-from .montecarlo import MCResult, accuracy, evaluate
+from .montecarlo import DEFAULT_MIN_SAMPLES, MCResult, accuracy, evaluate
 from .plans import Plan, Verify
 from .results import Evaluation
 from .selection import METHODS, SelectionSettings, select
@@ -134,8 +134,9 @@ def monte_carlo(model: nn.Module, batches: list, plan: Plan | Verify, settings: 
     """Chips of ``plan`` with the evaluation settings: one result per time read (one
     without times); ``adaptive`` stops at the CI target where one is set."""
     ev = settings.evaluation
+    fixed = {"ci_target": None, "min_samples": DEFAULT_MIN_SAMPLES}  # every chip
     found = evaluate(model, batches, settings.chip, plan, ev, against=against,
-                     **({} if adaptive else {"ci_target": None}))
+                     **({} if adaptive else fixed))
     return found if ev.times is not None else [found]
 
 

@@ -403,7 +403,8 @@ def _refuse_training(s: Settings) -> None:
     given = [_named(f) for f in dataclasses.fields(TrainConfig)
              if f.name not in _USED_WITH_A_CHECKPOINT
              and getattr(s.train, f.name) != getattr(TrainConfig(), f.name)]
-    if len(s.trainings()) > 1 or s.trainings()[0] != (0.0, False):
+    if (len(s.trainings()) > 1 or s.trainings()[0] != (0.0, False)
+            or s.grid.scale_aware != "off"):  # --scale-aware with no sigma trains nothing
         given = ["--sigma-train / --scale-aware", *given]
     if given:
         raise SwimkitError(f"--checkpoint gives a trained model, so the training settings "
