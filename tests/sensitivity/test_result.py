@@ -49,3 +49,15 @@ def test_missing_fields_and_mismatched_shapes_are_named(tmp_path):
     with pytest.raises(SwimkitError, match="has shape"):
         Sensitivity(second={"w": torch.ones(2)}, first={"w": torch.ones(3)},
                     scale={"w": torch.tensor(1.0)}, engine="test", samples=1)
+
+
+def test_sensitivities_follow_the_ranges_they_are_used_with():
+    """Rescaled to other ranges (a crossbar's columns), h scales with the square of the
+    ratio and g with the ratio; the same ranges give the same object."""
+    h, g = torch.rand(3, 4), torch.randn(3, 4)
+    sens = Sensitivity({"w": h}, {"w": g}, {"w": torch.tensor(2.0)}, "swim", 10)
+    assert sens.rescaled({"w": torch.tensor(2.0)}) is sens
+    columns = torch.tensor([[1.0], [2.0], [4.0]])
+    other = sens.rescaled({"w": columns})
+    torch.testing.assert_close(other.second["w"], h * (columns / 2) ** 2)
+    torch.testing.assert_close(other.first["w"], g * (columns / 2))
