@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 from tied import tied_batches, tied_model
-from toy_training import CountingStuckAt, fit, fresh, same_state, toy
 from torch.nn.utils import parametrize
+from toy_training import CountingStuckAt, fit, fresh, same_state, toy
 
 import swimkit
 from swimkit import training
