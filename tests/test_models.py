@@ -210,6 +210,7 @@ def test_registry_names_and_infos() -> None:
         quantized=True,
         default_bits=4,
         optimizer="adam",
+        adapts=True,
     )
     assert model_info("convnet").dataset == "cifar10"
     assert model_info("convnet").optimizer == "adam"

@@ -178,7 +178,7 @@ def lenet_checkpoint(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("limit", [1, 300_000])
+@pytest.mark.parametrize("limit", [1, 60_000])
 def test_select_on_a_nearly_full_disk_is_one_line(limit, lenet_checkpoint, tmp_path):
     """swimkit select whose plan does not fit: one line naming the plan file, exit 2,
     and no plan file or temporary left (no raw "unexpected pos" from torch)."""

@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for command in COMMANDS.values():
         p = sub.add_parser(command.name, help=command.help)
-        add_flags(p, declared_flags(command.groups), command.defaults)
+        add_flags(p, declared_flags(command.groups), command.help_defaults)
         if command.own is not None:
             command.own(p)
         p.add_argument("--config", default=None, metavar="FILE",

@@ -40,7 +40,7 @@ _STEP_GROUPS = ("model", "data", "train", "sensitivity", "selection", "evaluatio
 
 
 def _placement(fields: dict[str, Any]) -> Any:
-    return GROUPS["placement"](**{k: tuple(v) for k, v in fields.items()})
+    return GROUPS["placement"](**fields)
 
 
 __all__ = ["settings_from", "settings_of"]

@@ -19,7 +19,7 @@ from .distributed import is_rank_zero
 from .errors import SwimkitError
 from .groups import nonnegative
 from .selection import DEFAULT_FRACTION
-from .settings import Settings
+from .settings import SWEEP_FRACTIONS, Settings
 
 
 def _log(line: str) -> None:
@@ -240,13 +240,16 @@ _FLOW = {"model": None, "data": None, "train": _TRAINING, "device_model": None,
 _CHIP = {"device_model": None, "crossbar": None, "placement": None}
 #: A run or a selection plans with swim unless told otherwise.
 _ONE_METHOD: dict[Target, Any] = {("grid", "methods"): ["swim"]}
+#: ... at this fraction where no speedups or time budgets are given.
+_ONE_FRACTION: dict[Target, Any] = {("grid", "fractions"): [DEFAULT_FRACTION]}
 
 
 @dataclass(frozen=True)
 class Command:
     """A command: what it does (``run``), the settings groups (and fields) it takes, its
     defaults where they differ from the fields', a hook completing its values
-    (``derive``) and the arguments of its own (files it reads and writes)."""
+    (``derive``), the defaults its help names where that hook sets them (``shown``) and
+    the arguments of its own (files it reads and writes)."""
 
     name: str
     help: str
@@ -255,6 +258,12 @@ class Command:
     defaults: dict[Target, Any] = field(default_factory=dict)
     derive: Callable[[argparse.Namespace, dict[Target, Any]], None] | None = None
     own: Callable[[argparse.ArgumentParser], None] | None = None
+    shown: dict[Target, Any] = field(default_factory=dict)
+
+    @property
+    def help_defaults(self) -> dict[Target, Any]:
+        """The defaults the help names: the command's, and those its hook sets."""
+        return {**self.shown, **self.defaults}
 
 
 def _sweep_args(p: argparse.ArgumentParser) -> None:
@@ -310,9 +319,11 @@ def _report_args(p: argparse.ArgumentParser) -> None:
 
 COMMANDS: dict[str, Command] = {c.name: c for c in (
     Command("run", "train, sensitivity, select and Monte-Carlo in one go", cmd_run,
-            {**_FLOW, "grid": None}, _ONE_METHOD, derive=_one_point, own=_run_args),
+            {**_FLOW, "grid": None}, _ONE_METHOD, derive=_one_point, own=_run_args,
+            shown=_ONE_FRACTION),
     Command("sweep", "the whole flow over models, methods and budgets", cmd_sweep,
-            {**_FLOW, "grid": None}, derive=_searches, own=_sweep_args),
+            {**_FLOW, "grid": None}, derive=_searches, own=_sweep_args,
+            shown={("grid", "fractions"): list(SWEEP_FRACTIONS)}),
     Command("train", "train a model (checkpoints best.pt and last.pt); with --plan, "
                      "fine-tune under that plan's noise", cmd_train,
             {"model": None, "data": None, "train": None, **_CHIP,
@@ -322,7 +333,8 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
              "settings": ("torch_device",)}, own=_sensitivity_args),
     Command("select", "choose what to write-verify, device by device", cmd_select,
             {"model": None, "data": None, **_CHIP, "selection": None, "grid": _POINT,
-             "settings": ("torch_device",)}, _ONE_METHOD, derive=_one_point, own=_select_args),
+             "settings": ("torch_device",)}, _ONE_METHOD, derive=_one_point, own=_select_args,
+            shown=_ONE_FRACTION),
     Command("evaluate", "Monte-Carlo accuracy under device variation", cmd_evaluate,
             {"model": None, "data": None, **_CHIP, "evaluation": None, "grid": ("within",),
              "settings": ("torch_device",)}, own=_evaluate_args),

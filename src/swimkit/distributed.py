@@ -139,6 +139,8 @@ def _store() -> Any:
 def all_gather_object(value: Any) -> list[Any]:
     """Every rank's ``value`` (rank order); a rank silent for longer than
     :func:`timeout_seconds` ends the job with one line."""
+    if not active():
+        return [value]
     parts: list[Any] = [None] * world_size()
     try:
         dist.all_gather_object(parts, value)

@@ -141,9 +141,7 @@ class SweepGrid:
     fractions: list[float] | None = field(default=None, metadata=flag(
         "--fractions", "--fraction", "--mask_p", kind=fraction, several=True,
         help="comma-separated fractions of weights (of devices for device-level methods) to "
-             "verify; unless speedups or time budgets are given, a sweep's default is "
-             + ",".join(f"{f:g}" for f in SWEEP_FRACTIONS) + ", a run's or a selection's "
-             + f"{DEFAULT_FRACTION:g}"))
+             "verify, where no speedups or time budgets are given"))
     speedups: list[float] = field(default_factory=list, metadata=flag(
         "--speedups", "--speedup", kind=speedup, several=True,
         help="comma-separated programming speedups over full verify"))

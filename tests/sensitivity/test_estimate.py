@@ -27,7 +27,7 @@ def test_settings_and_keyword_overrides_act_on_a_copy():
 
 
 @pytest.mark.parametrize(("keyword", "needle"), [
-    ("probes", "its settings (SensitivitySettings) are batch_size, engine, limit, options"),
+    ("probes", "its settings (SensitivitySettings) are batch_size, engine, limit,"),
     ("params", "placement=Placement(params"),
     ("exclude", "placement=Placement(exclude"),
     ("device_model", "chip="),

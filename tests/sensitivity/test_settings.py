@@ -23,7 +23,7 @@ def test_the_images_are_drawn_in_g_s_batch_whatever_the_pass_runs_at():
     ("batch_size", 2.5, "batch_size must be an integer >= 1"),
     ("limit", 0, "limit must be an integer >= 1 images"),
     ("engine", "newton", "newton"),
-    ("options", {"probes": 0.5, "nope": 1}, "has no option 'nope'"),
+    ("options", {"nope": 1}, "has no option 'nope'"),
 ])
 def test_bad_settings_are_one_line(field: str, value, needle: str):
     """A value out of range, an unknown engine or option: one line naming it."""
