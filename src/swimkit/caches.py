@@ -148,6 +148,10 @@ def sensitivity_key(settings: Settings, model_digest: str) -> dict[str, Any]:
                if s.sensitivity.stop_tolerance is not None else {})}
 
 
+#: learned's options in 0.2 (its key holds these; an option added later stays out of it).
+_LEARN_OPTIONS_OF_0_2 = ("epochs", "lr", "price_step")
+
+
 def key_of_0_2(settings: Settings) -> str:
     """The points key swimkit 0.2 wrote (``points_by_key``), from today's settings: a
     folder written by it is found and reused, never computed again. Read only; new
@@ -161,7 +165,8 @@ def key_of_0_2(settings: Settings) -> str:
         "samples": ev.samples, "seed": ev.seed, "exclude": list(placement.exclude),
         **({"map_params": list(placement.params)} if placement.params else {}),
         "tolerances": s.selection.tolerances,
-        "learn": asdict(LearnOptions.from_options(learned)),
+        "learn": {k: v for k, v in asdict(LearnOptions.from_options(learned)).items()
+                  if k in _LEARN_OPTIONS_OF_0_2},
         "learn_batch_size": s.train.batch_size,
         "sensitivity": [s.sensitivity.engine, s.sensitivity.loader_batch, s.sensitivity.limit,
                         s.sensitivity.options],

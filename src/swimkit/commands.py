@@ -7,6 +7,7 @@ step it runs, its result printed or written. :mod:`swimkit.cli` builds the parse
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,9 +18,10 @@ from .command_settings import settings_from
 from .configs import resolved
 from .distributed import is_rank_zero
 from .errors import SwimkitError
-from .groups import nonnegative
+from .groups import flag_of, nonnegative
 from .selection import DEFAULT_FRACTION
 from .settings import SWEEP_FRACTIONS, Settings
+from .training import TrainConfig
 
 
 def _log(line: str) -> None:
@@ -231,9 +233,11 @@ def _searches(args: argparse.Namespace, values: dict[Target, Any]) -> None:
 
 
 _POINT = ("methods", "fractions", "speedups", "time_budgets", "method_options")
-_TRAINING = ("epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay",
-             "noise_time", "clip_sigma", "clip_per", "learn_ranges", "seed", "augment",
-             "progress")
+#: A run or a sweep takes every training flag but the models it trains (the grid's
+#: --sigma-train and --scale-aware) and --no-resume (its folders always go on).
+_TRAINING = tuple(f.name for f in dataclasses.fields(TrainConfig)
+                  if flag_of(f) is not None and flag_of(f).names
+                  and f.name not in ("sigma_train", "scale_aware", "resume"))
 _FLOW = {"model": None, "data": None, "train": _TRAINING, "device_model": None,
          "crossbar": None, "placement": None, "sensitivity": None, "selection": None,
          "evaluation": None, "settings": None}

@@ -191,7 +191,7 @@ class SweepGrid:
             takers = [m for m in self.methods if key in METHODS.get(m).options]
             require(bool(takers), f"method option {key!r} would have no effect: none of the "
                     f"methods ({', '.join(self.methods)}) takes it; add a method that does "
-                    "(learned takes epochs, lr, price_step), or drop it")
+                    f"({_option_takers()}), or drop it")
         for method in self.methods:  # each method's options checked now, not after a pass
             self.options_of(method)
         require(self.within is None or (is_number(self.within, finite=True)
@@ -351,6 +351,13 @@ class Settings:
         out["device_model"] = self.chip.describe()
         out["chip"] = self.chip.describe_all()
         return out
+
+
+def _option_takers() -> str:
+    """Which registered methods take which options (for a refusal's way out)."""
+    takers = [f"{name} takes {', '.join(METHODS.get(name).options)}" for name in METHODS.names()
+              if METHODS.get(name).options]
+    return "; ".join(takers) or "no method takes options"
 
 
 def resolve_device(name: str) -> torch.device:
