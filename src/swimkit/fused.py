@@ -1,0 +1,370 @@
+"""Fused inference: a layer, its output quantizer, a ReLU and a tiling max-pool in fewer
+passes over memory, with the same numbers.
+
+On a CPU a chip of a small network spends as much time in the elementwise passes between
+its products (the quantizer's clamp, divide, round and multiply, the ReLU, the pool's
+maxima, each reading and writing a whole activation) as in the products. These ops
+commute, exactly:
+
+- a ReLU after a quantizer with a fixed range, Q(y) = round(clamp(y, -m, m) / d) d, is
+  the quantizer with its clamp raised to 0: max(Q(y), 0) = round(clamp(y, 0, m) / d) d,
+  since Q(y) <= 0 exactly where y <= 0 or y rounds to 0;
+- a max-pool after a non-decreasing elementwise f (Q, the ReLU, or both) is f after the
+  max-pool: a window's largest f(y_i) is f of its largest y_i. Each op is one IEEE
+  operation (min, max, a division, a rounding, a product by d > 0), so f is
+  non-decreasing in floating point too.
+
+So :func:`layer_output` pools the layer's output first and runs the quantizer and the
+ReLU on the pooled values (a quarter of them for 2x2 windows), in place. Where the
+windows do not tile the input, or the quantizer's range is its batch's (then it depends
+on all the values, not on each one), the ops run as written, in their order.
+
+:func:`inference_graph` rewrites a model's traced graph with these fused calls, for a
+chip's forward (:class:`swimkit.chips.ChipRunner`); the layers are called without their
+hooks (their quantizer's hook is what the fused call applies), so only layers whose sole
+hook is swimkit's output quantizer are fused. :func:`disabled` turns every fused path off
+(the chips' and the swim pass's), for comparisons.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .quantization import (
+    QUANTIZABLE,
+    OutputQuantizer,
+    _quantize_output_hook,
+    fake_quantize_fixed,
+)
+
+_ENABLED = [True]
+
+
+def enabled() -> bool:
+    """Whether the fused paths are on (they are unless :func:`disabled` is open)."""
+    return _ENABLED[0]
+
+
+@contextlib.contextmanager
+def disabled() -> Iterator[None]:
+    """Every fused path off while open: chips and the swim pass run their ops as
+    written (for comparisons and benchmarks; the numbers are the same)."""
+    before = _ENABLED[0]
+    _ENABLED[0] = False
+    try:
+        yield
+    finally:
+        _ENABLED[0] = before
+
+
+# --- max-pooling whose windows tile the input ----------------------------------------------------
+
+
+def _pair(value: Any) -> tuple[int, int] | None:
+    if isinstance(value, int):
+        return (value, value)
+    if isinstance(value, (tuple, list)) and len(value) == 2 and all(
+            isinstance(v, int) for v in value):
+        return (int(value[0]), int(value[1]))
+    return None
+
+
+def tiling(x: Tensor, kernel_size: Any, stride: Any = None, padding: Any = 0,
+           dilation: Any = 1, ceil_mode: bool = False, return_indices: bool = False
+           ) -> tuple[int, int] | None:
+    """The window (rows, columns) of a 2-d max-pool of ``x`` whose windows tile it
+    (kernel equal to the stride, no padding, no dilation, no indices; with
+    ``ceil_mode``, sizes the kernel divides), else None."""
+    kernel = _pair(kernel_size)
+    step = kernel if stride is None or stride == [] or stride == () else _pair(stride)
+    if (kernel is None or step != kernel or _pair(padding) != (0, 0)
+            or _pair(dilation) != (1, 1) or return_indices or x.dim() not in (3, 4)):
+        return None
+    height, width = x.shape[-2], x.shape[-1]
+    if ceil_mode and (height % kernel[0] or width % kernel[1]):
+        return None
+    if height < kernel[0] or width < kernel[1]:
+        return None
+    return kernel
+
+
+def pool_by_maxima(x: Tensor, kernel_size: Any, stride: Any = None, padding: Any = 0,
+                   dilation: Any = 1, ceil_mode: bool = False, return_indices: bool = False
+                   ) -> Tensor | None:
+    """``F.max_pool2d`` as the maximum of strided views, where that is the same thing.
+
+    Applies where the windows tile the input (:func:`tiling`); returns None where they
+    do not. Maximum is exact, so the result equals ATen's bit for bit (NaNs propagate in
+    both).
+    """
+    kernel = tiling(x, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
+    if kernel is None:
+        return None
+    rows, cols = x.shape[-2] // kernel[0], x.shape[-1] // kernel[1]
+    window = x[..., :rows * kernel[0], :cols * kernel[1]]
+    # rows first (whole rows are read in order), then columns of the result
+    by_rows = _maximum_of(window[..., i::kernel[0], :] for i in range(kernel[0]))
+    out = _maximum_of(by_rows[..., j::kernel[1]] for j in range(kernel[1]))
+    return out.clone() if out._base is not None or out is x else out
+
+
+def _maximum_of(views: Iterable[Tensor]) -> Tensor:
+    out: Tensor | None = None
+    for view in views:
+        out = view if out is None else torch.maximum(out, view)
+    assert out is not None
+    return out
+
+
+def relu_max_pool2d(x: Tensor, kernel_size: Any, stride: Any = None, padding: Any = 0,
+                    dilation: Any = 1, ceil_mode: bool = False) -> Tensor:
+    """``F.max_pool2d(F.relu(x), ...)``: the pool first, then the ReLU on its output (the
+    same numbers; see the module's doc). Under autograd it runs as written, so its
+    gradient is the max-pool's (ties go to the first maximum)."""
+    pooled = None
+    if not (torch.is_grad_enabled() and x.requires_grad):
+        pooled = pool_by_maxima(x, kernel_size, stride, padding, dilation, ceil_mode)
+    if pooled is None:
+        return F.max_pool2d(F.relu(x), kernel_size, stride, padding, dilation, ceil_mode)
+    return pooled.relu_()
+
+
+# --- a layer with its quantizer, ReLU and pool --------------------------------------------------
+
+
+def one_channel_conv(layer: nn.Module) -> bool:
+    """Whether ``layer`` is a 2-d convolution of one input channel (zero padding)."""
+    return (isinstance(layer, nn.Conv2d) and type(layer).forward is nn.Conv2d.forward
+            and layer.groups == 1 and layer.in_channels == 1 and layer.padding_mode == "zeros")
+
+
+def conv_of_pairs(layer: nn.Conv2d, x: Tensor) -> Tensor:
+    """``layer(x)`` of a one-channel convolution as a grouped convolution of pairs of
+    images, channels last: images 2i and 2i + 1 are the two channels (groups) of row i
+    of the result, ``(batch / 2, 2 * out_channels, H, W)``. oneDNN's kernel for this
+    layout is about twice as fast as the one it takes for a single channel, and each
+    output is the same sum (a runner checks that it is, bit for bit)."""
+    last = torch.channels_last
+    pairs = x.reshape(x.shape[0] // 2, 2, *x.shape[2:]).contiguous(memory_format=last)
+    weight = layer.weight.repeat(2, 1, 1, 1).contiguous(memory_format=last)
+    bias = None if layer.bias is None else layer.bias.repeat(2)
+    return F.conv2d(pairs, weight, bias, layer.stride, layer.padding, layer.dilation, 2)
+
+
+def images_of_pairs(y: Tensor) -> Tensor:
+    """:func:`conv_of_pairs`' layout back to one image a row (a copy)."""
+    half, channels = y.shape[0], y.shape[1] // 2
+    return y.reshape(half, 2, channels, *y.shape[2:]).reshape(half * 2, channels,
+                                                              *y.shape[2:])
+
+
+
+def layer_output(layer: nn.Module, x: Tensor, relu: bool = False,
+                 pool: dict[str, Any] | None = None, pairs: bool = False) -> Tensor:
+    """``layer(x)`` (its output quantizer included), then a ReLU and a max-pool
+    (``pool``: ``F.max_pool2d``'s arguments) when asked, fused (see the module's doc);
+    ``pairs``: a one-channel convolution runs on pairs of images (:func:`conv_of_pairs`)
+    when the batch is even. For evaluation: no autograd."""
+    if pool is not None and pairs and x.dim() == 4 and x.shape[0] % 2 == 0:
+        pooled = _pooled_pairs(layer, x, relu, pool)
+        if pooled is not None:
+            return pooled
+    y = layer.forward(x)  # without hooks: the quantizer's is applied here
+    quantizer = getattr(layer, "output_quantizer", None)
+    max_abs = quantizer.fixed_range(y.dtype) if quantizer is not None else None
+    if quantizer is not None and max_abs is None:  # its batch's range: ops as written
+        y = quantizer(y)
+        y = F.relu(y) if relu else y
+        return F.max_pool2d(y, **pool) if pool is not None else y
+    if pool is not None:
+        pooled = pool_by_maxima(y, **pool)
+        if pooled is None:  # windows that do not tile: quantize and ReLU first
+            y = fake_quantize_fixed(y, quantizer.bits, max_abs, relu=relu, out=y) if (
+                quantizer is not None) else (y.relu_() if relu else y)
+            return F.max_pool2d(y, **pool)
+        y = pooled
+    if quantizer is not None:
+        return fake_quantize_fixed(y, quantizer.bits, max_abs, relu=relu, out=y)
+    return y.relu_() if relu else y
+
+
+def _pooled_pairs(layer: nn.Module, x: Tensor, relu: bool, pool: dict[str, Any]
+                  ) -> Tensor | None:
+    """:func:`layer_output` of a one-channel convolution run on pairs of images, pooled
+    before it is put back to one image a row (None where that does not apply)."""
+    quantizer = getattr(layer, "output_quantizer", None)
+    max_abs = quantizer.fixed_range(x.dtype) if quantizer is not None else None
+    if quantizer is not None and max_abs is None:
+        return None
+    pooled = pool_by_maxima(conv_of_pairs(layer, x), **pool)
+    if pooled is None:
+        return None
+    if quantizer is not None:
+        pooled = fake_quantize_fixed(pooled, quantizer.bits, max_abs, relu=relu, out=pooled)
+    elif relu:
+        pooled = pooled.relu_()
+    return images_of_pairs(pooled)
+
+
+# --- the rewritten graph -------------------------------------------------------------------------
+
+_RELU_FUNCTIONS = (F.relu, torch.relu)
+_POOL_FUNCTIONS = (F.max_pool2d, torch.max_pool2d)
+_POOL_ARGUMENTS = ("kernel_size", "stride", "padding", "dilation", "ceil_mode",
+                   "return_indices")
+_POOL_DEFAULTS = (None, None, 0, 1, False, False)
+
+
+def _module(graph_module: nn.Module, node: fx.Node) -> nn.Module | None:
+    if node.op != "call_module":
+        return None
+    return graph_module.get_submodule(str(node.target))
+
+
+def is_relu(node: fx.Node, root: nn.Module) -> bool:
+    """Whether ``node`` is a ReLU (function, method or layer) of one argument."""
+    if node.op == "call_function":
+        return node.target in _RELU_FUNCTIONS and len(node.args) == 1
+    if node.op == "call_method":
+        return node.target in ("relu", "relu_") and len(node.args) == 1
+    return type(_module(root, node)) is nn.ReLU
+
+
+def max_pool_arguments(node: fx.Node, root: nn.Module) -> dict[str, Any] | None:
+    """``F.max_pool2d``'s keyword arguments (but ``return_indices``) of a 2-d max-pool
+    node (function or layer) whose arguments are constants, else None."""
+    module = _module(root, node)
+    if type(module) is nn.MaxPool2d:
+        found = {name: getattr(module, name) for name in _POOL_ARGUMENTS}
+    elif node.op == "call_function" and node.target in _POOL_FUNCTIONS:
+        given = dict(zip(_POOL_ARGUMENTS, node.args[1:], strict=False))
+        if set(given) & set(node.kwargs) or not set(node.kwargs) <= set(_POOL_ARGUMENTS):
+            return None
+        given.update(node.kwargs)
+        found = {name: given.get(name, default)
+                 for name, default in zip(_POOL_ARGUMENTS, _POOL_DEFAULTS, strict=True)}
+    else:
+        return None
+    if found["return_indices"] or any(isinstance(v, fx.Node) for v in found.values()):
+        return None
+    del found["return_indices"]
+    return found
+
+
+def _fusable_layer(module: nn.Module | None) -> bool:
+    """A conv / linear layer whose only hook (if any) is swimkit's output quantizer."""
+    if not isinstance(module, QUANTIZABLE) or module._forward_pre_hooks:
+        return False
+    hooks = list(module._forward_hooks.values())
+    if not hooks:
+        return True
+    return hooks == [_quantize_output_hook] and isinstance(
+        getattr(module, "output_quantizer", None), OutputQuantizer)
+
+
+def _sole_user(node: fx.Node) -> fx.Node | None:
+    return next(iter(node.users)) if len(node.users) == 1 else None
+
+
+def _global_hooks() -> bool:
+    """Whether hooks are registered for every module (a fused call would skip them)."""
+    module = torch.nn.modules.module
+    return any(getattr(module, name, None) for name in (
+        "_global_forward_hooks", "_global_forward_pre_hooks", "_global_module_registration_hooks"))
+
+
+def inference_graph(model: nn.Module) -> fx.GraphModule | None:
+    """``model``'s forward traced by torch.fx with each conv / linear layer, its output
+    quantizer, a ReLU after it and a 2-d max-pool after that fused into one
+    :func:`layer_output` call (and a ReLU then a max-pool into :func:`relu_max_pool2d`).
+    None where the model cannot be traced or nothing is fused. The graph calls the
+    model's own layers, so weights swapped into them are used."""
+    if not enabled() or _global_hooks():
+        return None
+    try:
+        graph_module = fx.symbolic_trace(model)
+    except Exception:  # noqa: BLE001 - an untraceable model runs as written
+        return None
+    graph = graph_module.graph
+    fused = False
+    for node in list(graph.nodes):
+        if node.op == "call_module" and _fusable_layer(_module(graph_module, node)):
+            fused |= _fuse_layer(graph, graph_module, node)
+        elif is_relu(node, graph_module):
+            fused |= _fuse_relu_pool(graph, graph_module, node)
+    if not fused:
+        return None
+    graph.lint()
+    graph_module.recompile()
+    return graph_module
+
+
+def _fuse_layer(graph: fx.Graph, root: nn.Module, layer: fx.Node) -> bool:
+    if len(layer.args) != 1 or layer.kwargs:
+        return False
+    chain = [layer]
+    relu = _sole_user(layer)
+    if relu is not None and is_relu(relu, root):
+        chain.append(relu)
+        pool_node = _sole_user(relu)
+        pool = None if pool_node is None else max_pool_arguments(pool_node, root)
+        if pool is not None:
+            chain.append(pool_node)
+    else:
+        pool = None
+    quantized = bool(root.get_submodule(str(layer.target))._forward_hooks)
+    if len(chain) == 1 and not quantized:
+        return False
+    pairs = pool is not None and one_channel_conv(root.get_submodule(str(layer.target)))
+    with graph.inserting_before(layer):
+        module = graph.get_attr(str(layer.target))
+        new = graph.call_function(layer_output, (module, layer.args[0]),
+                                  {"relu": len(chain) > 1, "pool": pool, "pairs": pairs})
+    _replace(chain, new)
+    return True
+
+
+def takes_pairs(graph_module: fx.GraphModule) -> bool:
+    """Whether a graph of :func:`inference_graph` runs a convolution on pairs of images."""
+    return any(node.target is layer_output and node.kwargs.get("pairs")
+               for node in graph_module.graph.nodes)
+
+
+def without_pairs(graph_module: fx.GraphModule) -> fx.GraphModule:
+    """``graph_module`` with every convolution on single images (rewritten in place):
+    for a machine whose kernel for pairs of images sums in another order."""
+    for node in graph_module.graph.nodes:
+        if node.target is layer_output and node.kwargs.get("pairs"):
+            node.kwargs = {**node.kwargs, "pairs": False}
+    graph_module.recompile()
+    return graph_module
+
+
+def _fuse_relu_pool(graph: fx.Graph, root: nn.Module, relu: fx.Node) -> bool:
+    pool_node = _sole_user(relu)
+    pool = None if pool_node is None else max_pool_arguments(pool_node, root)
+    if pool is None:
+        return False
+    with graph.inserting_before(relu):
+        new = graph.call_function(relu_max_pool2d, (relu.args[0],), pool)
+    _replace([relu, pool_node], new)
+    return True
+
+
+def _replace(chain: list[fx.Node], new: fx.Node) -> None:
+    """``new`` in place of the nodes of ``chain`` (each the sole user of the one before)."""
+    chain[-1].replace_all_uses_with(new)
+    for node in reversed(chain):
+        node.graph.erase_node(node)
+
+
+__all__ = ["conv_of_pairs", "disabled", "enabled", "images_of_pairs", "inference_graph",
+           "is_relu", "layer_output", "max_pool_arguments", "one_channel_conv",
+           "pool_by_maxima", "relu_max_pool2d", "takes_pairs", "tiling", "without_pairs"]
