@@ -139,43 +139,59 @@ def relu_max_pool2d(x: Tensor, kernel_size: Any, stride: Any = None, padding: An
 # --- a layer with its quantizer, ReLU and pool --------------------------------------------------
 
 
-def one_channel_conv(layer: nn.Module) -> bool:
-    """Whether ``layer`` is a 2-d convolution of one input channel (zero padding)."""
+def pairs_conv(layer: nn.Module) -> bool:
+    """Whether ``layer`` may run on pairs of images (:func:`conv_of_pairs`): a plain 2-d
+    convolution (one group, zero padding, its own forward)."""
     return (isinstance(layer, nn.Conv2d) and type(layer).forward is nn.Conv2d.forward
-            and layer.groups == 1 and layer.in_channels == 1 and layer.padding_mode == "zeros")
+            and layer.groups == 1 and layer.padding_mode == "zeros")
+
+
+def is_paired(layer: nn.Module, x: Tensor) -> bool:
+    """Whether ``x`` holds pairs of images for ``layer`` (twice its input channels)."""
+    return x.dim() == 4 and x.shape[1] == 2 * layer.in_channels
 
 
 def conv_of_pairs(layer: nn.Conv2d, x: Tensor) -> Tensor:
-    """``layer(x)`` of a one-channel convolution as a grouped convolution of pairs of
-    images, channels last: images 2i and 2i + 1 are the two channels (groups) of row i
-    of the result, ``(batch / 2, 2 * out_channels, H, W)``. oneDNN's kernel for this
-    layout is about twice as fast as the one it takes for a single channel, and each
-    output is the same sum (a runner checks that it is, bit for bit)."""
+    """``layer(x)`` as a grouped convolution of pairs of images, channels last: images
+    2i and 2i + 1 are the two groups of row i, in and out (``x``: one image a row, an
+    even batch, or pairs already). oneDNN's channels-last kernel for this layout is
+    faster than the one it takes for a single image a row (about twice for one input
+    channel, where the layout of a batch of images is ambiguous) and sums each output in
+    the same order (a runner checks that it does, bit for bit)."""
     last = torch.channels_last
-    pairs = x.reshape(x.shape[0] // 2, 2, *x.shape[2:]).contiguous(memory_format=last)
+    if not is_paired(layer, x):
+        x = x.reshape(x.shape[0] // 2, 2 * x.shape[1], *x.shape[2:]).contiguous(
+            memory_format=last)
     weight = layer.weight.repeat(2, 1, 1, 1).contiguous(memory_format=last)
     bias = None if layer.bias is None else layer.bias.repeat(2)
-    return F.conv2d(pairs, weight, bias, layer.stride, layer.padding, layer.dilation, 2)
+    return F.conv2d(x, weight, bias, layer.stride, layer.padding, layer.dilation, 2)
 
 
 def images_of_pairs(y: Tensor) -> Tensor:
-    """:func:`conv_of_pairs`' layout back to one image a row (a copy)."""
+    """Pairs of images (:func:`conv_of_pairs`' layout) back to one image a row (a copy)."""
     half, channels = y.shape[0], y.shape[1] // 2
     return y.reshape(half, 2, channels, *y.shape[2:]).reshape(half * 2, channels,
                                                               *y.shape[2:])
 
 
-
 def layer_output(layer: nn.Module, x: Tensor, relu: bool = False,
-                 pool: dict[str, Any] | None = None, pairs: bool = False) -> Tensor:
+                 pool: dict[str, Any] | None = None, pairs: bool = False,
+                 keep_pairs: bool = False) -> Tensor:
     """``layer(x)`` (its output quantizer included), then a ReLU and a max-pool
-    (``pool``: ``F.max_pool2d``'s arguments) when asked, fused (see the module's doc);
-    ``pairs``: a one-channel convolution runs on pairs of images (:func:`conv_of_pairs`)
-    when the batch is even. For evaluation: no autograd."""
-    if pool is not None and pairs and x.dim() == 4 and x.shape[0] % 2 == 0:
-        pooled = _pooled_pairs(layer, x, relu, pool)
-        if pooled is not None:
-            return pooled
+    (``pool``: ``F.max_pool2d``'s arguments) when asked, fused (see the module's doc).
+
+    ``pairs``: a convolution runs on pairs of images (:func:`conv_of_pairs`) where its
+    input holds pairs, or has one channel and an even batch; ``keep_pairs``: its output
+    stays in pairs for the next convolution (else it is put back to one image a row).
+    For evaluation: no autograd.
+    """
+    if pairs and (is_paired(layer, x) or (
+            layer.in_channels == 1 and x.dim() == 4 and x.shape[0] % 2 == 0)):
+        out = _on_pairs(layer, x, relu, pool)
+        if out is not None:
+            return out if keep_pairs else images_of_pairs(out)
+        if is_paired(layer, x):
+            x = images_of_pairs(x)
     y = layer.forward(x)  # without hooks: the quantizer's is applied here
     quantizer = getattr(layer, "output_quantizer", None)
     max_abs = quantizer.fixed_range(y.dtype) if quantizer is not None else None
@@ -183,11 +199,17 @@ def layer_output(layer: nn.Module, x: Tensor, relu: bool = False,
         y = quantizer(y)
         y = F.relu(y) if relu else y
         return F.max_pool2d(y, **pool) if pool is not None else y
+    return _epilogue(y, quantizer, max_abs, relu, pool)
+
+
+def _epilogue(y: Tensor, quantizer: OutputQuantizer | None, max_abs: float | None,
+              relu: bool, pool: dict[str, Any] | None) -> Tensor:
+    """A fresh layer output ``y`` quantized with the fixed ``max_abs`` (when there is a
+    quantizer), ReLU'd and pooled as asked: pooled first where the windows tile it."""
     if pool is not None:
         pooled = pool_by_maxima(y, **pool)
         if pooled is None:  # windows that do not tile: quantize and ReLU first
-            y = fake_quantize_fixed(y, quantizer.bits, max_abs, relu=relu, out=y) if (
-                quantizer is not None) else (y.relu_() if relu else y)
+            y = _epilogue(y, quantizer, max_abs, relu, None)
             return F.max_pool2d(y, **pool)
         y = pooled
     if quantizer is not None:
@@ -195,22 +217,15 @@ def layer_output(layer: nn.Module, x: Tensor, relu: bool = False,
     return y.relu_() if relu else y
 
 
-def _pooled_pairs(layer: nn.Module, x: Tensor, relu: bool, pool: dict[str, Any]
-                  ) -> Tensor | None:
-    """:func:`layer_output` of a one-channel convolution run on pairs of images, pooled
-    before it is put back to one image a row (None where that does not apply)."""
+def _on_pairs(layer: nn.Module, x: Tensor, relu: bool, pool: dict[str, Any] | None
+              ) -> Tensor | None:
+    """:func:`layer_output` run on pairs of images, left in pairs (None where the
+    quantizer's range is its batch's: that range would span two images' worth)."""
     quantizer = getattr(layer, "output_quantizer", None)
     max_abs = quantizer.fixed_range(x.dtype) if quantizer is not None else None
     if quantizer is not None and max_abs is None:
         return None
-    pooled = pool_by_maxima(conv_of_pairs(layer, x), **pool)
-    if pooled is None:
-        return None
-    if quantizer is not None:
-        pooled = fake_quantize_fixed(pooled, quantizer.bits, max_abs, relu=relu, out=pooled)
-    elif relu:
-        pooled = pooled.relu_()
-    return images_of_pairs(pooled)
+    return _epilogue(conv_of_pairs(layer, x), quantizer, max_abs, relu, pool)
 
 
 # --- the rewritten graph -------------------------------------------------------------------------
@@ -301,6 +316,7 @@ def inference_graph(model: nn.Module) -> fx.GraphModule | None:
             fused |= _fuse_relu_pool(graph, graph_module, node)
     if not fused:
         return None
+    _chain_pairs(graph, graph_module)
     graph.lint()
     graph_module.recompile()
     return graph_module
@@ -322,13 +338,27 @@ def _fuse_layer(graph: fx.Graph, root: nn.Module, layer: fx.Node) -> bool:
     quantized = bool(root.get_submodule(str(layer.target))._forward_hooks)
     if len(chain) == 1 and not quantized:
         return False
-    pairs = pool is not None and one_channel_conv(root.get_submodule(str(layer.target)))
+    module = root.get_submodule(str(layer.target))
+    pairs = pool is not None and pairs_conv(module) and module.in_channels == 1
     with graph.inserting_before(layer):
-        module = graph.get_attr(str(layer.target))
-        new = graph.call_function(layer_output, (module, layer.args[0]),
-                                  {"relu": len(chain) > 1, "pool": pool, "pairs": pairs})
+        new = graph.call_function(layer_output, (graph.get_attr(str(layer.target)),
+                                                 layer.args[0]),
+                                  {"relu": len(chain) > 1, "pool": pool, "pairs": pairs,
+                                   "keep_pairs": False})
     _replace(chain, new)
     return True
+
+
+def _chain_pairs(graph: fx.Graph, root: nn.Module) -> None:
+    """A convolution on pairs of images whose only user is another convolution leaves
+    its output in pairs, and that one takes them (in graph order, so chains follow)."""
+    for node in graph.nodes:
+        user = _sole_user(node) if node.target is layer_output else None
+        if (node.kwargs.get("pairs") and user is not None and user.target is layer_output
+                and user.args[1] is node
+                and pairs_conv(root.get_submodule(str(user.args[0].target)))):
+            node.kwargs = {**node.kwargs, "keep_pairs": True}
+            user.kwargs = {**user.kwargs, "pairs": True}
 
 
 def takes_pairs(graph_module: fx.GraphModule) -> bool:
@@ -341,8 +371,8 @@ def without_pairs(graph_module: fx.GraphModule) -> fx.GraphModule:
     """``graph_module`` with every convolution on single images (rewritten in place):
     for a machine whose kernel for pairs of images sums in another order."""
     for node in graph_module.graph.nodes:
-        if node.target is layer_output and node.kwargs.get("pairs"):
-            node.kwargs = {**node.kwargs, "pairs": False}
+        if node.target is layer_output:
+            node.kwargs = {**node.kwargs, "pairs": False, "keep_pairs": False}
     graph_module.recompile()
     return graph_module
 
@@ -366,5 +396,5 @@ def _replace(chain: list[fx.Node], new: fx.Node) -> None:
 
 
 __all__ = ["conv_of_pairs", "disabled", "enabled", "images_of_pairs", "inference_graph",
-           "is_relu", "layer_output", "max_pool_arguments", "one_channel_conv",
+           "is_paired", "is_relu", "layer_output", "max_pool_arguments", "pairs_conv",
            "pool_by_maxima", "relu_max_pool2d", "takes_pairs", "tiling", "without_pairs"]
