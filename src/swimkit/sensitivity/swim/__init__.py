@@ -5,6 +5,8 @@
 - rule files by op family: :mod:`.linear` (linear, conv), :mod:`.normalization` (batch
   norm, layer norm), :mod:`.activations`, :mod:`.pooling`, :mod:`.structural`,
   :mod:`.attention` (products of activations, softmax, attention);
+- :mod:`.pairs`: a one-channel first convolution and the layers after it run on pairs
+  of images (a faster kernel, the same values);
 - :mod:`.check`: ``check_rule``, a rule against the squared-Jacobian oracle.
 
 Every rule is "the backward pass of the op with every Jacobian entry squared",
@@ -18,6 +20,7 @@ from . import (  # noqa: F401 - rules
     attention,
     linear,
     normalization,
+    pairs,
     pooling,
     structural,
 )

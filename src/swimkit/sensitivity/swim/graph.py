@@ -22,11 +22,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from ... import fused
 from ...errors import SwimkitError
 from ...mapping import DeviceWeight, perturbed, require_logits
 from ...progress import progress_bar
 from ..batching import Chunk, depends_on_batch, pass_batch_size, regrouped, weighted
 from .context import RuleContext, SValue, layout
+from .pairs import on_pairs, pair_chains, runs_on_pairs
 from .registry import OUT_OF_PLACE
 from .tracing import (
     CALLS,
@@ -59,6 +61,8 @@ class CurvaturePass:
                                  if w.attribute == "weight"}
         self._by_tensor = {(id(w.module), w.attribute): name for name, w in weights.items()}
         rewire_in_place(graph, model)
+        if fused.enabled():
+            pair_chains(graph, model)
         self.nodes = list(graph.nodes)
         calls = [n for n in self.nodes if n.op in CALLS]
         if curvature_at_input:
@@ -180,7 +184,10 @@ class CurvaturePass:
         if kwargs.get("inplace"):
             kwargs["inplace"] = False
         if node.op == "call_module":
-            return self.module(node)(*args, **kwargs)
+            module = self.module(node)
+            if runs_on_pairs(node, module, args[0] if args else None):
+                return on_pairs(module, args[0])
+            return module(*args, **kwargs)
         if node.op == "call_function":
             return OUT_OF_PLACE.get(node.target, node.target)(*args, **kwargs)
         method = str(node.target)
