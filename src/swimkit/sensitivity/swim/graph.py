@@ -28,7 +28,8 @@ from ...mapping import DeviceWeight, perturbed, require_logits
 from ...progress import progress_bar
 from ..batching import Chunk, depends_on_batch, pass_batch_size, regrouped, weighted
 from .context import RuleContext, SValue, layout
-from .pairs import on_pairs, pair_chains, runs_on_pairs
+from .folding import FOLDED, fold_relus
+from .pairs import pair_chains, run_layer, runs_on_pairs
 from .registry import OUT_OF_PLACE
 from .tracing import (
     CALLS,
@@ -63,6 +64,7 @@ class CurvaturePass:
         rewire_in_place(graph, model)
         if fused.enabled():
             pair_chains(graph, model)
+            fold_relus(graph, model)
         self.nodes = list(graph.nodes)
         calls = [n for n in self.nodes if n.op in CALLS]
         if curvature_at_input:
@@ -185,8 +187,9 @@ class CurvaturePass:
             kwargs["inplace"] = False
         if node.op == "call_module":
             module = self.module(node)
-            if runs_on_pairs(node, module, args[0] if args else None):
-                return on_pairs(module, args[0])
+            pairs = runs_on_pairs(node, module, args[0] if args else None)
+            if pairs or node.meta.get(FOLDED):
+                return run_layer(module, args[0], pairs, node.meta.get(FOLDED, False))
             return module(*args, **kwargs)
         if node.op == "call_function":
             return OUT_OF_PLACE.get(node.target, node.target)(*args, **kwargs)

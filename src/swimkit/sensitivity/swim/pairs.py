@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import torch
 import torch.fx as fx
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...fused import (
@@ -29,6 +30,7 @@ from ...fused import (
     max_pool_arguments,
     pairs_conv,
 )
+from ...quantization import fake_quantize_fixed
 from .context import RuleContext, SValue
 from .registry import register_own
 
@@ -50,14 +52,22 @@ def from_pairs(y: Tensor, channels: int) -> Tensor:
     return images_of_pairs(y) if y.shape[1] == 2 * channels else y
 
 
-def on_pairs(layer: nn.Module, x: Tensor) -> Tensor:
-    """``layer(x)`` for pairs of images ``x``: the grouped convolution, then the layer's
-    hook (swimkit's output quantizer, elementwise)."""
-    y = conv_of_pairs(layer, x)
-    for hook in layer._forward_hooks.values():
-        result = hook(layer, (x,), y)
-        y = y if result is None else result
-    return y
+def run_layer(layer: nn.Module, x: Tensor, pairs: bool, relu: bool) -> Tensor:
+    """``layer(x)`` of a layer whose only hook, if any, is swimkit's output quantizer: on
+    pairs of images (``pairs``: the grouped convolution) or as it is, then its quantizer,
+    and a ReLU when ``relu`` (raised into the quantizer's clamp where its range is
+    fixed, else in place; out of place under autograd)."""
+    y = conv_of_pairs(layer, x) if pairs else layer.forward(x)
+    taped = torch.is_grad_enabled() and y.requires_grad
+    if layer._forward_hooks:
+        quantizer = layer.output_quantizer
+        max_abs = None if taped else quantizer.fixed_range(y.dtype)
+        if max_abs is not None:
+            return fake_quantize_fixed(y, quantizer.bits, max_abs, relu=relu, out=y)
+        y = quantizer(y)
+    if not relu:
+        return y
+    return F.relu(y) if taped else y.relu_()
 
 
 def runs_on_pairs(node: fx.Node, layer: nn.Module | None, x: object) -> bool:
@@ -143,4 +153,4 @@ def to_pairs_rule(ctx: RuleContext, s: SValue) -> dict[fx.Node, SValue]:
 register_own(from_pairs_rule, from_pairs)
 register_own(to_pairs_rule, to_pairs)
 
-__all__ = ["PAIRS", "from_pairs", "on_pairs", "pair_chains", "runs_on_pairs", "to_pairs"]
+__all__ = ["PAIRS", "from_pairs", "pair_chains", "run_layer", "runs_on_pairs", "to_pairs"]
