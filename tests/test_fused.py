@@ -197,3 +197,26 @@ def test_nothing_is_fused_where_nothing_can_be():
     assert fused.inference_graph(plain) is None
     with fused.disabled():
         assert fused.inference_graph(swimkit.build_model("lenet")) is None
+
+
+def test_freed_memory_is_kept_once_and_never_against_the_users_choice(monkeypatch):
+    """glibc's thresholds are set once per process, and not where the environment sets
+    them (the user's choice)."""
+    calls = []
+
+    class FakeLibc:
+        @staticmethod
+        def mallopt(parameter, value):
+            calls.append((parameter, value))
+            return 1
+
+    monkeypatch.setattr(fused.ctypes, "CDLL", lambda name: FakeLibc)
+    monkeypatch.setattr(fused.sys, "platform", "linux")
+    monkeypatch.setattr(fused, "_KEEPING", [None])
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "131072")
+    assert fused.keep_freed_memory() is False and calls == []
+    monkeypatch.setattr(fused, "_KEEPING", [None])
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_")
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    assert fused.keep_freed_memory() is True and fused.keep_freed_memory() is True
+    assert calls == [(-3, fused.MMAP_THRESHOLD), (-1, fused.TRIM_THRESHOLD)]  # once

@@ -42,7 +42,13 @@ from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from .errors import SwimkitError, first_line
-from .fused import inference_graph, pool_by_maxima, takes_pairs, without_pairs
+from .fused import (
+    inference_graph,
+    keep_freed_memory,
+    pool_by_maxima,
+    takes_pairs,
+    without_pairs,
+)
 from .mapping import require_logits
 
 Batch = tuple[Tensor, Tensor]
@@ -217,6 +223,7 @@ class ChipRunner:
         return self._inputs
 
     def __enter__(self) -> ChipRunner:
+        keep_freed_memory()  # no page faults for each batch's fresh tensors
         self._slots.__enter__()
         try:
             if self._want_compile:

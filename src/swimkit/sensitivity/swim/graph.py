@@ -418,6 +418,7 @@ def swim_curvature(
     Raw units: derivatives with respect to the effective device weights.
     """
     run = CurvaturePass(model, trace(model), weights)
+    fused.keep_freed_memory()  # no page faults for each batch's fresh tensors
     samples = 0
     given = weighted(progress_bar(batches, progress, "sensitivity (swim)"))
     with out_of_place_layers(model), _batch_step(run, model, weights) as step:
