@@ -4,6 +4,7 @@ break it (ties, odd batches, windows that do not tile, other hooks, batch ranges
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 
 import pytest
@@ -220,3 +221,19 @@ def test_freed_memory_is_kept_once_and_never_against_the_users_choice(monkeypatc
     monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
     assert fused.keep_freed_memory() is True and fused.keep_freed_memory() is True
     assert calls == [(-3, fused.MMAP_THRESHOLD), (-1, fused.TRIM_THRESHOLD)]  # once
+
+
+def test_converters_see_the_layers_own_calls():
+    """A crossbar's converters take over ``F.conv2d`` and ``F.linear`` for the layers'
+    weights: convolutions then run on single images (a convolution of pairs calls it
+    with weights of its own), and every chip counts as without the fused paths."""
+    model, shape = _model("qlenet")
+    data = _data(shape, sizes=(32, 32))
+    _calibrated(model, data[0][0])
+    device = swimkit.Crossbar(tile_rows=64, tile_columns=64, adc_bits=6, dac_bits=6,
+                              output_noise=0.02).wrap(swimkit.DeviceModel(sigma=0.3))
+    runs = []
+    for context in (fused.disabled, lambda: contextlib.nullcontext()):
+        with context():
+            runs.append(swimkit.evaluate(model, data, device, samples=4).accuracies)
+    assert torch.equal(runs[0], runs[1]) and len(set(runs[0].tolist())) > 1

@@ -179,6 +179,17 @@ def pairs_conv(layer: nn.Module) -> bool:
             and layer.groups == 1 and layer.padding_mode == "zeros")
 
 
+#: ``F.conv2d`` as torch defines it: a convolution on pairs calls it with weights of its
+#: own, so where something takes over the function (swimkit's converters, which act on
+#: the layers' weight tensors) convolutions run as written.
+_CONV2D = F.conv2d
+
+
+def pairs_allowed() -> bool:
+    """Whether convolutions may run on pairs of images: ``F.conv2d`` is torch's own."""
+    return F.conv2d is _CONV2D
+
+
 def is_paired(layer: nn.Module, x: Tensor) -> bool:
     """Whether ``x`` holds pairs of images for ``layer`` (twice its input channels)."""
     return x.dim() == 4 and x.shape[1] == 2 * layer.in_channels
@@ -218,7 +229,9 @@ def layer_output(layer: nn.Module, x: Tensor, relu: bool = False,
     stays in pairs for the next convolution (else it is put back to one image a row).
     For evaluation: no autograd.
     """
-    if pairs and (is_paired(layer, x) or (
+    if pairs and not pairs_allowed():
+        x = images_of_pairs(x) if is_paired(layer, x) else x
+    elif pairs and (is_paired(layer, x) or (
             layer.in_channels == 1 and x.dim() == 4 and x.shape[0] % 2 == 0)):
         out = _on_pairs(layer, x, relu, pool)
         if out is not None:
@@ -430,5 +443,5 @@ def _replace(chain: list[fx.Node], new: fx.Node) -> None:
 
 __all__ = ["conv_of_pairs", "disabled", "enabled", "images_of_pairs", "inference_graph",
            "is_paired", "is_relu", "keep_freed_memory", "layer_output", "max_pool_arguments",
-           "pairs_conv", "pool_by_maxima", "relu_max_pool2d", "takes_pairs", "tiling",
-           "without_pairs"]
+           "pairs_allowed", "pairs_conv", "pool_by_maxima", "relu_max_pool2d", "takes_pairs",
+           "tiling", "without_pairs"]

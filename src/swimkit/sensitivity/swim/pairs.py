@@ -28,6 +28,7 @@ from ...fused import (
     is_paired,
     is_relu,
     max_pool_arguments,
+    pairs_allowed,
     pairs_conv,
 )
 from ...quantization import fake_quantize_fixed
@@ -40,9 +41,14 @@ PAIRS = "swimkit_pairs"
 
 def to_pairs(x: Tensor) -> Tensor:
     """Images 2i and 2i + 1 as the two halves of row i's channels, channels last (a
-    copy); a batch of odd size as it is."""
-    if x.dim() != 4 or x.shape[0] % 2:
+    copy); a batch of odd size as it is, and any batch while ``F.conv2d`` is taken over
+    (:func:`swimkit.fused.pairs_allowed`)."""
+    if x.dim() != 4 or x.shape[0] % 2 or not pairs_allowed():
         return x
+    return _paired(x)
+
+
+def _paired(x: Tensor) -> Tensor:
     return x.reshape(x.shape[0] // 2, 2 * x.shape[1], *x.shape[2:]).contiguous(
         memory_format=torch.channels_last)
 
@@ -130,7 +136,7 @@ def from_pairs_rule(ctx: RuleContext, s: SValue) -> dict[fx.Node, SValue]:
     paired = isinstance(y, Tensor) and y.shape[1] == 2 * channels
 
     def back(flow: Tensor) -> Tensor:
-        return to_pairs(flow) if paired else flow
+        return _paired(flow) if paired else flow
 
     if ctx.grad is not None:
         ctx.send_grad(ctx.to_input(back(ctx.grad)))
@@ -140,7 +146,7 @@ def from_pairs_rule(ctx: RuleContext, s: SValue) -> dict[fx.Node, SValue]:
 def to_pairs_rule(ctx: RuleContext, s: SValue) -> dict[fx.Node, SValue]:
     """S and the gradient of pairs go back to one image a row (S at the model's input)."""
     x = ctx.args[0]
-    paired = isinstance(x, Tensor) and x.dim() == 4 and x.shape[0] % 2 == 0
+    paired = isinstance(x, Tensor) and ctx.out.shape[1] == 2 * x.shape[1]
 
     def back(flow: Tensor) -> Tensor:
         return images_of_pairs(flow) if paired else flow
