@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from toys import ReluPoolNet
 
 import swimkit
 from swimkit import fused
@@ -26,32 +27,10 @@ def _calibrated(model: nn.Module, x: torch.Tensor) -> nn.Module:
     return model.eval()
 
 
-class _Modules(nn.Module):
-    """ReLU and max-pool as layers, a ReLU method, a pool whose windows do not tile
-    (ceil mode over an odd size) and one the fusion must leave alone (a ReLU used
-    twice)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 4, 3, padding=1)
-        self.relu = nn.ReLU(inplace=True)
-        self.pool = nn.MaxPool2d(2)
-        self.conv2 = nn.Conv2d(4, 6, 3, padding=1)
-        self.conv3 = nn.Conv2d(6, 6, 3, padding=1)
-        self.fc = nn.Linear(6 * 4 * 4, 10)
-
-    def forward(self, x):
-        x = self.pool(self.relu(self.conv1(x)))            # 15 -> 7: the floor crops
-        x = F.max_pool2d(self.conv2(x).relu(), 2, ceil_mode=True)  # 7 -> 4: does not tile
-        y = F.relu(self.conv3(x))
-        x = y + F.max_pool2d(y, 1)                          # y used twice: left alone
-        return self.fc(torch.flatten(x, 1))
-
-
 def _model(name: str) -> tuple[nn.Module, tuple[int, ...]]:
-    if name in ("modules", "qmodules"):
-        model = _Modules()
-        return (swimkit.quantize(model, 4) if name == "qmodules" else model), (1, 15, 15)
+    if name in ("relupool", "qrelupool"):
+        model = ReluPoolNet()
+        return (swimkit.quantize(model, 8) if name == "qrelupool" else model), (1, 15, 15)
     return swimkit.build_model(name, seed=0), swimkit.models.model_info(name).input_shape
 
 
@@ -61,7 +40,7 @@ def _data(shape: tuple[int, ...], sizes=(32, 32, 7), seed: int = 3):
             for n in sizes]
 
 
-MODELS = ["lenet", "qlenet", "convnet", "qconvnet", "modules", "qmodules", "qvit"]
+MODELS = ["lenet", "qlenet", "convnet", "qconvnet", "relupool", "qrelupool", "qvit"]
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -77,7 +56,7 @@ def test_the_fused_graph_gives_the_plain_logits_bit_for_bit(name):
         for x, _ in data:  # an odd batch too: its one-channel convolution runs as written
             assert torch.equal(graph(x), model(x))
             assert torch.equal(graph(x[:1]), model(x[:1]))
-    if name in ("lenet", "qlenet", "modules", "qmodules"):
+    if name in ("lenet", "qlenet", "relupool", "qrelupool"):
         assert fused.takes_pairs(graph)  # the first convolution has one input channel
 
 
@@ -94,10 +73,10 @@ def _chips(values, count: int, scale: float = 0.15):
 @pytest.mark.parametrize("name", MODELS)
 def test_fused_chips_count_exactly_as_chips_run_as_written(name):
     model, shape = _model(name)
-    data = _data(shape, sizes=(64, 64, 22))
+    data = _data(shape, sizes=(24, 24, 10) if "convnet" in name else (64, 64, 22))
     _calibrated(model, data[0][0])
     values = _device_values(model)
-    chips = _chips(values, 6)
+    chips = _chips(values, 6, scale=0.3 if "convnet" in name else 0.15)
     with fused.disabled(), ChipRunner(model, data, values) as plain:
         expected = plain.correct(chips)
     assert not plain.fused

@@ -228,7 +228,8 @@ class ChipRunner:
         try:
             if self._want_compile:
                 self._compile()
-            self.fused = self._graph is not None and self._checked_graph()
+            self.fused = (self._graph is not None and self.chips_per_pass == 1
+                          and self._checked_graph())
             if self.fused:
                 self._forward = self._make_forward()
             self.routes_ops = self.fast_ops and not self.compiled and fast_ops_apply(
