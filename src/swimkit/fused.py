@@ -19,11 +19,21 @@ ReLU on the pooled values (a quarter of them for 2x2 windows), in place. Where t
 windows do not tile the input, or the quantizer's range is its batch's (then it depends
 on all the values, not on each one), the ops run as written, in their order.
 
+A convolution of one input channel (a batch of grey images, whose memory layout is
+ambiguous) gets a slow kernel from oneDNN; as a grouped convolution over pairs of images,
+channels last (:func:`conv_of_pairs`), it gets one about twice as fast that sums each
+output in the same order, and so do the convolutions after it: those run on the pairs
+too, which go back to one image a row after the last of them.
+
 :func:`inference_graph` rewrites a model's traced graph with these fused calls, for a
-chip's forward (:class:`swimkit.chips.ChipRunner`); the layers are called without their
+chip's forward (:class:`swimkit.chips.ChipRunner`, which checks the graph's logits bit
+for bit against the model's before it uses it); the layers are called without their
 hooks (their quantizer's hook is what the fused call applies), so only layers whose sole
-hook is swimkit's output quantizer are fused. :func:`disabled` turns every fused path off
-(the chips' and the swim pass's), for comparisons.
+hook is swimkit's output quantizer are fused. The swim pass uses the pairs and the
+ReLU's fold in its own way (:mod:`swimkit.sensitivity.swim.pairs`, ``folding``).
+:func:`disabled` turns every fused path off (the chips' and the swim pass's), for
+comparisons; :func:`keep_freed_memory` stops glibc from faulting each batch's memory in
+again.
 """
 
 from __future__ import annotations
@@ -319,7 +329,7 @@ def max_pool_arguments(node: fx.Node, root: nn.Module) -> dict[str, Any] | None:
     return found
 
 
-def _fusable_layer(module: nn.Module | None) -> bool:
+def fusable_layer(module: nn.Module | None) -> bool:
     """A conv / linear layer whose only hook (if any) is swimkit's output quantizer."""
     if not isinstance(module, QUANTIZABLE) or module._forward_pre_hooks:
         return False
@@ -356,7 +366,7 @@ def inference_graph(model: nn.Module) -> fx.GraphModule | None:
     graph = graph_module.graph
     fused = False
     for node in list(graph.nodes):
-        if node.op == "call_module" and _fusable_layer(_module(graph_module, node)):
+        if node.op == "call_module" and fusable_layer(_module(graph_module, node)):
             fused |= _fuse_layer(graph, graph_module, node)
         elif is_relu(node, graph_module):
             fused |= _fuse_relu_pool(graph, graph_module, node)
@@ -441,7 +451,7 @@ def _replace(chain: list[fx.Node], new: fx.Node) -> None:
         node.graph.erase_node(node)
 
 
-__all__ = ["conv_of_pairs", "disabled", "enabled", "images_of_pairs", "inference_graph",
-           "is_paired", "is_relu", "keep_freed_memory", "layer_output", "max_pool_arguments",
-           "pairs_allowed", "pairs_conv", "pool_by_maxima", "relu_max_pool2d", "takes_pairs",
-           "tiling", "without_pairs"]
+__all__ = ["conv_of_pairs", "disabled", "enabled", "fusable_layer", "images_of_pairs",
+           "inference_graph", "is_paired", "is_relu", "keep_freed_memory", "layer_output",
+           "max_pool_arguments", "pairs_allowed", "pairs_conv", "pool_by_maxima",
+           "relu_max_pool2d", "takes_pairs", "tiling", "without_pairs"]

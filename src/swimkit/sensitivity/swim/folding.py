@@ -21,7 +21,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ...fused import _fusable_layer, is_relu, max_pool_arguments
+from ...fused import fusable_layer, is_relu, max_pool_arguments
 from .activations import relu_rule
 from .context import RuleContext, SValue
 from .registry import register_own
@@ -51,7 +51,7 @@ def fold_relus(graph: fx.Graph, root: nn.Module) -> int:
             continue
         relu = next(iter(node.users)) if len(node.users) == 1 else None
         if (relu is None or not is_relu(relu, root) or relu.args[0] is not node
-                or not _fusable_layer(root.get_submodule(str(node.target)))):
+                or not fusable_layer(root.get_submodule(str(node.target)))):
             continue
         node.meta[FOLDED] = True
         pool_node = next(iter(relu.users)) if len(relu.users) == 1 else None

@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...fused import (
-    _fusable_layer,
     conv_of_pairs,
+    fusable_layer,
     images_of_pairs,
     is_paired,
     is_relu,
@@ -111,7 +111,7 @@ def _layer(node: fx.Node, root: nn.Module) -> nn.Conv2d | None:
     if node.op != "call_module" or len(node.args) != 1 or node.kwargs:
         return None
     layer = root.get_submodule(str(node.target))
-    return layer if pairs_conv(layer) and _fusable_layer(layer) else None
+    return layer if pairs_conv(layer) and fusable_layer(layer) else None
 
 
 def _chain(start: fx.Node, root: nn.Module) -> tuple[list[fx.Node], int]:
