@@ -216,3 +216,35 @@ def test_converters_see_the_layers_own_calls():
         with context():
             runs.append(swimkit.evaluate(model, data, device, samples=4).accuracies)
     assert torch.equal(runs[0], runs[1]) and len(set(runs[0].tolist())) > 1
+
+
+class _ReadsItsWeight(nn.Module):
+    """A model that reads a layer's weight as an attribute (no call of the layer)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 7 * 7, 10)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.conv(x)), 2)
+        return F.linear(torch.flatten(x, 1), self.fc.weight, self.fc.bias)
+
+
+def test_a_graph_that_would_read_stale_weights_is_not_used(monkeypatch):
+    """A layer's tensor read as an attribute is not fused (the traced graph would hold the
+    tensor, not the chip's); and a graph that reads weights of its own (here: another
+    LeNet's, equal to this one's before the chips) is caught by the check with the
+    weights moved round, and not used."""
+    assert fused.inference_graph(_ReadsItsWeight().eval()) is None
+    lenet = swimkit.build_model("lenet", seed=0).eval()
+    twin = fused.inference_graph(swimkit.build_model("lenet", seed=0).eval())
+    data = _data((1, 28, 28), sizes=(16, 16))
+    values = _device_values(lenet)
+    with fused.disabled(), ChipRunner(lenet, data, values) as plain:
+        expected = plain.correct(_chips(values, 3))
+    monkeypatch.setattr("swimkit.chips.inference_graph", lambda model: twin)
+    with pytest.warns(UserWarning, match="does not give its plain"), \
+            ChipRunner(lenet, data, values) as runner:
+        counts = runner.correct(_chips(values, 3))
+    assert not runner.fused and counts == expected

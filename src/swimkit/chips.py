@@ -255,11 +255,23 @@ class ChipRunner:
         return False
 
     def _same_as_model(self, graph: nn.Module | None = None) -> bool:
+        """The check of :meth:`_checked_graph`, with the weights as they are and with
+        each weight's values moved round by one place (a graph that read a weight of its
+        own instead of the slot's would pass the first)."""
         batches = {tuple(x.shape): x for x in (self.data[0][0], self.data[-1][0])}
         graph = self._graph if graph is None else graph
-        with torch.inference_mode(), unfused_attention():
-            return all(torch.equal(require_logits(graph(x)), require_logits(self.model(x)))
-                       for x in batches.values())
+        moved = {n: v.flatten().roll(1).view_as(v) for n, v in self._inputs.items()}
+        try:
+            with torch.inference_mode(), unfused_attention():
+                for weights in (self._inputs, moved):
+                    self._slots.put(weights)
+                    if not all(torch.equal(require_logits(graph(x)),
+                                           require_logits(self.model(x)))
+                               for x in batches.values()):
+                        return False
+        finally:
+            self._slots.put(self._inputs)
+        return True
 
     def __exit__(self, *exc: object) -> None:
         self._slots.__exit__(*exc)

@@ -364,6 +364,8 @@ def inference_graph(model: nn.Module) -> fx.GraphModule | None:
     except Exception:  # noqa: BLE001 - an untraceable model runs as written
         return None
     graph = graph_module.graph
+    if any(node.op == "get_attr" and "." in str(node.target) for node in graph.nodes):
+        return None  # a layer's tensor read as an attribute: the graph would hold a copy
     fused = False
     for node in list(graph.nodes):
         if node.op == "call_module" and fusable_layer(_module(graph_module, node)):
