@@ -209,12 +209,12 @@ def test_converters_see_the_layers_own_calls():
     model, shape = _model("qlenet")
     data = _data(shape, sizes=(32, 32))
     _calibrated(model, data[0][0])
-    device = swimkit.Crossbar(tile_rows=64, tile_columns=64, adc_bits=6, dac_bits=6,
-                              output_noise=0.02).wrap(swimkit.DeviceModel(sigma=0.3))
+    chip = swimkit.ChipSpec(swimkit.GaussianDevice(sigma=0.3), crossbar=swimkit.Crossbar(
+        tile_rows=64, tile_columns=64, adc_bits=6, dac_bits=6, output_noise=0.02))
     runs = []
     for context in (fused.disabled, lambda: contextlib.nullcontext()):
         with context():
-            runs.append(swimkit.evaluate(model, data, device, samples=4).accuracies)
+            runs.append(swimkit.evaluate(model, data, chip, samples=4).accuracies)
     assert torch.equal(runs[0], runs[1]) and len(set(runs[0].tolist())) > 1
 
 

@@ -21,7 +21,7 @@ import fnmatch
 import pickle
 import re
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -137,12 +137,14 @@ def _output_range(model: nn.Module) -> str | None:
 
 
 def save_checkpoint(
-    path: str | Path, model: nn.Module, *, model_name: str, extra: dict | None = None
+    path: str | Path, model: nn.Module, *, model_name: str, extra: dict | None = None,
+    input_shape: Sequence[int] | None = None,
 ) -> Path:
     """Write ``model`` to ``path`` atomically as a swimkit checkpoint.
 
     ``model_name`` is stored canonical when it is a registry name (so :func:`load_checkpoint`
-    can rebuild the model); ``extra`` holds anything else worth keeping (epoch, optimizer
+    can rebuild the model, for ``input_shape`` when it was built for other images than its
+    registered ones); ``extra`` holds anything else worth keeping (epoch, optimizer
     state, accuracy) and comes back as ``info["extra"]``.
     """
     require(isinstance(model, nn.Module), f"model must be a torch.nn.Module (got {model!r})")
@@ -158,6 +160,7 @@ def save_checkpoint(
         "model_name": model_name,
         "bits": quantization_bits(model),
         "output_range": _output_range(model),
+        "input_shape": None if input_shape is None else [int(n) for n in input_shape],
         "state_dict": {k: v.detach().cpu() for k, v in plain_state_dict(model).items()},
         "extra": dict(extra or {}),
     }
@@ -229,7 +232,7 @@ def _load_swimkit(
         raise SwimkitError(f"checkpoint {str(path)!r} holds no state_dict of tensors (damaged "
                            "or not written by swimkit); train again or give another file")
     if model is None:
-        model = _build(model_name, stored, bits, obj.get("output_range"))
+        model = _build(model_name, stored, bits, obj.get("output_range"), obj.get("input_shape"))
     _load_into(
         model,
         state,
@@ -248,7 +251,8 @@ def _load_swimkit(
 
 
 def _build(
-    requested: str | None, stored: str | None, bits: int | None, output_range: str | None
+    requested: str | None, stored: str | None, bits: int | None, output_range: str | None,
+    input_shape: Sequence[int] | None = None,
 ) -> nn.Module:
     """The model a swimkit checkpoint asks for; a quantized state rebuilds a q-variant."""
     name = requested or stored
@@ -266,6 +270,7 @@ def _build(
         info.name,
         bits=bits if info.quantized else None,
         output_range=output_range or "running",
+        input_shape=input_shape,
     )
 
 

@@ -49,7 +49,7 @@ from .fused import (
     takes_pairs,
     without_pairs,
 )
-from .mapping import require_logits
+from .models import require_logits
 
 Batch = tuple[Tensor, Tensor]
 Weights = Mapping[str, Tensor]

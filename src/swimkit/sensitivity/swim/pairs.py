@@ -10,7 +10,7 @@ hook, if any, swimkit's output quantizer) on pairs of images, channels last:
 :func:`to_pairs` before it, :func:`from_pairs` after it, and the convolution rule takes
 the grouped convolution's gradients (the two groups' weight gradients added). The
 forward values are the same (the grouped kernel sums each output in the same order;
-``tests/sensitivity/test_pairs.py`` holds it to that), S and g the same sums in another
+``tests/sensitivity/test_fused_pass.py`` holds it to that), S and g the same sums in another
 order, float rounding apart. A batch of odd size runs as written.
 """
 
