@@ -12,6 +12,7 @@ from torch import nn
 from toys import toy_problem
 
 import swimkit
+from swimkit import fused
 from swimkit.chips import (
     ChipRunner,
     ExactFastOps,
@@ -163,18 +164,23 @@ def _model_and_data(name: str):
 
 @pytest.mark.parametrize("name", ["lenet", "qlenet", "residual", "qresidual", "vit", "qvit"])
 def test_fast_chips_count_exactly_as_plain_chips(name):
-    """The fast ops only where they route an op, attention on its plain path either way:
-    every chip's count is the one of the plain run (no fast ops)."""
+    """The fast ops only where they route an op, attention on its plain path either way,
+    the fused graph where it fuses: every chip's count is the one of the plain run (no
+    fast ops)."""
     model, data = _model_and_data(name)
     values = {n: w.value.detach() for n, w in swimkit.device_weights(model).items()}
     chips = _chips(values, 8, scale=0.15)
     with ChipRunner(model, data, values, fast_ops=False) as plain:
         expected = plain.correct(chips)
-    with ChipRunner(model, data, values) as fast:
+    with fused.disabled(), ChipRunner(model, data, values) as fast:
         counts = fast.correct(chips)
-    assert counts == expected and len(set(counts)) > 1  # the chips differ, and match
+    with ChipRunner(model, data, values) as fusing:
+        fused_counts = fusing.correct(chips)
+    assert counts == expected == fused_counts and len(set(counts)) > 1  # they differ, and match
     assert fast.routes_ops == (not name.endswith("vit"))  # the ViT does not pool
-    assert not plain.routes_ops
+    assert not plain.routes_ops and not plain.fused and not fast.fused
+    assert fusing.fused == (name != "vit")  # the float ViT has no ReLU, quantizer or pool
+    assert not fusing.routes_ops  # every pool of these models is fused
 
 
 def test_attention_runs_its_plain_path_and_the_switch_is_restored():

@@ -10,6 +10,10 @@ weights), so one function serves every chip:
 - with exact fast paths for ops whose ATen kernel is slow on the CPU (a max-pool whose
   kernel equals its stride is the maximum of its strided views: the same numbers, about
   ten times faster here), taken only by a model that has such an op;
+- one chip a pass runs the model's graph with each conv / linear layer, its output
+  quantizer, ReLU and max-pool fused (:mod:`swimkit.fused`: pooled first, quantized in
+  place; the same numbers in fewer passes over memory), checked against the model's own
+  forward on the first batches when the runner opens;
 - multi-head attention on its plain path, the one it takes under the fast paths, so a
   chip's count does not depend on which model has them;
 - ``chips_per_pass`` chips at once: their weights stacked and the model mapped over
@@ -38,6 +42,13 @@ from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from .errors import SwimkitError, first_line
+from .fused import (
+    inference_graph,
+    keep_freed_memory,
+    pool_by_maxima,
+    takes_pairs,
+    without_pairs,
+)
 from .models import require_logits
 
 Batch = tuple[Tensor, Tensor]
@@ -45,51 +56,6 @@ Weights = Mapping[str, Tensor]
 
 
 # --- exact fast paths --------------------------------------------------------------------------
-
-
-def _pair(value: Any) -> tuple[int, int] | None:
-    if isinstance(value, int):
-        return (value, value)
-    if isinstance(value, (tuple, list)) and len(value) == 2 and all(
-            isinstance(v, int) for v in value):
-        return (int(value[0]), int(value[1]))
-    return None
-
-
-def pool_by_maxima(x: Tensor, kernel_size: Any, stride: Any = None, padding: Any = 0,
-                   dilation: Any = 1, ceil_mode: bool = False, return_indices: bool = False
-                   ) -> Tensor | None:
-    """``F.max_pool2d`` as the maximum of strided views, where that is the same thing.
-
-    Applies when the windows tile the input: kernel equal to the stride, no padding, no
-    dilation, no indices, and (with ``ceil_mode``) sizes the kernel divides. Returns None
-    where it does not apply. Maximum is exact, so the result equals ATen's bit for bit
-    (NaNs propagate in both).
-    """
-    kernel = _pair(kernel_size)
-    step = kernel if stride is None or stride == [] or stride == () else _pair(stride)
-    if (kernel is None or step != kernel or _pair(padding) != (0, 0)
-            or _pair(dilation) != (1, 1) or return_indices or x.dim() not in (3, 4)):
-        return None
-    height, width = x.shape[-2], x.shape[-1]
-    if ceil_mode and (height % kernel[0] or width % kernel[1]):
-        return None
-    rows, cols = height // kernel[0], width // kernel[1]
-    if rows == 0 or cols == 0:
-        return None
-    window = x[..., :rows * kernel[0], :cols * kernel[1]]
-    # rows first (whole rows are read in order), then columns of the result
-    by_rows = _maximum_of(window[..., i::kernel[0], :] for i in range(kernel[0]))
-    out = _maximum_of(by_rows[..., j::kernel[1]] for j in range(kernel[1]))
-    return out.clone() if out._base is not None or out is x else out
-
-
-def _maximum_of(views: Iterable[Tensor]) -> Tensor:
-    out: Tensor | None = None
-    for view in views:
-        out = view if out is None else torch.maximum(out, view)
-    assert out is not None
-    return out
 
 
 class ExactFastOps(TorchFunctionMode):
@@ -224,9 +190,11 @@ class ChipRunner:
     Use it as a context manager: while open, the device weights of ``model`` are read
     from slots. ``chips_per_pass`` chips are evaluated per forward pass (vmap over
     their stacked weights); ``compile`` compiles the forward once, falling back to eager
-    with a warning where torch.compile cannot run. ``fast_ops`` allows
-    :class:`ExactFastOps`, which the runner then uses if a probe forward shows that it
-    routes an op (``routes_ops``). The model must be in eval mode.
+    with a warning where torch.compile cannot run. ``fast_ops`` allows the fused graph
+    (:func:`swimkit.fused.inference_graph`, eager one chip a pass; ``fused`` says whether
+    it runs: it must give the model's own logits bit for bit on the first and the last
+    batch) and :class:`ExactFastOps`, which the runner then uses if a probe forward
+    shows that it routes an op (``routes_ops``). The model must be in eval mode.
     """
 
     def __init__(self, model: nn.Module, data: Sequence[Batch], values: Weights, *,
@@ -239,6 +207,8 @@ class ChipRunner:
         self.compiled = False
         self._passed = False
         self.routes_ops = False
+        self.fused = False
+        self._graph = inference_graph(model) if fast_ops and not compile else None
         # one tensor per device weight, written in place for every chip: a compiled
         # forward sees the same tensors every time and is reused
         self._inputs = {n: v.detach().clone() for n, v in values.items()}
@@ -253,18 +223,62 @@ class ChipRunner:
         return self._inputs
 
     def __enter__(self) -> ChipRunner:
+        keep_freed_memory()  # no page faults for each batch's fresh tensors
         self._slots.__enter__()
-        if self._want_compile:
-            self._compile()
-        self.routes_ops = self.fast_ops and not self.compiled and fast_ops_apply(
-            self.model, self.data[0][0][:2])  # which ops route does not depend on the batch
+        try:
+            if self._want_compile:
+                self._compile()
+            self.fused = (self._graph is not None and self.chips_per_pass == 1
+                          and self._checked_graph())
+            if self.fused:
+                self._forward = self._make_forward()
+            self.routes_ops = self.fast_ops and not self.compiled and fast_ops_apply(
+                self._graph if self.fused else self.model,
+                self.data[0][0][:2])  # which ops route does not depend on the batch
+        except BaseException:
+            self._slots.__exit__(None, None, None)
+            raise
         return self
+
+    def _checked_graph(self) -> bool:
+        """Whether the fused graph gives the model's logits bit for bit on the first
+        batch and on the last (whose size may differ): else without convolutions of pairs
+        of images (:func:`swimkit.fused.conv_of_pairs`: oneDNN's kernel for them sums as
+        the plain one on the machines measured, but that is its choice), else not at all,
+        with a warning."""
+        if self._same_as_model():
+            return True
+        if takes_pairs(self._graph) and self._same_as_model(without_pairs(self._graph)):
+            return True
+        warnings.warn(f"the fused forward of {type(self.model).__name__} does not give its "
+                      "plain logits; evaluating it as written", stacklevel=3)
+        return False
+
+    def _same_as_model(self, graph: nn.Module | None = None) -> bool:
+        """The check of :meth:`_checked_graph`, with the weights as they are and with
+        each weight's values moved round by one place (a graph that read a weight of its
+        own instead of the slot's would pass the first)."""
+        batches = {tuple(x.shape): x for x in (self.data[0][0], self.data[-1][0])}
+        graph = self._graph if graph is None else graph
+        moved = {n: v.flatten().roll(1).view_as(v) for n, v in self._inputs.items()}
+        try:
+            with torch.inference_mode(), unfused_attention():
+                for weights in (self._inputs, moved):
+                    self._slots.put(weights)
+                    if not all(torch.equal(require_logits(graph(x)),
+                                           require_logits(self.model(x)))
+                               for x in batches.values()):
+                        return False
+        finally:
+            self._slots.put(self._inputs)
+        return True
 
     def __exit__(self, *exc: object) -> None:
         self._slots.__exit__(*exc)
 
     def _make_forward(self) -> Callable[[Weights, Tensor], Tensor]:
-        model, slots = self.model, self._slots
+        slots = self._slots
+        model = self._graph if self.fused and self.chips_per_pass == 1 else self.model
 
         def forward(weights: Weights, x: Tensor) -> Tensor:
             slots.put(weights)

@@ -45,11 +45,18 @@ def fake_quantize(x: Tensor, bits: int, max_abs: Tensor | None = None) -> Tensor
     return x + (q - x).detach()
 
 
-def fake_quantize_fixed(x: Tensor, bits: int, max_abs: float) -> Tensor:
+def fake_quantize_fixed(x: Tensor, bits: int, max_abs: float, *, relu: bool = False,
+                        out: Tensor | None = None) -> Tensor:
     """:func:`fake_quantize` with a fixed range given as a number, without autograd: the
-    same values, one pass fewer (clamp with number bounds), no device read per call."""
+    same values, one pass fewer (clamp with number bounds), no device read per call.
+
+    ``relu``: a ReLU after it as well, in the same passes (the clamp starts at 0:
+    max(Q(x), 0) = Q(max(x, 0)), both exactly); ``out``: the tensor written (``x``
+    itself quantizes in place).
+    """
     step = max(max_abs / 2**bits, torch.finfo(x.dtype).tiny)
-    return x.clamp(-max_abs, max_abs).div_(step).round_().mul_(step)
+    low = 0.0 if relu else -max_abs
+    return torch.clamp(x, low, max_abs, out=out).div_(step).round_().mul_(step)
 
 
 def _check_bits(bits: object) -> int:
@@ -110,6 +117,17 @@ class OutputQuantizer(nn.Module):
         if y.requires_grad and torch.is_grad_enabled():
             return fake_quantize(y, self.bits, self.running_max.to(y.dtype))
         return fake_quantize_fixed(y, self.bits, self._host_value("running_max", y.dtype))
+
+    def fixed_range(self, dtype: torch.dtype) -> float | None:
+        """The max|y| this quantizer applies as a number in evaluation (eval mode, a
+        calibrated running range, not compiling), else None (then its range is the
+        batch's, or autograd or compiling takes another path). In evaluation without
+        autograd its output is ``fake_quantize_fixed(y, bits, fixed_range(y.dtype))``."""
+        if (self.training or self.output_range != "running"
+                or torch.compiler.is_compiling()
+                or not self._host_value("calibrated", torch.bool)):
+            return None
+        return self._host_value("running_max", dtype)
 
     def _host_value(self, name: str, dtype: torch.dtype) -> Any:
         """Buffer ``name`` in ``dtype`` as a Python number, read from its device only when

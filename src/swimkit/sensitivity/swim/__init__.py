@@ -5,6 +5,9 @@
 - rule files by op family: :mod:`.linear` (linear, conv), :mod:`.normalization` (batch
   norm, layer norm), :mod:`.activations`, :mod:`.pooling`, :mod:`.structural`,
   :mod:`.attention` (products of activations, softmax, attention);
+- :mod:`.pairs`: a one-channel first convolution and the layers after it run on pairs
+  of images (a faster kernel, the same values); :mod:`.folding`: a ReLU folded into the
+  layer before it (and into the max-pool after it), fewer passes over memory;
 - :mod:`.check`: ``check_rule``, a rule against the squared-Jacobian oracle.
 
 Every rule is "the backward pass of the op with every Jacobian entry squared",
@@ -16,8 +19,10 @@ from __future__ import annotations
 from . import (  # noqa: F401 - rules
     activations,
     attention,
+    folding,
     linear,
     normalization,
+    pairs,
     pooling,
     structural,
 )

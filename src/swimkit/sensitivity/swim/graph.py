@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from ... import fused
 from ...errors import SwimkitError
 from ...mapping import DeviceWeight, perturbed
 from ...models import require_logits
@@ -29,6 +30,8 @@ from ...progress import progress_bar
 from ..batching import Chunk, depends_on_batch, pass_batch_size, regrouped, weighted
 from ..engines import register_engine
 from .context import RuleContext, SValue, layout
+from .folding import FOLDED, fold_relus
+from .pairs import pair_chains, run_layer, runs_on_pairs
 from .registry import OUT_OF_PLACE
 from .tracing import (
     CALLS,
@@ -63,6 +66,9 @@ class CurvaturePass:
         self._by_tensor = {(id(use.module), use.attribute): name for name, use in uses}
         self._by_attribute = {use.name: name for name, use in uses}
         rewire_in_place(graph, model)
+        if fused.enabled():
+            pair_chains(graph, model)
+            fold_relus(graph, model)
         self.nodes = list(graph.nodes)
         calls = [n for n in self.nodes if n.op in CALLS]
         if curvature_at_input:
@@ -189,7 +195,11 @@ class CurvaturePass:
         if kwargs.get("inplace"):
             kwargs["inplace"] = False
         if node.op == "call_module":
-            return self.module(node)(*args, **kwargs)
+            module = self.module(node)
+            pairs = runs_on_pairs(node, module, args[0] if args else None)
+            if pairs or node.meta.get(FOLDED):
+                return run_layer(module, args[0], pairs, node.meta.get(FOLDED, False))
+            return module(*args, **kwargs)
         if node.op == "call_function":
             return OUT_OF_PLACE.get(node.target, node.target)(*args, **kwargs)
         method = str(node.target)
@@ -417,6 +427,7 @@ def swim_curvature(
     Raw units: derivatives with respect to the effective device weights.
     """
     run = CurvaturePass(model, trace(model), weights)
+    fused.keep_freed_memory()  # no page faults for each batch's fresh tensors
     samples = 0
     given = weighted(progress_bar(batches, progress, "sensitivity (swim)"))
     with out_of_place_layers(model), _batch_step(run, model, weights) as step:

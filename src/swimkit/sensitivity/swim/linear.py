@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .context import RuleContext, SValue, layout, unsupported
+from .pairs import runs_on_pairs
 from .registry import register_own
 
 
@@ -78,30 +79,52 @@ def _explicit_padding(ctx: RuleContext, padding: Any, weight: Tensor, dilation: 
 
 
 def conv_rule(ctx: RuleContext, s: Tensor) -> dict[fx.Node, SValue]:
+    """S_W: the weight gradient with x^2 and S_y; S_x: the input gradient with W^2. On
+    pairs of images (:mod:`.pairs`) the grouped convolution's, its two groups' weight
+    gradients added."""
     x = ctx.arg(0, "input")
     weight, weight_name = ctx.weight_of(1)
     p = _conv_params(ctx)
     padding = _explicit_padding(ctx, p["padding"], weight, p["dilation"])
+    pairs = runs_on_pairs(ctx.node, ctx.module, x)
     common = (
         None, p["stride"], padding, p["dilation"], p["transposed"], p["output_padding"],
-        p["groups"],
+        2 if pairs else p["groups"],
     )
     mask = [ctx.needs(ctx.input_node), weight_name is not None, False]
     if not any(mask):
         return {}
     if ctx.grad is not None:
         g_x, g_w, _ = torch.ops.aten.convolution_backward(
-            ctx.grad.contiguous(memory_format=layout(x)), x, weight, *common, mask)
+            ctx.grad.contiguous(memory_format=layout(x)), x, _paired(weight.detach(), pairs),
+            *common, mask)
         if weight_name is not None:
-            ctx.accumulate_grad(weight_name, g_w)
+            ctx.accumulate_grad(weight_name, _summed(g_w, pairs))
         if g_x is not None:
             ctx.send_grad(ctx.to_input(g_x))
     x2 = torch.square(x, out=ctx.scratch(x)) if weight_name is not None else x
     s_x, s_w, _ = torch.ops.aten.convolution_backward(
-        s.contiguous(memory_format=layout(x)), x2, ctx.squared(weight), *common, mask)
+        s.contiguous(memory_format=layout(x)), x2, _paired(ctx.squared(weight), pairs),
+        *common, mask)
     if weight_name is not None:
-        ctx.accumulate(weight_name, s_w)
+        ctx.accumulate(weight_name, _summed(s_w, pairs))
     return ctx.to_input(s_x) if s_x is not None else {}
+
+
+def _paired(weight: Tensor, pairs: bool) -> Tensor:
+    """The weight of the grouped convolution of pairs of images (twice over, channels
+    last), or ``weight`` itself."""
+    if not pairs:
+        return weight
+    return weight.repeat(2, 1, 1, 1).contiguous(memory_format=torch.channels_last)
+
+
+def _summed(gradient: Tensor, pairs: bool) -> Tensor:
+    """A weight's gradient: on pairs of images the sum of the two groups'."""
+    if not pairs:
+        return gradient
+    half = gradient.shape[0] // 2
+    return gradient[:half] + gradient[half:]
 
 
 register_own(linear_rule, nn.Linear, F.linear)
