@@ -302,6 +302,25 @@ def sampled_moments(noise: Any, g: Tensor, tolerance: float | None, max_attempts
     return _CACHE[key]
 
 
+def program_options(device: AihwkitDevice, g: Tensor, chosen: Tensor,
+                    tolerances: Sequence[float | None]) -> Tensor:
+    """Program targets ``g`` (uS) as ``device`` does, each at its option ``chosen`` (0: a
+    plain write; k: verified to ``tolerances[k]`` device steps, by the model's own draws in
+    swimkit's loop, or by its acceptance range for a model with ranges)."""
+    out = torch.empty_like(g)
+    for option, tolerance in enumerate(tolerances):
+        where = chosen == option
+        if not bool(where.any()):
+            continue
+        noise = device._option_noise(tolerance)
+        if tolerance is None or device.menu_ranges is not None:
+            out[where] = _program(noise, g[where])
+        else:
+            out[where] = verify_loop(noise, g[where], tolerance * device.step,
+                                     device.loop.max_attempts)[0]
+    return out
+
+
 # --- the device model ---------------------------------------------------------------------
 
 
@@ -624,18 +643,7 @@ class AihwkitDevice(CellModel):
 
     def _program_options(self, g: Tensor, chosen: Tensor, tolerances: list[float | None]
                          ) -> Tensor:
-        out = torch.empty_like(g)
-        for option, tolerance in enumerate(tolerances):
-            where = chosen == option
-            if not bool(where.any()):
-                continue
-            noise = self._option_noise(tolerance)
-            if tolerance is None or self.menu_ranges is not None:
-                out[where] = _program(noise, g[where])
-            else:
-                out[where] = verify_loop(noise, g[where], tolerance * self.step,
-                                         self.loop.max_attempts)[0]
-        return out
+        return program_options(self, g, chosen, tolerances)
 
     def _weights(self, conductances: list[Tensor]) -> Tensor:
         """The weight a pair or device holds, in uS (sign included; 0 at g_min / middle)."""
@@ -677,5 +685,6 @@ class AihwkitDevice(CellModel):
 
 
 __all__ = ["PAIR", "SINGLE", "AihwkitDevice", "converter_kind", "is_pcm", "pcm_moments",
+           "program_options",
            "read_at", "sampled_moments", "segments", "split_sizes", "tile_blocks",
            "verify_loop"]

@@ -139,6 +139,13 @@ def _any(model: str = "", args: str = "", samples: int = 2048,
         noise = cls(**kwargs)
     except (TypeError, ValueError) as err:
         raise SwimkitError(f"{model}({args or ''}) failed: {err}") from None
+    for key, asked in kwargs.items():  # a setting the model replaced without a word
+        taken = getattr(noise, key, asked)
+        if key == "acceptance_range" and taken != asked:
+            raise SwimkitError(f"{model} took acceptance_range={asked!r} as {taken!r}: its "
+                               "ranges are in percent (keys "
+                               f"{', '.join(f'{k:g}' for k in sorted(noise.coeff_dict))}); "
+                               "give 2 for 2 %")
     return device_model(noise, kind="aihwkit", samples=samples,
                         pulse_sigma_percent=pulse_sigma_percent, **settings)
 
@@ -155,13 +162,14 @@ def register() -> None:
              "drift compensation) on a device pair per weight; needs aihwkit")
     register_device_model(
         "aihwkit-reram-wan", _wan, settings=SETTINGS,
-        options={**COMMON_OPTIONS, "g_max": 25.0, "noise_scale": 1.0},
+        options={**COMMON_OPTIONS, "g_max": 25.0, "noise_scale": 1.0, "samples": 2048},
         help="aihwkit's ReRamWan2022NoiseModel (reads at 1, 86400, 172800 s); needs aihwkit")
     register_device_model(
         "aihwkit-reram-cmo", _cmo, settings=("bits_per_weight", "bits_per_device",
                                               "write_verify"),
         options={**COMMON_OPTIONS, "g_max": 88.2, "g_min": 9.0, "prog_noise_scale": 1.0,
-                 "read_noise_scale": 1.0, "drift_scale": 1.0, "pulse_sigma_percent": 5.0},
+                 "read_noise_scale": 1.0, "drift_scale": 1.0, "pulse_sigma_percent": 5.0,
+                 "samples": 2048},
         help="aihwkit's ReRamCMONoiseModel: its 2 % acceptance range is the plain write, "
              "0.2 % the verify option; needs aihwkit")
     register_device_model(
