@@ -489,3 +489,15 @@ def test_an_aihwkit_lightning_model_trains_and_is_taken_by_swimkits_steps(tmp_pa
                  "--verify", "none", "--device-model", "aihwkit-pcm", "--tile", "392x512",
                  "--ranges", "tile", "--times", "1,86400", "--no-progress", "--json", str(out)])
     assert code == 0
+
+
+def test_the_command_line_lists_the_aihwkit_models(capsys):
+    """Their help goes through argparse's formatting (no bare percent signs)."""
+    from swimkit.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["run", "--help"])
+    assert exit_.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for name in ("aihwkit-pcm:", "aihwkit-reram-wan:", "aihwkit-reram-cmo:", "aihwkit:"):
+        assert name in text

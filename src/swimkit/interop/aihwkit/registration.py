@@ -170,8 +170,8 @@ def register() -> None:
         options={**COMMON_OPTIONS, "g_max": 88.2, "g_min": 9.0, "prog_noise_scale": 1.0,
                  "read_noise_scale": 1.0, "drift_scale": 1.0, "pulse_sigma_percent": 5.0,
                  "samples": 2048},
-        help="aihwkit's ReRamCMONoiseModel: its 2 % acceptance range is the plain write, "
-             "0.2 % the verify option; needs aihwkit")
+        help="aihwkit's ReRamCMONoiseModel: its 2 percent acceptance range is the plain write, "
+             "0.2 percent the verify option; needs aihwkit")
     register_device_model(
         "aihwkit", _any, settings=SETTINGS,
         options={**COMMON_OPTIONS, "model": "", "args": "", "samples": 2048,
