@@ -32,6 +32,33 @@ def test_without_aihwkit_a_model_names_the_install_line(monkeypatch):
     assert "aihwkit-pcm" in swimkit.devices.DEVICE_MODELS  # registered all the same
 
 
+def test_checkpoint_readers_are_asked_before_the_reference_format(tmp_path):
+    """The core hook the interop reads aihwkit files through: a registered reader gets what
+    torch.load read, and a file it does not claim goes on to the other formats."""
+    from swimkit.checkpoints import CHECKPOINT_READERS, register_checkpoint_reader
+
+    seen = []
+
+    def read(obj, path, model, model_name):
+        seen.append(path.name)
+        if "marker" not in obj:
+            return None
+        built = swimkit.build_model("lenet", seed=0)
+        return built, {"format": "marked", "path": str(path), "model_name": "lenet"}
+
+    register_checkpoint_reader("marked", read)
+    try:
+        marked, plain = tmp_path / "marked.pt", tmp_path / "plain.pt"
+        torch.save({"marker": torch.zeros(1)}, marked)
+        torch.save(swimkit.build_model("lenet", seed=0).state_dict(), plain)
+        assert swimkit.checkpoints.load_checkpoint(marked)[1]["format"] == "marked"
+        assert swimkit.checkpoints.load_checkpoint(plain, model_name="lenet")[1][
+            "format"] == "reference"
+        assert seen == ["marked.pt", "plain.pt"]
+    finally:
+        CHECKPOINT_READERS.remove("marked")
+
+
 # --- with aihwkit ---------------------------------------------------------------------------
 
 aihwkit = pytest.importorskip("aihwkit", reason="aihwkit is not installed (pip install "
