@@ -10,6 +10,7 @@ import sys
 
 import pytest
 import torch
+from test_device_models import empirical_second_moment, layer
 from torch import nn
 from toys import toy_problem
 
@@ -84,21 +85,6 @@ from swimkit.interop.aihwkit.planned import (  # noqa: E402
 )
 
 DAY, YEAR = 86400.0, 31536000.0
-
-
-def layer(seed: int = 0, shape=(64, 150)) -> tuple[dict, dict]:
-    torch.manual_seed(seed)
-    w = torch.randn(*shape)
-    return {"w": w}, {"w": w.abs().max()}
-
-
-def chips_second_moment(dm, values, scales, time, plan=None, chips=60) -> float:
-    draw = dm.sampler(values, scales, plan, (time,))
-    total = 0.0
-    for k in range(chips):
-        dw = draw(torch.Generator().manual_seed(k))[0]["w"].double() / scales["w"]
-        total += float(dw.square().mean())
-    return total / chips
 
 
 def perfect_config(**mapping) -> TorchInferenceRPUConfig:
@@ -180,7 +166,7 @@ def test_sampled_variances_are_what_the_chips_show(name, time):
     # the programmed weights' scale: every weight grows by max|w_prog| / max|w_target| (a
     # few percent; the chips have it, the per-level variances not)
     rel = 0.1 if "wan" in name else 0.05
-    shown = chips_second_moment(dm, values, scales, time, chips=30)
+    shown = empirical_second_moment(dm, values, scales, time, chips=30)
     assert shown == pytest.approx(analytic, rel=rel)
 
 

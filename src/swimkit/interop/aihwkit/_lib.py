@@ -25,26 +25,24 @@ def available() -> bool:
     return True
 
 
-def module(name: str = "aihwkit") -> ModuleType:
-    """``aihwkit`` or one of its modules, or a one-line error saying how to install it."""
+def _imported(name: str, install: str) -> ModuleType:
+    """Module ``name``, or a one-line error saying ``install`` where aihwkit is missing."""
     try:
         return importlib.import_module(name)
     except ModuleNotFoundError as err:
         if err.name is not None and not err.name.startswith("aihwkit"):
             raise
-        raise SwimkitError(f"{name} is not installed; install it with {INSTALL} (on Python "
-                           f"3.11: {INSTALL_311})") from None
+        raise SwimkitError(f"{name} is not installed; install it with {install}") from None
+
+
+def module(name: str = "aihwkit") -> ModuleType:
+    """``aihwkit`` or one of its modules, or a one-line error saying how to install it."""
+    return _imported(name, f"{INSTALL} (on Python 3.11: {INSTALL_311})")
 
 
 def lightning(name: str = "aihwkit_lightning") -> ModuleType:
     """``aihwkit_lightning`` or one of its modules, or a one-line error."""
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as err:
-        if err.name is not None and not err.name.startswith("aihwkit"):
-            raise
-        raise SwimkitError(f"{name} is not installed; install it with pip install --no-deps "
-                           "aihwkit-lightning (it pins an older torch)") from None
+    return _imported(name, "pip install --no-deps aihwkit-lightning (it pins an older torch)")
 
 
 @contextlib.contextmanager
