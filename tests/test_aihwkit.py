@@ -33,6 +33,19 @@ def test_without_aihwkit_a_model_names_the_install_line(monkeypatch):
     assert "aihwkit-pcm" in swimkit.devices.DEVICE_MODELS  # registered all the same
 
 
+def test_swimkit_its_registries_and_the_interop_package_do_not_import_aihwkit():
+    import subprocess
+
+    code = ("import sys, swimkit, swimkit.interop.aihwkit\n"
+            "from swimkit.checkpoints import CHECKPOINT_READERS\n"
+            "swimkit.devices.DEVICE_MODELS.names(); list(CHECKPOINT_READERS)\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'aihwkit', "
+            "'aihwkit_lightning'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "[]"
+
+
 def test_checkpoint_readers_are_asked_before_the_reference_format(tmp_path):
     """The core hook the interop reads aihwkit files through: a registered reader gets what
     torch.load read, and a file it does not claim goes on to the other formats."""
