@@ -48,8 +48,8 @@ def main() -> None:
               f"{float(swim.plain_sigmas(cells)) * step:.4f} | {spread:.4f} |")
         mean, s = (float(v) for v in swim.drift_exponent(cells.levels))
         print(f"| {x:.3f} | drift exponent mean / std | {float(nu.mean()):.5f} / "
-              f"{float(nu.std()):.5f} | {mean:.5f} / {s:.5f} (clipped at 0) | "
-              "folded: aihwkit's |nu| |")
+              f"{float(nu.std()):.5f} | {mean:.5f} / {s:.5f} (its fit; draws clipped at 0) | "
+              "folded: aihwkit's abs(nu) |")
         for label, t in TIMES.items():
             still = noise.apply_drift_noise_to_conductance(target.clone(),
                                                            torch.zeros_like(nu), t)
