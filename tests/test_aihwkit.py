@@ -435,7 +435,7 @@ def test_an_aihwkit_model_and_its_file_are_taken_as_plain_layers(tmp_path):
     assert torch.allclose(plain[1].weight, sequential[1].weight, atol=1e-6)
 
 
-def test_an_aihwkit_lightning_model_trains_and_is_taken_by_swimkits_steps(tmp_path, fmnist):
+def test_an_aihwkit_lightning_model_is_taken_by_swimkits_steps(tmp_path, fmnist):
     lightning = pytest.importorskip("aihwkit_lightning", reason="aihwkit-lightning is not "
                                     "installed (pip install --no-deps aihwkit-lightning)")
     from aihwkit_lightning.nn.conversion import convert_to_analog as to_lightning
