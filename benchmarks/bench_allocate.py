@@ -114,7 +114,7 @@ def measure_allocate(name: str, device: str, memory: bool) -> dict:
     dm = DEVICES[device]()
     plans = []
     seconds, peak = peak_memory(lambda: plans.append(swimkit.select(
-        model, sens, method="allocate", speedup=SPEEDUPS[device], device_model=dm)),
+        model, sens, method="allocate", speedup=SPEEDUPS[device], chip=dm)),
         torch.device("cpu"))
     if memory:
         return {"peak": peak}
@@ -134,7 +134,7 @@ def measure_learned(name: str, device: str, counts: list[int], batch: int,
     data = random_batches(name, max(counts), batch)
 
     def learn(count: int) -> None:
-        swimkit.select(model, sens, method="learned", speedup=SPEEDUPS[device], device_model=dm,
+        swimkit.select(model, sens, method="learned", speedup=SPEEDUPS[device], chip=dm,
                        data=data[:count], options={"epochs": 1})
 
     if memory:

@@ -39,12 +39,12 @@ def bench(name: str, args: argparse.Namespace, device: torch.device) -> None:
     data = synthetic("cifar10-sized", (3, 32, 32), args.train_images, args.test_images, 10)
     model = swimkit.build_model(name, seed=0).to(device)
     config = TrainConfig(epochs=1, batch_size=128, augment=True)
-    epoch = timed(lambda: train(model, data, config, model_name=name, device=device))
+    epoch = timed(lambda: train(model, data, config, model_name=name))
     model.eval()
     chosen = evaluation_batch_size(model, data.image_shape, device)
     versus = chip_against_floor(model, preload(data.test, data, chosen, device),
                                 preload(data.test, data, FLOOR_BATCH, device), args.samples)
-    batches = list(Batches(data.train, data, 128, device=device))
+    batches = list(Batches(data.train, data, 128, where=device))
     sens = timed(lambda: swimkit.sensitivity(model, batches))
     print(f"{name}: training epoch {scaled(epoch, args.train_images, FULL_TRAIN)}; "
           f"Monte-Carlo sample (batch {chosen}) "

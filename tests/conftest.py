@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import math
+import types
 from pathlib import Path
 
 import pytest
@@ -60,3 +63,97 @@ def fmnist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setattr(data.locate, "DEFAULT_CACHE_DIR", tmp_path / "cache")
     monkeypatch.setattr(data.locate, "SYSTEM_DATA_DIRS", (tmp_path / "system",))
     return folder
+
+
+@pytest.fixture()
+def cli(capsys: pytest.CaptureFixture):
+    """The command line run in this process: ``cli(*args)`` -> (exit status, stdout,
+    stderr); argparse's own exits (--help, a bad value) give their status too."""
+    from swimkit.cli import main
+
+    def run(*args) -> tuple[int, str, str]:
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as ended:
+            code = ended.code
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return run
+
+
+@pytest.fixture()
+def flow_args(fmnist: Path):
+    """The flags of a quick flow on the small Fashion-MNIST:
+    ``flow_args(out, epochs=2, samples=4)``."""
+
+    def args(out: Path, epochs: int = 2, samples: int = 4) -> list[str]:
+        return ["--dataset", "fashion-mnist", "--data-dir", str(fmnist), "--epochs",
+                str(epochs), "--samples", str(samples), "--out", str(out), "--no-progress",
+                "--sigma", "0.5"]
+
+    return args
+
+
+# --- damaged files: every field of a file swimkit reads, damaged five ways ---------------
+
+DAMAGES = {"wrong type": lambda v: "x" if not isinstance(v, str) else 12345,
+           "missing": None, "NaN": lambda v: math.nan, "empty": lambda v: [] if not isinstance(
+               v, list) else {}, "out of range": lambda v: -1e9}
+
+
+def field_paths(obj, prefix=()):
+    """Every field path of a JSON-like object (lists: their first item)."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield (*prefix, k)
+            yield from field_paths(v, (*prefix, k))
+    elif isinstance(obj, list) and obj and isinstance(obj[0], (dict, list)):
+        yield from field_paths(obj[0], (*prefix, 0))
+
+
+def damaged(obj, path, damage):
+    """A copy of ``obj`` with the field at ``path`` damaged (a key of :data:`DAMAGES`)."""
+    out = copy.deepcopy(obj)
+    node = out
+    for key in path[:-1]:
+        node = node[key]
+    if damage == "missing":
+        if isinstance(node, dict):
+            del node[path[-1]]
+        else:
+            node.pop(path[-1])
+    else:
+        node[path[-1]] = DAMAGES[damage](node[path[-1]])
+    return out
+
+
+@pytest.fixture()
+def damages():
+    """The ways a field is damaged, every field path of a file, and a damaged copy."""
+    return types.SimpleNamespace(kinds=DAMAGES, paths=field_paths, damaged=damaged)
+
+
+def fuzz_sweep(folder: Path, out: Path) -> list[str]:
+    """The toy sweep whose files the damage tests start from."""
+    return ["sweep", "--model", "lenet", "--dataset", "fashion-mnist", "--data-dir",
+            str(folder / "data"), "--epochs", "1", "--samples", "3", "--out", str(out),
+            "--no-progress", "--methods", "magnitude", "--fractions", "0.1", "--sigma", "0.5"]
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    """A real sweep's files (sweep.json, points.json, the training folder) to damage:
+    (folder, output folder, the sweep's arguments)."""
+    from swimkit.cli import main
+
+    folder = tmp_path_factory.mktemp("swept")
+    make_learnable_mnist(folder / "data", n_train=600, n_test=100)
+    out = folder / "o"
+    saved = data.locate.SYSTEM_DATA_DIRS
+    data.locate.SYSTEM_DATA_DIRS = (folder / "system",)
+    try:
+        assert main(fuzz_sweep(folder, out)) == 0
+    finally:
+        data.locate.SYSTEM_DATA_DIRS = saved
+    return folder, out, fuzz_sweep(folder, out)

@@ -98,6 +98,8 @@ REFERENCE_MODELS = [n for n in MODELS.names() if MODELS.get(n).architecture != "
 
 @pytest.mark.parametrize("name", REFERENCE_MODELS)
 def test_reference_checkpoint_loads_exactly(name: str, tmp_path: Path) -> None:
+    """Each reference model's saved_B_*.pt loads exactly, the model told by the file
+    name."""
     source = fresh(name, seed=1)
     path = tmp_path / f"saved_B_{REFERENCE_ALIASES[name]}.pt"
     torch.save(reference_format(source), path)
@@ -118,6 +120,7 @@ def test_reference_checkpoint_loads_exactly(name: str, tmp_path: Path) -> None:
 
 
 def test_reference_checkpoint_into_a_given_model(tmp_path: Path) -> None:
+    """A reference state dict loads into a given model, its extra entries kept."""
     source = fresh("qlenet", seed=2)
     path = tmp_path / "saved_B_anything.pt"
     torch.save({"state_dict": reference_format(source), "epoch": 5, "acc": 0.91}, path)
@@ -132,6 +135,7 @@ def test_reference_checkpoint_into_a_given_model(tmp_path: Path) -> None:
 def test_reference_resnet_with_dataparallel_prefix_linear_head_and_no_step_counter(
     tmp_path: Path,
 ) -> None:
+    """A DataParallel prefix, a linear head and missing step counters are taken."""
     source = fresh("resnet18", seed=3)
     state = {
         "module." + k.replace("fc.op.", "linear.op."): v
@@ -148,6 +152,7 @@ def test_reference_resnet_with_dataparallel_prefix_linear_head_and_no_step_count
 
 
 def test_reference_mapping_of_single_keys() -> None:
+    """Reference keys map to swimkit's names; noise tensors are dropped."""
     target = plain_state_dict(build_model("resnet18"))
     mapped, dropped = reference_state_dict(
         {
@@ -193,6 +198,7 @@ def test_reference_mapping_of_single_keys() -> None:
     ],
 )
 def test_reference_mismatch_is_one_clear_line(change, expected: str, tmp_path: Path) -> None:
+    """A file that does not fit is one line naming the keys and shapes."""
     state = reference_format(fresh("lenet"))
     change(state)
     path = tmp_path / "saved_B_LeNet.pt"
@@ -206,6 +212,7 @@ def test_reference_mismatch_is_one_clear_line(change, expected: str, tmp_path: P
 
 
 def test_long_key_lists_are_truncated(tmp_path: Path) -> None:
+    """Long key lists are cut with a count of the rest."""
     path = tmp_path / "saved_B_LeNet.pt"
     torch.save(reference_format(fresh("lenet")), path)
     with pytest.raises(SwimkitError) as excinfo:
@@ -217,6 +224,7 @@ def test_long_key_lists_are_truncated(tmp_path: Path) -> None:
 
 
 def test_reference_file_name_without_model_needs_model_name(tmp_path: Path) -> None:
+    """A file name that names no model asks for model_name."""
     path = tmp_path / "saved_B_0.pt"
     torch.save(reference_format(fresh("lenet")), path)
     with pytest.raises(SwimkitError, match="pass model_name="):
@@ -227,6 +235,7 @@ def test_reference_file_name_without_model_needs_model_name(tmp_path: Path) -> N
 
 
 def test_parity_fixture_loads(tmp_path: Path, reference_path: Path) -> None:
+    """The stored reference run loads into LeNet and into a quantized LeNet."""
     state = torch.load(reference_path, weights_only=True)["state_dict"]
     strict = LeNet()
     strict.load_state_dict(state, strict=True)
@@ -243,6 +252,7 @@ def test_parity_fixture_loads(tmp_path: Path, reference_path: Path) -> None:
 
 
 def test_swimkit_round_trip_float(tmp_path: Path) -> None:
+    """A swimkit checkpoint round-trips the weights, optimizer and extras, atomically."""
     model = fresh("lenet").train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     model(sample("lenet")).sum().backward()
@@ -276,6 +286,7 @@ def calibrate(model: nn.Module, name: str) -> None:
 
 @pytest.mark.parametrize("name", ["qlenet", "qresnet18"])
 def test_swimkit_round_trip_quantized_keeps_calibration(name: str, tmp_path: Path) -> None:
+    """A quantized checkpoint keeps its output quantizers' calibration."""
     model = fresh(name)
     calibrate(model, name)
     path = tmp_path / f"{name}.pt"
@@ -293,6 +304,7 @@ def test_swimkit_round_trip_quantized_keeps_calibration(name: str, tmp_path: Pat
 
 
 def test_quantized_checkpoint_keeps_bits_and_output_range(tmp_path: Path) -> None:
+    """The bits and output range travel with the checkpoint."""
     model = build_model("qlenet", bits=3, output_range="batch")
     path = tmp_path / "q.pt"
     save_checkpoint(path, model, model_name="lenet")  # float name, quantized state
@@ -302,6 +314,7 @@ def test_quantized_checkpoint_keeps_bits_and_output_range(tmp_path: Path) -> Non
 
 
 def test_float_checkpoint_into_quantized_model(tmp_path: Path) -> None:
+    """A float checkpoint loads into a quantized model, uncalibrated."""
     float_model = fresh("lenet")
     path = tmp_path / "float.pt"
     save_checkpoint(path, float_model, model_name="lenet")
@@ -321,6 +334,7 @@ def test_float_checkpoint_into_quantized_model(tmp_path: Path) -> None:
 
 
 def test_quantized_checkpoint_does_not_fit_a_float_model(tmp_path: Path) -> None:
+    """A quantized checkpoint does not fit a float model: one line."""
     path = tmp_path / "q.pt"
     save_checkpoint(path, build_model("qlenet"), model_name="qlenet")
     with pytest.raises(SwimkitError) as excinfo:
@@ -331,6 +345,7 @@ def test_quantized_checkpoint_does_not_fit_a_float_model(tmp_path: Path) -> None
 
 
 def test_plain_state_dict_names() -> None:
+    """Plain state dicts use the unparametrized names, and raw ones load too."""
     quantized = build_model("qlenet")
     raw = quantized.state_dict()
     assert "conv1.parametrizations.weight.original" in raw
@@ -344,6 +359,7 @@ def test_plain_state_dict_names() -> None:
 
 
 def test_load_plain_state_dict_shape_error_names_the_model() -> None:
+    """A shape mismatch names the weight and both shapes."""
     state = plain_state_dict(LeNet())
     state["conv2.weight"] = torch.zeros(16, 6, 5, 5)
     with pytest.raises(SwimkitError) as excinfo:
@@ -356,11 +372,13 @@ def test_load_plain_state_dict_shape_error_names_the_model() -> None:
 
 
 def test_missing_file(tmp_path: Path) -> None:
+    """A missing file is one line."""
     with pytest.raises(SwimkitError, match="does not exist"):
         load_checkpoint(tmp_path / "nope.pt")
 
 
 def test_damaged_file(tmp_path: Path) -> None:
+    """Damaged, empty and truncated files are one line each."""
     path = tmp_path / "saved_B_LeNet.pt"
     path.write_bytes(b"not a checkpoint")
     with pytest.raises(SwimkitError, match="trusted=True"):
@@ -376,6 +394,7 @@ def test_damaged_file(tmp_path: Path) -> None:
 
 
 def test_pickled_module_needs_trust(tmp_path: Path) -> None:
+    """A pickled module loads only with trusted=True."""
     source = fresh("lenet")
     path = tmp_path / "saved_B_LeNet.pt"
     torch.save(source, path)
@@ -386,6 +405,7 @@ def test_pickled_module_needs_trust(tmp_path: Path) -> None:
 
 
 def test_not_a_state_dict(tmp_path: Path) -> None:
+    """A file that holds no state dict is one line."""
     path = tmp_path / "saved_B_LeNet.pt"
     torch.save({"epoch": 1}, path)
     with pytest.raises(SwimkitError, match="neither a swimkit checkpoint nor a state dict"):
@@ -393,6 +413,7 @@ def test_not_a_state_dict(tmp_path: Path) -> None:
 
 
 def test_swimkit_checkpoint_of_an_unregistered_model(tmp_path: Path) -> None:
+    """A checkpoint of an unregistered model needs the model given."""
     model = nn.Sequential(nn.Linear(3, 2))
     path = tmp_path / "mine.pt"
     save_checkpoint(path, model, model_name="my-mlp")

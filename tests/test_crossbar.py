@@ -1,23 +1,22 @@
-"""Crossbar mapping: tiles and ranges, signed weights on device pairs or with an offset,
-converters and output noise, and what follows them (variances, prices, plans, chips)."""
+"""Crossbar mapping (swimkit.crossbar): tiles and ranges, signed weights on device pairs or
+with an offset, the settings that would not act, and what follows them (variances,
+prices, plans, a chip's fit)."""
 
 from __future__ import annotations
-
-import warnings
 
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 from toys import toy_problem
 
 import swimkit
-from swimkit.converters import AnalogReads, analog_conv, analog_linear
-from swimkit.crossbar import Crossbar, MappedDevice
+from swimkit.chip import ChipSpec
+from swimkit.crossbar import MAX_NORMALISED, Crossbar
 from swimkit.devices import build_device_model
+from swimkit.devices.mapped import MappedDevice
 from swimkit.errors import SwimkitError
-from swimkit.mapping import effective_weights, weight_scales
+from swimkit.mapping import layer_ranges
 
 
 def _tiles_by_loops(w: torch.Tensor, rows: int, columns: int) -> torch.Tensor:
@@ -31,15 +30,22 @@ def _tiles_by_loops(w: torch.Tensor, rows: int, columns: int) -> torch.Tensor:
 
 
 def test_default_crossbar_is_the_idealised_chip_bit_for_bit():
+    """On the default crossbar the chip's device is the device model itself and every
+    weight has one range, max |W|."""
     assert swimkit.Crossbar is Crossbar
-    device = swimkit.DeviceModel()
-    assert Crossbar().wrap(device) is device
+    device = swimkit.GaussianDevice()
+    chip = ChipSpec(device)
+    assert chip.crossbar.is_default and chip.device is device
     values = {"a": torch.randn(5, 7), "b": torch.randn(3, 2, 3, 3)}
-    for name, scale in weight_scales(values, Crossbar().wrap(device)).items():
-        assert scale.dim() == 0 and torch.equal(scale, values[name].abs().amax())
+    for scales in (chip.scales(values), layer_ranges(values)):
+        for name, scale in scales.items():
+            assert scale.dim() == 0 and torch.equal(scale, values[name].abs().amax())
+    mapped = ChipSpec(device, crossbar=Crossbar(signed="pair")).device
+    assert isinstance(mapped, MappedDevice) and mapped.base is device
 
 
 def test_tile_and_column_ranges_match_blocks_written_out():
+    """Tile and column ranges are the maxima of the blocks written out by loops."""
     gen = torch.Generator().manual_seed(0)
     w = torch.randn(10, 13, generator=gen)
     tiled = Crossbar(tile_rows=4, tile_columns=3, ranges="tile")
@@ -54,6 +60,7 @@ def test_tile_and_column_ranges_match_blocks_written_out():
 
 
 def test_convolution_tiles_hold_whole_input_channels():
+    """A convolution's tile holds whole input channels; one that cannot is refused."""
     w = torch.randn(6, 5, 3, 3)
     crossbar = Crossbar(tile_rows=20, ranges="column")  # 20 rows: two channels of 3x3
     geo = crossbar.geometry("conv.weight", w.shape)
@@ -64,10 +71,11 @@ def test_convolution_tiles_hold_whole_input_channels():
         expected = w[:, lo:lo + 2].abs().amax(dim=(1, 2, 3))
         assert torch.equal(ranges[:, channel, 0, 0], expected)
     with pytest.raises(SwimkitError, match="cannot hold one input channel"):
-        Crossbar(tile_rows=4).geometry("conv.weight", w.shape)
+        Crossbar(tile_rows=4, ranges="column").geometry("conv.weight", w.shape)
 
 
 def test_packed_attention_projection_has_a_range_per_matrix():
+    """q, k and v of a packed projection each get their own range."""
     w = torch.randn(12, 4)
     w[0, 0] = 50.0  # an outlier in q must not set k's or v's range
     ranges = Crossbar(ranges="tile").weight_ranges("attn.in_proj_weight", w).expand_as(w)
@@ -79,10 +87,13 @@ def test_packed_attention_projection_has_a_range_per_matrix():
 
 
 def test_tile_indices_say_where_each_device_sits():
-    rows, columns = Crossbar(tile_rows=4, tile_columns=3).tile_indices("fc.weight", (10, 9))
+    """Row and column tile of every input and output, packed matrices numbered apart."""
+    tiled = Crossbar(tile_rows=4, tile_columns=3, ranges="tile")
+    rows, columns = tiled.tile_indices("fc.weight", (10, 9))
     assert rows.tolist() == [0, 0, 0, 0, 1, 1, 1, 1, 2]
     assert columns.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3]
-    _, packed = Crossbar(tile_columns=3).tile_indices("a.in_proj_weight", (12, 4))
+    _, packed = Crossbar(tile_columns=3, ranges="tile").tile_indices("a.in_proj_weight",
+                                                                      (12, 4))
     assert packed.tolist() == [0, 0, 0, 1, 2, 2, 2, 3, 4, 4, 4, 5]
 
 
@@ -104,9 +115,10 @@ def test_per_column_ranges_give_each_column_its_own_scale(name: str):
 
 
 def test_pair_and_offset_variances():
-    base = swimkit.DeviceModel()
+    """A pair's variance is both devices', an offset's four times a magnitude's."""
+    base = swimkit.GaussianDevice()
     values = {"w": torch.randn(30, 20)}
-    scales = weight_scales(values)
+    scales = layer_ranges(values)
     plain = base.variance(values, scales)["w"]
     pair = MappedDevice(base, Crossbar(signed="pair")).variance(values, scales)["w"]
     offset = MappedDevice(base, Crossbar(signed="offset")).variance(values, scales)["w"]
@@ -121,10 +133,11 @@ def test_pair_and_offset_variances():
 
 @pytest.mark.parametrize("signed", ["pair", "offset"])
 def test_drawn_errors_have_the_predicted_variance(signed: str):
+    """Errors drawn on pairs or offsets have the variance the model predicts."""
     device = MappedDevice(build_device_model("pcm"), Crossbar(signed=signed))
     gen = torch.Generator().manual_seed(0)
     values = {"w": torch.randn(8, 8, generator=gen)}
-    scales = weight_scales(values)
+    scales = layer_ranges(values)
     predicted = device.variance(values, scales)["w"] * scales["w"] ** 2
     draw = device.sampler(values, scales)
     errors = torch.stack([draw(gen)[0]["w"] for _ in range(3000)]).double()
@@ -133,9 +146,10 @@ def test_drawn_errors_have_the_predicted_variance(signed: str):
 
 
 def test_a_pair_costs_twice_the_programming_time_and_keeps_the_cap():
-    base = swimkit.DeviceModel()
+    """Both devices of a pair are programmed: twice the time, the same speedup cap."""
+    base = swimkit.GaussianDevice()
     values = {"w": torch.randn(10, 10)}
-    scales = weight_scales(values)
+    scales = layer_ranges(values)
     full, none = base.reference_times(values, scales)
     pair = MappedDevice(base, Crossbar(signed="pair"))
     assert pair.reference_times(values, scales) == pytest.approx((2 * full, 2 * none))
@@ -145,131 +159,16 @@ def test_a_pair_costs_twice_the_programming_time_and_keeps_the_cap():
     assert report.speedup == pytest.approx(1.0)
 
 
-def _reads(crossbar: Crossbar) -> AnalogReads:
-    reads = AnalogReads(crossbar)
-    reads.generator = torch.Generator().manual_seed(0)
-    return reads
-
-
-def test_exact_converters_compute_the_plain_layers():
-    gen = torch.Generator().manual_seed(0)
-    x, w, b = torch.randn(5, 37, generator=gen), torch.randn(11, 37, generator=gen), torch.randn(11)
-    for crossbar in (Crossbar(), Crossbar(tile_rows=8, ranges="column"),
-                     Crossbar(tile_rows=8, tile_columns=4, ranges="tile")):
-        geo = crossbar.geometry("fc.weight", w.shape)
-        got = analog_linear(x, w, b, geo, crossbar.column_ranges("fc.weight", w),
-                            _reads(crossbar))
-        torch.testing.assert_close(got, F.linear(x, w, b), rtol=1e-5, atol=1e-5)
-    xc, wc = torch.randn(2, 5, 9, 9, generator=gen), torch.randn(7, 5, 3, 3, generator=gen)
-    crossbar = Crossbar(tile_rows=18, ranges="column")  # two channels a tile: three tiles
-    geo = crossbar.geometry("conv.weight", wc.shape)
-    got = analog_conv(xc, wc, None, geo, crossbar.column_ranges("conv.weight", wc),
-                      _reads(crossbar), 2, {"padding": 1, "stride": 2})
-    torch.testing.assert_close(got, F.conv2d(xc, wc, padding=1, stride=2), rtol=1e-5,
-                               atol=1e-5)
-
-
-def test_converters_quantize_clip_and_add_noise():
-    x = torch.tensor([[1.0, 0.4, -0.25, 0.126]])
-    w = torch.eye(4)
-    geo = Crossbar().geometry("fc.weight", w.shape)
-    ranges = torch.ones(4, 1)
-    dac = analog_linear(x, w, None, geo, ranges, _reads(Crossbar(dac_bits=3)))
-    torch.testing.assert_close(dac, torch.tensor([[1.0, 1 / 3, -1 / 3, 0.0]]))  # steps of 1/3
-    adc = analog_linear(4 * x, w, None, geo, ranges,
-                        _reads(Crossbar(adc_bits=3, adc_range=0.6)))
-    assert adc[0, 0] == pytest.approx(4 * 0.6)  # clipped at the full scale (times 4, the gain)
-    noisy = [analog_linear(x, w, None, geo, ranges, _reads(Crossbar(output_noise=0.1)))
-             for _ in range(2)]
-    assert torch.equal(noisy[0], noisy[1])  # the same generator state, the same read
-    assert 0 < float((noisy[0] - x).abs().max()) < 1.0
-
-
-def _trained_model():
-    model, batches = toy_problem()
-    return model, batches
-
-
-def test_chips_read_through_converters_are_reproducible_and_pair_with_full_verify():
-    model, batches = _trained_model()
-    device = Crossbar(adc_bits=6, adc_range=4.0, dac_bits=6, output_noise=0.05).wrap(
-        swimkit.DeviceModel(sigma=0.3))
-    first = swimkit.evaluate(model, batches, device, "all", samples=4, seed=3)
-    again = swimkit.evaluate(model, batches, device, "all", samples=4, seed=3)
-    assert torch.equal(first.accuracies, again.accuracies)
-    ideal = swimkit.evaluate(model, batches, swimkit.DeviceModel(sigma=0.3), "all",
-                             samples=4, seed=3)
-    assert not torch.equal(first.accuracies, ideal.accuracies)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        stacked = swimkit.evaluate(model, batches, device, "all", samples=4, seed=3,
-                                   chips_per_pass=2)
-    assert any("one chip a pass" in str(w.message) for w in caught)
-    assert torch.equal(stacked.accuracies, first.accuracies)
-
-
-def test_converters_reach_attention_projections():
-    torch.manual_seed(0)
-    attention = nn.MultiheadAttention(8, 2, batch_first=True).eval()
-
-    class Wrapper(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.attn = attention
-            self.head = nn.Linear(8, 3)
-
-        def forward(self, x):
-            return self.head(self.attn(x, x, x, need_weights=False)[0].mean(1))
-
-    model = Wrapper().eval()
-    x = torch.randn(4, 5, 8)
-    values = effective_weights(swimkit.device_weights(model))
-    crossbar = Crossbar(output_noise=0.5)
-    reads = _reads(crossbar)
-    from swimkit.chips import Slots
-    from swimkit.converters import mark_weights
-
-    slots = {k: v.clone() for k, v in values.items()}
-    with torch.no_grad(), Slots(model, slots):
-        plain = model(x)
-        mark_weights(reads, slots, values)
-        with reads:
-            noisy = model(x)
-    assert not torch.allclose(plain, noisy)
-    counted = []
-
-    class Count(AnalogReads):
-        def _analog(self, func, marked, ranges, args, kwargs):
-            counted.append(marked.name)
-            return super()._analog(func, marked, ranges, args, kwargs)
-
-    counting = Count(Crossbar(output_noise=0.1))
-    with torch.no_grad(), Slots(model, slots):
-        mark_weights(counting, slots, values)
-        with counting:
-            model(x)
-    assert set(counted) == {"attn.in_proj_weight", "attn.out_proj.weight", "head.weight"}
-
-
-def test_sensitivities_follow_the_ranges_they_are_used_with():
-    from swimkit.sensitivity import Sensitivity
-
-    h, g = torch.rand(3, 4), torch.randn(3, 4)
-    sens = Sensitivity({"w": h}, {"w": g}, {"w": torch.tensor(2.0)}, "swim", 10)
-    assert sens.rescaled({"w": torch.tensor(2.0)}) is sens
-    columns = torch.tensor([[1.0], [2.0], [4.0]])
-    other = sens.rescaled({"w": columns})
-    torch.testing.assert_close(other.second["w"], h * (columns / 2) ** 2)
-    torch.testing.assert_close(other.first["w"], g * (columns / 2))
-
-
 def test_plans_on_a_crossbar_know_ranges_and_tiles(tmp_path):
-    model, batches = _trained_model()
+    """A plan made on a crossbar records it, keeps its ranges through a file, and
+    exports each device's range and tile."""
+    model, batches = toy_problem()
     sens = swimkit.sensitivity(model, batches, engine="ggn")
     crossbar = Crossbar(tile_rows=4, tile_columns=8, ranges="column", signed="pair")
-    device = crossbar.wrap(swimkit.DeviceModel())
-    plan = swimkit.select(model, sens, method="allocate", speedup=4.0, device_model=device)
+    chip = ChipSpec(swimkit.GaussianDevice(), crossbar=crossbar)
+    plan = swimkit.select(model, sens, method="allocate", speedup=4.0, chip=chip)
     assert plan.meta["crossbar"] == crossbar.describe()
+    assert plan.chip == chip.describe_all()
     assert plan.programming.speedup == pytest.approx(4.0, rel=0.02)
     plan.save(tmp_path / "plan.pt")
     loaded = swimkit.plans.Plan.load(tmp_path / "plan.pt")
@@ -286,27 +185,66 @@ def test_plans_on_a_crossbar_know_ranges_and_tiles(tmp_path):
 def test_column_ranges_let_the_planner_spend_less_on_small_columns():
     """With per-column ranges a column of small weights has small errors in weight
     units: allocate verifies fewer of its devices than with one range per layer."""
-    model, batches = _trained_model()
+    model, batches = toy_problem()
     with torch.no_grad():
         model[0].weight[:16] *= 0.05  # half the columns hold small weights
     sens = swimkit.sensitivity(model, batches, engine="ggn")
     layer = swimkit.select(model, sens, method="allocate", speedup=3.0,
-                           device_model=swimkit.DeviceModel())
-    column = swimkit.select(model, sens, method="allocate", speedup=3.0,
-                            device_model=Crossbar(ranges="column").wrap(swimkit.DeviceModel()))
+                           chip=swimkit.GaussianDevice())
+    column = swimkit.select(model, sens, method="allocate", speedup=3.0, chip=ChipSpec(
+        swimkit.GaussianDevice(), crossbar=Crossbar(ranges="column")))
     small_layer = int((layer.levels["0.weight"][:16] > 0).sum())
     small_column = int((column.levels["0.weight"][:16] > 0).sum())
     assert small_column < small_layer
 
 
-def test_bad_crossbar_settings_are_one_line_errors():
-    for kwargs, words in (({"ranges": "row"}, "ranges must be one of"),
-                          ({"signed": "sign"}, "signed must be one of"),
-                          ({"tile_rows": 0}, "tile_rows must be an integer >= 1"),
-                          ({"adc_bits": 1}, "adc_bits must be an integer from 2"),
-                          ({"output_noise": -1.0}, "output_noise must be a number >= 0")):
-        with pytest.raises(SwimkitError, match=words):
-            Crossbar(**kwargs)
+@pytest.mark.parametrize(("kwargs", "words"), [
+    ({"ranges": "row"}, "ranges must be one of"),
+    ({"signed": "sign"}, "signed must be one of"),
+    ({"tile_rows": 0}, "tile_rows must be an integer >= 1"),
+    ({"adc_bits": 1}, "adc_bits must be an integer from 2"),
+    ({"output_noise": -1.0}, "output_noise must be a number >= 0"),
+    ({"adc_bits": 8, "adc_range": 1e300}, "adc_range must be a number > 0 and <= 1e+09"),
+    ({"adc_bits": 8, "adc_range": float("inf")}, "adc_range must be a number > 0"),
+    ({"output_noise": 1e300}, "output_noise must be a number >= 0 and <= 1e+09"),
+    ({"adc_range": 4.0}, "adc_range would have no effect"),
+    ({"tile_rows": 64, "tile_columns": 64}, "tiles would change nothing here"),
+    ({"tile_rows": 64, "ranges": "layer", "signed": "pair"}, "tiles would change nothing"),
+])
+def test_bad_crossbar_settings_are_one_line_errors(kwargs: dict, words: str):
+    """Values out of range, values a float32 sum cannot carry, and settings that would
+    not act (an ADC range without ADC bits, tiles with layer ranges and exact
+    converters) are each one line, no traceback of an overflow."""
+    with pytest.raises(SwimkitError) as err:
+        Crossbar(**kwargs)
+    assert "\n" not in str(err.value) and words in str(err.value)
+
+
+def test_settings_that_act_are_accepted():
+    """The same settings where they act: an ADC range with ADC bits, tiles with tile or
+    column ranges, or with converters or output noise; the largest range allowed."""
+    assert Crossbar(adc_bits=8, adc_range=4.0).converts
+    assert Crossbar(adc_bits=8, adc_range=MAX_NORMALISED).adc_range == MAX_NORMALISED
+    for acting in ({"ranges": "tile"}, {"ranges": "column"}, {"dac_bits": 8},
+                   {"adc_bits": 8}, {"output_noise": 0.1}):
+        assert Crossbar(tile_rows=64, tile_columns=64, **acting).tile_rows == 64
+
+
+def test_a_tile_smaller_than_a_kernel_is_refused_by_the_chip_before_work():
+    """ChipSpec.fit checks every device weight against the tiles: a 1 x 1 tile cannot
+    hold a 3 x 3 kernel's rows (one line naming the weight and the rows needed); a tile
+    that holds them fits."""
+    model = nn.Sequential(nn.Conv2d(2, 4, 3), nn.Flatten(), nn.Linear(4, 3))
+    small = ChipSpec(crossbar=Crossbar(tile_rows=1, tile_columns=1, ranges="column"))
+    with pytest.raises(SwimkitError) as err:
+        small.fit(model)
+    message = str(err.value)
+    assert "\n" not in message and message.startswith("0.weight: a tile of 1 rows")
+    assert "use tile_rows >= 9" in message
+    assert list(small.weights(model)) == ["0.weight", "2.weight"]  # fit checks, weights lists
+    fitting = ChipSpec(crossbar=Crossbar(tile_rows=9, tile_columns=1, ranges="column"))
+    assert list(fitting.fit(model)) == ["0.weight", "2.weight"]
+    assert list(ChipSpec().fit(model)) == ["0.weight", "2.weight"]
 
 
 def test_reports_name_the_crossbar_and_the_adaptive_chips():
@@ -314,11 +252,12 @@ def test_reports_name_the_crossbar_and_the_adaptive_chips():
     adaptive chips stop before their maximum."""
     from swimkit.reports import chips_summary, device_summary
 
-    device = Crossbar(tile_rows=256, tile_columns=256, ranges="column", signed="pair",
-                      dac_bits=8, adc_bits=8).wrap(swimkit.DeviceModel(sigma=0.3))
-    text = device_summary(device.describe())
+    chip = ChipSpec(swimkit.GaussianDevice(sigma=0.3), crossbar=Crossbar(
+        tile_rows=256, tile_columns=256, ranges="column", signed="pair", dac_bits=8,
+        adc_bits=8))
+    text = device_summary(chip.describe())
     assert text.startswith("sigma 0.3")
     assert text.endswith("256x256 tiles, column ranges, pairs, DAC 8 / ADC 8 bits")
-    assert "tiles" not in device_summary(swimkit.DeviceModel(sigma=0.3).describe())
+    assert "tiles" not in device_summary(swimkit.GaussianDevice(sigma=0.3).describe())
     assert chips_summary({"samples": 100, "ci_target": 0.5}).startswith("up to 100")
     assert chips_summary({"samples": 100, "ci_target": None}) == "100 Monte-Carlo chips"

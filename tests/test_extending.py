@@ -84,7 +84,7 @@ def test_model_dataset_and_method_from_outside_run_through_the_cli(toys, tmp_pat
     assert result["settings"]["data"]["dataset"] == "stripes"
     assert {p["method"] for p in result["points"]} == {"lastfirst", "allocate"}
     assert result["clean_accuracy_percent"] > 50
-    help_text = main_help(["sweep", "--help"], capsys)
+    help_text = " ".join(main_help(["sweep", "--help"], capsys).split())  # unwrapped
     assert "lastfirst: the last layer first" in help_text and "tiny" in help_text
 
 
@@ -114,15 +114,46 @@ def test_a_plugin_package_registers_through_its_entry_point(monkeypatch, capsys)
     monkeypatch.setattr(METHODS, "_plugins_loaded", False)
     try:
         assert "plugged" in METHODS.names()
-        assert "plugged: from a plugin" in main_help(["run", "--help"], capsys)
+        assert "plugged: from a plugin" in " ".join(main_help(["run", "--help"],
+                                                              capsys).split())
     finally:
         METHODS.remove("plugged")
 
 
-def test_names_are_checked(toys):
-    with pytest.raises(swimkit.SwimkitError, match="already registered"):
-        swimkit.register_method("lastfirst", last_layer_first)
-    with pytest.raises(swimkit.SwimkitError, match="already taken by 'swim'"):
-        swimkit.register_method("mine", last_layer_first, aliases=("SM",))
-    with pytest.raises(swimkit.SwimkitError, match="must be callable"):
-        swimkit.register_method("broken", None)
+def test_a_device_model_from_outside_runs_through_select_and_evaluate():
+    """A device model registered from outside is built by name with its own option and
+    the common settings it lists, and a plan made for it is evaluated on it."""
+    from toys import toy_problem
+
+    from swimkit import ChipSpec, build_device_model, register_device_model
+    from swimkit.devices import DEVICE_MODELS
+
+    def noisier(factor=2.0, **common):
+        base = swimkit.GaussianDevice(**common)
+        return base.with_sigma(base.sigma * factor)
+
+    register_device_model("noisier", noisier, settings=("sigma", "sigma_verified"),
+                          options={"factor": 2.0}, help="gaussian, factor times the spread")
+    try:
+        chip = ChipSpec(build_device_model("noisier", sigma=0.2, factor=3.0))
+        assert chip.device_model.sigma == pytest.approx(0.6)
+        model, batches = toy_problem()
+        plan = swimkit.select(model, None, method="magnitude", fraction=0.2, chip=chip)
+        assert swimkit.evaluate(model, batches, chip, plan, samples=2).samples == 2
+        with pytest.raises(swimkit.SwimkitError, match="takes no 'variation'"):
+            build_device_model("noisier", variation="band:3")
+    finally:
+        DEVICE_MODELS.remove("noisier")
+
+
+@pytest.mark.parametrize("option", ["sigma", "sigma_verified", "bits_per_device",
+                                    "write_verify"])
+def test_a_device_model_option_named_like_a_common_setting_is_refused(option):
+    """An option named like a common setting would never be used (the common setting
+    takes the name): refused at registration, and nothing is registered."""
+    from swimkit import register_device_model
+    from swimkit.devices import DEVICE_MODELS
+
+    with pytest.raises(swimkit.SwimkitError, match="named like the common setting"):
+        register_device_model("shadowing", swimkit.GaussianDevice, options={option: 0.5})
+    assert "shadowing" not in DEVICE_MODELS

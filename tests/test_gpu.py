@@ -15,6 +15,8 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 @pytest.mark.parametrize("model,extra", [("lenet", ["--variation", "band:3"]),
                                          ("qlenet", [])])
 def test_sweep_on_the_gpu_prices_and_evaluates_every_method(fmnist, tmp_path, model, extra):
+    """A sweep on the GPU trains, plans every method at its speedup and evaluates its
+    chips."""
     out = tmp_path / model
     code = main(["sweep", "--model", model, "--dataset", "fashion-mnist",
                  "--data-dir", str(fmnist), "--epochs", "1", "--samples", "3",
@@ -33,6 +35,8 @@ def test_sweep_on_the_gpu_prices_and_evaluates_every_method(fmnist, tmp_path, mo
 
 
 def test_chips_on_the_gpu_read_nothing_back_per_batch_and_stack_exactly():
+    """Counting a chip's correct predictions syncs with the host nowhere, and stacked
+    chips count as one by one."""
     import swimkit
     from swimkit.chips import ChipRunner
 
@@ -56,7 +60,7 @@ def test_chips_on_the_gpu_read_nothing_back_per_batch_and_stack_exactly():
             finally:
                 torch.cuda.set_sync_debug_mode("default")
     assert counts[1] == counts[4]
-    dm = swimkit.DeviceModel(sigma=0.3)
+    dm = swimkit.GaussianDevice(sigma=0.3)
     auto = swimkit.evaluate(model, data, dm, samples=12, ci_target=0.5, min_samples=4)
     assert auto.meta["chips_per_pass"] > 1
     one = swimkit.evaluate(model, data, dm, samples=12, ci_target=0.5, min_samples=4,

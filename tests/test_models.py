@@ -1,4 +1,5 @@
-"""The models match the SWIM reference's layer shapes exactly, and the registry resolves names."""
+"""The models (swimkit.models) match the SWIM reference's layer shapes exactly, the registry
+resolves names, and every registered model builds, runs and passes the swim graph check."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from swimkit.data import DATASETS
 from swimkit.errors import SwimkitError
+from swimkit.mapping import device_weights
 from swimkit.models import (
     MODELS,
     ConvNet,
@@ -17,9 +20,12 @@ from swimkit.models import (
     build_model,
     canonical_model_name,
     model_info,
+    require_logits,
     resnet18_tiny,
 )
 from swimkit.quantization import is_quantized, quantization_bits
+from swimkit.sensitivity.swim import CurvaturePass, trace
+from swimkit.training import OPTIMIZERS
 
 
 def n_params(model: nn.Module) -> int:
@@ -72,6 +78,7 @@ def resnet18_shapes(num_classes: int) -> dict[str, tuple[int, ...]]:
 
 
 def test_lenet_parameter_count_and_shapes() -> None:
+    """LeNet has the reference's layer shapes and 106,154 parameters."""
     model = LeNet()
     expected = (
         6 * 1 * 9 + 6
@@ -87,6 +94,7 @@ def test_lenet_parameter_count_and_shapes() -> None:
 
 
 def test_convnet_parameter_count_and_shapes() -> None:
+    """ConvNet has the reference's layer shapes and parameter count."""
     model = ConvNet()
     expected = (
         64 * 3 * 9 + 64
@@ -116,6 +124,8 @@ def resnet18_count(num_classes: int) -> int:
 
 
 def test_resnet18_parameter_count_and_shapes() -> None:
+    """ResNet-18 is the CIFAR variant: 11,173,962 parameters, a 3x3 stride-1 stem, no
+    max-pool."""
     model = ResNet18()
     assert resnet18_count(10) == 11_173_962  # the well-known CIFAR ResNet-18 size
     assert n_params(model) == resnet18_count(10)
@@ -128,6 +138,7 @@ def test_resnet18_parameter_count_and_shapes() -> None:
 
 
 def test_resnet18_tiny_parameter_count_and_shapes() -> None:
+    """The Tiny ImageNet ResNet-18 differs only in its 200-class head."""
     model = resnet18_tiny()
     assert n_params(model) == resnet18_count(200)
     assert weight_shapes(model) == resnet18_shapes(200)
@@ -135,6 +146,7 @@ def test_resnet18_tiny_parameter_count_and_shapes() -> None:
 
 
 def test_all_convs_are_3x3_pad_1_except_shortcuts() -> None:
+    """Every convolution but the 1x1 shortcuts is 3x3 with padding 1."""
     for name in ("lenet", "convnet", "resnet18"):
         for layer_name, m in build_model(name).named_modules():
             if isinstance(m, nn.Conv2d) and "downsample" not in layer_name:
@@ -153,6 +165,7 @@ def test_lenet_forward_order_matches_functional_definition() -> None:
 
 
 def test_lenet_in_channels_and_classes() -> None:
+    """LeNet takes other input channels and class counts."""
     model = LeNet(num_classes=5, in_channels=3)
     assert model.conv1.weight.shape == (6, 3, 3, 3)
     assert model(torch.randn(1, 3, 28, 28)).shape == (1, 5)
@@ -160,6 +173,7 @@ def test_lenet_in_channels_and_classes() -> None:
 
 @pytest.mark.parametrize("name", ["lenet", "convnet", "resnet18", "vit"])
 def test_models_are_fx_traceable(name: str) -> None:
+    """The models trace with torch.fx and the traced graph computes the same."""
     torch.manual_seed(0)
     model = build_model(name).eval()
     traced = torch.fx.symbolic_trace(model)
@@ -172,6 +186,7 @@ def test_models_are_fx_traceable(name: str) -> None:
 
 
 def test_registry_names_and_infos() -> None:
+    """The registry holds the reference's models and their settings."""
     assert set(MODELS.names()) == {
         "lenet",
         "convnet",
@@ -228,10 +243,12 @@ def test_registry_names_and_infos() -> None:
     ],
 )
 def test_aliases(alias: str, canonical: str) -> None:
+    """The reference's names and spellings resolve to the registry's names."""
     assert canonical_model_name(alias) == canonical
 
 
 def test_unknown_model_name_is_one_clear_line() -> None:
+    """An unknown model is one line listing the choices."""
     with pytest.raises(SwimkitError, match="unknown model 'vgg16'; choose one of") as err:
         canonical_model_name("vgg16")
     assert "\n" not in str(err.value)
@@ -241,12 +258,15 @@ def test_unknown_model_name_is_one_clear_line() -> None:
 @pytest.mark.parametrize(("name", "bits"), [("qlenet", 4), ("qconvnet", 6), ("QRes18", 8),
                                            ("qvit", 8)])
 def test_quantized_variants_use_the_reference_bits(name: str, bits: int) -> None:
+    """The quantized variants use the reference's bit widths."""
     model = build_model(name)
     assert is_quantized(model)
     assert quantization_bits(model) == bits
 
 
 def test_build_model_bits_and_output_range() -> None:
+    """build_model sets the bits and output range of a quantized model and refuses bits
+    for a float one."""
     model = build_model("qlenet", bits=3, output_range="batch")
     assert quantization_bits(model) == 3
     assert model.fc1.output_quantizer.output_range == "batch"
@@ -259,12 +279,14 @@ def test_build_model_bits_and_output_range() -> None:
 
 
 def test_quantized_model_keeps_parameter_count_and_outputs_shape() -> None:
+    """Quantizing keeps the parameters and the output shape."""
     model = build_model("qconvnet")
     assert n_params(model) == n_params(ConvNet())
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 
 
 def test_seeded_build_is_reproducible_and_leaves_global_rng():
+    """A seeded build is reproducible and leaves the global RNG alone."""
     state = torch.random.get_rng_state()
     a = build_model("lenet", seed=3)
     assert torch.equal(torch.random.get_rng_state(), state)
@@ -273,3 +295,48 @@ def test_seeded_build_is_reproducible_and_leaves_global_rng():
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(),
                                                  b.state_dict().values(), strict=True))
     assert not torch.equal(a.conv1.weight, c.conv1.weight)
+
+
+# --- every registered model ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", MODELS.names())
+def test_every_registered_model_builds_and_gives_logits(name: str) -> None:
+    """Each model builds (seeded: the same weights twice), and a forward on its input
+    shape gives finite logits, one per class; a quantized one has its default bits."""
+    info = model_info(name)
+    model = build_model(name, seed=0).eval()
+    again = build_model(name, seed=0)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(),
+                                                 again.state_dict().values(), strict=True))
+    x = torch.randn(2, *info.input_shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logits = require_logits(model(x))
+    assert logits.shape == (2, info.num_classes) and bool(torch.isfinite(logits).all())
+    assert is_quantized(model) == info.quantized
+    assert quantization_bits(model) == (info.default_bits if info.quantized else None)
+    assert info.optimizer in OPTIMIZERS and info.dataset in DATASETS.names()
+
+
+@pytest.mark.parametrize("name", MODELS.names())
+def test_every_registered_model_passes_the_swim_graph_check(name: str) -> None:
+    """The swim engine has a rule for every op on each model's path to its logits, and
+    each model has device weights."""
+    model = build_model(name, seed=0).eval()
+    weights = device_weights(model)
+    assert weights
+    run = CurvaturePass(model, trace(model), weights)
+    assert run.rules and run.carries_gradient
+
+
+@pytest.mark.parametrize("name", [n for n in MODELS.names() if not model_info(n).quantized])
+def test_every_float_model_has_a_quantized_variant_that_builds(name: str) -> None:
+    """For each float architecture a quantized entry exists and builds at its bits."""
+    info = model_info(name)
+    variants = [n for n in MODELS.names() if model_info(n).quantized
+                and model_info(n).architecture == info.architecture
+                and model_info(n).num_classes == info.num_classes]
+    assert len(variants) == 1, variants
+    quantized = build_model(variants[0])
+    assert quantization_bits(quantized) == model_info(variants[0]).default_bits
+    assert type(quantized) is type(build_model(name))

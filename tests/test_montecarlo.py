@@ -1,8 +1,8 @@
-"""Monte-Carlo evaluation: per-instance draws, statistics, bit-identical weights, ranks."""
+"""Monte-Carlo evaluation: per-chip draws, bit-identical weights, the chip's placement and
+plan, adaptive chip counts, settings and their overrides, tied weights, and ranks."""
 
 from __future__ import annotations
 
-import copy
 import os
 import socket
 
@@ -14,51 +14,23 @@ from torch import nn
 from toys import toy_problem
 
 import swimkit
-from swimkit.chipstats import t_quantile_975
+from swimkit import ChipSpec, EvaluationSettings, GaussianDevice, Placement
+from swimkit.chipstats import ci_half_width
+from swimkit.mapping import effective_weights, layer_ranges
+from swimkit.montecarlo import ROUND_GROWTH, ROUND_MIN, round_ends
 
 
-def test_statistics_and_ci():
-    res = swimkit.MCResult(torch.tensor([90.0, 91.0, 92.0, 93.0]), seed=0)
-    assert res.mean == pytest.approx(91.5)
-    assert res.std == pytest.approx(torch.tensor([90.0, 91, 92, 93]).std().item())
-    half = t_quantile_975(3) * res.std / 2
-    assert res.ci95 == pytest.approx((91.5 - half, 91.5 + half))
-    data = res.to_dict()
-    assert data["accuracies_percent"] == [90.0, 91.0, 92.0, 93.0]
-    assert data["mean_percent"] == pytest.approx(91.5)
-    assert data["yield_fraction"] is None  # no reference yet
-    back = swimkit.MCResult.from_dict(data)
-    assert torch.equal(back.accuracies, res.accuracies.double()) and back.seed == 0
+class Untouchable:
+    """Test batches that fail when read: a refusal met before them came before any work."""
 
-
-def test_p05_yield_and_paired_gap():
-    accs = torch.arange(80.0, 100.0)  # 20 chips: 80, 81, ..., 99
-    res = swimkit.MCResult(accs, seed=4, reference=98.5, within=1.0)
-    assert res.p05 == pytest.approx(80.95)  # linear interpolation, as numpy
-    assert res.chip_yield == pytest.approx(2 / 20)  # 98 and 99 are within 1 of 98.5
-    assert res.yield_within(90.0, 0.0) == pytest.approx(10 / 20)
-    data = res.to_dict()
-    assert data["p05_percent"] == pytest.approx(80.95) and data["yield_fraction"] == 0.1
-    assert data["yield_reference_percent"] == 98.5 and data["yield_within_points"] == 1.0
-    other = swimkit.MCResult(accs + 1.0, seed=4)
-    gap = res.paired_difference(other)
-    assert gap.mean == pytest.approx(-1.0) and gap.std == pytest.approx(0.0)
-    with pytest.raises(swimkit.SwimkitError, match="same seed"):
-        res.paired_difference(swimkit.MCResult(accs, seed=5))
-
-
-@pytest.mark.parametrize("dof,expected", [(1, 12.7062), (2, 4.3027), (3, 3.1824),
-                                          (5, 2.5706), (9, 2.2622), (29, 2.0452),
-                                          (99, 1.9842), (10_000, 1.9602)])
-def test_t_quantile(dof, expected):
-    """Against the printed table of Student's t (four decimals)."""
-    assert t_quantile_975(dof) == pytest.approx(expected, abs=1e-4)
+    def __iter__(self):
+        raise AssertionError("the batches were read before the settings were checked")
 
 
 def test_clean_accuracy_and_noise_effects():
     model, batches = toy_problem()
     clean = swimkit.accuracy(model, batches)
-    device = swimkit.DeviceModel(sigma=2.0, sigma_verified=0.0)
+    device = GaussianDevice(sigma=2.0, sigma_verified=0.0)
     noisy = swimkit.evaluate(model, batches, device, "none", samples=8, seed=0)
     verified = swimkit.evaluate(model, batches, device, "all", samples=8, seed=0)
     assert clean > 90
@@ -69,13 +41,12 @@ def test_clean_accuracy_and_noise_effects():
 def test_each_instance_holds_one_draw_over_the_whole_test_set():
     """Accuracy of instance k equals a manual evaluation with that instance's draw."""
     model, batches = toy_problem()
-    device = swimkit.DeviceModel(sigma=1.0)
+    device = GaussianDevice(sigma=1.0)
     res = swimkit.evaluate(model, batches, device, samples=3, seed=5)
-    weights = swimkit.device_weights(model)
-    values = swimkit.mapping.effective_weights(weights)
-    scales = swimkit.mapping.weight_scales(values)
+    values = effective_weights(swimkit.device_weights(model))
+    scales = layer_ranges(values)
     for k in range(3):
-        deltas = device.sample(values, scales, None, swimkit.devices.generator_for(5, k))
+        deltas = device.sample(values, scales, None, swimkit.seeding.generator_for(5, k))
         state = {n: p.clone() for n, p in model.state_dict().items()}
         for name, delta in deltas.items():
             state[name] = state[name] + delta
@@ -88,10 +59,10 @@ def test_weights_bit_identical_after_evaluation_even_on_error():
     model, batches = toy_problem()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     params_before = [id(p) for p in model.parameters()]
-    swimkit.evaluate(model, batches, swimkit.DeviceModel(sigma=1.0), samples=2)
+    swimkit.evaluate(model, batches, GaussianDevice(sigma=1.0), samples=2)
     bad = batches + [(torch.randn(5, 3), torch.zeros(5, dtype=torch.long))]
     with pytest.raises(RuntimeError):
-        swimkit.evaluate(model, bad, swimkit.DeviceModel(sigma=1.0), samples=2)
+        swimkit.evaluate(model, bad, GaussianDevice(sigma=1.0), samples=2)
     after = model.state_dict()
     assert list(after) == list(before)
     assert all(torch.equal(before[k], after[k]) for k in before)
@@ -101,7 +72,7 @@ def test_weights_bit_identical_after_evaluation_even_on_error():
 
 def test_seed_reproducible_and_common_random_numbers():
     model, batches = toy_problem()
-    device = swimkit.DeviceModel(sigma=1.0, sigma_verified=0.1)
+    device = GaussianDevice(sigma=1.0, sigma_verified=0.1)
     a = swimkit.evaluate(model, batches, device, samples=6, seed=3)
     b = swimkit.evaluate(model, batches, device, samples=6, seed=3)
     c = swimkit.evaluate(model, batches, device, samples=6, seed=4)
@@ -114,7 +85,7 @@ def test_seed_reproducible_and_common_random_numbers():
 
 def test_plan_controls_which_weights_are_quiet():
     model, batches = toy_problem()
-    device = swimkit.DeviceModel(sigma=3.0, sigma_verified=0.0)
+    device = GaussianDevice(sigma=3.0, sigma_verified=0.0)
     names = list(swimkit.device_weights(model))
     masks = {n: torch.ones_like(model.get_parameter(n), dtype=torch.bool) for n in names}
     plan = swimkit.Plan(masks=masks, method="manual")
@@ -123,9 +94,10 @@ def test_plan_controls_which_weights_are_quiet():
 
 
 def test_excluded_layers_stay_exact():
-    """An excluded layer computes with its exact weights on every chip; the others not."""
+    """A layer the chip's placement keeps digital computes with its exact weights on
+    every chip; the others not."""
     model, batches = toy_problem()
-    device = swimkit.DeviceModel(sigma=5.0)
+    device = GaussianDevice(sigma=5.0)
     with torch.no_grad():
         clean = [model[0](x) for x, _ in batches]
     seen = {"0": [], "2": []}
@@ -133,7 +105,8 @@ def test_excluded_layers_stay_exact():
         lambda m, args, out, key=str(i): seen[key].append((args[0].clone(), out.clone())))
         for i in (0, 2)]
     try:
-        swimkit.evaluate(model, batches, device, samples=2, exclude=["0"])
+        swimkit.evaluate(model, batches, ChipSpec(device, placement=Placement(exclude=("0",))),
+                         samples=2)
     finally:
         for h in hooks:
             h.remove()
@@ -147,27 +120,40 @@ def test_excluded_layers_stay_exact():
         exact_fc2 = [model[2](inp.clone()) for inp, _ in on_chips]
     assert not any(torch.equal(e, out) for e, (_, out) in zip(exact_fc2, on_chips, strict=True))
     with pytest.raises(swimkit.SwimkitError, match="matches no"):
-        swimkit.evaluate(model, batches, device, samples=2, exclude=["nope"])
+        swimkit.evaluate(model, batches,
+                         ChipSpec(device, placement=Placement(exclude=("nope",))), samples=2)
 
 
-def test_a_plan_must_agree_with_the_excluded_layers():
-    """exclude with a Plan is checked, not ignored: unknown layers and layers the plan
-    programs are refused; a plan made without them evaluates as before."""
+def test_a_plan_must_agree_with_the_chips_placement():
+    """A plan programming a layer the placement keeps digital, or a placement naming no
+    layer, is refused; a plan made without the digital layers evaluates."""
     model, batches = toy_problem()
-    device = swimkit.DeviceModel(sigma=0.5)
+    device = GaussianDevice(sigma=0.5)
     every = {n: torch.ones_like(model.get_parameter(n), dtype=torch.bool)
              for n in swimkit.device_weights(model)}
-    with pytest.raises(swimkit.SwimkitError, match="plan programs '0.weight'.*excluded"):
-        swimkit.evaluate(model, batches, device, swimkit.Plan(masks=every), samples=2,
-                         exclude=["0"])
+    digital = ChipSpec(device, placement=Placement(exclude=("0",)))
+    with pytest.raises(swimkit.SwimkitError, match="plan programs '0.weight'.*keeps digital"):
+        swimkit.evaluate(model, batches, digital, swimkit.Plan(masks=every), samples=2)
     with pytest.raises(swimkit.SwimkitError, match="matches no"):
-        swimkit.evaluate(model, batches, device, swimkit.Plan(masks=every), samples=2,
-                         exclude=["nope"])
+        swimkit.evaluate(model, batches, ChipSpec(device, placement=Placement(
+            exclude=("nope",))), swimkit.Plan(masks=every), samples=2)
     partial = swimkit.Plan(masks={"2.weight": every["2.weight"]})
-    agreed = swimkit.evaluate(model, batches, device, partial, samples=2, exclude=["0"])
+    agreed = swimkit.evaluate(model, batches, digital, partial, samples=2)
     assert agreed.samples == 2
     with pytest.raises(swimkit.SwimkitError, match="leaves out 1 layer"):  # 0 would be exact
         swimkit.evaluate(model, batches, device, partial, samples=2)
+
+
+def test_a_plan_must_cover_the_mapped_layers():
+    """A plan of fewer layers than the chip holds would leave the others exact."""
+    model, batches = toy_problem()
+    values = {n: p.detach() for n, p in model.named_parameters() if n.endswith("weight")}
+    partial = swimkit.Plan.uniform({"0.weight": values["0.weight"]}, True)
+    with pytest.raises(swimkit.SwimkitError, match="leaves out 1 layer.*Placement"):
+        swimkit.evaluate(model, batches, GaussianDevice(), partial, samples=2)
+    fine = swimkit.evaluate(model, batches, ChipSpec(placement=Placement(exclude=("2",))),
+                            partial, samples=2)
+    assert fine.samples == 2
 
 
 def test_bad_plan_shape_is_clear():
@@ -175,7 +161,7 @@ def test_bad_plan_shape_is_clear():
     plan = swimkit.Plan(masks={"0.weight": torch.ones(2, 2, dtype=torch.bool),
                                "2.weight": torch.ones(3, 32, dtype=torch.bool)}, method="x")
     with pytest.raises(swimkit.SwimkitError, match="shape"):
-        swimkit.evaluate(model, batches, swimkit.DeviceModel(), plan, samples=1)
+        swimkit.evaluate(model, batches, GaussianDevice(), plan, samples=1)
 
 
 def test_quantized_noise_lands_after_quantization():
@@ -191,6 +177,204 @@ def test_quantized_noise_lands_after_quantization():
     torch.testing.assert_close(model[0].weight, q)
 
 
+def test_more_chips_per_pass_than_memory_holds_is_refused():
+    model, batches = toy_problem()
+    with pytest.raises(swimkit.SwimkitError, match="GiB"):
+        swimkit.evaluate(model, batches, GaussianDevice(), samples=2, chips_per_pass=10**9)
+
+
+# --- settings and keyword overrides ----------------------------------------------------------
+
+
+def test_keywords_act_as_overrides_of_the_settings_given():
+    """evaluate(settings, samples=7) evaluates 7 chips with the rest of the settings, the
+    same chips as settings of 7; the settings given stay as they were."""
+    model, batches = toy_problem()
+    device = GaussianDevice(sigma=1.0)
+    settings = EvaluationSettings(samples=100, seed=3)
+    seven = swimkit.evaluate(model, batches, device, None, settings, samples=7)
+    assert seven.samples == 7 and seven.seed == 3
+    direct = swimkit.evaluate(model, batches, device, settings=EvaluationSettings(samples=7,
+                                                                                 seed=3))
+    assert torch.equal(seven.accuracies, direct.accuracies)
+    assert settings.samples == 100
+    reseeded = swimkit.evaluate(model, batches, device, None, settings, samples=7, seed=4)
+    assert reseeded.seed == 4 and not torch.equal(reseeded.accuracies, seven.accuracies)
+    stopped = swimkit.evaluate(model, batches, device, None, settings, ci_target=50.0)
+    assert stopped.ci_target == 50.0 and stopped.samples < 100
+    pcm = swimkit.build_device_model("pcm")
+    read = swimkit.evaluate(model, batches, pcm, None, settings, samples=3, times=[1, 60])
+    assert [r.meta["time_s"] for r in read] == [1.0, 60.0]
+    with pytest.raises(swimkit.SwimkitError, match="evaluate\\(\\) has no setting 'within'"):
+        swimkit.evaluate(model, batches, device, None, settings, within=1.0)
+    with pytest.raises(swimkit.SwimkitError, match="takes a EvaluationSettings"):
+        swimkit.evaluate(model, batches, device, None, swimkit.SelectionSettings())
+
+
+@pytest.mark.parametrize("overrides,needle", [
+    ({"seed": "a"}, "seed must be an integer \\(got 'a'\\)"),
+    ({"samples": 0}, "samples must be an integer >= 1"),
+    ({"min_samples": 5}, "min_samples would have no effect"),
+    ({"times": [0, 3600]}, "times \\[0.0, 3600.0\\] would have no effect: device model "
+                           "'gaussian'"),
+    ({"times": [5, 5]}, "repeat"),
+    ({"ci_target": -1}, "ci_target must be a number of points >= 0"),
+    ({"chips_per_pass": 0}, "chips_per_pass must be an integer >= 1"),
+    ({"device_model": GaussianDevice()}, "no setting 'device_model'.*chip="),
+    ({"exclude": ["0"]}, "no setting 'exclude'.*Placement"),
+])
+def test_settings_that_cannot_act_are_refused_before_work(overrides, needle):
+    """A value of the wrong kind, min_samples without ci_target, times on a model that
+    stays as programmed, or a keyword of an earlier release: one SwimkitError, before
+    the test batches are read."""
+    model, _ = toy_problem()
+    with pytest.raises(swimkit.SwimkitError, match=needle):
+        swimkit.evaluate(model, Untouchable(), GaussianDevice(), **overrides)
+
+
+def test_a_ci_target_of_zero_is_a_fixed_count():
+    """ci_target 0, as on the command line, means every chip (as None does)."""
+    model, batches = toy_problem()
+    device = GaussianDevice(sigma=1.0)
+    zero = swimkit.evaluate(model, batches, device, samples=12, ci_target=0)
+    fixed = swimkit.evaluate(model, batches, device, samples=12)
+    assert zero.samples == 12 and zero.ci_target is None
+    assert torch.equal(zero.accuracies, fixed.accuracies)
+    assert EvaluationSettings(ci_target=0).ci_target is None
+
+
+# --- tied weights: one parameter, one draw ---------------------------------------------------
+
+
+class TwoUses(nn.Module):
+    """Logits (0, |first(x) - second(x)|): class 0 exactly when the two layers, which share
+    one weight (and one bias), compute the same."""
+
+    def __init__(self, tied: bool) -> None:
+        super().__init__()
+        self.first = nn.Linear(4, 5)
+        self.second = nn.Linear(4, 5)
+        with torch.no_grad():
+            self.second.weight.copy_(self.first.weight)
+        self.second.bias = self.first.bias
+        if tied:
+            self.second.weight = self.first.weight
+
+    def forward(self, x):
+        gap = (self.first(x) - self.second(x)).abs().sum(-1)
+        return torch.stack([torch.zeros_like(gap), gap], dim=-1)
+
+
+def test_both_uses_of_a_tied_weight_read_the_same_draw():
+    """Every use of a shared parameter computes with the chip's one value of it (100 %
+    here on every chip); two equal but separate weights draw apart (0 %)."""
+    torch.manual_seed(0)
+    x = torch.randn(16, 4)
+    batches = [(x, torch.zeros(16, dtype=torch.long))]
+    device = GaussianDevice(sigma=1.0)
+    tied = TwoUses(tied=True)
+    assert list(swimkit.device_weights(tied)) == ["first.weight"]
+    assert swimkit.evaluate(tied, batches, device, samples=4).accuracies.tolist() == [100.0] * 4
+    plan = swimkit.select(tied, None, method="magnitude", fraction=0.3, chip=device)
+    assert plan.names == ["first.weight"]
+    planned = swimkit.evaluate(tied, batches, device, plan, samples=4)
+    assert planned.accuracies.tolist() == [100.0] * 4
+    apart = TwoUses(tied=False)
+    assert swimkit.evaluate(apart, batches, device, samples=4).accuracies.tolist() == [0.0] * 4
+
+
+# --- adaptive chip counts ------------------------------------------------------------------
+
+
+def test_round_ends_grow_within_bounds():
+    for done in (2, 5, 10, 37, 80):
+        for half in (0.1, 0.6, 2.0, 40.0, float("inf")):
+            end = round_ends(done, half, 0.5, 100)
+            assert min(100, done + ROUND_MIN) <= end <= max(done + ROUND_MIN,
+                                                            -(-done * ROUND_GROWTH // 1))
+            assert end <= 100
+    # a spread that needs few more chips asks for few more (at least ROUND_MIN)
+    assert round_ends(40, 0.51, 0.5, 100) == 44
+
+
+def _adaptive_setup():
+    model, batches = toy_problem()
+    return model, batches, GaussianDevice(sigma=0.5, sigma_verified=0.05)
+
+
+def test_an_adaptive_run_stops_at_the_first_round_that_meets_the_target():
+    model, batches, dm = _adaptive_setup()
+    full = swimkit.evaluate(model, batches, dm, samples=60)
+    target = 1.5 * ci_half_width(full.accuracies[:30])
+    res = swimkit.evaluate(model, batches, dm, samples=60, ci_target=target, min_samples=6)
+    n = res.samples
+    assert 6 <= n < 60
+    # the same chips as the fixed run: chip k depends on (seed, k) only
+    assert torch.equal(res.accuracies, full.accuracies[:n])
+    assert res.ci_reached == pytest.approx(ci_half_width(res.accuracies))
+    assert res.ci_reached <= target
+    # ... and no earlier round boundary met the target
+    done = 6
+    while done < n:
+        assert ci_half_width(full.accuracies[:done]) > target
+        done = round_ends(done, ci_half_width(full.accuracies[:done]), target, 60)
+    assert done == n
+    again = swimkit.evaluate(model, batches, dm, samples=60, ci_target=target, min_samples=6)
+    assert torch.equal(again.accuracies, res.accuracies)  # deterministic
+    data = res.to_dict()
+    assert data["samples"] == n and data["ci_target_points"] == target
+    assert data["ci_of"] == "mean" and data["ci_reached_points"] == res.ci_reached
+    back = swimkit.MCResult.from_dict(data)
+    assert (back.ci_target, back.ci_of, back.ci_reached) == (target, "mean", res.ci_reached)
+
+
+def test_an_unreachable_target_uses_every_chip():
+    model, batches, dm = _adaptive_setup()
+    res = swimkit.evaluate(model, batches, dm, samples=15, ci_target=1e-6, min_samples=4)
+    assert res.samples == 15 and res.ci_reached > 1e-6
+
+
+def test_the_paired_rule_stops_on_the_gap_to_the_reference():
+    model, batches, dm = _adaptive_setup()
+    reference = swimkit.evaluate(model, batches, dm, "all", samples=80)
+    alone = swimkit.evaluate(model, batches, dm, "none", samples=80)
+    gaps = alone.accuracies - reference.accuracies
+    target = 1.2 * ci_half_width(gaps[:40])
+    paired = swimkit.evaluate(model, batches, dm, "none", samples=80, ci_target=target,
+                              min_samples=8, against=reference)
+    n = paired.samples
+    assert paired.ci_of == "paired difference"
+    assert paired.ci_reached == pytest.approx(ci_half_width(gaps[:n]))
+    assert paired.ci_reached <= target
+    assert torch.equal(paired.accuracies, alone.accuracies[:n])
+    gap = paired.paired_difference(reference)  # over the chips both have
+    assert gap.samples == n and torch.equal(gap.accuracies, gaps[:n])
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(ci_target=float("nan")), "ci_target must be a number of points >= 0"),
+    (dict(ci_target=0.5, min_samples=1), "min_samples must be an integer >= 2"),
+    (dict(against="all"), "give ci_target as well"),
+])
+def test_bad_stopping_inputs_are_refused(kwargs, message):
+    model, batches, dm = _adaptive_setup()
+    with pytest.raises(swimkit.SwimkitError, match=message):
+        swimkit.evaluate(model, batches, dm, samples=10, **kwargs)
+
+
+def test_a_reference_that_cannot_be_paired_is_refused():
+    model, batches, dm = _adaptive_setup()
+    short = swimkit.evaluate(model, batches, dm, "all", samples=5)
+    with pytest.raises(swimkit.SwimkitError, match="against has 5 chips but this run may use 20"):
+        swimkit.evaluate(model, batches, dm, samples=20, ci_target=0.5, against=short)
+    other = swimkit.evaluate(model, batches, dm, "all", samples=20, seed=1)
+    with pytest.raises(swimkit.SwimkitError, match="seed 1, this run with 0"):
+        swimkit.evaluate(model, batches, dm, samples=20, ci_target=0.5, against=other)
+
+
+# --- any number of processes -----------------------------------------------------------------
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -203,8 +387,7 @@ def _worker(rank: int, world: int, port: int, queue) -> None:
     torch.set_num_threads(1)
     try:
         model, batches = toy_problem()
-        res = swimkit.evaluate(model, batches, swimkit.DeviceModel(sigma=1.0), samples=7,
-                               seed=11)
+        res = swimkit.evaluate(model, batches, GaussianDevice(sigma=1.0), samples=7, seed=11)
         queue.put((rank, res.accuracies.tolist()))
     finally:
         dist.destroy_process_group()
@@ -213,7 +396,7 @@ def _worker(rank: int, world: int, port: int, queue) -> None:
 @pytest.mark.slow
 def test_same_result_on_any_number_of_processes():
     model, batches = toy_problem()
-    single = swimkit.evaluate(model, batches, swimkit.DeviceModel(sigma=1.0), samples=7, seed=11)
+    single = swimkit.evaluate(model, batches, GaussianDevice(sigma=1.0), samples=7, seed=11)
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     world = 3
@@ -227,69 +410,3 @@ def test_same_result_on_any_number_of_processes():
         assert p.exitcode == 0
     for _, accuracies in got:
         assert accuracies == single.accuracies.tolist()
-
-
-# --- a device model written here: the NoiseModel protocol is all swimkit asks ----------
-
-
-class StuckAt:
-    """Two-state device: a weight is stuck at zero with probability ``p`` (``p_verified``
-    where a plan verifies any of its devices), else exact."""
-
-    slicing = swimkit.slicing.BitSlicing(8, 1)
-
-    def __init__(self, p: float, p_verified: float = 0.0) -> None:
-        self.p, self.p_verified = p, p_verified
-        self.samplers = 0
-
-    def with_sigma(self, sigma):
-        return StuckAt(sigma, self.p_verified)
-
-    def _p(self, values, plan):
-        masks = plan.masks if plan is not None else {}
-        return {k: torch.where(masks[k], self.p_verified, self.p) if k in masks
-                else torch.full_like(v, self.p) for k, v in values.items()}
-
-    def sampler(self, values, scales, plan=None, times=(0.0,)):
-        probability = self._p(values, plan)
-        self.samplers += 1
-
-        def draw(generator):
-            chip = {k: -v * (torch.rand(v.shape, generator=generator) < probability[k])
-                    for k, v in values.items()}
-            return [chip] * len(times)
-
-        return draw
-
-    def variance(self, values, scales, plan=None, time=0.0):
-        p = self._p(values, plan)
-        return {k: p[k] * (1 - p[k]) * (v / scales[k]) ** 2 for k, v in values.items()}
-
-    def describe(self):
-        return {"kind": "stuck-at", "p": self.p, "p_verified": self.p_verified}
-
-
-def test_a_device_model_from_outside_works_in_evaluate_and_select():
-    model, batches = toy_problem()
-    clean = swimkit.accuracy(model, batches)
-    never = swimkit.evaluate(model, batches, StuckAt(0.0), samples=3)
-    assert never.accuracies.tolist() == [clean] * 3
-    always = swimkit.evaluate(model, batches, StuckAt(1.0), samples=2)
-    zeroed = copy.deepcopy(model)
-    with torch.no_grad():
-        zeroed[0].weight.zero_()
-        zeroed[2].weight.zero_()
-    assert always.accuracies.tolist() == [swimkit.accuracy(zeroed, batches)] * 2
-    noisy = StuckAt(0.3, p_verified=0.0)
-    sens = swimkit.sensitivity(model, batches)
-    plan = swimkit.select(model, sens, fraction=0.5, method="variance", device_model=noisy)
-    assert plan.programming is None  # a stuck-at model prices no programming time
-    protected = swimkit.evaluate(model, batches, noisy, plan, samples=20, seed=1)
-    exposed = swimkit.evaluate(model, batches, noisy, samples=20, seed=1)
-    assert protected.mean > exposed.mean
-    with pytest.raises(swimkit.SwimkitError, match="price programming"):
-        swimkit.select(model, sens, speedup=2.0, method="variance", device_model=noisy)
-    with pytest.raises(swimkit.SwimkitError, match="price programming"):
-        swimkit.select(model, sens, speedup=2.0, method="allocate", device_model=noisy)
-    with pytest.raises(swimkit.SwimkitError, match="NoiseModel"):
-        swimkit.evaluate(model, batches, object(), samples=1)

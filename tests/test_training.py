@@ -1,70 +1,28 @@
-"""Training: learning, reproducibility, exact resume, checkpoints, noise injection."""
+"""Training (swimkit.training): settings, optimizers, learning, reproducibility, the
+checkpoints of a run, keyword overrides, plan-aware fine-tuning and refusing to save a
+diverged run."""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
-from torch.nn.utils import parametrize
+from toy_training import cifar_like, fit, fresh, same_state, toy, without_time
 
+import swimkit
 from swimkit import training
 from swimkit.checkpoints import load_checkpoint, plain_state_dict
-from swimkit.data import Dataset, Split, preload
+from swimkit.chip import ChipSpec
+from swimkit.crossbar import Crossbar
+from swimkit.data import preload
 from swimkit.errors import SwimkitError
 from swimkit.models import build_model
 from swimkit.montecarlo import accuracy
+from swimkit.plans import Plan
 from swimkit.quantization import OutputQuantizer
 from swimkit.training import TrainConfig, TrainResult, make_optimizer, train
-
-
-def patterns(n: int, seed: int, channels: int = 1, size: int = 28) -> Split:
-    """Noise images with a bright block whose position is the label (learnable quickly)."""
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.randint(0, 10, (n,), generator=g)
-    images = torch.randint(0, 60, (n, channels, size, size), generator=g, dtype=torch.uint8)
-    rows, cols = size // 2 - 4, size // 5
-    for k in range(10):
-        r, c = divmod(k, 5)
-        top, left = 2 + r * rows, c * cols
-        images[labels == k, :, top : top + 8, left : left + cols] = 255
-    return Split(images, labels)
-
-
-def toy(n_train: int = 128, n_test: int = 64) -> Dataset:
-    """A tiny MNIST-like dataset (1x28x28, 10 classes, no augmentation)."""
-    return Dataset("toy", patterns(n_train, 0), patterns(n_test, 1), 10, (0.0,), (1.0,), None)
-
-
-def cifar_like(n: int = 4) -> Dataset:
-    """A tiny CIFAR-like dataset (3x32x32, with the crop/flip augmentation)."""
-    mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
-    train_split, test_split = patterns(n, 2, 3, 32), patterns(n, 3, 3, 32)
-    return Dataset("toy-cifar", train_split, test_split, 10, mean, std, "crop_flip")
-
-
-def fresh(name: str = "lenet", seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    return build_model(name)
-
-
-def fit(name: str = "lenet", init_seed: int = 0, dataset: Dataset | None = None, **kwargs):
-    """Train a fresh model; ``kwargs`` split between TrainConfig and train()."""
-    options = {k: kwargs.pop(k) for k in list(kwargs) if k in TrainConfig.__dataclass_fields__}
-    options.setdefault("batch_size", 32)
-    config = TrainConfig(**options)
-    return train(fresh(name, init_seed), dataset or toy(), config, model_name=name, **kwargs)
-
-
-def same_state(a: nn.Module, b: nn.Module) -> bool:
-    sa, sb = plain_state_dict(a), plain_state_dict(b)
-    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
-
-
-def without_time(history: list[dict]) -> list[dict]:
-    return [{k: v for k, v in row.items() if k != "seconds"} for row in history]
-
 
 # --------------------------------------------------------------------------- config
 
@@ -85,17 +43,23 @@ def without_time(history: list[dict]) -> list[dict]:
     ],
 )
 def test_config_rejects_bad_values(bad: dict) -> None:
+    """A setting out of range is one line naming it, from TrainConfig and from train()."""
     with pytest.raises(SwimkitError) as err:
         TrainConfig(**bad)
     assert "\n" not in str(err.value)
     assert next(iter(bad)) in str(err.value)
+    with pytest.raises(SwimkitError) as err:
+        train(fresh(), toy(), **bad)
+    assert "\n" not in str(err.value) and next(iter(bad)) in str(err.value)
 
 
 def test_config_normalises_optimizer_name() -> None:
+    """Optimizer names are case-insensitive."""
     assert TrainConfig(optimizer="Adam").optimizer == "adam"
 
 
 def test_lenet_defaults_to_constant_adam() -> None:
+    """LeNet trains with Adam at 1e-3, no weight decay, no schedule."""
     optimizer, scheduler = make_optimizer(fresh("lenet"), TrainConfig(), "lenet")
     assert isinstance(optimizer, torch.optim.Adam) and scheduler is None
     assert optimizer.param_groups[0]["lr"] == 1e-3
@@ -103,6 +67,7 @@ def test_lenet_defaults_to_constant_adam() -> None:
 
 
 def test_resnet_defaults_to_sgd_with_cosine() -> None:
+    """ResNet-18 trains with SGD (0.01, momentum 0.9, 5e-4) under a cosine schedule."""
     model = build_model("resnet18")
     optimizer, scheduler = make_optimizer(model, TrainConfig(epochs=4), "resnet18")
     group = optimizer.param_groups[0]
@@ -119,6 +84,7 @@ def test_resnet_defaults_to_sgd_with_cosine() -> None:
 
 
 def test_explicit_settings_override_the_family() -> None:
+    """Explicit optimizer settings win over the family's defaults."""
     config = TrainConfig(optimizer="sgd", lr=0.1, momentum=0.5, weight_decay=0.0)
     optimizer, scheduler = make_optimizer(fresh("lenet"), config, "lenet")
     group = optimizer.param_groups[0]
@@ -127,11 +93,14 @@ def test_explicit_settings_override_the_family() -> None:
 
 
 def test_unnamed_resnet_still_gets_sgd() -> None:
+    """Without a registry name a ResNet-18 is recognised by its class."""
     optimizer, _ = make_optimizer(build_model("resnet18"), TrainConfig(), None)
     assert isinstance(optimizer, torch.optim.SGD)
 
 
+@pytest.mark.slow
 def test_tiny_resnet_trains_with_sgd_and_decreasing_lr(monkeypatch) -> None:
+    """A ResNet-18 run uses SGD and its learning rate falls from epoch to epoch."""
     built = []
 
     def spy(*args, **kwargs):
@@ -145,10 +114,50 @@ def test_tiny_resnet_trains_with_sgd_and_decreasing_lr(monkeypatch) -> None:
     assert lrs[0] == pytest.approx(0.01) and lrs[1] < lrs[0]
 
 
+# --------------------------------------------------------------------------- the call
+
+
+def test_keyword_overrides_act_on_a_copy_of_the_settings() -> None:
+    """train(model, ds, TrainConfig(...), epochs=1) trains one epoch; the settings given
+    stay as they were, and the overrides are what a second run with them gives."""
+    config = TrainConfig(epochs=5, batch_size=32, seed=1)
+    result = train(fresh(), toy(), config, epochs=1)
+    assert [row["epoch"] for row in result.history] == [1]
+    assert (config.epochs, config.seed) == (5, 1)
+    spelled = train(fresh(), toy(), TrainConfig(epochs=1, batch_size=32, seed=1))
+    assert same_state(result.model, spelled.model)
+
+
+@pytest.mark.parametrize(("keyword", "needle"), [
+    ("noise_model", "chip="),
+    ("device", "move it first"),
+    ("exclude", "placement=Placement(exclude"),
+    ("epoch", "its settings (TrainConfig) are"),
+])
+def test_a_keyword_that_is_no_setting_is_one_line(keyword: str, needle: str) -> None:
+    """A keyword train() does not take is refused by name before any work."""
+    model = fresh()
+    before = copy.deepcopy(plain_state_dict(model))
+    with pytest.raises(SwimkitError) as err:
+        train(model, toy(), **{keyword: 1})
+    message = str(err.value)
+    assert "\n" not in message and f"train() has no setting '{keyword}'" in message
+    assert needle in message
+    assert all(torch.equal(before[k], v) for k, v in plain_state_dict(model).items())
+
+
+def test_a_settings_object_of_another_group_is_refused() -> None:
+    """train() takes a TrainConfig as its settings, nothing else."""
+    with pytest.raises(SwimkitError, match="train.. takes a TrainConfig"):
+        train(fresh(), toy(), swimkit.SensitivitySettings())
+
+
 # --------------------------------------------------------------------------- learning
 
 
+@pytest.mark.slow
 def test_training_learns_a_simple_task() -> None:
+    """Four epochs on the toy task lower the loss and beat chance by far."""
     result = fit(dataset=toy(256, 128), epochs=4)
     first, last = result.history[0], result.history[-1]
     assert [row["epoch"] for row in result.history] == [1, 2, 3, 4]
@@ -160,6 +169,7 @@ def test_training_learns_a_simple_task() -> None:
 
 
 def test_log_gets_one_line_per_epoch_and_progress_runs() -> None:
+    """The log hears one line per epoch; progress bars do not break the run."""
     lines: list[str] = []
     fit(epochs=2, log=lines.append, progress=True)
     assert len(lines) == 2
@@ -167,6 +177,7 @@ def test_log_gets_one_line_per_epoch_and_progress_runs() -> None:
 
 
 def test_zero_epochs_trains_nothing() -> None:
+    """epochs=0 returns an empty history and leaves the weights as they were."""
     model = fresh()
     before = {k: v.clone() for k, v in plain_state_dict(model).items()}
     result = train(model, toy(), TrainConfig(epochs=0))
@@ -174,44 +185,40 @@ def test_zero_epochs_trains_nothing() -> None:
     assert all(torch.equal(before[k], v) for k, v in plain_state_dict(model).items())
 
 
+@pytest.mark.slow
 def test_same_seed_gives_identical_weights() -> None:
+    """Two runs of one seed are bit-identical; another seed differs."""
     a, b = fit(epochs=2), fit(epochs=2)
     assert same_state(a.model, b.model)
     assert without_time(a.history) == without_time(b.history)
     assert not same_state(a.model, fit(epochs=2, seed=1).model)
 
 
+def test_quantized_model_trains_and_calibrates_outputs() -> None:
+    """A quantized model trains in place and its output quantizers get calibrated."""
+    model = fresh("qlenet")
+    quantizers = [m for m in model.modules() if isinstance(m, OutputQuantizer)]
+    assert quantizers and not any(bool(q.calibrated) for q in quantizers)
+    result = train(model, toy(), TrainConfig(epochs=2, batch_size=32), model_name="qlenet")
+    assert isinstance(result, TrainResult) and result.model is model
+    assert all(bool(q.calibrated) and float(q.running_max) > 0 for q in quantizers)
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+
+
+def test_empty_splits_are_refused() -> None:
+    """A dataset without training or test images is one line."""
+    data = toy()
+    with pytest.raises(SwimkitError, match="training set is empty"):
+        train(fresh(), data.subset(n_train=0))
+    with pytest.raises(SwimkitError, match="test set is empty"):
+        train(fresh(), data.subset(n_test=0))
+
+
 # --------------------------------------------------------------------------- checkpoints
 
 
-def test_resume_continues_bit_identically(tmp_path: Path) -> None:
-    straight = fit(epochs=4)
-    fit(epochs=2, checkpoint_dir=tmp_path)
-    # A different initialisation proves the resumed run starts from the checkpoint.
-    resumed = fit(init_seed=7, epochs=4, checkpoint_dir=tmp_path)
-    assert same_state(resumed.model, straight.model)
-    assert without_time(resumed.history) == without_time(straight.history)
-    assert resumed.best_accuracy == straight.best_accuracy
-    assert resumed.best_epoch == straight.best_epoch
-
-
-def test_resume_after_a_crash_with_noise_and_quantization(tmp_path: Path) -> None:
-    options = {"name": "qlenet", "epochs": 3, "sigma_train": 0.5}
-    straight = fit(**options)
-
-    def crash_after_epoch_1(line: str) -> None:
-        if line.startswith("epoch 1/"):
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        fit(**options, checkpoint_dir=tmp_path, log=crash_after_epoch_1)
-    assert load_checkpoint(tmp_path / "last.pt", fresh("qlenet"))[1]["extra"]["epoch"] == 1
-    resumed = fit(**options, init_seed=3, checkpoint_dir=tmp_path)
-    assert same_state(resumed.model, straight.model)
-    assert without_time(resumed.history) == without_time(straight.history)
-
-
 def test_checkpoints_hold_last_and_best_epoch(tmp_path: Path) -> None:
+    """last.pt holds the last epoch and what resuming needs, best.pt the best epoch."""
     data = toy()
     result = fit(dataset=data, epochs=3, checkpoint_dir=tmp_path)
     assert result.last_path == tmp_path / "last.pt"
@@ -227,161 +234,77 @@ def test_checkpoints_hold_last_and_best_epoch(tmp_path: Path) -> None:
     assert same_state(last_model, result.model)
     assert info["extra"]["epoch"] == 3 and len(info["extra"]["history"]) == 3
     assert info["extra"]["config"]["batch_size"] == 32
+    assert info["extra"]["settings"]["data"] == {"dataset": "toy", "train_images": 128,
+                                                 "test_images": 64}
     for key in ("optimizer", "scheduler", "rng"):
         assert key in info["extra"]
 
 
-def test_finished_run_returns_without_training(tmp_path: Path, monkeypatch) -> None:
-    done = fit(epochs=2, checkpoint_dir=tmp_path)
-
-    def no_training(*args, **kwargs):
-        raise AssertionError("a finished run must not train again")
-
-    monkeypatch.setattr(training, "_train_epoch", no_training)
-    again = fit(init_seed=5, epochs=2, checkpoint_dir=tmp_path)
-    assert without_time(again.history) == without_time(done.history)
-    assert again.history == done.history  # stored as is, times included
-    assert (again.best_epoch, again.last_path) == (done.best_epoch, done.last_path)
-    assert same_state(again.model, done.model)
+# --------------------------------------------------------------------------- divergence
 
 
-@pytest.mark.parametrize(
-    ("change", "key"),
-    [
-        ({"lr": 3e-3}, "lr"),
-        ({"seed": 1}, "seed"),
-        ({"batch_size": 16}, "batch_size"),
-        ({"optimizer": "sgd"}, "optimizer"),
-        ({"sigma_train": 0.1}, "sigma_train"),
-    ],
-)
-def test_resume_refuses_changed_settings(tmp_path: Path, change: dict, key: str) -> None:
-    fit(epochs=1, checkpoint_dir=tmp_path)
-    model = fresh(seed=9)
-    before = {k: v.clone() for k, v in plain_state_dict(model).items()}
-    config = TrainConfig(**{"epochs": 2, "batch_size": 32, **change})
-    with pytest.raises(SwimkitError, match="resume=False") as err:
-        train(model, toy(), config, model_name="lenet", checkpoint_dir=tmp_path)
-    assert key in str(err.value) and "checkpoint_dir" in str(err.value)
-    assert "--out" in err.value.command_line and "--no-resume" not in err.value.command_line
-    assert all(torch.equal(before[k], v) for k, v in plain_state_dict(model).items())
+@pytest.mark.parametrize("diverging", [{"sigma_train": 1e30}, {"lr": 1e30},
+                                       {"optimizer": "sgd", "lr": 1e6}])
+def test_a_run_that_diverges_at_once_saves_nothing(tmp_path: Path, diverging: dict) -> None:
+    """Noise or a learning rate that drives the weights to NaN: one SwimkitError naming
+    the epoch, and no checkpoint at all (no best.pt of NaN weights)."""
+    with pytest.raises(SwimkitError) as err:
+        fit(epochs=2, checkpoint_dir=tmp_path, **diverging)
+    message = str(err.value)
+    assert "\n" not in message
+    assert "training diverged in epoch 1" in message and "nothing was saved" in message
+    assert list(tmp_path.iterdir()) == []
 
 
-def test_resume_refuses_another_model(tmp_path: Path) -> None:
-    fit(epochs=1, checkpoint_dir=tmp_path)
-    with pytest.raises(SwimkitError, match="resume=False"):
-        fit("qlenet", epochs=2, checkpoint_dir=tmp_path)
+def test_a_diverged_epoch_keeps_the_last_good_checkpoint_byte_for_byte(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Epoch 1 trains well; in epoch 2 the learning rate explodes: the error names the
+    kept checkpoint, last.pt and best.pt stay those of epoch 1 byte for byte, and no
+    other file appears."""
+    real = training._train_epoch
+
+    def exploding(model, data, optimizer, noise, epoch, *args, **kwargs):
+        if epoch == 2:
+            for group in optimizer.param_groups:
+                group["lr"] = 1e30
+        return real(model, data, optimizer, noise, epoch, *args, **kwargs)
+
+    monkeypatch.setattr(training, "_train_epoch", exploding)
+    saved = {}
+
+    def after_epoch(line: str) -> None:
+        if line.startswith("epoch 1/"):
+            saved.update({p.name: p.read_bytes() for p in tmp_path.iterdir()})
+
+    with pytest.raises(SwimkitError) as err:
+        fit(epochs=3, checkpoint_dir=tmp_path, log=after_epoch)
+    message = str(err.value)
+    assert "\n" not in message and "training diverged in epoch 2" in message
+    assert f"{tmp_path / 'last.pt'} (epoch 1) is kept" in message
+    assert set(saved) == {"last.pt", "best.pt"}
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == saved
+    model, info = load_checkpoint(tmp_path / "last.pt", fresh())
+    assert info["extra"]["epoch"] == 1
+    assert all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
 
-def test_no_resume_starts_over(tmp_path: Path) -> None:
-    fit(epochs=1, checkpoint_dir=tmp_path, seed=1)
-    result = fit(epochs=1, checkpoint_dir=tmp_path, resume=False)
-    assert same_state(result.model, fit(epochs=1).model)
-    _, info = load_checkpoint(tmp_path / "last.pt", fresh())
-    assert info["extra"]["config"]["seed"] == 0
-
-
-# --------------------------------------------------------------------------- noise injection
-
-
-def test_noise_injection_changes_training_and_leaves_plain_parameters(monkeypatch) -> None:
-    built = []
-
-    def spy(*args, **kwargs):
-        built.append(make_optimizer(*args, **kwargs))
-        return built[-1]
-
-    monkeypatch.setattr(training, "make_optimizer", spy)
-    model = fresh()
-    names_before = [name for name, _ in model.named_parameters()]
-    params_before = list(model.parameters())
-    result = train(model, toy(), TrainConfig(epochs=2, batch_size=32, sigma_train=0.3))
-    assert not any(parametrize.is_parametrized(m) for m in model.modules())
-    assert [name for name, _ in model.named_parameters()] == names_before
-    assert all(a is b for a, b in zip(model.parameters(), params_before, strict=True))
-    held = [p for group in built[0][0].param_groups for p in group["params"]]
-    assert all(a is b for a, b in zip(held, params_before, strict=True))
-    clean = fit(epochs=2)
-    assert not same_state(result.model, clean.model)
-    assert same_state(result.model, fit(epochs=2, sigma_train=0.3).model)  # seeded noise
-
-
-def test_noise_reaches_the_forward() -> None:
-    clean = fit(epochs=1)
-    noisy = fit(epochs=1, sigma_train=50.0)
-    assert noisy.history[0]["train_loss"] > 3 * clean.history[0]["train_loss"]
-
-
-def test_quantized_model_trains_and_calibrates_outputs() -> None:
-    model = fresh("qlenet")
-    quantizers = [m for m in model.modules() if isinstance(m, OutputQuantizer)]
-    assert quantizers and not any(bool(q.calibrated) for q in quantizers)
-    result = train(model, toy(), TrainConfig(epochs=2, batch_size=32), model_name="qlenet")
-    assert isinstance(result, TrainResult) and result.model is model
-    assert all(bool(q.calibrated) and float(q.running_max) > 0 for q in quantizers)
-    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
-
-
-class CountingStuckAt:
-    """A device model from outside swimkit: weights stuck at zero with probability p."""
-
-    from swimkit.slicing import BitSlicing
-
-    slicing = BitSlicing(8, 1)
-
-    def __init__(self, p: float) -> None:
-        self.p = p
-        self.draws = 0
-
-    def with_sigma(self, sigma):
-        """sigma_train sets this model's stuck probability."""
-        return CountingStuckAt(sigma)
-
-    def sampler(self, values, scales, plan=None, times=(0.0,)):
-        def draw(generator):
-            self.draws += 1
-            chip = {k: -v * (torch.rand(v.shape, generator=generator, device=v.device) < self.p)
-                    for k, v in values.items()}
-            return [chip] * len(times)
-
-        return draw
-
-    def variance(self, values, scales, plan=None, time=0.0):
-        return {k: self.p * (1 - self.p) * (v / scales[k]) ** 2 for k, v in values.items()}
-
-    def describe(self):
-        return {"kind": "stuck-at", "p": self.p}
-
-
-def test_noise_injection_with_a_device_model_from_outside() -> None:
-    noise = CountingStuckAt(0.5)
-    result = fit(epochs=1, noise_model=noise)
-    assert noise.draws == 4  # one draw per mini-batch: 128 images / 32
-    assert not same_state(result.model, fit(epochs=1).model)
-    # sigma_train goes through the protocol (with_sigma): here, the stuck probability
-    rescaled = fit(epochs=1, noise_model=noise, sigma_train=0.1)
-    assert same_state(rescaled.model, fit(epochs=1, noise_model=CountingStuckAt(0.1)).model)
-    assert not same_state(rescaled.model, result.model)
+# --------------------------------------------------------------------------- the chip
 
 
 def test_plan_aware_training_draws_the_plan_noise() -> None:
     """A plan that verifies every device to a residual of 0 trains like clean training;
     one that verifies none like noise injection at the plain-write sigma."""
-    from swimkit.devices import DeviceModel
-    from swimkit.plans import Plan
-
     values = {n: p.detach() for n, p in fresh().named_parameters() if n.endswith("weight")}
-    exact = DeviceModel(sigma=0.3, sigma_verified=0.0)
-    protected = fit(epochs=1, noise_model=exact, plan=Plan.uniform(values, True))
+    exact = swimkit.GaussianDevice(sigma=0.3, sigma_verified=0.0)
+    protected = fit(epochs=1, chip=exact, plan=Plan.uniform(values, True))
     assert same_state(protected.model, fit(epochs=1).model)
-    exposed = fit(epochs=1, noise_model=exact, plan=Plan.uniform(values, False))
+    exposed = fit(epochs=1, chip=exact, plan=Plan.uniform(values, False))
     assert same_state(exposed.model, fit(epochs=1, sigma_train=0.3).model)
     assert not same_state(exposed.model, protected.model)
 
 
 def test_a_plan_for_another_model_is_a_clear_error() -> None:
-    from swimkit.plans import Plan
-
+    """A plan naming weights the model lacks, or of other shapes, is one line."""
     plan = Plan(masks={"fc9.weight": torch.ones(2, 2, dtype=torch.bool)})
     with pytest.raises(SwimkitError, match="names weight 'fc9.weight'"):
         fit(epochs=1, sigma_train=0.1, plan=plan)
@@ -390,44 +313,24 @@ def test_a_plan_for_another_model_is_a_clear_error() -> None:
         fit(epochs=1, sigma_train=0.1, plan=wrong)
 
 
-def test_resume_refuses_other_noise(tmp_path: Path) -> None:
-    fit(epochs=1, noise_model=CountingStuckAt(0.2), checkpoint_dir=tmp_path)
-    with pytest.raises(SwimkitError, match="noise"):
-        fit(epochs=2, noise_model=CountingStuckAt(0.1), checkpoint_dir=tmp_path)
-
-
-def test_scale_aware_noise_has_the_same_value_and_the_gradient_of_the_range() -> None:
-    """delta * max|w| / s equals delta at w, and passes d(max|w|) to the largest weight."""
-    import swimkit
-
-    model = nn.Sequential(nn.Linear(3, 2, bias=False))
-    with torch.no_grad():
-        model[0].weight.copy_(torch.tensor([[0.5, -2.0, 1.0], [0.1, 0.2, -0.3]]))
-    weights = swimkit.device_weights(model)
-    delta = {"0.weight": torch.tensor([[0.1, 0.2, -0.1], [0.3, -0.2, 0.1]])}
-    scale = {"0.weight": torch.tensor(2.0)}
-    x = torch.ones(1, 3)
-    grads = {}
-    for name, scales in (("plain", None), ("aware", scale)):
-        model.zero_grad()
-        with swimkit.perturbed(model, weights) as offsets:
-            offsets.set(delta, scales)
-            out = model(x).sum()
-            value = out.item()
-            out.backward()
-        grads[name] = model[0].weight.grad.clone()
-        if name == "plain":
-            plain_value = value
-    assert value == pytest.approx(plain_value)
-    extra = grads["aware"] - grads["plain"]
-    # only the largest |w| (-2.0 at [0, 1]) gets d/dw of delta * |w| / 2: -sum(delta) / 2
-    expected = torch.zeros(2, 3)
-    expected[0, 1] = -float(delta["0.weight"].sum()) / 2.0
-    torch.testing.assert_close(extra, expected)
-
-
-def test_scale_aware_training_differs_and_resumes_only_as_such(tmp_path: Path) -> None:
-    aware = fit(epochs=1, sigma_train=0.3, scale_aware=True, checkpoint_dir=tmp_path)
-    assert not same_state(aware.model, fit(epochs=1, sigma_train=0.3).model)
-    with pytest.raises(SwimkitError, match="scale_aware"):
-        fit(epochs=2, sigma_train=0.3, checkpoint_dir=tmp_path)
+@pytest.mark.parametrize("other", [
+    ChipSpec(swimkit.build_device_model("pcm")),
+    ChipSpec(swimkit.GaussianDevice(sigma=0.5)),
+    ChipSpec(crossbar=Crossbar(ranges="column")),
+], ids=["pcm", "other-sigma", "column-ranges"])
+def test_fine_tuning_under_a_plan_made_for_another_chip_is_refused(other: ChipSpec) -> None:
+    """A plan records its chip: fine-tuning under it on another chip is one line naming
+    the first difference, before any work; on its own chip it trains."""
+    planned_for = ChipSpec(swimkit.GaussianDevice())
+    model = fresh()
+    plan = swimkit.select(model, None, method="magnitude", fraction=0.5, chip=planned_for)
+    assert plan.chip == planned_for.describe_all()
+    before = copy.deepcopy(plain_state_dict(model))
+    with pytest.raises(SwimkitError) as err:
+        train(model, toy(), epochs=1, batch_size=32, chip=other, plan=plan)
+    message = str(err.value)
+    assert "\n" not in message and "the plan was made for another chip" in message
+    assert "fine-tune under it on the chip it was planned for" in message
+    assert all(torch.equal(before[k], v) for k, v in plain_state_dict(model).items())
+    done = train(model, toy(), epochs=1, batch_size=32, chip=planned_for, plan=plan)
+    assert len(done.history) == 1

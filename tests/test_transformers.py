@@ -9,10 +9,10 @@ import torchvision
 from torch import nn
 
 import swimkit
+from swimkit.chip import ChipSpec, Placement
 from swimkit.models import ViT, build_model
+from swimkit.sensitivity import ENGINES
 from swimkit.sensitivity.swim import CurvaturePass, UnsupportedOperation, trace
-
-ENGINES = ("swim", "ggn", "hutchinson", "fisher")
 
 
 def batches(shape, classes=10, n=4, seed=0):
@@ -22,10 +22,20 @@ def batches(shape, classes=10, n=4, seed=0):
 
 
 def small_vit():
+    """A two-block ViT, its weights drawn from a fixed seed."""
+    torch.manual_seed(0)
     return ViT(dim=16, depth=2, heads=2, mlp_dim=32).eval()
 
 
+def quick(engine: str, probes: int = 2) -> dict:
+    """The options that keep ``engine`` quick: few probes where it takes probes (an
+    estimate's accuracy is not what these tests hold)."""
+    return {"probes": probes} if "probes" in ENGINES.get(engine).options else {}
+
+
 def test_every_attention_projection_is_a_device_weight():
+    """The ViT's patch embedding, every block's packed q, k, v, its out_proj and MLP,
+    and the head are device weights."""
     names = list(swimkit.device_weights(build_model("vit")))
     assert names[0] == "conv_proj.weight" and names[-1] == "head.weight"
     for block in range(4):
@@ -35,12 +45,14 @@ def test_every_attention_projection_is_a_device_weight():
     assert len(names) == 4 * 4 + 2
 
 
-@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("engine", ENGINES.names())
 @pytest.mark.parametrize("name", ["vit", "qvit"])
 def test_every_engine_runs_on_the_vit(name, engine):
+    """Every registered engine gives finite sensitivities shaped like the ViT's device
+    weights, non-zero on the attention projection."""
     model = build_model(name, seed=0).eval()
     sens = swimkit.sensitivity(model, batches((1, 28, 28)), engine=engine,
-                               **({"probes": 4} if engine == "hutchinson" else {}))
+                               options=quick(engine, probes=4))
     weights = swimkit.device_weights(model)
     assert sens.names == list(weights)
     for key, h in sens.second.items():
@@ -49,6 +61,8 @@ def test_every_engine_runs_on_the_vit(name, engine):
 
 
 def test_swim_and_ggn_rank_the_vit_weights_alike():
+    """swim equals ggn on the head and shares its g everywhere; it ranks every weight
+    like ggn (the cross terms it drops weigh least on the last layer)."""
     from scipy.stats import spearmanr
 
     model = small_vit()
@@ -65,6 +79,7 @@ def test_swim_and_ggn_rank_the_vit_weights_alike():
 
 
 def test_quantized_vit_quantizes_the_packed_projection():
+    """qvit's packed in_proj_weight computes with its 8-bit quantized value."""
     from swimkit.quantization import fake_quantize
 
     model = build_model("qvit")
@@ -92,11 +107,12 @@ def test_chips_perturb_the_attention_projection():
 
 
 def test_a_plan_and_monte_carlo_over_the_vit():
+    """A plan covers the attention projections; its chips are reproducible by seed."""
     model = small_vit()
     data = batches((1, 28, 28), n=16)
     sens = swimkit.sensitivity(model, data)
-    device = swimkit.DeviceModel()
-    plan = swimkit.select(model, sens, method="allocate", device_model=device, speedup=3.0)
+    device = swimkit.GaussianDevice()
+    plan = swimkit.select(model, sens, method="allocate", chip=device, speedup=3.0)
     assert "blocks.1.self_attention.in_proj_weight" in plan.names
     result = swimkit.evaluate(model, data, device, plan=plan, samples=3, seed=0)
     again = swimkit.evaluate(model, data, device, plan=plan, samples=3, seed=0)
@@ -104,13 +120,16 @@ def test_a_plan_and_monte_carlo_over_the_vit():
 
 
 def test_noise_training_reaches_the_attention_projection():
+    """Noise injection perturbs in_proj_weight, its gradient reaches the parameter, and
+    the parameter is untouched afterwards."""
     from swimkit.noise_injection import NoiseInjector
 
     model = small_vit().train()
     attn = model.blocks[0].self_attention
     before = attn.in_proj_weight.detach().clone()
     x, y = batches((1, 28, 28))[0]
-    injector = NoiseInjector(model, swimkit.DeviceModel(), seed=0, scale_aware=True)
+    injector = NoiseInjector(model, ChipSpec(swimkit.GaussianDevice()), seed=0,
+                             scale_aware=True)
     assert "blocks.0.self_attention.in_proj_weight" in injector.weights
     with injector.epoch(0) as redraw:
         redraw()
@@ -122,6 +141,7 @@ def test_noise_training_reaches_the_attention_projection():
 
 
 def test_torchvision_vit_b_16_passes_the_graph_check():
+    """Every op of torchvision's vit_b_16 on the path to the loss has a rule."""
     model = torchvision.models.vit_b_16().eval()
     weights = swimkit.device_weights(model)
     run = CurvaturePass(model, trace(model), weights)  # every op on the path has a rule
@@ -129,7 +149,7 @@ def test_torchvision_vit_b_16_passes_the_graph_check():
     assert len(run.rules) > 100
 
 
-@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("engine", ENGINES.names())
 def test_torchvision_vision_transformer_runs_every_engine(engine):
     """torchvision's VisionTransformer as written (vit_b_16's class, a small size)."""
     torch.manual_seed(0)
@@ -137,19 +157,20 @@ def test_torchvision_vision_transformer_runs_every_engine(engine):
         image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32,
         num_classes=10).eval()
     sens = swimkit.sensitivity(model, batches((3, 32, 32), n=2), engine=engine,
-                               **({"probes": 2} if engine == "hutchinson" else {}))
+                               options=quick(engine))
     assert all(bool(torch.isfinite(h).all()) for h in sens.second.values())
     assert "encoder.layers.encoder_layer_1.self_attention.in_proj_weight" in sens.names
 
 
 def test_torchvision_swin_t_passes_the_graph_check():
+    """Every op of torchvision's swin_t on the path to the loss has a rule."""
     model = torchvision.models.swin_t().eval()
     weights = swimkit.device_weights(model)
     run = CurvaturePass(model, trace(model), weights)
     assert "features.1.0.attn.qkv.weight" in weights and len(run.rules) > 100
 
 
-@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("engine", ENGINES.names())
 def test_torchvision_swin_runs_every_engine(engine):
     """torchvision's SwinTransformer as written (swin_t's class, a small size, shifted
     windows and a patch merging that pads)."""
@@ -158,12 +179,13 @@ def test_torchvision_swin_runs_every_engine(engine):
         patch_size=[4, 4], embed_dim=8, depths=[2, 2], num_heads=[2, 2], window_size=[2, 2],
         num_classes=10).eval()
     sens = swimkit.sensitivity(model, batches((3, 20, 20), n=2), engine=engine,
-                               **({"probes": 2} if engine == "hutchinson" else {}))
+                               options=quick(engine))
     assert all(bool(torch.isfinite(h).all()) for h in sens.second.values())
     assert bool(sens.second["features.1.1.attn.qkv.weight"].any())
 
 
 def test_stochastic_depth_is_the_identity_in_eval_mode():
+    """Stochastic depth in eval mode changes no sensitivity; in training it is refused."""
     model = nn.Sequential(nn.Linear(4, 4), torchvision.ops.StochasticDepth(0.5, "row"),
                           nn.Linear(4, 3)).eval()
     reference = nn.Sequential(model[0], model[2]).eval()
@@ -190,40 +212,44 @@ class RawProjection(nn.Module):
 
 @pytest.mark.parametrize("engine", ["swim", "ggn"])
 def test_a_named_parameter_is_mapped_planned_and_sampled(engine):
+    """A raw parameter named in the chip's placement gets a sensitivity, is planned and
+    priced like a weight, and gets errors drawn on every chip."""
     model = RawProjection().eval()
     data = batches((8,), classes=3)
-    sens = swimkit.sensitivity(model, data, engine, params=["proj"])
+    dm = swimkit.GaussianDevice(sigma=0.3, sigma_verified=0.03)
+    chip = ChipSpec(dm, placement=Placement(params=["proj"]))
+    sens = swimkit.sensitivity(model, data, engine, chip=chip)
     assert set(sens.second) == {"proj", "head.weight"}
     assert float(sens.second["proj"].abs().sum()) > 0
-    dm = swimkit.DeviceModel(sigma=0.3, sigma_verified=0.03)
-    plan = swimkit.select(model, sens, method="allocate", speedup=2.0, device_model=dm)
+    plan = swimkit.select(model, sens, method="allocate", speedup=2.0, chip=chip)
     assert int(plan.levels["proj"].gt(0).sum()) > 0  # planned and priced like a weight
-    none = swimkit.evaluate(model, data, dm, "none", samples=6, params=["proj"])
+    none = swimkit.evaluate(model, data, chip, "none", samples=6)
     with pytest.warns(UserWarning, match=r"proj.*map them with params"):
         digital = swimkit.evaluate(model, data, dm, "none", samples=6)
     assert not torch.equal(none.accuracies, digital.accuracies)  # its errors are drawn
-    assert swimkit.evaluate(model, data, dm, plan, samples=6).samples == 6
-    magnitude = swimkit.select(model, None, method="magnitude", fraction=0.5, params=["proj"])
+    assert swimkit.evaluate(model, data, chip, plan, samples=6).samples == 6
+    magnitude = swimkit.select(model, None, method="magnitude", fraction=0.5, chip=chip)
     assert "proj" in magnitude.levels
 
 
-def test_map_params_reaches_the_settings_and_only_then_the_cache_keys():
+def test_map_params_reaches_the_chip_and_only_then_the_cache_keys():
+    """--map-params becomes the chip's placement, and only then changes the cache key."""
     from swimkit.caches import evaluation_key
-    from swimkit.cli import build_parser
-    from swimkit.command_settings import settings_of
+    from swimkit.cli import parse
 
     def settings(*extra):
-        return settings_of(build_parser().parse_args(["sweep", "--model", "lenet", *extra]))
+        return parse(["sweep", "--model", "lenet", *extra]).settings()
 
     plain, mapped = settings(), settings("--map-params", "blocks.*.qkv,pos")
-    assert mapped.selection.map_params == ["blocks.*.qkv", "pos"]
-    assert mapped.selection.mapping() == {"exclude": None, "params": ["blocks.*.qkv", "pos"]}
-    assert plain.selection.mapping() == {"exclude": None, "params": None}
+    assert mapped.chip.placement.params == ("blocks.*.qkv", "pos")
+    assert mapped.chip.placement.describe() == {"params": ["blocks.*.qkv", "pos"]}
+    assert plain.chip.placement.describe() == {}
     assert evaluation_key(plain) != evaluation_key(mapped)
 
 
 def test_noise_training_perturbs_the_weights_on_devices_only():
-    """--exclude keeps a layer digital in training too; --map-params adds a raw parameter."""
+    """The chip's placement holds in training too: exclude keeps a layer digital,
+    params adds a raw parameter."""
     from swimkit.noise_injection import NoiseInjector
     from swimkit.training import TrainConfig
 
@@ -231,7 +257,8 @@ def test_noise_training_perturbs_the_weights_on_devices_only():
     config = TrainConfig(sigma_train=0.1)
     default = NoiseInjector.create(model, config, None)
     assert set(default.weights) == {"head.weight"}
-    mapped = NoiseInjector.create(model, config, None, params=["proj"], exclude=["head"])
+    mapped = NoiseInjector.create(model, config, ChipSpec(
+        placement=Placement(params=["proj"], exclude=["head"])))
     assert set(mapped.weights) == {"proj"}
     assert mapped.describe()["weights"] == {"exclude": ["head"], "params": ["proj"]}
     with mapped.epoch(1) as redraw:

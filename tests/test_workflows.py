@@ -1,193 +1,209 @@
-"""Workflow pieces: the point cache, settings checks, training folders."""
+"""The whole flow as resumable steps: training folders (named per setting, refused when
+made with other settings), checks before any training, the speedup search, models
+trained with noise compared against the best full verify, and two runs in one folder."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
-import torch
 
 import swimkit
-from swimkit.caches import PointCache
-from swimkit.montecarlo import MCResult
-from swimkit.results import PlanCounts, Point
-from swimkit.settings import DataSettings, EvaluationSettings, SelectionSettings, Settings
-from swimkit.workflows import _floor3, train_folder
-
-
-def point(mean: float) -> Point:
-    return Point("swim", "m", "speedup", 2.0, PlanCounts(1, 10, 8, 80), None,
-                 MCResult(torch.tensor([mean, mean + 1.0])))
-
-
-def test_point_cache_keeps_points_of_other_settings(tmp_path):
-    path = tmp_path / "points.json"
-    first = PointCache(path, "key-a")
-    first.put("p", point(50.0))
-    second = PointCache(path, "key-b")
-    assert second.get("p") is None
-    second.put("p", point(60.0))
-    again = PointCache(path, "key-a")
-    assert again.get("p").mc.mean == pytest.approx(50.5)
-    assert PointCache(path, "key-b").get("p").mc.mean == pytest.approx(60.5)
-
-
-@pytest.mark.parametrize("content", ["[]", "null", "{\"points_by_key\": 3}", "\u0000garbage",
-                                     "{\"points_by_key\": {\"key-a\": []}}"])
-def test_a_damaged_point_cache_is_started_afresh(tmp_path, content):
-    path = tmp_path / "points.json"
-    path.write_text(content)
-    cache = PointCache(path, "key-a")
-    assert cache.get("p") is None
-    cache.put("p", point(50.0))
-    assert PointCache(path, "key-a").get("p").mc.mean == pytest.approx(50.5)
-
-
-@pytest.mark.parametrize("damage", [lambda p: p.pop("accuracy"),
-                                    lambda p: p["accuracy"].update(accuracies_percent="x"),
-                                    lambda p: p["accuracy"].update(accuracies_percent=[]),
-                                    lambda p: p["accuracy"].update(accuracies_percent=[1, "a"]),
-                                    lambda p: p["accuracy"].update(accuracies_percent=[170.0]),
-                                    lambda p: p.update(programming={"speed": 2})])
-def test_a_point_that_does_not_read_back_is_computed_again(tmp_path, damage):
-    path = tmp_path / "points.json"
-    PointCache(path, "key-a").put("p", point(50.0))
-    data = json.loads(path.read_text())
-    damage(data["points_by_key"]["key-a"]["p"])
-    path.write_text(json.dumps(data))
-    assert PointCache(path, "key-a").get("p") is None
+from swimkit.workflows import _check_training_folder, _floor3, train_folder
 
 
 @pytest.mark.parametrize("content", ["{not json", "[1, 2]", "null", "\udcff"])
 def test_a_damaged_training_folder_is_named(tmp_path, content):
-    from swimkit.workflows import _check_training_folder
-
+    """A training folder's settings.json that is not swimkit's names the folder to delete."""
     (tmp_path / "settings.json").write_text(content, errors="surrogateescape")
     with pytest.raises(swimkit.SwimkitError, match="settings.json is damaged.*delete"):
         _check_training_folder(tmp_path, {"model": "lenet"})
 
 
-def test_settings_are_checked_before_any_work():
-    with pytest.raises(swimkit.SwimkitError, match="test_batch_size must be an integer"):
-        Settings(data=DataSettings(test_batch_size=0))
-    with pytest.raises(swimkit.SwimkitError, match="unknown selection method"):
-        Settings(selection=SelectionSettings(methods=["best"]))
-    with pytest.raises(swimkit.SwimkitError, match="yield target"):
-        Settings(evaluation=EvaluationSettings(yield_target=1.5))
-    with pytest.raises(swimkit.SwimkitError, match="tolerance"):
-        Settings(selection=SelectionSettings(tolerances=[0.2, 0.0]))
-    with pytest.raises(swimkit.SwimkitError, match="probes"):
-        from swimkit.settings import SensitivitySettings
-
-        Settings(sensitivity=SensitivitySettings(engine="swim", options={"probes": 3}))
-    with pytest.raises(swimkit.SwimkitError, match="learned lr"):
-        Settings(selection=SelectionSettings(methods=["learned"], speedups=[5.0],
-                                             learn={"lr": 0.0}))
-    with pytest.raises(swimkit.SwimkitError, match="not fractions"):
-        Settings(selection=SelectionSettings(methods=["learned"], fractions=[0.1]))
-    s = Settings(sigma_trains=[0.0, 0.1])
-    assert s.sigma_train_values == [0.0, 0.1] and s.out_dir.name == "lenet-fashion-mnist"
-
-
 def test_search_points_and_folders_have_stable_names():
+    """Search speedups round down to three digits; training folders are named by sigma."""
     assert _floor3(10.9456) == 10.9 and _floor3(10.96) == 10.9 and _floor3(3.0) == 3.0
     assert train_folder(0.0, True) == "train"
     assert train_folder(0.1, False) == "train-sigma0.1"
     assert train_folder(0.05, True) == "train-sigma0.05-scale-aware"
 
 
-def _tiny_dataset(shape=(1, 28, 28), images=40):
-    from swimkit.data import Dataset, Split
-
-    split = Split(torch.zeros(images, *shape, dtype=torch.uint8),
-                  torch.zeros(images, dtype=torch.int64))
-    return Dataset("tiny", split, split, 10, (0.5,) * shape[0], (0.5,) * shape[0], None)
-
-
-@pytest.mark.parametrize("model,shape,chosen", [("lenet", (1, 28, 28), 256),
-                                                ("resnet18", (3, 32, 32), 16)])
-def test_the_evaluation_batch_is_chosen_per_model_and_kept(model, shape, chosen):
-    from swimkit.workflows import Context
-
-    settings = Settings(model=swimkit.settings.ModelSettings(name=model))
-    ctx = Context(settings, _tiny_dataset(shape), print, False)
-    assert ctx.settings.data.test_batch_size == chosen  # what caches and logs see
-    assert [len(x) for x, _ in ctx.test_batches] == [min(chosen, 40 - i)
-                                                    for i in range(0, 40, chosen)]
-    assert settings.data.test_batch_size is None  # the caller's settings as given
-    given = Settings(model=swimkit.settings.ModelSettings(name=model),
-                     data=DataSettings(test_batch_size=3))
-    assert Context(given, _tiny_dataset(shape), print, False).settings.data.test_batch_size == 3
-
-
-def test_each_settings_group_checks_itself_and_settings_never_edit_a_given_group():
-    with pytest.raises(swimkit.SwimkitError, match="samples must be >= 1"):
-        EvaluationSettings(samples=0)
-    with pytest.raises(swimkit.SwimkitError, match="test_batch_size"):
-        DataSettings(test_batch_size=0)
-    with pytest.raises(swimkit.SwimkitError, match="fractions repeat"):
-        SelectionSettings(fractions=[0.1, 0.1])
-    with pytest.raises(swimkit.SwimkitError, match="judge_time"):
-        EvaluationSettings(times=[1.0], judge_time=2.0)
-    data, selection = DataSettings(), SelectionSettings(methods=["SM"])
-    settings = Settings(data=data, selection=selection)
-    assert settings.data.dataset == "fashion-mnist" and data.dataset is None  # a copy
-    assert selection.methods == ["swim"] and settings.selection is selection
+@pytest.mark.slow
+@pytest.mark.parametrize("speedups,steps", [("3", "4"), ("1.5,2,4", "1")])
+def test_sweep_finds_the_largest_speedup_within_target(flow_args, tmp_path, cli, speedups,
+                                                       steps):
+    """The search's answer is the largest evaluated speedup meeting the target, fixed
+    budgets included (a bisection from 1x alone can end below a fixed point that passes),
+    and every evaluated speedup above it misses."""
+    out = tmp_path / "within"
+    code, stdout, err = cli("sweep", "--model", "lenet", *flow_args(out),
+                            "--sigma", "2", "--sigma-verified", "0.2",
+                            "--speedups", speedups, "--methods", "swim,allocate",
+                            "--within", "1", "--search-steps", steps,
+                            "--variation", "band:3")
+    assert code == 0, err
+    result = json.loads((out / "sweep.json").read_text())
+    floor = result["reference_full_verify_percent"] - 1
+    for search in result["searches"]:
+        stored = json.loads((out / "points.json").read_text())["points_by_key"]
+        tried = [p for p in next(iter(stored.values())).values()
+                 if p["method"] == search["method"] and p["budget"]["kind"] == "speedup"]
+        found = search["point"]
+        assert found["accuracy"]["mean_percent"] >= floor
+        met = [p["programming"]["speedup"] for p in tried
+               if p["accuracy"]["mean_percent"] >= floor]
+        unmet = [p["programming"]["speedup"] for p in tried
+                 if p["accuracy"]["mean_percent"] < floor]
+        assert search["speedup"] == pytest.approx(max(met))
+        assert all(u > search["speedup"] for u in unmet)  # the bisection's bracket
+        assert len(tried) >= 3
+    assert "Largest modelled speedup" in (out / "sweep.md").read_text()
 
 
-def test_one_budget_default_and_the_budget_kinds_are_stated_once():
-    from swimkit.cli import build_parser
-    from swimkit.command_settings import settings_of
-    from swimkit.selection import Budget, BudgetKind
-    from swimkit.settings import DEFAULT_FRACTION, SWEEP_FRACTIONS, SWEEP_METHODS
-
-    def budgets(*argv: str) -> list[Budget]:
-        return settings_of(build_parser().parse_args(argv)).selection.budgets()
-
-    assert budgets("run") == [Budget(BudgetKind.FRACTION, DEFAULT_FRACTION)]
-    assert budgets("run", "--speedup", "4") == [Budget("speedup", 4.0)]
-    swept = settings_of(build_parser().parse_args(["sweep"])).selection
-    assert swept.methods == list(SWEEP_METHODS) and swept.fractions == list(SWEEP_FRACTIONS)
-    kind = Budget("time_budget", 1.0).kind
-    assert kind is BudgetKind.TIME_BUDGET and f"{kind}" == str(kind) == "time_budget"
-    assert Budget("speedup", 2.0).describe() == {"speedup": 2.0}
-
-
-def test_results_are_frozen_and_a_later_step_adds_to_a_copy():
-    import dataclasses
-
-    p, full = point(50.0), point(52.0)
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        p.mc.reference = 52.0  # type: ignore[misc]
-    paired = p.paired_with(full.mc)
-    assert p.gap is None and paired.gap is not None and paired.gap.mean == -2.0
-    referenced = p.referenced(52.0, 1.0)
-    assert p.mc.chip_yield is None and referenced.mc.chip_yield == 0.5  # the chip at 51
-
-
-def test_verify_is_the_plan_of_no_device_or_every_device():
-    from swimkit.plans import Verify
-
-    assert Verify.of(None) is Verify.NONE and Verify.of("ALL") is Verify.ALL
-    assert Verify.ALL == "all" and f"{Verify.NONE}" == "none"
-    with pytest.raises(swimkit.SwimkitError, match="plan must be a Plan, 'none' or 'all'"):
-        Verify.of("some")
+@pytest.mark.slow
+def test_sweep_compares_noise_trained_models_against_the_best_full_verify(flow_args, tmp_path,
+                                                                          cli):
+    """Each model trained (clean, noisy, noisy and scale-aware) is judged against the
+    best full verify of all of them; each has its own training folder."""
+    out = tmp_path / "models"
+    code, stdout, err = cli("sweep", "--model", "lenet", *flow_args(out),
+                            "--sigma-train", "0,0.2", "--scale-aware", "both",
+                            "--speedups", "4",
+                            "--methods", "allocate", "--within", "2", "--yield", "0.5",
+                            "--search-steps", "2")
+    assert code == 0, err
+    result = json.loads((out / "sweep.json").read_text())
+    models = result["models"]
+    assert [(m["sigma_train"], m["scale_aware"]) for m in models] == [
+        (0.0, False), (0.2, False), (0.2, True)]
+    best = max(m["full_verify"]["accuracy"]["mean_percent"] for m in models)
+    assert result["reference_full_verify_percent"] == pytest.approx(best)
+    for model in models:
+        for point in (model["no_verify"], model["full_verify"], *model["points"]):
+            mc = point["accuracy"]
+            assert mc["yield_reference_percent"] == pytest.approx(best)
+            reached = sum(a >= best - 2 - 1e-9 for a in mc["accuracies_percent"])
+            assert mc["yield_fraction"] == pytest.approx(reached / len(mc["accuracies_percent"]))
+        assert model["searches"][0]["target"].startswith("50 % of chips")
+    for folder in ("train", "train-sigma0.2", "train-sigma0.2-scale-aware"):
+        assert (out / folder / "best.pt").is_file()
+    table = (out / "sweep.md").read_text()
+    assert "| sigma_train 0.2 scale-aware | allocate |" in table
+    assert (out / "sweep.png").stat().st_size > 1000
 
 
-def test_the_steps_monte_carlo_is_the_keyword_evaluate_with_the_evaluation_settings():
-    from toys import toy_problem
+@pytest.mark.slow
+def test_changed_training_settings_are_refused(flow_args, tmp_path, cli):
+    """A folder holding a model trained with other settings (bits) is refused, one line."""
+    out = tmp_path / "o"
+    base = ["run", "--model", "qlenet", *flow_args(out, epochs=1)]
+    assert cli(*base)[0] == 0
+    code, _, err = cli(*base, "--bits", "6")
+    assert code == 2 and "another --out" in err and err.count("\n") == 1
 
-    from swimkit.plans import Verify
-    from swimkit.steps import monte_carlo
 
-    model, batches = toy_problem()
-    settings = Settings(evaluation=EvaluationSettings(samples=12, seed=3, ci_target=0.5,
-                                                      min_samples=4))
-    dm = settings.device_model
-    stepped = monte_carlo(model, batches, Verify.NONE, settings)
-    keyword = swimkit.evaluate(model, batches, dm, "none", samples=12, seed=3, ci_target=0.5,
-                               min_samples=4)
-    assert len(stepped) == 1 and torch.equal(stepped[0].accuracies, keyword.accuracies)
-    assert stepped[0].ci_reached == keyword.ci_reached
-    full = monte_carlo(model, batches, Verify.ALL, settings, adaptive=False)[0]
-    assert full.samples == 12 and full.ci_target is None
+@pytest.mark.slow
+def test_a_changed_training_setting_names_command_line_ways_out(flow_args, tmp_path, cli):
+    """Resuming with another batch size names the setting and the command line's ways
+    out (delete the folder), not the API's."""
+    out = tmp_path / "same"
+    base = ["run", "--model", "lenet", *flow_args(out, epochs=1)]
+    assert cli(*base)[0] == 0
+    code, _, err = cli(*base, "--batch-size", "64")
+    assert code == 2 and "batch_size" in err and "delete the folder" in err
+    assert "--no-resume" not in err and "resume=False" not in err
+
+
+@pytest.mark.parametrize("budget", [["--speedup", "1e9"], ["--time-budget", "1e-9"]])
+def test_unreachable_budgets_are_refused_before_training(flow_args, tmp_path, cli, budget):
+    """A speedup or time budget no plan can meet is refused before any training."""
+    out = tmp_path / "far"
+    code, _, err = cli("run", "--model", "lenet", *flow_args(out), "--method", "allocate",
+                       *budget)
+    assert code == 2 and "cannot be" in err and err.count("\n") == 1
+    assert not (out / "train").exists()
+
+
+@pytest.mark.slow
+def test_value_dependent_caps_are_checked_on_the_trained_model(flow_args, tmp_path, cli):
+    """band:3 prices devices by their levels: the cap of the trained weights decides, after
+    training and before the sensitivity pass."""
+    out = tmp_path / "band"
+    code, _, err = cli("run", "--model", "lenet", *flow_args(out), "--method", "allocate",
+                       "--speedup", "50", "--variation", "band:3")
+    assert code == 2 and "cannot be reached" in err
+    assert (out / "train" / "best.pt").is_file() and not list(out.glob("sensitivity*"))
+
+
+@pytest.mark.slow
+def test_exclude_applies_to_every_method(flow_args, tmp_path, cli):
+    """--exclude keeps the layers digital for every method and the baselines alike."""
+    out = tmp_path / "ex"
+    code, _, err = cli("sweep", "--model", "lenet", *flow_args(out), "--fractions", "0.1",
+                       "--methods", "swim,random", "--exclude", "conv1,fc3")
+    assert code == 0, err
+    result = json.loads((out / "sweep.json").read_text())
+    totals = {p["weights_total"] for p in [*result["points"], result["no_verify"]]}
+    assert totals == {105918 - 54 - 840}
+    for point in result["points"]:
+        assert set(swimkit.Plan.load(point["plan_path"]).masks) == {"conv2.weight", "fc1.weight",
+                                                                    "fc2.weight"}
+
+
+def _spawn(args: list[str]) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "swimkit", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.slow
+def test_two_runs_in_one_folder_keep_each_others_work(flow_args, tmp_path):
+    """Two `swimkit run --out D` at once: both finish, points.json keeps both points, and
+    each result equals the same run made alone."""
+    shared = tmp_path / "shared"
+    runs = {m: ["run", "--model", "lenet", *flow_args(shared, epochs=1, samples=3),
+                "--method", m, "--fraction", "0.1", "--json", str(tmp_path / f"{m}.json")]
+            for m in ("magnitude", "random")}
+    procs = {m: _spawn(args) for m, args in runs.items()}
+    for proc in procs.values():
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err
+    points = json.loads((shared / "points.json").read_text())["points_by_key"]
+    stored = [p for by_key in points.values() for p in by_key.values()]
+    assert {p["method"] for p in stored} >= {"magnitude", "random"}
+    for m in runs:
+        lone_args = ["run", "--model", "lenet",
+                     *flow_args(tmp_path / f"lone-{m}", epochs=1, samples=3), "--method", m,
+                     "--fraction", "0.1", "--json", str(tmp_path / f"lone-{m}.json")]
+        proc = _spawn(lone_args)
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err
+        together = json.loads((tmp_path / f"{m}.json").read_text())["selected"]["accuracy"]
+        alone = json.loads((tmp_path / f"lone-{m}.json").read_text())["selected"]["accuracy"]
+        assert together["accuracies_percent"] == alone["accuracies_percent"]
+
+
+@pytest.mark.slow
+def test_every_field_of_a_training_folder_settings_file_is_checked(swept, damages, cli):
+    """Every field of a training folder's settings.json, damaged five ways: the rerun is
+    refused in one line (a missing None field still means None: the same folder)."""
+    folder, out, argv = swept
+    settings = out / "train" / "settings.json"
+    original = json.loads(settings.read_text())
+    tried = 0
+    try:
+        for field in original:
+            for damage in damages.kinds:
+                settings.write_text(json.dumps(damages.damaged(original, (field,), damage)))
+                code, _, err = cli(*argv)
+                assert code == 2 or (damage == "missing" and original[field] is None), (
+                    field, damage, err)
+                if code == 2:
+                    assert err.startswith("swimkit: error:") and err.count("\n") == 1, err
+                tried += 1
+    finally:
+        settings.write_text(json.dumps(original))
+    assert tried >= 20

@@ -15,13 +15,14 @@ from typing import Any
 
 from . import distributed
 from .errors import SwimkitError
+from .groups import results_of
 from .results import Point
 from .selection.learned import LearnOptions
 from .sensitivity import Sensitivity
 from .settings import Settings
 from .storage import atomic_write_json
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 
 
 def digest(obj: Any) -> str:
@@ -73,10 +74,11 @@ class PointCache:
     """Evaluated points in one JSON file, by settings key, rewritten after each point (rank 0).
 
     Points evaluated under other settings stay in the file, so switching settings back
-    and forth recomputes nothing.
+    and forth recomputes nothing; a point stored under an ``earlier`` release's key of the
+    same settings is reused too.
     """
 
-    def __init__(self, path: Path, key: str) -> None:
+    def __init__(self, path: Path, key: str, earlier: tuple[str, ...] = ()) -> None:
         self.path = path
         self.key = key
         self.stored: dict[str, dict] = {}
@@ -89,11 +91,15 @@ class PointCache:
             if isinstance(stored, dict):
                 self.stored = {k: v for k, v in stored.items() if isinstance(v, dict)}
         self.points: dict[str, dict] = self.stored.setdefault(key, {})
+        self.earlier = [self.stored[k] for k in earlier if k in self.stored and k != key]
 
     def get(self, point_id: str) -> Point | None:
         """The cached point, or None where there is none or it does not read back (a
         damaged or hand-edited entry is computed again; entries that read back are trusted)."""
         found = self.points.get(point_id)
+        for older in self.earlier:  # a point an earlier release stored
+            if not isinstance(found, dict):
+                found = older.get(point_id)
         if not isinstance(found, dict):
             return None
         try:
@@ -108,34 +114,63 @@ class PointCache:
                               self.path)
 
 
-def mapped_params(settings: Settings) -> dict[str, list[str]]:
-    """The key entry of ``--map-params``: none without it, so keys made before it read
-    the same."""
-    params = settings.selection.map_params
-    return {"map_params": list(params)} if params else {}
-
-
 def evaluation_key(settings: Settings) -> str:
-    """Everything besides the model that decides an evaluated point."""
+    """Everything besides the model that decides an evaluated point, read from the
+    settings groups' fields that change results (:func:`~swimkit.groups.results_of`):
+    the chip, the data, training (learned draws its batches), the sensitivity pass, the
+    selection of a point but its method and budget (the point's own name), the methods'
+    options and the chips."""
     s = settings
+    point = {k: v for k, v in results_of(s.selection).items()
+             if k not in ("method", "fraction", "speedup", "time_budget", "options")}
     return digest({
-        "version": CACHE_VERSION, "device_model": s.device_model.describe(),
-        "samples": s.evaluation.samples, "seed": s.evaluation.seed,
-        "exclude": s.selection.exclude, **mapped_params(s), "tolerances": s.selection.tolerances,
-        "learn": asdict(LearnOptions.from_options(s.selection.learn)),
-        "learn_batch_size": s.train.batch_size, "sensitivity": [s.sensitivity.engine,
-                                                    s.sensitivity.loader_batch,
-                                                    s.sensitivity.limit, s.sensitivity.options],
+        "version": CACHE_VERSION, "chip": s.chip.describe_all(), "data": results_of(s.data),
+        "train": results_of(s.train), "sensitivity": s.sensitivity.key(),
+        "selection": point, "method_options": s.grid.method_options,
+        "evaluation": results_of(s.evaluation),
+    })
+
+
+def sensitivity_key(settings: Settings, model_digest: str) -> dict[str, Any]:
+    """What decides a sensitivity file: the model, the pass's settings, the weights on
+    devices and the data (a crossbar's ranges rescale it later, so it is not here). The
+    settings added after 0.2 enter only where set, so 0.2's files are found again."""
+    s = settings
+    placement = s.chip.placement
+    return {"model": model_digest, "engine": s.sensitivity.engine,
+            "batch_size": s.sensitivity.loader_batch, "limit": s.sensitivity.limit,
+            "options": s.sensitivity.options, "exclude": list(placement.exclude),
+            **s.data_key(),
+            **({"map_params": list(placement.params)} if placement.params else {}),
+            **({"layers": list(placement.layers)} if placement.layers else {}),
+            **({"batchnorm": placement.batchnorm} if placement.batchnorm != "digital" else {}),
+            **({"stop": [s.sensitivity.stop_tolerance, s.sensitivity.min_images]}
+               if s.sensitivity.stop_tolerance is not None else {})}
+
+
+def key_of_0_2(settings: Settings) -> str:
+    """The points key swimkit 0.2 wrote (``points_by_key``), from today's settings: a
+    folder written by it is found and reused, never computed again. Read only; new
+    points are stored under :func:`evaluation_key`."""
+    s = settings
+    ev = s.evaluation
+    learned = s.grid.options_of("learned") if "learned" in s.grid.methods else {}
+    placement = s.chip.placement
+    return digest({
+        "version": 2, "device_model": s.chip.describe(),
+        "samples": ev.samples, "seed": ev.seed, "exclude": list(placement.exclude),
+        **({"map_params": list(placement.params)} if placement.params else {}),
+        "tolerances": s.selection.tolerances,
+        "learn": asdict(LearnOptions.from_options(learned)),
+        "learn_batch_size": s.train.batch_size,
+        "sensitivity": [s.sensitivity.engine, s.sensitivity.loader_batch, s.sensitivity.limit,
+                        s.sensitivity.options],
         "test_batch_size": s.data.test_batch_size, **s.data_key(),
-        # adaptive chip counts change what is stored; off, the key stays the first release's
-        **({"ci_target": s.evaluation.ci_target, "min_samples": s.evaluation.min_samples}
-           if s.evaluation.ci_target else {}),
-        # time settings change what is stored; unset, the key stays the earlier releases'
-        **({"times": s.evaluation.times, "judge_time": s.evaluation.judge_time}
-           if s.evaluation.times else {}),
+        **({"ci_target": ev.ci_target, "min_samples": ev.min_samples} if ev.ci_target else {}),
+        **({"times": ev.times, "judge_time": s.grid.judge_time} if ev.times else {}),
         **({"plan_time": s.selection.plan_time} if s.selection.plan_time else {}),
     })
 
 
 __all__ = ["CACHE_VERSION", "PointCache", "digest", "evaluation_key", "file_digest",
-           "find_sensitivity"]
+           "find_sensitivity", "key_of_0_2", "sensitivity_key"]

@@ -21,7 +21,7 @@ import fnmatch
 import pickle
 import re
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,7 +49,6 @@ float checkpoints; a quantized model loading one keeps its quantizers uncalibrat
 
 REFERENCE_OPTIONAL_KEYS: tuple[str, ...] = (*OPTIONAL_KEYS, "*num_batches_tracked")
 """For reference checkpoints, also BatchNorm's step counter (older torch did not save it)."""
-
 
 
 @dataclass(frozen=True)
@@ -164,12 +163,14 @@ def _output_range(model: nn.Module) -> str | None:
 
 
 def save_checkpoint(
-    path: str | Path, model: nn.Module, *, model_name: str, extra: dict | None = None
+    path: str | Path, model: nn.Module, *, model_name: str, extra: dict | None = None,
+    input_shape: Sequence[int] | None = None,
 ) -> Path:
     """Write ``model`` to ``path`` atomically as a swimkit checkpoint.
 
     ``model_name`` is stored canonical when it is a registry name (so :func:`load_checkpoint`
-    can rebuild the model); ``extra`` holds anything else worth keeping (epoch, optimizer
+    can rebuild the model, for ``input_shape`` when it was built for other images than its
+    registered ones); ``extra`` holds anything else worth keeping (epoch, optimizer
     state, accuracy) and comes back as ``info["extra"]``.
     """
     require(isinstance(model, nn.Module), f"model must be a torch.nn.Module (got {model!r})")
@@ -185,6 +186,7 @@ def save_checkpoint(
         "model_name": model_name,
         "bits": quantization_bits(model),
         "output_range": _output_range(model),
+        "input_shape": None if input_shape is None else [int(n) for n in input_shape],
         "state_dict": {k: v.detach().cpu() for k, v in plain_state_dict(model).items()},
         "extra": dict(extra or {}),
     }
@@ -261,7 +263,7 @@ def _load_swimkit(
         raise SwimkitError(f"checkpoint {str(path)!r} holds no state_dict of tensors (damaged "
                            "or not written by swimkit); train again or give another file")
     if model is None:
-        model = _build(model_name, stored, bits, obj.get("output_range"))
+        model = _build(model_name, stored, bits, obj.get("output_range"), obj.get("input_shape"))
     _load_into(
         model,
         state,
@@ -280,7 +282,8 @@ def _load_swimkit(
 
 
 def _build(
-    requested: str | None, stored: str | None, bits: int | None, output_range: str | None
+    requested: str | None, stored: str | None, bits: int | None, output_range: str | None,
+    input_shape: Sequence[int] | None = None,
 ) -> nn.Module:
     """The model a swimkit checkpoint asks for; a quantized state rebuilds a q-variant."""
     name = requested or stored
@@ -298,6 +301,7 @@ def _build(
         info.name,
         bits=bits if info.quantized else None,
         output_range=output_range or "running",
+        input_shape=input_shape,
     )
 
 

@@ -38,7 +38,7 @@ from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from .errors import SwimkitError, first_line
-from .mapping import require_logits
+from .models import require_logits
 
 Batch = tuple[Tensor, Tensor]
 Weights = Mapping[str, Tensor]

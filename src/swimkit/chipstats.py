@@ -14,6 +14,7 @@ from scipy import stats
 from torch import Tensor
 
 from .errors import require
+from .frozen import frozen
 
 
 def t_quantile_975(dof: int) -> float:
@@ -27,7 +28,8 @@ class MCResult:
     """Accuracies (percent) of every Monte-Carlo chip, and their summary.
 
     ``reference`` (percent, optional) is the accuracy the yield is measured against,
-    ``within`` the points a chip may fall below it and still count.
+    ``within`` the points a chip may fall below it and still count. Frozen all the way
+    down: ``accuracies`` reads as a copy, ``meta`` cannot be changed.
     """
 
     accuracies: Tensor
@@ -38,6 +40,15 @@ class MCResult:
     ci_target: float | None = None   # adaptive runs: the CI half-width asked for (points)
     ci_of: str = "mean"              # ... of the mean or of the paired difference
     ci_reached: float | None = None  # ... and the half-width reached when it stopped
+
+    def __post_init__(self) -> None:
+        require(isinstance(self.accuracies, Tensor), "accuracies must be a tensor of percent")
+        object.__setattr__(self, "accuracies", self.accuracies.detach().clone())
+        object.__setattr__(self, "meta", frozen(dict(self.meta or {})))
+
+    def __getattribute__(self, name: str) -> Any:
+        value = object.__getattribute__(self, name)
+        return value.clone() if name == "accuracies" else value
 
     @property
     def samples(self) -> int:

@@ -45,13 +45,16 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .errors import is_integer, is_number, require
-from .programming import ProgrammingReport
+from .groups import flag, internal, nonnegative, positive, positive_int, tile_shape
 
 if TYPE_CHECKING:
-    from .plans import Plan
-    from .slicing import BitSlicing
+    pass
 
 RANGES = ("layer", "tile", "column")
+#: The ADC's full scale without one given (aihwkit's default, normalised units).
+DEFAULT_ADC_RANGE = 12.0
+#: The largest full scale or noise a float32 partial sum can carry (normalised units).
+MAX_NORMALISED = 1e9
 SIGNED = ("magnitude", "pair", "offset")
 
 #: Parameters that hold several matrices stacked along their first dimension.
@@ -91,14 +94,31 @@ class Crossbar:
     ``output_noise`` (standard deviation in normalised units, per column and read).
     """
 
-    tile_rows: int | None = None
-    tile_columns: int | None = None
-    ranges: str = "layer"
-    signed: str = "magnitude"
-    dac_bits: int | None = None
-    adc_bits: int | None = None
-    adc_range: float = 12.0
-    output_noise: float = 0.0
+    tile_rows: int | None = field(default=None, metadata=flag(
+        "--tile", kind=tile_shape, metavar="ROWSxCOLUMNS", spread=("tile_rows", "tile_columns"),
+        help="array tiles, e.g. 256x256 (default: one array per matrix)"))
+    tile_columns: int | None = field(default=None, metadata=internal())
+    ranges: str = field(default="layer", metadata=flag(
+        "--ranges", choices=RANGES,
+        help="what maps to a device's full range: max|W| per layer, per tile (per matrix "
+             "without --tile) or per output column of each tile"))
+    signed: str = field(default="magnitude", metadata=flag(
+        "--signed", choices=SIGNED,
+        help="signed weights: magnitude (sign exact), pair (a differential pair, both "
+             "devices programmed) or offset (w + s on one device set over [0, 2s])"))
+    dac_bits: int | None = field(default=None, metadata=flag(
+        "--dac-bits", kind=positive_int,
+        help="input DAC bits (inputs scaled by their absolute maximum; default exact)"))
+    adc_bits: int | None = field(default=None, metadata=flag(
+        "--adc-bits", kind=positive_int,
+        help="ADC bits of each column's partial sum (default exact)"))
+    adc_range: float = field(default=DEFAULT_ADC_RANGE, metadata=flag(
+        "--adc-range", kind=positive,
+        help="ADC full scale in normalised units (weights / range times inputs / their "
+             "maximum)"))
+    output_noise: float = field(default=0.0, metadata=flag(
+        "--output-noise", kind=nonnegative,
+        help="Gaussian noise of each column's partial sum at every read, in normalised units"))
 
     def __post_init__(self) -> None:
         for name in ("tile_rows", "tile_columns"):
@@ -114,10 +134,26 @@ class Crossbar:
                 f"(got {self.ranges!r})")
         require(self.signed in SIGNED, f"signed must be one of {', '.join(SIGNED)} "
                 f"(got {self.signed!r})")
-        require(is_number(self.adc_range, finite=True) and self.adc_range > 0,
-                f"adc_range must be a number > 0 in normalised units (got {self.adc_range!r})")
-        require(is_number(self.output_noise, finite=True) and self.output_noise >= 0,
-                f"output_noise must be a number >= 0 (got {self.output_noise!r})")
+        require(is_number(self.adc_range, finite=True) and 0 < self.adc_range <= MAX_NORMALISED,
+                f"adc_range must be a number > 0 and <= {MAX_NORMALISED:g} in normalised units "
+                f"(got {self.adc_range!r}); e.g. 12")
+        require(is_number(self.output_noise, finite=True)
+                and 0 <= self.output_noise <= MAX_NORMALISED,
+                f"output_noise must be a number >= 0 and <= {MAX_NORMALISED:g} (got "
+                f"{self.output_noise!r})")
+        self._refuse_idle()
+
+    def _refuse_idle(self) -> None:
+        """Settings that would change nothing: refused, so a result never records them."""
+        require(self.adc_bits is not None or self.adc_range == DEFAULT_ADC_RANGE,
+                "adc_range would have no effect: it is the full scale of the ADC; give "
+                "adc_bits (--adc-bits) as well, or drop adc_range (--adc-range)")
+        tiled = self.tile_rows is not None or self.tile_columns is not None
+        require(not (tiled and self.ranges == "layer" and not self.converts),
+                "tiles would change nothing here: with one range per layer and exact "
+                "converters a tile's partial sums add up exactly; give ranges 'tile' or "
+                "'column' (--ranges), converters (--dac-bits, --adc-bits) or output noise, "
+                "or drop the tiles (--tile)")
 
     # --- what the crossbar changes ------------------------------------------------------
 
@@ -195,20 +231,6 @@ class Crossbar:
         with torch.no_grad():
             return {name: self.weight_ranges(name, v.detach()) for name, v in values.items()}
 
-    # --- devices ------------------------------------------------------------------------
-
-    def wrap(self, device: Any) -> Any:
-        """``device`` on this crossbar: itself for the default one, else a
-        :class:`MappedDevice` (which the rest of swimkit reads the crossbar from)."""
-        if isinstance(device, MappedDevice):
-            device = device.base
-        return device if self.is_default else MappedDevice(device, self)
-
-
-def crossbar_of(device: Any) -> Crossbar:
-    """The crossbar a device model is mapped on (the default one unless wrapped)."""
-    return device.crossbar if isinstance(device, MappedDevice) else Crossbar()
-
 
 
 def _column_maxima(value: Tensor, geo: Geometry) -> Tensor:
@@ -244,145 +266,4 @@ def expand_ranges(ranges: Tensor, geo: Geometry) -> Tensor:
     return rows.reshape(geo.out, geo.units, *trailing)
 
 
-# --- signed weights on devices -----------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class MappedDevice:
-    """A device model on a :class:`Crossbar`: its ranges, and signed weights as a pair
-    of device sets or with an offset, priced and drawn device by device.
-
-    It follows both device protocols; every variance it returns is of ``dW / s`` with
-    ``s`` the crossbar's range of the weight, like the base model's.
-    """
-
-    base: Any
-    crossbar: Crossbar = field(default_factory=Crossbar)
-
-    # --- settings -------------------------------------------------------------------------
-
-    @property
-    def slicing(self) -> BitSlicing:
-        return self.base.slicing
-
-    @property
-    def sigma(self) -> float:
-        return self.base.sigma
-
-    @property
-    def loop(self) -> Any:
-        return self.base.loop
-
-    @property
-    def prices_by_value(self) -> bool:
-        return bool(self.base.prices_by_value)
-
-    def default_menu(self) -> tuple[float, ...]:
-        return self.base.default_menu()
-
-    def with_sigma(self, sigma: float) -> MappedDevice:
-        return MappedDevice(self.base.with_sigma(sigma), self.crossbar)
-
-    def describe(self) -> dict[str, Any]:
-        return {**self.base.describe(), "crossbar": self.crossbar.describe()}
-
-    # --- the weight as devices hold it ----------------------------------------------------
-
-    def _sides(self, values: Mapping[str, Tensor], scales: Mapping[str, Tensor]
-               ) -> list[tuple[dict[str, Tensor], dict[str, Tensor], float]]:
-        """The device sets holding ``values``: (values, scales, sign) of each, in the
-        base model's terms."""
-        signed = self.crossbar.signed
-        if signed == "pair":
-            plus = {k: v.clamp(min=0) for k, v in values.items()}
-            minus = {k: (-v).clamp(min=0) for k, v in values.items()}
-            return [(plus, dict(scales), 1.0), (minus, dict(scales), -1.0)]
-        if signed == "offset":
-            return [({k: v + scales[k] for k, v in values.items()},
-                     {k: 2 * s for k, s in scales.items()}, 1.0)]
-        return [(dict(values), dict(scales), 1.0)]
-
-    @property
-    def _variance_factor(self) -> float:
-        """Base variances are of dW over the scale they were given: 2 s for an offset."""
-        return 4.0 if self.crossbar.signed == "offset" else 1.0
-
-    def _one(self, value: Tensor, scale: Tensor) -> list[tuple[Tensor, Tensor]]:
-        sides = self._sides({"w": value}, {"w": scale})
-        return [(v["w"], s["w"]) for v, s, _ in sides]
-
-    # --- the noise protocol -----------------------------------------------------------
-
-    def sampler(self, values: Mapping[str, Tensor], scales: Mapping[str, Tensor],
-                plan: Plan | None = None, times: Sequence[float] = (0.0,)) -> Any:
-        parts = [(self.base.sampler(v, s, plan, times), sign)
-                 for v, s, sign in self._sides(values, scales)]
-        if len(parts) == 1:
-            return parts[0][0]
-
-        def draw(generator: torch.Generator | None) -> list[dict[str, Tensor]]:
-            reads = [(sample(generator), sign) for sample, sign in parts]
-            chips = []
-            for index in range(len(reads[0][0])):
-                chips.append({name: sum(sign * read[index][name] for read, sign in reads)
-                              for name in values})
-            return chips
-
-        return draw
-
-    def variance(self, values: Mapping[str, Tensor], scales: Mapping[str, Tensor],
-                 plan: Plan | None = None, time: float = 0.0) -> dict[str, Tensor]:
-        total: dict[str, Tensor] = {}
-        for v, s, _ in self._sides(values, scales):
-            for name, var in self.base.variance(v, s, plan, time).items():
-                total[name] = var if name not in total else total[name] + var
-        return {k: v * self._variance_factor for k, v in total.items()}
-
-    # --- the pricing protocol ---------------------------------------------------------
-
-    def option_variances(self, value: Tensor, scale: Tensor, menu: tuple[float, ...] | None,
-                         time: float = 0.0) -> Tensor:
-        tables = [self.base.option_variances(v, s, menu, time) for v, s in self._one(value, scale)]
-        return _sum_tables(tables) * self._variance_factor
-
-    def option_times(self, value: Tensor, scale: Tensor,
-                     menu: tuple[float, ...] | None) -> Tensor:
-        return _sum_tables([self.base.option_times(v, s, menu)
-                            for v, s in self._one(value, scale)])
-
-    def reference_times(self, values: Mapping[str, Tensor],
-                        scales: Mapping[str, Tensor]) -> tuple[float, float]:
-        full = none = 0.0
-        for v, s, _ in self._sides(values, scales):
-            side_full, side_none = self.base.reference_times(v, s)
-            full, none = full + side_full, none + side_none
-        return full, none
-
-    def programming_report(self, values: Mapping[str, Tensor], scales: Mapping[str, Tensor],
-                           plan: Plan) -> ProgrammingReport:
-        reports = [self.base.programming_report(v, s, plan)
-                   for v, s, _ in self._sides(values, scales)]
-        if len(reports) == 1:
-            return reports[0]
-        spent = sum(r.time_plan_s for r in reports)
-        full = sum(r.time_full_verify_s for r in reports)
-        stuck = [r.stuck_devices_verified for r in reports if r.stuck_devices_verified is not None]
-        lost = [r.time_stuck_s for r in reports if r.time_stuck_s is not None]
-        return ProgrammingReport(
-            time_plan_s=spent, time_full_verify_s=full,
-            time_no_verify_s=sum(r.time_no_verify_s for r in reports), speedup=full / spent,
-            fraction_verified=plan.fraction_verified,
-            devices_fraction_verified=plan.devices_fraction_verified,
-            stuck_devices_verified=sum(stuck) if stuck else None,
-            time_stuck_s=sum(lost) if lost else None)
-
-
-def _sum_tables(tables: list[Tensor]) -> Tensor:
-    """Option tables of the device sets of one weight, added (broadcast to one shape)."""
-    if len(tables) == 1:
-        return tables[0]
-    return torch.stack(torch.broadcast_tensors(*tables)).sum(0)
-
-
-__all__ = ["PACKED", "RANGES", "SIGNED", "Crossbar", "Geometry", "MappedDevice",
-           "crossbar_of", "expand_ranges"]
+__all__ = ["PACKED", "RANGES", "SIGNED", "Crossbar", "Geometry", "expand_ranges"]

@@ -17,14 +17,13 @@ import fnmatch
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from .crossbar import crossbar_of
 from .errors import SwimkitError
 
 DEVICE_LAYER_TYPES: tuple[type[nn.Module], ...] = (nn.modules.conv._ConvNd, nn.Linear)
@@ -39,17 +38,30 @@ PARAMETER_LAYERS: dict[type[nn.Module], tuple[str, ...]] = {
 @dataclass(frozen=True)
 class DeviceWeight:
     """One weight tensor mapped to devices: its name, its layer, the layer's name and the
-    tensor's attribute on the layer (``"weight"`` for conv and linear layers)."""
+    tensor's attribute on the layer (``"weight"`` for conv and linear layers). A parameter
+    that several layers use (tied weights) is one device weight, programmed once: its
+    first use names it, ``shared`` holds the others (another DeviceWeight each)."""
 
     name: str
     module_name: str
     module: nn.Module
     attribute: str = "weight"
+    shared: tuple[DeviceWeight, ...] = ()
 
     @property
     def value(self) -> Tensor:
         """The effective weight the layer computes with (after any parametrization)."""
         return getattr(self.module, self.attribute)
+
+    @property
+    def uses(self) -> tuple[DeviceWeight, ...]:
+        """Every layer tensor that reads this weight: itself, then the shared ones."""
+        return (self, *self.shared)
+
+
+def aliases(weights: Mapping[str, DeviceWeight]) -> dict[str, str]:
+    """The name of every other use of a shared device weight -> the weight's name."""
+    return {use.name: name for name, w in weights.items() for use in w.shared}
 
 
 def device_weights(
@@ -86,7 +98,30 @@ def device_weights(
     for weight in chosen.values():
         _check_weight(weight.name, weight.value)
     _warn_unmapped(model, found)
-    return chosen
+    return merged_shared(chosen, found)
+
+
+def merged_shared(chosen: Mapping[str, DeviceWeight], found: Mapping[str, DeviceWeight]
+                  ) -> dict[str, DeviceWeight]:
+    """``chosen`` with the uses of one parameter as one device weight (named by its first
+    use); a parameter on devices in one layer and kept digital in another is refused."""
+    groups: dict[int, list[str]] = {}
+    for name, weight in found.items():
+        groups.setdefault(id(_stored(weight)), []).append(name)
+    out: dict[str, DeviceWeight] = {}
+    for name, weight in chosen.items():
+        names = groups[id(_stored(weight))]
+        if len(names) == 1:
+            out[name] = weight
+            continue
+        left = [n for n in names if n not in chosen]
+        if left:
+            raise SwimkitError(f"{name} and {left[0]} are one parameter (tied weights): it "
+                               "cannot be on devices in one layer and digital in the other; "
+                               "exclude both layers or neither")
+        if name == names[0]:
+            out[name] = replace(weight, shared=tuple(chosen[n] for n in names[1:]))
+    return out
 
 
 def _layer_weights(model: nn.Module) -> dict[str, DeviceWeight]:
@@ -118,6 +153,10 @@ def _named_params(model: nn.Module, patterns: Sequence[str],
             raise SwimkitError(f"params pattern {pattern!r} matches no parameter of "
                                f"{type(model).__name__}; parameters are: "
                                f"{', '.join(names[:12])}{', ...' if len(names) > 12 else ''}")
+        if all(name in found for name in hits):
+            raise SwimkitError(f"params pattern {pattern!r} would have no effect: it names "
+                               f"only weights already on devices ({', '.join(hits[:3])}); "
+                               "conv, linear and attention weights are mapped without it")
         for name in hits:
             module_name, _, attribute = name.rpartition(".")
             module = modules[module_name]
@@ -211,7 +250,19 @@ def named_weights(model: nn.Module, names: Sequence[str], source: str) -> dict[s
     extra = [n for n in names if n not in every]
     if extra:
         every.update(_named_params(model, extra, every))
-    return {n: every[n] for n in names}
+    groups: dict[int, list[str]] = {}
+    for name, weight in every.items():
+        groups.setdefault(id(_stored(weight)), []).append(name)
+    out = {}
+    for name in names:
+        others = [n for n in groups[id(_stored(every[name]))] if n != name]
+        twice = [n for n in others if n in names]
+        if twice:
+            raise SwimkitError(f"{source} names {name} and {twice[0]}, which are one "
+                               "parameter (tied weights, one device weight): make it again "
+                               "for this model")
+        out[name] = replace(every[name], shared=tuple(every[n] for n in others))
+    return out
 
 
 def _matches(name: str, patterns: Sequence[str]) -> bool:
@@ -236,15 +287,11 @@ def effective_weights(weights: Mapping[str, DeviceWeight]) -> dict[str, Tensor]:
         return {name: w.value.detach() for name, w in weights.items()}
 
 
-def weight_scales(values: Mapping[str, Tensor], device_model: object = None
-                  ) -> dict[str, Tensor]:
-    """The range s of every weight, which maps it as w / s into [-1, 1]: per layer,
-    s_l = max |W_l| (0-dim tensors), or as the crossbar ``device_model`` is mapped on sets
-    it (per tile or per column: tensors broadcastable to the weight)."""
-    crossbar = crossbar_of(device_model)
-    if crossbar.ranges == "layer":
-        return {name: v.detach().abs().amax() for name, v in values.items()}
-    return crossbar.scales(values)
+def layer_ranges(values: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """The range s_l = max |W_l| of every weight (0-dim tensors), which maps it as w / s_l
+    into [-1, 1]: the idealised chip's one range per layer (a crossbar may set ranges per
+    tile or column: :meth:`swimkit.ChipSpec.scales`)."""
+    return {name: v.detach().abs().amax() for name, v in values.items()}
 
 
 def safe_scale(scale: Tensor) -> Tensor:
@@ -341,18 +388,19 @@ def attached(weights: Mapping[str, DeviceWeight],
              parametrizations: Mapping[str, nn.Module]) -> Iterator[None]:
     """Each module of ``parametrizations`` applied last to its device weight inside the
     block, removed on exit whatever happens (the parameters keep their order)."""
-    done: list[tuple[str, bool, list[str]]] = []
+    done: list[tuple[DeviceWeight, bool, list[str]]] = []
     try:
         for name, module in parametrizations.items():
-            w = weights[name]
-            fresh = not parametrize.is_parametrized(w.module, w.attribute)
-            order = list(w.module._parameters)
-            parametrize.register_parametrization(w.module, w.attribute, module, unsafe=True)
-            done.append((name, fresh, order))
+            for w in weights[name].uses:  # a shared weight: the same offset on every use
+                fresh = not parametrize.is_parametrized(w.module, w.attribute)
+                order = list(w.module._parameters)
+                parametrize.register_parametrization(w.module, w.attribute, module,
+                                                     unsafe=True)
+                done.append((w, fresh, order))
         yield
     finally:
-        for name, fresh, order in reversed(done):
-            _remove_offset(weights[name], fresh, order)
+        for weight, fresh, order in reversed(done):
+            _remove_offset(weight, fresh, order)
 
 
 def _remove_offset(weight: DeviceWeight, was_plain: bool, order: list[str]) -> None:
@@ -368,17 +416,3 @@ def _remove_offset(weight: DeviceWeight, was_plain: bool, order: list[str]) -> N
     else:
         chain = module.parametrizations[weight.attribute]
         del chain[len(chain) - 1]
-
-
-def require_logits(output: object) -> Tensor:
-    """``output`` if it is one tensor of logits; else the one error every engine,
-    evaluation and training give for a model returning a tuple, a dict or anything else."""
-    if isinstance(output, Tensor):
-        return output
-    kind = type(output).__name__
-    hint = " (e.g. out[0])" if isinstance(output, (tuple, list)) else (
-        " (e.g. out['logits'])" if isinstance(output, dict) else "")
-    raise SwimkitError(
-        f"the model returns a {kind}, not one tensor of logits shaped (batch, classes): "
-        f"swimkit's sensitivity engines, Monte-Carlo and training all need that; wrap the "
-        f"model so that forward returns the logits{hint}")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -71,20 +72,26 @@ class ConvPoolMLP(nn.Module):
 
 
 class LeNet(ConvPoolMLP):
-    """LeNet for 1x28x28 inputs: conv 1->6, pool, conv 6->16, pool, fc 784->120->84->10."""
+    """LeNet for 1x28x28 inputs: conv 1->6, pool, conv 6->16, pool, fc 784->120->84->10
+    (other image sizes: fc1 takes what the two pools leave)."""
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 1) -> None:
-        super().__init__(in_channels, [[6], [16]], [16 * 7 * 7, 120, 84, num_classes])
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, image_size: int = 28
+                 ) -> None:
+        side = image_size // 4
+        super().__init__(in_channels, [[6], [16]], [16 * side * side, 120, 84, num_classes])
 
 
 class ConvNet(ConvPoolMLP):
-    """The reference's CIFAR-10 network for 3x32x32 inputs (six convs, three pools, 3 fcs)."""
+    """The reference's CIFAR-10 network for 3x32x32 inputs (six convs, three pools, 3 fcs;
+    other image sizes: fc1 takes what the three pools leave, 256 x 3 x 3 for 28 x 28)."""
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 3) -> None:
+    def __init__(self, num_classes: int = 10, in_channels: int = 3, image_size: int = 32
+                 ) -> None:
+        side = image_size // 8
         super().__init__(
             in_channels,
             [[64, 64], [128, 128], [256, 256]],
-            [256 * 4 * 4, 1024, 1024, num_classes],
+            [256 * side * side, 1024, 1024, num_classes],
         )
 
 
@@ -118,8 +125,9 @@ class ResNet18(nn.Module):
     64x64 for Tiny ImageNet).
     """
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 3) -> None:
-        super().__init__()
+    def __init__(self, num_classes: int = 10, in_channels: int = 3,
+                 image_size: int | None = None) -> None:
+        super().__init__()  # any image_size: the average pool adapts
         self.conv1 = conv3x3(in_channels, 64, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         self.layer1 = self._stage(64, 64, stride=1)
@@ -188,9 +196,10 @@ class ViT(nn.Module):
         return self.head(self.ln(x[:, 0]))
 
 
-def resnet18_tiny(num_classes: int = 200) -> ResNet18:
+def resnet18_tiny(num_classes: int = 200, in_channels: int = 3, image_size: int = 64
+                  ) -> ResNet18:
     """ResNet-18 for Tiny ImageNet (3x64x64 inputs, 200 classes)."""
-    return ResNet18(num_classes=num_classes)
+    return ResNet18(num_classes=num_classes, in_channels=in_channels, image_size=image_size)
 
 
 @dataclass(frozen=True)
@@ -198,7 +207,9 @@ class ModelInfo(Entry):
     """A registered model: how to build it and what the reference trained it on.
 
     ``architecture`` is the float model's name (``"lenet"`` for ``"qlenet"``);
-    ``default_bits`` is the bit width :func:`build_model` quantizes to (None: float).
+    ``default_bits`` is the bit width :func:`build_model` quantizes to (None: float);
+    ``adapts``: its builder takes ``in_channels`` and ``image_size``, so it is built for
+    another dataset's square images too.
     """
 
     architecture: str = ""
@@ -209,30 +220,32 @@ class ModelInfo(Entry):
     default_bits: int | None = None
     optimizer: str = "adam"
     builder: Callable[[], nn.Module] | None = field(default=None, compare=False, repr=False)
+    adapts: bool = False
 
 
 MODELS: Registry[ModelInfo] = Registry("model", entry_point_group="swimkit.models")
 """Every registered model by canonical name (aliases, case-insensitive, included)."""
 
 
-def register_model(
-    name: str,
-    builder: Callable[[], nn.Module],
-    *,
-    dataset: str,
-    input_shape: tuple[int, ...],
-    num_classes: int = 10,
-    optimizer: str = "adam",
-    quantized_bits: int | None = None,
-    aliases: Sequence[str] = (),
-    help: str = "",
-) -> ModelInfo:
+def register_model(name: str, builder: Callable[[], nn.Module], *,
+                   quantized_bits: int | None = None, **described: Any) -> ModelInfo:
     """Register a model: ``builder()`` returns a fresh ``nn.Module``.
 
-    ``dataset`` is the one it is trained on by default, ``optimizer`` "adam" or "sgd".
-    With ``quantized_bits`` the quantized variant ``"q" + name`` is registered too (its
-    aliases are "Q" + each alias).
+    ``described`` are the :class:`ModelInfo` fields: ``dataset`` (the one it is trained on
+    by default) and ``input_shape`` (both required), ``num_classes`` (10), ``optimizer``
+    ("adam" or "sgd"), ``aliases``, ``help``. With ``quantized_bits`` the quantized
+    variant ``"q" + name`` is registered too (its aliases are "Q" + each alias).
     """
+    known = {"dataset", "input_shape", "num_classes", "optimizer", "aliases", "help", "adapts"}
+    unknown = sorted(set(described) - known)
+    require(not unknown, f"model {name!r}: unknown field {unknown[:1]}; give "
+                         f"{', '.join(sorted(known))}")
+    require("dataset" in described and "input_shape" in described,
+            f"model {name!r}: give its dataset= and input_shape=")
+    dataset, input_shape = described["dataset"], described["input_shape"]
+    num_classes = described.get("num_classes", 10)
+    optimizer = described.get("optimizer", "adam")
+    aliases, help = tuple(described.get("aliases", ())), described.get("help", "")
     require(callable(builder), f"the builder of model {name!r} must be callable")
     require(isinstance(num_classes, int) and not isinstance(num_classes, bool)
             and num_classes >= 2, f"model {name!r}: num_classes must be an integer >= 2 "
@@ -244,7 +257,8 @@ def register_model(
     require(optimizer in ("adam", "sgd"),
             f"model {name!r}: optimizer must be 'adam' or 'sgd' (got {optimizer!r})")
     common = {"architecture": name, "dataset": dataset, "input_shape": tuple(input_shape),
-              "num_classes": num_classes, "optimizer": optimizer, "builder": builder}
+              "num_classes": num_classes, "optimizer": optimizer, "builder": builder,
+              "adapts": bool(described.get("adapts", False))}
     info = MODELS.add(ModelInfo(name=name, aliases=tuple(aliases), help=help, **common))
     if quantized_bits is not None:
         MODELS.add(ModelInfo(
@@ -255,20 +269,20 @@ def register_model(
     return info
 
 
-register_model("lenet", LeNet, dataset="fashion-mnist", input_shape=(1, 28, 28),
+register_model("lenet", LeNet, adapts=True, dataset="fashion-mnist", input_shape=(1, 28, 28),
                quantized_bits=4, aliases=("LeNet",),
                help="conv 1-6, pool, conv 6-16, pool, fc 784-120-84-10")
-register_model("convnet", ConvNet, dataset="cifar10", input_shape=(3, 32, 32),
+register_model("convnet", ConvNet, adapts=True, dataset="cifar10", input_shape=(3, 32, 32),
                quantized_bits=6, aliases=("CIFAR",),
                help="2x64, 2x128, 2x256 conv (3x3), pools, fc 4096-1024-1024-10")
-register_model("resnet18", ResNet18, dataset="cifar10", input_shape=(3, 32, 32),
+register_model("resnet18", ResNet18, adapts=True, dataset="cifar10", input_shape=(3, 32, 32),
                optimizer="sgd", quantized_bits=8, aliases=("Res18",),
                help="BasicBlock [2,2,2,2], 3x3 stem, no max-pool")
-register_model("resnet18_tiny", resnet18_tiny, dataset="tiny-imagenet",
+register_model("resnet18_tiny", resnet18_tiny, adapts=True, dataset="tiny-imagenet",
                input_shape=(3, 64, 64), num_classes=200, optimizer="sgd", quantized_bits=8,
                aliases=("TIN", "resnet18-tiny"),
                help="ResNet-18 for Tiny ImageNet: 200 classes, 64x64 inputs")
-register_model("vit", ViT, dataset="fashion-mnist", input_shape=(1, 28, 28),
+register_model("vit", ViT, adapts=True, dataset="fashion-mnist", input_shape=(1, 28, 28),
                quantized_bits=8, aliases=("ViT",),
                help="vision transformer: 7x7 patches, 4 blocks of width 64, 4 heads, MLP 128")
 
@@ -289,24 +303,29 @@ def build_model(
     bits: int | None = None,
     output_range: OutputRange = "running",
     seed: int | None = None,
+    input_shape: Sequence[int] | None = None,
 ) -> nn.Module:
     """Build a registered model with fresh weights.
 
     Quantized variants (``q...``) are quantized with ``bits`` (default: the reference's
     bit width) and ``output_range`` (see :func:`swimkit.quantization.quantize`). With
     ``seed`` the initial weights depend on it alone (the global RNG is left untouched).
+    ``input_shape`` (channels, height, width; None: the registered one) builds a model
+    that adapts for other images: the ConvNet and ResNet-18 for Fashion-MNIST's 1 x 28 x
+    28 take one-channel stems (and the ConvNet's fc1 what its pools leave).
     """
     info = model_info(name)
     require(
         output_range in ("running", "batch"),
         f"output_range must be 'running' or 'batch' (got {output_range!r})",
     )
+    shape = _shape_arguments(info, input_shape)
     if seed is None:
-        model = info.builder()
+        model = info.builder(**shape)
     else:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            model = info.builder()
+            model = info.builder(**shape)
     if not isinstance(model, nn.Module):
         raise SwimkitError(f"the builder of model {info.name!r} returned "
                            f"{type(model).__name__}, not a torch.nn.Module")
@@ -318,3 +337,32 @@ def build_model(
             )
         return model
     return quantize(model, info.default_bits if bits is None else bits, output_range)
+
+
+def _shape_arguments(info: ModelInfo, input_shape: Sequence[int] | None) -> dict[str, int]:
+    """What the builder takes to fit ``input_shape`` (nothing for the registered one)."""
+    if input_shape is None or tuple(input_shape) == tuple(info.input_shape):
+        return {}
+    shape = tuple(int(n) for n in input_shape)
+    require(info.adapts, f"model {info.name} takes {info.input_shape} inputs only (got "
+                         f"{shape}); pick a matching --model or --dataset")
+    require(len(shape) == 3 and shape[1] == shape[2] and min(shape) >= 1,
+            f"model {info.name} adapts to square images (channels, size, size); got {shape}")
+    return {"in_channels": shape[0], "image_size": shape[1]}
+
+
+# --- what swimkit needs of any model ------------------------------------------------------
+
+
+def require_logits(output: object) -> Tensor:
+    """``output`` if it is one tensor of logits; else the one error every engine,
+    evaluation and training give for a model returning a tuple, a dict or anything else."""
+    if isinstance(output, Tensor):
+        return output
+    kind = type(output).__name__
+    hint = " (e.g. out[0])" if isinstance(output, (tuple, list)) else (
+        " (e.g. out['logits'])" if isinstance(output, dict) else "")
+    raise SwimkitError(
+        f"the model returns a {kind}, not one tensor of logits shaped (batch, classes): "
+        f"swimkit's sensitivity engines, Monte-Carlo and training all need that; wrap the "
+        f"model so that forward returns the logits{hint}")

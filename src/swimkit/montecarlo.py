@@ -19,91 +19,110 @@ import contextlib
 import math
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 
 from . import distributed
-from .chips import ChipRunner, auto_chips_per_pass, check_chips_fit, check_chips_per_pass
+from .chip import ChipSpec, as_chip
+from .chips import ChipRunner, auto_chips_per_pass, check_chips_fit
 from .chipstats import MCResult, ci_half_width
 from .converters import AnalogReads, mark_weights
-from .crossbar import Crossbar, crossbar_of
-from .devices import NoiseModel, Sampler, check_times, generator_for, require_noise_model
-from .errors import SwimkitError, check_once, is_number, require
-from .mapping import (
-    DeviceWeight,
-    device_weights,
-    effective_weights,
-    require_logits,
-    weight_scales,
+from .crossbar import Crossbar
+from .devices import NoiseModel, Sampler, check_times
+from .devices.protocol import require_time_acts
+from .errors import SwimkitError, check_once, is_integer, is_number, require
+from .groups import (
+    at_least_two,
+    flag,
+    integer,
+    nonnegative,
+    positive_int,
+    with_overrides,
 )
+from .mapping import DeviceWeight, aliases, effective_weights
+from .models import require_logits
 from .plans import Plan, Verify
 from .progress import progress_bar
-from .seeding import seeded_generator
+from .seeding import generator_for, seeded_generator
 from .threads import check_threads, torch_threads
 
 Batches = Iterable[tuple[Tensor, Tensor]]
 
+#: Chips before an adaptive run may stop.
+DEFAULT_MIN_SAMPLES = 10
+
 
 @dataclass
 class EvaluationSettings:
-    """Monte-Carlo: ``samples`` chips from ``seed``; ``within`` points of the best full
-    verify count a chip as good (yield) and, when searching, a method as good enough;
-    ``search`` finds per method the largest speedup whose mean (or, with
-    ``yield_target``, whose yield) meets it, in ``search_steps`` bisection steps.
+    """Monte-Carlo chips: up to ``samples`` chips, chip k drawn from (``seed``, k).
 
     ``ci_target`` (points; None or 0: always ``samples`` chips) stops a plan's chips once
-    the 95 % CI of its gap to full verify (of its mean, for the baselines) is that
-    narrow, after at least ``min_samples``; full verify, which every plan is paired
-    with, always gets ``samples`` chips. ``chips_per_pass`` (None: chosen),
+    the 95 % CI of its gap to a reference (``against``; of its mean without one) is that
+    narrow, after at least ``min_samples``. ``times`` (seconds after programming; None:
+    right after only) reads every chip at each time. ``chips_per_pass`` (None: chosen),
     ``compile`` and ``threads`` (None: this process's share of the cores) only change
-    the speed. ``times`` (seconds after programming; None: right after only) reads every
-    chip at each time; a point is judged at ``judge_time`` (default the first time).
+    the speed, ``progress`` only what is shown.
     """
 
-    samples: int = 100
-    seed: int = 0
-    ci_target: float | None = 0.5
-    min_samples: int = 10
-    chips_per_pass: int | None = None
-    compile: bool = False
-    threads: int | None = None
-    within: float = 1.0
-    search: bool = False
-    yield_target: float | None = None
-    search_steps: int = 8
-    times: list[float] | None = None
-    judge_time: float | None = None
+    samples: int = field(default=100, metadata=flag(
+        "--samples", "--noise_epoch", kind=positive_int, help="Monte-Carlo chips"))
+    seed: int = field(default=0, metadata=flag(
+        "--seed", kind=integer, help="seed of training, selection and chips"))
+    ci_target: float | None = field(default=None, metadata=flag(
+        "--ci-target", kind=nonnegative, metavar="P", command_default=0.5,
+        help="stop a plan's chips once the 95% CI of its gap to full verify (of its mean, "
+             "without one) is within +-P points (0: always --samples)"))
+    min_samples: int = field(default=DEFAULT_MIN_SAMPLES, metadata=flag(
+        "--min-samples", kind=at_least_two, help="chips before --ci-target may stop"))
+    chips_per_pass: int | None = field(default=None, metadata=flag(
+        "--chips-per-pass", kind=positive_int, metavar="C", results=False,
+        help="chips evaluated per forward pass, weights stacked (default: chosen; 1 on the "
+             "CPU)"))
+    compile: bool = field(default=False, metadata=flag(
+        "--compile", kind=None, results=False,
+        help="compile the forward once with torch.compile (falls back to eager, with a "
+             "message, where it cannot run)"))
+    threads: int | None = field(default=None, metadata=flag(
+        "--threads", kind=positive_int, results=False,
+        help="torch CPU threads of Monte-Carlo (default: this process's share of the "
+             "cores; a warning when more)"))
+    times: list[float] | None = field(default=None, metadata=flag(
+        "--times", kind=nonnegative, several=True, metavar="T1,T2,...",
+        help="read every chip at these seconds after programming (one result per time, "
+             "the same chips), e.g. 1,3600,86400,31536000"))
+    progress: bool = field(default=False, metadata=flag(
+        "--no-progress", kind=None, invert=True, results=False, command_default=True,
+        help="no progress bars"))
 
     def __post_init__(self) -> None:
-        require(isinstance(self.samples, int) and self.samples >= 1,
-                f"samples must be >= 1 (got {self.samples})")
+        require(is_integer(self.samples) and self.samples >= 1,
+                f"samples must be an integer >= 1 (got {self.samples!r})")
+        require(is_integer(self.seed), f"seed must be an integer (got {self.seed!r})")
         require(self.ci_target is None or (is_number(self.ci_target, finite=True)
                                            and self.ci_target >= 0),
-                f"ci_target must be a number of points >= 0 (got {self.ci_target!r})")
-        require(isinstance(self.min_samples, int) and self.min_samples >= 2,
+                f"ci_target must be a number of points >= 0, 0 or None for a fixed number "
+                f"of chips (got {self.ci_target!r})")
+        if self.ci_target == 0:  # 0 and None both mean a fixed number of chips
+            self.ci_target = None
+        require(is_integer(self.min_samples) and self.min_samples >= 2,
                 f"min_samples must be an integer >= 2 (got {self.min_samples!r})")
-        require(is_number(self.within, finite=True) and self.within >= 0,
-                f"within must be a number of accuracy points >= 0 (got {self.within!r})")
-        require(self.yield_target is None or 0 < self.yield_target <= 1,
-                f"the yield target must be a fraction in (0, 1] (got {self.yield_target!r})")
+        require(self.ci_target is not None or self.min_samples == DEFAULT_MIN_SAMPLES,
+                "min_samples would have no effect: it sets when ci_target may stop the chips; "
+                "give ci_target > 0 (--ci-target), or drop min_samples (--min-samples)")
+        require(self.chips_per_pass is None or (is_integer(self.chips_per_pass)
+                                                and self.chips_per_pass >= 1),
+                f"chips_per_pass must be an integer >= 1, or None to choose (got "
+                f"{self.chips_per_pass!r})")
+        require(self.threads is None or (is_integer(self.threads) and self.threads >= 1),
+                f"threads must be an integer >= 1, or None (got {self.threads!r})")
+        require(isinstance(self.compile, bool) and isinstance(self.progress, bool),
+                "compile and progress must be True or False")
         if self.times is not None:
             check_once("times", self.times)
             self.times = list(check_times(self.times))
-        require(self.judge_time is None or (self.times is not None
-                                            and self.judge_time in self.times),
-                f"judge_time {self.judge_time!r} must be one of the times ({self.times})")
-
-    @property
-    def judged(self) -> int:
-        """Index in ``times`` of the time points are judged at (0 without times)."""
-        if not self.times:
-            return 0
-        return 0 if self.judge_time is None else list(self.times).index(self.judge_time)
-
 
 
 @torch.inference_mode()
@@ -131,40 +150,27 @@ def _count_correct(model: nn.Module, batches: Batches) -> tuple[int, int]:
 def evaluate(
     model: nn.Module,
     batches: Batches,
-    device_model: NoiseModel,
+    chip: ChipSpec | NoiseModel | None = None,
     plan: Plan | Verify | str | None = None,
     settings: EvaluationSettings | None = None,
     *,
-    samples: int = 100,
-    seed: int = 0,
-    ci_target: float | None = None,
-    min_samples: int = 10,
-    chips_per_pass: int | None = None,
-    compile: bool = False,
-    threads: int | None = None,
-    times: Sequence[float] | None = None,
     against: MCResult | Sequence[MCResult] | None = None,
-    layers: Sequence[str] | None = None,
-    exclude: Sequence[str] | None = None,
-    params: Sequence[str] | None = None,
-    progress: bool = False,
+    **overrides: Any,
 ) -> Any:
     """Accuracy of ``model`` under device variation over up to ``samples`` chips.
 
-    The chips are set by an :class:`EvaluationSettings` group (``settings``), or by the
-    keywords ``samples`` to ``times``, which build that group (``ci_target`` None here:
-    a fixed number of chips); the two forms run the same code.
+    ``chip`` is the :class:`~swimkit.ChipSpec` the model is programmed on (a device model
+    alone stands for the idealised crossbar with every conv, linear and attention weight
+    on devices; None: the default Gaussian chip). ``plan`` says how its devices are
+    programmed: a :class:`~swimkit.plans.Plan`, ``Verify.NONE`` (``"none"``, or None:
+    nothing verified) or ``Verify.ALL`` (``"all"``). The chips are set by
+    ``settings`` (an :class:`EvaluationSettings`) with the keyword ``overrides`` of its
+    fields applied to a copy (``samples=``, ``seed=``, ``ci_target=``, ``times=``, ...).
 
     Returns one :class:`MCResult`; with ``times`` (seconds after programming) a list of
     them, one per time, from the same chips: each chip is programmed once and read at
     every time (common random numbers across times), so the drop from one time to the
-    next is not sampling noise.
-
-    ``device_model`` is any :class:`~swimkit.devices.NoiseModel`. ``plan`` says how the
-    devices are programmed: a :class:`~swimkit.plans.Plan`, ``Verify.NONE`` (``"none"``,
-    or None: nothing verified) or ``Verify.ALL`` (``"all"``); ``layers`` / ``exclude`` /
-    ``params`` choose the weights on devices as :func:`~swimkit.device_weights` does (a
-    plan names its own). The test batches are held in memory once and every chip
+    next is not sampling noise. The test batches are held in memory once and every chip
     evaluates all of them.
 
     With ``ci_target`` (points) chips are evaluated in rounds (see :func:`round_ends`) and
@@ -173,61 +179,47 @@ def evaluate(
     the CI of the mean accuracy, or, given ``against`` (a result of the same seed with at
     least ``samples`` chips, e.g. full verify; with ``times``, a list of one per time),
     of the paired per-chip difference to it; with ``times`` the widest CI over the
-    times decides.
-    The result's ``samples`` is the number of chips used.
+    times decides. The result's ``samples`` is the number of chips used.
 
-    ``chips_per_pass`` chips are evaluated per forward pass (None chooses: see
-    :func:`~swimkit.chips.auto_chips_per_pass`); ``compile`` compiles the forward once;
-    ``threads`` sets torch's CPU threads for the run (default: this process's share of
-    the cores). Inside a torch.distributed group each round's chips are dealt out among
-    the ranks and every rank returns the full result; the numbers do not depend on the
-    number of processes.
+    Inside a torch.distributed group each round's chips are dealt out among the ranks
+    and every rank returns the full result; the numbers do not depend on the number of
+    processes.
     """
-    if settings is None:
-        settings = EvaluationSettings(
-            samples=samples, seed=seed, ci_target=ci_target, min_samples=min_samples,
-            chips_per_pass=chips_per_pass, compile=compile, threads=threads,
-            times=None if times is None else list(times))
-    elif not isinstance(settings, EvaluationSettings):
-        raise SwimkitError(f"settings must be an EvaluationSettings (got "
-                           f"{type(settings).__name__}); give samples= and seed= by keyword")
-    elif not settings.ci_target:  # a group's 0 means a fixed number of chips
-        settings = replace(settings, ci_target=None)
-    return _evaluate(model, batches, device_model, plan, settings, against,
-                     {"layers": layers, "exclude": exclude, "params": params}, progress)
+    ev = with_overrides(EvaluationSettings, settings, overrides, "evaluate")
+    return _evaluate(model, batches, as_chip(chip), plan, ev, against)
 
 
-def _evaluate(model: nn.Module, batches: Batches, device_model: NoiseModel,
+def _evaluate(model: nn.Module, batches: Batches, chip: ChipSpec,
               plan: Plan | Verify | str | None, ev: EvaluationSettings,
-              against: MCResult | Sequence[MCResult] | None,
-              mapped: Mapping[str, Sequence[str] | None], progress: bool) -> Any:
-    """:func:`evaluate` with its chips' settings ``ev``."""
+              against: MCResult | Sequence[MCResult] | None) -> Any:
+    """:func:`evaluate` on ``chip`` with its chips' settings ``ev``."""
     samples, seed, times = ev.samples, ev.seed, ev.times
     at = (0.0,) if times is None else tuple(times)
     stop = _check_stopping(ev.ci_target, ev.min_samples, against, samples, seed,
                            len(at))
-    require_noise_model(device_model)
-    chips_per_pass = check_chips_per_pass(ev.chips_per_pass)
-    weights = _plan_weights(model, plan, **mapped)
-    chosen = _as_plan(plan, weights, device_model)
+    device = chip.device
+    model = chip.held(model)  # BatchNorm folded where the chip folds it
+    if times is not None and at != (0.0,):
+        require_time_acts(device, "times", list(at))
+    weights = _plan_weights(model, plan, chip)
+    chosen = _as_plan(plan, weights, device)
     data = batches if isinstance(batches, (list, tuple)) else list(batches)
     require(len(data) > 0, "no test batches: give a non-empty loader")
     was_training = model.training
     model.eval()
-    crossbar = crossbar_of(device_model)
-    if crossbar.converts:
-        chips_per_pass, compile_ = _one_chip_eager(chips_per_pass, ev.compile)
-    else:
-        compile_ = ev.compile
+    chips_per_pass, compile_ = ev.chips_per_pass, ev.compile
+    if chip.crossbar.converts:
+        chips_per_pass, compile_ = _one_chip_eager(chips_per_pass, compile_)
     try:
         values = effective_weights(weights)  # read before the runner swaps its own in
-        sample = device_model.sampler(values, weight_scales(values, device_model), chosen,
-                                      at)
+        sample = device.sampler(values, chip.scales(values), chosen, at)
+        shared = aliases(weights)  # every use of a tied weight reads the chip's one value
+        used = {**values, **{alias: values[name] for alias, name in shared.items()}}
         with (torch_threads(check_threads(ev.threads)),
-              _runner(model, data, values, chips_per_pass, compile_) as runner,
-              _converters(crossbar, runner, values) as reads):
-            accuracies = _run_rounds(runner, values, sample, seed, samples, stop, progress,
-                                     len(at), reads)
+              _runner(model, data, used, chips_per_pass, compile_) as runner,
+              _converters(chip.crossbar, runner, used) as reads):
+            accuracies = _run_rounds(runner, used, _with_aliases(sample, shared), seed,
+                                     samples, stop, ev.progress, len(at), reads)
     finally:
         model.train(was_training)
     meta = {"plan": plan.method if isinstance(plan, Plan) else str(plan or "none"),
@@ -322,29 +314,30 @@ def _runner(model: nn.Module, data: Sequence[tuple[Tensor, Tensor]],
     return ChipRunner(model, data, values, chips_per_pass=chips_per_pass, compile=compile)
 
 
-def _plan_weights(
-    model: nn.Module, plan: Plan | str | None, layers: Sequence[str] | None,
-    exclude: Sequence[str] | None, params: Sequence[str] | None,
-) -> dict[str, DeviceWeight]:
+def _plan_weights(model: nn.Module, plan: Plan | str | None, chip: ChipSpec
+                  ) -> dict[str, DeviceWeight]:
     """The device weights a run draws errors for: those of ``plan`` (which must agree
-    with the layers chosen), or for "none" / "all" the chosen ones."""
-    kept = device_weights(model, layers=layers, exclude=exclude, params=params)
+    with the chip's placement), or for "none" / "all" the chip's."""
+    kept = chip.weights(model)
+    if isinstance(plan, Plan):
+        chip.check_plan(plan)
     if not isinstance(plan, Plan):
         require(plan is None or isinstance(plan, str),
                 f"plan must be a Plan, 'none' or 'all' (got {type(plan).__name__})")
         return kept
     outside = [name for name in plan.names if name not in kept]
-    if outside and (layers or exclude):  # a plan names its weights: they must agree
-        raise SwimkitError(f"the plan programs {outside[0]!r}, which the excluded layers "
-                           f"({', '.join(exclude or ())}) keep digital: make the plan "
-                           "with the same exclusion")
+    placement = chip.placement
+    if outside and not placement.is_default:  # a plan names its weights: they must agree
+        raise SwimkitError(f"the plan programs {outside[0]!r}, which the chip's placement "
+                           f"(exclude {', '.join(placement.exclude) or 'none'}) keeps "
+                           "digital: make the plan for the same chip")
     left = [name for name in kept if name not in plan.names]
     if left:
+        layers = ", ".join(repr(n.rsplit(".", 1)[0]) for n in left[:3])
         raise SwimkitError(
             f"the plan leaves out {len(left)} layer(s) on devices ({', '.join(left[:3])}): "
             "they would be evaluated as exact; select again for this model, or keep them "
-            f"digital with exclude=[{', '.join(repr(n.rsplit('.', 1)[0]) for n in left[:3])}]"
-            " (--exclude)")
+            f"digital with Placement(exclude=[{layers}]) (--exclude)")
     return plan.weights_in(model)
 
 
@@ -396,8 +389,20 @@ def _chips(values: Mapping[str, Tensor], sample: Sampler, seed: int, indices: Se
         for read, deltas in enumerate(sample(generator_for(seed, index, where))):
             if reads is not None:
                 reads.generator = seeded_generator("swimkit-output-noise", int(seed), index,
-                                                   read, device=where)
+                                                   read, where=where)
             yield {name: values[name] + delta for name, delta in deltas.items()}
+
+
+def _with_aliases(sample: Sampler, shared: Mapping[str, str]) -> Sampler:
+    """``sample`` drawing each tied weight's error once and handing it to every use."""
+    if not shared:
+        return sample
+
+    def draw(generator: torch.Generator | None) -> list[dict[str, Tensor]]:
+        return [{**read, **{alias: read[name] for alias, name in shared.items()}}
+                for read in sample(generator)]
+
+    return draw
 
 
 def _one_chip_eager(chips_per_pass: int | None, compile: bool) -> tuple[int, bool]:
@@ -427,8 +432,7 @@ def _gather(local: Tensor, mine: Sequence[int], chips: range, world: int) -> Ten
     """Every rank's accuracies of ``chips``, in chip order."""
     if world == 1:
         return local
-    parts: list[Any] = [None] * world
-    dist.all_gather_object(parts, (list(mine), local.tolist()))
+    parts = distributed.all_gather_object((list(mine), local.tolist()))
     result = torch.empty(len(chips), local.shape[1], dtype=torch.float64)
     for indices, values in parts:
         where = torch.as_tensor(indices, dtype=torch.long) - chips.start

@@ -11,75 +11,82 @@ model trained for the drifted device). Epoch e's noise comes from a generator se
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
 
+from .chip import ChipSpec, as_chip
 from .converters import AnalogReads
-from .crossbar import Crossbar, crossbar_of
-from .devices import DeviceModel, NoiseModel, require_noise_model
-from .mapping import (
-    DeviceWeight,
-    Perturbation,
-    device_weights,
-    effective_weights,
-    perturbed,
-    weight_scales,
-)
+from .crossbar import Crossbar
+from .devices import NoiseModel
+from .mapping import DeviceWeight, Perturbation, effective_weights, perturbed
 from .plans import Plan
 from .seeding import epoch_generator
 
-if TYPE_CHECKING:
-    from .training import TrainConfig
+
+class NoiseSettings(Protocol):
+    """What noise injection reads of the training settings (a
+    :class:`~swimkit.training.TrainConfig`)."""
+
+    sigma_train: float
+    scale_aware: bool
+    noise_time: float
+    seed: int
 
 
 class NoiseInjector:
     """Fresh device noise on the effective weights for every mini-batch.
 
     The temporary offsets are attached once per epoch (:func:`perturbed`); each batch
-    recomputes the clean effective weights and their scales, then sets a new draw from
-    the noise model (any :class:`~swimkit.devices.NoiseModel`), under ``plan`` if given.
+    recomputes the clean effective weights and their ranges, then sets a new draw from
+    the ``chip``'s device model (any :class:`~swimkit.devices.NoiseModel`) on its
+    crossbar, under ``plan`` if given.
     """
 
-    def __init__(self, model: nn.Module, noise_model: NoiseModel, seed: int,
+    def __init__(self, model: nn.Module, chip: ChipSpec, seed: int,
                  plan: Plan | None = None, scale_aware: bool = False,
-                 noise_time: float = 0.0, exclude: Sequence[str] | None = None,
-                 params: Sequence[str] | None = None) -> None:
+                 noise_time: float = 0.0) -> None:
         self.model = model
-        self.noise_model = noise_model
+        self.chip = chip
         self.seed = seed
         self.plan = plan
         self.scale_aware = scale_aware
         self.noise_time = float(noise_time)
         self.weights: dict[str, DeviceWeight] = (
-            plan.weights_in(model) if plan is not None
-            else device_weights(model, exclude=exclude, params=params))
-        self.mapped = {"exclude": list(exclude or []), "params": list(params or [])}
+            plan.weights_in(model) if plan is not None else chip.weights(model))
 
     @classmethod
-    def create(
-        cls, model: nn.Module, config: TrainConfig, noise_model: NoiseModel | None,
-        plan: Plan | None = None, exclude: Sequence[str] | None = None,
-        params: Sequence[str] | None = None,
-    ) -> NoiseInjector | None:
-        """The injector of ``config`` / ``noise_model``, or None for clean training.
+    def create(cls, model: nn.Module, config: NoiseSettings, chip: ChipSpec | None = None,
+               plan: Plan | None = None) -> NoiseInjector | None:
+        """The injector training with ``config`` for ``chip`` draws from, or None for
+        clean training.
 
-        ``sigma_train`` > 0 trains with ``noise_model`` (default: the Gaussian model) at
-        plain-write sigma ``sigma_train`` (its ``with_sigma``); a ``noise_model`` with
-        ``sigma_train`` 0 is used as it is. The noise is read at ``config.noise_time``,
-        on the device weights ``exclude`` / ``params`` choose (as
-        :func:`~swimkit.device_weights` does; a plan names its own).
+        ``sigma_train`` > 0 draws from the chip (default: the Gaussian one) at plain-write
+        sigma ``sigma_train``; a ``plan`` (plan-aware fine-tuning) draws the chip's own
+        errors under it. Without either, a chip whose crossbar has converters or output
+        noise trains through them at sigma 0 (no weight errors); any other trains clean.
+        The noise is read at ``config.noise_time``, on the chip's device weights (a plan
+        names its own).
         """
-        if noise_model is None and config.sigma_train <= 0:
-            return None
-        base = require_noise_model(noise_model if noise_model is not None else DeviceModel(),
-                                   "noise_model")
+        chip = as_chip(chip)
+        if plan is not None:
+            chip.check_plan(plan, "fine-tune under")
         if config.sigma_train > 0:
-            base = base.with_sigma(float(config.sigma_train))
-        return cls(model, base, config.seed, plan, config.scale_aware, config.noise_time,
-                   exclude, params)
+            noisy = chip.with_sigma(float(config.sigma_train))
+        elif plan is not None:
+            noisy = chip
+        elif chip.crossbar.converts:
+            noisy = chip.with_sigma(0.0)
+        else:
+            return None
+        return cls(model, noisy, config.seed, plan, config.scale_aware, config.noise_time)
+
+    @property
+    def noise_model(self) -> NoiseModel:
+        """The device model drawn from, as the crossbar holds weights."""
+        return self.chip.device
 
     def describe(self) -> dict[str, Any]:
         """The noise, for the checkpoint (a resumed run must train under the same noise)."""
@@ -87,12 +94,13 @@ class NoiseInjector:
         if self.plan is not None:
             plan = {"method": self.plan.method, "requested": self.plan.requested,
                     "devices_verified": self.plan.devices_verified}
-        out = {"model": self.noise_model.describe(), "plan": plan,
-               "scale_aware": self.scale_aware}
+        out = {"model": self.chip.describe(), "plan": plan, "scale_aware": self.scale_aware}
         if self.noise_time:
             out["time_s"] = self.noise_time
-        if any(self.mapped.values()):
-            out["weights"] = self.mapped
+        placement = self.chip.placement
+        if placement.exclude or placement.params:
+            out["weights"] = {"exclude": list(placement.exclude),
+                              "params": list(placement.params)}
         return out
 
     @contextlib.contextmanager
@@ -103,8 +111,9 @@ class NoiseInjector:
         and with converters or output noise the layers compute through them."""
         where = next(iter(self.weights.values())).value.device
         generator = epoch_generator(self.seed, "noise", epoch, where)
-        crossbar = crossbar_of(self.noise_model)
+        crossbar = self.chip.crossbar
         ranges = None if crossbar.ranges == "layer" else crossbar.weight_ranges
+        device = self.chip.device
         with (perturbed(self.model, self.weights) as offsets,
               _converters(crossbar, offsets, epoch_generator(self.seed, "output", epoch,
                                                              where)) as columns):
@@ -113,10 +122,10 @@ class NoiseInjector:
                 offsets.set(None)
                 columns.clear()
                 values = effective_weights(self.weights)
-                scales = weight_scales(values, self.noise_model)
+                scales = self.chip.scales(values)
                 with torch.no_grad():
-                    deltas = self.noise_model.sampler(values, scales, self.plan,
-                                                      (self.noise_time,))(generator)[0]
+                    deltas = device.sampler(values, scales, self.plan,
+                                            (self.noise_time,))(generator)[0]
                     columns.update({k: crossbar.column_ranges(k, v) for k, v in values.items()}
                                    if crossbar.converts else {})
                 offsets.set(deltas, scales if self.scale_aware else None, ranges)
@@ -148,4 +157,4 @@ def _converters(crossbar: Crossbar, offsets: Perturbation, generator: torch.Gene
         offsets.watch(None)
 
 
-__all__ = ["NoiseInjector"]
+__all__ = ["NoiseInjector", "NoiseSettings"]

@@ -14,8 +14,8 @@ from __future__ import annotations
 import copy
 import csv
 import io
+import json
 from collections.abc import Mapping
-from enum import Enum
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .choices import Spelled
 from .errors import SwimkitError, is_number, require
+from .frozen import TensorView, frozen, thawed
 from .mapping import DeviceWeight, named_weights
 from .programming import ProgrammingReport
 from .storage import atomic_save, atomic_write, atomic_write_json, atomic_write_text, load_kind
@@ -54,17 +56,6 @@ def check_menu(menu: object) -> tuple[float, ...] | None:
     return values
 
 
-class Spelled(str, Enum):
-    """A choice that is a str spelled as in files: it prints, formats and is written to
-    JSON as its value, and equals that string."""
-
-    def __str__(self) -> str:
-        return self.value
-
-    def __format__(self, spec: str) -> str:
-        return format(self.value, spec)
-
-
 class Verify(Spelled):
     """A plan without selection: verify no device (``"none"``) or every device (``"all"``).
 
@@ -88,7 +79,10 @@ class Plan:
     Build one from ``levels`` (uint8, ``(*shape, K)``) and a ``menu`` of tolerances, or
     from bool ``masks`` (True = write-verify every device of the weight; ``K`` then comes
     from ``devices_per_weight``, default 8). ``programming`` holds the modelled time when
-    the plan was priced; ``meta`` anything a method reports (its cost, its settings).
+    the plan was priced; ``chip`` the description of the chip it was planned for
+    (:meth:`swimkit.ChipSpec.describe_all`; evaluating, training or re-pricing on another
+    chip is refused or asked for explicitly); ``meta`` anything a method reports (its
+    cost, its settings).
     """
 
     def __init__(
@@ -103,25 +97,27 @@ class Plan:
         programming: ProgrammingReport | None = None,
         meta: dict[str, Any] | None = None,
         ranges: Mapping[str, Tensor] | None = None,
+        chip: Mapping[str, Any] | None = None,
     ) -> None:
         require((masks is None) != (levels is None),
                 "a plan needs either masks (one bool per weight) or levels (one per device)")
         self.method = method
         self.menu = check_menu(menu)
-        self.requested = dict(requested or {})
+        self.requested = frozen(dict(requested or {}))
         self.programming = programming
-        self.meta = dict(meta or {})
-        self.ranges = None if ranges is None else _check_ranges(ranges)
+        self.meta = frozen(dict(meta or {}))
+        self.ranges = None if ranges is None else TensorView(_check_ranges(ranges))
+        self.chip = None if chip is None else frozen(_plain_json(chip, "chip"))
         if masks is not None:
             k = 8 if devices_per_weight is None else int(devices_per_weight)
             require(k >= 1, f"devices_per_weight must be >= 1 (got {devices_per_weight!r})")
             require(self.menu is None or len(self.menu) == 1,
                     "a plan from bool masks verifies at one tolerance: give a menu of one")
-            self.levels = {name: _levels_of_mask(name, m, k) for name, m in masks.items()}
+            self._levels = {name: _levels_of_mask(name, m, k) for name, m in masks.items()}
         else:
             assert levels is not None
-            self.levels = {name: _check_levels(name, v) for name, v in levels.items()}
-            ks = {v.shape[-1] for v in self.levels.values()}
+            self._levels = {name: _check_levels(name, v) for name, v in levels.items()}
+            ks = {v.shape[-1] for v in self._levels.values()}
             require(len(ks) <= 1, "every layer of a plan must have the same devices per weight")
             if devices_per_weight is not None:
                 require(ks <= {devices_per_weight},
@@ -129,18 +125,34 @@ class Plan:
             self._check_menu_covers_levels()
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if "levels" in self.__dict__:  # built: a plan is frozen, copies record changes
+        if "_levels" in self.__dict__:  # built: a plan is frozen, copies record changes
             raise AttributeError(f"a Plan is frozen: use plan.recorded({name}=...) for a "
                                  "copy that records it")
         object.__setattr__(self, name, value)
 
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"a Plan is frozen: {name} cannot be deleted")
+
+    @property
+    def levels(self) -> TensorView:
+        """Per weight, the level of each device: uint8 ``(*weight.shape, K)`` (copies:
+        the plan itself never changes)."""
+        return TensorView(self._levels)
+
     #: What :meth:`recorded` may set: the record of how a plan was made, not its levels.
-    RECORD = ("method", "requested", "programming", "meta", "ranges")
+    RECORD = ("method", "requested", "programming", "meta", "ranges", "chip")
 
     def recorded(self, **fields: Any) -> Plan:
         """A copy of this plan with ``fields`` of :data:`RECORD` set (the levels shared)."""
         unknown = sorted(set(fields) - set(self.RECORD))
         require(not unknown, f"a plan records only {', '.join(self.RECORD)} (got {unknown})")
+        if fields.get("chip") is not None:
+            fields["chip"] = frozen(_plain_json(fields["chip"], "chip"))
+        for name in ("meta", "requested"):
+            if name in fields:
+                fields[name] = frozen(dict(fields[name] or {}))
+        if fields.get("ranges") is not None:
+            fields["ranges"] = TensorView(_check_ranges(fields["ranges"]))
         out = copy.copy(self)
         out.__dict__.update(fields)
         return out
@@ -163,7 +175,7 @@ class Plan:
 
     def _check_menu_covers_levels(self) -> None:
         options = 1 if self.menu is None else len(self.menu)
-        highest = max((int(v.max()) for v in self.levels.values() if v.numel()), default=0)
+        highest = max((int(v.max()) for v in self._levels.values() if v.numel()), default=0)
         require(highest <= options,
                 f"a plan level of {highest} needs a menu of at least {highest} tolerances "
                 f"(the menu has {options})")
@@ -172,36 +184,40 @@ class Plan:
 
     @property
     def names(self) -> list[str]:
-        return list(self.levels)
+        return list(self._levels)
 
     @property
     def devices_per_weight(self) -> int:
-        return next(iter(self.levels.values())).shape[-1] if self.levels else 0
+        return next(iter(self._levels.values())).shape[-1] if self._levels else 0
 
     @property
     def options(self) -> int:
         """Number of verify options (tolerances) the levels refer to."""
         return 1 if self.menu is None else len(self.menu)
 
+    @property
+    def masks(self) -> TensorView:
+        """True where any device of the weight is write-verified (copies)."""
+        return TensorView(self._masks)
+
     @cached_property
-    def masks(self) -> dict[str, Tensor]:
-        """True where any device of the weight is write-verified."""
+    def _masks(self) -> dict[str, Tensor]:
         return {name: _first_device(v) > 0 if _same_on_every_device(v) else v.amax(-1) > 0
-                for name, v in self.levels.items()}
+                for name, v in self._levels.items()}
 
     @cached_property
     def weight_level(self) -> bool:
         """True if the devices of every weight share one level (a weight-level plan)."""
         return all(_same_on_every_device(v) or bool((v.amin(-1) == v.amax(-1)).all())
-                   for v in self.levels.values())
+                   for v in self._levels.values())
 
     @property
     def weights_total(self) -> int:
-        return sum(m.numel() for m in self.masks.values())
+        return sum(m.numel() for m in self._masks.values())
 
     @property
     def weights_verified(self) -> int:
-        return int(sum(int(m.sum()) for m in self.masks.values()))
+        return int(sum(int(m.sum()) for m in self._masks.values()))
 
     @property
     def fraction_verified(self) -> float:
@@ -216,7 +232,7 @@ class Plan:
     def devices_verified(self) -> int:
         if self.weight_level:
             return self.weights_verified * self.devices_per_weight
-        return int(sum(int((v > 0).sum()) for v in self.levels.values()))
+        return int(sum(int((v > 0).sum()) for v in self._levels.values()))
 
     @property
     def devices_fraction_verified(self) -> float:
@@ -226,7 +242,7 @@ class Plan:
     def option_counts(self) -> dict[str, list[int]]:
         """Per layer, how many devices sit at each level (index 0 = plain write)."""
         out = {}
-        for name, v in self.levels.items():
+        for name, v in self._levels.items():
             if _same_on_every_device(v):
                 counts = torch.bincount(_first_device(v).reshape(-1).long(),
                                         minlength=self.options + 1) * v.shape[-1]
@@ -247,7 +263,7 @@ class Plan:
                 "devices_verified": sum(counts[name][1:]),
                 "devices_per_option": counts[name],
             }
-            for name, m in self.masks.items()
+            for name, m in self._masks.items()
         }
 
     def summary(self) -> dict[str, Any]:
@@ -264,6 +280,7 @@ class Plan:
             "requested": self.requested,
             "programming": self.programming.to_dict() if self.programming else None,
             "layers": self.per_layer(),
+            "chip": self.chip,
             "meta": self.meta,
         }
 
@@ -271,7 +288,7 @@ class Plan:
         """The device weights of ``model`` this plan programs, checked name by name and
         shape by shape (a clear error for a plan made for another model)."""
         chosen = named_weights(model, self.names, "the plan")
-        for name, mask in self.masks.items():
+        for name, mask in self._masks.items():
             shape = tuple(chosen[name].value.shape)
             require(tuple(mask.shape) == shape,
                     f"the plan's mask for {name} has shape {tuple(mask.shape)}, the weight "
@@ -288,16 +305,18 @@ class Plan:
             "method": self.method,
             "menu": list(self.menu) if self.menu is not None else None,
             "devices_per_weight": self.devices_per_weight,
-            "requested": self.requested,
+            "requested": thawed(self.requested),
             "programming": self.programming.to_dict() if self.programming else None,
-            "meta": self.meta,
+            "meta": thawed(self.meta),
         }
         if self.ranges is not None:
             payload["ranges"] = {k: v.cpu() for k, v in self.ranges.items()}
+        if self.chip is not None:
+            payload["chip"] = json.dumps(self.chip, sort_keys=True)
         if self.weight_level and self.options == 1:
-            payload["masks"] = {k: v.cpu() for k, v in self.masks.items()}
+            payload["masks"] = {k: v.cpu() for k, v in self._masks.items()}
         else:
-            payload["levels"] = {k: v.cpu().contiguous() for k, v in self.levels.items()}
+            payload["levels"] = {k: v.cpu().contiguous() for k, v in self._levels.items()}
         return atomic_save(payload, path)
 
     @classmethod
@@ -331,6 +350,7 @@ class Plan:
             "programming": ProgrammingReport.from_dict(report) if report else None,
             "meta": data.get("meta", {}),
             "ranges": data.get("ranges"),
+            "chip": json.loads(data["chip"]) if data.get("chip") else None,
         }
         if "levels" in data:
             return cls(levels=data["levels"], **common)
@@ -342,14 +362,16 @@ class Plan:
         One uint8 array per layer, shaped ``(*weight.shape, K)``: 0 = plain write, k =
         write-verify to ``menu[k - 1]`` device steps. The array ``menu`` holds the
         tolerances (empty when the plan uses the device model's own loop; its tolerance
-        is then in the summary). A plan made on a crossbar other than one range per layer
-        adds, per layer, ``NAME:range`` (float32, shaped like the weight: the weight that
-        maps to its devices' full range, its column's or its tile's) and, with tiles,
-        ``NAME:tile_row`` (the row tile of each input unit) and ``NAME:tile_column`` (the
-        column tile of each output).
+        is then in the summary); ``chip`` the chip it was planned for (JSON text). A plan
+        made on a crossbar other than one range per layer adds, per layer, ``NAME:range``
+        (float32, shaped like the weight: the weight that maps to its devices' full range,
+        its column's or its tile's) and, with tiles, ``NAME:tile_row`` (the row tile of
+        each input unit) and ``NAME:tile_column`` (the column tile of each output).
         """
-        arrays = {k: v.cpu().contiguous().numpy() for k, v in self.levels.items()}
+        arrays = {k: v.cpu().contiguous().numpy() for k, v in self._levels.items()}
         arrays["menu"] = np.asarray(self.menu if self.menu is not None else [], dtype=np.float64)
+        if self.chip is not None:  # which chip the levels are for, as JSON text
+            arrays["chip"] = np.asarray(json.dumps(self.chip, sort_keys=True))
         arrays.update(self._crossbar_arrays())
 
         def write(tmp: Path) -> None:
@@ -366,7 +388,7 @@ class Plan:
 
         crossbar = Crossbar(**self.meta.get("crossbar", {}))
         arrays = {}
-        for name, levels in self.levels.items():
+        for name, levels in self._levels.items():
             shape = levels.shape[:-1]
             arrays[f"{name}:range"] = self.ranges[name].expand(shape).float().numpy()
             if crossbar.tile_rows is not None or crossbar.tile_columns is not None:
@@ -402,6 +424,15 @@ class Plan:
                 f"{self.devices_total:,}, menu={self.menu})")
 
 
+def _plain_json(value: Any, what: str) -> Any:
+    """``value`` as JSON reads it back (lists, not tuples), so it compares as stored."""
+    try:
+        return json.loads(json.dumps(value, sort_keys=True))
+    except (TypeError, ValueError):
+        raise SwimkitError(f"a plan's {what} must be JSON-ready (got {type(value).__name__})"
+                           ) from None
+
+
 def _levels_of_mask(name: str, mask: Tensor, devices: int) -> Tensor:
     require(isinstance(mask, Tensor) and mask.dtype == torch.bool,
             f"the verify mask of {name} must be a bool tensor (True = write-verify)")
@@ -430,4 +461,4 @@ def _first_device(levels: Tensor) -> Tensor:
     return levels[..., 0]
 
 
-__all__ = ["Plan", "Spelled", "Verify", "check_menu"]
+__all__ = ["Plan", "Verify", "check_menu"]

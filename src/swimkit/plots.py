@@ -11,9 +11,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-from .reports import chips_summary, device_summary, format_time
 from .results import Point, SweepResult
 from .storage import atomic_write
+from .summaries import chips_summary, device_summary, format_time
 
 _STYLES = ("-", "--", ":", "-.")
 _MARKERS = ("o", "s", "^", "D", "v", "P")
@@ -58,7 +58,7 @@ def plot_sweep(result: SweepResult, path: str | Path) -> Path | None:
                                       default=floor)))
     s = result.settings
     when = "" if not s["evaluation"].get("times") else (
-        f", judged at {format_time(_judged_time(s['evaluation']))}")
+        f", judged at {format_time(_judged_time(s))}")
     ax.set_title(f"{s['model']['name']} / {s['data']['dataset']}, "
                  f"{device_summary(s['device_model'])}\n{chips_summary(s['evaluation'])}"
                  f"{when}", fontsize=9)
@@ -70,8 +70,10 @@ def plot_sweep(result: SweepResult, path: str | Path) -> Path | None:
     return _save(fig, path)
 
 
-def _judged_time(evaluation: dict[str, Any]) -> float:
-    judge = evaluation.get("judge_time")
+def _judged_time(settings: dict[str, Any]) -> float:
+    """The time a sweep judged its plans at (earlier releases kept it with the chips)."""
+    evaluation = settings["evaluation"]
+    judge = settings.get("grid", {}).get("judge_time", evaluation.get("judge_time"))
     return float(evaluation["times"][0] if judge is None else judge)
 
 

@@ -260,7 +260,7 @@ class WriteVerify:
 # --- pricing a plan ------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(frozen=True)
 class ProgrammingReport:
     """Modelled programming time of a plan against verifying all or nothing.
 

@@ -36,6 +36,9 @@ class Entry:
 
 E = TypeVar("E", bound=Entry)
 
+#: Every registry made, so a failed plugin's registrations are taken back from all of them.
+_REGISTRIES: list[Registry] = []
+
 
 @dataclass
 class Registry(Generic[E]):
@@ -46,6 +49,9 @@ class Registry(Generic[E]):
     _entries: dict[str, E] = field(default_factory=dict)
     _lookup: dict[str, str] = field(default_factory=dict)
     _plugins_loaded: bool = False
+
+    def __post_init__(self) -> None:
+        _REGISTRIES.append(self)
 
     def add(self, entry: E, *, replace: bool = False) -> E:
         """Register ``entry``; its name and aliases must be new unless ``replace``."""
@@ -124,13 +130,16 @@ class Registry(Generic[E]):
             self._load_plugin(point)
 
     def _load_plugin(self, point: metadata.EntryPoint) -> None:
-        """Run one plugin; on failure take back what it added and warn once."""
-        before = dict(self._entries)
-        lookup = dict(self._lookup)
+        """Run one plugin; on failure take back what it added to any registry (a device
+        model plugin may also register a method) and warn once."""
+        snapshot = [(registry, dict(registry._entries), dict(registry._lookup))
+                    for registry in _REGISTRIES]
+        before = snapshot[_REGISTRIES.index(self)][1]
         try:
             point.load()()
         except (Exception, SystemExit) as exc:  # noqa: BLE001 - a plugin never ends swimkit
-            self._entries, self._lookup = before, lookup
+            for registry, entries, lookup in snapshot:
+                registry._entries, registry._lookup = entries, lookup
             what = "exited" if isinstance(exc, SystemExit) else "failed"
             warnings.warn(
                 f"plugin {point.name!r} ({self.entry_point_group}) {what} while registering "

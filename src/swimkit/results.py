@@ -8,6 +8,7 @@ points (``*_points``), times in seconds (``*_s``); shares are fractions in [0, 1
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -257,6 +258,7 @@ class SweepResult:
     within_points: float
     settings: dict[str, Any] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
+    config: dict[str, Any] | None = None  # the command and flags it was made with
 
     @property
     def reference_percent(self) -> float:
@@ -276,6 +278,11 @@ class SweepResult:
         """This result listing ``files`` (name: path) among the files written."""
         return replace(self, files={**self.files, **files})
 
+    def with_config(self, config: dict[str, Any]) -> SweepResult:
+        """This result recording the configuration it was made with (``--config`` runs
+        it again)."""
+        return replace(self, config=dict(config))
+
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "reference_full_verify_percent": self.reference_percent,
@@ -290,6 +297,8 @@ class SweepResult:
                 out["selected"] = only["points"][0]
         out["settings"] = self.settings
         out["files"] = self.files
+        if self.config is not None:
+            out["config"] = self.config
         return out
 
     @classmethod
@@ -305,8 +314,11 @@ class SweepResult:
                     f"within_points must be a number of points >= 0 (got {within!r})")
             settings = data.get("settings", {})
             require(isinstance(settings, dict), "settings must be a JSON object")
+            config = data.get("config")
+            require(config is None or isinstance(config, dict),
+                    "config must be a JSON object")
             return cls([ModelReport.from_dict(m) for m in data["models"]],
-                       float(within), settings, data.get("files", {}))
+                       float(within), settings, data.get("files", {}), config)
         except SwimkitError:
             raise
         except (KeyError, TypeError, AttributeError, ValueError, IndexError) as exc:
@@ -339,8 +351,10 @@ class SweepResult:
                 require(known.checkpoint == model.checkpoint,
                         f"model {model.label!r} comes from different checkpoints "
                         f"({known.checkpoint}, {model.checkpoint})")
-                points += model.points
-                searches += model.searches
+                points += _new(points, model.points, model.label,
+                               lambda p: (p.method, p.budget_kind, p.budget_value))
+                searches += _new(searches, model.searches, model.label,
+                                 lambda s: (s.method, s.target))
         merged = [replace(model, points=points, searches=searches)
                   for model, points, searches in models.values()]
         return cls(merged, first.within_points, first.settings, {})
@@ -366,6 +380,25 @@ class Evaluation:
             out["over_time"] = [{"time_s": t, **r.to_dict()}
                                 for t, r in zip(self.times, self.results, strict=True)]
         return out
+
+
+def _new(known: list[Any], items: list[Any], model: str,
+         identity: Callable[[Any], tuple]) -> list[Any]:
+    """``items`` not already ``known`` (the same sweep given twice, or two sweeps that share
+    points, lists each point once); the same point with other numbers is refused."""
+    seen = {identity(item): item for item in known}
+    out = []
+    for item in items:
+        twin = seen.get(identity(item))
+        if twin is None:
+            seen[identity(item)] = item
+            out.append(item)
+        else:
+            require(twin.to_dict() == item.to_dict(),
+                    f"two results give model {model!r} different numbers for "
+                    f"{' '.join(str(part) for part in identity(item) if part is not None)}: "
+                    "merge results of one run of each point")
+    return out
 
 
 def _check_types(data: Any, types: dict[str, Any]) -> None:

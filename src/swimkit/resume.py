@@ -35,10 +35,14 @@ MUST_MATCH = (
     "augment",
     "noise",
     "ranges",
+    "data",
+    "train",
 )
 
 #: Settings the first release's checkpoints do not hold, and the value they trained with.
 FIRST_RELEASE = {"noise": None, "scale_aware": False, "ranges": None}
+#: Settings earlier checkpoints do not hold and nothing can tell: not compared there.
+UNRECORDED = ("data", "train")
 
 def cannot_resume(problem: str) -> SwimkitError:
     """The error for a folder training cannot continue in, with the way out for the API
@@ -139,11 +143,15 @@ def resume_from(
 def _check_settings(path: Path, stored: Mapping[str, Any], current: Mapping[str, Any]) -> None:
     """Refuse to continue a run whose stored settings differ from the requested ones."""
     for key in MUST_MATCH:
-        if stored.get(key, FIRST_RELEASE.get(key)) != current.get(key):
+        if key in UNRECORDED and key not in stored:
+            continue
+        was, now = stored.get(key, FIRST_RELEASE.get(key)), current.get(key)
+        if was != now:
+            if isinstance(was, Mapping) and isinstance(now, Mapping):  # name the setting
+                key = next(k for k in sorted(set(was) | set(now)) if was.get(k) != now.get(k))
+                was, now = was.get(key), now.get(key)
             raise cannot_resume(
-                f"{path} holds a run with {key}={stored.get(key)!r}, but this run asks for "
-                f"{key}={current.get(key)!r}"
-            )
+                f"{path} holds a run with {key}={was!r}, but this run asks for {key}={now!r}")
 
 
 __all__ = ["FIRST_RELEASE", "MUST_MATCH", "Progress", "cannot_resume", "checkpoint_extra",

@@ -21,19 +21,29 @@ def derive_seed(namespace: str, *parts: object) -> int:
 
 
 def seeded_generator(
-    namespace: str, *parts: object, device: torch.device | str = "cpu"
+    namespace: str, *parts: object, where: torch.device | str = "cpu"
 ) -> torch.Generator:
-    """A torch generator on ``device`` seeded by :func:`derive_seed`."""
-    generator = torch.Generator(device=device)
+    """A torch generator on the torch device ``where`` seeded by :func:`derive_seed`."""
+    generator = torch.Generator(device=where)
     generator.manual_seed(derive_seed(namespace, *parts))
     return generator
 
 
 def epoch_generator(seed: int, stream: str, epoch: int,
-                    device: torch.device | str = "cpu") -> torch.Generator:
+                    where: torch.device | str = "cpu") -> torch.Generator:
     """The generator of training stream ``stream`` ("data", "noise") in epoch ``epoch``:
     seeded by (seed, stream, epoch) alone, so any epoch can be replayed."""
-    return seeded_generator("swimkit-train", stream, int(seed), int(epoch), device=device)
+    return seeded_generator("swimkit-train", stream, int(seed), int(epoch), where=where)
 
 
-__all__ = ["derive_seed", "epoch_generator", "seeded_generator"]
+def generator_for(seed: int, index: int, where: torch.device | str = "cpu") -> torch.Generator:
+    """The generator of Monte-Carlo chip ``index`` of a run seeded with ``seed``.
+
+    Each chip's draw depends only on (seed, index), so a run gives the same numbers on
+    any number of processes, and plans evaluated with the same seed see the same
+    underlying draws (common random numbers).
+    """
+    return seeded_generator("swimkit", int(seed), int(index), where=where)
+
+
+__all__ = ["derive_seed", "epoch_generator", "generator_for", "seeded_generator"]

@@ -1,12 +1,14 @@
 """Every setting of a run, grouped by what it configures; each default is stated once.
 
-The groups are the settings classes of the concepts themselves where they exist
-(:class:`~swimkit.training.TrainConfig`, :class:`~swimkit.devices.DeviceModel` with its
-:class:`~swimkit.programming.WriteVerify` loop) and small dataclasses here for the rest.
-The command line fills them; its defaults and help text are read from these classes.
-Each group checks itself when it is made, and :class:`Settings` what ties the groups
-together, before any training or pass; none changes a group it was given (a group it
-completes, such as the dataset a model implies, it replaces with a completed copy).
+The groups are the settings of the steps themselves (:class:`~swimkit.training.TrainConfig`,
+:class:`~swimkit.sensitivity.SensitivitySettings`, :class:`~swimkit.selection.SelectionSettings`,
+:class:`~swimkit.montecarlo.EvaluationSettings`), the chip (:class:`~swimkit.ChipSpec`),
+and small dataclasses here for the rest: the model, the data and a sweep's grid. Each
+field declares its command-line flag (:mod:`swimkit.groups`), so the command line is
+read from these classes. Each group checks itself when it is made, and :class:`Settings`
+what ties the groups together, before any training or pass; none changes a group it was
+given (a group it completes, such as the dataset a model implies, it replaces with a
+completed copy).
 """
 
 from __future__ import annotations
@@ -18,21 +20,38 @@ from typing import Any
 
 import torch
 
-from .devices import Device, DeviceModel, require_device
+from .chip import ChipSpec
+from .data import DATASETS
+from .devices import require_device
+from .devices.protocol import require_time_acts
 from .errors import SwimkitError, check_once, is_number, require
+from .groups import (
+    flag,
+    fraction,
+    internal,
+    key_value,
+    nonnegative,
+    plain,
+    positive_int,
+    registered,
+    speedup,
+)
 from .models import canonical_model_name, model_info
 from .montecarlo import EvaluationSettings
-from .selection import SelectionSettings
+from .options import typed_options
+from .selection import DEFAULT_FRACTION, METHODS, Budget, BudgetKind, SelectionSettings
 from .sensitivity import SensitivitySettings
 from .training import TrainConfig
 
 #: The model without --model or a checkpoint.
 DEFAULT_MODEL = "lenet"
-#: The budget of a single run or selection without one given: this fraction.
-DEFAULT_FRACTION = 0.1
 #: What a sweep compares without --methods, --fractions, --speedups or --time-budgets.
 SWEEP_METHODS = ("swim", "magnitude", "random")
 SWEEP_FRACTIONS = (0.01, 0.03, 0.1, 0.3)
+#: Points a chip may lose against the best full verify and still count as good.
+DEFAULT_WITHIN = 1.0
+#: Noise-injection modes of the models a sweep trains (--scale-aware).
+SCALE_AWARE = ("off", "on", "both")
 
 
 @dataclass
@@ -41,10 +60,18 @@ class ModelSettings:
     else :data:`DEFAULT_MODEL`), a trained ``checkpoint``, quantization ``bits``;
     ``trusted`` allows a checkpoint holding pickled Python objects (it can run code)."""
 
-    name: str | None = None
-    checkpoint: str | None = None
-    bits: int | None = None
-    trusted: bool = False
+    name: str | None = field(default=None, metadata=flag(
+        "--model", help=f"the model (aliases such as LeNet, QLeNet, Res18; default: the "
+                        f"checkpoint's model, else {DEFAULT_MODEL})"))
+    checkpoint: str | None = field(default=None, metadata=flag(
+        "--checkpoint", help="use this trained model (swimkit or SWIM reference saved_B_*.pt)"))
+    bits: int | None = field(default=None, metadata=flag(
+        "--bits", kind=positive_int,
+        help="bit width of a quantized model (default 4 LeNet, 6 ConvNet, 8 ResNet)"))
+    trusted: bool = field(default=False, metadata=flag(
+        "--trusted", kind=None,
+        help="allow a --checkpoint that holds pickled Python objects (only for files you "
+             "trust: loading them can run code)"))
 
     def __post_init__(self) -> None:
         if self.name is None and not self.checkpoint:
@@ -59,11 +86,20 @@ class DataSettings:
     ``train_limit`` / ``test_limit`` cut the sets (quick runs); ``test_batch_size``
     None chooses the evaluation batch per model and device."""
 
-    dataset: str | None = None
-    data_dir: str | None = None
-    train_limit: int | None = None
-    test_limit: int | None = None
-    test_batch_size: int | None = None
+    dataset: str | None = field(default=None, metadata=flag(
+        "--dataset", kind=registered(DATASETS, "dataset"), help="the dataset (default: the "
+                                                                "model's)"))
+    data_dir: str | None = field(default=None, metadata=flag(
+        "--data-dir", help="folder holding the dataset files"))
+    train_limit: int | None = field(default=None, metadata=flag(
+        "--train-limit", kind=positive_int,
+        help="use only the first N training images (quick runs)"))
+    test_limit: int | None = field(default=None, metadata=flag(
+        "--test-limit", kind=positive_int, help="use only the first N test images (quick runs)"))
+    test_batch_size: int | None = field(default=None, metadata=flag(
+        "--test-batch-size", kind=positive_int,
+        help="evaluation batch size (default: chosen per model and device, the power of two "
+             "whose largest activation is nearest 4 MiB on the CPU, 256 MiB on a GPU)"))
 
     def __post_init__(self) -> None:
         batch = self.test_batch_size
@@ -72,102 +108,251 @@ class DataSettings:
                 f"test_batch_size must be an integer >= 1, or None to choose it per model "
                 f"and device (got {batch!r})")
 
+    def key(self) -> dict[str, Any]:
+        """What decides the data a step sees."""
+        return {"dataset": self.dataset, "data_dir": self.data_dir,
+                "train_limit": self.train_limit, "test_limit": self.test_limit}
+
+
+@dataclass
+class SweepGrid:
+    """What a comparison runs: the models trained (``sigma_trains``, each with and
+    without scale-aware noise as ``scale_aware`` says: ``off``, ``on`` or ``both``), the
+    ``methods``, each at every budget (``fractions``, ``speedups``, ``time_budgets``),
+    the methods' options (``method_options``: each method takes the ones it declares),
+    and what the comparison judges: a chip is good ``within`` points of the best full
+    verify; ``search`` finds per method the largest speedup whose mean (or, with
+    ``yield_target``, whose yield) meets it, in ``search_steps`` bisection steps, judged
+    at ``judge_time`` (default the first time read). A run is a grid of one point.
+    """
+
+    sigma_trains: list[float] = field(default_factory=lambda: [0.0], metadata=flag(
+        "--sigma-train", "--train_var", kind=nonnegative, several=True,
+        help="noise-injection training: comma-separated sigmas, one model each, all in one "
+             "comparison (0: none)"))
+    scale_aware: str = field(default="off", metadata=flag(
+        "--scale-aware", choices=SCALE_AWARE, const="on",
+        help="noise injection follows each layer's range max|W| with its gradient, as "
+             "device errors do (the model learns small ranges); 'both' compares each "
+             "--sigma-train with and without it"))
+    methods: list[str] = field(default_factory=lambda: list(SWEEP_METHODS), metadata=flag(
+        "--methods", "--method", kind=registered(METHODS, "method"), several=True,
+        help="comma-separated selection methods (SM = swim)"))
+    fractions: list[float] | None = field(default=None, metadata=flag(
+        "--fractions", "--fraction", "--mask_p", kind=fraction, several=True,
+        help="comma-separated fractions of weights (of devices for device-level methods) to "
+             "verify; unless speedups or time budgets are given, a sweep's default is "
+             + ",".join(f"{f:g}" for f in SWEEP_FRACTIONS) + ", a run's or a selection's "
+             + f"{DEFAULT_FRACTION:g}"))
+    speedups: list[float] = field(default_factory=list, metadata=flag(
+        "--speedups", "--speedup", kind=speedup, several=True,
+        help="comma-separated programming speedups over full verify"))
+    time_budgets: list[float] = field(default_factory=list, metadata=flag(
+        "--time-budgets", "--time-budget", kind=nonnegative, several=True,
+        help="comma-separated programming-time budgets in seconds"))
+    method_options: dict[str, Any] = field(default_factory=dict, metadata=flag(
+        "--method-option", kind=key_value, repeat=True, metavar="KEY=VALUE",
+        help="an option of the selection methods (repeat for several; each method takes "
+             "the ones it declares), e.g. --method-option epochs=3 for learned"))
+    within: float | None = field(default=None, metadata=flag(
+        "--within", kind=nonnegative,
+        help=f"a chip is good within this many points of the best full verify (default "
+             f"{DEFAULT_WITHIN:g}); a sweep also finds per method the largest speedup whose "
+             "mean is within it"))
+    yield_target: float | None = field(default=None, metadata=flag(
+        "--yield", kind=fraction,
+        help="with --within: the largest speedup at which this share of chips is within it "
+             "(e.g. 0.9)"))
+    search_steps: int | None = field(default=None, metadata=flag(
+        "--search-steps", kind=positive_int,
+        help="bisection steps of the speedup search (default 8)"))
+    judge_time: float | None = field(default=None, metadata=flag(
+        "--judge-time", kind=nonnegative, metavar="SECONDS",
+        help="with --times: the time plans are judged at (searches, gaps; default the first "
+             "time)"))
+    search: bool = field(default=False, metadata=internal())
+
+    def __post_init__(self) -> None:
+        self.sigma_trains = [float(s) for s in self.sigma_trains]
+        check_once("sigma_trains", self.sigma_trains)
+        for sigma in self.sigma_trains:
+            require(is_number(sigma, finite=True) and sigma >= 0,
+                    f"sigma_train must be a number >= 0 (got {sigma!r})")
+        require(self.scale_aware in SCALE_AWARE, f"scale_aware must be one of "
+                f"{', '.join(SCALE_AWARE)} (got {self.scale_aware!r})")
+        require(bool(self.methods), "give at least one selection method")
+        self.methods = [METHODS.canonical(m) for m in self.methods]
+        for what in ("methods", "speedups", "time_budgets"):
+            check_once(what, getattr(self, what))
+        check_once("fractions", self.fractions or [])
+        # each budget checked as the selection step checks it
+        for budget in self.budgets():
+            SelectionSettings(**{budget.kind.value: budget.value})
+        self.method_options = dict(self.method_options or {})
+        for key in self.method_options:
+            takers = [m for m in self.methods if key in METHODS.get(m).options]
+            require(bool(takers), f"method option {key!r} would have no effect: none of the "
+                    f"methods ({', '.join(self.methods)}) takes it; add a method that does "
+                    "(learned takes epochs, lr, price_step), or drop it")
+        for method in self.methods:  # each method's options checked now, not after a pass
+            self.options_of(method)
+        require(self.within is None or (is_number(self.within, finite=True)
+                                        and self.within >= 0),
+                f"within must be a number of accuracy points >= 0 (got {self.within!r})")
+        require(self.yield_target is None or self.within is not None,
+                "--yield needs --within P: the points a chip may lose and count")
+        require(self.yield_target is None or 0 < self.yield_target <= 1,
+                f"the yield target must be a fraction in (0, 1] (got {self.yield_target!r})")
+        require(self.search_steps is None or self.within is not None,
+                "--search-steps would have no effect here: it sets the speedup search: give "
+                "--within P, or drop it")
+
+    @property
+    def within_points(self) -> float:
+        """Points a chip may lose and count as good (:data:`DEFAULT_WITHIN` unless given)."""
+        return DEFAULT_WITHIN if self.within is None else float(self.within)
+
+    @property
+    def steps(self) -> int:
+        """Bisection steps of the speedup search."""
+        return 8 if self.search_steps is None else int(self.search_steps)
+
+    def budgets(self) -> list[Budget]:
+        """Every budget, fractions first, then speedups, then time budgets (default the
+        sweep's fractions where none is given)."""
+        fractions = self.fractions
+        if fractions is None:
+            fractions = [] if self.speedups or self.time_budgets else list(SWEEP_FRACTIONS)
+        return ([Budget(BudgetKind.FRACTION, f) for f in fractions]
+                + [Budget(BudgetKind.SPEEDUP, x) for x in self.speedups]
+                + [Budget(BudgetKind.TIME_BUDGET, t) for t in self.time_budgets])
+
+    def options_of(self, method: str) -> dict[str, Any]:
+        """The options of ``method`` among the grid's (those it declares), typed."""
+        entry = METHODS.get(method)
+        mine = {k: v for k, v in self.method_options.items() if k in entry.options}
+        return typed_options(f"method {entry.name!r}", entry.options, mine)
+
+    def trainings(self, scale_aware: bool = False) -> list[tuple[float, bool]]:
+        """(sigma_train, scale_aware) of every model compared: one clean model for sigma 0,
+        and for each sigma > 0 the scale-aware setting, or both with ``both``."""
+        modes = {"off": [False], "on": [True], "both": [False, True]}[self.scale_aware]
+        out: list[tuple[float, bool]] = []
+        for sigma in self.sigma_trains:
+            out += [(0.0, False)] if sigma == 0 else [(sigma, mode) for mode in modes]
+        return out
+
 
 @dataclass
 class Settings:
-    """Every setting of a run or a sweep (see the groups).
-
-    ``sigma_trains`` lists the noise-injection sigmas of the models compared (default: the
-    one of ``train``); ``compare_scale_aware`` trains each sigma > 0 both with and without
-    scale-aware noise.
-    """
+    """Every setting of a run or a sweep (see the groups): the model, the data, its
+    training, the chip, the sensitivity pass, the selection of one point, the chips, the
+    grid of a comparison, where to compute (``torch_device``) and where to write
+    (``out``)."""
 
     model: ModelSettings = field(default_factory=ModelSettings)
     data: DataSettings = field(default_factory=DataSettings)
     train: TrainConfig = field(default_factory=TrainConfig)
-    sigma_trains: list[float] | None = None
-    compare_scale_aware: bool = False
-    device_model: Device = field(default_factory=DeviceModel)
+    chip: ChipSpec = field(default_factory=ChipSpec)
     sensitivity: SensitivitySettings = field(default_factory=SensitivitySettings)
     selection: SelectionSettings = field(default_factory=SelectionSettings)
     evaluation: EvaluationSettings = field(default_factory=EvaluationSettings)
-    device: str = "cpu"
-    out: str | None = None
+    grid: SweepGrid = field(default_factory=SweepGrid)
+    torch_device: str = field(default="cpu", metadata=flag(
+        "--device", results=False, help="where to compute: cpu, cuda, cuda:N"))
+    out: str | None = field(default=None, metadata=flag(
+        "--out", results=False, help="output folder (default runs/MODEL-DATASET)"))
 
     def __post_init__(self) -> None:
         """Check what ties the groups together, before any training or sensitivity pass."""
         if self.model.name is not None and self.data.dataset is None:
             self.data = dataclasses.replace(self.data,
                                             dataset=model_info(self.model.name).dataset)
-        check_once("sigma_trains", self.sigma_trains or [])
         self.train.validate()
-        noisy = any(sigma > 0 for sigma in self.sigma_train_values)
+        noisy = self.train.sigma_train > 0 or any(sigma > 0 for sigma, _ in self.trainings())
         if not noisy and not self.model.checkpoint:
-            require(not (self.train.scale_aware or self.compare_scale_aware),
+            require(self.grid.scale_aware == "off" and not self.train.scale_aware,
                     "--scale-aware shapes noise-injection training: give --sigma-train > 0, "
                     "or drop --scale-aware")
             require(not self.train.noise_time,
                     "--noise-time is when noise-injection training reads the device: give "
                     "--sigma-train > 0, or drop --noise-time")
-        for sigma in self.sigma_train_values:
-            require(is_number(sigma, finite=True) and sigma >= 0,
-                    f"sigma_train must be a number >= 0 (got {sigma!r})")
-        require_device(self.device_model)
-        self.device_model.loop  # noqa: B018 - solves (and so checks) the write-verify loop
-        resolve_device(self.device)
+        require(not (self.evaluation.times is None and self.grid.judge_time is not None),
+                "--judge-time is a time of --times: give --times, or drop --judge-time")
+        self._check_points()
+        require(self.grid.judge_time is None or self.grid.judge_time in self.evaluation.times,
+                f"judge_time {self.grid.judge_time!r} must be one of the times "
+                f"({self.evaluation.times})")
+        require_device(self.chip.device_model)
+        self.chip.device_model.loop  # noqa: B018 - solves (and so checks) the write-verify loop
+        for what, seconds in (("--noise-time", self.train.noise_time),
+                              ("--plan-time", self.selection.plan_time)):
+            if seconds:
+                require_time_acts(self.chip.device, what, f"{seconds:g} s")
+        times = self.evaluation.times
+        if times is not None and times != [0.0]:
+            require_time_acts(self.chip.device, "--times", ",".join(f"{t:g}" for t in times))
+        resolve_device(self.torch_device)
+
+    def _check_points(self) -> None:
+        """Every point of the grid checked as its selection will be, before any work; a
+        menu of tolerances must act for one of the methods at least."""
+        budget = self.grid.budgets()[0] if self.grid.budgets() else None
+        for method in self.grid.methods:
+            self.point(method, budget)
+        takers = [m for m in self.grid.methods if METHODS.get(m).tolerances != 0]
+        require(self.selection.tolerances is None or bool(takers),
+                f"tolerances would have no effect: {', '.join(self.grid.methods)} verify with "
+                "the device model's own loop only; drop --tolerances, or add 'allocate'")
 
     @property
-    def sigma_train_values(self) -> list[float]:
-        """The noise-injection sigmas of the models compared."""
-        if self.sigma_trains:
-            return [float(s) for s in self.sigma_trains]
-        return [float(self.train.sigma_train)]
+    def judged(self) -> int:
+        """Index in the times read of the time points are judged at (0 without times)."""
+        times = self.evaluation.times
+        if not times or self.grid.judge_time is None:
+            return 0
+        return list(times).index(self.grid.judge_time)
 
     def trainings(self) -> list[tuple[float, bool]]:
-        """(sigma_train, scale_aware) of every model compared: one clean model for sigma 0,
-        and for each sigma > 0 the scale-aware setting, or both with compare_scale_aware."""
-        modes = [False, True] if self.compare_scale_aware else [bool(self.train.scale_aware)]
-        out: list[tuple[float, bool]] = []
-        for sigma in self.sigma_train_values:
-            out += [(0.0, False)] if sigma == 0 else [(sigma, mode) for mode in modes]
-        return out
+        """(sigma_train, scale_aware) of every model compared (see
+        :meth:`SweepGrid.trainings`)."""
+        return self.grid.trainings()
+
+    def point(self, method: str, budget: Budget | None = None) -> SelectionSettings:
+        """The selection settings of one point of the grid: ``method`` at ``budget``
+        (None: the grid's one budget), with its options and tolerances (a menu for the
+        methods that take one, its last tolerance for the weight-level ones)."""
+        if budget is None:
+            budgets = self.grid.budgets()
+            require(len(budgets) == 1, f"give one budget, not {len(budgets)}")
+            budget = budgets[0]
+        chosen: dict[str, float | None] = {kind.value: None for kind in BudgetKind}
+        chosen[budget.kind.value] = budget.value
+        menu, most = self.selection.tolerances, METHODS.get(method).tolerances
+        if menu is not None and most is not None and len(self.grid.methods) > 1:
+            menu = menu[-most:] if most else None  # each method takes what it can
+        return dataclasses.replace(self.selection, method=method, tolerances=menu,
+                                   options=self.grid.options_of(method), **chosen)
 
     @property
     def out_dir(self) -> Path:
         return Path(self.out or f"runs/{self.model.name}-{self.data.dataset}")
 
-    def torch_device(self) -> torch.device:
-        """Where models and data live: "cpu", "cuda", "cuda:1", ..."""
-        return resolve_device(self.device)
+    def where(self) -> torch.device:
+        """Where models and data live (the torch device): "cpu", "cuda", "cuda:1", ..."""
+        return resolve_device(self.torch_device)
 
     def data_key(self) -> dict[str, Any]:
         """What decides the data a step sees."""
-        return {"dataset": self.data.dataset, "data_dir": self.data.data_dir,
-                "train_limit": self.data.train_limit, "test_limit": self.data.test_limit}
+        return self.data.key()
 
     def describe(self) -> dict[str, Any]:
-        """All settings, JSON-ready."""
-        out = {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
-        out["device_model"] = self.device_model.describe()
+        """All settings, JSON-ready (the chip by its description)."""
+        out = {f.name: plain(getattr(self, f.name)) for f in dataclasses.fields(self)
+               if f.name != "chip"}
+        out["device_model"] = self.chip.describe()
+        out["chip"] = self.chip.describe_all()
         return out
-
-
-def _plain(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)
-                if not f.name.startswith("_")}
-    return value
-
-
-def default(cls: type, name: str) -> Any:
-    """The default of field ``name`` of dataclass ``cls`` (for the command line's help)."""
-    for f in dataclasses.fields(cls):
-        if f.name == name:
-            if f.default is not dataclasses.MISSING:
-                return f.default
-            if f.default_factory is not dataclasses.MISSING:
-                return f.default_factory()
-    raise KeyError(name)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -204,6 +389,7 @@ def _device_count(module: object) -> int:
         return 0
 
 
-__all__ = ["DEFAULT_FRACTION", "DEFAULT_MODEL", "SWEEP_FRACTIONS", "SWEEP_METHODS",
-           "DataSettings", "EvaluationSettings", "ModelSettings", "SelectionSettings",
-           "SensitivitySettings", "Settings", "default", "resolve_device"]
+__all__ = ["DEFAULT_FRACTION", "DEFAULT_MODEL", "DEFAULT_WITHIN", "SCALE_AWARE",
+           "SWEEP_FRACTIONS", "SWEEP_METHODS", "DataSettings", "EvaluationSettings",
+           "ModelSettings", "SelectionSettings", "SensitivitySettings", "Settings",
+           "SweepGrid", "resolve_device"]

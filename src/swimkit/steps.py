@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 import torch
 from torch import nn
@@ -19,13 +18,12 @@ from torch import nn
 from . import data as data_mod
 from .checkpoints import load_checkpoint
 from .chips import evaluation_batch_size
-from .crossbar import crossbar_of
-from .errors import SwimkitError
+from .errors import SwimkitError, require
 from .models import build_model, model_info
-from .montecarlo import MCResult, accuracy, evaluate
+from .montecarlo import DEFAULT_MIN_SAMPLES, MCResult, accuracy, evaluate
 from .plans import Plan, Verify
 from .results import Evaluation
-from .selection import METHODS, Budget, select
+from .selection import METHODS, SelectionSettings, select
 from .sensitivity import Sensitivity, sensitivity
 from .settings import Settings
 from .training import TrainResult, train
@@ -44,7 +42,6 @@ class Context:
     settings: Settings
     dataset: data_mod.Dataset
     log: Log
-    progress: bool
     files: dict[str, str] = field(default_factory=dict)
     _test: list | None = field(default=None, init=False, repr=False)
 
@@ -52,8 +49,9 @@ class Context:
         s = self.settings
         if s.data.test_batch_size is None:  # chosen per model and device, then fixed
             check_fits(s.model.name, self.dataset)
-            chosen = evaluation_batch_size(build_model(s.model.name, seed=0),
-                                           self.dataset.image_shape, s.torch_device())
+            model = build_model(s.model.name, seed=0, input_shape=self.dataset.image_shape)
+            chosen = evaluation_batch_size(model,
+                                           self.dataset.image_shape, s.where())
             # a copy: the caller's settings stay as given
             self.settings = replace(s, data=replace(s.data, test_batch_size=chosen))
 
@@ -63,7 +61,7 @@ class Context:
         if self._test is None:
             s = self.settings
             self._test = data_mod.preload(self.dataset.test, self.dataset,
-                                          s.data.test_batch_size, s.torch_device())
+                                          s.data.test_batch_size, s.where())
         return self._test
 
     def train_batches(self, batch_size: int, limit: int | None = None, shuffle: bool = False
@@ -72,27 +70,28 @@ class Context:
         generator = torch.Generator().manual_seed(self.settings.evaluation.seed)
         return data_mod.Batches(split, self.dataset, batch_size, shuffle=shuffle,
                                 generator=generator if shuffle else None,
-                                device=self.settings.torch_device())
+                                where=self.settings.where())
 
 
 def check_fits(model_name: str, dataset: data_mod.Dataset) -> None:
-    """Raise a clear error when the model's input shape is not the dataset's."""
+    """Raise a clear error when the model neither takes the dataset's images nor adapts to
+    them (a one-channel stem for Fashion-MNIST: :func:`~swimkit.build_model`)."""
     info = model_info(model_name)
-    if tuple(dataset.image_shape) != tuple(info.input_shape):
+    if tuple(dataset.image_shape) != tuple(info.input_shape) and not info.adapts:
         raise SwimkitError(
             f"model {info.name} takes {info.input_shape} inputs but {dataset.name} has "
             f"{tuple(dataset.image_shape)} images; pick a matching --model or --dataset"
         )
 
 
-def prepare(settings: Settings, log: Log = quiet, progress: bool = False) -> Context:
+def prepare(settings: Settings, log: Log = quiet) -> Context:
     """Load the dataset (and check it fits the model)."""
     d = settings.data
     dataset = data_mod.load_dataset(d.dataset, d.data_dir)
     if d.train_limit or d.test_limit:
         dataset = dataset.subset(d.train_limit, d.test_limit)
     check_fits(settings.model.name, dataset)
-    return Context(settings, dataset, log, progress)
+    return Context(settings, dataset, log)
 
 
 def open_model(settings: Settings) -> tuple[nn.Module, Settings]:
@@ -105,6 +104,7 @@ def open_model(settings: Settings) -> tuple[nn.Module, Settings]:
     name = m.name or info.get("model_name")
     if not name:
         raise SwimkitError(f"cannot tell which model {m.checkpoint} holds; give --model")
+    settings.chip.fit(model)  # a tile smaller than a kernel: said now, not after a pass
     return model.eval(), replace(settings, model=replace(m, name=name))
 
 
@@ -115,49 +115,46 @@ def sensitivity_pass(model: nn.Module, ctx: Context) -> Sensitivity:
     """The sensitivity pass of the settings over the training set."""
     s = ctx.settings
     batches = ctx.train_batches(s.sensitivity.loader_batch, s.sensitivity.limit)
-    return sensitivity(model, batches, s.sensitivity, progress=ctx.progress,
-                       **s.selection.mapping())
+    return sensitivity(model, batches, s.sensitivity, chip=s.chip)
 
 
-def plan_with(model: nn.Module, sens: Sensitivity | None, method: str, budget: Budget,
+def plan_with(model: nn.Module, sens: Sensitivity | None, selection: SelectionSettings,
               settings: Settings, ctx: Context | None) -> Plan:
-    """The plan of ``method`` under ``budget``, with the selection settings; a method
-    that learns on data draws shuffled training batches from ``ctx``."""
-    sel = settings.selection
-    learns = METHODS.get(method).needs_data
+    """The plan of ``selection`` (one method at one budget) on the settings' chip; a
+    method that learns on data draws shuffled training batches from ``ctx``."""
+    learns = METHODS.get(selection.method).needs_data
     data = (ctx.train_batches(settings.train.batch_size, settings.data.train_limit, True)
             if learns and ctx is not None else None)
-    return select(model, sens, sel, budget, method=method, device_model=settings.device_model,
-                  data=data, seed=settings.evaluation.seed)
+    return select(model, sens, selection, chip=settings.chip, data=data)
 
 
 def monte_carlo(model: nn.Module, batches: list, plan: Plan | Verify, settings: Settings, *,
-                adaptive: bool = True, against: MCResult | list[MCResult] | None = None,
-                progress: bool = False) -> list[MCResult]:
+                adaptive: bool = True, against: MCResult | list[MCResult] | None = None
+                ) -> list[MCResult]:
     """Chips of ``plan`` with the evaluation settings: one result per time read (one
     without times); ``adaptive`` stops at the CI target where one is set."""
-    ev = settings.evaluation if adaptive else replace(settings.evaluation, ci_target=None)
-    found = evaluate(model, batches, settings.device_model, plan, ev, against=against,
-                     progress=progress, **settings.selection.mapping())
+    ev = settings.evaluation
+    fixed = {"ci_target": None, "min_samples": DEFAULT_MIN_SAMPLES}  # every chip
+    found = evaluate(model, batches, settings.chip, plan, ev, against=against,
+                     **({} if adaptive else fixed))
     return found if ev.times is not None else [found]
+
+
+def _plan_on_chip(plan_file: str, model: nn.Module, settings: Settings,
+                  reprice: bool) -> Plan:
+    """The plan of ``plan_file``, checked against the settings' chip, or re-priced for it."""
+    plan = Plan.load(plan_file)
+    if reprice:
+        return settings.chip.priced(plan, model)
+    settings.chip.check_plan(plan)  # before any data is read
+    return plan
 
 
 # --- the separate steps ---------------------------------------------------------------------
 
 
-def training_noise(device_model: Any, sigma_train: float, plan: Plan | None = None) -> Any:
-    """What training draws its device errors from: the device model for noise training
-    (or a plan's noise); without, on a crossbar with converters or output noise, the same
-    crossbar at sigma 0 (trained through them, without weight errors); else nothing."""
-    if plan is not None or sigma_train > 0:
-        return device_model
-    if crossbar_of(device_model).converts:
-        return device_model.with_sigma(0.0)
-    return None
-
-
-def train_model(settings: Settings, plan_file: str | None = None, *, resume: bool = True,
-                log: Log = quiet, progress: bool = False) -> TrainResult:
+def train_model(settings: Settings, plan_file: str | None = None, *, reprice: bool = False,
+                log: Log = quiet) -> TrainResult:
     """Train the settings' model (into OUT/train), or with ``plan_file`` fine-tune the
     checkpoint under that plan's device errors (into OUT/finetune)."""
     model = None
@@ -166,62 +163,64 @@ def train_model(settings: Settings, plan_file: str | None = None, *, resume: boo
     dataset = prepare(settings).dataset  # cut to the train / test limits already
     if model is None:
         model = build_model(settings.model.name, bits=settings.model.bits,
+                            input_shape=dataset.image_shape,
                             seed=settings.train.seed)
-    plan = Plan.load(plan_file) if plan_file else None
-    if plan is not None and not settings.model.checkpoint:
+    if plan_file and not settings.model.checkpoint:
         raise SwimkitError("--plan fine-tunes a trained model: give its --checkpoint")
+    plan = _plan_on_chip(plan_file, model, settings, reprice) if plan_file else None
     t = settings.train
     if plan is None and not t.sigma_train and (t.scale_aware or t.noise_time):
         raise SwimkitError("--scale-aware and --noise-time shape noise-injection training: "
                            "give --sigma-train > 0 (or --plan), or drop them")
-    crossbar = crossbar_of(settings.device_model)
+    crossbar = settings.chip.crossbar
     if plan is None and not t.sigma_train and not crossbar.is_default and not crossbar.converts:
         raise SwimkitError("--tile, --ranges and --signed shape the device errors of "
                            "noise-injection training: give --sigma-train > 0, or drop them")
-    noise = training_noise(settings.device_model, t.sigma_train, plan)
     out = settings.out_dir / ("finetune" if plan is not None else "train")
-    return train(model, dataset, t, model_name=settings.model.name, checkpoint_dir=out,
-                 resume=resume, progress=progress, log=log, device=settings.torch_device(),
-                 noise_model=noise, plan=plan, **settings.selection.mapping())
+    return train(model.to(settings.where()), dataset, t, chip=settings.chip, plan=plan,
+                 checkpoint_dir=out, log=log, model_name=settings.model.name)
 
 
-def sensitivity_of_checkpoint(settings: Settings, *, log: Log = quiet,
-                              progress: bool = False) -> Sensitivity:
+def sensitivity_of_checkpoint(settings: Settings, *, log: Log = quiet) -> Sensitivity:
     """The sensitivities of the settings' checkpoint over its training set."""
     model, settings = open_model(settings)
-    ctx = prepare(settings, log, progress)
-    return sensitivity_pass(model.to(settings.torch_device()), ctx)
+    ctx = prepare(settings, log)
+    return sensitivity_pass(model.to(settings.where()), ctx)
 
 
 def select_plan(settings: Settings, sensitivity_file: str | None = None, *,
-                log: Log = quiet, progress: bool = False) -> Plan:
+                log: Log = quiet) -> Plan:
     """The plan of the settings' one method and budget for their checkpoint (the data
     is read only for a method that learns on it)."""
     model, settings = open_model(settings)
-    sel = settings.selection
-    method, (budget,) = sel.methods[0], sel.budgets()
+    methods, budgets = settings.grid.methods, settings.grid.budgets()
+    require(len(methods) == 1 and len(budgets) == 1,
+            f"select makes one plan: give one method and one budget (got {len(methods)} "
+            f"method(s) and {len(budgets)} budget(s))")
+    point = settings.point(methods[0], budgets[0])
     sens = Sensitivity.load(sensitivity_file) if sensitivity_file else None
-    ctx = prepare(settings, log, progress) if METHODS.get(method).needs_data else None
-    return plan_with(model.to(settings.torch_device()), sens, method, budget, settings, ctx)
+    ctx = prepare(settings, log) if METHODS.get(point.method).needs_data else None
+    return plan_with(model.to(settings.where()), sens, point, settings, ctx)
 
 
 def evaluate_plan(settings: Settings, plan_file: str | None = None,
                   verify: Verify = Verify.NONE, reference: float | None = None, *,
-                  log: Log = quiet, progress: bool = False) -> Evaluation:
+                  reprice: bool = False, log: Log = quiet) -> Evaluation:
     """Clean accuracy and Monte-Carlo accuracy of the settings' checkpoint programmed
     by ``plan_file`` (else verifying no device or every one); chip yields are measured
-    against ``reference`` (percent) when it is given."""
+    against ``reference`` (percent) when it is given. A plan made for another chip is
+    refused, unless ``reprice`` moves it to this one."""
     model, settings = open_model(settings)
-    plan = Plan.load(plan_file) if plan_file else verify
-    ctx = prepare(settings, log, progress)
-    model.to(settings.torch_device())
+    model.to(settings.where())
+    plan = _plan_on_chip(plan_file, model, settings, reprice) if plan_file else verify
+    ctx = prepare(settings, log)
     clean = accuracy(model, ctx.test_batches)
-    results = monte_carlo(model, ctx.test_batches, plan, settings, progress=progress)
+    results = monte_carlo(model, ctx.test_batches, plan, settings)
     if reference is not None:
-        within = settings.evaluation.within
+        within = settings.grid.within_points
         results = [replace(r, reference=reference, within=within) for r in results]
     return Evaluation(clean, tuple(results), settings.evaluation.times,
-                      plan_file or verify.value, settings.device_model.describe())
+                      plan_file or verify.value, settings.chip.describe())
 
 
 __all__ = ["Context", "check_fits", "evaluate_plan", "monte_carlo", "open_model",

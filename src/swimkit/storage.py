@@ -4,6 +4,7 @@ output folder, so two runs in one folder never lose each other's work."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
@@ -15,7 +16,7 @@ from typing import Any
 
 import torch
 
-from .errors import SwimkitError
+from .errors import SwimkitError, first_line
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
@@ -62,7 +63,11 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
 
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:
-            torch.save(obj, f)
+            try:
+                torch.save(obj, f)
+            except RuntimeError as exc:  # torch's writer on a full disk: "unexpected pos"
+                raise OSError(errno.ENOSPC, "the file could not be written whole (torch: "
+                              f"{first_line(exc)}); the disk may be full") from None
 
     return atomic_write(path, write)
 

@@ -19,8 +19,8 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +31,22 @@ from torch.optim import SGD, Adam, Optimizer
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
 from .checkpoints import save_checkpoint
+from .chip import ChipSpec, as_chip
 from .clipping import CLIP_PER, RANGE_LR_FACTOR, WeightClipping
 from .data import Batches, Dataset, Split, preload
-from .devices import NoiseModel
 from .errors import SwimkitError, is_integer, is_number, require
-from .mapping import device_weights, require_logits
-from .models import ResNet18, canonical_model_name, model_info
+from .groups import epochs as epochs_type
+from .groups import (
+    flag,
+    integer,
+    internal,
+    nonnegative,
+    positive,
+    positive_int,
+    results_of,
+    with_overrides,
+)
+from .models import ResNet18, canonical_model_name, model_info, require_logits
 from .montecarlo import accuracy
 from .noise_injection import NoiseInjector
 from .plans import Plan
@@ -85,22 +95,62 @@ class TrainConfig:
     tensor or output channel); ``learn_ranges`` learns a clipping range per tensor or
     channel instead (started at ``clip_sigma`` std, else at max|W|; see
     :mod:`swimkit.clipping`). ``augment`` uses the dataset's augmentation if it has one.
+
+    ``model_name`` (a registry name) picks the family defaults and is stored in the
+    checkpoints; ``threads`` (None: :func:`~swimkit.threads.machine_threads`) sets torch's
+    CPU threads, which CPU arithmetic depends on; ``resume`` goes on from a folder's
+    ``last.pt``; ``progress`` shows progress bars.
     """
 
-    epochs: int = 10
-    batch_size: int = 128
-    optimizer: str | None = None
-    lr: float | None = None
-    momentum: float = 0.9
-    weight_decay: float | None = None
-    sigma_train: float = 0.0
-    scale_aware: bool = False
-    noise_time: float = 0.0
-    clip_sigma: float | None = None
-    clip_per: str = "tensor"
-    learn_ranges: bool = False
-    seed: int = 0
-    augment: bool = True
+    epochs: int = field(default=10, metadata=flag(
+        "--epochs", "--train_epoch", kind=epochs_type, help="training epochs"))
+    batch_size: int = field(default=128, metadata=flag(
+        "--batch-size", kind=positive_int, help="training batch size"))
+    optimizer: str | None = field(default=None, metadata=flag(
+        "--optimizer", choices=OPTIMIZERS,
+        help="adam or sgd (default: the model family's: adam for LeNet and ConvNet, sgd for "
+             "ResNet-18)"))
+    lr: float | None = field(default=None, metadata=flag(
+        "--lr", kind=positive, help="learning rate (default: 1e-3 with adam, 0.01 with sgd)"))
+    momentum: float = field(default=0.9, metadata=flag(
+        "--momentum", kind=nonnegative, help="SGD momentum"))
+    weight_decay: float | None = field(default=None, metadata=flag(
+        "--weight-decay", kind=nonnegative,
+        help="weight decay (default: 0 with adam, 5e-4 with sgd)"))
+    sigma_train: float = field(default=0.0, metadata=flag(
+        "--sigma-train", "--train_var", kind=nonnegative,
+        help="noise-injection training: sigma of a fresh draw per mini-batch (0: none)"))
+    scale_aware: bool = field(default=False, metadata=flag(
+        "--scale-aware", kind=None,
+        help="noise injection follows each layer's range max|W| with its gradient, as "
+             "device errors do (the model learns small ranges)"))
+    noise_time: float = field(default=0.0, metadata=flag(
+        "--noise-time", kind=nonnegative, metavar="SECONDS",
+        help="noise-injection training reads the device this long after programming "
+             "(train for the drifted device)"))
+    clip_sigma: float | None = field(default=None, metadata=flag(
+        "--clip-sigma", kind=positive, metavar="K",
+        help="clamp every device weight to +-K standard deviations after each step (e.g. "
+             "2.5; with --learn-ranges: where the learned ranges start)"))
+    clip_per: str = field(default="tensor", metadata=flag(
+        "--clip-per", choices=CLIP_PER, help="clip per tensor or per output channel"))
+    learn_ranges: bool = field(default=False, metadata=flag(
+        "--learn-ranges", kind=None,
+        help="learn a clipping range per tensor (or channel) with the model"))
+    seed: int = field(default=0, metadata=flag(
+        "--seed", kind=integer, help="seed of training, selection and chips"))
+    augment: bool = field(default=True, metadata=flag(
+        "--no-augment", kind=None, invert=True,
+        help="train without the dataset's augmentation (random crops and flips of CIFAR "
+             "and Tiny ImageNet)"))
+    model_name: str | None = field(default=None, metadata=internal())
+    threads: int | None = field(default=None, metadata=internal())
+    resume: bool = field(default=True, metadata=flag(
+        "--no-resume", kind=None, invert=True, results=False,
+        help="start again from scratch (default: go on from the folder's last.pt)"))
+    progress: bool = field(default=False, metadata=flag(
+        "--no-progress", kind=None, invert=True, results=False, command_default=True,
+        help="no progress bars"))
 
     def __post_init__(self) -> None:
         self.validate()
@@ -144,6 +194,11 @@ class TrainConfig:
                 "clip_per says how weights are clipped: give clip_sigma (--clip-sigma) or "
                 "learn_ranges (--learn-ranges), or drop it")
         require(is_integer(self.seed), f"seed must be an integer (got {self.seed!r})")
+        require(self.threads is None or (is_integer(self.threads) and self.threads >= 1),
+                f"threads must be an integer >= 1, or None (got {self.threads!r})")
+        for name in ("augment", "resume", "progress"):
+            require(isinstance(getattr(self, name), bool),
+                    _bad(name, getattr(self, name), "True or False"))
 
     @property
     def clips(self) -> bool:
@@ -254,115 +309,163 @@ class TrainResult:
 def train(
     model: nn.Module,
     dataset: Dataset,
-    config: TrainConfig,
+    settings: TrainConfig | None = None,
     *,
-    model_name: str | None = None,
-    checkpoint_dir: str | Path | None = None,
-    resume: bool = True,
-    progress: bool = False,
-    device: torch.device | str | None = None,
-    log: Callable[[str], None] | None = None,
-    noise_model: NoiseModel | None = None,
+    chip: ChipSpec | Any = None,
     plan: Plan | None = None,
-    threads: int | None = None,
-    exclude: Sequence[str] | None = None,
-    params: Sequence[str] | None = None,
+    checkpoint_dir: str | Path | None = None,
+    log: Callable[[str], None] | None = None,
+    **overrides: Any,
 ) -> TrainResult:
-    """Train ``model`` on ``dataset`` with ``config``; checkpoint and resume in a folder.
+    """Train ``model`` on ``dataset``; checkpoint and resume in a folder.
 
-    ``model_name`` (a registry name) picks the family defaults and is stored in the
-    checkpoints. With ``checkpoint_dir``, ``last.pt`` is written after every epoch and
-    ``best.pt`` whenever the clean test accuracy improves; if ``last.pt`` exists and
-    ``resume`` is True, training continues after its epoch (or returns at once when it
-    already reached ``config.epochs``). Noise injection: ``config.sigma_train`` > 0 draws
-    from ``noise_model`` (default the Gaussian DeviceModel) at that plain-write sigma;
-    with sigma_train 0, any ``noise_model`` (:class:`~swimkit.devices.NoiseModel`) is
-    used as it is. ``plan`` draws the noise of
-    that write-verify plan (plan-aware fine-tuning: verified devices get their residual).
-    ``exclude`` / ``params`` choose the weights on devices, which noise injection and
-    clipping act on (as :func:`~swimkit.device_weights` does; a plan names its own).
-    Training runs on ``threads`` torch threads (default :func:`machine_threads`, whatever
-    the environment set, e.g. torchrun's one thread per process), since CPU arithmetic
-    depends on the thread count: the trained model is the same on any number of
-    processes. The count is recorded in the checkpoints' settings.
+    ``settings`` (a :class:`TrainConfig`) with the keyword ``overrides`` of its fields
+    applied to a copy (``epochs=``, ``sigma_train=``, ``model_name=``, ``resume=``, ...).
+    The model trains where it is (its device). With ``checkpoint_dir``, ``last.pt`` is
+    written after every epoch and ``best.pt`` whenever the clean test accuracy improves;
+    if ``last.pt`` exists and ``resume`` is True, training continues after its epoch (or
+    returns at once when it already reached ``epochs``).
+
+    ``chip`` (a :class:`~swimkit.ChipSpec`, or a device model alone; None: the default
+    Gaussian chip) is the chip the model is trained for: noise injection
+    (``sigma_train`` > 0) draws from its device model at that plain-write sigma, on its
+    crossbar (ranges, converters) and its device weights; ``plan`` draws the noise of
+    that write-verify plan (plan-aware fine-tuning: verified devices get their residual);
+    without either, a crossbar with converters or output noise is trained through at
+    sigma 0. Clipping acts on the same device weights. Training runs on ``threads``
+    torch threads (default :func:`machine_threads`, whatever the environment set, e.g.
+    torchrun's one thread per process), since CPU arithmetic depends on the thread
+    count: the trained model is the same on any number of processes. The count is
+    recorded in the checkpoints' settings.
     """
+    config = with_overrides(TrainConfig, settings, overrides, "train")
     config.validate()
-    threads = threads if threads is not None else machine_threads()
-    require(isinstance(threads, int) and threads >= 1, f"threads must be >= 1 (got {threads!r})")
+    chip = as_chip(chip)
+    require(chip.placement.batchnorm == "digital",
+            "a model trains with its BatchNorm (folding is how a chip holds the trained "
+            "model): train for the chip with BatchNorm digital (chip.trained(); drop "
+            "--batchnorm folded), then select and evaluate with it folded")
     require(len(dataset.train) > 0, "the training set is empty; give a dataset with examples")
     require(len(dataset.test) > 0, "the test set is empty; give a dataset with test examples")
-    where = torch.device(device) if device is not None else _model_device(model)
-    model.to(where)
-    name = model_name or type(model).__name__
-    settings = {"model_name": _canonical(name), **_resolve(config, model, model_name)}
-    noise = NoiseInjector.create(model, config, noise_model, plan, exclude, params)
-    clipping = _clipping(model, config, noise, plan, exclude, params)
-    settings.update(
-        batch_size=config.batch_size,
-        sigma_train=float(config.sigma_train),
-        scale_aware=bool(config.scale_aware),
-        seed=config.seed,
-        augment=bool(config.augment and dataset.augment),
-        noise=noise.describe() if noise is not None else None,
-        ranges=clipping.describe() if clipping is not None else None,
-        threads=threads,
-    )
-    optimizer, scheduler = make_optimizer(
-        model, config, model_name, clipping.parameters() if clipping is not None else None)
-    folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    run = _Run.start(model, dataset, config, chip, plan, checkpoint_dir)
     say = log or (lambda _line: None)
-
-    state = Progress()
-    last = folder / LAST if folder is not None else None
-    if resume and last is not None and last.is_file():
-        state = resume_from(last, model, optimizer, scheduler, settings, where, clipping)
-        if state.epoch >= config.epochs:
-            say(f"{last} already holds {state.epoch} epochs (asked for {config.epochs}): done")
-            return _result(state, model, folder)
-        say(f"resuming from epoch {state.epoch} of {config.epochs} ({last})")
+    last = run.folder / LAST if run.folder is not None else None
+    if config.resume and last is not None and last.is_file():
+        run.state = resume_from(last, model, run.optimizer, run.scheduler, run.settings,
+                                run.where, run.clipping)
+        if run.state.epoch >= config.epochs:
+            say(f"{last} already holds {run.state.epoch} epochs (asked for {config.epochs}): "
+                "done")
+            return run.result()
+        say(f"resuming from epoch {run.state.epoch} of {config.epochs} ({last})")
     else:
         torch.manual_seed(config.seed)
+    with torch_threads(run.threads):  # the same arithmetic whatever torchrun set
+        for epoch in range(run.state.epoch + 1, config.epochs + 1):
+            row = run.epoch(epoch)
+            say(f"epoch {epoch}/{config.epochs}: train loss {row['train_loss']:.4f}, train "
+                f"acc {row['train_accuracy']:.2f}%, test acc {row['test_accuracy']:.2f}% "
+                f"({row['seconds']:.1f} s)")
+    return run.result()
 
-    train_split = _to_device(dataset.train, where)
-    test_batches = preload(dataset.test, dataset, EVAL_BATCH_SIZE, where)
-    with torch_threads(threads):  # the same arithmetic whatever torchrun set
-        for epoch in range(state.epoch + 1, config.epochs + 1):
-            start = time.perf_counter()
-            data = Batches(
-                train_split,
-                dataset,
-                config.batch_size,
-                shuffle=True,
-                augment=config.augment,
-                generator=epoch_generator(config.seed, "data", epoch),
-            )
-            lr = float(optimizer.param_groups[0]["lr"])
-            desc = f"epoch {epoch}/{config.epochs}"
-            loss, train_acc = _train_epoch(model, data, optimizer, noise, epoch, progress, desc,
-                                           clipping)
-            if scheduler is not None:
-                scheduler.step()
-            test_acc = accuracy(model, test_batches)
-            row = {
-                "epoch": epoch,
-                "train_loss": loss,
-                "train_accuracy": train_acc,
-                "test_accuracy": test_acc,
-                "lr": lr,
-                "seconds": time.perf_counter() - start,
-            }
-            improved = _record(state, row)
-            if folder is not None:
-                extra = checkpoint_extra(state, optimizer, scheduler, asdict(config),
-                                         settings, where, clipping)
-                if improved:
-                    save_checkpoint(folder / BEST, model, model_name=name, extra=extra)
-                save_checkpoint(folder / LAST, model, model_name=name, extra=extra)
-            say(
-                f"epoch {epoch}/{config.epochs}: train loss {loss:.4f}, train acc "
-                f"{train_acc:.2f}%, test acc {test_acc:.2f}% ({row['seconds']:.1f} s)"
-            )
-    return _result(state, model, folder)
+
+@dataclass
+class _Run:
+    """One training run's parts: its noise, clipping, optimizer, data and progress."""
+
+    model: nn.Module
+    dataset: Dataset
+    config: TrainConfig
+    where: torch.device
+    threads: int
+    name: str
+    settings: dict[str, Any]
+    noise: NoiseInjector | None
+    clipping: WeightClipping | None
+    optimizer: Optimizer
+    scheduler: LRScheduler | None
+    folder: Path | None
+    train_split: Split
+    test_batches: list
+    state: Progress = field(default_factory=Progress)
+
+    @classmethod
+    def start(cls, model: nn.Module, dataset: Dataset, config: TrainConfig, chip: ChipSpec,
+              plan: Plan | None, checkpoint_dir: str | Path | None) -> _Run:
+        """The parts of a run, before its first epoch (nothing is read from a folder)."""
+        threads = config.threads if config.threads is not None else machine_threads()
+        where = _model_device(model)
+        name = config.model_name or type(model).__name__
+        noise = NoiseInjector.create(model, config, chip, plan)
+        clipping = _clipping(model, config, noise, plan, chip)
+        settings = {"model_name": _canonical(name),
+                    **_resolve(config, model, config.model_name),
+                    "batch_size": config.batch_size, "sigma_train": float(config.sigma_train),
+                    "scale_aware": bool(config.scale_aware), "seed": config.seed,
+                    "augment": bool(config.augment and dataset.augment),
+                    "noise": noise.describe() if noise is not None else None,
+                    "ranges": clipping.describe() if clipping is not None else None,
+                    "threads": threads, "data": data_identity(dataset),
+                    "train": {k: v for k, v in results_of(config).items()
+                              if k not in _MAY_CHANGE_ON_RESUME}}
+        optimizer, scheduler = make_optimizer(
+            model, config, config.model_name,
+            clipping.parameters() if clipping is not None else None)
+        return cls(model, dataset, config, where, threads, name, settings, noise, clipping,
+                   optimizer, scheduler,
+                   Path(checkpoint_dir) if checkpoint_dir is not None else None,
+                   _to_device(dataset.train, where),
+                   preload(dataset.test, dataset, EVAL_BATCH_SIZE, where))
+
+    def epoch(self, epoch: int) -> dict[str, Any]:
+        """Train one epoch, evaluate, record and checkpoint it; its history row."""
+        config = self.config
+        start = time.perf_counter()
+        data = Batches(self.train_split, self.dataset, config.batch_size, shuffle=True,
+                       augment=config.augment,
+                       generator=epoch_generator(config.seed, "data", epoch))
+        lr = float(self.optimizer.param_groups[0]["lr"])
+        loss, train_acc = _train_epoch(self.model, data, self.optimizer, self.noise, epoch,
+                                       config.progress, f"epoch {epoch}/{config.epochs}",
+                                       self.clipping)
+        self._check_finite(epoch, loss)
+        if self.scheduler is not None:
+            self.scheduler.step()
+        row = {"epoch": epoch, "train_loss": loss, "train_accuracy": train_acc,
+               "test_accuracy": accuracy(self.model, self.test_batches), "lr": lr,
+               "seconds": time.perf_counter() - start}
+        improved = _record(self.state, row)
+        if self.folder is not None:
+            self._save(improved)
+        return row
+
+    def _check_finite(self, epoch: int, loss: float) -> None:
+        """Refuse to go on (and to save) when training diverged: the last good checkpoint
+        stays as it is."""
+        weights = [p for p in self.model.parameters() if not bool(torch.isfinite(p).all())]
+        if not weights and math.isfinite(loss):
+            return
+        kept = (f"; {self.folder / LAST} (epoch {self.state.epoch}) is kept"
+                if self.folder is not None and self.state.epoch else "")
+        raise SwimkitError(
+            f"training diverged in epoch {epoch}: the loss is {loss:g} and "
+            f"{len(weights)} weight tensor(s) hold NaN or infinite values, so nothing was "
+            f"saved{kept}; lower the learning rate or --sigma-train, or add --clip-sigma")
+
+    def _save(self, improved: bool) -> None:
+        stored = {k: v for k, v in asdict(self.config).items() if k not in ("resume", "progress")}
+        extra = checkpoint_extra(self.state, self.optimizer, self.scheduler, stored,
+                                 self.settings, self.where, self.clipping)
+        assert self.folder is not None
+        shape = self.dataset.image_shape
+        if improved:
+            save_checkpoint(self.folder / BEST, self.model, model_name=self.name, extra=extra,
+                            input_shape=shape)
+        save_checkpoint(self.folder / LAST, self.model, model_name=self.name, extra=extra,
+                        input_shape=shape)
+
+    def result(self) -> TrainResult:
+        return _result(self.state, self.model, self.folder)
 
 
 def _train_epoch(
@@ -402,16 +505,25 @@ def _train_epoch(
 
 
 def _clipping(model: nn.Module, config: TrainConfig, noise: NoiseInjector | None,
-              plan: Plan | None, exclude: Sequence[str] | None,
-              params: Sequence[str] | None) -> WeightClipping | None:
+              plan: Plan | None, chip: ChipSpec) -> WeightClipping | None:
     """The weight clipping of ``config`` on the device weights noise training perturbs
     (None without clipping)."""
     if not config.clips:
         return None
     weights = noise.weights if noise is not None else (
-        plan.weights_in(model) if plan is not None
-        else device_weights(model, exclude=exclude, params=params))
+        plan.weights_in(model) if plan is not None else chip.weights(model))
     return WeightClipping(weights, config.clip_sigma, config.clip_per, config.learn_ranges)
+
+
+#: Training settings a resumed run may change: the epochs grow, the threads are recorded
+#: as resolved, the name apart.
+_MAY_CHANGE_ON_RESUME = ("epochs", "threads", "model_name")
+
+
+def data_identity(dataset: Dataset) -> dict[str, Any]:
+    """What identifies the data a run trains on (resuming with other data is refused)."""
+    return {"dataset": dataset.name, "train_images": len(dataset.train),
+            "test_images": len(dataset.test)}
 
 
 def _record(state: Progress, row: dict[str, Any]) -> bool:

@@ -16,6 +16,7 @@ rank takes a share of the Monte-Carlo chips. Only rank 0 writes results.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import math
@@ -27,11 +28,18 @@ from typing import Any
 from torch import nn
 
 from . import distributed
-from .caches import PointCache, evaluation_key, file_digest, find_sensitivity, mapped_params
+from .caches import (
+    PointCache,
+    evaluation_key,
+    file_digest,
+    find_sensitivity,
+    key_of_0_2,
+    sensitivity_key,
+)
 from .checkpoints import load_checkpoint
-from .crossbar import crossbar_of
 from .errors import SwimkitError
-from .mapping import device_weights, effective_weights, weight_scales
+from .groups import flag_of
+from .mapping import effective_weights
 from .models import build_model
 from .montecarlo import MCResult, accuracy
 from .plans import Plan, Verify
@@ -49,9 +57,9 @@ from .steps import (
     prepare,
     quiet,
     sensitivity_pass,
-    training_noise,
 )
 from .storage import atomic_write_json, folder_lock
+from .training import TrainConfig
 
 # --- data and models ---------------------------------------------------------------------
 
@@ -92,10 +100,13 @@ def training_tag(settings: Settings, sigma_train: float) -> str:
     parts = [f"clip{t.clip_sigma:g}"] if t.clip_sigma is not None else []
     parts += ["learned-ranges"] if t.learn_ranges else []
     parts += ["per-channel"] if t.clips and t.clip_per == "channel" else []
-    if (sigma_train > 0 or t.clips) and any(settings.selection.mapping().values()):
-        text = json.dumps(settings.selection.mapping(), sort_keys=True)
+    placement = settings.chip.placement
+    if (sigma_train > 0 or t.clips) and (placement.exclude or placement.params):
+        mapped = {"exclude": list(placement.exclude) or None,
+                  "params": list(placement.params) or None}
+        text = json.dumps(mapped, sort_keys=True)
         parts.append("weights-" + hashlib.sha256(text.encode()).hexdigest()[:8])
-    crossbar = crossbar_of(settings.device_model)
+    crossbar = settings.chip.crossbar
     if (sigma_train > 0 or crossbar.converts) and not crossbar.is_default:
         text = json.dumps(crossbar.describe(), sort_keys=True)
         parts.append("crossbar-" + hashlib.sha256(text.encode()).hexdigest()[:8])
@@ -108,22 +119,21 @@ def check_before_work(settings: Settings, model: nn.Module, trained: bool = True
     budgets its devices cannot meet (writing every device once, verifying none). A
     value-dependent device model prices devices by their weights, so for it the budgets
     are checked on the ``trained`` model only (still before the sensitivity pass)."""
-    sel = settings.selection
-    weights = device_weights(model, **sel.mapping())
-    by_weights = settings.device_model.prices_by_value
-    if not (sel.speedups or sel.time_budgets) or (by_weights and not trained):
+    grid, chip = settings.grid, settings.chip
+    weights = chip.fit(model)
+    by_weights = chip.device.prices_by_value
+    if not (grid.speedups or grid.time_budgets) or (by_weights and not trained):
         return
     values = effective_weights(weights)
-    full, none = settings.device_model.reference_times(
-        values, weight_scales(values, settings.device_model))
+    full, none = chip.device.reference_times(values, chip.scales(values))
     top = full / none
-    for speedup in sel.speedups:
+    for speedup in grid.speedups:
         if speedup > top * (1 + 1e-9):
             raise SwimkitError(
                 f"speedup {speedup:g} cannot be reached: writing every device once and "
                 f"verifying none is {top:.4g}x faster than full verify on this model and "
                 f"device model; ask for a speedup between 1 and {math.floor(top * 100) / 100:g}")
-    for seconds in sel.time_budgets:
+    for seconds in grid.time_budgets:
         if seconds < none * (1 - 1e-12):
             raise SwimkitError(
                 f"time budget {seconds:g} s cannot be met: writing every device once takes "
@@ -144,7 +154,7 @@ def obtain_model(ctx: Context, sigma_train: float, scale_aware: bool = False,
         distributed.rank_zero_first(lambda: _train(ctx, folder, sigma_train, scale_aware))
         path = folder / ("best.pt" if (folder / "best.pt").is_file() else "last.pt")
         model, _ = load_checkpoint(path)
-    model = model.to(s.torch_device()).eval()
+    model = model.to(s.where()).eval()
     first = (sigma_train, scale_aware) == s.trainings()[0]
     folder_name = train_folder(sigma_train, scale_aware, training_tag(s, sigma_train))
     ctx.files["model" if first else f"model {folder_name}"] = str(path)
@@ -158,11 +168,10 @@ def _train(ctx: Context, folder: Path, sigma_train: float, scale_aware: bool) ->
     s = ctx.settings
     _check_training_folder(folder, {"model": s.model.name, "bits": s.model.bits,
                                     **s.data_key()})
-    model = build_model(s.model.name, bits=s.model.bits, seed=s.train.seed)
-    config = replace(s.train, sigma_train=sigma_train, scale_aware=scale_aware)
-    train(model, ctx.dataset, config, model_name=s.model.name, checkpoint_dir=folder,
-          progress=ctx.progress, log=ctx.log, device=s.torch_device(),
-          noise_model=training_noise(s.device_model, sigma_train), **s.selection.mapping())
+    model = build_model(s.model.name, bits=s.model.bits, seed=s.train.seed,
+                        input_shape=ctx.dataset.image_shape).to(s.where())
+    train(model, ctx.dataset, s.train, chip=s.chip.trained(), checkpoint_dir=folder, log=ctx.log,
+          sigma_train=sigma_train, scale_aware=scale_aware, model_name=s.model.name)
 
 
 def _check_training_folder(folder: Path, key: dict[str, Any]) -> None:
@@ -190,10 +199,7 @@ def obtain_sensitivity(ctx: Context, candidate: Candidate) -> Sensitivity:
     """Sensitivities over the training set, reused when the model and settings match."""
     s = ctx.settings
     sens_settings = s.sensitivity
-    key = {"model": candidate.digest, "engine": sens_settings.engine,
-           "batch_size": sens_settings.loader_batch, "limit": sens_settings.limit,
-           "options": sens_settings.options, "exclude": s.selection.exclude, **s.data_key(),
-           **mapped_params(s)}
+    key = sensitivity_key(s, candidate.digest)
     suffix = train_folder(candidate.sigma_train, candidate.scale_aware,
                           training_tag(s, candidate.sigma_train)).removeprefix("train")
     if s.model.checkpoint:
@@ -241,23 +247,20 @@ class Evaluator:
         if adaptive and ev.ci_target and full is not None:
             against = full.over_time if full.over_time is not None else full.mc
         results = monte_carlo(self.candidate.model, self.ctx.test_batches, plan,
-                              self.settings, adaptive=adaptive, against=against,
-                              progress=self.ctx.progress)
+                              self.settings, adaptive=adaptive, against=against)
         if ev.times is None:
             return results[0], None
-        return results[ev.judged], results
+        return results[self.settings.judged], results
 
     def baseline(self, verify: Verify) -> Point:
         """No device verified (``Verify.NONE``) or every device verified (``Verify.ALL``)."""
         point_id = f"{self.candidate.digest}-{verify}"
         found = self.cache.get(point_id)
         if found is None:
-            s = self.settings
-            weights = device_weights(self.candidate.model, **s.selection.mapping())
-            values = effective_weights(weights)
-            plan = Plan.uniform(values, verify is Verify.ALL, s.device_model.slicing.devices)
-            report = s.device_model.programming_report(
-                values, weight_scales(values, s.device_model), plan)
+            chip = self.settings.chip
+            values = effective_weights(chip.weights(chip.held(self.candidate.model)))
+            plan = Plan.uniform(values, verify is Verify.ALL, chip.device.slicing.devices)
+            report = chip.device.programming_report(values, chip.scales(values), plan)
             name = "full verify" if verify is Verify.ALL else "no verify"
             mc, over_time = self._mc(verify)
             found = Point(name, self.candidate.label, None, None, PlanCounts.of(plan), report,
@@ -272,14 +275,13 @@ class Evaluator:
         s = self.settings
         entry = METHODS.get(method)
         sens = self.candidate.sens if entry.needs_sensitivity else None
+        point = s.point(method, budget)
         if entry.planner is not None:
-            return plan_with(self.candidate.model, sens, method, budget, s, self.ctx)
+            return plan_with(self.candidate.model, sens, point, s, self.ctx)
         if method not in self.scores:
-            tolerances = s.selection.tolerances
-            self.scores[method] = score(
-                self.candidate.model, sens, method, device_model=s.device_model,
-                tolerances=tolerances[-1:] if tolerances else None, seed=s.evaluation.seed,
-                plan_time=s.selection.plan_time, **s.selection.mapping())
+            tolerances = point.tolerances
+            one = replace(point, tolerances=tolerances[-1:] if tolerances else None)
+            self.scores[method] = score(self.candidate.model, sens, one, s.chip)
         return cut(self.scores[method], budget)
 
     def point(self, method: str, budget: Budget) -> Point:
@@ -321,7 +323,7 @@ class Evaluator:
         if meets(top):
             return Search(method, self.candidate.label, target, top)
         low, high, best = self._bracket(method, meets, top.speedup or cap)
-        for _ in range(self.settings.evaluation.search_steps):
+        for _ in range(self.settings.grid.steps):
             middle = _round3(math.sqrt(low * high))
             if not low < middle < high:
                 break
@@ -369,53 +371,74 @@ def _safe(label: str) -> str:
 # --- the flow ------------------------------------------------------------------------------------
 
 
-def sweep(settings: Settings, log: Log = quiet, progress: bool = False, *,
+def sweep(settings: Settings, log: Log = quiet, *,
           before: Callable[[Settings], None] | None = None) -> SweepResult:
     """Run the flow for every model, method and budget of ``settings``. ``before`` is
     called with the settings, the model named, before any work (the command line checks
     there that every file it will write can be written)."""
     s = settings
-    if s.model.checkpoint and (len(s.trainings()) > 1 or s.trainings()[0][0] > 0
-                               or s.trainings()[0][1] or s.train.noise_time):
-        raise SwimkitError("--checkpoint gives a trained model, so --sigma-train, "
-                           "--scale-aware and --noise-time would not act: drop them, or drop "
-                           "--checkpoint to train the models compared")
+    if s.model.checkpoint:
+        _refuse_training(s)
     opened = None
     if s.model.checkpoint:  # a checkpoint is checked as it loads, training or not
         opened, s = open_model(s)
     if before is not None:
         before(s)
-    ctx = prepare(s, log, progress)
+    ctx = prepare(s, log)
     if opened is None:
-        check_before_work(s, build_model(s.model.name, bits=s.model.bits, seed=s.train.seed),
+        check_before_work(s, build_model(s.model.name, bits=s.model.bits, seed=s.train.seed,
+                                         input_shape=ctx.dataset.image_shape),
                           trained=False)
     lock = folder_lock(s.out_dir) if distributed.is_rank_zero() else contextlib.nullcontext()
     with lock:  # a second run in this folder waits, then reuses what this one wrote
         return _sweep(ctx, opened)
 
 
+#: Training settings a sweep of a given checkpoint still uses (learned's batches, chips).
+_USED_WITH_A_CHECKPOINT = ("seed", "batch_size", "model_name", "threads", "resume", "progress")
+
+
+def _refuse_training(s: Settings) -> None:
+    """With --checkpoint nothing is trained: a training setting given would not act."""
+    given = [_named(f) for f in dataclasses.fields(TrainConfig)
+             if f.name not in _USED_WITH_A_CHECKPOINT
+             and getattr(s.train, f.name) != getattr(TrainConfig(), f.name)]
+    if (len(s.trainings()) > 1 or s.trainings()[0] != (0.0, False)
+            or s.grid.scale_aware != "off"):  # --scale-aware with no sigma trains nothing
+        given = ["--sigma-train / --scale-aware", *given]
+    if given:
+        raise SwimkitError(f"--checkpoint gives a trained model, so the training settings "
+                           f"({', '.join(given)}) would not act: drop them, or drop "
+                           "--checkpoint to train the models compared")
+
+
+def _named(field: dataclasses.Field) -> str:
+    """A training setting by its flag (by its name where it has none)."""
+    declared = flag_of(field)
+    return declared.name if declared is not None and declared.names else field.name
+
+
 def _sweep(ctx: Context, opened: nn.Module | None) -> SweepResult:
     s = ctx.settings
     log = ctx.log
-    cache = PointCache(s.out_dir / "points.json", evaluation_key(s))
+    cache = PointCache(s.out_dir / "points.json", evaluation_key(s), (key_of_0_2(s),))
     evaluators, reports = [], []
     for sigma_train, scale_aware in s.trainings():
         candidate = obtain_model(ctx, sigma_train, scale_aware, opened)
         check_before_work(s, candidate.model)
         clean = accuracy(candidate.model, ctx.test_batches)
         log(f"[{candidate.label}] clean accuracy: {clean:.2f} %")
-        if needs_sensitivity(s.selection.methods):
+        if needs_sensitivity(s.grid.methods):
             candidate.sens = obtain_sensitivity(ctx, candidate)
         ev = Evaluator(ctx, candidate, cache)
         no_verify, full_verify = ev.baseline(Verify.NONE), ev.baseline(Verify.ALL)
-        points = [ev.point(m, budget) for m in s.selection.methods
-                  for budget in s.selection.budgets()]
+        points = [ev.point(m, budget) for m in s.grid.methods for budget in s.grid.budgets()]
         evaluators.append(ev)
         reports.append(ModelReport(candidate.label, sigma_train, scale_aware,
                                    str(candidate.path), clean, no_verify, full_verify, points))
-    result = SweepResult(reports, s.evaluation.within, settings=s.describe(),
+    result = SweepResult(reports, s.grid.within_points, settings=s.describe(),
                          files=ctx.files)
-    if s.evaluation.search:
+    if s.grid.search:
         result = _searches(result, evaluators)
     return result.with_reference()
 
@@ -423,27 +446,28 @@ def _sweep(ctx: Context, opened: nn.Module | None) -> SweepResult:
 def _searches(result: SweepResult, evaluators: list[Evaluator]) -> SweepResult:
     """Per model and method: the largest speedup meeting the target. A point's mean is
     judged through its paired chips (:meth:`~swimkit.results.Point.mean_estimate`)."""
-    s = evaluators[0].settings.evaluation
+    grid = evaluators[0].settings.grid
+    within = grid.within_points
     reference = result.reference_percent
-    floor = reference - s.within
-    if s.yield_target is None:
-        target = f"mean >= {floor:.2f} % ({s.within:g} points below {reference:.2f} %)"
+    floor = reference - within
+    if grid.yield_target is None:
+        target = f"mean >= {floor:.2f} % ({within:g} points below {reference:.2f} %)"
     else:
-        target = (f"{100 * s.yield_target:g} % of chips >= {floor:.2f} % "
-                  f"({s.within:g} points below {reference:.2f} %)")
+        target = (f"{100 * grid.yield_target:g} % of chips >= {floor:.2f} % "
+                  f"({within:g} points below {reference:.2f} %)")
 
     def judge(full: MCResult) -> Callable[[Point], bool]:
-        if s.yield_target is None:
+        if grid.yield_target is None:
             return lambda point: point.mean_estimate(full) >= floor
-        return lambda point: (point.mc.yield_within(reference, s.within)
-                              >= s.yield_target - 1e-12)
+        return lambda point: (point.mc.yield_within(reference, within)
+                              >= grid.yield_target - 1e-12)
 
     models = []
     for report, ev in zip(result.models, evaluators, strict=True):
         assert ev.full_verify is not None
         meets = judge(ev.full_verify.mc)
         models.append(replace(report, searches=[ev.search(m, meets, target)
-                                                for m in ev.settings.selection.methods]))
+                                                for m in ev.settings.grid.methods]))
     return replace(result, models=models)
 
 

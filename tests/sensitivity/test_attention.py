@@ -1,5 +1,5 @@
 """Attention through the swim engine: every rule against its oracle, MHA's device weights,
-the rule registry, and check_rule itself."""
+and check_rule itself."""
 
 from __future__ import annotations
 
@@ -11,8 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import swimkit
-from swimkit.sensitivity.swim import RULES, RuleCheck, check_rule
-from swimkit.sensitivity.swim.registry import entry_of
+from swimkit.sensitivity.swim import check_rule
 
 gen = torch.Generator().manual_seed(0)
 
@@ -49,6 +48,7 @@ ORACLE = {
 
 @pytest.mark.parametrize("name", sorted(ORACLE))
 def test_rule_equals_the_squared_jacobian(name):
+    """Each attention-family rule equals the squared-Jacobian backward of its op."""
     op, inputs, kwargs = ORACLE[name]
     result = check_rule(op, *inputs, **kwargs)
     assert result.ok, str(result)
@@ -76,12 +76,14 @@ QKV = (randn(2, 2, 5, 4), randn(2, 2, 6, 4), randn(2, 2, 6, 3))
 @pytest.mark.parametrize("kwargs", [{}, {"is_causal": True}, {"attn_mask": MASK},
                                     {"scale": 0.3}], ids=["plain", "causal", "mask", "scale"])
 def test_fused_attention_equals_attention_written_out(kwargs):
+    """Fused scaled dot-product attention gets the S of attention written out op by op."""
     result = check_rule(F.scaled_dot_product_attention, *QKV, against=written_attention,
                         **kwargs)
     assert result.ok, str(result)
 
 
 def test_a_boolean_mask_is_where_attention_may_look():
+    """A boolean mask marks where attention may look, as torch reads it."""
     allowed = CAUSAL.clone()
     result = check_rule(F.scaled_dot_product_attention, *QKV, attn_mask=allowed,
                         against=lambda q, k, v, attn_mask: written_attention(q, k, v, True))
@@ -121,6 +123,7 @@ class WrittenMHA(nn.Module):
 
 @pytest.mark.parametrize("batch_first", [True, False])
 def test_multihead_attention_equals_it_written_out(batch_first):
+    """nn.MultiheadAttention gets the S of its computation written out."""
     torch.manual_seed(1)
     mha = nn.MultiheadAttention(8, 2, batch_first=batch_first).eval()
     x, memory = randn(3, 5, 8), randn(3, 7, 8)
@@ -187,6 +190,8 @@ class WrittenNet(nn.Module):
 
 
 def test_multihead_attention_weights_get_the_sensitivities_of_attention_written_out():
+    """MHA's packed and output projections get the sensitivities of the same network
+    written out."""
     batches = [(randn(4, 5, 4), torch.randint(0, 3, (4,), generator=gen))]
     net = AttentionNet().eval()
     fused = swimkit.sensitivity(net, batches)
@@ -209,6 +214,7 @@ def test_multihead_attention_weights_get_the_sensitivities_of_attention_written_
 
 
 def test_multihead_attention_ggn_agrees_on_the_last_layer():
+    """On the layer after attention swim equals ggn."""
     batches = [(randn(4, 5, 4), torch.randint(0, 3, (4,), generator=gen))]
     model = AttentionNet().eval()
     swim = swimkit.sensitivity(model, batches)
@@ -220,41 +226,11 @@ def test_multihead_attention_ggn_agrees_on_the_last_layer():
         assert bool((swim.second[name] >= 0).all())
 
 
-# --- the registry -----------------------------------------------------------------------------
-
-
-def test_rules_live_in_one_registry_with_their_flag():
-    entry = entry_of(torch.matmul)
-    assert entry is not None and entry.writes_in_place and entry.name in RULES.names()
-    assert entry_of(nn.MultiheadAttention).kind == "layer"
-    assert entry_of("softmax").kind == "method"
-    with pytest.raises(swimkit.SwimkitError, match="replace=True"):
-        swimkit.register_rule(torch.matmul, lambda ctx, s: {})
-
-
-def test_a_rule_can_be_replaced_and_removed():
-    original = entry_of(torch.softmax)
-
-    def wrong(ctx, s):
-        return ctx.to_input(s)  # the identity: not softmax's rule
-
-    swimkit.register_rule(torch.softmax, wrong, replace=True)
-    try:
-        result = check_rule(torch.softmax, randn(3, 5), dim=-1)
-        assert isinstance(result, RuleCheck) and not result.ok
-        swimkit.remove_rule(torch.softmax)
-        assert entry_of(torch.softmax) is None
-        with pytest.raises(swimkit.SwimkitError, match="no curvature rule to remove"):
-            swimkit.remove_rule(torch.softmax)
-    finally:
-        if entry_of(torch.softmax) is not None:
-            swimkit.remove_rule(torch.softmax)
-        swimkit.register_rule(torch.softmax, original.rule, writes_in_place=True,
-                              gradient=original.gradient)
-    assert check_rule(torch.softmax, randn(3, 5), dim=-1).ok
+# --- check_rule -------------------------------------------------------------------------------
 
 
 def test_check_rule_refuses_what_it_cannot_check():
+    """check_rule needs a floating-point input and, for several outputs, which one."""
     with pytest.raises(swimkit.SwimkitError, match="floating-point example input"):
         check_rule(torch.softmax, torch.arange(4), dim=0)
     with pytest.raises(swimkit.SwimkitError, match="output=N"):
@@ -262,6 +238,7 @@ def test_check_rule_refuses_what_it_cannot_check():
 
 
 def test_check_rule_leaves_the_callers_layer_alone():
+    """check_rule works on a copy of the caller's layer."""
     layer = nn.Softmax(dim=-1)
     mha = nn.MultiheadAttention(4, 1)
     check_rule(mha, randn(2, 4), randn(2, 4), randn(2, 4), output=0)
@@ -269,6 +246,7 @@ def test_check_rule_leaves_the_callers_layer_alone():
 
 
 def test_an_einsum_that_sums_within_one_operand_is_named():
+    """An einsum the rule cannot follow is named before compute."""
     model = nn.Sequential(nn.Linear(4, 4), EinsumSum(), nn.Linear(1, 2))
     batches = [(randn(3, 4), torch.randint(0, 2, (3,), generator=gen))]
     with pytest.raises(swimkit.SwimkitError, match="einsum"):
@@ -342,6 +320,7 @@ def test_swin_window_attention_equals_it_written_out(size):
 
 
 def test_swin_v2_cosine_attention_is_refused():
+    """Swin V2's cosine attention, which has no rule, is refused by name."""
     from torchvision.models.swin_transformer import shifted_window_attention
 
     with pytest.raises(swimkit.SwimkitError, match="cosine attention"):

@@ -11,6 +11,7 @@ import torchvision
 from torch import nn
 
 import swimkit
+from swimkit.chip import ChipSpec, Placement
 from swimkit.mapping import device_weights
 from swimkit.sensitivity.swim import CurvaturePass, UnsupportedOperation, out_of_place_layers, trace
 from swimkit.sensitivity.swim import registry as rule_registry
@@ -125,6 +126,7 @@ class ChunkModel(nn.Module):
 
 @pytest.mark.parametrize("name", sorted(OPS))
 def test_rule_equals_squared_jacobian(name):
+    """Each rule's S equals the squared-Jacobian backward of its op."""
     module, shape = OPS[name]
     if isinstance(module, nn.LayerNorm):
         nn.init.normal_(module.weight)
@@ -156,6 +158,7 @@ def autograd_gradient(fn, x: torch.Tensor, g_out: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("name", sorted(OPS))
 def test_rule_carries_the_gradient(name):
+    """Each rule's gradient equals autograd's."""
     module, shape = OPS[name]
     x = torch.randn(shape)
     g_out = torch.randn(module(x.clone()).shape)
@@ -166,6 +169,7 @@ def test_rule_carries_the_gradient(name):
 
 @pytest.mark.parametrize("model_cls", [ViewModel, ChunkModel, BinaryModel])
 def test_structural_ops_carry_the_gradient(model_cls):
+    """Views, chunks and binary ops carry autograd's gradient."""
     model = model_cls()
     x = torch.randn(2, 3, 4, 4)
     g_out = torch.randn(model(x).shape)
@@ -175,6 +179,7 @@ def test_structural_ops_carry_the_gradient(model_cls):
 
 @pytest.mark.parametrize("model_cls", [ViewModel, ChunkModel])
 def test_single_path_structural_ops_are_exact(model_cls):
+    """Structural ops on one path give the exact squared Jacobian."""
     model = model_cls()
     x = torch.randn(2, 3, 4, 4)
     s_out = torch.rand(model(x).shape)
@@ -256,6 +261,7 @@ def test_weight_layers_match_squared_jacobian(layer):
 
 
 def test_batch_norm_1d_rule():
+    """BatchNorm1d in eval mode is its squared affine map."""
     bn = nn.BatchNorm1d(5)
     bn.running_var.uniform_(0.5, 2.0)
     bn.weight.data.normal_()
@@ -267,6 +273,7 @@ def test_batch_norm_1d_rule():
 
 
 def test_batch_norm_rule():
+    """BatchNorm2d in eval mode is its squared affine map."""
     bn = nn.Sequential(batch_norm_model())
     x = torch.randn(2, 3, 4, 4)
     s_out = torch.rand(2, 3, 4, 4)
@@ -275,6 +282,7 @@ def test_batch_norm_rule():
 
 
 def test_fake_quantizer_is_straight_through():
+    """The weight quantizer passes S straight through."""
     model = nn.Sequential(swimkit.FakeQuantize(4), nn.ReLU())
     x = torch.randn(2, 5)
     s_out = torch.rand(2, 5)
@@ -291,6 +299,7 @@ def lenet():
 
 
 def test_parity_with_reference_fixture(reference):
+    """h, g and S of the stored SWIM reference run on LeNet are reproduced."""
     model = lenet()
     model.load_state_dict(reference["state_dict"])
     sens = swimkit.sensitivity(model, [(reference["x"], reference["y"])], engine="swim")
@@ -316,6 +325,7 @@ def test_single_linear_layer_is_exact():
 
 
 def test_first_derivative_is_mean_loss_gradient_summed_over_batches():
+    """g is the mean-loss gradient of each batch, summed, in SWIM's units."""
     model = lenet()
     batches = [(torch.rand(4, 1, 28, 28), torch.randint(0, 10, (4,))) for _ in range(3)]
     sens = swimkit.sensitivity(model, batches)
@@ -331,12 +341,15 @@ def test_first_derivative_is_mean_loss_gradient_summed_over_batches():
     "builder,size",
     [
         (lambda: torchvision.models.resnet18(num_classes=10), 32),
-        (lambda: torchvision.models.vgg11_bn(num_classes=10), 32),
+        pytest.param(lambda: torchvision.models.vgg11_bn(num_classes=10), 32,
+                     marks=pytest.mark.slow),
         (lambda: torchvision.models.mobilenet_v2(num_classes=10), 32),
     ],
     ids=["resnet18", "vgg11_bn", "mobilenet_v2"],
 )
 def test_torchvision_models_unmodified(builder, size):
+    """torchvision models as written get finite, non-negative h and are left as they
+    were."""
     model = builder()
     model.eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -354,6 +367,7 @@ def test_torchvision_models_unmodified(builder, size):
 
 
 def test_swimkit_models_and_quantized(small_models):
+    """swimkit's models, float and quantized, get finite h."""
     for name, model, shape in small_models:
         batches = [(torch.randn(2, *shape), torch.randint(0, 10, (2,)))]
         sens = swimkit.sensitivity(model, batches)
@@ -361,6 +375,7 @@ def test_swimkit_models_and_quantized(small_models):
 
 
 def test_quantized_model_uses_quantized_weights():
+    """h of a quantized layer is taken at its quantized weights."""
     model = swimkit.quantize(nn.Sequential(nn.Flatten(), nn.Linear(12, 4)), 2)
     model.train()
     x = torch.randn(8, 3, 2, 2)
@@ -379,9 +394,11 @@ def test_quantized_model_uses_quantized_weights():
 
 
 def test_layers_can_stay_digital():
+    """Layers the chip keeps digital get no sensitivity and change no other."""
     model = lenet()
     batches = [(torch.rand(3, 1, 28, 28), torch.randint(0, 10, (3,)))]
-    sens = swimkit.sensitivity(model, batches, exclude=["conv1", "fc3"])
+    chip = ChipSpec(placement=Placement(exclude=["conv1", "fc3"]))
+    sens = swimkit.sensitivity(model, batches, chip=chip)
     assert sens.names == ["conv2.weight", "fc1.weight", "fc2.weight"]
     full = swimkit.sensitivity(model, batches)
     torch.testing.assert_close(sens.second["fc1.weight"], full.second["fc1.weight"])
@@ -435,6 +452,7 @@ class NoBatches:
     ],
 )
 def test_unsupported_operations_all_named_before_any_compute(model, needles):
+    """Every op without a rule is named at once, before any batch is read."""
     with pytest.raises(UnsupportedOperation) as err:
         swimkit.sensitivity(model, NoBatches())
     message = str(err.value)
@@ -443,6 +461,7 @@ def test_unsupported_operations_all_named_before_any_compute(model, needles):
 
 
 def test_untraceable_model_suggests_ggn():
+    """A model that cannot be traced points to the ggn engine."""
     with pytest.raises(swimkit.SwimkitError, match="ggn"):
         swimkit.sensitivity(Branchy(), [(torch.randn(2, 4), torch.randint(0, 3, (2,)))])
 
@@ -455,6 +474,7 @@ def test_ops_before_the_first_device_layer_need_no_rule():
 
 
 def test_trace_keeps_graph_nodes_named():
+    """The trace keeps layers whole and named."""
     graph = trace(lenet())
     calls = [(n.op, n.target) for n in graph.nodes if n.op != "placeholder"]
     assert ("call_module", "fc1") in calls and ("call_module", "conv2") in calls
@@ -462,15 +482,18 @@ def test_trace_keeps_graph_nodes_named():
 
 
 def test_quantizing_an_eval_model_keeps_eval_mode():
+    """Quantizing leaves an eval model in eval mode."""
     model = nn.Sequential(nn.Linear(4, 3)).eval()
     swimkit.quantize(model, 4)
     assert not any(m.training for m in model.modules())
 
 
 def test_swim_engine_rejects_options():
-    with pytest.raises(swimkit.SwimkitError, match="unknown option 'probes'.*valid options: none"):
+    """The swim engine declares no option: one given is refused by name."""
+    with pytest.raises(swimkit.SwimkitError,
+                       match="engine 'swim' has no option 'probes'; its options: none"):
         swimkit.sensitivity(lenet(), [(torch.rand(2, 1, 28, 28), torch.tensor([0, 1]))],
-                            probes=3)
+                            options={"probes": 3})
 
 
 # --- in-place operations --------------------------------------------------------------------
@@ -523,6 +546,7 @@ class TimesTwo(InPlaceRelu):
 
 
 def test_in_place_op_on_the_input_runs_out_of_place():
+    """An in-place op on the model's input does not write the caller's tensor."""
     torch.manual_seed(1)
     model, twin = InPlaceOnInput(), TimesTwo()
     twin.load_state_dict(model.state_dict())
@@ -540,6 +564,7 @@ def mlp_batches():
 
 
 def test_in_place_relu_gives_the_sensitivities_of_the_network_it_computes():
+    """In-place ReLUs give the sensitivities of the network they compute."""
     torch.manual_seed(0)
     in_place = InPlaceRelu()
     twin = OutOfPlaceRelu()
@@ -559,20 +584,12 @@ def test_in_place_relu_gives_the_sensitivities_of_the_network_it_computes():
 @pytest.mark.parametrize("model_cls,needle", [(InPlaceThroughView, "view"),
                                               (InPlaceOnBuffer, "buffer 'shift'")])
 def test_in_place_ops_that_cannot_be_followed_are_refused_before_compute(model_cls, needle):
+    """In-place writes through views or into buffers are refused before compute."""
     with pytest.raises(UnsupportedOperation, match=needle):
         swimkit.sensitivity(model_cls(), NoBatches())
 
 
 # --- rules from outside ---------------------------------------------------------------------
-
-
-@pytest.fixture()
-def clean_rules():
-    """Rules a test registers are removed afterwards."""
-    saved = set(rule_registry.RULES.names())
-    yield
-    for name in set(rule_registry.RULES.names()) - saved:
-        rule_registry.RULES.remove(name)
 
 
 class Square(nn.Module):
@@ -583,6 +600,8 @@ class Square(nn.Module):
 
 
 def test_register_elementwise_in_one_line(clean_rules):
+    """register_elementwise adds an op in one line, its rule equal to the squared
+    Jacobian."""
     model = nn.Sequential(nn.Linear(4, 5), Wrap(torch.erf), nn.Linear(5, 3))
     with pytest.raises(UnsupportedOperation, match="erf"):
         swimkit.sensitivity(model, [(torch.randn(3, 4), torch.randint(0, 3, (3,)))])
@@ -597,6 +616,8 @@ def test_register_elementwise_in_one_line(clean_rules):
 
 
 def test_register_rule_for_a_custom_layer(clean_rules):
+    """register_rule adds a layer type (kept whole by the tracer); a target of no kind
+    is refused."""
     def square_rule(ctx, s):
         x = ctx.value(ctx.input_node)
         return ctx.to_input(s * (2 * x).square())
@@ -644,6 +665,7 @@ class SqueezeExcite(nn.Module):
 @pytest.mark.parametrize("model_cls,shape", [(TransformerMLP, (4, 5, 8)),
                                              (SqueezeExcite, (4, 3, 6, 6))])
 def test_transformer_and_efficientnet_style_blocks_run(model_cls, shape):
+    """Transformer MLP and squeeze-excite blocks get finite sensitivities."""
     torch.manual_seed(0)
     model = model_cls().eval()
     batches = [(torch.randn(shape), torch.randint(0, 3, (shape[0],)))]
@@ -707,6 +729,7 @@ def test_updating_s_in_place_changes_no_result(monkeypatch):
 
 
 def test_the_callers_s_is_never_written():
+    """The S a caller hands to the pass is never written."""
     model = nn.Sequential(nn.ReLU(), batch_norm_model(3), nn.ReLU()).eval()
     x = torch.randn(2, 3, 4, 4)
     s_out = torch.rand(2, 3, 4, 4)
@@ -723,6 +746,7 @@ class Keeper(nn.Module):
 
 
 def test_what_an_outside_rule_returns_is_never_written(clean_rules):
+    """What a rule from outside returns is never written afterwards."""
     handed = []
 
     def keeping_rule(ctx, s):

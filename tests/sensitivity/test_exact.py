@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from tied import tied_batches, tied_model
 from torch import Tensor, nn
 from torch.func import functional_call, hessian, jacrev
+from toys import toy_problem
 
 import swimkit
 from swimkit.mapping import device_weights, perturbed
@@ -150,6 +152,7 @@ def run(engine, model: nn.Module, batches, **options):
 
 @pytest.mark.parametrize("factory", [mlp, cnn, residual_bn])
 def test_ggn_equals_hessian_diagonal_for_piecewise_linear_nets(factory) -> None:
+    """For piecewise-linear nets ggn's h is the exact Hessian diagonal."""
     model = build(factory)
     x, y = data(factory, 6)
     before = snapshot(model)
@@ -164,6 +167,7 @@ def test_ggn_equals_hessian_diagonal_for_piecewise_linear_nets(factory) -> None:
 
 
 def test_ggn_in_single_precision() -> None:
+    """ggn in float32 agrees with the float64 Hessian diagonal."""
     model = build(cnn)
     x, y = data(cnn, 6)
     hess, _ = exact_hessian(model, x, y)
@@ -172,6 +176,7 @@ def test_ggn_in_single_precision() -> None:
 
 
 def test_ggn_is_gauss_newton_not_hessian_for_tanh() -> None:
+    """With tanh ggn is the Gauss-Newton diagonal, not the Hessian's."""
     model = build(tanh_mlp)
     x, y = data(tanh_mlp, 5)
     second, _, _ = run(ggn_diagonal, model, [(x, y)], class_chunk=3, sample_chunk=2)
@@ -182,6 +187,7 @@ def test_ggn_is_gauss_newton_not_hessian_for_tanh() -> None:
 
 
 def test_ggn_chunking_does_not_change_the_result() -> None:
+    """Class and sample chunks change no result."""
     model = build(cnn)
     x, y = data(cnn, 7)
     whole = run(ggn_diagonal, model, [(x, y)])[0]
@@ -195,6 +201,7 @@ def test_ggn_chunking_does_not_change_the_result() -> None:
 
 @pytest.mark.parametrize("engine", [ggn_diagonal, fisher_diagonal, hutchinson_diagonal])
 def test_first_is_the_mean_loss_gradient_summed_over_batches(engine) -> None:
+    """Every exact engine's g is the mean-loss gradient of each batch, summed."""
     model = build(residual_bn)
     x, y = data(residual_bn, 7)
     batches = [(x[:3], y[:3]), (x[3:], y[3:])]
@@ -214,6 +221,7 @@ def test_first_is_the_mean_loss_gradient_summed_over_batches(engine) -> None:
 
 @pytest.mark.parametrize("factory", [cnn, residual_bn])
 def test_fisher_is_the_sum_of_squared_per_sample_gradients(factory) -> None:
+    """fisher's h sums the squared per-sample gradients."""
     model = build(factory)
     x, y = data(factory, 5)
     before = snapshot(model)
@@ -236,6 +244,7 @@ def test_fisher_is_the_sum_of_squared_per_sample_gradients(factory) -> None:
 
 @pytest.mark.parametrize("factory", [cnn, tanh_mlp])
 def test_hutchinson_converges_to_the_hessian_diagonal(factory) -> None:
+    """hutchinson's error stays within its variance bound and falls with more probes."""
     model = build(factory)
     x, y = data(factory, 6)
     batches = [(x[:4], y[:4]), (x[4:], y[4:])]
@@ -253,6 +262,7 @@ def test_hutchinson_converges_to_the_hessian_diagonal(factory) -> None:
 
 
 def test_hutchinson_is_reproducible_by_seed() -> None:
+    """hutchinson is reproducible by seed, whatever its probe chunks."""
     model = build(cnn)
     x, y = data(cnn, 4)
     before = snapshot(model)
@@ -272,10 +282,12 @@ def test_hutchinson_is_reproducible_by_seed() -> None:
 
 @pytest.mark.parametrize("engine", ["ggn", "fisher", "hutchinson"])
 def test_dispatcher_normalises_the_raw_outputs(engine) -> None:
+    """sensitivity() turns an engine's raw output into SWIM's units and restores
+    training mode."""
     model = build(cnn).train()
     x, y = data(cnn, 4)
     options = {"probes": 3, "seed": 1} if engine == "hutchinson" else {}
-    result = swimkit.sensitivity(model, [(x, y)], engine=engine, **options)
+    result = swimkit.sensitivity(model, [(x, y)], engine=engine, options=options)
     assert model.training and result.engine == engine and result.samples == 4
     raw_engine = {"ggn": ggn_diagonal, "fisher": fisher_diagonal,
                   "hutchinson": hutchinson_diagonal}[engine]
@@ -289,6 +301,7 @@ def test_dispatcher_normalises_the_raw_outputs(engine) -> None:
 
 @pytest.mark.parametrize("engine", [ggn_diagonal, fisher_diagonal, hutchinson_diagonal])
 def test_quantized_weights_are_differentiated_at_their_effective_value(engine) -> None:
+    """A quantized model is differentiated at its quantized weights."""
     quantized = swimkit.quantize(build(residual_bn), 4, outputs=False)
     plain = build(residual_bn)
     with torch.no_grad():  # the plain twin holds the quantized weights and biases
@@ -312,6 +325,7 @@ def test_quantized_weights_are_differentiated_at_their_effective_value(engine) -
 def test_quantized_outputs_keep_their_whole_batch_range() -> None:
     # Uncalibrated output quantizers take max|y| over the batch: the per-sample pullbacks
     # of ggn must still see the batched forward.
+    """Per-sample pullbacks see the batch's output range."""
     model = swimkit.quantize(build(cnn), 4).eval()
     x, y = data(cnn, 6)
     before = snapshot(model)
@@ -340,12 +354,13 @@ def test_quantized_outputs_keep_their_whole_batch_range() -> None:
 
 
 def test_options_are_checked() -> None:
+    """Unknown options and bad values are refused by name."""
     model = build(mlp)
     x, y = data(mlp, 2)
     with pytest.raises(swimkit.SwimkitError, match="'probez'.*probes, seed"):
         run(hutchinson_diagonal, model, [(x, y)], probez=3)
     with pytest.raises(swimkit.SwimkitError, match="'probes'.*class_chunk"):
-        swimkit.sensitivity(model, [(x, y)], engine="ggn", probes=3)
+        swimkit.sensitivity(model, [(x, y)], engine="ggn", options={"probes": 3})
     with pytest.raises(swimkit.SwimkitError, match="probes must be an integer >= 1"):
         run(hutchinson_diagonal, model, [(x, y)], probes=0)
     with pytest.raises(swimkit.SwimkitError, match="class_chunk must be an integer >= 1"):
@@ -359,9 +374,63 @@ def test_options_are_checked() -> None:
 
 
 def test_progress_bar_gives_the_same_numbers(capsys) -> None:
+    """A progress bar changes no number."""
     model = build(mlp)
     x, y = data(mlp, 4)
     quiet = run(ggn_diagonal, model, [(x, y)])
     shown = run(ggn_diagonal, model, [(x, y)], progress=True)
     assert all(torch.equal(quiet[0][k], shown[0][k]) for k in quiet[0])
     assert "sensitivity (ggn)" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------
+# Tied weights, and models the engines cannot map
+
+
+def test_ggn_of_a_tied_weight_is_the_exact_ggn_of_the_shared_parameter() -> None:
+    """One Parameter read by two layers: ggn's h is the GGN diagonal of that parameter
+    (cross terms between its uses included), g the loss gradient, both in SWIM's units."""
+    model = tied_model(dtype=DTYPE)
+    batches = tied_batches(dtype=DTYPE)
+    sens = swimkit.sensitivity(model, batches, "ggn")
+    assert sens.names == ["a.weight", "head.weight"]
+    names = sens.names
+    base = {n: model.get_parameter(n).detach() for n in names}
+    sizes = [base[n].numel() for n in names]
+    h = torch.zeros(sum(sizes), dtype=DTYPE)
+    g = torch.zeros(sum(sizes), dtype=DTYPE)
+    for x, y in batches:
+
+        def logits(flat: Tensor, x: Tensor = x) -> Tensor:
+            parts = zip(names, flat.split(sizes), strict=True)
+            params = {n: base[n] + d.view(base[n].shape) for n, d in parts}
+            return functional_call(model, params, (x,))  # ties b.weight to a.weight
+
+        zero = torch.zeros(sum(sizes), dtype=DTYPE)
+        h += explicit_ggn(logits, zero)
+        g += jacrev(lambda f, x=x, y=y, logits=logits: F.cross_entropy(logits(f), y))(zero)
+    for name, part_h, part_g in zip(names, h.split(sizes), g.split(sizes), strict=True):
+        scale = base[name].abs().amax()
+        torch.testing.assert_close(sens.second[name], part_h.view(base[name].shape) * scale**2,
+                                   rtol=1e-8, atol=1e-12)
+        torch.testing.assert_close(sens.first[name], part_g.view(base[name].shape) * scale,
+                                   rtol=1e-8, atol=1e-12)
+
+
+class DataDependent(nn.Module):
+    """A forward whose control flow depends on the data: torch.func cannot map it."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x):
+        y = self.fc(x)
+        return y * 2 if bool(y.sum() > 0) else y
+
+
+def test_the_exact_engines_explain_what_they_cannot_map() -> None:
+    """A model torch.func cannot transform is one line naming the engine and the way out."""
+    _, batches = toy_problem()
+    with pytest.raises(swimkit.SwimkitError, match="engine 'ggn' cannot run this model"):
+        swimkit.sensitivity(DataDependent(), batches, "ggn")

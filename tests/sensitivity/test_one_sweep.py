@@ -12,11 +12,12 @@ from contextlib import contextmanager
 import pytest
 import torch
 import torch.nn.functional as F
+from tied import TiedMLP, tied_batches, tied_model
 from torch import nn
 
 import swimkit
-from swimkit.sensitivity import GRADIENT_BATCH, SensitivitySettings
-from swimkit.sensitivity.batching import depends_on_batch, pass_batch_size, regrouped, weighted
+from swimkit.sensitivity import SensitivitySettings
+from swimkit.sensitivity.batching import depends_on_batch, pass_batch_size, regrouped
 from swimkit.sensitivity.swim import CurvaturePass, trace
 from swimkit.sensitivity.swim import graph as swim_graph
 from swimkit.sensitivity.swim import registry as rule_registry
@@ -98,6 +99,7 @@ def close(a: dict, b: dict, rtol: float = 1e-5) -> None:
 
 @pytest.mark.parametrize("name", sorted(SHAPES))
 def test_one_sweep_gives_the_two_sweep_results(name, two_sweeps):
+    """S and g from one sweep equal those of a curvature sweep then autograd."""
     model, data = model_and_data(name)
     assert CurvaturePass(model, trace(model), swimkit.device_weights(model)).carries_gradient
     one = swimkit.sensitivity(model, data)
@@ -121,9 +123,30 @@ def autograd_g(model: nn.Module, data: list) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("name", ["lenet", "resnet", "vit"])
 def test_g_is_autograds_mean_loss_gradient(name):
+    """g is autograd's mean-loss gradient per batch, summed."""
     model, data = model_and_data(name)
     sens = swimkit.sensitivity(model, data)
     close({k: v / sens.scale[k] for k, v in sens.first.items()}, autograd_g(model, data))
+
+
+def test_a_tied_weight_gets_the_sums_over_its_uses():
+    """One Parameter read by two layers: swim's h is the sum of what each use gets (the
+    h of both weights of an untied twin), g autograd's gradient of the loss with respect
+    to the shared parameter, both in SWIM's units."""
+    model, data = tied_model(), tied_batches()
+    sens = swimkit.sensitivity(model, data)
+    assert sens.names == ["a.weight", "head.weight"]
+    twin = TiedMLP()
+    twin.b.weight = nn.Parameter(torch.empty_like(model.a.weight))
+    twin.load_state_dict(model.state_dict())
+    untied = swimkit.sensitivity(twin.eval(), data)
+    assert untied.names == ["a.weight", "b.weight", "head.weight"]
+    close({"a.weight": sens.second["a.weight"]},
+          {"a.weight": untied.second["a.weight"] + untied.second["b.weight"]})
+    close({"a.weight": sens.first["a.weight"]},
+          {"a.weight": untied.first["a.weight"] + untied.first["b.weight"]})
+    close({k: v / sens.scale[k] for k, v in sens.first.items()}, autograd_g(model, data))
+    assert not torch.allclose(sens.second["a.weight"], untied.second["a.weight"])
 
 
 class Cube(nn.Module):
@@ -155,6 +178,7 @@ def cube_net():
 
 
 def test_an_outside_rule_without_the_gradient_takes_g_from_autograd(cube_net):
+    """An S-only rule from outside makes g come from autograd, with the same results."""
     gen = torch.Generator().manual_seed(3)
     data = [(torch.randn(5, 6, generator=gen) * 0.5, torch.randint(0, 4, (5,), generator=gen))
             for _ in range(2)]
@@ -176,6 +200,7 @@ def test_an_outside_rule_without_the_gradient_takes_g_from_autograd(cube_net):
 
 @pytest.mark.parametrize("name", ["lenet", "resnet"])
 def test_the_results_do_not_depend_on_the_pass_batch(name):
+    """The pass batch changes h and g only by float rounding."""
     model, data = model_and_data(name, sizes=(10, 10, 7))
     chosen = swimkit.sensitivity(model, data)
     for batch in (3, 8, 64):
@@ -185,13 +210,9 @@ def test_the_results_do_not_depend_on_the_pass_batch(name):
         assert other.samples == chosen.samples == 27
 
 
-def test_the_pass_batch_is_chosen_per_model(monkeypatch):
-    small, large = swimkit.build_model("lenet"), swimkit.build_model("resnet18")
-    for model, shape in ((small, (1, 28, 28)), (large, (3, 32, 32))):
-        batch = pass_batch_size(model, shape, "cpu")
-        assert 16 <= batch <= 512 and batch & (batch - 1) == 0
-    assert pass_batch_size(small, (1, 28, 28), "cpu") > pass_batch_size(large, (3, 32, 32),
-                                                                         "cpu")
+def test_the_pass_runs_at_the_batch_chosen_per_model_or_given(monkeypatch):
+    """The pass regroups its images at pass_batch_size's choice, or at the batch given
+    (as a keyword override, or in the settings)."""
     sizes = []
 
     def spy(chunks, size):
@@ -202,57 +223,16 @@ def test_the_pass_batch_is_chosen_per_model(monkeypatch):
     model, data = model_and_data("lenet")
     swimkit.sensitivity(model, data)
     swimkit.sensitivity(model, data, batch_size=4)
-    assert sizes == [pass_batch_size(model, (1, 28, 28), "cpu"), 4]
+    swimkit.sensitivity(model, data, SensitivitySettings(batch_size=8))
+    swimkit.sensitivity(model, data, SensitivitySettings(batch_size=8), batch_size=3)
+    assert sizes == [pass_batch_size(model, (1, 28, 28), "cpu"), 4, 8, 3]
 
 
 def test_a_forward_that_depends_on_the_batch_runs_the_batches_as_given(monkeypatch):
+    """A forward that depends on its batch runs the batches as given."""
     torch.manual_seed(0)
     model = swimkit.build_model("qlenet", output_range="batch").eval()
     assert depends_on_batch(model)
     monkeypatch.setattr(swim_graph, "regrouped", lambda chunks, size: pytest.fail("regrouped"))
     _, data = model_and_data("lenet")
     swimkit.sensitivity(model, data, batch_size=4)
-
-
-def test_regrouping_keeps_every_sample_in_order_with_its_batch_weight():
-    batches = [(torch.arange(n, dtype=torch.float32) + 10 * i, torch.full((n,), i))
-               for i, n in enumerate((5, 3, 0, 6))]
-    for size in (1, 2, 4, 7, 20):
-        chunks = list(regrouped(weighted(batches), size))
-        assert [len(y) for _, y, _ in chunks[:-1]] == [size] * (len(chunks) - 1)
-        x, y, w = (torch.cat(parts) for parts in zip(*chunks, strict=True))
-        assert torch.equal(x, torch.cat([b[0] for b in batches]))
-        assert torch.equal(y, torch.cat([b[1] for b in batches]))
-        assert torch.equal(w, torch.tensor([0.2] * 5 + [1 / 3] * 3 + [1 / 6] * 6,
-                                           dtype=torch.float64))
-
-
-def test_samples_of_another_shape_start_a_new_batch():
-    batches = [(torch.zeros(3, 5), torch.zeros(3)), (torch.zeros(2, 5), torch.zeros(2)),
-               (torch.zeros(4, 7), torch.zeros(4))]
-    got = [tuple(x.shape) for x, _, _ in regrouped(weighted(batches), 4)]
-    assert got == [(4, 5), (1, 5), (4, 7)]
-
-
-def test_the_images_are_drawn_in_g_s_batch_whatever_the_pass_runs_at():
-    assert SensitivitySettings().loader_batch == GRADIENT_BATCH
-    assert SensitivitySettings(batch_size=32).loader_batch == GRADIENT_BATCH
-    assert SensitivitySettings(engine="ggn").loader_batch == GRADIENT_BATCH
-    assert SensitivitySettings(engine="ggn", batch_size=32).loader_batch == 32
-    with pytest.raises(swimkit.SwimkitError, match="batch_size must be an integer >= 1"):
-        SensitivitySettings(batch_size=0)
-    with pytest.raises(swimkit.SwimkitError, match="not both"):
-        swimkit.sensitivity(nn.Linear(2, 2), [], SensitivitySettings(), batch_size=4)
-
-
-def test_the_pass_batch_enters_no_cache_key():
-    """It changes no result, so points and sensitivity files of any pass batch are reused."""
-    from swimkit.caches import evaluation_key
-    from swimkit.settings import Settings
-
-    default = Settings()
-    given = Settings(sensitivity=SensitivitySettings(batch_size=16))
-    assert evaluation_key(given) == evaluation_key(default)
-    exact = Settings(sensitivity=SensitivitySettings(engine="ggn", batch_size=16))
-    assert evaluation_key(exact) != evaluation_key(Settings(sensitivity=SensitivitySettings(
-        engine="ggn")))

@@ -15,6 +15,7 @@ def sensitivity(h: torch.Tensor) -> Sensitivity:
 
 
 def test_round_trip(tmp_path):
+    """A sensitivity file round-trips its tensors, engine and sample count."""
     path = tmp_path / "s.pt"
     sensitivity(torch.arange(6.0).reshape(2, 3)).save(path)
     loaded = Sensitivity.load(path)
@@ -24,6 +25,7 @@ def test_round_trip(tmp_path):
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 def test_non_finite_values_are_refused_when_computed_and_when_loaded(tmp_path, bad):
+    """NaN or infinite values are refused when made and when read, named."""
     h = torch.ones(2, 3)
     h[1, 2] = bad
     with pytest.raises(SwimkitError, match=r"second\['fc.weight'\] holds NaN or infinite"):
@@ -39,6 +41,7 @@ def test_non_finite_values_are_refused_when_computed_and_when_loaded(tmp_path, b
 
 
 def test_missing_fields_and_mismatched_shapes_are_named(tmp_path):
+    """A file missing a field and h and g of different shapes are named."""
     path = tmp_path / "s.pt"
     sensitivity(torch.ones(2, 3)).save(path)
     data = torch.load(path, weights_only=True)
@@ -49,3 +52,15 @@ def test_missing_fields_and_mismatched_shapes_are_named(tmp_path):
     with pytest.raises(SwimkitError, match="has shape"):
         Sensitivity(second={"w": torch.ones(2)}, first={"w": torch.ones(3)},
                     scale={"w": torch.tensor(1.0)}, engine="test", samples=1)
+
+
+def test_sensitivities_follow_the_ranges_they_are_used_with():
+    """Rescaled to other ranges (a crossbar's columns), h scales with the square of the
+    ratio and g with the ratio; the same ranges give the same object."""
+    h, g = torch.rand(3, 4), torch.randn(3, 4)
+    sens = Sensitivity({"w": h}, {"w": g}, {"w": torch.tensor(2.0)}, "swim", 10)
+    assert sens.rescaled({"w": torch.tensor(2.0)}) is sens
+    columns = torch.tensor([[1.0], [2.0], [4.0]])
+    other = sens.rescaled({"w": columns})
+    torch.testing.assert_close(other.second["w"], h * (columns / 2) ** 2)
+    torch.testing.assert_close(other.first["w"], g * (columns / 2))

@@ -128,7 +128,7 @@ class Batches:
     shuffle: bool = False
     augment: bool = False
     generator: torch.Generator | None = None
-    device: torch.device | str | None = None
+    where: torch.device | str | None = None
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -146,8 +146,8 @@ class Batches:
             else:
                 idx = order[start : start + self.batch_size].to(split.images.device)
                 x, y = split.images[idx], split.labels[idx.to(split.labels.device)]
-            x = x.to(self.device, non_blocking=True)
-            y = y.to(self.device, non_blocking=True)
+            x = x.to(self.where, non_blocking=True)
+            y = y.to(self.where, non_blocking=True)
             if augment_fn is not None:
                 x = augment_fn(x, generator=gen)
             yield normalize(x, self.dataset.mean, self.dataset.std), y
@@ -159,7 +159,7 @@ class Batches:
 def batches(
     split: Split, dataset: Dataset, batch_size: int, **options: Any
 ) -> Iterator[tuple[Tensor, Tensor]]:
-    """One pass of :class:`Batches` (same options: shuffle, augment, generator, device)."""
+    """One pass of :class:`Batches` (same options: shuffle, augment, generator, where)."""
     return iter(Batches(split, dataset, batch_size, **options))
 
 
@@ -167,10 +167,11 @@ def preload(
     split: Split,
     dataset: Dataset,
     batch_size: int,
-    device: torch.device | str | None = None,
+    where: torch.device | str | None = None,
 ) -> list[tuple[Tensor, Tensor]]:
-    """All batches of ``split``, normalised once and kept (for repeated evaluation)."""
-    return list(batches(split, dataset, batch_size, device=device))
+    """All batches of ``split``, normalised once and kept (for repeated evaluation) on the
+    torch device ``where``."""
+    return list(batches(split, dataset, batch_size, where=where))
 
 
 __all__ = ["CROP_PADDING", "Batches", "Dataset", "Split", "augment_crop_flip", "batches",

@@ -21,7 +21,7 @@ from . import pcm as _pcm  # noqa: F401
 from . import stuck as _stuck  # noqa: F401
 from . import table as _table  # noqa: F401
 from .cells import CellModel, Cells
-from .gaussian import DeviceModel, draw, generator_for, level_of
+from .gaussian import DeviceModel, GaussianDevice, draw, level_of
 from .multilevel import MultiLevelGaussian
 from .pcm import PCM
 from .protocol import (
@@ -38,5 +38,5 @@ from .stuck import Stuck
 
 __all__ = ["DEVICE_MODELS", "PCM", "CellModel", "Cells", "Device", "DeviceModel",
            "MultiLevelGaussian", "NoiseModel", "PricingModel", "Sampler", "Stuck",
-           "build_device_model", "check_times", "draw", "generator_for", "level_of",
+           "GaussianDevice", "build_device_model", "check_times", "draw", "level_of",
            "parse_option", "register_device_model", "require_device", "require_noise_model"]

@@ -152,6 +152,12 @@ class CellModel(ABC):
         """True: each layer's read-out is rescaled by a gain calibrated at read time."""
         return False
 
+    @property
+    def changes_with_time(self) -> bool:
+        """True when a device read later differs from one read right after programming
+        (a model giving :meth:`evolve` says so)."""
+        return False
+
     def evolve(self, cells: Cells, programmed: Tensor, times: Sequence[float],
                generator: torch.Generator | None,
                reads: Sequence[torch.Generator | None]) -> list[Tensor]:
@@ -324,7 +330,7 @@ def read_generators(generator: torch.Generator | None, times: Sequence[float]
     if generator is None:
         return [None] * len(times)
     key = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
-    return [seeded_generator("swimkit-read", key, repr(float(t)), device=generator.device)
+    return [seeded_generator("swimkit-read", key, repr(float(t)), where=generator.device)
             for t in times]
 
 

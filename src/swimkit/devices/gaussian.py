@@ -1,6 +1,7 @@
 """Device model ``gaussian``: Gaussian variation of bit-sliced weights, frozen in time.
 
-:class:`DeviceModel` is the Gaussian bit-sliced model. A weight of layer l
+:class:`GaussianDevice` is the Gaussian bit-sliced model (``DeviceModel``, its name in
+earlier releases, is kept as an alias). A weight of layer l
 is mapped as w / s_l (s_l = max |W_l|) onto K devices (:class:`~swimkit.slicing.BitSlicing`);
 device j lands with an error Normal(0, sigma_j^2) in units of its own step, so the
 weight error is one Gaussian per weight,
@@ -27,7 +28,6 @@ from ..errors import SwimkitError, is_number, require
 from ..mapping import safe_scale
 from ..plans import Plan
 from ..programming import ProgrammingReport, WriteVerify, price, weight_level_price
-from ..seeding import seeded_generator
 from ..slicing import BitSlicing
 from ..variation import Variation, as_variation
 from .cells import loose_menu
@@ -36,7 +36,7 @@ from .registry import register_device_model
 
 
 @dataclass(frozen=True)
-class DeviceModel:
+class GaussianDevice:
     """Gaussian variation of bit-sliced weights, plain-written or write-verified.
 
     ``sigma`` is the variation of a plain write and ``sigma_verified`` the residual
@@ -96,6 +96,11 @@ class DeviceModel:
         return self.value_dependent
 
     @property
+    def changes_with_time(self) -> bool:
+        """False: the error is frozen at programming."""
+        return False
+
+    @property
     def loop(self) -> WriteVerify:
         """The write-verify loop with its tolerance (solved from sigma_verified if unset)."""
         if "loop" not in self._cache:
@@ -110,7 +115,7 @@ class DeviceModel:
         """Tolerances from 1.5 sigma down to the own loop's (see :func:`loose_menu`)."""
         return loose_menu(self.sigma, self.loop.tolerance)
 
-    def with_sigma(self, sigma: float) -> DeviceModel:
+    def with_sigma(self, sigma: float) -> GaussianDevice:
         """The same device with plain-write sigma ``sigma``."""
         return replace(self, sigma=float(sigma))
 
@@ -350,6 +355,10 @@ class DeviceModel:
         return torch.gather(option_variance, -1, levels.long()).mul_(weights).sum(-1)
 
 
+#: The name of :class:`GaussianDevice` in earlier releases.
+DeviceModel = GaussianDevice
+
+
 def _pick(sigmas: Tensor, levels: Tensor | None) -> Tensor:
     """sigmas[..., level] per weight (levels None: the plain write)."""
     if levels is None:
@@ -390,21 +399,11 @@ def level_of(value: Tensor, scale: Tensor) -> Tensor:
     return (value.detach().abs() / safe_scale(scale)).clamp_(0.0, 1.0)
 
 
-def generator_for(seed: int, index: int, device: torch.device | str = "cpu") -> torch.Generator:
-    """The generator of Monte-Carlo chip ``index`` of a run seeded with ``seed``.
-
-    Each chip's draw depends only on (seed, index), so a run gives the same numbers on
-    any number of processes, and plans evaluated with the same seed see the same
-    underlying draws (common random numbers).
-    """
-    return seeded_generator("swimkit", int(seed), int(index), device=device)
-
-
 def gaussian(levels: Any = None, **settings: Any) -> Any:
-    """``DeviceModel(**settings)``; with ``levels`` (a curve over each device's level) the
+    """``GaussianDevice(**settings)``; with ``levels`` (a curve over each device's level) the
     multi-level form whose spread differs device by device."""
     if levels is None:
-        return DeviceModel(**settings)
+        return GaussianDevice(**settings)
     from .multilevel import MultiLevelGaussian
 
     if "verified_variation" in settings:
@@ -418,4 +417,4 @@ register_device_model(
     help="Gaussian error per device step, frozen at programming (levels=pcm or a curve: "
          "a spread per device level, for multi-level cells)")
 
-__all__ = ["DeviceModel", "draw", "gaussian", "generator_for", "level_of"]
+__all__ = ["DeviceModel", "GaussianDevice", "draw", "gaussian", "level_of"]

@@ -49,6 +49,8 @@ LEVEL_FLOOR = 1e-3
 class PCM(CellModel):
     """Phase-change memory devices (see the module doc for every number's source)."""
 
+    changes_with_time = True  # drift and read noise
+
     sigma: float = 0.3
     sigma_verified: float = 0.03
     bits_per_weight: int = 8

@@ -26,6 +26,7 @@ from ..errors import SwimkitError, is_number
 from ..plans import Plan
 from ..programming import ProgrammingReport, WriteVerify
 from ..slicing import BitSlicing
+from .wrapped import WrappedDevice
 
 #: One chip: the weight errors dW (weight units) read at each requested time, in order.
 Sampler = Callable[[torch.Generator | None], list[dict[str, Tensor]]]
@@ -119,21 +120,31 @@ def members(protocol: type) -> list[str]:
 
 
 def missing(obj: object, protocol: type) -> list[str]:
-    """The members of ``protocol`` that ``obj`` lacks (looked up without running them)."""
+    """The members of ``protocol`` that ``obj`` lacks (looked up without running them); a
+    wrapped model (checked, on a crossbar's device sets) lacks what its base lacks."""
     absent = []
     for name in members(protocol):
         try:
             inspect.getattr_static(obj, name)
         except AttributeError:
             absent.append(name)
+    if isinstance(obj, WrappedDevice):
+        absent += [name for name in missing(obj.base, protocol) if name not in absent]
     return absent
+
+
+def _named(obj: object) -> str:
+    """The class name of the model a wrapper holds (of ``obj`` itself otherwise)."""
+    while isinstance(obj, WrappedDevice):
+        obj = obj.base
+    return type(obj).__name__
 
 
 def require_noise_model(obj: object, what: str = "device_model") -> NoiseModel:
     """``obj`` if it follows :class:`NoiseModel`, else an error naming what it lacks."""
     if missing(obj, NoiseModel):
         raise SwimkitError(
-            f"{what} must follow swimkit.devices.NoiseModel ({type(obj).__name__} has no "
+            f"{what} must follow swimkit.devices.NoiseModel ({_named(obj)} has no "
             f"{', '.join(missing(obj, NoiseModel))}); use a registered device model such as "
             "swimkit.DeviceModel(), or add those methods")
     return obj
@@ -143,10 +154,28 @@ def require_device(obj: object, what: str = "device_model") -> Device:
     """``obj`` if it follows both protocols (it can draw chips and price programming)."""
     if missing(obj, Device):
         raise SwimkitError(
-            f"{what} must draw chips and price programming ({type(obj).__name__} has no "
+            f"{what} must draw chips and price programming ({_named(obj)} has no "
             f"{', '.join(missing(obj, Device))}); use a registered device model such as "
             "swimkit.DeviceModel(), give a fraction, or add those methods")
     return obj
+
+
+def changes_with_time(device: object) -> bool:
+    """True unless ``device`` says its devices stay as programmed (``changes_with_time``
+    False: gaussian, multi-level cells); a model that does not say is taken to change."""
+    return bool(getattr(device, "changes_with_time", True))
+
+
+def require_time_acts(device: object, what: str, seconds: object) -> None:
+    """Refuse a setting that reads the device at a time after programming (``what``,
+    e.g. "--times") on a device model whose devices do not change with time."""
+    if changes_with_time(device):
+        return
+    kind = device.describe().get("kind", type(device).__name__) if hasattr(
+        device, "describe") else type(device).__name__
+    raise SwimkitError(f"{what} {seconds} would have no effect: device model {kind!r} stays "
+                       "as programmed at every time; drop it, or use a model that changes "
+                       "with time (pcm)")
 
 
 def check_times(times: object) -> tuple[float, ...]:
@@ -167,5 +196,6 @@ def check_times(times: object) -> tuple[float, ...]:
     return floats
 
 
-__all__ = ["Device", "NoiseModel", "PricingModel", "Sampler", "check_times", "missing",
-           "require_device", "require_noise_model"]
+__all__ = ["Device", "NoiseModel", "PricingModel", "Sampler", "changes_with_time",
+           "check_times", "missing", "require_device", "require_noise_model",
+           "require_time_acts"]

@@ -15,6 +15,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import SwimkitError, require
+from ..groups import flag, key_value, nonnegative, positive_int, registered
+from ..options import parse_options, typed_options
+from ..programming import (
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_T_PROGRAM,
+    DEFAULT_T_READ,
+    WriteVerify,
+)
 from ..registry import Entry, Registry
 from .protocol import Device, require_device
 
@@ -57,6 +65,10 @@ def register_device_model(
     unknown = sorted(set(settings) - set(COMMON))
     require(not unknown, f"device model {name!r} lists unknown settings {unknown}; "
                          f"the common ones are {', '.join(COMMON)}")
+    shared = sorted(set(options or {}) & set(COMMON))
+    require(not shared, f"device model {name!r} declares an option named like the common "
+                        f"setting {shared[:1]}; name it otherwise (the common settings: "
+                        f"{', '.join(COMMON)})")
     return DEVICE_MODELS.add(
         DeviceModelEntry(name=name, aliases=tuple(aliases), help=help, build=build,
                          settings=tuple(settings), options=dict(options or {})),
@@ -86,33 +98,64 @@ def parse_option(name: str, key: str, text: str) -> Any:
     """The value of option ``key`` of model ``name`` from its command-line text, typed
     like the option's default (a bool, an int, a float; text otherwise)."""
     entry = DEVICE_MODELS.get(name)
-    if key not in entry.options:
-        raise SwimkitError(f"device model {entry.name!r} has no option {key!r}; its options: "
-                           f"{', '.join(entry.options) or 'none'}")
-    default = entry.options[key]
-    if isinstance(default, bool):
-        lowered = text.strip().lower()
-        if lowered in ("1", "true", "on", "yes"):
-            return True
-        if lowered in ("0", "false", "off", "no"):
-            return False
-        raise SwimkitError(f"device option {key} must be true or false (got {text!r})")
-    if isinstance(default, (int, float)):
-        try:
-            return type(default)(text) if isinstance(default, float) or text.strip().lstrip(
-                "-").isdigit() else float(text)
-        except ValueError:
-            raise SwimkitError(f"device option {key} must be a number (got {text!r})") from None
-    if default is None:
-        lowered = text.strip().lower()
-        if lowered in ("true", "on", "yes", "false", "off", "no"):
-            return lowered in ("true", "on", "yes")
-        try:
-            return float(text)
-        except ValueError:
-            return text
-    return text
+    return parse_options(f"device model {entry.name!r}", entry.options, [(key, text)])[key]
 
 
-__all__ = ["COMMON", "DEVICE_MODELS", "DeviceModelEntry", "build_device_model", "parse_option",
-           "register_device_model"]
+@dataclass(frozen=True)
+class DeviceModelSettings:
+    """A device model as settings (what the command line and configuration files give):
+    its registered ``name``, the common settings (None: the model's default), the
+    write-verify loop's, and the model's own ``options``. :meth:`build` makes it."""
+
+    name: str = field(default="gaussian", metadata=flag(
+        "--device-model", kind=registered(DEVICE_MODELS, "device model"),
+        help="the device model"))
+    options: dict[str, Any] = field(default_factory=dict, metadata=flag(
+        "--device-option", kind=key_value, repeat=True, metavar="KEY=VALUE",
+        help="an option of the device model (repeat for several), e.g. --device-option "
+             "compensation=true"))
+    sigma: float | None = field(default=None, metadata=flag(
+        "--sigma", "--dev_var", kind=nonnegative,
+        help="device variation of a plain write, in device steps (default 0.3)"))
+    sigma_verified: float | None = field(default=None, metadata=flag(
+        "--sigma-verified", "--write_var", kind=nonnegative,
+        help="residual variation of a device verified by the default loop (default 0.03)"))
+    bits_per_weight: int | None = field(default=None, metadata=flag(
+        "--bits-per-weight", kind=positive_int, help="bits of a weight (default 8)"))
+    bits_per_device: int | None = field(default=None, metadata=flag(
+        "--bits-per-device", kind=positive_int, help="bits a device holds (default 1)"))
+    variation: str | None = field(default=None, metadata=flag(
+        "--variation", help="value-dependent variation: band:R (U-SWIM), a CSV of level,sigma"))
+    verified_variation: str | None = field(default=None, metadata=flag(
+        "--verified-variation", help="variation curve of verified devices (default uniform)"))
+    tolerance: float | None = field(default=None, metadata=flag(
+        "--tolerance", kind=nonnegative,
+        help="tolerance of the default loop in device steps (default: solved from "
+             "--sigma-verified)"))
+    max_attempts: int | None = field(default=None, metadata=flag(
+        "--max-attempts", kind=positive_int,
+        help=f"attempts of the write-verify loop (default {DEFAULT_MAX_ATTEMPTS})"))
+    t_program: float | None = field(default=None, metadata=flag(
+        "--t-program", kind=nonnegative,
+        help=f"seconds per program pulse (default {DEFAULT_T_PROGRAM:g})"))
+    t_read: float | None = field(default=None, metadata=flag(
+        "--t-read", kind=nonnegative,
+        help=f"seconds per verify read (default {DEFAULT_T_READ:g})"))
+
+    def __post_init__(self) -> None:
+        entry = DEVICE_MODELS.get(self.name)
+        object.__setattr__(self, "name", entry.name)
+        object.__setattr__(self, "options", typed_options(
+            f"device model {entry.name!r}", entry.options, self.options))
+
+    def build(self) -> Device:
+        """The device model of these settings (a setting it does not take is refused)."""
+        loop = {k: getattr(self, k) for k in ("tolerance", "max_attempts", "t_program",
+                                             "t_read") if getattr(self, k) is not None}
+        common = {k: getattr(self, k) for k in COMMON if k != "write_verify"}
+        return build_device_model(self.name, write_verify=WriteVerify(**loop), **common,
+                                  **self.options)
+
+
+__all__ = ["COMMON", "DEVICE_MODELS", "DeviceModelEntry", "DeviceModelSettings",
+           "build_device_model", "parse_option", "register_device_model"]

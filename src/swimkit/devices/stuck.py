@@ -18,7 +18,7 @@ expected number of stuck devices it tries to verify and the seconds those tries 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -26,13 +26,14 @@ from torch import Tensor
 
 from ..errors import is_number, require
 from ..plans import Plan
-from ..programming import ProgrammingReport, WriteVerify
+from ..programming import ProgrammingReport
 from .cells import CellModel, Cells
 from .registry import register_device_model
+from .wrapped import WrappedDevice
 
 
 @dataclass(frozen=True)
-class Stuck(CellModel):
+class Stuck(WrappedDevice, CellModel):
     """``base`` devices, a share ``low`` stuck at level 0 and ``high`` at the top level."""
 
     base: CellModel
@@ -50,19 +51,7 @@ class Stuck(CellModel):
         require(self.low + self.high <= 1,
                 f"stuck low + high must be at most 1 (got {self.low + self.high:g})")
 
-    # --- delegated --------------------------------------------------------------------------
-
-    @property
-    def slicing(self):  # type: ignore[override]
-        return self.base.slicing
-
-    @property
-    def sigma(self) -> float:  # type: ignore[override]
-        return self.base.sigma
-
-    @property
-    def loop(self) -> WriteVerify:
-        return self.base.loop
+    # --- delegated (slicing, sigma, loop, with_sigma: WrappedDevice) ---------------------
 
     @property
     def compensated(self) -> bool:
@@ -75,9 +64,6 @@ class Stuck(CellModel):
 
     def plain_sigmas(self, cells: Cells) -> Tensor:
         return self.base.plain_sigmas(cells)
-
-    def with_sigma(self, sigma: float) -> Stuck:
-        return replace(self, base=self.base.with_sigma(sigma))
 
     # --- what stuck cells do ---------------------------------------------------------------
 

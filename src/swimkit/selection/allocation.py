@@ -35,7 +35,7 @@ from ..errors import SwimkitError, check_fraction, require
 from ..plans import Plan, check_menu
 from .budget import time_budget_seconds, top_k
 from .prefix import Cut, Entries, fit_prefix, float_key
-from .registry import Budget, ScoreInputs, require_pricing
+from .registry import Budget, ScoreInputs, register_planner, require_pricing
 
 # --- convex hulls of the options ---------------------------------------------------------
 
@@ -436,6 +436,12 @@ def allocate(inputs: ScoreInputs, budget: Budget) -> Plan:
                 menu=menu, method="allocate", meta={"menu": list(menu)})
 
 
+register_planner(
+    "allocate", allocate, plans_at_time=True,
+    help="per device and per tolerance: min 1/2 sum h Var under the budget (convex-hull greedy)",
+)
+
+
 def allocate_one(inputs: ScoreInputs, budget: Budget) -> Plan:
     """``allocate`` with one tolerance, the device model's own loop: single devices, most
     sensitive first, no menu (the ablation that shows what the menu adds)."""
@@ -444,4 +450,7 @@ def allocate_one(inputs: ScoreInputs, budget: Budget) -> Plan:
     return plan.recorded(method="allocate-one")
 
 
-
+register_planner(
+    "allocate-one", allocate_one, plans_at_time=True, tolerances=0,
+    help="allocate with one tolerance, the device model's own (single devices, no menu)",
+)

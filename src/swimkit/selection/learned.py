@@ -29,19 +29,21 @@ import itertools
 import math
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import SwimkitError, is_number, require
-from ..mapping import perturbed, require_logits
+from ..mapping import perturbed
+from ..models import require_logits
 from ..plans import Plan
+from ..progress import progress_bar
 from ..seeding import seeded_generator
 from .allocation import Layer, Problem, menu_of, seconds_above_base
 from .prefix import Entries, fit_prefix, float_key
-from .registry import Budget, ScoreInputs
+from .registry import Budget, ScoreInputs, register_planner
 
 
 @dataclass(frozen=True)
@@ -243,6 +245,15 @@ def learned(inputs: ScoreInputs, budget: Budget) -> Plan:
                 menu=menu, method="learned", meta=meta)
 
 
+register_planner(
+    "learned", learned, needs_data=True, plans_at_time=True,
+    options=asdict(LearnOptions()), check=LearnOptions.from_options,
+    option_flags={"--learn-epochs": "epochs", "--learn-lr": "lr"},
+    help="per device, options on allocate's hulls learned under sampled device errors, "
+         "then rounded to the budget",
+)
+
+
 def _train(inputs: ScoreInputs, problem: Problem, relaxed: _Relaxed, seconds: float,
            opts: LearnOptions) -> int:
     """Adam on the hull positions; the time price follows the budget (dual ascent): after
@@ -253,15 +264,17 @@ def _train(inputs: ScoreInputs, problem: Problem, relaxed: _Relaxed, seconds: fl
     # fused: one pass over the positions per step (on 89 M devices, 8x the default's speed)
     optimizer = torch.optim.Adam(relaxed.parameters(), lr=opts.lr,
                                  fused=relaxed.parameters()[0].device.type in FUSED_ADAM_DEVICES)
-    generator = seeded_generator("swimkit-learned", inputs.seed, device=where)
+    generator = seeded_generator("swimkit-learned", inputs.seed, where=where)
     price, batches = 1.0, 0
     scale = max(seconds, 1e-30)
     was_training = model.training
     model.eval()
     try:
         with perturbed(model, inputs.weights) as offsets:
-            for count in opts.batches_per_epoch(inputs.data):
-                for x, y in itertools.islice(inputs.data, count):
+            for epoch, count in enumerate(opts.batches_per_epoch(inputs.data), 1):
+                shown = f"learned, epoch {epoch}"
+                for x, y in progress_bar(itertools.islice(inputs.data, count), inputs.progress,
+                                         shown):
                     variance, spent = relaxed.variance_and_time(base_var)
                     if batches:  # the time the last step left
                         over = float(spent.detach()) / scale - 1.0

@@ -1,8 +1,9 @@
 """The built-in score methods (weight level).
 
-Each is one function of :class:`~swimkit.selection.registry.ScoreInputs`, registered with
-its aliases (the SWIM scripts' names such as ``SM``) and a one-line help; the command
-line and the README's table of methods are read from these registrations.
+Each is one function of :class:`~swimkit.selection.registry.ScoreInputs`, registered
+beside it with its aliases (the SWIM scripts' names such as ``SM``) and a one-line help;
+the command line and the README's table of methods are read from these registrations,
+in this order.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import torch
 from torch import Tensor
 
 from ..plans import Plan
-from .registry import ScoreInputs
+from .registry import ScoreInputs, register_method
 
 
 def swim_score(inputs: ScoreInputs) -> dict[str, Tensor]:
@@ -20,9 +21,16 @@ def swim_score(inputs: ScoreInputs) -> dict[str, Tensor]:
     return {k: inputs.alpha * combined[k].abs() + w.abs() for k, w in inputs.normalised.items()}
 
 
+register_method("swim", swim_score, aliases=("sm",),
+                help="SWIM: 1e6 * |h + 2g| + |w_hat| (the reference's --method SM)")
+
+
 def second_score(inputs: ScoreInputs) -> dict[str, Tensor]:
     """|h|."""
     return {k: h.abs() for k, h in inputs.h.items()}
+
+
+register_method("second", second_score, help="|h|, the second derivative alone")
 
 
 def magnitude_score(inputs: ScoreInputs) -> dict[str, Tensor]:
@@ -30,11 +38,19 @@ def magnitude_score(inputs: ScoreInputs) -> dict[str, Tensor]:
     return {k: w.abs() for k, w in inputs.normalised.items()}
 
 
+register_method("magnitude", magnitude_score, needs_sensitivity=False, aliases=("mag",),
+                help="|w_hat|, the largest normalised weights")
+
+
 def random_score(inputs: ScoreInputs) -> dict[str, Tensor]:
     """Uniform random numbers from ``seed``: the top fraction is a random subset."""
     gen = torch.Generator().manual_seed(int(inputs.seed))
     return {k: torch.rand(w.shape, generator=gen).to(w.device)
             for k, w in inputs.normalised.items()}
+
+
+register_method("random", random_score, needs_sensitivity=False, aliases=("rand",),
+                help="a seeded uniformly random subset")
 
 
 def plain_variance(inputs: ScoreInputs) -> dict[str, Tensor]:
@@ -74,6 +90,10 @@ def uswim_score(inputs: ScoreInputs) -> dict[str, Tensor]:
             for k, w in inputs.normalised.items()}
 
 
+register_method("uswim", uswim_score, aliases=("u-swim",), plans_at_time=True,
+                help="the SWIM score weighted by each weight's relative spread (U-SWIM)")
+
+
 def variance_score(inputs: ScoreInputs) -> dict[str, Tensor]:
     """1/2 h (Var_plain - Var_verified): the expected loss reduction of verifying a weight,
     from E[dL] = 1/2 sum_i h_i Var_i."""
@@ -84,3 +104,5 @@ def variance_score(inputs: ScoreInputs) -> dict[str, Tensor]:
     return {k: (0.5 * h * (plain[k] - verified[k]).to(h.dtype)) for k, h in inputs.h.items()}
 
 
+register_method("variance", variance_score, plans_at_time=True,
+                help="1/2 h (Var_plain - Var_verified), the expected loss reduction")

@@ -19,10 +19,12 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from ..choices import Spelled
 from ..devices import NoiseModel, require_device
 from ..errors import require
 from ..mapping import DeviceWeight
-from ..plans import Plan, Spelled
+from ..options import completed, typed_options
+from ..plans import Plan
 from ..registry import Entry, Registry
 from ..sensitivity import Sensitivity
 
@@ -39,6 +41,8 @@ class ScoreInputs:
     own loop), training ``data`` (an iterable of (x, y)) when they learn, and ``options``.
     ``plan_time`` is the time after programming (seconds) whose error variance methods
     plan against: 0, right after programming, unless the device changes with time.
+    ``chip`` is the :class:`~swimkit.ChipSpec` (``device_model`` is its device model as
+    the crossbar holds weights).
     """
 
     sensitivity: Sensitivity | None
@@ -54,6 +58,8 @@ class ScoreInputs:
     data: Iterable[tuple[Tensor, Tensor]] | None = None
     options: dict[str, Any] = field(default_factory=dict)
     plan_time: float = 0.0
+    chip: Any = None
+    progress: bool = False
 
     @property
     def h(self) -> dict[str, Tensor]:
@@ -93,12 +99,38 @@ Planner = Callable[[ScoreInputs, Budget], Plan]
 
 @dataclass(frozen=True)
 class Method(Entry):
-    """A selection method: a ``score`` function (weight level) or a ``planner``."""
+    """A selection method: a ``score`` function (weight level) or a ``planner``.
+
+    ``options`` are the options it takes (name -> default; ``--method-option K=V``),
+    ``option_flags`` command-line flags that set one option each
+    (``{"--learn-epochs": "epochs"}``); ``check`` is called with every option completed
+    by its default and raises a :class:`~swimkit.SwimkitError` for a value out of range;
+    ``plans_at_time`` says the method reads the device errors at ``plan_time``
+    (variances), so that setting acts; ``tolerances`` how many tolerances it verifies to
+    (1: one, the weight-level methods; None: a menu of any size; 0: only the device
+    model's own loop, so a menu is refused)."""
 
     score: Score | None = None
     planner: Planner | None = None
     needs_sensitivity: bool = True
     needs_data: bool = False
+    options: dict[str, Any] = field(default_factory=dict)
+    option_flags: dict[str, str] = field(default_factory=dict)
+    check: Callable[[dict[str, Any]], object] | None = None
+    plans_at_time: bool = False
+    tolerances: int | None = 1
+
+    @property
+    def option_help(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.options.items()) or "-"
+
+    def checked(self, options: Mapping[str, Any] | None) -> dict[str, Any]:
+        """``options`` of this method, checked, with its defaults completed."""
+        given = typed_options(f"method {self.name!r}", self.options, options)
+        out = completed(self.options, given)
+        if self.check is not None:
+            self.check(out)
+        return out
 
     @property
     def level(self) -> str:
@@ -109,45 +141,37 @@ class Method(Entry):
 METHODS: Registry[Method] = Registry("selection method", entry_point_group="swimkit.methods")
 
 
-def register_method(
-    name: str,
-    score: Score,
-    *,
-    needs_sensitivity: bool = True,
-    aliases: tuple[str, ...] | list[str] = (),
-    help: str = "",
-    replace: bool = False,
-) -> Method:
+def register_method(name: str, score: Score, *, replace: bool = False,
+                    **described: Any) -> Method:
     """Add a score method: ``score(inputs)`` returns one score tensor per weight name.
 
-    The weights of highest score over all layers are verified first. ``needs_sensitivity``
-    tells the workflows whether to run a sensitivity pass before calling it.
+    The weights of highest score over all layers are verified first. ``described`` are
+    the :class:`Method`'s other fields: ``needs_sensitivity`` (the workflows run a
+    sensitivity pass before calling it), ``options``, ``check``, ``plans_at_time``,
+    ``aliases``, ``help``.
     """
     require(callable(score), f"the score of method {name!r} must be callable (got {score!r})")
-    return METHODS.add(
-        Method(name=name, aliases=tuple(aliases), help=help, score=score,
-               needs_sensitivity=needs_sensitivity),
-        replace=replace,
-    )
+    return METHODS.add(_method(name, score=score, **described), replace=replace)
 
 
-def register_planner(
-    name: str,
-    planner: Planner,
-    *,
-    needs_sensitivity: bool = True,
-    needs_data: bool = False,
-    aliases: tuple[str, ...] | list[str] = (),
-    help: str = "",
-    replace: bool = False,
-) -> Method:
-    """Add a device-level method: ``planner(inputs, budget)`` returns a Plan."""
+def register_planner(name: str, planner: Planner, *, replace: bool = False,
+                     **described: Any) -> Method:
+    """Add a device-level method: ``planner(inputs, budget)`` returns a Plan (the other
+    fields as :func:`register_method`'s, and ``needs_data``: it learns on training data)."""
     require(callable(planner), f"the planner of {name!r} must be callable (got {planner!r})")
-    return METHODS.add(
-        Method(name=name, aliases=tuple(aliases), help=help, planner=planner,
-               needs_sensitivity=needs_sensitivity, needs_data=needs_data),
-        replace=replace,
-    )
+    described.setdefault("tolerances", None)
+    return METHODS.add(_method(name, planner=planner, **described), replace=replace)
+
+
+def _method(name: str, **described: Any) -> Method:
+    known = {f for f in Method.__dataclass_fields__ if f != "name"}
+    unknown = sorted(set(described) - known)
+    require(not unknown, f"method {name!r}: unknown field {unknown[:1]}; give "
+                         f"{', '.join(sorted(known))}")
+    described["aliases"] = tuple(described.get("aliases", ()))
+    described["options"] = dict(described.get("options") or {})
+    described["option_flags"] = dict(described.get("option_flags") or {})
+    return Method(name=name, **described)
 
 
 def require_pricing(device_model: NoiseModel, what: str) -> None:

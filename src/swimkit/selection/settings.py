@@ -1,69 +1,107 @@
-"""The selection group of a run's settings: which methods, at which budgets, how."""
+"""The selection step's settings: one method at one budget, and how it plans."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import check_fraction, check_once, check_speedup, is_number, require
+from ..errors import check_fraction, check_speedup, is_integer, is_number, require
+from ..groups import flag, integer, nonnegative
+from ..options import typed_options
 from ..plans import check_menu
-from .learned import LearnOptions
 from .registry import METHODS, Budget, BudgetKind
+
+#: The budget of a selection without one given: this fraction.
+DEFAULT_FRACTION = 0.1
 
 
 @dataclass
 class SelectionSettings:
-    """Methods and budgets: every method is run at every budget.
+    """One plan: ``method`` (None: the settings the points of a grid share) under one
+    budget, a ``fraction`` (of the weights; of the devices for device-level methods), a
+    ``speedup`` over verifying every device or a ``time_budget`` in seconds (none given:
+    :data:`DEFAULT_FRACTION`).
 
-    ``fractions`` (of weights; of devices for device-level methods), ``speedups`` over
-    full verify, ``time_budgets`` in seconds; ``tolerances`` the menu of device-level
-    methods (None: the default menu); ``exclude`` layers kept digital; ``map_params``
-    patterns of parameters mapped to devices besides the conv, linear and attention
-    weights (see :func:`swimkit.device_weights`); ``learn`` the
-    options of method ``learned`` (epochs, lr, price_step); ``plan_time`` the seconds
-    after programming whose error the methods plan against (0: right after).
+    ``tolerances`` is the menu of device-level methods (None: the device model's default
+    menu; weight-level methods take one), ``plan_time`` the seconds after programming
+    whose device errors the method plans against (0: right after; for methods that read
+    variances), ``options`` the method's own options (see its registry entry), ``seed``
+    what a method that draws (``random``, ``learned``) draws from; ``progress`` shows a
+    progress bar where a method learns.
     """
 
-    methods: list[str] = field(default_factory=lambda: ["swim"])
-    fractions: list[float] = field(default_factory=list)
-    speedups: list[float] = field(default_factory=list)
-    time_budgets: list[float] = field(default_factory=list)
-    tolerances: list[float] | None = None
-    exclude: list[str] = field(default_factory=list)
-    map_params: list[str] = field(default_factory=list)
-    learn: dict[str, Any] = field(default_factory=dict)
-    plan_time: float = 0.0
+    method: str | None = "swim"
+    fraction: float | None = None
+    speedup: float | None = None
+    time_budget: float | None = None
+    tolerances: list[float] | None = field(default=None, metadata=flag(
+        "--tolerances", kind=nonnegative, several=True,
+        help="menu of tolerances (device steps) for allocate / learned (default: 1.5, 1, "
+             "2/3, 1/2, 1/3 sigma and the default loop's)"))
+    plan_time: float = field(default=0.0, metadata=flag(
+        "--plan-time", kind=nonnegative, metavar="SECONDS",
+        help="plan against the device error this long after programming (for devices that "
+             "change with time, e.g. 86400; 0: right after)"))
+    options: dict[str, Any] = field(default_factory=dict)
+    seed: int = field(default=0, metadata=flag(
+        "--seed", kind=integer, help="seed of training, selection and chips"))
+    progress: bool = field(default=False, metadata=flag(
+        "--no-progress", kind=None, invert=True, results=False, command_default=True,
+        help="no progress bars"))
 
     def __post_init__(self) -> None:
-        require(bool(self.methods), "give at least one selection method")
-        self.methods = [METHODS.canonical(m) for m in self.methods]
-        for what, values in (("methods", self.methods), ("fractions", self.fractions),
-                             ("speedups", self.speedups), ("time budgets", self.time_budgets)):
-            check_once(what, values)
-        check_once("map_params", self.map_params)
-        for fraction in self.fractions:
-            check_fraction(fraction)
-        for speedup in self.speedups:
-            check_speedup(speedup)
-        for seconds in self.time_budgets:
-            require(is_number(seconds, finite=True) and seconds > 0,
-                    f"time budget must be a number of seconds > 0 (got {seconds!r})")
-        check_menu(self.tolerances)
-        LearnOptions.from_options(self.learn)
-        planners = [m for m in self.methods if METHODS.get(m).needs_data]
-        require(not (planners and self.fractions),
-                f"method {planners[:1]} learns under a time budget: give speedups or time "
-                "budgets, not fractions")
+        given = [k for k in ("fraction", "speedup", "time_budget") if getattr(self, k) is not None]
+        require(len(given) <= 1, f"give one budget, not {' and '.join(given)}: a fraction, "
+                                 "a speedup or a time budget (seconds)")
+        if self.fraction is not None:
+            check_fraction(self.fraction)
+        if self.speedup is not None:
+            check_speedup(self.speedup)
+        if self.time_budget is not None:
+            require(is_number(self.time_budget, finite=True) and self.time_budget > 0,
+                    f"time budget must be a number of seconds > 0 (got {self.time_budget!r})")
+        self.tolerances = None if self.tolerances is None else list(check_menu(self.tolerances))
         require(is_number(self.plan_time, finite=True) and self.plan_time >= 0,
                 f"plan_time must be seconds >= 0 after programming (got {self.plan_time!r})")
+        require(is_integer(self.seed), f"seed must be an integer (got {self.seed!r})")
+        if self.method is not None:  # None: the settings a grid's points share
+            self._check_method()
 
-    def mapping(self) -> dict[str, list[str] | None]:
-        """Which weights are on devices, as the keywords of the steps (``exclude``,
-        ``params``)."""
-        return {"exclude": self.exclude or None, "params": self.map_params or None}
+    def _check_method(self) -> None:
+        """What depends on the method: its options, its tolerances, its budget, its time."""
+        self.method = METHODS.canonical(self.method)
+        entry = METHODS.get(self.method)
+        most = entry.tolerances
+        require(self.tolerances is None or most is None or len(self.tolerances) <= most,
+                f"method {entry.name!r} verifies whole weights at one tolerance; give one "
+                "tolerance, or use method='allocate' for a menu" if most else
+                f"tolerances would have no effect: method {entry.name!r} verifies with the "
+                "device model's own loop only; drop them (--tolerances), or use 'allocate' "
+                "for a menu")
+        require(not self.plan_time or entry.plans_at_time,
+                f"plan_time {self.plan_time:g} would have no effect: method {entry.name!r} "
+                "does not read the device errors at a time after programming; drop plan_time "
+                "(--plan-time), or use a method that plans by variances (allocate, learned, "
+                "variance)")
+        self.options = typed_options(f"method {entry.name!r}", entry.options, self.options)
+        entry.checked(self.options)
+        require(not (entry.needs_data and self.budget.kind is BudgetKind.FRACTION),
+                f"method {entry.name!r} learns under a time budget: give a speedup or a time "
+                "budget, not a fraction")
 
-    def budgets(self) -> list[Budget]:
-        """Every budget, fractions first, then speedups, then time budgets."""
-        return ([Budget(BudgetKind.FRACTION, f) for f in self.fractions]
-                + [Budget(BudgetKind.SPEEDUP, x) for x in self.speedups]
-                + [Budget(BudgetKind.TIME_BUDGET, t) for t in self.time_budgets])
+    @property
+    def budget(self) -> Budget:
+        """The budget given (a fraction of :data:`DEFAULT_FRACTION` without one)."""
+        for kind in BudgetKind:
+            value = getattr(self, kind.value)
+            if value is not None:
+                return Budget(kind, float(value))
+        return Budget(BudgetKind.FRACTION, DEFAULT_FRACTION)
+
+    @property
+    def method_options(self) -> dict[str, Any]:
+        """The method's options, its defaults completed: what it runs with."""
+        return METHODS.get(self.method).checked(self.options)
+
+
+__all__ = ["DEFAULT_FRACTION", "SelectionSettings"]

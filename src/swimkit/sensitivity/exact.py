@@ -35,16 +35,23 @@ from torch import Tensor, nn
 from torch.func import grad, vjp, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from ..errors import SwimkitError
-from ..mapping import DeviceWeight, Perturbation, effective_weights, perturbed, require_logits
+from ..errors import SwimkitError, first_line
+from ..mapping import DeviceWeight, Perturbation, effective_weights, perturbed
+from ..models import require_logits
 from ..progress import progress_bar
 from ..quantization import OutputQuantizer, fake_quantize
+from .engines import register_engine
 
 Grads = dict[str, Tensor]
 Result = tuple[Grads, Grads, int]
 
 # Default bound on the per-sample results held at once by ggn / fisher (elements).
 _PER_SAMPLE_BUDGET = 2**24
+
+#: The engines' options and their defaults (None: chosen from a memory budget).
+GGN_OPTIONS: dict[str, Any] = {"class_chunk": None, "sample_chunk": None}
+FISHER_OPTIONS: dict[str, Any] = {"sample_chunk": None}
+HUTCHINSON_OPTIONS: dict[str, Any] = {"probes": 100, "seed": 0, "probe_chunk": 8}
 
 
 # ---------------------------------------------------------------------------------------
@@ -64,7 +71,7 @@ def ggn_diagonal(
     Options: ``class_chunk`` (classes pulled back at once; default all) and
     ``sample_chunk`` (samples vectorised at once; default from a memory budget).
     """
-    opts = _options("ggn", options, {"class_chunk": None, "sample_chunk": None})
+    opts = _options("ggn", options, GGN_OPTIONS)
     term = partial(_outer_product_diagonal, factor=_softmax_hessian_factor, **opts)
     return _accumulate("ggn", model, weights, batches, term, progress)
 
@@ -81,7 +88,7 @@ def fisher_diagonal(
 
     Option: ``sample_chunk`` (samples vectorised at once; default from a memory budget).
     """
-    opts = _options("fisher", options, {"sample_chunk": None})
+    opts = _options("fisher", options, FISHER_OPTIONS)
     term = partial(_outer_product_diagonal, factor=_loss_gradient_factor, class_chunk=None, **opts)
     return _accumulate("fisher", model, weights, batches, term, progress)
 
@@ -100,7 +107,7 @@ def hutchinson_diagonal(
     the same seed gives the same result) and ``probe_chunk`` (probes vectorised at once,
     default 8).
     """
-    opts = _options("hutchinson", options, {"probes": 100, "seed": 0, "probe_chunk": 8})
+    opts = _options("hutchinson", options, HUTCHINSON_OPTIONS)
     generator = torch.Generator(device=next(iter(weights.values())).value.device)
     generator.manual_seed(opts.pop("seed"))
     term = partial(_hutchinson_term, generator=generator, **opts)
@@ -339,3 +346,34 @@ def _options(engine: str, given: Mapping[str, Any], defaults: Mapping[str, Any])
             rule = "an integer" if least is None else f"an integer >= {least}"
             raise SwimkitError(f"{key} must be {rule} (got {value!r})")
     return {**defaults, **given}
+
+
+def _readable(name: str, compute: Callable[..., Result]) -> Callable[..., Result]:
+    """``compute`` with torch.func's errors as one line that says what to do instead."""
+
+    def run(model: nn.Module, weights: dict[str, DeviceWeight], batches: Any,
+            **kwargs: Any) -> Result:
+        try:
+            return compute(model, weights, batches, **kwargs)
+        except SwimkitError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - torch.func's errors, in one line
+            raise SwimkitError(
+                f"engine {name!r} cannot run this model: torch.func could not transform its "
+                f"forward per sample ({first_line(exc, with_type=True)}); models with "
+                "data-dependent control flow or ops torch.func cannot map (recurrent "
+                "layers, for one) need engine='swim' with a curvature rule per op "
+                "(swimkit.register_rule)") from None
+
+    return run
+
+
+register_engine("ggn", _readable("ggn", ggn_diagonal), options=GGN_OPTIONS,
+                help="exact generalised Gauss-Newton diagonal (= Hessian diagonal for "
+                     "piecewise-linear nets)")
+register_engine("hutchinson", _readable("hutchinson", hutchinson_diagonal),
+                options=HUTCHINSON_OPTIONS,
+                option_flags={"--probes": "probes", "--probe-seed": "seed"},
+                help="unbiased Hessian-diagonal estimate with Rademacher probes")
+register_engine("fisher", _readable("fisher", fisher_diagonal), options=FISHER_OPTIONS,
+                help="empirical Fisher diagonal (squared per-sample gradients)")

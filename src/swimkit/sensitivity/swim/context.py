@@ -129,8 +129,8 @@ class RuleContext:
 
     def device_weight_name(self, node: Any) -> str | None:
         """The device-weight name of a ``get_attr`` node reading one, else None."""
-        if isinstance(node, fx.Node) and node.op == "get_attr" and node.target in self._run.weights:
-            return str(node.target)
+        if isinstance(node, fx.Node) and node.op == "get_attr":
+            return self._run.device_name_at(str(node.target))
         return None
 
     def device_weight_name_of(self, module: nn.Module, attribute: str) -> str | None:
@@ -145,7 +145,7 @@ class RuleContext:
         weight_node = self.arg_node(index, "weight")
         name = None
         if isinstance(weight_node, fx.Node) and weight_node.op == "get_attr":
-            name = weight_node.target if weight_node.target in self._run.weights else None
+            name = self._run.device_name_at(str(weight_node.target))
         return weight, name
 
     def vjp(self, s: SValue, scale: Tensor | None = None) -> dict[fx.Node, SValue]:

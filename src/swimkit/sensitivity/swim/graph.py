@@ -23,9 +23,11 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from ...errors import SwimkitError
-from ...mapping import DeviceWeight, perturbed, require_logits
+from ...mapping import DeviceWeight, perturbed
+from ...models import require_logits
 from ...progress import progress_bar
 from ..batching import Chunk, depends_on_batch, pass_batch_size, regrouped, weighted
+from ..engines import register_engine
 from .context import RuleContext, SValue, layout
 from .registry import OUT_OF_PLACE
 from .tracing import (
@@ -55,9 +57,11 @@ class CurvaturePass:
         self.model = model
         self.graph = graph
         self.weights = weights
-        self.module_to_weight = {w.module_name: name for name, w in weights.items()
-                                 if w.attribute == "weight"}
-        self._by_tensor = {(id(w.module), w.attribute): name for name, w in weights.items()}
+        uses = [(name, use) for name, w in weights.items() for use in w.uses]
+        self.module_to_weight = {use.module_name: name for name, use in uses
+                                 if use.attribute == "weight"}
+        self._by_tensor = {(id(use.module), use.attribute): name for name, use in uses}
+        self._by_attribute = {use.name: name for name, use in uses}
         rewire_in_place(graph, model)
         self.nodes = list(graph.nodes)
         calls = [n for n in self.nodes if n.op in CALLS]
@@ -65,7 +69,7 @@ class CurvaturePass:
             self.upstream = set(self.nodes)
         else:
             self.upstream = device_dependent(
-                graph, {w.module_name for w in weights.values()}, weights)
+                graph, {use.module_name for _, use in uses}, self._by_attribute)
         on_path = [n for n in calls if n in self.upstream and n in feeds_output(graph)
                    and n not in metadata_nodes(graph)]
         self.rules = check_rules(on_path, model)
@@ -104,6 +108,11 @@ class CurvaturePass:
 
     def device_name_of(self, module: nn.Module, attribute: str) -> str | None:
         return self._by_tensor.get((id(module), attribute))
+
+    def device_name_at(self, target: str) -> str | None:
+        """The device weight read as the attribute ``target`` (a shared weight's every
+        use names it), or None."""
+        return self._by_attribute.get(target)
 
     def value(self, node: fx.Node) -> Any:
         return self.env[node]
@@ -222,8 +231,8 @@ class CurvaturePass:
 
     def _weight_grad(self, node: fx.Node, g: SValue) -> None:
         """The gradient reaching a device weight read as an attribute is its g."""
-        name = str(node.target)
-        if name in self.weights and isinstance(g, Tensor):
+        name = self.device_name_at(str(node.target))
+        if name is not None and isinstance(g, Tensor):
             self.accumulate_grad(name, g)
 
     def _apply(self, node: fx.Node, s: SValue, g: SValue | None) -> None:
@@ -424,3 +433,8 @@ def swim_curvature(
 
 
 __all__ = ["CurvaturePass", "swim_curvature"]
+
+
+register_engine("swim", swim_curvature, own_batch=True,
+                help="SWIM's one-pass diagonal curvature backpropagation over the traced "
+                     "graph (fast)")

@@ -156,11 +156,17 @@ def elementwise_rule(derivative: Callable[[Tensor], Tensor] | None = None) -> Ru
         if derivative is None:
             slope = ctx.elementwise_derivative()
         else:
-            slope = derivative(ctx.value(ctx.input_node))
+            x = ctx.value(ctx.input_node)
+            slope = derivative(x)
+            name = getattr(derivative, "__qualname__", derivative)
             if not isinstance(slope, Tensor):
                 raise SwimkitError(
-                    f"the derivative {getattr(derivative, '__qualname__', derivative)} "
-                    f"returned {type(slope).__name__}, not a tensor f'(x) shaped like x")
+                    f"the derivative {name} returned {type(slope).__name__}, not a tensor "
+                    "f'(x) shaped like x")
+            if isinstance(x, Tensor) and tuple(slope.shape) != tuple(x.shape):
+                raise SwimkitError(
+                    f"the derivative {name} returned a tensor shaped {tuple(slope.shape)} for "
+                    f"an input shaped {tuple(x.shape)}: f'(x) is elementwise, shaped like x")
         if ctx.grad is not None:
             ctx.send_grad(ctx.to_input(ctx.scaled(ctx.grad, slope)))
         return ctx.to_input(ctx.scaled(s, slope.square()))
