@@ -7,6 +7,7 @@ batch 128. The default noise, 0.042, is aihwkit's PCM programming spread at g_ma
 g_max (1.0554 uS of 25 uS).
 
     python examples/aihwkit_lightning_lenet.py --out runs/lightning/lenet.pt
+    python examples/aihwkit_lightning_lenet.py --quick --out /tmp/lenet.pt   # 1 epoch, 5,000 images
     swimkit sweep --checkpoint runs/lightning/lenet.pt --model lenet --device-model aihwkit-pcm ...
 
 The file holds the trained layers' tensors (aihwkit-lightning's state dict: weights,
@@ -36,7 +37,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--out", default="runs/lightning/lenet.pt")
+    parser.add_argument("--quick", action="store_true",
+                        help="a check that it runs: one epoch on 5,000 training images")
     args = parser.parse_args()
+    if args.quick:
+        args.epochs = 1
 
     conversion = _lib.lightning("aihwkit_lightning.nn.conversion")
     configs = _lib.lightning("aihwkit_lightning.simulator.configs")
@@ -49,6 +54,8 @@ def main() -> None:
 
     torch.manual_seed(args.seed)
     dataset = swimkit.load_dataset("fashion-mnist", data_dir=args.data_dir)
+    if args.quick:
+        dataset = dataset.subset(n_train=5000)
     model = conversion.convert_to_analog(swimkit.build_model("lenet", seed=args.seed), config)
     optimizer = optim.AnalogOptimizer(torch.optim.Adam, model.analog_layers,
                                       model.parameters(), lr=1e-3)

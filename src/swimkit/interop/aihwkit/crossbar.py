@@ -1,5 +1,11 @@
-"""swimkit's :class:`~swimkit.crossbar.Crossbar` and aihwkit's ``rpu_config``, both ways,
-where the two mean the same; a one-line error naming the setting where they do not.
+"""swimkit's chip (:class:`~swimkit.chip.ChipSpec`: device model, crossbar, placement) and
+aihwkit's ``rpu_config``, both ways, where the two mean the same; a one-line error naming
+the setting where they do not. aihwkit keeps its noise model, its mapping and its
+converters side by side in one ``rpu_config`` as a chip keeps its device model and its
+crossbar: :func:`chip_of` reads a chip from an ``rpu_config`` (the noise model as an
+aihwkit device model, the mapping and converters as the crossbar) and
+:func:`rpu_config_of` writes one from a chip; :func:`crossbar_of` translates the crossbar
+alone.
 
 What corresponds (aihwkit's ``IOParameters`` and ``MappingParameter``; its analog forward
 in ``aihwkit.simulator.tiles.analog_mvm``):
@@ -22,6 +28,10 @@ in ``aihwkit.simulator.tiles.analog_mvm``):
   (omega: the range maps to omega), so converters need it. Bound management (aihwkit's
   ``ITERATIVE`` repeats a clipped read with smaller inputs) and the other non-idealities
   (input noise, weight noise, IR drop, non-linearity, asymmetry) are not modelled by swimkit.
+- placement: aihwkit's ``convert_to_analog`` puts every convolution and linear layer on
+  tiles (unless told to exclude some) and keeps BatchNorm digital; the ``rpu_config`` has
+  no say in it. :func:`~swimkit.interop.aihwkit.apply_plan` refuses a plan whose layers
+  and the model's analog layers differ, and a chip that folds BatchNorm.
 """
 
 from __future__ import annotations
@@ -32,11 +42,12 @@ from typing import Any
 
 from torch import nn
 
+from ...chip import ChipSpec, Placement
 from ...crossbar import Crossbar
 from ...errors import SwimkitError
-from ...mapping import device_weights
 from . import _lib
 from .devices import AihwkitDevice, split_sizes
+from .registration import device_model_of
 
 #: IOParameters fields swimkit does not model, with the value that leaves them out.
 UNMODELLED = {"inp_noise": 0.0, "inp_asymmetry": 0.0, "out_noise_std": 0.0,
@@ -111,10 +122,15 @@ def _swimkit_sizes(height: int, shape: Sequence[int]) -> list[int] | None:
     return [per * unit] * (tiles - 1) + [(units - per * (tiles - 1)) * unit]
 
 
-def _split_height(model: nn.Module, most: int, names: Sequence[str] | None) -> int:
-    """The tile height (rows) at which swimkit splits every device weight of ``model`` as
-    aihwkit does with ``most`` inputs a tile, or an error naming a layer where none does."""
-    shapes = {n: tuple(w.value.shape) for n, w in device_weights(model, layers=names).items()}
+def _split_height(model: nn.Module, most: int, placement: Placement) -> int:
+    """The tile height (rows) at which swimkit splits every device weight of ``model`` (as
+    ``placement`` places them) as aihwkit does with ``most`` inputs a tile, or an error
+    naming a layer where none does."""
+    weights = placement.weights(placement.held(model))
+    if not weights:
+        raise SwimkitError("the model has no weights on devices to tile (no convolution, "
+                           "linear or attention weight the placement keeps)")
+    shapes = {n: tuple(w.value.shape) for n, w in weights.items()}
     wanted = {n: split_sizes(math.prod(s[1:]), most) for n, s in shapes.items()}
     for height in sorted({sizes[0] for sizes in wanted.values()} | {most}):
         if all(_swimkit_sizes(height, s) == wanted[n] for n, s in shapes.items()):
@@ -127,9 +143,10 @@ def _split_height(model: nn.Module, most: int, names: Sequence[str] | None) -> i
 
 
 def crossbar_of(rpu_config: Any, model: nn.Module | None = None,
-                layers: Sequence[str] | None = None) -> Crossbar:
+                placement: Placement | None = None) -> Crossbar:
     """swimkit's Crossbar for aihwkit's ``rpu_config`` (its tiles, ranges and forward); with
-    ``model``, tiles that split every device weight as aihwkit does (else an error)."""
+    ``model``, tiles that split every device weight (those ``placement`` puts on devices,
+    by default every conv and linear weight) as aihwkit does (else an error)."""
     mapping, forward = rpu_config.mapping, rpu_config.forward
     if not getattr(mapping, "digital_bias", True):
         raise SwimkitError("aihwkit's mapping.digital_bias = False puts the bias on the "
@@ -139,17 +156,51 @@ def crossbar_of(rpu_config: Any, model: nn.Module | None = None,
     most_in, most_out = int(mapping.max_input_size), int(mapping.max_output_size)
     rows = most_in if most_in > 0 else None
     if model is not None and most_in > 0:
-        rows = _split_height(model, most_in, layers)
+        rows = _split_height(model, most_in, placement or Placement())
     columns = most_out if most_out > 0 else None
     return Crossbar(tile_rows=rows, tile_columns=columns,
                     ranges="column" if columnwise else "tile", signed="magnitude",
                     **converters_of(forward, omega if omega > 0 else 0.0))
 
 
-def rpu_config_of(crossbar: Crossbar, device: AihwkitDevice | None = None,
-                  config: Any = None) -> Any:
-    """aihwkit's ``TorchInferenceRPUConfig`` (or ``config``, changed) for swimkit's
-    ``crossbar`` and the aihwkit ``device`` model (its noise model, compensation)."""
+def chip_of(rpu_config: Any, model: nn.Module | None = None, *,
+            placement: Placement | None = None, **settings: Any) -> ChipSpec:
+    """swimkit's chip for aihwkit's ``rpu_config``: its noise model as an aihwkit device
+    model (:func:`~swimkit.interop.aihwkit.device_model_of`, with ``settings``), its
+    mapping and converters as the crossbar (:func:`crossbar_of`, tiles split as aihwkit
+    splits ``model``), and ``placement`` (default: every conv and linear weight, as
+    ``convert_to_analog`` converts them). The device model's tiles (those its reads are
+    converted again in) are the crossbar's, which split every layer as ``rpu_config``
+    does, so ``chip_of(rpu_config_of(chip), model) == chip``."""
+    placement = placement or Placement()
+    crossbar = crossbar_of(rpu_config, model, placement)
+    if crossbar.tile_rows is not None:
+        settings.setdefault("tile_inputs", crossbar.tile_rows)
+    if crossbar.tile_columns is not None:
+        settings.setdefault("tile_outputs", crossbar.tile_columns)
+    return ChipSpec(device_model_of(rpu_config, **settings), crossbar, placement)
+
+
+def rpu_config_of(chip: ChipSpec | Crossbar, config: Any = None) -> Any:
+    """aihwkit's ``TorchInferenceRPUConfig`` (or ``config``, changed) for swimkit's ``chip``:
+    its crossbar's tiles, ranges and converters, and its aihwkit device model's noise model
+    and drift compensation. A :class:`~swimkit.crossbar.Crossbar` alone sets the mapping and
+    converters and leaves the noise model as it is."""
+    device: AihwkitDevice | None = None
+    if isinstance(chip, ChipSpec):
+        if not isinstance(chip.device_model, AihwkitDevice):
+            kind = chip.device_model.describe().get("kind", type(chip.device_model).__name__)
+            raise SwimkitError(f"the chip's device model {kind!r} is not an aihwkit noise model, "
+                               "so aihwkit cannot program it: give a chip of an aihwkit device "
+                               "model (--device-model aihwkit-pcm, chip_of(rpu_config)), or "
+                               "rpu_config_of(chip.crossbar) for the mapping and converters "
+                               "alone")
+        device, crossbar = chip.device_model, chip.crossbar
+    elif isinstance(chip, Crossbar):
+        crossbar = chip
+    else:
+        raise SwimkitError(f"rpu_config_of takes a swimkit.ChipSpec or a swimkit.Crossbar "
+                           f"(got {type(chip).__name__})")
     if crossbar.signed != "magnitude":
         raise SwimkitError(f"signed={crossbar.signed!r}: aihwkit's device models hold signs "
                            "themselves (a device pair, or one device over its range); use "
@@ -189,4 +240,4 @@ def rpu_config_of(crossbar: Crossbar, device: AihwkitDevice | None = None,
     return config
 
 
-__all__ = ["UNMODELLED", "converters_of", "crossbar_of", "rpu_config_of"]
+__all__ = ["UNMODELLED", "chip_of", "converters_of", "crossbar_of", "rpu_config_of"]

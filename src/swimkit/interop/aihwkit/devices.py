@@ -412,6 +412,17 @@ class AihwkitDevice(CellModel):
     def loop(self) -> WriteVerify:
         return self._loop  # type: ignore[attr-defined]
 
+    @property
+    def changes_with_time(self) -> bool:
+        """True: aihwkit's noise models read at a time after programming (drift, read
+        noise), so ``--times``, ``--plan-time`` and ``--noise-time`` act on them."""
+        return True
+
+    @property
+    def compensated(self) -> bool:
+        """Whether aihwkit's global drift compensation rescales each tile at a read."""
+        return self.compensation
+
     def default_menu(self) -> tuple[float, ...]:
         if self.menu_ranges is not None:
             return tuple(sorted(self.menu_ranges, reverse=True))

@@ -7,7 +7,9 @@ with the model's own draw, or write-verify to the plan's tolerance (the model's 
 repeated until within it, swimkit's loop). The blocks follow aihwkit's tiling (a layer split
 into tiles of at most ``max_input_size`` inputs and ``max_output_size`` outputs, sizes
 differing by at most one) and its layout of a convolution (the matrix ``[out, in * kh *
-kw]``). The model is then programmed, drifted and read with aihwkit's own calls
+kw]``); the plan must have been made for the chip whose ``rpu_config`` converted the model
+(:func:`~swimkit.interop.aihwkit.chip_of`, :func:`~swimkit.interop.aihwkit.rpu_config_of`).
+The model is then programmed, drifted and read with aihwkit's own calls
 (``program_analog_weights``, ``drift_analog_weights``): only the planned devices are
 verified. :func:`aihwkit_chips` does that for a number of chips and gives swimkit's
 Monte-Carlo results (mean, confidence interval, 5th percentile) at each time.
@@ -23,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ...chip import as_chip
 from ...chipstats import MCResult
 from ...devices.protocol import check_times
 from ...errors import SwimkitError
@@ -122,15 +125,24 @@ def weight_levels(plan: Plan, name: str) -> Tensor:
     return first.reshape(first.shape[0], -1)
 
 
-def apply_plan(model: nn.Module, plan: Plan, device: AihwkitDevice) -> nn.Module:
+def apply_plan(model: nn.Module, plan: Plan, chip: Any) -> nn.Module:
     """Give every tile of the aihwkit analog ``model`` a noise model that programs its
-    block of ``plan`` (made with ``device``); returns ``model``. Its drift, reads and drift
-    compensation stay aihwkit's. Every analog layer must be in the plan, and every plan
-    layer in the model."""
+    block of ``plan``; returns ``model``. ``chip`` is the chip the plan was made for (a
+    :class:`~swimkit.chip.ChipSpec` of an aihwkit device model, or the device model alone
+    for a plan made on the idealised crossbar); a plan made for another chip is refused.
+    Its drift, reads and drift compensation stay aihwkit's. Every analog layer must be in
+    the plan, and every plan layer in the model."""
+    chip = as_chip(chip)
+    device = chip.device_model
     if not isinstance(device, AihwkitDevice):
-        raise SwimkitError("apply_plan needs the aihwkit device model the plan was made with "
-                           "(swimkit.interop.aihwkit.device_model(...)), whose tolerances "
-                           "are steps of its conductances")
+        raise SwimkitError("apply_plan needs the chip of the aihwkit device model the plan was "
+                           "made with (swimkit.interop.aihwkit.chip_of(rpu_config, model)), "
+                           "whose tolerances are steps of its conductances")
+    if chip.placement.batchnorm != "digital":
+        raise SwimkitError("the chip folds BatchNorm into the convolutions, and the plan is for "
+                           "the folded weights; aihwkit's analog model holds them unfolded "
+                           "(BatchNorm digital): plan on a chip with batchnorm='digital'")
+    chip.check_plan(plan, "apply")
     tolerances = [None, *device.menu(plan.menu)]
     planned = _planned_class()
     tiles = analog_tiles(model)

@@ -9,7 +9,7 @@ import math
 
 import pytest
 import torch
-from test_device_models import empirical_second_moment, layer
+from chip_draws import empirical_second_moment, layer
 from torch import nn
 from toys import toy_problem
 
@@ -23,7 +23,8 @@ from swimkit.devices.cells import cells_of
 
 aihwkit = pytest.importorskip("aihwkit", reason="aihwkit is not installed (pip install "
                                                 "\"swimkit[aihwkit]\"); "
-                                                "tests/test_aihwkit_plain.py runs without it")
+                                                "tests/interop/test_aihwkit_plain.py runs "
+                                                "without it")
 
 from aihwkit.inference import (  # noqa: E402
     PCMLikeNoiseModel,
@@ -33,7 +34,7 @@ from aihwkit.nn.conversion import convert_to_analog  # noqa: E402
 from aihwkit.simulator.configs import TorchInferenceRPUConfig  # noqa: E402
 from aihwkit.simulator.parameters.enums import BoundManagementType  # noqa: E402
 
-from swimkit.interop.aihwkit import device_model, device_model_of  # noqa: E402
+from swimkit.interop.aihwkit import chip_of, device_model, device_model_of  # noqa: E402
 from swimkit.interop.aihwkit.crossbar import crossbar_of, rpu_config_of  # noqa: E402
 from swimkit.interop.aihwkit.devices import split_sizes, tile_blocks  # noqa: E402
 from swimkit.interop.aihwkit.models import to_torch  # noqa: E402
@@ -306,7 +307,7 @@ def test_a_plan_applied_in_aihwkit_verifies_only_its_devices():
     plan = swimkit.Plan(masks=verified, devices_per_weight=1)
     analog = convert_to_analog(copy.deepcopy(model), perfect_config(max_input_size=50,
                                                                    max_output_size=3))
-    apply_plan(analog, plan, dm).eval()
+    apply_plan(analog, plan, dm).eval()  # a plan that records no chip, the device alone
     torch.manual_seed(5)
     analog.program_analog_weights()
     tolerance = dm.loop.tolerance * dm.step  # uS, each device of the pair
@@ -330,18 +331,18 @@ def test_one_plan_evaluated_by_aihwkit_and_by_swimkit_gives_the_same_accuracy():
     to its tiles) and swimkit's chips agree within their confidence intervals."""
     model, batches = toy_problem()
     config = perfect_config(max_input_size=16)
-    dm = device_model_of(config)
-    crossbar = crossbar_of(config, model)
-    assert crossbar.tile_rows == 16 and crossbar.ranges == "tile"
-    device = crossbar.wrap(dm)
-    sens = swimkit.sensitivity(model, batches)
-    plan = swimkit.select(model, sens, method="allocate", speedup=3.0, device_model=device)
-    ours = swimkit.evaluate(model, batches, device, plan, samples=40, seed=0,
-                            times=[1.0, DAY])
-    analog = apply_plan(convert_to_analog(copy.deepcopy(model), rpu_config_of(crossbar, dm)),
-                        plan, dm)
+    chip = chip_of(config, model)
+    assert chip.device_model == device_model_of(config, tile_inputs=16)
+    assert chip.crossbar.tile_rows == 16 and chip.crossbar.ranges == "tile"
+    sens = swimkit.sensitivity(model, batches, chip=chip)
+    plan = swimkit.select(model, sens, chip=chip, method="allocate", speedup=3.0)
+    ours = swimkit.evaluate(model, batches, chip, plan, samples=40, seed=0, times=[1.0, DAY])
+    analog = convert_to_analog(copy.deepcopy(model), rpu_config_of(chip))
+    with pytest.raises(swimkit.SwimkitError, match="made for another chip"):
+        apply_plan(analog, plan, chip.device_model)  # the plan is for the tiled chip
+    analog = apply_plan(analog, plan, chip)
     theirs = aihwkit_chips(analog, batches, times=[1.0, DAY], samples=40, seed=0)
-    none = swimkit.evaluate(model, batches, device, "none", samples=40, seed=0, times=[DAY])[0]
+    none = swimkit.evaluate(model, batches, chip, "none", samples=40, seed=0, times=[DAY])[0]
     clean = swimkit.accuracy(model, batches)
     assert none.mean < clean - 1.0  # the noise matters on this model
     for a, b in zip(ours, theirs, strict=True):
@@ -367,6 +368,11 @@ def test_the_crossbar_translates_both_ways_and_refuses_what_differs():
     assert crossbar == Crossbar(tile_rows=392, tile_columns=512, ranges="tile", dac_bits=7,
                                 adc_bits=9, adc_range=12.0, output_noise=0.06)
     assert crossbar_of(rpu_config_of(crossbar), lenet) == crossbar
+    chip = chip_of(config, lenet)  # the noise model, the crossbar and the default placement
+    assert chip.crossbar == crossbar and chip.placement == swimkit.Placement()
+    assert chip_of(rpu_config_of(chip), lenet) == chip
+    with pytest.raises(swimkit.SwimkitError, match="not an aihwkit noise model"):
+        rpu_config_of(swimkit.ChipSpec(PCM(), crossbar))
     config.forward.w_noise = 0.02
     with pytest.raises(swimkit.SwimkitError, match="w_noise"):
         crossbar_of(config, lenet)

@@ -1,6 +1,6 @@
 """The aihwkit interop without aihwkit: the models are registered all the same and say how
 to install it, nothing imports it until asked, and the checkpoint-reader hook the interop
-reads aihwkit files through (tests/test_aihwkit.py needs aihwkit)."""
+reads aihwkit files through (tests/interop/test_aihwkit.py needs aihwkit)."""
 
 from __future__ import annotations
 
