@@ -21,6 +21,7 @@ from swimkit.devices.cells import cells_of
 
 # --- with aihwkit ---------------------------------------------------------------------------
 
+pytestmark = pytest.mark.aihwkit
 aihwkit = pytest.importorskip("aihwkit", reason="aihwkit is not installed (pip install "
                                                 "\"swimkit[aihwkit]\"); "
                                                 "tests/interop/test_aihwkit_plain.py runs "

@@ -16,6 +16,11 @@ INSTALL = 'pip install "swimkit[aihwkit]"'
 INSTALL_311 = 'pip install --only-binary aihwkit "swimkit[aihwkit]"'
 
 
+class NotInstalled(SwimkitError):
+    """aihwkit (or aihwkit-lightning) is needed and not installed; the message says how to
+    install it."""
+
+
 def available() -> bool:
     """True when aihwkit can be imported."""
     try:
@@ -32,7 +37,7 @@ def _imported(name: str, install: str) -> ModuleType:
     except ModuleNotFoundError as err:
         if err.name is not None and not err.name.startswith("aihwkit"):
             raise
-        raise SwimkitError(f"{name} is not installed; install it with {install}") from None
+        raise NotInstalled(f"{name} is not installed; install it with {install}") from None
 
 
 def module(name: str = "aihwkit") -> ModuleType:
@@ -60,4 +65,4 @@ def seeded(generator: torch.Generator | None, device: torch.device) -> Iterator[
         yield
 
 
-__all__ = ["INSTALL", "available", "lightning", "module", "seeded"]
+__all__ = ["INSTALL", "NotInstalled", "available", "lightning", "module", "seeded"]
