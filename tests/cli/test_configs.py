@@ -5,10 +5,10 @@ result JSON records its configuration and runs again from it, with the same numb
 from __future__ import annotations
 
 import json
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 import yaml
 
 from swimkit.cli import COMMANDS, parse

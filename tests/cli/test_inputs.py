@@ -5,8 +5,8 @@ never a raw exception."""
 from __future__ import annotations
 
 import os
-import re
 import pickle
+import re
 
 import pytest
 import torch
