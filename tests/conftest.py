@@ -157,3 +157,39 @@ def swept(tmp_path_factory):
     finally:
         data.locate.SYSTEM_DATA_DIRS = saved
     return folder, out, fuzz_sweep(folder, out)
+
+
+# --- tests that need aihwkit ------------------------------------------------------------
+
+
+def _aihwkit_models() -> set[str]:
+    """The device models the aihwkit interop registers (through its entry point)."""
+    from swimkit.devices import DEVICE_MODELS
+
+    return {entry.name for entry in DEVICE_MODELS
+            if getattr(entry.build, "__module__", "").startswith("swimkit.interop.aihwkit")}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark ``aihwkit`` every test parametrized by a device model of the aihwkit interop: the
+    registry-wide tests read every registered model, and the interop registers its models
+    whether aihwkit is installed or not."""
+    models = _aihwkit_models()
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if any(isinstance(value, str) and value in models for value in params.values()):
+            item.add_marker(pytest.mark.aihwkit)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item):
+    """A test marked ``aihwkit`` that stops because aihwkit is not installed is skipped (the
+    same test runs where it is); the others run in full without it."""
+    from swimkit.interop.aihwkit._lib import NotInstalled
+
+    try:
+        return (yield)
+    except NotInstalled as missing:
+        if item.get_closest_marker("aihwkit") is None:
+            raise
+        pytest.skip(str(missing))

@@ -21,7 +21,8 @@ import fnmatch
 import pickle
 import re
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from torch import Tensor, nn
 from .errors import SwimkitError, first_line, require
 from .models import MODELS, build_model, canonical_model_name, model_info
 from .quantization import OutputQuantizer, quantization_bits
+from .registry import Entry, Registry
 from .storage import atomic_save
 
 CHECKPOINT_KIND = "swimkit.checkpoint"
@@ -47,6 +49,30 @@ float checkpoints; a quantized model loading one keeps its quantizers uncalibrat
 
 REFERENCE_OPTIONAL_KEYS: tuple[str, ...] = (*OPTIONAL_KEYS, "*num_batches_tracked")
 """For reference checkpoints, also BatchNorm's step counter (older torch did not save it)."""
+
+
+@dataclass(frozen=True)
+class CheckpointReader(Entry):
+    """A file format of another tool: ``read(obj, path, model, model_name)`` gets what
+    ``torch.load`` read and returns ``(model, info)`` as :func:`load_checkpoint` does, or
+    None when the file is not of its format."""
+
+    read: Callable[..., tuple[nn.Module, dict[str, Any]] | None] | None = None
+
+
+#: Readers of other tools' files, asked before a file is read as a reference checkpoint
+#: (entry-point group ``swimkit.checkpoint_readers``).
+CHECKPOINT_READERS: Registry[CheckpointReader] = Registry(
+    "checkpoint reader", entry_point_group="swimkit.checkpoint_readers")
+
+
+def register_checkpoint_reader(name: str, read: Callable[..., Any], *, help: str = "",
+                               replace: bool = False) -> CheckpointReader:
+    """Add a reader of another tool's checkpoints (see :class:`CheckpointReader`)."""
+    require(callable(read), f"the checkpoint reader {name!r} must be callable")
+    return CHECKPOINT_READERS.add(CheckpointReader(name=name, help=help, read=read),
+                                  replace=replace)
+
 
 _PARAMETRIZED = re.compile(r"(^|\.)parametrizations\.([^.]+)\.original$")
 _SHOWN_KEYS = 5
@@ -188,6 +214,11 @@ def load_checkpoint(
     obj = _read(path, trusted)
     if isinstance(obj, Mapping) and obj.get("kind") == CHECKPOINT_KIND:
         return _load_swimkit(obj, path, model, model_name)
+    for reader in CHECKPOINT_READERS:
+        assert reader.read is not None
+        found = reader.read(obj, path, model, model_name)
+        if found is not None:
+            return found
     return _load_reference(obj, path, model, model_name)
 
 
