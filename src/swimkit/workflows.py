@@ -204,21 +204,26 @@ def obtain_sensitivity(ctx: Context, candidate: Candidate) -> Sensitivity:
                           training_tag(s, candidate.sigma_train)).removeprefix("train")
     if s.model.checkpoint:
         suffix = f"-{candidate.digest[:8]}"
-    path, found = find_sensitivity(s.out_dir, f"sensitivity-{sens_settings.engine}{suffix}",
-                                   key)
+    stem = f"sensitivity-{sens_settings.engine}{suffix}"
+    on_rank_zero: list[tuple[Path, Sensitivity]] = []
+
+    def find_or_compute() -> None:
+        # looked up on rank 0 inside the step, so every rank takes the step alike,
+        # whether or not another rank already sees the file rank 0 writes
+        path, found = find_sensitivity(s.out_dir, stem, key)
+        if found is None:
+            found = sensitivity_pass(candidate.model, ctx)
+            found.meta = {**found.meta, "key": key}
+            found.save(path)
+        on_rank_zero.append((path, found))
+
+    distributed.rank_zero_first(find_or_compute)
+    path, found = on_rank_zero[0] if on_rank_zero else find_sensitivity(s.out_dir, stem, key)
     ctx.files[f"sensitivity{suffix}"] = str(path)
-    if found is not None:
-        return found
-    computed: list[Sensitivity] = []
-
-    def compute() -> None:
-        sens = sensitivity_pass(candidate.model, ctx)
-        sens.meta = {**sens.meta, "key": key}
-        sens.save(path)
-        computed.append(sens)
-
-    distributed.rank_zero_first(compute)
-    return computed[0] if computed else Sensitivity.load(path)
+    if found is None:
+        raise SwimkitError(f"{path}: the sensitivities rank 0 wrote do not read back here; "
+                           "give every rank the same --out folder")
+    return found
 
 
 @dataclass
