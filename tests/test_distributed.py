@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from json_numbers import numbers
 
 from swimkit import SwimkitError, distributed
 
@@ -33,15 +34,6 @@ def swimkit(args: list[str], processes: int, cwd: Path) -> subprocess.CompletedP
                 else [sys.executable, "-m", "swimkit"])
     return subprocess.run([*launcher, *args], capture_output=True, text=True, cwd=cwd,
                           env=_env(), timeout=600, check=False)
-
-
-def numbers(obj):
-    """Every number in a JSON tree, in order (paths and timings left out)."""
-    if isinstance(obj, dict):
-        return [n for k, v in obj.items() if "seconds" not in k for n in numbers(v)]
-    if isinstance(obj, list):
-        return [n for v in obj for n in numbers(v)]
-    return [obj] if isinstance(obj, (int, float)) and not isinstance(obj, bool) else []
 
 
 @pytest.mark.slow

@@ -3,9 +3,7 @@ summaries, the chip a plan was made for, and every field of a plan file checked.
 
 from __future__ import annotations
 
-import copy
 import json
-import math
 
 import numpy as np
 import pytest
@@ -130,36 +128,6 @@ def test_the_exports_carry_the_chip(crossbar_plan, tmp_path):
 # --- every field of a plan file checked ---------------------------------------------------
 
 
-DAMAGES = {"wrong type": lambda v: "x" if not isinstance(v, str) else 12345,
-           "missing": None, "NaN": lambda v: math.nan, "empty": lambda v: [] if not isinstance(
-               v, list) else {}, "out of range": lambda v: -1e9}
-
-
-def _paths(obj, prefix=()):
-    """Every field path of a nested dict (lists: their first item)."""
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            yield (*prefix, k)
-            yield from _paths(v, (*prefix, k))
-    elif isinstance(obj, list) and obj and isinstance(obj[0], (dict, list)):
-        yield from _paths(obj[0], (*prefix, 0))
-
-
-def _damaged(obj, path, damage):
-    out = copy.deepcopy(obj)
-    node = out
-    for key in path[:-1]:
-        node = node[key]
-    if damage == "missing":
-        if isinstance(node, dict):
-            del node[path[-1]]
-        else:
-            node.pop(path[-1])
-    else:
-        node[path[-1]] = DAMAGES[damage](node[path[-1]])
-    return out
-
-
 @pytest.fixture(scope="module")
 def plan_files(crossbar_plan, tmp_path_factory):
     """A weight-level plan on the idealised chip and a device-level plan on a crossbar,
@@ -173,20 +141,20 @@ def plan_files(crossbar_plan, tmp_path_factory):
                             (plan.save(folder / "levels.pt"), chip)]
 
 
-def test_every_field_of_a_plan_is_checked(plan_files, tmp_path):
+def test_every_field_of_a_plan_is_checked(plan_files, damages, tmp_path):
     """A plan file with any field of the wrong type, missing, NaN, empty or out of range
     loads and evaluates, or is refused with one line; never another exception."""
     model, batches, files = plan_files
     tried = 0
     for path, chip in files:
         original = torch.load(path, weights_only=True)
-        fields = [p for p in _paths(original) if p[0] not in ("levels", "masks", "ranges")
+        fields = [p for p in damages.paths(original) if p[0] not in ("levels", "masks", "ranges")
                   or len(p) <= 2]
         for field in fields:
-            for damage in DAMAGES:
+            for damage in damages.kinds:
                 target = tmp_path / "damaged.pt"
                 try:
-                    torch.save(_damaged(original, field, damage), target)
+                    torch.save(damages.damaged(original, field, damage), target)
                 except Exception:  # noqa: BLE001 - a damage torch cannot even save
                     continue
                 try:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import tomllib
 import yaml
+from json_numbers import numbers
 
 from swimkit.cli import COMMANDS, parse
 
@@ -103,15 +104,6 @@ def test_a_bad_configuration_is_one_line(content, needle, cli, tmp_path):
     code, _, err = cli("run", "--config", path, "--out", tmp_path / "o")
     assert code == 2 and err.count("\n") == 1 and needle in err, err
     assert str(path) in err and not (tmp_path / "o").exists()
-
-
-def numbers(obj) -> list:
-    """Every number of a result's models, in order (timings left out)."""
-    if isinstance(obj, dict):
-        return [n for k, v in obj.items() if "seconds" not in k for n in numbers(v)]
-    if isinstance(obj, list):
-        return [n for v in obj for n in numbers(v)]
-    return [obj] if isinstance(obj, (int, float)) and not isinstance(obj, bool) else []
 
 
 @pytest.mark.slow
