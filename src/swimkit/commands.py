@@ -383,7 +383,9 @@ def check_paths(args: argparse.Namespace, out_dir: Path | None = None) -> None:
         seen_inputs[path] = flag
     seen: dict[Path, str] = {}
     for flag, path in outputs:
-        if path in seen_inputs:
+        # a result given as --config is read whole before work: its run writes it again
+        rerun = seen_inputs.get(path) == "--config" and flag.startswith("--out's")
+        if path in seen_inputs and not rerun:
             raise SwimkitError(f"{flag} {path} would overwrite the input {seen_inputs[path]}; "
                                "write somewhere else")
         if path in seen and not seen[path].startswith("--out's"):

@@ -45,3 +45,19 @@ def test_options_are_checked_before_training(flow_args, tmp_path, cli, extra, ne
                        "--methods", "magnitude", *extra)
     assert code == 2 and needle in err and err.count("\n") == 1
     assert not (out / "train").exists()
+
+
+def test_a_result_runs_again_in_its_own_folder(tmp_path):
+    """A sweep's result given as --config may be written again by its run in the same
+    --out (it is read whole before any work); any other output over it is refused."""
+    import argparse
+
+    from swimkit.commands import check_paths
+    from swimkit.errors import SwimkitError
+
+    result = tmp_path / "sweep.json"
+    args = argparse.Namespace(command="sweep", config=str(result), json=None, plot=None)
+    check_paths(args, tmp_path)
+    with pytest.raises(SwimkitError, match="would overwrite the input --config"):
+        check_paths(argparse.Namespace(command="sweep", config=str(result), json=str(result),
+                                       plot=None), tmp_path / "elsewhere")
