@@ -17,7 +17,7 @@ import torch
 from swimkit.devices import PCM
 from swimkit.devices.cells import cells_of
 from swimkit.interop.aihwkit import _lib
-from swimkit.interop.aihwkit.devices import pcm_moments
+from swimkit.interop.aihwkit.conductances import pcm_moments
 
 TIMES = {"1 s": 1.0, "1 h": 3600.0, "1 day": 86400.0, "1 year": 31536000.0}
 

@@ -36,8 +36,8 @@ from aihwkit.simulator.configs import TorchInferenceRPUConfig  # noqa: E402
 from aihwkit.simulator.parameters.enums import BoundManagementType  # noqa: E402
 
 from swimkit.interop.aihwkit import chip_of, device_model, device_model_of  # noqa: E402
+from swimkit.interop.aihwkit.conductances import split_sizes, tile_blocks  # noqa: E402
 from swimkit.interop.aihwkit.crossbar import crossbar_of, rpu_config_of  # noqa: E402
-from swimkit.interop.aihwkit.devices import split_sizes, tile_blocks  # noqa: E402
 from swimkit.interop.aihwkit.models import to_torch  # noqa: E402
 from swimkit.interop.aihwkit.planned import (  # noqa: E402
     aihwkit_chips,
@@ -214,7 +214,7 @@ def test_swimkit_pcm_and_aihwkit_pcm_read_alike(digit, time):
     three agree; at x = 0.012 (digit 3) aihwkit's clamp of the programmed conductance at 0
     removes a third of the error that swimkit's pcm (negative conductances allowed) keeps,
     and the aihwkit-pcm formulas have it."""
-    from swimkit.interop.aihwkit.devices import pcm_moments
+    from swimkit.interop.aihwkit.conductances import pcm_moments
 
     n, x = 40000, digit / 255
     target, _, _, read = aihwkit_devices(x, n, 1, time, nu_zero=True)
@@ -250,7 +250,8 @@ def test_where_swimkit_pcm_and_aihwkit_pcm_differ_it_is_the_clips():
     n, x = 200000, 0.005
     target, programmed, nu, _ = aihwkit_devices(x, n, 3, 1.0)
     noise = PCMLikeNoiseModel()
-    from swimkit.interop.aihwkit.devices import _drift_fit, _prog_sigma_pcm
+    from swimkit.interop.aihwkit.conductances import _drift_fit
+    from swimkit.interop.aihwkit.conductances import programming_sigma_pcm as _prog_sigma_pcm
 
     sigma = float(_prog_sigma_pcm(noise, target[:1]))
     a = float(target[0]) / sigma  # the clamp binds below -a sigma

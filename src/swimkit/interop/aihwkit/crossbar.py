@@ -46,7 +46,8 @@ from ...chip import ChipSpec, Placement
 from ...crossbar import Crossbar
 from ...errors import SwimkitError
 from . import _lib
-from .devices import AihwkitDevice, split_sizes
+from .conductances import split_sizes
+from .devices import AihwkitDevice
 from .registration import device_model_of
 
 #: IOParameters fields swimkit does not model, with the value that leaves them out.

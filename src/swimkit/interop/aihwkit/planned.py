@@ -31,7 +31,8 @@ from ...devices.protocol import check_times
 from ...errors import SwimkitError
 from ...plans import Plan
 from . import _lib
-from .devices import PAIR, AihwkitDevice, program_options, split_sizes
+from .conductances import PAIR, split_sizes
+from .devices import AihwkitDevice, program_options
 
 
 def analog_tiles(model: nn.Module) -> list[tuple[str, Any, slice, slice]]:
