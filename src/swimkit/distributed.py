@@ -31,7 +31,6 @@ DEFAULT_TIMEOUT_S = 300.0
 HEARTBEAT_S = 2.0
 
 _steps = [0]  # rank-0-first steps so far: every rank counts them alike
-_inside = [False]  # rank 0 inside a step: a nested one is part of it, not a step of its own
 
 
 def active() -> bool:
@@ -78,7 +77,7 @@ def rank_zero_first(step: Callable[[], Any]) -> None:
     Used for work whose result rank 0 writes to files that the others then read
     (training, sensitivities).
     """
-    if not active() or _inside[0]:
+    if not active():
         step()
         return
     _steps[0] += 1
@@ -103,7 +102,6 @@ def _run_alive(step: Callable[[], Any], store: Any, key: str) -> str | None:
 
     beating = threading.Thread(target=beat, daemon=True)
     beating.start()
-    _inside[0] = True
     try:
         step()
         return None
@@ -112,7 +110,6 @@ def _run_alive(step: Callable[[], Any], store: Any, key: str) -> str | None:
     except Exception as exc:  # noqa: BLE001 - every rank learns of it
         return f"rank 0 failed: {type(exc).__name__}: {exc}"
     finally:
-        _inside[0] = False
         stop.set()
         beating.join()
 
