@@ -303,6 +303,18 @@ def test_plan_aware_training_draws_the_plan_noise() -> None:
     assert not same_state(exposed.model, protected.model)
 
 
+def test_a_model_fine_tuned_under_a_plan_loads_without_trust(tmp_path: Path) -> None:
+    """The checkpoints of plan-aware fine-tuning record the plan's settings as plain
+    data: tensor-only files that load without ``trusted``."""
+    chip = ChipSpec(swimkit.GaussianDevice())
+    plan = swimkit.select(fresh(), None, method="magnitude", fraction=0.5, chip=chip)
+    fit(epochs=1, chip=chip, plan=plan, checkpoint_dir=tmp_path)
+    for name in ("best.pt", "last.pt"):
+        torch.load(tmp_path / name, weights_only=True)
+        model, info = load_checkpoint(tmp_path / name, fresh())
+        assert info["extra"]["settings"]["noise"]["plan"]["requested"] == {"fraction": 0.5}
+
+
 def test_a_plan_for_another_model_is_a_clear_error() -> None:
     """A plan naming weights the model lacks, or of other shapes, is one line."""
     plan = Plan(masks={"fc9.weight": torch.ones(2, 2, dtype=torch.bool)})

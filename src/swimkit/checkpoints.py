@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import SwimkitError, first_line, require
+from .frozen import thawed
 from .models import MODELS, build_model, canonical_model_name, model_info
 from .quantization import OutputQuantizer, quantization_bits
 from .registry import Entry, Registry
@@ -171,7 +172,9 @@ def save_checkpoint(
     ``model_name`` is stored canonical when it is a registry name (so :func:`load_checkpoint`
     can rebuild the model, for ``input_shape`` when it was built for other images than its
     registered ones); ``extra`` holds anything else worth keeping (epoch, optimizer
-    state, accuracy) and comes back as ``info["extra"]``.
+    state, accuracy) and comes back as ``info["extra"]``; frozen containers in it (a
+    plan's settings, say) are written as plain ones, so the file stays tensor-only and
+    loads without ``trusted``.
     """
     require(isinstance(model, nn.Module), f"model must be a torch.nn.Module (got {model!r})")
     require(
@@ -188,7 +191,7 @@ def save_checkpoint(
         "output_range": _output_range(model),
         "input_shape": None if input_shape is None else [int(n) for n in input_shape],
         "state_dict": {k: v.detach().cpu() for k, v in plain_state_dict(model).items()},
-        "extra": dict(extra or {}),
+        "extra": thawed(dict(extra or {})),
     }
     return atomic_save(payload, path)
 
