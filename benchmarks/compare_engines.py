@@ -1,16 +1,18 @@
 """What SWIM's approximation costs: the `swim` engine against the exact `ggn` diagonal.
 
 For LeNet and the ViT on Fashion-MNIST (trained checkpoints if given, else trained here
-for a few epochs) and ResNet-18 on CIFAR-sized data (random images, briefly trained so the
-curvature is not that of a random network), prints for the second derivative h:
+for a few epochs) and ResNet-18 (a checkpoint trained on Fashion-MNIST if given, else on
+CIFAR-sized random images, briefly trained so the curvature is not that of a random
+network), prints for the second derivative h:
 - the Spearman rank correlation between the two engines over all device weights,
 - the overlap of their top-10% sets (|A & B| / |A|),
 - and the time of each engine over the same images;
-and for the ViT the Spearman correlation per layer (attention's dropped cross terms add
-up with depth, so the agreement is reported where it varies).
+and for the ViT and ResNet-18 the Spearman correlation per layer (attention's dropped
+cross terms and the skip connections add up with depth, so the agreement is reported
+where it varies).
 
     python benchmarks/compare_engines.py [--lenet-checkpoint runs/.../best.pt]
-        [--vit-checkpoint runs/.../best.pt]
+        [--vit-checkpoint runs/.../best.pt] [--resnet-checkpoint runs/.../best.pt]
 """
 
 from __future__ import annotations
@@ -76,6 +78,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lenet-checkpoint", default=None)
     parser.add_argument("--vit-checkpoint", default=None)
+    parser.add_argument("--resnet-checkpoint", default=None,
+                        help="a ResNet-18 trained on Fashion-MNIST (else one trained here "
+                             "on CIFAR-sized random images)")
     parser.add_argument("--lenet-images", type=int, default=10_000)
     parser.add_argument("--vit-images", type=int, default=2_000)
     parser.add_argument("--resnet-images", type=int, default=256)
@@ -96,6 +101,12 @@ def main() -> None:
         compare("vit / fashion-mnist", vit.eval(), Batches(subset.train, subset, 128),
                 per_layer=True)
     if "resnet18" not in models:
+        return
+    if args.resnet_checkpoint:
+        resnet = trained("resnet18", args.resnet_checkpoint, fmnist, 0)
+        subset = fmnist.subset(n_train=args.resnet_images)
+        compare("resnet18 / fashion-mnist", resnet.eval(), Batches(subset.train, subset, 64),
+                per_layer=True)
         return
     cifar = synthetic("cifar10-sized", (3, 32, 32), 1024, 128, 10)
     resnet = swimkit.build_model("resnet18", seed=0)
