@@ -191,7 +191,7 @@ def save_checkpoint(
         "output_range": _output_range(model),
         "input_shape": None if input_shape is None else [int(n) for n in input_shape],
         "state_dict": {k: v.detach().cpu() for k, v in plain_state_dict(model).items()},
-        "extra": thawed(dict(extra or {})),
+        "extra": thawed(extra or {}),
     }
     return atomic_save(payload, path)
 
