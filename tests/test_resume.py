@@ -149,3 +149,19 @@ def test_a_checkpoint_from_before_the_data_was_recorded_still_resumes(tmp_path: 
     straight = fit(epochs=2)
     assert same_state(resumed.model, straight.model)
     assert without_time(resumed.history) == without_time(straight.history)
+
+
+def test_a_checkpoint_from_before_distillation_still_resumes(tmp_path: Path) -> None:
+    """A last.pt whose training settings lack the distillation ones (an earlier release)
+    goes on, to the weights of an uninterrupted run; one that distilled does not go on
+    without it."""
+    fit(epochs=1, checkpoint_dir=tmp_path)
+    path = tmp_path / "last.pt"
+    raw = torch.load(path, weights_only=False)
+    for key in ("distill", "distill_temperature"):
+        del raw["extra"]["settings"]["train"][key]
+    torch.save(raw, path)
+    resumed = fit(init_seed=4, epochs=2, checkpoint_dir=tmp_path)
+    assert same_state(resumed.model, fit(epochs=2).model)
+    with pytest.raises(SwimkitError, match="distill=0.0, but this run asks for distill=0.5"):
+        fit(epochs=3, distill=0.5, teacher=fresh(), checkpoint_dir=tmp_path)

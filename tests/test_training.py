@@ -346,3 +346,73 @@ def test_fine_tuning_under_a_plan_made_for_another_chip_is_refused(other: ChipSp
     assert all(torch.equal(before[k], v) for k, v in plain_state_dict(model).items())
     done = train(model, toy(), epochs=1, batch_size=32, chip=planned_for, plan=plan)
     assert len(done.history) == 1
+
+
+# --------------------------------------------------------------------------- distillation
+
+
+def test_the_distillation_loss_mixes_cross_entropy_and_the_softened_kl() -> None:
+    """(1 - w) CE + w T^2 KL(teacher || model) at temperature T, written out by hand."""
+    torch.manual_seed(0)
+    teacher = torch.nn.Linear(5, 4)
+    x, y, logits = torch.randn(8, 5), torch.randint(0, 4, (8,)), torch.randn(8, 4)
+    weight, t = 0.3, 2.5
+    loss = training.training_loss(TrainConfig(distill=weight, distill_temperature=t),
+                                  teacher)(logits, x, y)
+    p = torch.softmax(teacher(x) / t, dim=-1)
+    q = torch.softmax(logits / t, dim=-1)
+    kl = (p * (p.log() - q.log())).sum(dim=-1).mean()
+    ce = -torch.log_softmax(logits, dim=-1)[torch.arange(8), y].mean()
+    assert torch.allclose(loss, (1 - weight) * ce + weight * t**2 * kl, atol=1e-6)
+    plain = training.training_loss(TrainConfig())(logits, x, y)
+    assert torch.allclose(plain, ce, atol=1e-6)
+
+
+def test_pure_distillation_from_its_own_copy_leaves_a_model_as_it_was() -> None:
+    """With distill 1 and no noise a model that already gives its teacher's outputs has
+    no gradient (up to rounding): plain SGD leaves it where it was, while the labels or
+    noise move it; the teacher never moves."""
+    teacher = fresh()
+    kept = copy.deepcopy(plain_state_dict(teacher))
+    sgd = {"epochs": 1, "batch_size": 32, "optimizer": "sgd", "lr": 0.1, "weight_decay": 0.0}
+
+    def moved(**options) -> float:
+        model = train(fresh(), toy(), **sgd, **options).model
+        return max(float((a - kept[k]).abs().max())
+                   for k, a in plain_state_dict(model).items())
+
+    assert moved(distill=1.0, teacher=teacher) < 1e-6
+    assert moved(distill=1.0, sigma_train=0.3, teacher=teacher) > 1e-4
+    assert moved() > 1e-4
+    assert all(torch.equal(kept[k], v) for k, v in plain_state_dict(teacher).items())
+
+
+def test_distillation_resumes_bit_identically(tmp_path: Path) -> None:
+    """A distilling run stopped after an epoch goes on to an uninterrupted run's weights."""
+    teacher = fit(epochs=1).model
+    options = {"epochs": 2, "distill": 0.5, "sigma_train": 0.2, "scale_aware": True}
+    straight = fit(init_seed=2, teacher=copy.deepcopy(teacher), **options)
+    fit(init_seed=2, teacher=copy.deepcopy(teacher), checkpoint_dir=tmp_path,
+        **{**options, "epochs": 1})
+    resumed = fit(init_seed=8, teacher=copy.deepcopy(teacher), checkpoint_dir=tmp_path,
+                  **options)
+    assert same_state(resumed.model, straight.model)
+    assert without_time(resumed.history) == without_time(straight.history)
+
+
+@pytest.mark.parametrize(("options", "needle"), [
+    ({"distill": 0.5}, "needs the clean teacher model"),
+    ({"teacher": "self", "distill": 0.5}, "pass a copy"),
+    ({"teacher": "copy"}, "only read by distillation"),
+    ({"distill": 1.5}, "distill must be a weight between 0 and 1"),
+    ({"distill": 0.5, "teacher": "copy", "distill_temperature": 0.0},
+     "distill_temperature must be a number > 0"),
+])
+def test_distillation_without_its_teacher_is_one_line(options: dict, needle: str) -> None:
+    model = fresh()
+    teachers = {"self": model, "copy": copy.deepcopy(model)}
+    if "teacher" in options:
+        options = {**options, "teacher": teachers[options["teacher"]]}
+    with pytest.raises(SwimkitError, match=needle) as err:
+        train(model, toy(), epochs=1, batch_size=32, **options)
+    assert "\n" not in str(err.value)

@@ -237,7 +237,8 @@ _POINT = ("methods", "fractions", "speedups", "time_budgets", "method_options")
 #: --sigma-train and --scale-aware) and --no-resume (its folders always go on).
 _TRAINING = tuple(f.name for f in dataclasses.fields(TrainConfig)
                   if flag_of(f) is not None and flag_of(f).names
-                  and f.name not in ("sigma_train", "scale_aware", "resume"))
+                  and f.name not in ("sigma_train", "scale_aware", "resume", "distill",
+                                     "distill_temperature"))
 _FLOW = {"model": None, "data": None, "train": _TRAINING, "device_model": None,
          "crossbar": None, "placement": None, "sensitivity": None, "selection": None,
          "evaluation": None, "settings": None}

@@ -43,6 +43,8 @@ MUST_MATCH = (
 FIRST_RELEASE = {"noise": None, "scale_aware": False, "ranges": None}
 #: Settings earlier checkpoints do not hold and nothing can tell: not compared there.
 UNRECORDED = ("data", "train")
+#: Training settings added since, with the value every earlier run trained with.
+ADDED_LATER = {"train": {"distill": 0.0, "distill_temperature": 2.0}}
 
 def cannot_resume(problem: str) -> SwimkitError:
     """The error for a folder training cannot continue in, with the way out for the API
@@ -146,6 +148,8 @@ def _check_settings(path: Path, stored: Mapping[str, Any], current: Mapping[str,
         if key in UNRECORDED and key not in stored:
             continue
         was, now = stored.get(key, FIRST_RELEASE.get(key)), current.get(key)
+        if key in ADDED_LATER and isinstance(was, Mapping):
+            was = {**ADDED_LATER[key], **was}
         if was != now:
             if isinstance(was, Mapping) and isinstance(now, Mapping):  # name the setting
                 key = next(k for k in sorted(set(was) | set(now)) if was.get(k) != now.get(k))

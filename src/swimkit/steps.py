@@ -9,6 +9,7 @@ opening a checkpoint, a sensitivity pass, a selection and a Monte-Carlo evaluati
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
@@ -155,8 +156,14 @@ def _plan_on_chip(plan_file: str, model: nn.Module, settings: Settings,
 
 def train_model(settings: Settings, plan_file: str | None = None, *, reprice: bool = False,
                 log: Log = quiet) -> TrainResult:
-    """Train the settings' model (into OUT/train), or with ``plan_file`` fine-tune the
-    checkpoint under that plan's device errors (into OUT/finetune)."""
+    """Train the settings' model from scratch (into OUT/train), or go on from its
+    checkpoint (into OUT/finetune): with noise, under ``plan_file``'s device errors, or
+    distilling from the checkpoint as it was (the clean teacher)."""
+    if plan_file and not settings.model.checkpoint:
+        raise SwimkitError("--plan fine-tunes a trained model: give its --checkpoint")
+    if settings.train.distill and not settings.model.checkpoint:
+        raise SwimkitError("--distill learns from the clean model it starts from: give its "
+                           "--checkpoint")
     model = None
     if settings.model.checkpoint:
         model, settings = open_model(settings)
@@ -165,8 +172,6 @@ def train_model(settings: Settings, plan_file: str | None = None, *, reprice: bo
         model = build_model(settings.model.name, bits=settings.model.bits,
                             input_shape=dataset.image_shape,
                             seed=settings.train.seed)
-    if plan_file and not settings.model.checkpoint:
-        raise SwimkitError("--plan fine-tunes a trained model: give its --checkpoint")
     plan = _plan_on_chip(plan_file, model, settings, reprice) if plan_file else None
     t = settings.train
     if plan is None and not t.sigma_train and (t.scale_aware or t.noise_time):
@@ -176,8 +181,10 @@ def train_model(settings: Settings, plan_file: str | None = None, *, reprice: bo
     if plan is None and not t.sigma_train and not crossbar.is_default and not crossbar.converts:
         raise SwimkitError("--tile, --ranges and --signed shape the device errors of "
                            "noise-injection training: give --sigma-train > 0, or drop them")
-    out = settings.out_dir / ("finetune" if plan is not None else "train")
-    return train(model.to(settings.where()), dataset, t, chip=settings.chip, plan=plan,
+    model = model.to(settings.where())
+    teacher = copy.deepcopy(model) if t.distill else None
+    out = settings.out_dir / ("finetune" if settings.model.checkpoint else "train")
+    return train(model, dataset, t, chip=settings.chip, plan=plan, teacher=teacher,
                  checkpoint_dir=out, log=log, model_name=settings.model.name)
 
 

@@ -11,6 +11,7 @@ from .errors import is_integer, is_number, require
 from .groups import epochs as epochs_type
 from .groups import (
     flag,
+    fraction,
     integer,
     internal,
     nonnegative,
@@ -34,7 +35,10 @@ class TrainConfig:
     clamps every device weight to +-k standard deviations after each step (``clip_per``
     tensor or output channel); ``learn_ranges`` learns a clipping range per tensor or
     channel instead (started at ``clip_sigma`` std, else at max|W|; see
-    :mod:`swimkit.clipping`). ``augment`` uses the dataset's augmentation if it has one.
+    :mod:`swimkit.clipping`). ``distill`` > 0 mixes knowledge distillation from a clean
+    teacher (the starting model, kept noise-free) into the loss with that weight, at
+    softmax temperature ``distill_temperature``: the noisy model learns to give the clean
+    model's outputs, not only its labels. ``augment`` uses the dataset's augmentation if it has one.
 
     ``model_name`` (a registry name) picks the family defaults and is stored in the
     checkpoints; ``threads`` (None: :func:`~swimkit.threads.machine_threads`) sets torch's
@@ -77,6 +81,15 @@ class TrainConfig:
     learn_ranges: bool = field(default=False, metadata=flag(
         "--learn-ranges", kind=None,
         help="learn a clipping range per tensor (or channel) with the model"))
+    distill: float = field(default=0.0, metadata=flag(
+        "--distill", kind=fraction, metavar="WEIGHT",
+        help="distil from the clean starting model: this share of the loss is the "
+             "divergence of the noisy model's outputs from the clean model's (0: none; "
+             "e.g. 0.5; needs --checkpoint)"))
+    distill_temperature: float = field(default=2.0, metadata=flag(
+        "--distill-temperature", kind=positive, metavar="T",
+        help="softmax temperature of --distill (higher: more weight on the clean model's "
+             "lesser classes)"))
     seed: int = field(default=0, metadata=flag(
         "--seed", kind=integer, help="seed of training, selection and chips"))
     augment: bool = field(default=True, metadata=flag(
@@ -133,6 +146,10 @@ class TrainConfig:
         require(self.clip_per == "tensor" or self.clips,
                 "clip_per says how weights are clipped: give clip_sigma (--clip-sigma) or "
                 "learn_ranges (--learn-ranges), or drop it")
+        require(is_number(self.distill, finite=True) and 0 <= self.distill <= 1,
+                _bad("distill", self.distill, "a weight between 0 and 1"))
+        require(_positive(self.distill_temperature),
+                _bad("distill_temperature", self.distill_temperature, "a number > 0"))
         require(is_integer(self.seed), f"seed must be an integer (got {self.seed!r})")
         require(self.threads is None or (is_integer(self.threads) and self.threads >= 1),
                 f"threads must be an integer >= 1, or None (got {self.threads!r})")

@@ -164,6 +164,7 @@ def train(
     *,
     chip: ChipSpec | Any = None,
     plan: Plan | None = None,
+    teacher: nn.Module | None = None,
     checkpoint_dir: str | Path | None = None,
     log: Callable[[str], None] | None = None,
     **overrides: Any,
@@ -183,7 +184,9 @@ def train(
     crossbar (ranges, converters) and its device weights; ``plan`` draws the noise of
     that write-verify plan (plan-aware fine-tuning: verified devices get their residual);
     without either, a crossbar with converters or output noise is trained through at
-    sigma 0. Clipping acts on the same device weights. Training runs on ``threads``
+    sigma 0. Clipping acts on the same device weights. ``teacher`` (with ``distill`` > 0)
+    is the clean model the noisy one distils from, typically a copy of ``model`` before
+    training; it runs noise-free in eval mode and is not trained. Training runs on ``threads``
     torch threads (default :func:`machine_threads`, whatever the environment set, e.g.
     torchrun's one thread per process), since CPU arithmetic depends on the thread
     count: the trained model is the same on any number of processes. The count is
@@ -198,7 +201,8 @@ def train(
             "--batchnorm folded), then select and evaluate with it folded")
     require(len(dataset.train) > 0, "the training set is empty; give a dataset with examples")
     require(len(dataset.test) > 0, "the test set is empty; give a dataset with test examples")
-    run = _Run.start(model, dataset, config, chip, plan, checkpoint_dir)
+    _check_teacher(model, teacher, config)
+    run = _Run.start(model, dataset, config, chip, plan, checkpoint_dir, teacher)
     say = log or (lambda _line: None)
     last = run.folder / LAST if run.folder is not None else None
     if config.resume and last is not None and last.is_file():
@@ -238,11 +242,13 @@ class _Run:
     folder: Path | None
     train_split: Split
     test_batches: list
+    loss: Loss
     state: Progress = field(default_factory=Progress)
 
     @classmethod
     def start(cls, model: nn.Module, dataset: Dataset, config: TrainConfig, chip: ChipSpec,
-              plan: Plan | None, checkpoint_dir: str | Path | None) -> _Run:
+              plan: Plan | None, checkpoint_dir: str | Path | None,
+              teacher: nn.Module | None = None) -> _Run:
         """The parts of a run, before its first epoch (nothing is read from a folder)."""
         threads = config.threads if config.threads is not None else machine_threads()
         where = _model_device(model)
@@ -266,7 +272,8 @@ class _Run:
                    optimizer, scheduler,
                    Path(checkpoint_dir) if checkpoint_dir is not None else None,
                    _to_device(dataset.train, where),
-                   preload(dataset.test, dataset, EVAL_BATCH_SIZE, where))
+                   preload(dataset.test, dataset, EVAL_BATCH_SIZE, where),
+                   training_loss(config, teacher))
 
     def epoch(self, epoch: int) -> dict[str, Any]:
         """Train one epoch, evaluate, record and checkpoint it; its history row."""
@@ -278,7 +285,7 @@ class _Run:
         lr = float(self.optimizer.param_groups[0]["lr"])
         loss, train_acc = _train_epoch(self.model, data, self.optimizer, self.noise, epoch,
                                        config.progress, f"epoch {epoch}/{config.epochs}",
-                                       self.clipping)
+                                       self.clipping, self.loss)
         self._check_finite(epoch, loss)
         if self.scheduler is not None:
             self.scheduler.step()
@@ -328,8 +335,10 @@ def _train_epoch(
     progress: bool,
     desc: str,
     clipping: WeightClipping | None = None,
+    loss_of: Loss | None = None,
 ) -> tuple[float, float]:
     """One pass over ``data`` in train mode; return the mean loss and accuracy (percent)."""
+    loss_of = loss_of or _cross_entropy
     model.train()
     where = _model_device(model)
     loss_sum = torch.zeros((), dtype=torch.float64, device=where)
@@ -342,7 +351,7 @@ def _train_epoch(
             if redraw is not None:
                 redraw()
             logits = require_logits(model(x))
-            loss = F.cross_entropy(logits, y)
+            loss = loss_of(logits, x, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -353,6 +362,57 @@ def _train_epoch(
             correct += (logits.detach().argmax(dim=-1) == y).sum()
             seen += n
     return float(loss_sum) / seen, 100.0 * int(correct) / seen
+
+
+#: A training loss: (the model's logits, the batch's inputs, its labels) -> a scalar.
+Loss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _cross_entropy(logits: torch.Tensor, _x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits, y)
+
+
+def training_loss(config: TrainConfig, teacher: nn.Module | None = None) -> Loss:
+    """The loss of ``config``: cross-entropy, or with ``distill`` > 0 a mix of it and
+    knowledge distillation from ``teacher``.
+
+    Distillation is Hinton et al.'s: the KL divergence of the model's softened outputs
+    (softmax at temperature T) from the teacher's, times T^2 so its gradients keep their
+    size whatever T; the loss is ``(1 - distill) * CE + distill * T^2 * KL``. The
+    teacher sees the same (augmented) batch, in eval mode, without noise or gradients.
+    """
+    if not config.distill:
+        return _cross_entropy
+    assert teacher is not None, "train() checks that distillation has its teacher"
+    weight, temperature = float(config.distill), float(config.distill_temperature)
+
+    def loss(logits: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            target = F.log_softmax(require_logits(teacher(x)) / temperature, dim=-1)
+        soft = F.kl_div(F.log_softmax(logits / temperature, dim=-1), target,
+                        reduction="batchmean", log_target=True)
+        return (1 - weight) * F.cross_entropy(logits, y) + weight * temperature**2 * soft
+
+    return loss
+
+
+def _check_teacher(model: nn.Module, teacher: nn.Module | None, config: TrainConfig) -> None:
+    """Distillation needs a teacher other than the model; a teacher needs distillation."""
+    if not config.distill:
+        require(teacher is None, "a teacher is only read by distillation: give distill > 0 "
+                                 "(--distill), or no teacher")
+        return
+    require(teacher is not None,
+            "distillation (distill > 0) needs the clean teacher model: pass teacher= (a copy "
+            "of the model before training), or on the command line start from a "
+            "--checkpoint")
+    require(teacher is not model,
+            "the teacher is the model being trained: pass a copy (copy.deepcopy(model)) made "
+            "before training, so the teacher stays clean")
+    require(_model_device(teacher) == _model_device(model),
+            f"the teacher is on {_model_device(teacher)} and the model on "
+            f"{_model_device(model)}: move the teacher to the model's device")
+    teacher.eval()
 
 
 def _clipping(model: nn.Module, config: TrainConfig, noise: NoiseInjector | None,

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 import swimkit
+from swimkit.checkpoints import load_checkpoint
 from swimkit.threads import machine_threads
 
 
@@ -185,6 +186,29 @@ def test_a_plan_runs_only_on_the_chip_it_was_made_for(made_for, other, trained, 
                        tmp_path / "ft", "--no-progress", *other)
     assert code == 2 and err.count("\n") == 1 and "made for another chip" in err, err
     assert not (tmp_path / "ft" / "finetune").exists()
+
+
+def test_training_from_a_checkpoint_goes_to_finetune_and_distils_from_it(trained, tmp_path,
+                                                                         cli):
+    """train --checkpoint writes OUT/finetune (with noise, a plan or distillation alike),
+    distilling from the checkpoint as it was; --distill without a checkpoint has no
+    teacher and is one line, before any data is read."""
+    checkpoint, data = trained
+    code, _, err = cli("train", "--checkpoint", checkpoint, "--sigma-train", "0.2",
+                       "--scale-aware", "--distill", "0.5", "--epochs", "1", "--dataset",
+                       "fashion-mnist", "--data-dir", data, "--out", tmp_path / "o",
+                       "--no-progress")
+    assert code == 0, err
+    assert (tmp_path / "o" / "finetune" / "best.pt").is_file()
+    assert not (tmp_path / "o" / "train").exists()
+    _, info = load_checkpoint(tmp_path / "o" / "finetune" / "last.pt")
+    assert info["extra"]["config"]["distill"] == 0.5
+    code, _, err = cli("train", "--model", "lenet", "--distill", "0.5", "--dataset",
+                       "fashion-mnist", "--data-dir", tmp_path / "absent", "--out",
+                       tmp_path / "p")
+    assert code == 2 and err.count("\n") == 1 and "give its --checkpoint" in err, err
+    code, _, err = cli("sweep", "--distill", "0.5")
+    assert code == 2 and "unrecognized arguments: --distill" in err
 
 
 def test_reprice_needs_a_plan(cli, tmp_path):
