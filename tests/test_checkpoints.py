@@ -16,6 +16,7 @@ from swimkit.checkpoints import (
     plain_state_dict,
     reference_state_dict,
     save_checkpoint,
+    weights_digest,
 )
 from swimkit.errors import SwimkitError
 from swimkit.models import MODELS, LeNet, build_model, model_info
@@ -425,3 +426,15 @@ def test_swimkit_checkpoint_of_an_unregistered_model(tmp_path: Path) -> None:
     loaded, info = load_checkpoint(path, model=target)
     assert info["model_name"] == "my-mlp"
     assert_same_state(plain_state_dict(loaded), plain_state_dict(model))
+
+
+def test_the_weights_digest_follows_the_values_not_the_file(tmp_path) -> None:
+    """The same weights give the same digest after a round trip through a file; one value
+    changed gives another."""
+    model = build_model("lenet")
+    save_checkpoint(tmp_path / "m.pt", model, model_name="lenet")
+    loaded, _ = load_checkpoint(tmp_path / "m.pt")
+    assert weights_digest(loaded) == weights_digest(model)
+    with torch.no_grad():
+        loaded.fc3.bias[0] += 1e-6
+    assert weights_digest(loaded) != weights_digest(model)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import hashlib
 import pickle
 import re
 import warnings
@@ -87,6 +88,17 @@ def plain_key(key: str) -> str:
 def plain_state_dict(model: nn.Module) -> dict[str, Tensor]:
     """``model.state_dict()`` with parametrized tensors under their plain (float) names."""
     return {plain_key(k): v for k, v in model.state_dict().items()}
+
+
+def weights_digest(model: nn.Module) -> str:
+    """A short hash of the model's plain state (names, dtypes, shapes and values): the
+    same for the same weights, wherever they were loaded from."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(plain_state_dict(model).items()):
+        value = tensor.detach().cpu().contiguous()
+        h.update(f"{name}:{value.dtype}:{tuple(value.shape)}".encode())
+        h.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def load_plain_state_dict(

@@ -63,7 +63,7 @@ class Invocation:
 
 
 #: Arguments naming files read, recorded as absolute paths in a result's configuration.
-_PATHS = ("data-dir", "checkpoint", "plan", "sensitivity")
+_PATHS = ("data-dir", "checkpoint", "plan", "sensitivity", "teacher")
 
 
 def cmd_run(call: Invocation) -> int:
@@ -129,7 +129,8 @@ def _check_outputs(args: argparse.Namespace, options: tuple[str, ...] = ("json",
 def cmd_train(call: Invocation) -> int:
     from .steps import train_model
 
-    result = train_model(call.settings(), call.args.plan, reprice=call.args.reprice, log=_log)
+    result = train_model(call.settings(), call.args.plan, reprice=call.args.reprice,
+                         teacher_file=call.args.teacher, log=_log)
     if result.best_accuracy is not None:
         _log(f"best clean accuracy {result.best_accuracy:.2f} % (epoch {result.best_epoch})")
     _log(f"written: {result.best_path} (best), {result.last_path} (last)")
@@ -283,6 +284,9 @@ def _run_args(p: argparse.ArgumentParser) -> None:
 def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plan", default=None,
                    help="fine-tune under the device errors of this plan (from select)")
+    p.add_argument("--teacher", default=None,
+                   help="with --distill: the clean model to distil from (a checkpoint; "
+                        "default: the --checkpoint as it was)")
     _reprice_arg(p)
 
 
@@ -352,7 +356,7 @@ REQUIRED = {"sensitivity": ("output",), "select": ("output",), "report": ("resul
 
 
 #: Options naming files a command reads, and files it writes.
-INPUT_OPTIONS = ("checkpoint", "plan", "sensitivity", "results", "config")
+INPUT_OPTIONS = ("checkpoint", "plan", "sensitivity", "teacher", "results", "config")
 OUTPUT_OPTIONS = ("json", "plot", "table", "output", "npz", "summary")
 #: Files run and sweep write into --out besides the options'.
 OUT_FILES = {"run": ("result.json", "points.json"),

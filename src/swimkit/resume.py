@@ -35,12 +35,13 @@ MUST_MATCH = (
     "augment",
     "noise",
     "ranges",
+    "teacher",
     "data",
     "train",
 )
 
 #: Settings the first release's checkpoints do not hold, and the value they trained with.
-FIRST_RELEASE = {"noise": None, "scale_aware": False, "ranges": None}
+FIRST_RELEASE = {"noise": None, "scale_aware": False, "ranges": None, "teacher": None}
 #: Settings earlier checkpoints do not hold and nothing can tell: not compared there.
 UNRECORDED = ("data", "train")
 #: Training settings added since, with the value every earlier run trained with.

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -155,15 +156,21 @@ def _plan_on_chip(plan_file: str, model: nn.Module, settings: Settings,
 
 
 def train_model(settings: Settings, plan_file: str | None = None, *, reprice: bool = False,
-                log: Log = quiet) -> TrainResult:
+                teacher_file: str | None = None, log: Log = quiet) -> TrainResult:
     """Train the settings' model from scratch (into OUT/train), or go on from its
     checkpoint (into OUT/finetune): with noise, under ``plan_file``'s device errors, or
-    distilling from the checkpoint as it was (the clean teacher)."""
+    distilling from a clean teacher (``teacher_file``, else the checkpoint as it was)."""
     if plan_file and not settings.model.checkpoint:
         raise SwimkitError("--plan fine-tunes a trained model: give its --checkpoint")
     if settings.train.distill and not settings.model.checkpoint:
         raise SwimkitError("--distill learns from the clean model it starts from: give its "
                            "--checkpoint")
+    if teacher_file and not settings.train.distill:
+        raise SwimkitError("--teacher is read by distillation only: give --distill W (e.g. "
+                           "0.5), or drop --teacher")
+    if teacher_file and not Path(teacher_file).is_file():
+        raise SwimkitError(f"--teacher {teacher_file} is not a file: give the checkpoint of "
+                           "the clean model to distil from")
     model = None
     if settings.model.checkpoint:
         model, settings = open_model(settings)
@@ -182,10 +189,19 @@ def train_model(settings: Settings, plan_file: str | None = None, *, reprice: bo
         raise SwimkitError("--tile, --ranges and --signed shape the device errors of "
                            "noise-injection training: give --sigma-train > 0, or drop them")
     model = model.to(settings.where())
-    teacher = copy.deepcopy(model) if t.distill else None
+    teacher = _teacher(model, teacher_file, settings) if t.distill else None
     out = settings.out_dir / ("finetune" if settings.model.checkpoint else "train")
     return train(model, dataset, t, chip=settings.chip, plan=plan, teacher=teacher,
                  checkpoint_dir=out, log=log, model_name=settings.model.name)
+
+
+def _teacher(model: nn.Module, teacher_file: str | None, settings: Settings) -> nn.Module:
+    """The clean model distillation learns from: ``teacher_file``'s, else a copy of the
+    starting model, on the model's device."""
+    if not teacher_file:
+        return copy.deepcopy(model)
+    teacher, _ = load_checkpoint(teacher_file, trusted=settings.model.trusted)
+    return teacher.to(settings.where())
 
 
 def sensitivity_of_checkpoint(settings: Settings, *, log: Log = quiet) -> Sensitivity:

@@ -30,7 +30,7 @@ from torch import nn
 from torch.optim import SGD, Adam, Optimizer
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
-from .checkpoints import save_checkpoint
+from .checkpoints import save_checkpoint, weights_digest
 from .chip import ChipSpec, as_chip
 from .clipping import RANGE_LR_FACTOR, WeightClipping
 from .data import Batches, Dataset, Split, preload
@@ -262,6 +262,7 @@ class _Run:
                     "augment": bool(config.augment and dataset.augment),
                     "noise": noise.describe() if noise is not None else None,
                     "ranges": clipping.describe() if clipping is not None else None,
+                    "teacher": weights_digest(teacher) if config.distill else None,
                     "threads": threads, "data": data_identity(dataset),
                     "train": {k: v for k, v in results_of(config).items()
                               if k not in _MAY_CHANGE_ON_RESUME}}

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import swimkit
-from swimkit.checkpoints import load_checkpoint
+from swimkit.checkpoints import load_checkpoint, save_checkpoint, weights_digest
 from swimkit.threads import machine_threads
 
 
@@ -209,6 +209,29 @@ def test_training_from_a_checkpoint_goes_to_finetune_and_distils_from_it(trained
     assert code == 2 and err.count("\n") == 1 and "give its --checkpoint" in err, err
     code, _, err = cli("sweep", "--distill", "0.5")
     assert code == 2 and "unrecognized arguments: --distill" in err
+
+
+def test_a_teacher_file_is_distilled_from_and_a_resume_needs_the_same_one(trained,
+                                                                          tmp_path, cli):
+    """--teacher names the clean model: its weights are recorded, so going on with another
+    teacher is refused in one line; --teacher without --distill, or naming no file, is one
+    line before any work."""
+    checkpoint, data = trained
+    other = tmp_path / "other.pt"
+    save_checkpoint(other, swimkit.build_model("lenet"), model_name="lenet")
+    common = ["--checkpoint", checkpoint, "--sigma-train", "0.2", "--dataset",
+              "fashion-mnist", "--data-dir", data, "--out", tmp_path / "o", "--no-progress"]
+    code, _, err = cli("train", *common, "--distill", "0.5", "--teacher", other,
+                       "--epochs", "1")
+    assert code == 0, err
+    _, info = load_checkpoint(tmp_path / "o" / "finetune" / "last.pt")
+    assert info["extra"]["settings"]["teacher"] == weights_digest(load_checkpoint(other)[0])
+    code, _, err = cli("train", *common, "--distill", "0.5", "--epochs", "2")
+    assert code == 2 and err.count("\n") == 1 and "holds a run with teacher=" in err, err
+    code, _, err = cli("train", *common, "--teacher", other)
+    assert code == 2 and err.count("\n") == 1 and "give --distill" in err
+    code, _, err = cli("train", *common, "--distill", "0.5", "--teacher", tmp_path / "x.pt")
+    assert code == 2 and err.count("\n") == 1 and "--teacher" in err and "not a file" in err
 
 
 def test_reprice_needs_a_plan(cli, tmp_path):
