@@ -21,6 +21,7 @@ from .selection.learned import LearnOptions
 from .sensitivity import Sensitivity
 from .settings import Settings
 from .storage import atomic_write_json
+from .train_config import results_key
 
 CACHE_VERSION = 3
 
@@ -125,7 +126,7 @@ def evaluation_key(settings: Settings) -> str:
              if k not in ("method", "fraction", "speedup", "time_budget", "options")}
     return digest({
         "version": CACHE_VERSION, "chip": s.chip.describe_all(), "data": results_of(s.data),
-        "train": results_of(s.train), "sensitivity": s.sensitivity.key(),
+        "train": results_key(s.train), "sensitivity": s.sensitivity.key(),
         "selection": point, "method_options": s.grid.method_options,
         "evaluation": results_of(s.evaluation),
     })

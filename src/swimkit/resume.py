@@ -20,6 +20,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from .checkpoints import load_checkpoint
 from .clipping import WeightClipping
 from .errors import SwimkitError, first_line
+from .train_config import ADDED_LATER
 
 #: Resolved settings a resumed run must share with the stored one (epochs may grow).
 MUST_MATCH = (
@@ -44,8 +45,6 @@ MUST_MATCH = (
 FIRST_RELEASE = {"noise": None, "scale_aware": False, "ranges": None, "teacher": None}
 #: Settings earlier checkpoints do not hold and nothing can tell: not compared there.
 UNRECORDED = ("data", "train")
-#: Training settings added since, with the value every earlier run trained with.
-ADDED_LATER = {"train": {"distill": 0.0, "distill_temperature": 2.0}}
 
 def cannot_resume(problem: str) -> SwimkitError:
     """The error for a folder training cannot continue in, with the way out for the API
@@ -149,8 +148,8 @@ def _check_settings(path: Path, stored: Mapping[str, Any], current: Mapping[str,
         if key in UNRECORDED and key not in stored:
             continue
         was, now = stored.get(key, FIRST_RELEASE.get(key)), current.get(key)
-        if key in ADDED_LATER and isinstance(was, Mapping):
-            was = {**ADDED_LATER[key], **was}
+        if key == "train" and isinstance(was, Mapping) and isinstance(now, Mapping):
+            was, now = ({**ADDED_LATER, **dict(was)}, {**ADDED_LATER, **dict(now)})
         if was != now:
             if isinstance(was, Mapping) and isinstance(now, Mapping):  # name the setting
                 key = next(k for k in sorted(set(was) | set(now)) if was.get(k) != now.get(k))

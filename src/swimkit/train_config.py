@@ -17,9 +17,15 @@ from .groups import (
     nonnegative,
     positive,
     positive_int,
+    results_of,
 )
 
 OPTIMIZERS: tuple[str, ...] = ("adam", "sgd")
+
+#: Training settings added after their first release, with the value every earlier run
+#: trained with: keys and recorded runs hold them only where they differ from it, so a
+#: folder written before keeps its cached results and goes on training.
+ADDED_LATER: dict[str, Any] = {"distill": 0.0, "distill_temperature": 2.0}
 
 
 @dataclass
@@ -164,6 +170,13 @@ class TrainConfig:
 
 
 
+def results_key(config: TrainConfig) -> dict[str, Any]:
+    """The settings of ``config`` that change results, without those added later while
+    they keep the value earlier runs had (see :data:`ADDED_LATER`)."""
+    return {k: v for k, v in results_of(config).items()
+            if not (k in ADDED_LATER and v == ADDED_LATER[k])}
+
+
 def _positive(value: Any) -> bool:
     return is_number(value, finite=True) and value > 0
 
@@ -176,4 +189,4 @@ def _bad(name: str, value: Any, condition: str) -> str:
     return f"{name} must be {condition} (got {value!r})"
 
 
-__all__ = ["OPTIMIZERS", "TrainConfig"]
+__all__ = ["ADDED_LATER", "OPTIMIZERS", "TrainConfig", "results_key"]

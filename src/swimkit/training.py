@@ -36,7 +36,6 @@ from .clipping import RANGE_LR_FACTOR, WeightClipping
 from .data import Batches, Dataset, Split, preload
 from .errors import SwimkitError, require
 from .groups import (
-    results_of,
     with_overrides,
 )
 from .models import ResNet18, canonical_model_name, model_info, require_logits
@@ -47,7 +46,7 @@ from .progress import progress_bar
 from .resume import Progress, checkpoint_extra, resume_from
 from .seeding import epoch_generator
 from .threads import machine_threads, torch_threads
-from .train_config import OPTIMIZERS, TrainConfig
+from .train_config import OPTIMIZERS, TrainConfig, results_key
 
 __all__ = [
     "EVAL_BATCH_SIZE",
@@ -264,7 +263,7 @@ class _Run:
                     "ranges": clipping.describe() if clipping is not None else None,
                     "teacher": weights_digest(teacher) if config.distill else None,
                     "threads": threads, "data": data_identity(dataset),
-                    "train": {k: v for k, v in results_of(config).items()
+                    "train": {k: v for k, v in results_key(config).items()
                               if k not in _MAY_CHANGE_ON_RESUME}}
         optimizer, scheduler = make_optimizer(
             model, config, config.model_name,
