@@ -207,3 +207,70 @@ def test_every_field_of_a_training_folder_settings_file_is_checked(swept, damage
     finally:
         settings.write_text(json.dumps(original))
     assert tried >= 20
+
+
+def test_a_run_fine_tunes_under_its_plan_and_judges_the_same_plan(flow_args, tmp_path, cli):
+    """--finetune-epochs trains a copy of the run's model under the plan (into
+    OUT/finetune-PLAN) and judges it on that very plan, beside the model it came from;
+    the same command again resumes and recomputes nothing; the plan's file is used as
+    it is (the same devices, the same programming time)."""
+    from swimkit.checkpoints import load_checkpoint, weights_digest
+
+    out = tmp_path / "ft"
+    args = ["run", "--model", "lenet", *flow_args(out, epochs=1, samples=3), "--method",
+            "allocate", "--speedup", "5", "--sigma", "0.4", "--finetune-epochs", "1",
+            "--finetune-sigma", "0.5", "--finetune-distill", "0.5", "--finetune-scale-aware",
+            "--ci-target", "0"]
+    code, stdout, err = cli(*args)
+    assert code == 0, err
+    result = json.loads((out / "result.json").read_text())
+    base, tuned = result["models"]
+    assert tuned["label"] == f"{base['label']} fine-tuned under allocate speedup 5"
+    plan = base["points"][0]["plan_path"]
+    assert tuned["points"][0]["plan_path"] == plan
+    assert tuned["points"][0]["programming"] == base["points"][0]["programming"]
+    folder = out / f"finetune-{os.path.splitext(os.path.basename(plan))[0]}"
+    assert tuned["checkpoint"] == str(folder / "best.pt")
+    first, info = load_checkpoint(folder / "last.pt")
+    assert info["extra"]["config"]["sigma_train"] == 0.5
+    assert info["extra"]["config"]["distill"] == 0.5
+    assert info["extra"]["config"]["lr"] == pytest.approx(3e-4)
+    assert info["extra"]["settings"]["noise"]["plan"]["requested"] == {"speedup": 5.0}
+    original, _ = load_checkpoint(out / "train" / "best.pt")
+    assert weights_digest(first) != weights_digest(original)
+    assert f"[{tuned['label']}] allocate speedup 5:" in stdout
+    stamp = {p: p.stat().st_mtime_ns for p in (folder / "last.pt", out / "points.json")}
+    code, again, err = cli(*args)
+    assert code == 0, err
+    assert {p: p.stat().st_mtime_ns for p in stamp} == stamp
+    assert json.loads((out / "result.json").read_text())["models"] == result["models"]
+
+
+@pytest.mark.parametrize(("extra", "needle"), [
+    (["--finetune-sigma", "0.4"], "give --finetune-epochs N"),
+    (["--finetune-epochs", "2", "--finetune-sigma", "0.6"], "--finetune-sigma 0.6 has no"),
+    (["--finetune-epochs", "2", "--batchnorm", "folded"], "BatchNorm digital"),
+])
+def test_fine_tuning_settings_that_cannot_act_are_one_line(flow_args, tmp_path, cli, extra,
+                                                            needle):
+    out = tmp_path / "no"
+    code, _, err = cli("run", "--model", "lenet", *flow_args(out), "--method", "allocate",
+                       "--speedup", "5", *extra)
+    assert code == 2 and needle in err and err.count("\n") == 1, err
+    assert not out.exists()
+    code, _, err = cli("sweep", "--finetune-epochs", "2")
+    assert code == 2 and "unrecognized arguments: --finetune-epochs" in err
+
+
+def test_fine_tuning_is_for_one_plan_without_a_search():
+    """Settings that fine-tune ask for one model, one method, one budget and no search."""
+    from swimkit.settings import Settings, SweepGrid
+    from swimkit.train_config import FinetuneSettings
+
+    tune = FinetuneSettings(epochs=2)
+    with pytest.raises(swimkit.SwimkitError, match="this asks for 2"):
+        Settings(grid=SweepGrid(methods=["allocate"], speedups=[3.0, 5.0]), finetune=tune)
+    with pytest.raises(swimkit.SwimkitError, match="drop --within"):
+        Settings(grid=SweepGrid(methods=["allocate"], speedups=[3.0], within=1.0,
+                                search=True), finetune=tune)
+    Settings(grid=SweepGrid(methods=["allocate"], speedups=[3.0]), finetune=tune)

@@ -27,6 +27,7 @@ from .montecarlo import EvaluationSettings
 from .selection import METHODS, SelectionSettings
 from .sensitivity import ENGINES, SensitivitySettings
 from .settings import DataSettings, ModelSettings, Settings, SweepGrid
+from .train_config import FinetuneSettings
 from .training import TrainConfig
 
 #: The settings groups a command can take, by their name in :class:`Settings` (``settings``:
@@ -35,7 +36,8 @@ GROUPS: dict[str, type] = {
     "model": ModelSettings, "data": DataSettings, "train": TrainConfig,
     "device_model": DeviceModelSettings, "crossbar": Crossbar, "placement": Placement,
     "sensitivity": SensitivitySettings, "selection": SelectionSettings,
-    "evaluation": EvaluationSettings, "grid": SweepGrid, "settings": Settings,
+    "evaluation": EvaluationSettings, "grid": SweepGrid, "finetune": FinetuneSettings,
+    "settings": Settings,
 }
 
 #: Titles of the help's argument groups.
@@ -43,7 +45,7 @@ TITLES = {"model": "model", "data": "data", "train": "training",
           "device_model": "device model", "crossbar": "crossbar mapping",
           "placement": "weights on devices", "sensitivity": "sensitivity",
           "selection": "selection", "evaluation": "Monte-Carlo", "grid": "comparison",
-          "settings": "output"}
+          "finetune": "fine-tuning under the plan", "settings": "output"}
 
 #: Registries whose entries declare option flags, and the field those options go to.
 OPTION_FLAGS = {("sensitivity", "options"): ENGINES, ("grid", "method_options"): METHODS}

@@ -36,7 +36,8 @@ def settings_from(values: Mapping[Target, Any]) -> Settings:
 
 
 #: Groups that are fields of :class:`Settings` as they are.
-_STEP_GROUPS = ("model", "data", "train", "sensitivity", "selection", "evaluation", "grid")
+_STEP_GROUPS = ("model", "data", "train", "sensitivity", "selection", "evaluation", "grid",
+                "finetune")
 
 
 def _placement(fields: dict[str, Any]) -> Any:

@@ -327,8 +327,10 @@ def _report_args(p: argparse.ArgumentParser) -> None:
 
 
 COMMANDS: dict[str, Command] = {c.name: c for c in (
-    Command("run", "train, sensitivity, select and Monte-Carlo in one go", cmd_run,
-            {**_FLOW, "grid": None}, _ONE_METHOD, derive=_one_point, own=_run_args,
+    Command("run", "train, sensitivity, select and Monte-Carlo in one go (and fine-tune under "
+                   "the plan)", cmd_run,
+            {**_FLOW, "grid": None, "finetune": None}, _ONE_METHOD, derive=_one_point,
+            own=_run_args,
             shown=_ONE_FRACTION),
     Command("sweep", "the whole flow over models, methods and budgets", cmd_sweep,
             {**_FLOW, "grid": None}, derive=_searches, own=_sweep_args,

@@ -41,6 +41,7 @@ from .montecarlo import EvaluationSettings
 from .options import typed_options
 from .selection import DEFAULT_FRACTION, METHODS, Budget, BudgetKind, SelectionSettings
 from .sensitivity import SensitivitySettings
+from .train_config import FinetuneSettings
 from .training import TrainConfig
 
 #: The model without --model or a checkpoint.
@@ -245,8 +246,8 @@ class SweepGrid:
 class Settings:
     """Every setting of a run or a sweep (see the groups): the model, the data, its
     training, the chip, the sensitivity pass, the selection of one point, the chips, the
-    grid of a comparison, where to compute (``torch_device``) and where to write
-    (``out``)."""
+    grid of a comparison, fine-tuning under the plan, where to compute (``torch_device``)
+    and where to write (``out``)."""
 
     model: ModelSettings = field(default_factory=ModelSettings)
     data: DataSettings = field(default_factory=DataSettings)
@@ -256,6 +257,7 @@ class Settings:
     selection: SelectionSettings = field(default_factory=SelectionSettings)
     evaluation: EvaluationSettings = field(default_factory=EvaluationSettings)
     grid: SweepGrid = field(default_factory=SweepGrid)
+    finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
     torch_device: str = field(default="cpu", metadata=flag(
         "--device", results=False, help="where to compute: cpu, cuda, cuda:N"))
     out: str | None = field(default=None, metadata=flag(
@@ -278,6 +280,7 @@ class Settings:
         require(not (self.evaluation.times is None and self.grid.judge_time is not None),
                 "--judge-time is a time of --times: give --times, or drop --judge-time")
         self._check_points()
+        self._check_finetune()
         require(self.grid.judge_time is None or self.grid.judge_time in self.evaluation.times,
                 f"judge_time {self.grid.judge_time!r} must be one of the times "
                 f"({self.evaluation.times})")
@@ -302,6 +305,26 @@ class Settings:
         require(self.selection.tolerances is None or bool(takers),
                 f"tolerances would have no effect: {', '.join(self.grid.methods)} verify with "
                 "the device model's own loop only; drop --tolerances, or add 'allocate'")
+
+    def _check_finetune(self) -> None:
+        """Fine-tuning under the plan is for one model and one plan, without a search."""
+        if not self.finetune.epochs:
+            return
+        points = len(self.grid.methods) * len(self.grid.budgets()) * len(self.trainings())
+        require(points == 1, f"--finetune-epochs fine-tunes a model under one plan, and "
+                             f"this asks for {points}: give one model, one method and one "
+                             "budget (swimkit run)")
+        require(not self.grid.search, "--finetune-epochs judges the fine-tuned model on the "
+                                      "plan it was tuned for: drop --within / --yield")
+        require(self.chip.placement.batchnorm == "digital",
+                "--finetune-epochs trains the model, and a model trains with its BatchNorm "
+                "digital: drop --batchnorm folded, or fine-tune with swimkit train --plan")
+        if self.finetune.sigma is not None:
+            try:
+                self.chip.with_sigma(self.finetune.sigma).device_model.loop  # noqa: B018
+            except SwimkitError as err:
+                raise SwimkitError(f"--finetune-sigma {self.finetune.sigma:g} has no write-verify "
+                                   f"loop for the chip's residual: {err}") from None
 
     @property
     def judged(self) -> int:

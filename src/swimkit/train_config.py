@@ -170,6 +170,58 @@ class TrainConfig:
 
 
 
+@dataclass
+class FinetuneSettings:
+    """Fine-tuning under the plan, inside ``swimkit run``: the recipe of the LeNet results.
+
+    With ``epochs`` > 0, once the run's plan is made and judged, a copy of the model
+    trains that many epochs under the plan's own device errors (each mini-batch a fresh
+    chip programmed by the plan), and the fine-tuned model is judged on the same plan:
+    the programming time does not change, the weights learn the errors the plan leaves.
+    ``sigma`` is the plain-write sigma of the unverified devices while fine-tuning (None:
+    the chip's; above it trains a margin, as 0.4 on a chip of 0.3 did best on LeNet);
+    ``lr`` defaults to 0.3 times the model family's; ``distill`` mixes in distillation
+    from the model as planned (its weight in the loss); ``scale_aware`` lets the noise
+    follow each layer's range with its gradient.
+    """
+
+    epochs: int = field(default=0, metadata=flag(
+        "--finetune-epochs", kind=integer, metavar="N",
+        help="after planning, fine-tune the model N epochs under the plan's device errors "
+             "and judge it on the same plan (0: no)"))
+    sigma: float | None = field(default=None, metadata=flag(
+        "--finetune-sigma", kind=positive, metavar="SIGMA",
+        help="plain-write sigma of the unverified devices while fine-tuning (default: the "
+             "chip's; e.g. 0.4 on a chip of 0.3)"))
+    lr: float | None = field(default=None, metadata=flag(
+        "--finetune-lr", kind=positive, metavar="LR",
+        help="learning rate of the fine-tuning (default: 0.3 x the model family's)"))
+    distill: float = field(default=0.0, metadata=flag(
+        "--finetune-distill", kind=fraction, metavar="WEIGHT",
+        help="distil from the model as planned while fine-tuning (this share of the loss)"))
+    scale_aware: bool = field(default=False, metadata=flag(
+        "--finetune-scale-aware", kind=None,
+        help="the fine-tuning's noise follows each layer's range max|W| with its gradient"))
+
+    def __post_init__(self) -> None:
+        require(is_integer(self.epochs) and self.epochs >= 0,
+                _bad("finetune epochs", self.epochs, "an integer >= 0"))
+        require(self.sigma is None or _positive(self.sigma),
+                _bad("finetune sigma", self.sigma, "a number > 0"))
+        require(self.lr is None or _positive(self.lr),
+                _bad("finetune lr", self.lr, "a number > 0"))
+        require(is_number(self.distill, finite=True) and 0 <= self.distill <= 1,
+                _bad("finetune distill", self.distill, "a weight between 0 and 1"))
+        shaped = (self.sigma is not None or self.lr is not None or self.distill > 0
+                  or self.scale_aware)
+        require(self.epochs > 0 or not shaped,
+                "the --finetune-* settings shape fine-tuning under the plan: give "
+                "--finetune-epochs N (e.g. 6), or drop them")
+
+    #: The share of the family's learning rate fine-tuning starts from by default.
+    LR_FACTOR = 0.3
+
+
 def results_key(config: TrainConfig) -> dict[str, Any]:
     """The settings of ``config`` that change results, without those added later while
     they keep the value earlier runs had (see :data:`ADDED_LATER`)."""
@@ -189,4 +241,4 @@ def _bad(name: str, value: Any, condition: str) -> str:
     return f"{name} must be {condition} (got {value!r})"
 
 
-__all__ = ["ADDED_LATER", "OPTIMIZERS", "TrainConfig", "results_key"]
+__all__ = ["ADDED_LATER", "OPTIMIZERS", "FinetuneSettings", "TrainConfig", "results_key"]

@@ -54,6 +54,7 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "default_optimizer",
+    "learning_rate",
     "make_optimizer",
     "train",
 ]
@@ -90,6 +91,12 @@ def _resolve(config: TrainConfig, model: nn.Module, model_name: str | None) -> d
         ),
         "schedule": defaults["schedule"],
     }
+
+
+def learning_rate(config: TrainConfig, model: nn.Module, model_name: str | None = None
+                  ) -> float:
+    """The learning rate ``config`` trains ``model`` with (its own, else the family's)."""
+    return float(_resolve(config, model, model_name)["lr"])
 
 
 def make_optimizer(

@@ -16,6 +16,7 @@ rank takes a share of the Monte-Carlo chips. Only rank 0 writes results.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import hashlib
 import json
@@ -59,6 +60,7 @@ from .steps import (
     sensitivity_pass,
 )
 from .storage import atomic_write_json, folder_lock
+from .train_config import FinetuneSettings
 from .training import TrainConfig
 
 # --- data and models ---------------------------------------------------------------------
@@ -303,11 +305,32 @@ class Evaluator:
                 self._select(method, Budget(kind, value)).save(path)
 
             distributed.rank_zero_first(make_plan)
-            plan = Plan.load(path)
-            mc, over_time = self._mc(plan)
-            found = Point(method, self.candidate.label, kind, value, PlanCounts.of(plan),
-                          plan.programming, mc, str(path), plan.meta, over_time=over_time)
-            self.cache.put(point_id, found)
+            found = self._judge(method, budget, path, point_id)
+        return self._record(found)
+
+    def planned(self, method: str, budget: Budget, path: Path) -> Point:
+        """The plan in ``path`` (made by ``method`` under ``budget``, for another model of
+        the same shapes) judged on this model: programmed as the plan says."""
+        kind, value = budget.kind.value, float(budget.value)
+        point_id = (f"{self.candidate.digest}-{method}-{kind}-{value:g}-plan-"
+                    f"{file_digest(path)[:8]}")
+        found = self.cache.get(point_id)
+        if found is None:
+            found = self._judge(method, budget, path, point_id)
+        return self._record(found)
+
+    def _judge(self, method: str, budget: Budget, path: Path, point_id: str) -> Point:
+        """Chips of the plan in ``path``, stored in the cache as ``point_id``."""
+        plan = Plan.load(path)
+        mc, over_time = self._mc(plan)
+        found = Point(method, self.candidate.label, budget.kind.value, float(budget.value),
+                      PlanCounts.of(plan), plan.programming, mc, str(path), plan.meta,
+                      over_time=over_time)
+        self.cache.put(point_id, found)
+        return found
+
+    def _record(self, found: Point) -> Point:
+        """Pair a point with full verify, keep it and say it."""
         if self.full_verify is not None:
             found = found.paired_with(self.full_verify.mc)
         self.evaluated.append(found)
@@ -441,11 +464,58 @@ def _sweep(ctx: Context, opened: nn.Module | None) -> SweepResult:
         evaluators.append(ev)
         reports.append(ModelReport(candidate.label, sigma_train, scale_aware,
                                    str(candidate.path), clean, no_verify, full_verify, points))
+        if s.finetune.epochs:
+            tuned = fine_tuned_under(ctx, candidate, points[0], cache)
+            evaluators.append(tuned[1])
+            reports.append(tuned[0])
     result = SweepResult(reports, s.grid.within_points, settings=s.describe(),
                          files=ctx.files)
     if s.grid.search:
         result = _searches(result, evaluators)
     return result.with_reference()
+
+
+def fine_tuned_under(ctx: Context, base: Candidate, point: Point, cache: PointCache
+                     ) -> tuple[ModelReport, Evaluator]:
+    """The run's model fine-tuned under the plan of ``point`` (into
+    OUT/finetune-PLAN, resumed there) and judged on that plan: clean, no verify, full
+    verify and the plan, on the same chips as the model it came from."""
+    s = ctx.settings
+    assert point.plan_path is not None and point.budget_kind is not None
+    plan_path = Path(point.plan_path)
+    folder = s.out_dir / f"finetune-{plan_path.stem}"
+    distributed.rank_zero_first(lambda: _finetune(ctx, base, Plan.load(plan_path), folder))
+    path = folder / ("best.pt" if (folder / "best.pt").is_file() else "last.pt")
+    model, _ = load_checkpoint(path)
+    model = model.to(s.where()).eval()
+    label = f"{base.label} fine-tuned under {point.label}"
+    ctx.files["fine-tuned model"] = str(path)
+    candidate = Candidate(label, base.sigma_train, base.scale_aware, model, path,
+                          file_digest(path))
+    clean = accuracy(model, ctx.test_batches)
+    ctx.log(f"[{label}] clean accuracy: {clean:.2f} %")
+    ev = Evaluator(ctx, candidate, cache)
+    no_verify, full_verify = ev.baseline(Verify.NONE), ev.baseline(Verify.ALL)
+    budget = Budget(BudgetKind(point.budget_kind), float(point.budget_value))
+    tuned = ev.planned(point.method, budget, plan_path)
+    return ModelReport(label, base.sigma_train, base.scale_aware, str(path), clean, no_verify,
+                       full_verify, [tuned]), ev
+
+
+def _finetune(ctx: Context, base: Candidate, plan: Plan, folder: Path) -> None:
+    """Train a copy of ``base``'s model under ``plan`` as the settings' fine-tuning says."""
+    from .training import learning_rate, train
+
+    s = ctx.settings
+    f = s.finetune
+    model = copy.deepcopy(base.model)
+    lr = f.lr if f.lr is not None else (
+        FinetuneSettings.LR_FACTOR * learning_rate(s.train, model, s.model.name))
+    config = replace(s.train, epochs=f.epochs, sigma_train=f.sigma or 0.0,
+                     scale_aware=f.scale_aware, lr=lr, distill=f.distill)
+    teacher = copy.deepcopy(base.model) if f.distill else None
+    train(model, ctx.dataset, config, chip=s.chip.trained(), plan=plan, teacher=teacher,
+          checkpoint_dir=folder, log=ctx.log, model_name=s.model.name)
 
 
 def _searches(result: SweepResult, evaluators: list[Evaluator]) -> SweepResult:
