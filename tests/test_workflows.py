@@ -229,7 +229,9 @@ def test_a_run_fine_tunes_under_its_plan_and_judges_the_same_plan(flow_args, tmp
     plan = base["points"][0]["plan_path"]
     assert tuned["points"][0]["plan_path"] == plan
     assert tuned["points"][0]["programming"] == base["points"][0]["programming"]
-    folder = out / f"finetune-{os.path.splitext(os.path.basename(plan))[0]}"
+    folders = list(out.glob(f"finetune-{os.path.splitext(os.path.basename(plan))[0]}-*"))
+    assert len(folders) == 1
+    folder = folders[0]
     assert tuned["checkpoint"] == str(folder / "best.pt")
     first, info = load_checkpoint(folder / "last.pt")
     assert info["extra"]["config"]["sigma_train"] == 0.5
@@ -244,6 +246,9 @@ def test_a_run_fine_tunes_under_its_plan_and_judges_the_same_plan(flow_args, tmp
     assert code == 0, err
     assert {p: p.stat().st_mtime_ns for p in stamp} == stamp
     assert json.loads((out / "result.json").read_text())["models"] == result["models"]
+    code, _, err = cli(*args, "--finetune-lr", "1e-3")
+    assert code == 0, err
+    assert len(list(out.glob("finetune-*"))) == 2  # other fine-tuning, its own folder
 
 
 @pytest.mark.parametrize(("extra", "needle"), [

@@ -31,6 +31,7 @@ from torch import nn
 from . import distributed
 from .caches import (
     PointCache,
+    digest,
     evaluation_key,
     file_digest,
     find_sensitivity,
@@ -39,7 +40,7 @@ from .caches import (
 )
 from .checkpoints import load_checkpoint
 from .errors import SwimkitError
-from .groups import flag_of
+from .groups import flag_of, results_of
 from .mapping import effective_weights
 from .models import build_model
 from .montecarlo import MCResult, accuracy
@@ -478,12 +479,14 @@ def _sweep(ctx: Context, opened: nn.Module | None) -> SweepResult:
 def fine_tuned_under(ctx: Context, base: Candidate, point: Point, cache: PointCache
                      ) -> tuple[ModelReport, Evaluator]:
     """The run's model fine-tuned under the plan of ``point`` (into
-    OUT/finetune-PLAN, resumed there) and judged on that plan: clean, no verify, full
-    verify and the plan, on the same chips as the model it came from."""
+    OUT/finetune-PLAN-TAG, TAG naming the fine-tuning settings; resumed there) and judged
+    on that plan: clean, no verify, full verify and the plan, on the same chips as the
+    model it came from."""
     s = ctx.settings
     assert point.plan_path is not None and point.budget_kind is not None
     plan_path = Path(point.plan_path)
-    folder = s.out_dir / f"finetune-{plan_path.stem}"
+    tag = digest(results_of(s.finetune))[:8]  # other fine-tuning, another folder
+    folder = s.out_dir / f"finetune-{plan_path.stem}-{tag}"
     distributed.rank_zero_first(lambda: _finetune(ctx, base, Plan.load(plan_path), folder))
     path = folder / ("best.pt" if (folder / "best.pt").is_file() else "last.pt")
     model, _ = load_checkpoint(path)
