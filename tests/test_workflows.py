@@ -12,7 +12,8 @@ import sys
 import pytest
 
 import swimkit
-from swimkit.workflows import _check_training_folder, _floor3, train_folder
+from swimkit.evaluator import _floor3
+from swimkit.workflows import _check_training_folder, train_folder
 
 
 @pytest.mark.parametrize("content", ["{not json", "[1, 2]", "null", "\udcff"])

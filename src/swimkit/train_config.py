@@ -152,8 +152,7 @@ class TrainConfig:
         require(self.clip_per == "tensor" or self.clips,
                 "clip_per says how weights are clipped: give clip_sigma (--clip-sigma) or "
                 "learn_ranges (--learn-ranges), or drop it")
-        require(is_number(self.distill, finite=True) and 0 <= self.distill <= 1,
-                _bad("distill", self.distill, "a weight between 0 and 1"))
+        require(_weight(self.distill), _bad("distill", self.distill, "a weight between 0 and 1"))
         require(_positive(self.distill_temperature),
                 _bad("distill_temperature", self.distill_temperature, "a number > 0"))
         require(is_integer(self.seed), f"seed must be an integer (got {self.seed!r})")
@@ -210,7 +209,7 @@ class FinetuneSettings:
                 _bad("finetune sigma", self.sigma, "a number > 0"))
         require(self.lr is None or _positive(self.lr),
                 _bad("finetune lr", self.lr, "a number > 0"))
-        require(is_number(self.distill, finite=True) and 0 <= self.distill <= 1,
+        require(_weight(self.distill),
                 _bad("finetune distill", self.distill, "a weight between 0 and 1"))
         shaped = (self.sigma is not None or self.lr is not None or self.distill > 0
                   or self.scale_aware)
@@ -231,6 +230,10 @@ def results_key(config: TrainConfig) -> dict[str, Any]:
 
 def _positive(value: Any) -> bool:
     return is_number(value, finite=True) and value > 0
+
+
+def _weight(value: Any) -> bool:
+    return is_number(value, finite=True) and 0 <= value <= 1
 
 
 def _nonnegative(value: Any) -> bool:

@@ -208,6 +208,8 @@ def train(
     require(len(dataset.train) > 0, "the training set is empty; give a dataset with examples")
     require(len(dataset.test) > 0, "the test set is empty; give a dataset with test examples")
     _check_teacher(model, teacher, config)
+    if teacher is not None:
+        teacher.eval()
     run = _Run.start(model, dataset, config, chip, plan, checkpoint_dir, teacher)
     say = log or (lambda _line: None)
     last = run.folder / LAST if run.folder is not None else None
@@ -419,7 +421,6 @@ def _check_teacher(model: nn.Module, teacher: nn.Module | None, config: TrainCon
     require(_model_device(teacher) == _model_device(model),
             f"the teacher is on {_model_device(teacher)} and the model on "
             f"{_model_device(model)}: move the teacher to the model's device")
-    teacher.eval()
 
 
 def _clipping(model: nn.Module, config: TrainConfig, noise: NoiseInjector | None,

@@ -16,13 +16,12 @@ rank takes a share of the Monte-Carlo chips. Only rank 0 writes results.
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 import hashlib
 import json
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,6 @@ from torch import nn
 from . import distributed
 from .caches import (
     PointCache,
-    digest,
     evaluation_key,
     file_digest,
     find_sensitivity,
@@ -40,44 +38,31 @@ from .caches import (
 )
 from .checkpoints import load_checkpoint
 from .errors import SwimkitError
-from .groups import flag_of, results_of
+from .evaluator import Candidate, Evaluator
+from .finetuning import fine_tuned_under
+from .groups import flag_of
 from .mapping import effective_weights
 from .models import build_model
 from .montecarlo import MCResult, accuracy
-from .plans import Plan, Verify
-from .results import ModelReport, PlanCounts, Point, Search, SweepResult
-from .selection import METHODS, Budget, BudgetKind, Scores, cut, needs_sensitivity, score
+from .plans import Verify
+from .results import ModelReport, Point, SweepResult
+from .selection import needs_sensitivity
 from .sensitivity import Sensitivity
 from .settings import Settings
 from .steps import (
     Context,
     Log,
     check_fits,
-    monte_carlo,
     open_model,
-    plan_with,
     prepare,
     quiet,
     sensitivity_pass,
 )
 from .storage import atomic_write_json, folder_lock
-from .train_config import FinetuneSettings
 from .training import TrainConfig
 
 # --- data and models ---------------------------------------------------------------------
 
-
-@dataclass
-class Candidate:
-    """One model of the comparison and where it came from."""
-
-    label: str
-    sigma_train: float
-    scale_aware: bool
-    model: nn.Module
-    path: Path
-    digest: str
-    sens: Sensitivity | None = None
 
 
 def model_label(settings: Settings, sigma_train: float, scale_aware: bool) -> str:
@@ -229,174 +214,6 @@ def obtain_sensitivity(ctx: Context, candidate: Candidate) -> Sensitivity:
     return found
 
 
-@dataclass
-class Evaluator:
-    """Selects and evaluates plans of one model; scores are computed once per method."""
-
-    ctx: Context
-    candidate: Candidate
-    cache: PointCache
-    scores: dict[str, Scores] = field(default_factory=dict)
-    full_verify: Point | None = None
-    evaluated: list[Point] = field(default_factory=list)  # every plan point, in order
-
-    @property
-    def settings(self) -> Settings:
-        return self.ctx.settings
-
-    def _mc(self, plan: Plan | Verify) -> tuple[MCResult, list[MCResult] | None]:
-        """Chips of ``plan``: all ``samples`` for full verify (every plan pairs with it),
-        else until the CI target (the gap to full verify's, or the mean's) is met. With
-        times: the result at the judged time, and the results at every time."""
-        ev = self.settings.evaluation
-        adaptive = plan is not Verify.ALL
-        full = self.full_verify
-        against = None
-        if adaptive and ev.ci_target and full is not None:
-            against = full.over_time if full.over_time is not None else full.mc
-        results = monte_carlo(self.candidate.model, self.ctx.test_batches, plan,
-                              self.settings, adaptive=adaptive, against=against)
-        if ev.times is None:
-            return results[0], None
-        return results[self.settings.judged], results
-
-    def baseline(self, verify: Verify) -> Point:
-        """No device verified (``Verify.NONE``) or every device verified (``Verify.ALL``)."""
-        point_id = f"{self.candidate.digest}-{verify}"
-        found = self.cache.get(point_id)
-        if found is None:
-            chip = self.settings.chip
-            values = effective_weights(chip.weights(chip.held(self.candidate.model)))
-            plan = Plan.uniform(values, verify is Verify.ALL, chip.device.slicing.devices)
-            report = chip.device.programming_report(values, chip.scales(values), plan)
-            name = "full verify" if verify is Verify.ALL else "no verify"
-            mc, over_time = self._mc(verify)
-            found = Point(name, self.candidate.label, None, None, PlanCounts.of(plan), report,
-                          mc, over_time=over_time)
-            self.cache.put(point_id, found)
-        if verify is Verify.ALL:
-            self.full_verify = found
-        self.ctx.log(f"[{self.candidate.label}] {found.method}: {found.mc}")
-        return found
-
-    def _select(self, method: str, budget: Budget) -> Plan:
-        s = self.settings
-        entry = METHODS.get(method)
-        sens = self.candidate.sens if entry.needs_sensitivity else None
-        point = s.point(method, budget)
-        if entry.planner is not None:
-            return plan_with(self.candidate.model, sens, point, s, self.ctx)
-        if method not in self.scores:
-            tolerances = point.tolerances
-            one = replace(point, tolerances=tolerances[-1:] if tolerances else None)
-            self.scores[method] = score(self.candidate.model, sens, one, s.chip)
-        return cut(self.scores[method], budget)
-
-    def point(self, method: str, budget: Budget) -> Point:
-        """Select with ``method`` under ``budget`` and evaluate (or reuse) the plan."""
-        kind, value = budget.kind.value, float(budget.value)
-        stem = f"{method}-{kind}-{value:g}"
-        point_id = f"{self.candidate.digest}-{stem}"
-        found = self.cache.get(point_id)
-        if found is None:
-            name = f"{_safe(self.candidate.label)}-{stem}-{self.cache.key[:8]}.pt"
-            path = self.settings.out_dir / "plans" / name
-
-            def make_plan() -> None:
-                self._select(method, Budget(kind, value)).save(path)
-
-            distributed.rank_zero_first(make_plan)
-            found = self._judge(method, budget, path, point_id)
-        return self._record(found)
-
-    def planned(self, method: str, budget: Budget, path: Path) -> Point:
-        """The plan in ``path`` (made by ``method`` under ``budget``, for another model of
-        the same shapes) judged on this model: programmed as the plan says."""
-        kind, value = budget.kind.value, float(budget.value)
-        point_id = (f"{self.candidate.digest}-{method}-{kind}-{value:g}-plan-"
-                    f"{file_digest(path)[:8]}")
-        found = self.cache.get(point_id)
-        if found is None:
-            found = self._judge(method, budget, path, point_id)
-        return self._record(found)
-
-    def _judge(self, method: str, budget: Budget, path: Path, point_id: str) -> Point:
-        """Chips of the plan in ``path``, stored in the cache as ``point_id``."""
-        plan = Plan.load(path)
-        mc, over_time = self._mc(plan)
-        found = Point(method, self.candidate.label, budget.kind.value, float(budget.value),
-                      PlanCounts.of(plan), plan.programming, mc, str(path), plan.meta,
-                      over_time=over_time)
-        self.cache.put(point_id, found)
-        return found
-
-    def _record(self, found: Point) -> Point:
-        """Pair a point with full verify, keep it and say it."""
-        if self.full_verify is not None:
-            found = found.paired_with(self.full_verify.mc)
-        self.evaluated.append(found)
-        speed = f", speedup {found.speedup:.2f}x" if found.speedup else ""
-        self.ctx.log(f"[{self.candidate.label}] {found.label}: {found.mc} "
-                     f"({found.counts.devices_verified:,} of {found.counts.devices_total:,} "
-                     f"devices verified{speed})")
-        return found
-
-    def search(self, method: str, meets: Callable[[Point], bool], target: str) -> Search:
-        """The largest speedup whose point meets the target (geometric bisection)."""
-        full = self.full_verify
-        assert full is not None
-        if not meets(full):
-            return Search(method, self.candidate.label, target, None)
-        cap = full.programming.max_speedup
-        top = self.point(method, _speedup(_floor3(cap)))
-        if meets(top):
-            return Search(method, self.candidate.label, target, top)
-        low, high, best = self._bracket(method, meets, top.speedup or cap)
-        for _ in range(self.settings.grid.steps):
-            middle = _round3(math.sqrt(low * high))
-            if not low < middle < high:
-                break
-            point = self.point(method, _speedup(middle))
-            if meets(point):
-                low, best = middle, point
-            else:
-                high = middle
-        if best is None:
-            best = self.point(method, _speedup(1.0))
-        return Search(method, self.candidate.label, target, best)
-
-    def _bracket(self, method: str, meets: Callable[[Point], bool], top: float
-                 ) -> tuple[float, float, Point | None]:
-        """Where the bisection starts: the largest speedup already evaluated for ``method``
-        that meets the target (or 1x) and the smallest larger one that does not (or
-        ``top``), so that the search never ends below a point known to pass."""
-        known = [p for p in self.evaluated if p.method == method and p.speedup is not None]
-        passing = [p for p in known if meets(p)]
-        best = max(passing, key=lambda p: p.speedup, default=None)
-        low = best.speedup if best is not None else 1.0
-        above = [p.speedup for p in known if not meets(p) and p.speedup > low]
-        return low, min([top, *above]), best
-
-
-def _speedup(value: float) -> Budget:
-    return Budget(BudgetKind.SPEEDUP, value)
-
-
-def _round3(value: float) -> float:
-    """Three significant digits (search points get stable names and cache entries)."""
-    return float(f"{value:.3g}")
-
-
-def _floor3(value: float) -> float:
-    """``value`` rounded down to three significant digits."""
-    step = 10.0 ** (math.floor(math.log10(value)) - 2)
-    return float(f"{math.floor(value / step) * step:.3g}")
-
-
-def _safe(label: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
-
-
 # --- the flow ------------------------------------------------------------------------------------
 
 
@@ -475,50 +292,6 @@ def _sweep(ctx: Context, opened: nn.Module | None) -> SweepResult:
         result = _searches(result, evaluators)
     return result.with_reference()
 
-
-def fine_tuned_under(ctx: Context, base: Candidate, point: Point, cache: PointCache
-                     ) -> tuple[ModelReport, Evaluator]:
-    """The run's model fine-tuned under the plan of ``point`` (into
-    OUT/finetune-PLAN-TAG, TAG naming the fine-tuning settings; resumed there) and judged
-    on that plan: clean, no verify, full verify and the plan, on the same chips as the
-    model it came from."""
-    s = ctx.settings
-    assert point.plan_path is not None and point.budget_kind is not None
-    plan_path = Path(point.plan_path)
-    tag = digest(results_of(s.finetune))[:8]  # other fine-tuning, another folder
-    folder = s.out_dir / f"finetune-{plan_path.stem}-{tag}"
-    distributed.rank_zero_first(lambda: _finetune(ctx, base, Plan.load(plan_path), folder))
-    path = folder / ("best.pt" if (folder / "best.pt").is_file() else "last.pt")
-    model, _ = load_checkpoint(path)
-    model = model.to(s.where()).eval()
-    label = f"{base.label} fine-tuned under {point.label}"
-    ctx.files["fine-tuned model"] = str(path)
-    candidate = Candidate(label, base.sigma_train, base.scale_aware, model, path,
-                          file_digest(path))
-    clean = accuracy(model, ctx.test_batches)
-    ctx.log(f"[{label}] clean accuracy: {clean:.2f} %")
-    ev = Evaluator(ctx, candidate, cache)
-    no_verify, full_verify = ev.baseline(Verify.NONE), ev.baseline(Verify.ALL)
-    budget = Budget(BudgetKind(point.budget_kind), float(point.budget_value))
-    tuned = ev.planned(point.method, budget, plan_path)
-    return ModelReport(label, base.sigma_train, base.scale_aware, str(path), clean, no_verify,
-                       full_verify, [tuned]), ev
-
-
-def _finetune(ctx: Context, base: Candidate, plan: Plan, folder: Path) -> None:
-    """Train a copy of ``base``'s model under ``plan`` as the settings' fine-tuning says."""
-    from .training import learning_rate, train
-
-    s = ctx.settings
-    f = s.finetune
-    model = copy.deepcopy(base.model)
-    lr = f.lr if f.lr is not None else (
-        FinetuneSettings.LR_FACTOR * learning_rate(s.train, model, s.model.name))
-    config = replace(s.train, epochs=f.epochs, sigma_train=f.sigma or 0.0,
-                     scale_aware=f.scale_aware, lr=lr, distill=f.distill)
-    teacher = copy.deepcopy(base.model) if f.distill else None
-    train(model, ctx.dataset, config, chip=s.chip.trained(), plan=plan, teacher=teacher,
-          checkpoint_dir=folder, log=ctx.log, model_name=s.model.name)
 
 
 def _searches(result: SweepResult, evaluators: list[Evaluator]) -> SweepResult:
